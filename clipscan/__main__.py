@@ -1,0 +1,3 @@
+from clipscan.cli import main
+
+raise SystemExit(main())

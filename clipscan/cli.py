@@ -1,0 +1,228 @@
+"""The `clipscan` command line: scan, info, export, backends.
+
+Exit codes: 0 every input scanned; 1 at least one input failed (its row says why)
+or nothing was found to scan; 2 the command could not start (bad arguments, model
+or backend).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from clipscan import __version__
+
+log = logging.getLogger("clipscan")
+
+EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_scan(sub) -> None:
+    p = sub.add_parser("scan", help="scan image files and folders (recursive)",
+                       description="Scan files and folders; writes one line per input as results arrive.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("-m", "--model", help="exported .onnx artifact (default: the bundled demo model)")
+    p.add_argument("-o", "--output", help="write results to this file instead of stdout")
+    p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("--backend", default="auto", help="auto (default) or a name from `clipscan backends`")
+    p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
+    p.add_argument("--threads", type=int, help="inference threads (default: the backend decides)")
+    p.add_argument("--workers", type=int, help="decode/preprocess threads (default: min(4, cores))")
+    p.add_argument("--threshold", type=float, help="override the manifest's decision threshold (probability)")
+    p.add_argument("--max-pixels", type=int, help="refuse images larger than this many pixels (default 179 M)")
+    p.add_argument("--all-files", action="store_true",
+                   help="in folders, scan every file, not only those with an image extension")
+    p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print the manifest of a model artifact")
+    p.add_argument("model", nargs="?", help="exported .onnx artifact (default: the bundled demo model)")
+    p.add_argument("--json", action="store_true", help="print the raw manifest JSON")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export an open_clip backbone + heads to one ONNX artifact (needs clipscan[export])",
+                       description="Load an open_clip image tower from a local checkpoint and clipscan heads, and "
+                                   "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32) with "
+                                   "its manifest inside. Nothing is downloaded.")
+    p.add_argument("--arch", required=True, help="open_clip model name (e.g. ViT-B-32) or a model-config .json")
+    p.add_argument("--weights", required=True, help="local backbone checkpoint (.pt/.bin/.safetensors)")
+    p.add_argument("--heads", required=True, help="clipscan heads file (see clipscan.export.heads)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--name", help="model name for the manifest (default: output file stem)")
+    p.add_argument("--description", default="", help="free text for the manifest")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
+                     help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the checkpoint uses plain GELU")
+    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: from the config)")
+    p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: from the config)")
+    p.add_argument("--threshold", type=float, help="decision threshold to store (default: from the heads file)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+
+
+def _verbosity(defaults: bool) -> argparse.ArgumentParser:
+    """-v/-q, accepted before or after the command."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=0 if defaults else argparse.SUPPRESS,
+                   help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="only errors on stderr")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipscan", description=__doc__.split("\n")[0], parents=[_verbosity(True)])
+    parser.add_argument("--version", action="version", version=f"clipscan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _verbosity(False)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)  # every command takes -v/-q
+    _add_scan(sub)
+    _add_info(sub)
+    _add_export(sub)
+    sub.add_parser("backends", help="list inference backends and whether each can run here")
+    return parser
+
+
+def cmd_scan(args) -> int:
+    from clipscan.runtime import Scanner
+    from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+    from clipscan.runtime.results import WRITERS
+
+    if args.batch_size < 1:
+        raise SystemExit("clipscan scan: --batch-size must be >= 1")
+    scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
+                      threads=args.threads, workers=args.workers, threshold=args.threshold,
+                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    m = scanner.manifest
+    log.info("model %s (%s, %s) on %s", m.name, m.backbone.get("id"), m.precision, scanner.backend_name)
+    if scanner.artifact.is_demo:
+        log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
+                    "detector's (pass --model to scan with an exported model)")
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    total = failed = 0
+    start = time.perf_counter()
+    try:
+        writer = WRITERS[args.format](out, with_embedding=args.with_embedding)
+        for result in scanner.scan(args.paths, all_files=args.all_files):
+            writer.write(result)
+            total += 1
+            if result.error:
+                failed += 1
+                log.debug("%s: %s", result.path, result.error)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        scanner.close()
+    seconds = time.perf_counter() - start
+    stats = scanner.walk_stats
+    skipped = f"; skipped {stats.skipped_non_image} non-image file(s)" if stats.skipped_non_image else ""
+    log.info("scanned %d input(s): %d ok, %d failed in %.2f s (%.1f images/s) on %s%s", total, total - failed,
+             failed, seconds, (total - failed) / seconds if seconds > 0 else 0.0, scanner.backend_name, skipped)
+    if total == 0:
+        log.error("nothing to scan: no image files under %s (use --all-files to scan every file)", args.paths)
+        return EXIT_ITEM_FAILED
+    return EXIT_ITEM_FAILED if failed else EXIT_OK
+
+
+def _describe_manifest(artifact) -> str:
+    m = artifact.manifest
+    lines = [
+        f"model        {m.name}" + ("  [bundled demo model: not a real detector]" if artifact.is_demo else ""),
+        f"file         {artifact.path}",
+        f"sha256       {artifact.sha256()}",
+        f"schema       {m.schema_version}    precision {m.precision}    opset {m.opset}",
+        f"backbone     {m.backbone.get('id')}  activation={m.backbone.get('activation')}  "
+        f"embed_dim={m.backbone.get('embed_dim')}",
+    ]
+    if m.description:
+        lines.append(f"description  {m.description}")
+    i = m.input
+    norm = "folded into the graph" if i.folded else f"mean={list(i.mean)} std={list(i.std)}"
+    lines.append(f"input        {i.name} {i.layout} {i.dtype} {i.size[0]}x{i.size[1]} {i.color}, {norm}")
+    p = m.preprocess
+    lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
+                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}; "
+                 f"RGB (alpha {p.alpha})")
+    for h in m.heads:
+        outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
+        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task == "detection"
+                 else f"scale={h.scale}")
+        lines.append(f"head         {h.name} ({h.task}): {outs}; {extra}")
+    if m.embedding:
+        lines.append(f"embedding    {m.embedding['output']} dim={m.embedding.get('dim')} "
+                     f"normalized={m.embedding.get('normalized')}")
+    for key, src in m.sources.items():
+        lines.append(f"source       {key}: {src.get('file')} sha256={src.get('sha256')}")
+    lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
+    lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
+    lines.append(f"created      {m.created_utc}")
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    from clipscan.runtime import load_artifact
+
+    artifact = load_artifact(args.model)
+    if args.json:
+        print(json.dumps(artifact.manifest.to_dict(), indent=2))
+    else:
+        print(_describe_manifest(artifact))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    try:
+        from clipscan.export import export_model
+    except ImportError as e:  # torch/open_clip/onnx missing or broken
+        from clipscan.runtime.errors import MissingExtraError
+
+        if isinstance(e.__cause__, MissingExtraError):
+            raise e.__cause__ from None
+        raise
+    report = export_model(args.arch, args.weights, args.heads, args.output, name=args.name,
+                          description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
+                          mean=args.mean, std=args.std, threshold=args.threshold)
+    print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB); "
+          f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
+          f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")
+    return EXIT_OK
+
+
+def cmd_backends(args) -> int:
+    from clipscan.runtime.backends import AUTO_CHAIN, backend_status
+
+    print(f"auto tries, in order: {' -> '.join(AUTO_CHAIN)}")
+    for name, summary, reason in backend_status():
+        state = "available" if reason is None else f"unavailable: {reason}"
+        print(f"  {name:<14} {summary:<40} {state}")
+    return EXIT_OK
+
+
+COMMANDS = {"scan": cmd_scan, "info": cmd_info, "export": cmd_export, "backends": cmd_backends}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="clipscan: %(message)s", stream=sys.stderr)
+    from clipscan.runtime.errors import ClipscanError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ClipscanError as e:
+        print(f"clipscan {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as e:
+        print(f"clipscan {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("clipscan: interrupted; lines already written are complete", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK

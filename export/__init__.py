@@ -1,0 +1,7 @@
+"""clipscan.export: open_clip checkpoints + heads -> one ONNX artifact (needs `clipscan[export]`).
+
+Importing this package needs torch; the runtime never imports it.
+"""
+from .exporter import ExportCheckError, ExportReport, export_graph, export_model
+
+__all__ = ["export_model", "export_graph", "ExportReport", "ExportCheckError"]

@@ -1,0 +1,107 @@
+"""Load an open_clip image tower from a local checkpoint file (never a download).
+
+`arch` is an open_clip model name (e.g. "ViT-B-32", "ViT-L-14-quickgelu") or the
+path of an open_clip model-config JSON ({"embed_dim", "vision_cfg", "text_cfg",
+optional "quick_gelu" and "preprocess_cfg"}). Only the image tower is built; a
+full CLIP checkpoint (its text tower is ignored) or an image-tower-only state
+dict both load, with strict key checking on the image tower.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipscan.runtime.artifact import file_sha256
+from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from ._deps import require
+
+torch = require("torch")
+open_clip = require("open_clip")
+
+
+@dataclass
+class BackboneInfo:
+    id: str
+    config: dict
+    activation: str                       # "quick_gelu" or "gelu"
+    embed_dim: int
+    image_size: tuple[int, int]
+    preprocess: dict                      # open_clip preprocess cfg: mean, std, interpolation, resize_mode, fill_color
+    weights_file: str = ""
+    weights_sha256: str = ""
+    weights_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_arch_config(arch: str) -> tuple[str, dict]:
+    """(id, open_clip model config) for a model name or a config JSON path."""
+    p = Path(arch)
+    if p.suffix == ".json":
+        if not p.is_file():
+            raise FileNotFoundError(f"architecture config {p} does not exist")
+        cfg = json.loads(p.read_text())
+        if "vision_cfg" not in cfg or "embed_dim" not in cfg:
+            raise ValueError(f"{p} is not an open_clip model config: it needs 'embed_dim' and 'vision_cfg' "
+                             f"(found keys {sorted(cfg)})")
+        return f"open_clip-config:{p.stem}", cfg
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        known = open_clip.list_models()
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
+        raise ValueError(f"unknown open_clip architecture {arch!r}; close names: {close or known[:8]}. "
+                         "Pass a model name from open_clip.list_models() or the path of a model-config .json")
+    return f"open_clip:{arch}", dict(cfg)
+
+
+def _preprocess_cfg(cfg: dict, image_size) -> dict:
+    pp = {"mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD), "interpolation": "bicubic",
+          "resize_mode": "shortest", "fill_color": 0}
+    pp.update({k: v for k, v in (cfg.get("preprocess_cfg") or {}).items() if v is not None})
+    pp["size"] = list(image_size)
+    return pp
+
+
+def build_visual(cfg: dict, quick_gelu: bool):
+    vision_cfg = open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"])
+    return open_clip.model._build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
+
+
+def _visual_state_dict(weights: Path) -> dict:
+    state = open_clip.factory.load_state_dict(str(weights), device="cpu", weights_only=True)
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{weights} holds no state dict")
+    visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    if visual:
+        return visual
+    if "conv1.weight" in state or "trunk.patch_embed.proj.weight" in state:
+        return dict(state)  # already an image-tower-only state dict
+    raise ValueError(f"{weights} has no image-tower weights (no 'visual.*' keys); first keys: {list(state)[:6]}")
+
+
+def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = None):
+    """Build the image tower of `arch` and load `weights` into it. Returns (module, BackboneInfo)."""
+    bid, cfg = read_arch_config(arch)
+    use_quick = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else bool(quick_gelu)
+    visual = build_visual(cfg, use_quick)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"backbone weights {weights} do not exist (clipscan never downloads weights: "
+                                "pass a local open_clip/OpenAI CLIP checkpoint file)")
+    state = _visual_state_dict(weights)
+    result = visual.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{weights} does not match architecture {bid}: missing {result.missing_keys[:6]}, "
+                         f"unexpected {result.unexpected_keys[:6]}. Check --arch (and its width/layers/patch size)")
+    visual.eval()
+    image_size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+    info = BackboneInfo(
+        id=bid, config=cfg, activation="quick_gelu" if use_quick else "gelu",
+        embed_dim=int(cfg["embed_dim"]), image_size=tuple(int(s) for s in image_size),
+        preprocess=_preprocess_cfg(cfg, image_size),
+        weights_file=weights.name, weights_sha256=file_sha256(weights), weights_bytes=weights.stat().st_size,
+    )
+    return visual, info

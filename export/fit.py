@@ -1,0 +1,74 @@
+"""Fit heads on image embeddings: a logistic-regression detector and an MLP quality regressor.
+
+Both fit on standardised features and fold the standardisation back into their first
+Linear layer, so the saved head takes the raw embedding. Deterministic for a seed.
+"""
+from __future__ import annotations
+
+from ._deps import require
+from .heads import DetectorHead, QualityHead
+
+torch = require("torch")
+
+
+def _standardise(x):
+    mu = x.mean(0)
+    sigma = x.std(0).clamp_min(1e-6)
+    return (x - mu) / sigma, mu, sigma
+
+
+def _fold(linear, mu, sigma) -> None:
+    """Make linear(z) with z = (x - mu) / sigma a function of x."""
+    with torch.no_grad():
+        w = linear.weight / sigma
+        linear.bias -= (w * mu).sum(1)
+        linear.weight.copy_(w)
+
+
+def fit_detector(emb, labels, *, l2: float = 1e-2, steps: int = 200, seed: int = 0,
+                 label_names=("real", "generated"), threshold: float = 0.5) -> DetectorHead:
+    """L2-regularised logistic regression (LBFGS) on embeddings; labels 1 = label_names[1]."""
+    torch.manual_seed(seed)
+    x = emb.detach().double()
+    y = labels.detach().double()
+    z, mu, sigma = _standardise(x)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head = DetectorHead(x.shape[1], label_names, threshold)
+    with torch.no_grad():
+        head.linear.weight.copy_(w.detach().float()[None])
+        head.linear.bias.copy_(b.detach().float())
+    _fold(head.linear, mu.float(), sigma.float())
+    return head.eval()
+
+
+def fit_quality(emb, scores, *, hidden: int = 64, steps: int = 1500, lr: float = 3e-3, weight_decay: float = 1e-3,
+                seed: int = 0, scale: dict | None = None) -> QualityHead:
+    """Two-layer ReLU MLP regressing `scores` from embeddings (full-batch Adam, MSE)."""
+    torch.manual_seed(seed)
+    x = emb.detach().float()
+    y = scores.detach().float()
+    z, mu, sigma = _standardise(x)
+    head = QualityHead([x.shape[1], hidden, 1], "relu", scale)
+    y_mu, y_sigma = y.mean(), y.std().clamp_min(1e-6)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(head(z), (y - y_mu) / y_sigma)
+        loss.backward()
+        opt.step()
+    last = head.linears()[-1]
+    with torch.no_grad():  # undo the target standardisation in the last layer
+        last.weight.mul_(y_sigma)
+        last.bias.mul_(y_sigma).add_(y_mu)
+    _fold(head.linears()[0], mu, sigma)
+    return head.eval()

@@ -1,0 +1,72 @@
+"""Write a torch module to one self-contained ONNX file with the manifest inside, and check it."""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+
+from clipscan.runtime.manifest import METADATA_KEY, Manifest
+
+from ._deps import require
+
+log = logging.getLogger("clipscan.export")
+MIN_OPSET = 17
+
+
+def to_onnx(module, example, input_name: str, output_names: list[str], opset: int):
+    """Export with the dynamo exporter; the batch axis is dynamic. Returns an onnx.ModelProto."""
+    torch = require("torch")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: clipscan needs >= {MIN_OPSET} so LayerNorm stays one node")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    for noisy in ("onnx_ir", "onnxscript"):  # their optimisers log every pass at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), None, input_names=[input_name], output_names=output_names,
+            opset_version=opset, dynamo=True, external_data=False,
+            dynamic_shapes=({0: batch},),
+            optimize=True, verbose=False,
+        )
+    model = program.model_proto
+    # name the batch axis the same everywhere, for readers of the graph
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    return model
+
+
+def attach_manifest(model, manifest: Manifest) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, manifest.to_json()
+    model.producer_name = "clipscan"
+    from clipscan import __version__
+
+    model.producer_version = __version__
+
+
+def save_checked(model, path: str | Path) -> Path:
+    """onnx.checker full check (with shape inference), then save as one file."""
+    onnx = require("onnx")
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(model, str(tmp), save_as_external_data=False)
+    tmp.replace(path)
+    return path
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64).reshape(len(a), -1)
+    b = b.astype(np.float64).reshape(len(b), -1)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)

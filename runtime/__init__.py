@@ -1,0 +1,12 @@
+"""clipscan.runtime: scan images with an exported clipscan model.
+
+Depends on numpy, pillow and onnxruntime only; it never imports torch.
+"""
+from .artifact import Artifact, load_artifact
+from .errors import BackendError, ClipscanError, ImageReadError, ManifestError, ModelError
+from .manifest import Manifest
+from .results import ScanResult
+from .scanner import Scanner
+
+__all__ = ["Scanner", "ScanResult", "Manifest", "Artifact", "load_artifact", "ClipscanError",
+           "ModelError", "ManifestError", "BackendError", "ImageReadError"]

@@ -1,0 +1,54 @@
+"""ONNX Runtime on the CPU: the backend that is always there."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import BackendOptions
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def unavailable_reason() -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        return f"onnxruntime cannot be imported ({e})"
+    if PROVIDER not in ort.get_available_providers():
+        return f"this onnxruntime build has no {PROVIDER} (providers: {ort.get_available_providers()})"
+    return None
+
+
+class OrtCpuBackend:
+    name = "onnxruntime-cpu"
+
+    def __init__(self, model_path: Path, options: BackendOptions = BackendOptions()):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if options.threads:
+            so.intra_op_num_threads = int(options.threads)
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=[PROVIDER])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BackendError(f"ONNX Runtime could not load {model_path}: {e}") from e
+        providers = self.session.get_providers()
+        if providers[:1] != [PROVIDER]:
+            raise BackendError(f"asked ONNX Runtime for {PROVIDER}, the session runs on {providers}")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.ort_version = ort.__version__
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def close(self) -> None:
+        self.session = None
+
+
+def create(model_path: Path, options: BackendOptions) -> OrtCpuBackend:
+    return OrtCpuBackend(model_path, options)

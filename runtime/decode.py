@@ -1,0 +1,111 @@
+"""Decode one input (path, bytes or file object) into a loaded PIL image, safely.
+
+Every failure becomes an ImageReadError with a short stable `kind` and a message
+that says what happened, so a scan can write an error row and go on.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, Union
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageReadError
+
+# Pillow refuses images over 2 x MAX_IMAGE_PIXELS (about 179 MP) as decompression bombs.
+# clipscan applies its own limit, checked from the header before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+def _check_path(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageReadError("unreadable", "broken symbolic link") from None
+        raise ImageReadError("not_found", "no such file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageReadError("unreadable", "symbolic link loop") from None
+        raise ImageReadError("unreadable", f"cannot stat the file ({e.strerror or e})") from None
+    if path.is_dir():
+        raise ImageReadError("is_directory", "this is a directory, not an image file")
+    if not path.is_file():
+        raise ImageReadError("unreadable", "not a regular file (device, socket or pipe)")
+    if st.st_size == 0:
+        raise ImageReadError("empty", "the file is empty (0 bytes)")
+
+
+def _open(source: Source):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageReadError("empty", "no bytes were given")
+        return io.BytesIO(bytes(source)), True
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _check_path(path)
+        try:
+            return open(path, "rb"), True
+        except PermissionError:
+            raise ImageReadError("unreadable", "permission denied") from None
+        except OSError as e:
+            raise ImageReadError("unreadable", f"cannot open the file ({e.strerror or e})") from None
+    if hasattr(source, "read"):
+        return source, False
+    raise ImageReadError("bad_input", f"expected a path, bytes or a binary file object, got {type(source).__name__}")
+
+
+def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: str = "apply") -> Image.Image:
+    """Decode the first frame of an image fully into memory.
+
+    `exif_orientation="apply"` rotates/flips the pixels as the EXIF Orientation tag
+    says (what viewers show); "ignore" keeps the stored pixel order.
+    """
+    fh, owned = _open(source)
+    try:
+        try:
+            im = Image.open(fh)
+        except UnidentifiedImageError:
+            raise ImageReadError("not_an_image", "cannot identify an image format Pillow reads "
+                                 "(not an image, an unsupported format, or a damaged header)") from None
+        except Image.DecompressionBombError as e:
+            raise ImageReadError("too_large", f"{e}") from None
+        with im:
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageReadError("corrupt", f"the header gives an empty size {w}x{h}")
+            if w * h > max_pixels:
+                raise ImageReadError(
+                    "too_large", f"{w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP "
+                    "(raise it with --max-pixels / Scanner(max_pixels=...) if the file is trusted)")
+            fmt = im.format
+            try:
+                im.load()
+            except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as e:
+                msg = str(e) or type(e).__name__
+                kind = "truncated" if "truncat" in msg.lower() or isinstance(e, EOFError) else "corrupt"
+                raise ImageReadError(kind, f"{fmt or 'image'} data could not be decoded: {msg}") from None
+            if exif_orientation == "apply":
+                try:
+                    out = ImageOps.exif_transpose(im)
+                except Exception:  # a broken EXIF block must not lose the image
+                    out = im.copy()
+            else:
+                out = im.copy()
+            return out
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError("too_large", "ran out of memory decoding the image") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError("too_large", str(e)) from None
+    except Exception as e:  # Pillow plugins raise many types on hostile input
+        raise ImageReadError("corrupt", f"{type(e).__name__}: {e}") from None
+    finally:
+        if owned:
+            fh.close()

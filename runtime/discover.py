@@ -1,0 +1,80 @@
+"""Expand the paths a user passes into the files to scan.
+
+Files given explicitly are always scanned (a bad one gets an error row). Folders
+are walked recursively in sorted order; inside them, files whose extension marks
+an image are scanned (including formats Pillow may not read, so they are reported
+instead of silently ignored) and hidden entries are skipped. Directory symlinks
+are followed once: a loop cannot make the walk run forever.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# Formats cameras and phones write that Pillow may lack a plugin for: scanned so
+# the user sees an error row rather than a silently missing file.
+_EXTRA_IMAGE_EXTENSIONS = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef",
+                           ".arw", ".raf", ".orf", ".rw2", ".jfif", ".jpe"}
+
+
+def image_extensions() -> frozenset[str]:
+    from PIL import Image
+
+    Image.init()
+    return frozenset(e.lower() for e in Image.registered_extensions()) | _EXTRA_IMAGE_EXTENSIONS
+
+
+@dataclass
+class WalkStats:
+    skipped_non_image: int = 0
+    skipped_hidden: int = 0
+    skipped_loops: list[str] = field(default_factory=list)
+
+
+def iter_files(paths: Iterable[str | os.PathLike], *, all_files: bool = False,
+               stats: WalkStats | None = None) -> Iterator[str]:
+    """Yield file paths (as given, joined with walked names) in a stable order."""
+    stats = stats if stats is not None else WalkStats()
+    exts = None if all_files else image_extensions()
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            yield from _walk(p, exts, stats, set())
+        else:
+            yield p  # missing or odd files are reported by the decoder
+
+
+def _walk(top: str, exts, stats: WalkStats, seen: set) -> Iterator[str]:
+    try:
+        st = os.stat(top)
+    except OSError:
+        yield top
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        stats.skipped_loops.append(top)
+        return
+    seen.add(key)
+    try:
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        yield top  # unreadable folder: the decoder turns it into an error row
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            stats.skipped_hidden += 1
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(entry.path, exts, stats, seen)
+            continue
+        if exts is None or os.path.splitext(entry.name)[1].lower() in exts:
+            yield entry.path
+        else:
+            stats.skipped_non_image += 1

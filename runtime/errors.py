@@ -1,0 +1,46 @@
+"""One exception hierarchy for clipscan.
+
+Every message says what was asked, what exists, and how to fix it.
+"""
+from __future__ import annotations
+
+
+class ClipscanError(Exception):
+    """Base class of every error clipscan raises on purpose."""
+
+
+class ModelError(ClipscanError):
+    """The model artifact is missing, unreadable, or not a clipscan artifact."""
+
+
+class ManifestError(ModelError):
+    """The manifest inside an artifact is invalid or of an unsupported schema version."""
+
+
+class BackendError(ClipscanError):
+    """No backend could run the model, or a requested backend could not start."""
+
+
+class MissingExtraError(ClipscanError):
+    """A feature needs an optional dependency that is not installed."""
+
+    def __init__(self, feature: str, module: str, extra: str):
+        self.feature, self.module, self.extra = feature, module, extra
+        super().__init__(
+            f"{feature} needs the Python package '{module}', which is not installed. "
+            f"Install it with: pip install 'clipscan[{extra}]'"
+        )
+
+
+class ImageReadError(ClipscanError):
+    """One input could not be turned into model pixels.
+
+    `kind` is a short stable code (for scripts); the message is for people.
+    """
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+    def __str__(self) -> str:  # e.g. "truncated: image data ends early ..."
+        return f"{self.kind}: {self.args[0]}"

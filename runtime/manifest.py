@@ -1,0 +1,309 @@
+"""The manifest: versioned JSON stored in the ONNX file's `metadata_props`.
+
+The artifact is the only thing that travels between export, calibration and the
+runtime, so the manifest records everything needed to run the model exactly as it
+was trained: input spec, preprocessing recipe, heads and their meaning, precision,
+tool versions and hashes of the sources. It is parsed with `json.loads` and
+validated here; nothing is ever evaluated.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ManifestError
+
+METADATA_KEY = "clipscan.manifest"
+FORMAT = "clipscan.manifest"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+RESIZE_MODES = ("shortest", "longest", "squash", "none")
+CROP_MODES = ("center", "none")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+EXIF_POLICIES = ("apply", "ignore")
+ALPHA_POLICIES = ("drop",)
+HEAD_TASKS = ("detection", "quality")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Constants open_clip uses; recorded in manifests, never assumed by the runtime.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _need(obj: dict, key: str, where: str, types, choices=None):
+    if not isinstance(obj, dict) or key not in obj:
+        raise ManifestError(f"manifest field '{where}.{key}' is missing")
+    value = obj[key]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+        raise ManifestError(
+            f"manifest field '{where}.{key}' should be {_type_names(types)}, found {type(value).__name__} {value!r}"
+        )
+    if choices is not None and value not in choices:
+        raise ManifestError(f"manifest field '{where}.{key}' is {value!r}; expected one of {list(choices)}")
+    return value
+
+
+def _as_tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types) -> str:
+    return " or ".join(t.__name__ for t in _as_tuple(types))
+
+
+def _size(value, where: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value, value]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ManifestError(f"manifest field '{where}' should be [height, width] of positive integers, found {value!r}")
+    return int(value[0]), int(value[1])
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    size: tuple[int, int]               # (height, width)
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    color: str = "RGB"
+    # None when normalisation is folded into the graph, which then takes 0..255 pixel values
+    mean: tuple[float, float, float] | None = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] | None = OPENAI_CLIP_STD
+
+    @property
+    def folded(self) -> bool:
+        return self.mean is None
+
+    def to_dict(self) -> dict:
+        norm: Any = "folded" if self.folded else {"mean": list(self.mean), "std": list(self.std)}
+        return {"name": self.name, "layout": self.layout, "dtype": self.dtype, "color": self.color,
+                "size": list(self.size), "normalize": norm}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        w = "input"
+        name = _need(d, "name", w, str)
+        layout = _need(d, "layout", w, str, ("NCHW",))
+        dtype = _need(d, "dtype", w, str, ("float32", "uint8"))
+        color = _need(d, "color", w, str, ("RGB",))
+        size = _size(_need(d, "size", w, (list, int)), "input.size")
+        norm = _need(d, "normalize", w, (dict, str))
+        if dtype == "uint8" and norm != "folded":
+            raise ManifestError("manifest field 'input.normalize' must be 'folded' when input.dtype is uint8")
+        if norm == "folded":
+            return cls(name, size, layout, dtype, color, None, None)
+        if not isinstance(norm, dict):
+            raise ManifestError(f"manifest field 'input.normalize' is {norm!r}; expected 'folded' or {{mean, std}}")
+        stats = []
+        for key in ("mean", "std"):
+            v = _need(norm, key, "input.normalize", list)
+            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or key == "std" and min(v) <= 0:
+                raise ManifestError(f"manifest field 'input.normalize.{key}' should be 3 numbers (std > 0), found {v!r}")
+            stats.append(tuple(float(x) for x in v))
+        return cls(name, size, layout, dtype, color, stats[0], stats[1])
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a decoded image becomes the model input, in the order applied.
+
+    1. orientation: EXIF orientation applied ("apply") or ignored ("ignore");
+    2. resize (mode, size, interpolation), on the image in its decoded mode;
+    3. crop: centre crop to `crop_size`, padding with `pad_fill` where the image is smaller;
+    4. convert to RGB (alpha dropped, as PIL's convert does) and scale to [0, 1];
+    5. normalise with the input spec's mean/std (unless folded into the graph).
+    This is the order of open_clip's inference transform.
+    """
+    resize_mode: str = "shortest"
+    resize_size: tuple[int, int] = (224, 224)
+    interpolation: str = "bicubic"
+    crop_mode: str = "center"
+    crop_size: tuple[int, int] = (224, 224)
+    pad_fill: int = 0
+    exif_orientation: str = "apply"
+    alpha: str = "drop"
+    frame: str = "first"
+
+    def to_dict(self) -> dict:
+        return {
+            "exif_orientation": self.exif_orientation,
+            "frame": self.frame,
+            "resize": {"mode": self.resize_mode, "size": list(self.resize_size), "interpolation": self.interpolation},
+            "crop": {"mode": self.crop_mode, "size": list(self.crop_size), "pad_fill": self.pad_fill},
+            "convert": {"color": "RGB", "alpha": self.alpha},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        w = "preprocess"
+        resize = _need(d, "resize", w, dict)
+        crop = _need(d, "crop", w, dict)
+        convert = _need(d, "convert", w, dict)
+        pad_fill = _need(crop, "pad_fill", "preprocess.crop", int)
+        if not 0 <= pad_fill <= 255:
+            raise ManifestError(f"manifest field 'preprocess.crop.pad_fill' should be 0..255, found {pad_fill}")
+        return cls(
+            resize_mode=_need(resize, "mode", "preprocess.resize", str, RESIZE_MODES),
+            resize_size=_size(_need(resize, "size", "preprocess.resize", (list, int)), "preprocess.resize.size"),
+            interpolation=_need(resize, "interpolation", "preprocess.resize", str, INTERPOLATIONS),
+            crop_mode=_need(crop, "mode", "preprocess.crop", str, CROP_MODES),
+            crop_size=_size(_need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
+            pad_fill=pad_fill,
+            exif_orientation=_need(d, "exif_orientation", w, str, EXIF_POLICIES),
+            alpha=_need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
+            frame=_need(d, "frame", w, str, ("first",)),
+        )
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head of the graph. `outputs` maps a role to a graph output name.
+
+    detection: roles "logit" (raw score) and "probability" (sigmoid of it); the
+    verdict is labels[1] when probability >= threshold, else labels[0].
+    quality: role "score", a value on `scale` (e.g. a MOS from 1 to 5).
+    """
+    name: str
+    task: str
+    outputs: dict[str, str]
+    labels: tuple[str, ...] = ()
+    threshold: float | None = None
+    scale: dict[str, Any] | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "task": self.task, "outputs": dict(self.outputs)}
+        if self.labels:
+            d["labels"] = list(self.labels)
+        if self.threshold is not None:
+            d["threshold"] = self.threshold
+        if self.scale is not None:
+            d["scale"] = dict(self.scale)
+        if self.description:
+            d["description"] = self.description
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, index: int) -> "HeadSpec":
+        w = f"heads[{index}]"
+        task = _need(d, "task", w, str, HEAD_TASKS)
+        outputs = _need(d, "outputs", w, dict)
+        needed = {"detection": ("logit", "probability"), "quality": ("score",)}[task]
+        for role in needed:
+            _need(outputs, role, f"{w}.outputs", str)
+        head = cls(name=_need(d, "name", w, str), task=task, outputs=dict(outputs),
+                   description=str(d.get("description", "")))
+        if task == "detection":
+            labels = _need(d, "labels", w, list)
+            if len(labels) != 2 or not all(isinstance(x, str) for x in labels):
+                raise ManifestError(f"manifest field '{w}.labels' should be [negative, positive] strings, found {labels!r}")
+            threshold = float(_need(d, "threshold", w, (int, float)))
+            if not 0.0 <= threshold <= 1.0:
+                raise ManifestError(f"manifest field '{w}.threshold' is a probability threshold in [0, 1], found {threshold}")
+            return cls(head.name, task, head.outputs, tuple(labels), threshold, None, head.description)
+        scale = _need(d, "scale", w, dict)
+        _need(scale, "kind", f"{w}.scale", str)
+        return cls(head.name, task, head.outputs, (), None, dict(scale), head.description)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input: InputSpec
+    preprocess: PreprocessSpec
+    heads: tuple[HeadSpec, ...]
+    backbone: dict[str, Any]
+    embedding: dict[str, Any] | None = None
+    precision: str = "fp32"
+    opset: int = 18
+    description: str = ""
+    tools: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def head(self, task: str) -> HeadSpec | None:
+        """The first head of a task ("detection", "quality"), or None."""
+        return next((h for h in self.heads if h.task == task), None)
+
+    def output_names(self) -> list[str]:
+        names = [n for h in self.heads for n in h.outputs.values()]
+        if self.embedding:
+            names.append(self.embedding["output"])
+        return names
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "description": self.description,
+            "created_utc": self.created_utc,
+            "precision": self.precision,
+            "opset": self.opset,
+            "input": self.input.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "backbone": self.backbone,
+            "heads": [h.to_dict() for h in self.heads],
+            "embedding": self.embedding,
+            "tools": self.tools,
+            "sources": self.sources,
+            "calibration": self.calibration,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "the model") -> "Manifest":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"the manifest in {origin} is not valid JSON ({e}); re-export the model with `clipscan export`") from e
+        return cls.from_dict(d, origin)
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str = "the model") -> "Manifest":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ManifestError(f"{origin} has metadata under '{METADATA_KEY}' that is not a clipscan manifest "
+                                f"(format {d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r})")
+        version = d.get("schema_version")
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            newer = isinstance(version, int) and version > max(SUPPORTED_SCHEMA_VERSIONS)
+            fix = ("upgrade clipscan (pip install -U clipscan) to read it"
+                   if newer else "re-export the model with this clipscan (`clipscan export`)")
+            raise ManifestError(
+                f"{origin} has manifest schema version {version!r}; this clipscan reads "
+                f"version(s) {list(SUPPORTED_SCHEMA_VERSIONS)}. To use it, {fix}."
+            )
+        try:
+            heads = _need(d, "heads", "manifest", list)
+            if not heads:
+                raise ManifestError("manifest field 'heads' is empty: a model needs at least one head")
+            embedding = d.get("embedding")
+            if embedding is not None:
+                _need(embedding, "output", "embedding", str)
+            precision = _need(d, "precision", "manifest", str, PRECISIONS)
+            return cls(
+                name=_need(d, "name", "manifest", str),
+                description=str(d.get("description", "")),
+                input=InputSpec.from_dict(_need(d, "input", "manifest", dict)),
+                preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "manifest", dict)),
+                heads=tuple(HeadSpec.from_dict(h, i) for i, h in enumerate(heads)),
+                backbone=_need(d, "backbone", "manifest", dict),
+                embedding=embedding,
+                precision=precision,
+                opset=int(_need(d, "opset", "manifest", int)),
+                tools=dict(d.get("tools") or {}),
+                sources=dict(d.get("sources") or {}),
+                calibration=d.get("calibration"),
+                created_utc=str(d.get("created_utc", "")),
+                schema_version=version,
+            )
+        except ManifestError as e:
+            raise ManifestError(f"{origin}: {e}") from None
+

@@ -1,0 +1,90 @@
+"""Read the top-level fields of an ONNX file without loading its graph.
+
+`clipscan info` and the manifest check must be fast even for a 1 GB model and must
+not need the `onnx` package: the file is memory-mapped and only the ModelProto
+fields we need are decoded from the protobuf wire format; the graph is skipped.
+"""
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# ModelProto field numbers (onnx/onnx.proto3)
+_IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT, _METADATA_PROPS = 1, 2, 3, 8, 14
+
+
+@dataclass
+class OnnxHeader:
+    ir_version: int = 0
+    producer_name: str = ""
+    producer_version: str = ""
+    opsets: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf, start: int, end: int):
+    """Yield (field_number, wire_type, value) for one message; bytes fields as (start, end)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = None, pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value = (pos, pos + length)
+            pos += length
+        elif wire == 5:
+            value, pos = None, pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > end:
+            raise ValueError("field runs past the end of the message")
+        yield number, wire, value
+
+
+def _text(buf, span) -> str:
+    return bytes(buf[span[0]:span[1]]).decode("utf-8")
+
+
+def read_onnx_header(path: str | Path) -> OnnxHeader:
+    """Decode ir_version, producer, opsets and metadata_props of an ONNX file."""
+    header = OnnxHeader()
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            raise ValueError("the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            for number, wire, value in _fields(buf, 0, len(buf)):
+                if number == _IR_VERSION and wire == 0:
+                    header.ir_version = value
+                elif number == _PRODUCER_NAME and wire == 2:
+                    header.producer_name = _text(buf, value)
+                elif number == _PRODUCER_VERSION and wire == 2:
+                    header.producer_version = _text(buf, value)
+                elif number in (_OPSET_IMPORT, _METADATA_PROPS) and wire == 2:
+                    pair: dict[int, object] = {}
+                    for n, w, v in _fields(buf, *value):
+                        pair[n] = _text(buf, v) if w == 2 else v
+                    if number == _OPSET_IMPORT:
+                        header.opsets[str(pair.get(1, ""))] = int(pair.get(2, 0))
+                    else:
+                        header.metadata[str(pair.get(1, ""))] = str(pair.get(2, ""))
+    return header

@@ -1,0 +1,202 @@
+"""The Scanner: files, folders, images or bytes in; one ScanResult per input out.
+
+Decoding and preprocessing run in a small thread pool ahead of inference (Pillow
+releases the GIL while it decodes), batches go to the backend, and results come
+back in input order as soon as their batch is done. A bad input becomes an error
+result; it never stops the scan.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .artifact import Artifact, load_artifact
+from .backends import BackendOptions, create_backend
+from .decode import DEFAULT_MAX_PIXELS, load_image
+from .discover import WalkStats, iter_files
+from .errors import ImageReadError, ModelError
+from .preprocess import Preprocessor
+from .results import ScanResult
+
+log = logging.getLogger("clipscan.scan")
+
+
+class Scanner:
+    """Scan images with an exported clipscan model.
+
+    >>> scanner = Scanner()                      # the demo model, best backend available
+    >>> for r in scanner.scan(["photos/"]):      # files and folders, recursive
+    ...     print(r.path, r.p_generated, r.verdict, r.quality, r.error)
+    >>> scanner.scan_image(pil_image).verdict
+    >>> scanner.scan_bytes(upload_bytes, name="upload.jpg")
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "auto",
+                 fallback: bool = True, batch_size: int = 16, threads: int | None = None,
+                 workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 threshold: float | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.artifact: Artifact = load_artifact(model)
+        self.manifest = self.artifact.manifest
+        self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
+        self.batch_size = batch_size
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.max_pixels = max_pixels
+        self.detector = self.manifest.head("detection")
+        self.quality = self.manifest.head("quality")
+        self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
+        self.backend = create_backend(self.artifact.path, backend, fallback=fallback,
+                                      options=BackendOptions(threads=threads))
+        self._check_graph()
+        self.walk_stats = WalkStats()
+
+    # -- setup -------------------------------------------------------------
+    def _check_graph(self) -> None:
+        want_in = self.manifest.input.name
+        if want_in not in self.backend.input_names:
+            raise ModelError(f"{self.artifact.path}: the manifest names input {want_in!r}, "
+                             f"the graph has {self.backend.input_names}; re-export the model")
+        missing = [n for n in self.manifest.output_names() if n not in self.backend.output_names]
+        if missing:
+            raise ModelError(f"{self.artifact.path}: the manifest names outputs {missing} that the graph lacks "
+                             f"(graph outputs: {self.backend.output_names}); re-export the model")
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Scanner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- public API ----------------------------------------------------------
+    def scan(self, paths: Iterable[str | os.PathLike] | str | os.PathLike, *,
+             all_files: bool = False) -> Iterator[ScanResult]:
+        """Scan files and folders (recursively); yields results in input order."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.walk_stats = WalkStats()
+        files = iter_files(paths, all_files=all_files, stats=self.walk_stats)
+        return self._scan_sources((str(p), p) for p in files)
+
+    def scan_image(self, image: Image.Image, name: str = "<image>") -> ScanResult:
+        """Scan one already decoded PIL image."""
+        return next(self._scan_sources([(name, image)]))
+
+    def scan_bytes(self, data: bytes, name: str = "<bytes>") -> ScanResult:
+        """Scan one encoded image held in memory (an upload, say)."""
+        return next(self._scan_sources([(name, data)]))
+
+    def scan_many(self, items: Iterable[tuple[str, object]]) -> Iterator[ScanResult]:
+        """Scan (name, source) pairs; a source is a path, bytes, a binary file or a PIL image."""
+        return self._scan_sources(items)
+
+    def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on a preprocessed batch (N, 3, H, W); returns every output."""
+        return self.backend.run({self.manifest.input.name: pixels})
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.preprocessor(image)
+
+    # -- pipeline --------------------------------------------------------------
+    def _prepare(self, source) -> np.ndarray | ImageReadError:
+        try:
+            if isinstance(source, Image.Image):
+                image = source
+            else:
+                image = load_image(source, max_pixels=self.max_pixels,
+                                   exif_orientation=self.manifest.preprocess.exif_orientation)
+            return self.preprocessor(image)
+        except ImageReadError as e:
+            return e
+        except MemoryError:
+            return ImageReadError("too_large", "ran out of memory preprocessing the image")
+        except Exception as e:  # never let one input end the scan
+            return ImageReadError("preprocess_failed", f"{type(e).__name__}: {e}")
+
+    def _prepared(self, items: Iterable[tuple[str, object]]) -> Iterator[tuple[str, object]]:
+        lookahead = max(2 * self.batch_size, self.workers)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="clipscan-decode") as pool:
+            window: deque = deque()
+            for name, source in items:
+                window.append((name, pool.submit(self._prepare, source)))
+                if len(window) >= lookahead:
+                    name0, fut = window.popleft()
+                    yield name0, fut.result()
+            while window:
+                name0, fut = window.popleft()
+                yield name0, fut.result()
+
+    def _scan_sources(self, items: Iterable[tuple[str, object]]) -> Iterator[ScanResult]:
+        pending: list[tuple[str, object]] = []
+        ready = 0
+        for name, prepared in self._prepared(items):
+            if isinstance(prepared, ImageReadError) and ready == 0:
+                yield self._error(name, prepared)  # nothing waits before it: emit now
+                continue
+            pending.append((name, prepared))
+            if not isinstance(prepared, ImageReadError):
+                ready += 1
+            if ready == self.batch_size:
+                yield from self._run_batch(pending)
+                pending, ready = [], 0
+        if pending:
+            yield from self._run_batch(pending)
+
+    def _error(self, name: str, error: Exception) -> ScanResult:
+        return ScanResult(path=name, error=str(error), backend=self.backend.name)
+
+    def _run_batch(self, pending: list[tuple[str, object]]) -> Iterator[ScanResult]:
+        arrays = [p for _, p in pending if isinstance(p, np.ndarray)]
+        outputs: dict[str, np.ndarray] | None = None
+        failure = None
+        if arrays:
+            try:
+                outputs = self.predict(np.stack(arrays))
+            except Exception as e:  # a backend failure fails this batch, not the scan
+                failure = ImageReadError("inference_failed", f"{type(e).__name__}: {e}")
+                log.error("inference failed for a batch of %d: %s", len(arrays), e)
+        i = 0
+        for name, prepared in pending:
+            if not isinstance(prepared, np.ndarray):
+                yield self._error(name, prepared)
+            elif failure is not None:
+                yield self._error(name, failure)
+            else:
+                yield self._result(name, outputs, i)
+                i += 1
+
+    def _result(self, name: str, outputs: dict[str, np.ndarray], i: int) -> ScanResult:
+        r = ScanResult(path=name, backend=self.backend.name)
+        values = []
+        if self.detector is not None:
+            r.logit = float(outputs[self.detector.outputs["logit"]][i])
+            r.p_generated = float(outputs[self.detector.outputs["probability"]][i])
+            values += [r.logit, r.p_generated]
+        if self.quality is not None:
+            r.quality = float(outputs[self.quality.outputs["score"]][i])
+            values.append(r.quality)
+        emb = self.manifest.embedding
+        if emb is not None:
+            r.embedding = np.asarray(outputs[emb["output"]][i])
+        if not np.all(np.isfinite(values)):
+            return ScanResult(path=name, backend=self.backend.name,
+                              error="inference_failed: the model returned a non-finite value (NaN or inf)")
+        if r.p_generated is not None:
+            labels = self.detector.labels
+            r.verdict = labels[1] if r.p_generated >= self.threshold else labels[0]
+        return r

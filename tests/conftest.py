@@ -1,0 +1,115 @@
+"""Shared fixtures: a tiny open_clip model with seeded weights, heads fitted by clipscan, its export."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+# A small ViT in open_clip's config format; QuickGELU as in OpenAI checkpoints.
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def photo_images() -> list[tuple[str, Image.Image]]:
+    from clipscan.export import demo_data
+
+    return [(n, demo_data.photo(n)) for n in ("astronaut", "coffee", "chelsea", "rocket")]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """(config.json, full open_clip checkpoint, heads file, torch CLIP model) written like a user's files."""
+    import torch
+    import open_clip
+
+    from clipscan.export import demo_data
+    from clipscan.export.fit import fit_detector, fit_quality
+    from clipscan.export.heads import save_heads
+
+    d = tmp_path_factory.mktemp("tiny_model")
+    cfg_path = d / "tiny-vit.json"
+    cfg_path.write_text(json.dumps(TINY_CONFIG))
+    torch.manual_seed(7)
+    cfg = {k: v for k, v in TINY_CONFIG.items() if k != "quick_gelu"}
+    model = open_clip.model.CLIP(**cfg, quick_gelu=True).eval()
+    ckpt = d / "tiny_clip.pt"
+    # the layout open_clip's training script writes: {"epoch", "state_dict" with "module." prefixes}
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, str(ckpt))
+
+    images, labels = demo_data.detector_set(24, seed=3)
+    q_images, q_scores = demo_data.quality_set(40, seed=4)
+    preprocess = open_clip.image_transform(224, is_train=False)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(i) for i in images])), dim=-1)
+        q_emb = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(i) for i in q_images])), dim=-1)
+    detector = fit_detector(emb, torch.tensor(labels))
+    quality = fit_quality(q_emb, torch.tensor(q_scores), hidden=16, steps=300)
+    heads = d / "heads.pt"
+    save_heads(heads, detector, quality)
+    return {"config": cfg_path, "weights": ckpt, "heads": heads, "model": model, "dir": d}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_model_files, tmp_path_factory):
+    """The tiny model exported through the public API, plus the PyTorch module it came from."""
+    from clipscan.export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    report = export_model(str(tiny_model_files["config"]), tiny_model_files["weights"], tiny_model_files["heads"], out,
+                          name="tiny-test")
+    return report
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    """A folder of real photos in several formats and sizes."""
+    d = tmp_path / "images"
+    (d / "nested" / "deeper").mkdir(parents=True)
+    for i, (name, img) in enumerate(photo_images()):
+        target = d / ("nested" if i % 2 else "") / f"{name}.jpg"
+        img.save(target, "JPEG", quality=92)
+    photo_images()[0][1].resize((100, 300)).save(d / "nested" / "deeper" / "tall.png")
+    photo_images()[1][1].convert("L").save(d / "gray.png")
+    return d
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def block_torch_env(tmp_path: Path) -> dict:
+    """Environment for a subprocess in which importing torch, torchvision, open_clip or onnx fails."""
+    site = tmp_path / "no_torch_site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "BLOCKED = ('torch', 'torchvision', 'open_clip', 'onnx', 'onnxscript')\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is blocked: this process simulates a base install without torch')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
