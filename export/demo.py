@@ -103,7 +103,7 @@ def build_demo(out: Path, samples_dir: Path | None = None, *, n_per_class: int =
     q_images, q_scores = demo_data.quality_set(n_quality, seed=1)
     q_emb = embed(visual, q_images, spec, pp["mean"], pp["std"])
     quality = fit_quality(q_emb, torch.tensor(q_scores), hidden=32, weight_decay=1e-2, steps=800,
-                          scale={"kind": "mos", "min": 1.0, "max": 5.0})
+                          scale={"kind": "mos", "min": 1.0, "max": 5.0}, bounded=True)
 
     # held-out check, reported in the manifest description: other photos' crops, other render seeds
     val_images, val_labels = demo_data.detector_set(40, seed=7)

@@ -84,7 +84,8 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
     if graph.quality is not None:
         heads.append(HeadSpec(
             name="quality", task="quality", outputs={"score": OUT_QUALITY}, scale=dict(graph.quality.scale),
-            description=f"MLP on the L2-normalised image embedding ({graph.quality.activation})"))
+            description=f"MLP on the L2-normalised image embedding ({graph.quality.activation})"
+                        + ("; output squashed into the scale by a sigmoid" if graph.quality.bounded else "")))
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
     if heads_file is not None:

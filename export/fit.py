@@ -52,23 +52,28 @@ def fit_detector(emb, labels, *, l2: float = 1e-2, steps: int = 200, seed: int =
 
 
 def fit_quality(emb, scores, *, hidden: int = 64, steps: int = 1500, lr: float = 3e-3, weight_decay: float = 1e-3,
-                seed: int = 0, scale: dict | None = None) -> QualityHead:
-    """Two-layer ReLU MLP regressing `scores` from embeddings (full-batch Adam, MSE)."""
+                seed: int = 0, scale: dict | None = None, bounded: bool = False) -> QualityHead:
+    """Two-layer ReLU MLP regressing `scores` from embeddings (full-batch Adam, MSE).
+
+    Unbounded heads learn standardised targets (undone in the last layer afterwards);
+    bounded heads learn the scores directly through their sigmoid range.
+    """
     torch.manual_seed(seed)
     x = emb.detach().float()
     y = scores.detach().float()
     z, mu, sigma = _standardise(x)
-    head = QualityHead([x.shape[1], hidden, 1], "relu", scale)
-    y_mu, y_sigma = y.mean(), y.std().clamp_min(1e-6)
+    head = QualityHead([x.shape[1], hidden, 1], "relu", scale, bounded=bounded)
+    y_mu, y_sigma = (0.0, 1.0) if bounded else (y.mean(), y.std().clamp_min(1e-6))
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(head(z), (y - y_mu) / y_sigma)
         loss.backward()
         opt.step()
-    last = head.linears()[-1]
-    with torch.no_grad():  # undo the target standardisation in the last layer
-        last.weight.mul_(y_sigma)
-        last.bias.mul_(y_sigma).add_(y_mu)
+    if not bounded:
+        last = head.linears()[-1]
+        with torch.no_grad():  # undo the target standardisation in the last layer
+            last.weight.mul_(y_sigma)
+            last.bias.mul_(y_sigma).add_(y_mu)
     _fold(head.linears()[0], mu, sigma)
     return head.eval()

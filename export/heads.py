@@ -7,10 +7,12 @@ A heads file is a `torch.save`d dict of tensors and plain values (loadable with
      "feature": "embedding",                  # the L2-normalised projected CLS
      "detector": {"weight": [1, D], "bias": [1], "labels": ["real", "generated"], "threshold": 0.5},
      "quality": {"layers": [{"weight": [H, D], "bias": [H]}, ..., {"weight": [1, H], "bias": [1]}],
-                 "activation": "relu", "scale": {"kind": "mos", "min": 1.0, "max": 5.0}}}
+                 "activation": "relu", "scale": {"kind": "mos", "min": 1.0, "max": 5.0},
+                 "bounded": False}}
 
 The detector gives a logit (sigmoid -> probability of "generated"); the quality
-head is an MLP giving a score on its scale.
+head is an MLP giving a score on its scale. A bounded quality head maps the MLP
+output z to min + (max - min) * sigmoid(z), so the score cannot leave its scale.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class DetectorHead(nn.Module):
 class QualityHead(nn.Module):
     """MLP over the embedding: one quality score per image."""
 
-    def __init__(self, dims: list[int], activation: str = "relu", scale: dict | None = None):
+    def __init__(self, dims: list[int], activation: str = "relu", scale: dict | None = None, bounded: bool = False):
         super().__init__()
         if len(dims) < 2 or dims[-1] != 1:
             raise ValueError(f"quality head dims must run from the embedding size to 1, got {dims}")
@@ -54,9 +56,16 @@ class QualityHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.activation = activation
         self.scale = dict(scale or {"kind": "mos", "min": 1.0, "max": 5.0})
+        self.bounded = bool(bounded)
+        if self.bounded and not float(self.scale["min"]) < float(self.scale["max"]):
+            raise ValueError(f"a bounded quality head needs scale min < max, got {self.scale}")
 
     def forward(self, emb):
-        return self.mlp(emb).squeeze(-1)
+        z = self.mlp(emb).squeeze(-1)
+        if self.bounded:
+            lo, hi = float(self.scale["min"]), float(self.scale["max"])
+            z = lo + (hi - lo) * torch.sigmoid(z)
+        return z
 
     def linears(self) -> list:
         return [m for m in self.mlp if isinstance(m, nn.Linear)]
@@ -71,7 +80,8 @@ def save_heads(path: str | Path, detector: DetectorHead | None, quality: Quality
     if quality is not None:
         data["quality"] = {"layers": [{"weight": m.weight.detach().cpu().clone(), "bias": m.bias.detach().cpu().clone()}
                                       for m in quality.linears()],
-                           "activation": quality.activation, "scale": dict(quality.scale)}
+                           "activation": quality.activation, "scale": dict(quality.scale),
+                           "bounded": quality.bounded}
     torch.save(data, str(path))
 
 
@@ -101,7 +111,7 @@ def load_heads(path: str | Path, embed_dim: int) -> tuple[DetectorHead | None, Q
         dims = [int(layers[0]["weight"].shape[1])] + [int(layer["weight"].shape[0]) for layer in layers]
         if dims[0] != embed_dim:
             raise ValueError(f"{path}: the quality head takes {dims[0]} features, the backbone gives {embed_dim}")
-        quality = QualityHead(dims, q.get("activation", "relu"), q.get("scale"))
+        quality = QualityHead(dims, q.get("activation", "relu"), q.get("scale"), bool(q.get("bounded", False)))
         for m, layer in zip(quality.linears(), layers):
             m.load_state_dict({"weight": layer["weight"].float(), "bias": layer["bias"].float()})
     if detector is None and quality is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -20,6 +21,27 @@ from .errors import ImageReadError
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+_HINT = "raise it with --max-pixels / Scanner(max_pixels=...) if the file is trusted"
+
+
+def _too_large(pixels: int, max_pixels: int, dims: str = "") -> ImageReadError:
+    return ImageReadError("too_large", f"{dims}{pixels / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP ({_HINT})")
+
+
+def _bomb(e: Exception, max_pixels: int) -> ImageReadError:
+    """Pillow's own decompression-bomb refusal, in clipscan's words."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    if m:
+        return _too_large(int(m.group(1)), max_pixels)
+    return ImageReadError("too_large", str(e))
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to `max_pixels` (its own refusal starts at 2 x MAX_IMAGE_PIXELS)."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
 
 
 def _check_path(path: Path) -> None:
@@ -74,15 +96,13 @@ def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_ori
             raise ImageReadError("not_an_image", "cannot identify an image format Pillow reads "
                                  "(not an image, an unsupported format, or a damaged header)") from None
         except Image.DecompressionBombError as e:
-            raise ImageReadError("too_large", f"{e}") from None
+            raise _bomb(e, max_pixels) from None
         with im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise ImageReadError("corrupt", f"the header gives an empty size {w}x{h}")
             if w * h > max_pixels:
-                raise ImageReadError(
-                    "too_large", f"{w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP "
-                    "(raise it with --max-pixels / Scanner(max_pixels=...) if the file is trusted)")
+                raise _too_large(w * h, max_pixels, f"{w}x{h} = ")
             fmt = im.format
             try:
                 im.load()
@@ -103,7 +123,7 @@ def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_ori
     except MemoryError:
         raise ImageReadError("too_large", "ran out of memory decoding the image") from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError("too_large", str(e)) from None
+        raise _bomb(e, max_pixels) from None
     except Exception as e:  # Pillow plugins raise many types on hostile input
         raise ImageReadError("corrupt", f"{type(e).__name__}: {e}") from None
     finally:

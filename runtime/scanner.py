@@ -18,7 +18,7 @@ from PIL import Image
 
 from .artifact import Artifact, load_artifact
 from .backends import BackendOptions, create_backend
-from .decode import DEFAULT_MAX_PIXELS, load_image
+from .decode import DEFAULT_MAX_PIXELS, allow_pixels, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, ModelError
 from .preprocess import Preprocessor
@@ -49,6 +49,7 @@ class Scanner:
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
+        allow_pixels(max_pixels)
         self.detector = self.manifest.head("detection")
         self.quality = self.manifest.head("quality")
         self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)

@@ -1,0 +1,126 @@
+"""Bad files get an error row each; every other file still gets its result."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from clipscan.cli import main
+from clipscan.runtime import Scanner
+
+from .conftest import jpeg_bytes, photo_images
+
+
+@pytest.fixture
+def mixed_dir(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    photos = photo_images()
+    good = jpeg_bytes(photos[0][1], quality=90)
+    (d / "a_good.jpg").write_bytes(good)
+    (d / "b_corrupt.jpg").write_bytes(os.urandom(4096))
+    (d / "c_truncated.jpg").write_bytes(good[: len(good) // 3])
+    (d / "d_empty.png").write_bytes(b"")
+    (d / "e_text_named_like_image.png").write_text("this is not a picture\n")
+    photos[2][1].save(d / "f_good.png")
+    (d / "g_notes.txt").write_text("a text file in a photo folder")
+    bad_png = io.BytesIO()
+    photos[3][1].save(bad_png, "PNG")
+    data = bytearray(bad_png.getvalue())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\x00" * 64  # damaged IDAT payload
+    (d / "h_damaged.png").write_bytes(bytes(data))
+    return d
+
+
+def rows_by_name(results):
+    return {os.path.basename(r.path): r for r in results}
+
+
+def test_each_bad_file_gets_its_own_error_and_the_rest_complete(mixed_dir):
+    with Scanner(batch_size=2) as scanner:
+        rows = rows_by_name(scanner.scan([mixed_dir]))
+    assert "g_notes.txt" not in rows, "non-image extensions are skipped inside folders"
+    assert scanner.walk_stats.skipped_non_image == 1
+    assert rows["a_good.jpg"].ok and rows["f_good.png"].ok
+    assert rows["a_good.jpg"].verdict in ("real", "generated") and 0 <= rows["a_good.jpg"].p_generated <= 1
+    expect = {"b_corrupt.jpg": "not_an_image", "c_truncated.jpg": "truncated", "d_empty.png": "empty",
+              "e_text_named_like_image.png": "not_an_image", "h_damaged.png": None}
+    for name, kind in expect.items():
+        r = rows[name]
+        assert not r.ok and r.p_generated is None and r.verdict is None, name
+        if kind:
+            assert r.error.startswith(kind + ":"), (name, r.error)
+    assert rows["d_empty.png"].error == "empty: the file is empty (0 bytes)"
+
+
+def test_cli_streams_one_row_per_input_and_exit_code_says_failure(mixed_dir, tmp_path, capsys):
+    missing = tmp_path / "does_not_exist.jpg"
+    text_file = mixed_dir / "g_notes.txt"
+    code = main(["scan", str(mixed_dir), str(missing), str(text_file), "--batch-size", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert code == 1
+    assert len(rows) == 7 + 2
+    assert [set(r) for r in rows] == [{"path", "p_generated", "verdict", "quality", "error"}] * len(rows)
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    assert by_name["does_not_exist.jpg"]["error"] == "not_found: no such file"
+    assert by_name["g_notes.txt"]["error"].startswith("not_an_image:"), "explicit files are always scanned"
+    assert sum(r["error"] is None for r in rows) == 2
+
+
+def test_all_good_exits_zero_and_csv_output_file(image_dir, tmp_path):
+    out = tmp_path / "results.csv"
+    assert main(["scan", str(image_dir), "-f", "csv", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and all(r["error"] == "" for r in rows)
+    assert all(r["verdict"] in ("real", "generated") for r in rows)
+    float(rows[0]["p_generated"]), float(rows[0]["quality"])
+
+
+def test_empty_folder_is_reported(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    assert main(["scan", str(tmp_path / "empty")]) == 1
+    assert "nothing to scan" in caplog.text
+
+
+def test_symlink_loop_and_odd_entries_do_not_hang(tmp_path, image_dir):
+    os.symlink(image_dir, image_dir / "nested" / "loop")  # directory cycle
+    os.symlink(tmp_path / "nowhere.jpg", image_dir / "dangling.jpg")
+    os.symlink(image_dir / "self.jpg", image_dir / "self.jpg")  # a link to itself
+    (image_dir / "folder.jpg").mkdir()  # a directory named like an image
+    with Scanner() as scanner:
+        rows = rows_by_name(scanner.scan([image_dir]))
+    assert sum(r.ok for r in rows.values()) == 6, "every real image once, despite the loop"
+    assert rows["dangling.jpg"].error.startswith("unreadable: broken symbolic link")
+    assert rows["self.jpg"].error.startswith("unreadable: symbolic link loop")
+
+
+def test_api_inputs_bytes_images_and_wrong_types():
+    photo = photo_images()[1][1]
+    with Scanner() as scanner:
+        by_image = scanner.scan_image(photo, name="upload-1")
+        by_bytes = scanner.scan_bytes(jpeg_bytes(photo, quality=100), name="upload-2")
+        assert by_image.ok and by_bytes.ok and by_image.path == "upload-1"
+        assert scanner.scan_bytes(b"").error.startswith("empty:")
+        assert scanner.scan_bytes(b"GIF89a garbage").error.startswith(("not_an_image:", "corrupt:", "truncated:"))
+        weird = list(scanner.scan_many([("n", 12345), ("ok", photo), ("none", None)]))
+    assert [r.ok for r in weird] == [False, True, False]
+    assert weird[0].error.startswith("bad_input:") and "int" in weird[0].error
+
+
+def test_huge_dimensions_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (20000, 20000)).save(path, optimize=False)  # small file, 400 MP when decoded
+    small = tmp_path / "small.png"
+    photo_images()[0][1].save(small)
+    medium = tmp_path / "medium.png"
+    Image.new("L", (8000, 8000)).save(medium)  # 64 MP: under Pillow's own limit, over ours
+    with Scanner(max_pixels=50_000_000) as scanner:
+        rows = rows_by_name(scanner.scan([path, small, medium]))
+    assert rows["huge.png"].error.startswith("too_large: 400 MP exceeds the limit of 50 MP")
+    assert rows["medium.png"].error.startswith("too_large: 8000x8000 = 64 MP exceeds the limit of 50 MP")
+    assert rows["small.png"].ok
