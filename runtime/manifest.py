@@ -20,10 +20,12 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 RESIZE_MODES = ("shortest", "longest", "squash", "none")
-CROP_MODES = ("center", "none")
+CROP_MODES = ("center", "sliding", "none")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 EXIF_POLICIES = ("apply", "ignore")
 ALPHA_POLICIES = ("drop",)
+BIT_DEPTH_POLICIES = ("rescale", "clip")
+CONVERT_WHEN = ("decode", "after_crop")
 HEAD_TASKS = ("detection", "quality")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -111,11 +113,23 @@ class PreprocessSpec:
     """How a decoded image becomes the model input, in the order applied.
 
     1. orientation: EXIF orientation applied ("apply") or ignored ("ignore");
-    2. resize (mode, size, interpolation), on the image in its decoded mode;
-    3. crop: centre crop to `crop_size`, padding with `pad_fill` where the image is smaller;
-    4. convert to RGB (alpha dropped, as PIL's convert does) and scale to [0, 1];
-    5. normalise with the input spec's mean/std (unless folded into the graph).
-    This is the order of open_clip's inference transform.
+       the first frame of an animated file;
+    2. bit depth: images of more than 8 bits per sample (16-bit, 32-bit int, float)
+       are rescaled to 8 bits ("rescale": 16-bit values / 257, floats in [0, 1] x 255)
+       or handed to PIL's own conversion, which clips at 255 ("clip");
+    3. RGB conversion (alpha dropped, as PIL's convert does) right after decoding
+       ("decode": what `Image.open(p).convert("RGB")` training loaders feed the
+       transform) or after the crop ("after_crop": open_clip's transform applied to
+       an image in its decoded mode; differs only for palette, grey and 1-bit images
+       that are resized or padded);
+    4. resize (mode, size, interpolation);
+    5. crop: "center" crops `crop_size` from the middle, padding with `pad_fill` where
+       the image is smaller (torchvision's CenterCrop); "sliding" takes every
+       `crop_size` window at `stride` (plus one flush with the far edge, padding
+       small images as "center" does; at most `max_per_axis` evenly spaced windows
+       per axis) and the runtime averages the crops' outputs;
+    6. scale to [0, 1] and normalise with the input spec's mean/std (unless folded
+       into the graph), in float32 as torchvision computes them.
     """
     resize_mode: str = "shortest"
     resize_size: tuple[int, int] = (224, 224)
@@ -126,14 +140,22 @@ class PreprocessSpec:
     exif_orientation: str = "apply"
     alpha: str = "drop"
     frame: str = "first"
+    bit_depth: str = "rescale"
+    convert_when: str = "decode"
+    stride: int = 64                  # sliding crops only
+    max_per_axis: int = 8             # sliding crops only
 
     def to_dict(self) -> dict:
+        crop: dict[str, Any] = {"mode": self.crop_mode, "size": list(self.crop_size), "pad_fill": self.pad_fill}
+        if self.crop_mode == "sliding":
+            crop.update(stride=self.stride, max_per_axis=self.max_per_axis, aggregate="mean")
         return {
             "exif_orientation": self.exif_orientation,
             "frame": self.frame,
+            "bit_depth": self.bit_depth,
             "resize": {"mode": self.resize_mode, "size": list(self.resize_size), "interpolation": self.interpolation},
-            "crop": {"mode": self.crop_mode, "size": list(self.crop_size), "pad_fill": self.pad_fill},
-            "convert": {"color": "RGB", "alpha": self.alpha},
+            "crop": crop,
+            "convert": {"color": "RGB", "alpha": self.alpha, "when": self.convert_when},
         }
 
     @classmethod
@@ -145,16 +167,28 @@ class PreprocessSpec:
         pad_fill = _need(crop, "pad_fill", "preprocess.crop", int)
         if not 0 <= pad_fill <= 255:
             raise ManifestError(f"manifest field 'preprocess.crop.pad_fill' should be 0..255, found {pad_fill}")
+        crop_mode = _need(crop, "mode", "preprocess.crop", str, CROP_MODES)
+        sliding = {}
+        if crop_mode == "sliding":
+            _need(crop, "aggregate", "preprocess.crop", str, ("mean",))
+            for key in ("stride", "max_per_axis"):
+                value = _need(crop, key, "preprocess.crop", int)
+                if value < 1:
+                    raise ManifestError(f"manifest field 'preprocess.crop.{key}' should be >= 1, found {value}")
+                sliding[key] = value
         return cls(
             resize_mode=_need(resize, "mode", "preprocess.resize", str, RESIZE_MODES),
             resize_size=_size(_need(resize, "size", "preprocess.resize", (list, int)), "preprocess.resize.size"),
             interpolation=_need(resize, "interpolation", "preprocess.resize", str, INTERPOLATIONS),
-            crop_mode=_need(crop, "mode", "preprocess.crop", str, CROP_MODES),
+            crop_mode=crop_mode,
             crop_size=_size(_need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
             pad_fill=pad_fill,
             exif_orientation=_need(d, "exif_orientation", w, str, EXIF_POLICIES),
             alpha=_need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
+            convert_when=_need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),
             frame=_need(d, "frame", w, str, ("first",)),
+            bit_depth=_need(d, "bit_depth", w, str, BIT_DEPTH_POLICIES),
+            **sliding,
         )
 
 

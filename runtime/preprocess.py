@@ -3,8 +3,10 @@
 It reproduces open_clip's inference transform step by step, in the same order and
 with the same integer arithmetic (torchvision's resize-size rounding, its centre
 crop offsets and zero padding), so the tensor equals the reference on the same
-decoded image. Geometry runs on the image in its decoded mode (as torchvision
-does), RGB conversion comes after the crop.
+decoded image. Images of more than 8 bits per sample are first brought to 8 bits
+as the manifest's bit-depth policy says; RGB conversion happens right after
+decoding (what training loaders do) or after the crop (open_clip's transform fed
+an image in its decoded mode), as the manifest says.
 """
 from __future__ import annotations
 
@@ -76,6 +78,46 @@ def _pad_crop(img: Image.Image, box: tuple[int, int, int, int], fill: int) -> Im
     return out
 
 
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """Rescale a 16-bit, 32-bit integer or float image to 8-bit grey ("L").
+
+    16-bit values map to round(v / 257). A 32-bit integer image is read as 16-bit
+    when any value exceeds 255, else as 8-bit. Float images whose values lie in
+    [0, 1] are scaled by 255, others are taken as 0..255; NaN becomes 0.
+    """
+    if img.mode not in _HIGH_BIT_MODES:
+        return img
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0
+        out = np.clip(np.round(arr), 0, 255)
+    else:
+        arr = arr.astype(np.int64)
+        if img.mode == "I" and (arr.size == 0 or arr.max() <= 255):
+            out = np.clip(arr, 0, 255)
+        else:
+            out = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
+    return Image.fromarray(out.astype(np.uint8), "L")
+
+
+def window_starts(length: int, crop: int, stride: int, max_n: int) -> list[int]:
+    """Offsets of sliding windows along one axis (the image is padded to `crop` when shorter)."""
+    if length <= crop:
+        return [0]
+    span = length - crop
+    starts = list(range(0, span + 1, stride))
+    if starts[-1] != span:
+        starts.append(span)  # one window flush with the far edge
+    if len(starts) > max_n:
+        starts = [int(round(span / 2))] if max_n == 1 else [int(round(i * span / (max_n - 1))) for i in range(max_n)]
+    return starts
+
+
 def _fill_value(img: Image.Image, fill: int):
     bands = len(img.getbands())
     return fill if bands == 1 else tuple([fill] * bands)
@@ -87,7 +129,7 @@ class Preprocessor:
     def __init__(self, spec: PreprocessSpec, input_spec: InputSpec):
         self.spec = spec
         self.input = input_spec
-        if spec.crop_mode == "center" and tuple(spec.crop_size) != tuple(input_spec.size):
+        if spec.crop_mode in ("center", "sliding") and tuple(spec.crop_size) != tuple(input_spec.size):
             raise ValueError(f"crop size {spec.crop_size} differs from the model input size {input_spec.size}")
         self._resample = _RESAMPLE[spec.interpolation]
         if input_spec.folded:
@@ -97,28 +139,56 @@ class Preprocessor:
             self._std = np.asarray(input_spec.std, dtype=np.float32).reshape(3, 1, 1)
 
     def geometry(self, img: Image.Image) -> Image.Image:
-        """Resize and crop, in the decoded mode, then convert to RGB."""
+        """Bit depth, resize and crop (or pad, for sliding crops) in the decoded mode, then RGB."""
         spec = self.spec
+        if spec.bit_depth == "rescale":
+            img = to_8bit(img)
+        if spec.convert_when == "decode" and img.mode != "RGB":
+            img = img.convert("RGB")
         new_w, new_h = resized_size(img.width, img.height, spec)
         if (new_w, new_h) != img.size:
             img = img.resize((new_w, new_h), self._resample)
-        if spec.crop_mode == "center":
-            crop_h, crop_w = spec.crop_size
-            if img.size != (crop_w, crop_h):
-                img = _pad_crop(img, crop_box(img.width, img.height, crop_h, crop_w), spec.pad_fill)
+        crop_h, crop_w = spec.crop_size
+        if spec.crop_mode == "center" and img.size != (crop_w, crop_h):
+            img = _pad_crop(img, crop_box(img.width, img.height, crop_h, crop_w), spec.pad_fill)
+        elif spec.crop_mode == "sliding" and (img.width < crop_w or img.height < crop_h):
+            # pad only the short axes, centred as CenterCrop pads; windows are cut later
+            left = -((crop_w - img.width) // 2) if img.width < crop_w else 0
+            top = -((crop_h - img.height) // 2) if img.height < crop_h else 0
+            img = _pad_crop(img, (left, top, left + max(crop_w, img.width), top + max(crop_h, img.height)), spec.pad_fill)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        if img.size != (self.input.size[1], self.input.size[0]):
+        if spec.crop_mode != "sliding" and img.size != (self.input.size[1], self.input.size[0]):
             raise ValueError(f"preprocessing produced {img.width}x{img.height}, the model takes "
                              f"{self.input.size[1]}x{self.input.size[0]}: the manifest's resize/crop do not fit its input")
         return img
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        """One CHW array in the model's input dtype."""
-        rgb = np.asarray(self.geometry(img), dtype=np.uint8).transpose(2, 0, 1)
+    def _tensor(self, rgb_hwc: np.ndarray) -> np.ndarray:
+        """HWC uint8 -> CHW in the input dtype: ToTensor then Normalize, in float32 as torchvision does."""
+        chw = rgb_hwc.transpose(2, 0, 1)
         if self.input.folded:  # the graph normalises: it takes 0..255 pixel values
-            return np.ascontiguousarray(rgb, dtype=self.input.dtype)
-        # ToTensor then Normalize, in float32 as torchvision computes them
-        x = rgb.astype(np.float32) / np.float32(255.0)
-        x = (x - self._mean) / self._std
-        return np.ascontiguousarray(x, dtype=np.float32)
+            return np.ascontiguousarray(chw, dtype=self.input.dtype)
+        x = chw.astype(np.float32) / np.float32(255.0)
+        return (x - self._mean) / self._std
+
+    def windows(self, width: int, height: int) -> list[tuple[int, int]]:
+        """(left, top) of every crop of a geometry()-output image of this size."""
+        if self.spec.crop_mode != "sliding":
+            return [(0, 0)]
+        crop_h, crop_w = self.spec.crop_size
+        s = self.spec
+        return [(x, y) for y in window_starts(height, crop_h, s.stride, s.max_per_axis)
+                for x in window_starts(width, crop_w, s.stride, s.max_per_axis)]
+
+    def batch(self, img: Image.Image) -> np.ndarray:
+        """All crops of one image, (K, 3, H, W); K = 1 unless the recipe uses sliding crops."""
+        x = self._tensor(np.asarray(self.geometry(img), dtype=np.uint8))
+        crop_h, crop_w = self.input.size
+        crops = [x[:, top:top + crop_h, left:left + crop_w] for left, top in self.windows(x.shape[2], x.shape[1])]
+        return np.ascontiguousarray(np.stack(crops))
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """One CHW array (single-crop recipes)."""
+        if self.spec.crop_mode == "sliding":
+            raise ValueError("this recipe cuts several sliding crops per image: use Preprocessor.batch()")
+        return self.batch(img)[0]

@@ -111,17 +111,19 @@ class Scanner:
         return self.backend.run({self.manifest.input.name: pixels})
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.preprocessor(image)
+        """Model input for one decoded image: (K, 3, H, W), K > 1 only for sliding-crop recipes."""
+        return self.preprocessor.batch(image)
 
     # -- pipeline --------------------------------------------------------------
     def _prepare(self, source) -> np.ndarray | ImageReadError:
+        """(K, 3, H, W) model input for one source, or the error that stops it."""
         try:
             if isinstance(source, Image.Image):
                 image = source
             else:
                 image = load_image(source, max_pixels=self.max_pixels,
                                    exif_orientation=self.manifest.preprocess.exif_orientation)
-            return self.preprocessor(image)
+            return self.preprocessor.batch(image)
         except ImageReadError as e:
             return e
         except MemoryError:
@@ -144,17 +146,17 @@ class Scanner:
 
     def _scan_sources(self, items: Iterable[tuple[str, object]]) -> Iterator[ScanResult]:
         pending: list[tuple[str, object]] = []
-        ready = 0
+        rows = 0  # model-input rows waiting (an image with sliding crops brings several)
         for name, prepared in self._prepared(items):
-            if isinstance(prepared, ImageReadError) and ready == 0:
+            if isinstance(prepared, ImageReadError) and rows == 0:
                 yield self._error(name, prepared)  # nothing waits before it: emit now
                 continue
             pending.append((name, prepared))
             if not isinstance(prepared, ImageReadError):
-                ready += 1
-            if ready == self.batch_size:
+                rows += len(prepared)
+            if rows >= self.batch_size:
                 yield from self._run_batch(pending)
-                pending, ready = [], 0
+                pending, rows = [], 0
         if pending:
             yield from self._run_batch(pending)
 
@@ -167,7 +169,7 @@ class Scanner:
         failure = None
         if arrays:
             try:
-                outputs = self.predict(np.stack(arrays))
+                outputs = self.predict(np.concatenate(arrays))
             except Exception as e:  # a backend failure fails this batch, not the scan
                 failure = ImageReadError("inference_failed", f"{type(e).__name__}: {e}")
                 log.error("inference failed for a batch of %d: %s", len(arrays), e)
@@ -178,22 +180,35 @@ class Scanner:
             elif failure is not None:
                 yield self._error(name, failure)
             else:
-                yield self._result(name, outputs, i)
-                i += 1
+                yield self._result(name, outputs, slice(i, i + len(prepared)))
+                i += len(prepared)
 
-    def _result(self, name: str, outputs: dict[str, np.ndarray], i: int) -> ScanResult:
+    def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
+        """One image's result from its rows of the batch; several rows (sliding crops) are averaged."""
         r = ScanResult(path=name, backend=self.backend.name)
+        several = rows.stop - rows.start > 1
         values = []
         if self.detector is not None:
-            r.logit = float(outputs[self.detector.outputs["logit"]][i])
-            r.p_generated = float(outputs[self.detector.outputs["probability"]][i])
+            logits = outputs[self.detector.outputs["logit"]][rows].astype(np.float64)
+            r.logit = float(logits.mean())
+            if several:  # mean logit, then the sigmoid the graph applies per crop
+                r.p_generated = float(1.0 / (1.0 + np.exp(-r.logit)))
+            else:
+                r.p_generated = float(outputs[self.detector.outputs["probability"]][rows][0])
             values += [r.logit, r.p_generated]
         if self.quality is not None:
-            r.quality = float(outputs[self.quality.outputs["score"]][i])
+            r.quality = float(outputs[self.quality.outputs["score"]][rows].astype(np.float64).mean())
             values.append(r.quality)
         emb = self.manifest.embedding
         if emb is not None:
-            r.embedding = np.asarray(outputs[emb["output"]][i])
+            e = np.asarray(outputs[emb["output"]][rows])
+            if several:
+                e = e.mean(0)
+                if emb.get("normalized"):
+                    e = e / max(float(np.linalg.norm(e)), 1e-12)
+            else:
+                e = e[0]
+            r.embedding = e
         if not np.all(np.isfinite(values)):
             return ScanResult(path=name, backend=self.backend.name,
                               error="inference_failed: the model returned a non-finite value (NaN or inf)")

@@ -62,7 +62,7 @@ def test_scan_matches_pytorch(exported, tiny_model_files, image_dir):
     with Scanner(exported.path, batch_size=4) as scanner:
         results = list(scanner.scan(paths))
         ref = reference_outputs(tiny_model_files, paths, scanner.manifest)
-        ours = np.stack([scanner.preprocess(ImageOps.exif_transpose(Image.open(p))) for p in paths])
+        ours = np.concatenate([scanner.preprocess(ImageOps.exif_transpose(Image.open(p))) for p in paths])
     assert [r.error for r in results] == [None] * len(paths)
     assert [r.path for r in results] == [str(p) for p in paths], "results come back in input order"
     # preprocessing: bit-identical to open_clip's transform on these inputs
