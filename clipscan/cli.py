@@ -24,7 +24,12 @@ def _add_scan(sub) -> None:
                        description="Scan files and folders; writes one line per input as results arrive.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("-m", "--model", help="exported .onnx artifact (default: the bundled demo model)")
-    p.add_argument("-o", "--output", help="write results to this file instead of stdout")
+    p.add_argument("-o", "--output", help="write results to this file instead of stdout (never overwritten "
+                                          "unless --overwrite; --resume appends)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted scan: skip inputs that already have a row in --output")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
     p.add_argument("--backend", default="auto", help="auto (default) or a name from `clipscan backends`")
@@ -94,8 +99,25 @@ def cmd_scan(args) -> int:
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
     from clipscan.runtime.results import WRITERS
 
+    import os
+
+    from clipscan.runtime.results import completed_paths
+
     if args.batch_size < 1:
-        raise SystemExit("clipscan scan: --batch-size must be >= 1")
+        raise ValueError("--batch-size must be >= 1")
+    done: set[str] = set()
+    mode = "w"
+    if args.resume and not args.output:
+        raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
+    if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
+        if args.resume:
+            previous = completed_paths(args.output, args.format)
+            log.info("resuming: %d input(s) already in %s are skipped", len(previous), args.output)
+            done = previous | {os.path.abspath(p) for p in previous}
+            mode = "a"
+        elif not args.overwrite:
+            raise ValueError(f"{args.output} already exists; pass --resume to continue the scan that wrote it, "
+                             "or --overwrite to replace it")
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
@@ -104,12 +126,12 @@ def cmd_scan(args) -> int:
     if scanner.artifact.is_demo:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    out = open(args.output, mode, encoding="utf-8", newline="") if args.output else sys.stdout
     total = failed = 0
     start = time.perf_counter()
     try:
-        writer = WRITERS[args.format](out, with_embedding=args.with_embedding)
-        for result in scanner.scan(args.paths, all_files=args.all_files):
+        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w")
+        for result in scanner.scan(args.paths, all_files=args.all_files, skip=done):
             writer.write(result)
             total += 1
             if result.error:
@@ -124,7 +146,7 @@ def cmd_scan(args) -> int:
     skipped = f"; skipped {stats.skipped_non_image} non-image file(s)" if stats.skipped_non_image else ""
     log.info("scanned %d input(s): %d ok, %d failed in %.2f s (%.1f images/s) on %s%s", total, total - failed,
              failed, seconds, (total - failed) / seconds if seconds > 0 else 0.0, scanner.backend_name, skipped)
-    if total == 0:
+    if total == 0 and not done:
         log.error("nothing to scan: no image files under %s (use --all-files to scan every file)", args.paths)
         return EXIT_ITEM_FAILED
     return EXIT_ITEM_FAILED if failed else EXIT_OK

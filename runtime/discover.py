@@ -1,13 +1,17 @@
 """Expand the paths a user passes into the files to scan.
 
-Files given explicitly are always scanned (a bad one gets an error row). Folders
-are walked recursively in sorted order; inside them, files whose extension marks
-an image are scanned (including formats Pillow may not read, so they are reported
-instead of silently ignored) and hidden entries are skipped. Directory symlinks
-are followed once: a loop cannot make the walk run forever.
+Files given explicitly are always scanned (a bad one gets an error row), and
+folders given explicitly are always walked. Folders are walked recursively in
+sorted order; inside them, files whose extension marks an image are scanned
+(including formats Pillow may not read, so they are reported instead of silently
+ignored) and hidden entries are skipped. A directory found inside a folder whose
+name ends like an image ("x.jpg/") is reported, not entered: it is almost always
+a broken upload or copy. Directory symlinks are followed once: a loop cannot make
+the walk run forever.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,11 @@ _EXTRA_IMAGE_EXTENSIONS = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".
 
 
 def image_extensions() -> frozenset[str]:
+    return _known_image_extensions()
+
+
+@functools.lru_cache(maxsize=1)
+def _known_image_extensions() -> frozenset[str]:
     from PIL import Image
 
     Image.init()
@@ -39,6 +48,9 @@ def iter_files(paths: Iterable[str | os.PathLike], *, all_files: bool = False,
     stats = stats if stats is not None else WalkStats()
     exts = None if all_files else image_extensions()
     for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            yield p  # not a path at all: the decoder says so in its row
+            continue
         p = os.fspath(p)
         if os.path.isdir(p):
             yield from _walk(p, exts, stats, set())
@@ -71,10 +83,14 @@ def _walk(top: str, exts, stats: WalkStats, seen: set) -> Iterator[str]:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError:
             is_dir = False
+        ext = os.path.splitext(entry.name)[1].lower()
         if is_dir:
-            yield from _walk(entry.path, exts, stats, seen)
+            if ext in _known_image_extensions():
+                yield entry.path  # the decoder reports it as a directory
+            else:
+                yield from _walk(entry.path, exts, stats, seen)
             continue
-        if exts is None or os.path.splitext(entry.name)[1].lower() in exts:
+        if exts is None or ext in exts:
             yield entry.path
         else:
             stats.skipped_non_image += 1

@@ -39,7 +39,7 @@ def _finite(v):
 
 
 class JsonlWriter:
-    def __init__(self, stream: IO[str], *, with_embedding: bool = False):
+    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True):
         self.stream, self.with_embedding = stream, with_embedding
 
     def write(self, result: ScanResult) -> None:
@@ -49,13 +49,14 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    def __init__(self, stream: IO[str], *, with_embedding: bool = False):
+    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True):
         if with_embedding:
             raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
         self.stream = stream
         self._writer = csv.DictWriter(stream, fieldnames=list(COLUMNS), lineterminator="\n")
-        self._writer.writeheader()
-        stream.flush()
+        if header:  # not when appending to a resumed file
+            self._writer.writeheader()
+            stream.flush()
 
     def write(self, result: ScanResult) -> None:
         row = {k: ("" if v is None else v) for k, v in result.to_row().items()}
@@ -64,3 +65,54 @@ class CsvWriter:
 
 
 WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter}
+
+
+def drop_partial_line(path: str) -> int:
+    """Cut a last line that a killed scan left half-written; returns the bytes removed."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return 0
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        # scan back for the last newline
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                keep = pos - step + i + 1
+                break
+            pos -= step
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
+
+
+def completed_paths(path: str, fmt: str) -> set[str]:
+    """Paths that already have a row in a results file (any row: result or error).
+
+    A half-written last line is removed first so that appending goes on cleanly.
+    """
+    drop_partial_line(path)
+    done: set[str] = set()
+    with open(path, encoding="utf-8", newline="") as f:
+        if fmt == "csv":
+            rows = csv.DictReader(f)
+            if rows.fieldnames and "path" not in rows.fieldnames:
+                raise ValueError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames})")
+            done.update(r["path"] for r in rows if r.get("path"))
+        else:
+            for n, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{path} line {n} is not JSON: is it a clipscan JSONL file? "
+                                     "(resume with the --format it was written in)") from None
+                if isinstance(row, dict) and isinstance(row.get("path"), str):
+                    done.add(row["path"])
+    return done

@@ -11,7 +11,7 @@ import logging
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -86,12 +86,18 @@ class Scanner:
 
     # -- public API ----------------------------------------------------------
     def scan(self, paths: Iterable[str | os.PathLike] | str | os.PathLike, *,
-             all_files: bool = False) -> Iterator[ScanResult]:
-        """Scan files and folders (recursively); yields results in input order."""
+             all_files: bool = False, skip: Container[str] = ()) -> Iterator[ScanResult]:
+        """Scan files and folders (recursively); yields results in input order.
+
+        Paths in `skip` (as they would appear in results, or absolute) are left out:
+        that is how a scan resumes.
+        """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.walk_stats = WalkStats()
         files = iter_files(paths, all_files=all_files, stats=self.walk_stats)
+        if skip:
+            files = (p for p in files if not (isinstance(p, str) and (p in skip or os.path.abspath(p) in skip)))
         return self._scan_sources((str(p), p) for p in files)
 
     def scan_image(self, image: Image.Image, name: str = "<image>") -> ScanResult:

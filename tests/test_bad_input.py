@@ -124,3 +124,49 @@ def test_huge_dimensions_are_refused_before_decoding(tmp_path):
     assert rows["huge.png"].error.startswith("too_large: 400 MP exceeds the limit of 50 MP")
     assert rows["medium.png"].error.startswith("too_large: 8000x8000 = 64 MP exceeds the limit of 50 MP")
     assert rows["small.png"].ok
+
+
+def test_directory_named_like_an_image_is_reported_not_entered(image_dir):
+    odd = image_dir / "upload.jpg"
+    odd.mkdir()
+    photo_images()[0][1].save(odd / "inside.png")
+    with Scanner() as scanner:
+        rows = rows_by_name(scanner.scan([image_dir]))
+    assert rows["upload.jpg"].error == "is_directory: this is a directory, not an image file"
+    assert "inside.png" not in rows
+    with Scanner() as scanner:  # given explicitly, a folder is always walked
+        assert [os.path.basename(r.path) for r in scanner.scan([odd])] == ["inside.png"]
+
+
+def test_fifo_named_like_an_image_does_not_hang(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with Scanner() as scanner:
+        (row,) = scanner.scan([tmp_path])
+    assert row.error == "unreadable: not a regular file (device, socket or pipe)"
+
+
+def test_existing_output_is_never_overwritten_silently(image_dir, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"path": "precious", "p_generated": 0.1, "verdict": "real", "quality": 3, "error": null}\n')
+    assert main(["scan", str(image_dir), "-o", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert out.read_text().startswith('{"path": "precious"')
+    assert main(["scan", str(image_dir), "-o", str(out), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_skips_finished_files_and_repairs_a_torn_last_line(image_dir, tmp_path, fmt):
+    out = tmp_path / f"r.{fmt}"
+    assert main(["scan", str(image_dir), "-o", str(out), "-f", fmt]) == 0
+    full = out.read_text().splitlines()
+    # simulate a scan killed after three rows, in the middle of writing the fourth
+    header = 1 if fmt == "csv" else 0
+    out.write_text("\n".join(full[: header + 3]) + "\n" + full[header + 3][:17])
+    assert main(["scan", str(image_dir), "-o", str(out), "-f", fmt, "--resume"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines == full, "same rows, in the same order, each once, the torn line replaced"
+    # a second resume has nothing left to do and writes nothing
+    assert main(["scan", str(image_dir), "-o", str(out), "-f", fmt, "--resume"]) == 0
+    assert out.read_text().splitlines() == full
