@@ -101,7 +101,7 @@ def cmd_scan(args) -> int:
 
     import os
 
-    from clipscan.runtime.results import completed_paths
+    from clipscan.runtime.results import OUTPUT_ERRORS, completed_paths
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -126,7 +126,12 @@ def cmd_scan(args) -> int:
     if scanner.artifact.is_demo:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
-    out = open(args.output, mode, encoding="utf-8", newline="") if args.output else sys.stdout
+    if args.output:
+        out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
+    else:
+        out = sys.stdout
+        if hasattr(out, "reconfigure"):
+            out.reconfigure(errors=OUTPUT_ERRORS)
     total = failed = 0
     start = time.perf_counter()
     try:

@@ -34,8 +34,23 @@ class ScanResult:
         return row
 
 
+# File names need not be valid UTF-8 (Python maps the bad bytes to lone surrogates).
+# JSONL escapes such a row to ASCII (json.loads gives the same str back, os.fsencode
+# the original bytes); files are opened with errors="surrogateescape" so CSV and
+# resumed files round-trip the raw name.
+OUTPUT_ERRORS = "surrogateescape"
+
+
 def _finite(v):
     return v if v is None or not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class JsonlWriter:
@@ -44,7 +59,8 @@ class JsonlWriter:
 
     def write(self, result: ScanResult) -> None:
         row = {k: _finite(v) for k, v in result.to_row(with_embedding=self.with_embedding).items()}
-        self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        ascii_only = _has_surrogates(result.path) or bool(result.error and _has_surrogates(result.error))
+        self.stream.write(json.dumps(row, ensure_ascii=ascii_only) + "\n")
         self.stream.flush()
 
 
@@ -100,7 +116,7 @@ def completed_paths(path: str, fmt: str) -> set[str]:
     """
     drop_partial_line(path)
     done: set[str] = set()
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         if fmt == "csv":
             rows = csv.DictReader(f)
             if rows.fieldnames and "path" not in rows.fieldnames:

@@ -93,9 +93,8 @@ def odd_files(folder):
 
 
 def reference_decode(path) -> Image.Image:
-    """How a careful training script opens a file: first frame, EXIF applied, 8-bit policy."""
+    """How a careful training script opens a file: first frame (the one open() gives), EXIF applied, 8-bit policy."""
     with Image.open(path) as im:
-        im.seek(0)
         im = ImageOps.exif_transpose(im)
         im.load()
         return to_8bit(im)
