@@ -56,7 +56,12 @@ def _add_export(sub) -> None:
                                    "its manifest inside. Nothing is downloaded.")
     p.add_argument("--arch", required=True, help="open_clip model name (e.g. ViT-B-32) or a model-config .json")
     p.add_argument("--weights", required=True, help="local backbone checkpoint (.pt/.bin/.safetensors)")
-    p.add_argument("--heads", required=True, help="clipscan heads file (see clipscan.export.heads)")
+    p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)")
+    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH",
+                   help="a head in a published format: univfd:FILE, cozzolino:FILE, clipscan:FILE; repeat it to "
+                        "put several heads on one backbone pass")
+    p.add_argument("--uint8-input", action="store_true",
+                   help="fold mean/std into the patch embedding: the graph takes uint8 RGB (4x less input data)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--name", help="model name for the manifest (default: output file stem)")
     p.add_argument("--description", default="", help="free text for the manifest")
@@ -212,9 +217,12 @@ def cmd_export(args) -> int:
         if isinstance(e.__cause__, MissingExtraError):
             raise e.__cause__ from None
         raise
-    report = export_model(args.arch, args.weights, args.heads, args.output, name=args.name,
+    heads = ([args.heads] if args.heads else []) + list(args.head)
+    if not heads:
+        raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head FORMAT:PATH")
+    report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
                           description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
-                          mean=args.mean, std=args.std, threshold=args.threshold)
+                          mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")

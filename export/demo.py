@@ -108,11 +108,11 @@ def build_demo(out: Path, samples_dir: Path | None = None, *, n_per_class: int =
     # held-out check, reported in the manifest description: other photos' crops, other render seeds
     val_images, val_labels = demo_data.detector_set(40, seed=7)
     with torch.no_grad():
-        train_acc = float(((detector(emb) > 0).long() == torch.tensor(labels)).float().mean())
-        val_acc = float(((detector(embed(visual, val_images, spec, pp["mean"], pp["std"])) > 0).long()
+        train_acc = float(((detector(emb)[1] > 0).long() == torch.tensor(labels)).float().mean())
+        val_acc = float(((detector(embed(visual, val_images, spec, pp["mean"], pp["std"]))[1] > 0).long()
                          == torch.tensor(val_labels)).float().mean())
         v_images, v_scores = demo_data.quality_set(100, seed=5)
-        val_srcc = srcc(quality(embed(visual, v_images, spec, pp["mean"], pp["std"])).numpy(), v_scores)
+        val_srcc = srcc(quality(embed(visual, v_images, spec, pp["mean"], pp["std"]))[0].numpy(), v_scores)
     log.info("demo detector accuracy: train %.3f, held-out %.3f; quality SRCC held-out %.3f",
              train_acc, val_acc, val_srcc)
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from clipscan.runtime.artifact import file_sha256
-from clipscan.runtime.manifest import HeadSpec, InputSpec, Manifest, PreprocessSpec
+from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 
 from ._deps import require
 from .backbone import BackboneInfo, load_backbone
-from .graph import INPUT_NAME, OUT_EMBEDDING, OUT_LOGIT, OUT_PROB, OUT_QUALITY, ScanGraph
-from .heads import load_heads
+from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization
+from .importers import import_heads, parse_head_arg
 from .onnx_writer import attach_manifest, cosine_rows, save_checked, to_onnx
 
 log = logging.getLogger("clipscan.export")
@@ -36,12 +36,12 @@ class ExportReport:
 
 
 def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
-    """The manifest recipe equal to open_clip's inference transform for this backbone's config."""
+    """The manifest recipe equal to the reference transform for this backbone's preprocess cfg."""
     pp = info.preprocess
     size = tuple(info.image_size)
     mode = pp.get("resize_mode", "shortest")
-    if mode not in ("shortest", "longest", "squash"):
-        raise ValueError(f"unsupported open_clip resize_mode {mode!r}")
+    if mode not in ("shortest", "longest", "squash", "none"):
+        raise ValueError(f"unsupported resize_mode {mode!r}")
     return PreprocessSpec(
         resize_mode=mode, resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
         crop_mode="none" if mode == "squash" else "center", crop_size=size,
@@ -57,68 +57,63 @@ def tool_versions() -> dict:
 
     versions = {"clipscan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
                 "onnx": onnx.__version__, "python": platform.python_version()}
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    try:
-        import onnxscript
-
-        versions["onnxscript"] = onnxscript.__version__
-    except ImportError:
-        pass
+    for module in ("onnxruntime", "onnxscript"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
     return versions
 
 
+def _source(path: Path) -> dict:
+    return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
 def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, description: str, opset: int,
-                   heads_file: Path | None, mean=None, std=None) -> Manifest:
-    heads = []
-    if graph.detector is not None:
-        heads.append(HeadSpec(
-            name="detector", task="detection", outputs={"logit": OUT_LOGIT, "probability": OUT_PROB},
-            labels=tuple(graph.detector.labels), threshold=graph.detector.threshold,
-            description="linear probe on the L2-normalised image embedding; probability = sigmoid(logit) "
-                        f"that the image is {graph.detector.labels[1]!r}"))
-    if graph.quality is not None:
-        heads.append(HeadSpec(
-            name="quality", task="quality", outputs={"score": OUT_QUALITY}, scale=dict(graph.quality.scale),
-            description=f"MLP on the L2-normalised image embedding ({graph.quality.activation})"
-                        + ("; output squashed into the scale by a sigmoid" if graph.quality.bounded else "")))
+                   head_files: list[Path] = (), mean=None, std=None) -> Manifest:
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
-    if heads_file is not None:
-        sources["heads"] = {"file": heads_file.name, "sha256": file_sha256(heads_file),
-                            "bytes": heads_file.stat().st_size}
+    for i, path in enumerate(head_files):
+        sources["heads" if i == 0 else f"heads_{i}"] = _source(path)
+    mean = tuple(mean or info.preprocess["mean"])
+    std = tuple(std or info.preprocess["std"])
+    if graph.takes_uint8:
+        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), dtype="uint8", mean=None, std=None)
+    else:
+        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), mean=mean, std=std)
+    backbone = {"id": info.id, "activation": info.activation, "embed_dim": info.embed_dim, "width": info.width,
+                "features": sorted({h.feature for h in graph.heads} | {"embedding"}),
+                "config": info.config, **info.extra}
+    if graph.takes_uint8:
+        backbone["normalization_folded"] = {"mean": list(mean), "std": list(std)}
     return Manifest(
-        name=name, description=description,
-        input=InputSpec(name=INPUT_NAME, size=tuple(info.image_size),
-                        mean=tuple(mean or info.preprocess["mean"]), std=tuple(std or info.preprocess["std"])),
-        preprocess=preprocess_spec(info), heads=tuple(heads),
-        backbone={"id": info.id, "activation": info.activation, "embed_dim": info.embed_dim,
-                  "feature": "projected CLS token (encode_image), L2-normalised",
-                  "config": info.config, **info.extra},
+        name=name, description=description, input=input_spec, preprocess=preprocess_spec(info),
+        heads=tuple(h.spec() for h in graph.heads), backbone=backbone,
         embedding={"output": OUT_EMBEDDING, "dim": info.embed_dim, "normalized": True},
         precision="fp32", opset=opset, tools=tool_versions(), sources=sources,
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 
 
-def check_against_torch(path: Path, graph: ScanGraph, image_size, seed: int = 0) -> dict:
-    """Run the written file in ONNX Runtime and the module in PyTorch on the same inputs (batch 1 and 3)."""
+def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, image_size, mean, std,
+                        seed: int = 0) -> dict:
+    """Run the written file in ONNX Runtime and the unfolded PyTorch model on the same pixels (batch 1 and 3)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     gen = torch.Generator().manual_seed(seed)
     worst = 1.0
-    max_abs = {}
+    max_abs: dict[str, float] = {}
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
     for batch in (1, 3):
-        x = torch.randn(batch, 3, *image_size, generator=gen)
+        pixels = torch.randint(0, 256, (batch, 3, *image_size), generator=gen, dtype=torch.uint8)
+        normalised = (pixels.float() / 255 - mean) / std
         with torch.no_grad():
-            ref = [t.numpy() for t in graph(x)]
-        got = session.run(names, {INPUT_NAME: x.numpy()})
+            ref = [t.numpy() for t in reference(normalised)]
+        feed = pixels.numpy() if graph.takes_uint8 else normalised.numpy()
+        got = session.run(names, {INPUT_NAME: feed})
         for name, r, g in zip(names, ref, got):
             if r.shape != g.shape:
                 raise ExportCheckError(f"output {name}: ONNX shape {g.shape} != PyTorch {r.shape} at batch {batch}")
@@ -130,29 +125,51 @@ def check_against_torch(path: Path, graph: ScanGraph, image_size, seed: int = 0)
     return {"embedding_cosine_min": worst, "max_abs_diff": max_abs, "batches": [1, 3]}
 
 
-def export_model(arch: str, weights: str | Path, heads: str | Path, out: str | Path, *,
+def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
                  name: str | None = None, description: str = "", quick_gelu: bool | None = None,
-                 opset: int = 18, mean=None, std=None, threshold: float | None = None) -> ExportReport:
-    """Export an open_clip image tower plus clipscan heads to one ONNX file with its manifest."""
+                 opset: int = 18, mean=None, std=None, threshold: float | None = None,
+                 uint8_input: bool = False) -> ExportReport:
+    """Export an open_clip image tower plus heads to one ONNX file with its manifest.
+
+    `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
+    or a list of these; all heads share one backbone pass. `uint8_input` folds the mean/std
+    normalisation into the patch embedding so the graph takes uint8 RGB.
+    """
     visual, info = load_backbone(arch, weights, quick_gelu=quick_gelu)
-    heads = Path(heads)
-    detector, quality = load_heads(heads, info.embed_dim)
-    if threshold is not None and detector is not None:
-        detector.threshold = float(threshold)
-    graph = ScanGraph(visual, detector, quality).eval()
-    return export_graph(graph, info, out, name=name or Path(out).stem, description=description, opset=opset,
-                        heads_file=heads, mean=mean, std=std)
+    items = heads if isinstance(heads, (list, tuple)) else [heads]
+    imported = import_heads(items, info)
+    if imported.preprocess:
+        info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
+    if threshold is not None:
+        for h in imported.heads:
+            if h.task == "detection":
+                h.threshold = float(threshold)
+    head_files = [parse_head_arg(i)[1] for i in items if not isinstance(i, torch.nn.Module)]
+    return export_graph(visual, imported.heads, info, out, name=name or Path(out).stem, description=description,
+                        opset=opset, head_files=head_files, mean=mean, std=std, uint8_input=uint8_input)
 
 
-def export_graph(graph: ScanGraph, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
-                 opset: int = 18, heads_file: Path | None = None, mean=None, std=None) -> ExportReport:
+def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
+                 opset: int = 18, head_files: list[Path] = (), mean=None, std=None,
+                 uint8_input: bool = False) -> ExportReport:
+    import copy
+
+    mean = tuple(mean or info.preprocess["mean"])
+    std = tuple(std or info.preprocess["std"])
+    reference = ScanGraph(visual, heads).eval()
+    if uint8_input:
+        folded_visual = copy.deepcopy(visual)
+        fold_normalization(folded_visual, mean, std)
+        graph = ScanGraph(folded_visual, heads, takes_uint8=True).eval()
+    else:
+        graph = reference
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
-                              heads_file=heads_file, mean=mean, std=std)
-    example = torch.zeros(2, 3, *info.image_size)
+                              head_files=list(head_files), mean=mean, std=std)
+    example = torch.zeros(2, 3, *info.image_size, dtype=torch.uint8 if uint8_input else torch.float32)
     log.info("exporting %s (%s) to ONNX opset %d", name, info.id, opset)
     model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
     attach_manifest(model, manifest)
     path = save_checked(model, out)
-    checks = check_against_torch(path, graph, info.image_size)
+    checks = check_against_torch(path, graph, reference, info.image_size, mean, std)
     log.info("wrote %s: embedding cosine vs PyTorch >= %.7f", path, checks["embedding_cosine_min"])
     return ExportReport(path=path, manifest=manifest, checks=checks)

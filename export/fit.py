@@ -67,7 +67,7 @@ def fit_quality(emb, scores, *, hidden: int = 64, steps: int = 1500, lr: float =
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
         opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(head(z), (y - y_mu) / y_sigma)
+        loss = torch.nn.functional.mse_loss(head(z)[0], (y - y_mu) / y_sigma)
         loss.backward()
         opt.step()
     if not bounded:

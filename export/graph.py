@@ -6,37 +6,88 @@ from ._deps import require
 torch = require("torch")
 F = torch.nn.functional
 
-# Graph output names, in order. The manifest maps head roles onto them.
-OUT_PROB, OUT_LOGIT, OUT_QUALITY, OUT_EMBEDDING = "p_generated", "logit_generated", "quality", "embedding"
 INPUT_NAME = "pixels"
+OUT_EMBEDDING = "embedding"
+
+
+class TappedVisual(torch.nn.Module):
+    """An open_clip VisionTransformer run once, giving the pooled token before and after the projection."""
+
+    def __init__(self, visual):
+        super().__init__()
+        for needed in ("_embeds", "transformer", "_pool"):
+            if not hasattr(visual, needed):
+                raise TypeError(f"{type(visual).__name__} is not an open_clip VisionTransformer this clipscan knows "
+                                f"(no {needed}); timm or ConvNeXt towers are not supported yet")
+        self.visual = visual
+
+    def forward(self, x):
+        v = self.visual
+        tokens = v.transformer(v._embeds(x))
+        pooled, _ = v._pool(tokens)
+        projected = pooled @ v.proj if v.proj is not None else pooled
+        return pooled, projected
+
+
+def fold_normalization(visual, mean, std) -> None:
+    """Fold (x / 255 - mean) / std into the patch embedding, in place: the tower then takes 0..255 pixels.
+
+    conv(W, (x/255 - m)/s) = conv(W / (255 s), x) - sum_{c,i,j} W[o,c,i,j] m_c / s_c. The patch
+    convolution has no padding (stride = kernel), so the fold is exact up to float rounding.
+    """
+    conv = visual.conv1
+    if conv.padding not in ((0, 0), 0, "valid"):
+        raise ValueError(f"cannot fold normalisation into a padded patch embedding (padding={conv.padding})")
+    mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    w = conv.weight.detach().double()
+    bias = -(w * mean_t / std_t).sum(dim=(1, 2, 3))
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().double()
+    folded = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_((w / (255.0 * std_t)).float())
+        folded.bias.copy_(bias.float())
+    visual.conv1 = folded
 
 
 class ScanGraph(torch.nn.Module):
-    """pixels (N,3,H,W) -> p_generated, logit_generated, quality, embedding (L2-normalised)."""
+    """pixels (N,3,H,W) -> every head's outputs, then the L2-normalised embedding.
 
-    def __init__(self, visual, detector=None, quality=None):
+    With `takes_uint8`, the input is uint8 RGB (normalisation folded into the tower).
+    """
+
+    def __init__(self, visual, heads: list, *, takes_uint8: bool = False):
         super().__init__()
-        if detector is None and quality is None:
+        if not heads:
             raise ValueError("a ScanGraph needs at least one head")
-        self.visual = visual
-        self.detector = detector
-        self.quality = quality
+        names = [n for h in heads for n in h.output_names] + [OUT_EMBEDDING]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"two heads write the same graph outputs {dupes}: give them distinct output names")
+        self.tower = TappedVisual(visual)
+        self.heads = torch.nn.ModuleList(heads)
+        self.takes_uint8 = takes_uint8
+
+    @property
+    def visual(self):
+        return self.tower.visual
 
     def output_names(self) -> list[str]:
-        names = []
-        if self.detector is not None:
-            names += [OUT_PROB, OUT_LOGIT]
-        if self.quality is not None:
-            names.append(OUT_QUALITY)
-        return names + [OUT_EMBEDDING]
+        return [n for h in self.heads for n in h.output_names] + [OUT_EMBEDDING]
+
+    def head(self, task: str):
+        return next((h for h in self.heads if h.task == task), None)
 
     def forward(self, pixels):
-        emb = F.normalize(self.visual(pixels), dim=-1)
+        x = pixels.to(torch.float32) if self.takes_uint8 else pixels
+        pooled, projected = self.tower(x)
+        features = {"proj": projected, "embedding": F.normalize(projected, dim=-1)}
+        needed = {h.feature for h in self.heads}
+        if "pre_proj_normalized" in needed:
+            features["pre_proj_normalized"] = F.normalize(pooled, dim=-1)
         outs = []
-        if self.detector is not None:
-            logit = self.detector(emb)
-            outs += [torch.sigmoid(logit), logit]
-        if self.quality is not None:
-            outs.append(self.quality(emb))
-        outs.append(emb)
+        for h in self.heads:
+            outs.extend(h(features[h.feature]))
+        outs.append(features["embedding"])
         return tuple(outs)

@@ -1,22 +1,28 @@
-"""Heads that sit on the CLIP image embedding, and the clipscan heads file.
+"""Heads that sit on a CLIP image feature, and the clipscan heads file.
 
-A heads file is a `torch.save`d dict of tensors and plain values (loadable with
-`weights_only=True`):
+Every head says which feature it reads (FEATURES), which graph outputs it writes,
+and how the manifest describes it. Two kinds exist:
+
+- DetectorHead: Linear(D, 1) giving a logit (or a log-likelihood ratio, which is
+  also a logit); probability = sigmoid(logit).
+- QualityHead: an MLP giving a score on a scale (e.g. a MOS from 1 to 5); a
+  bounded one maps its output z to min + (max - min) * sigmoid(z).
+
+A clipscan heads file is a `torch.save`d dict of tensors and plain values
+(loadable with `weights_only=True`):
 
     {"format": "clipscan.heads", "version": 1,
-     "feature": "embedding",                  # the L2-normalised projected CLS
+     "feature": "embedding",
      "detector": {"weight": [1, D], "bias": [1], "labels": ["real", "generated"], "threshold": 0.5},
      "quality": {"layers": [{"weight": [H, D], "bias": [H]}, ..., {"weight": [1, H], "bias": [1]}],
                  "activation": "relu", "scale": {"kind": "mos", "min": 1.0, "max": 5.0},
                  "bounded": False}}
-
-The detector gives a logit (sigmoid -> probability of "generated"); the quality
-head is an MLP giving a score on its scale. A bounded quality head maps the MLP
-output z to min + (max - min) * sigmoid(z), so the score cannot leave its scale.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from clipscan.runtime.manifest import HeadSpec
 
 from ._deps import require
 
@@ -27,27 +33,60 @@ HEADS_FORMAT = "clipscan.heads"
 HEADS_VERSION = 1
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
+# The features a head can read, all from one backbone pass.
+FEATURES = {
+    "embedding": "projected CLS token (encode_image), L2-normalised",
+    "proj": "projected CLS token (encode_image), not normalised",
+    "pre_proj_normalized": "CLS token after ln_post, before the projection, L2-normalised",
+}
+
+
+def _check_feature(feature: str) -> str:
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; heads can read {sorted(FEATURES)}")
+    return feature
+
 
 class DetectorHead(nn.Module):
-    """Linear probe over the embedding: one logit per image."""
+    """Linear probe: one logit per image; probability = sigmoid(logit)."""
+    task = "detection"
 
-    def __init__(self, dim: int, labels=("real", "generated"), threshold: float = 0.5):
+    def __init__(self, dim: int, labels=("real", "generated"), threshold: float = 0.5, *,
+                 feature: str = "embedding", name: str = "detector", logit_kind: str = "logit",
+                 outputs: tuple[str, str] = ("p_generated", "logit_generated"), description: str = ""):
         super().__init__()
         self.linear = nn.Linear(dim, 1)
         self.labels = tuple(labels)
         self.threshold = float(threshold)
+        self.feature = _check_feature(feature)
+        self.name = name
+        self.logit_kind = logit_kind          # "logit" or "llr" (a log-likelihood ratio)
+        self.output_names = list(outputs)     # probability, logit
+        self.description = description
 
-    def forward(self, emb):
-        return self.linear(emb).squeeze(-1)
+    def forward(self, feat):
+        logit = self.linear(feat).squeeze(-1)
+        return torch.sigmoid(logit), logit
+
+    def spec(self) -> HeadSpec:
+        what = "log-likelihood ratio" if self.logit_kind == "llr" else "logit"
+        text = self.description or f"Linear({self.linear.in_features}, 1) on the {FEATURES[self.feature]}"
+        return HeadSpec(name=self.name, task="detection",
+                        outputs={"probability": self.output_names[0], "logit": self.output_names[1]},
+                        labels=self.labels, threshold=self.threshold,
+                        description=f"{text}; output: {what} ({self.labels[1]} when > 0), probability = sigmoid")
 
 
 class QualityHead(nn.Module):
-    """MLP over the embedding: one quality score per image."""
+    """MLP: one quality score per image."""
+    task = "quality"
 
-    def __init__(self, dims: list[int], activation: str = "relu", scale: dict | None = None, bounded: bool = False):
+    def __init__(self, dims: list[int], activation: str = "relu", scale: dict | None = None, bounded: bool = False,
+                 *, feature: str = "embedding", name: str = "quality", output: str = "quality",
+                 description: str = ""):
         super().__init__()
         if len(dims) < 2 or dims[-1] != 1:
-            raise ValueError(f"quality head dims must run from the embedding size to 1, got {dims}")
+            raise ValueError(f"quality head dims must run from the feature size to 1, got {dims}")
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
@@ -59,16 +98,63 @@ class QualityHead(nn.Module):
         self.bounded = bool(bounded)
         if self.bounded and not float(self.scale["min"]) < float(self.scale["max"]):
             raise ValueError(f"a bounded quality head needs scale min < max, got {self.scale}")
+        self.feature = _check_feature(feature)
+        self.name = name
+        self.output_names = [output]
+        self.description = description
 
-    def forward(self, emb):
-        z = self.mlp(emb).squeeze(-1)
+    def forward(self, feat):
+        z = self.mlp(feat).squeeze(-1)
         if self.bounded:
             lo, hi = float(self.scale["min"]), float(self.scale["max"])
             z = lo + (hi - lo) * torch.sigmoid(z)
-        return z
+        return (z,)
 
     def linears(self) -> list:
         return [m for m in self.mlp if isinstance(m, nn.Linear)]
+
+    def spec(self) -> HeadSpec:
+        text = self.description or f"MLP ({self.activation}) on the {FEATURES[self.feature]}"
+        if self.bounded:
+            text += "; output squashed into the scale by a sigmoid"
+        return HeadSpec(name=self.name, task="quality", outputs={"score": self.output_names[0]},
+                        scale=dict(self.scale), description=text)
+
+
+class CustomHead(nn.Module):
+    """Any torch module trained in-house, on one of the FEATURES.
+
+    task "detection": the module gives one logit per image; "quality": one score.
+    """
+
+    def __init__(self, module: nn.Module, task: str, *, feature: str = "embedding", name: str | None = None,
+                 labels=("real", "generated"), threshold: float = 0.5, scale: dict | None = None,
+                 outputs: list[str] | None = None, description: str = ""):
+        super().__init__()
+        if task not in ("detection", "quality"):
+            raise ValueError(f"task must be 'detection' or 'quality', got {task!r}")
+        self.module = module.eval()
+        self.task = task
+        self.feature = _check_feature(feature)
+        self.name = name or task
+        self.labels = tuple(labels)
+        self.threshold = float(threshold)
+        self.scale = dict(scale or {"kind": "score", "min": 0.0, "max": 1.0})
+        default = ["p_generated", "logit_generated"] if task == "detection" else ["quality"]
+        self.output_names = list(outputs or default)
+        self.description = description or f"in-house {type(module).__name__} on the {FEATURES[self.feature]}"
+
+    def forward(self, feat):
+        y = self.module(feat).reshape(feat.shape[0])
+        return (torch.sigmoid(y), y) if self.task == "detection" else (y,)
+
+    def spec(self) -> HeadSpec:
+        if self.task == "detection":
+            return HeadSpec(name=self.name, task="detection",
+                            outputs={"probability": self.output_names[0], "logit": self.output_names[1]},
+                            labels=self.labels, threshold=self.threshold, description=self.description)
+        return HeadSpec(name=self.name, task="quality", outputs={"score": self.output_names[0]},
+                        scale=self.scale, description=self.description)
 
 
 def save_heads(path: str | Path, detector: DetectorHead | None, quality: QualityHead | None) -> None:
@@ -85,18 +171,19 @@ def save_heads(path: str | Path, detector: DetectorHead | None, quality: Quality
     torch.save(data, str(path))
 
 
-def load_heads(path: str | Path, embed_dim: int) -> tuple[DetectorHead | None, QualityHead | None]:
-    """Read a clipscan heads file and check it fits an embedding of `embed_dim`."""
+def load_heads(path: str | Path, embed_dim: int) -> list:
+    """Read a clipscan heads file and check it fits an embedding of `embed_dim`; returns its heads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"heads file {path} does not exist")
     data = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != HEADS_FORMAT:
         raise ValueError(f"{path} is not a clipscan heads file (expected a dict with format={HEADS_FORMAT!r}; "
-                         f"found {type(data).__name__} with keys {sorted(data)[:8] if isinstance(data, dict) else '-'})")
+                         f"found {type(data).__name__} with keys {sorted(data)[:8] if isinstance(data, dict) else '-'}). "
+                         "For a published format, name it: --head univfd:FILE, --head cozzolino:FILE, ...")
     if data.get("version") != HEADS_VERSION:
         raise ValueError(f"{path} is heads file version {data.get('version')!r}; this clipscan reads {HEADS_VERSION}")
-    detector = quality = None
+    heads: list = []
     if "detector" in data:
         d = data["detector"]
         w, b = d["weight"], d["bias"]
@@ -105,6 +192,7 @@ def load_heads(path: str | Path, embed_dim: int) -> tuple[DetectorHead | None, Q
                              f"an embedding of {embed_dim} (expected (1, {embed_dim}) and (1,))")
         detector = DetectorHead(embed_dim, d.get("labels", ("real", "generated")), d.get("threshold", 0.5))
         detector.linear.load_state_dict({"weight": w.float(), "bias": b.float()})
+        heads.append(detector)
     if "quality" in data:
         q = data["quality"]
         layers = q["layers"]
@@ -114,6 +202,7 @@ def load_heads(path: str | Path, embed_dim: int) -> tuple[DetectorHead | None, Q
         quality = QualityHead(dims, q.get("activation", "relu"), q.get("scale"), bool(q.get("bounded", False)))
         for m, layer in zip(quality.linears(), layers):
             m.load_state_dict({"weight": layer["weight"].float(), "bias": layer["bias"].float()})
-    if detector is None and quality is None:
+        heads.append(quality)
+    if not heads:
         raise ValueError(f"{path} holds neither a 'detector' nor a 'quality' head")
-    return detector, quality
+    return heads

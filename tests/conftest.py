@@ -15,7 +15,7 @@ SAMPLES = REPO / "samples"
 
 # A small ViT in open_clip's config format; QuickGELU as in OpenAI checkpoints.
 TINY_CONFIG = {
-    "embed_dim": 64,
+    "embed_dim": 48,
     "quick_gelu": True,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1},

@@ -31,9 +31,8 @@ def reference_outputs(model_files, paths, manifest):
     x = torch.stack(pixels)
     with torch.no_grad():
         emb = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
-        logit = detector(emb)
-        return {"pixels": x.numpy(), "embedding": emb.numpy(), "p": torch.sigmoid(logit).numpy(),
-                "quality": quality(emb).numpy()}
+        p, _ = detector(emb)
+        return {"pixels": x.numpy(), "embedding": emb.numpy(), "p": p.numpy(), "quality": quality(emb)[0].numpy()}
 
 
 def test_graph_structure(exported):
@@ -131,8 +130,8 @@ def test_heads_that_do_not_fit_the_backbone_are_refused(tiny_model_files, tmp_pa
 
     path = tmp_path / "wide_heads.pt"
     save_heads(path, DetectorHead(128), None)
-    with pytest.raises(ValueError, match=r"do not fit an embedding of 64"):
-        load_heads(path, 64)
+    with pytest.raises(ValueError, match=r"do not fit an embedding of 48"):
+        load_heads(path, 48)
     torch.save({"weight": torch.zeros(1, 64)}, str(tmp_path / "plain.pt"))
     with pytest.raises(ValueError, match="not a clipscan heads file"):
         load_heads(tmp_path / "plain.pt", 64)
