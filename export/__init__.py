@@ -2,6 +2,6 @@
 
 Importing this package needs torch; the runtime never imports it.
 """
-from .exporter import ExportCheckError, ExportReport, export_graph, export_model
+from .exporter import ExportCheckError, ExportReport, Reference, export_graph, export_model, load_reference
 
-__all__ = ["export_model", "export_graph", "ExportReport", "ExportCheckError"]
+__all__ = ["export_model", "export_graph", "load_reference", "Reference", "ExportReport", "ExportCheckError"]

@@ -125,16 +125,22 @@ def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, imag
     return {"embedding_cosine_min": worst, "max_abs_diff": max_abs, "batches": [1, 3]}
 
 
-def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
-                 name: str | None = None, description: str = "", quick_gelu: bool | None = None,
-                 opset: int = 18, mean=None, std=None, threshold: float | None = None,
-                 uint8_input: bool = False) -> ExportReport:
-    """Export an open_clip image tower plus heads to one ONNX file with its manifest.
+@dataclass
+class Reference:
+    """The PyTorch original of an artifact: image tower, heads, and what was read to build them."""
+    visual: object
+    heads: list
+    info: BackboneInfo
+    head_files: list[Path]
 
-    `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
-    or a list of these; all heads share one backbone pass. `uint8_input` folds the mean/std
-    normalisation into the patch embedding so the graph takes uint8 RGB.
-    """
+    def graph(self) -> ScanGraph:
+        """The float32 PyTorch model (taking normalised pixels) that an export must reproduce."""
+        return ScanGraph(self.visual, self.heads).eval()
+
+
+def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | None = None,
+                   threshold: float | None = None) -> Reference:
+    """Load backbone and heads from local files as `export_model` does (used by export and verify)."""
     visual, info = load_backbone(arch, weights, quick_gelu=quick_gelu)
     items = heads if isinstance(heads, (list, tuple)) else [heads]
     imported = import_heads(items, info)
@@ -145,8 +151,22 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
             if h.task == "detection":
                 h.threshold = float(threshold)
     head_files = [parse_head_arg(i)[1] for i in items if not isinstance(i, torch.nn.Module)]
-    return export_graph(visual, imported.heads, info, out, name=name or Path(out).stem, description=description,
-                        opset=opset, head_files=head_files, mean=mean, std=std, uint8_input=uint8_input)
+    return Reference(visual, imported.heads, info, head_files)
+
+
+def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
+                 name: str | None = None, description: str = "", quick_gelu: bool | None = None,
+                 opset: int = 18, mean=None, std=None, threshold: float | None = None,
+                 uint8_input: bool = False) -> ExportReport:
+    """Export an open_clip image tower plus heads to one ONNX file with its manifest.
+
+    `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
+    or a list of these; all heads share one backbone pass. `uint8_input` folds the mean/std
+    normalisation into the patch embedding so the graph takes uint8 RGB.
+    """
+    ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
+    return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
+                        opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input)
 
 
 def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
