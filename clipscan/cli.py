@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_scan(args) -> int:
     from clipscan.runtime import Scanner
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
-    from clipscan.runtime.results import WRITERS
+    from clipscan.runtime.results import WRITERS, columns_for
 
     import os
 
@@ -140,7 +140,8 @@ def cmd_scan(args) -> int:
     total = failed = 0
     start = time.perf_counter()
     try:
-        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w")
+        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w",
+                                      columns=columns_for(scanner.manifest))
         for result in scanner.scan(args.paths, all_files=args.all_files, skip=done):
             writer.write(result)
             total += 1
@@ -183,7 +184,7 @@ def _describe_manifest(artifact) -> str:
                  f"RGB (alpha {p.alpha})")
     for h in m.heads:
         outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
-        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task == "detection"
+        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task in ("detection", "attribution")
                  else f"scale={h.scale}")
         lines.append(f"head         {h.name} ({h.task}): {outs}; {extra}")
     if m.embedding:

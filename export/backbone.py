@@ -35,6 +35,8 @@ class BackboneInfo:
     weights_sha256: str = ""
     weights_bytes: int = 0
     width: int = 0                        # the tower's token width (the pre-projection feature size)
+    arch: str = ""                        # what was asked for: a model name or a config path
+    weights_path: str = ""                # the local checkpoint (heads built from prompts read its text tower)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,6 +106,6 @@ def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = N
         embed_dim=int(cfg["embed_dim"]), image_size=tuple(int(s) for s in image_size),
         preprocess=_preprocess_cfg(cfg, image_size),
         weights_file=weights.name, weights_sha256=file_sha256(weights), weights_bytes=weights.stat().st_size,
-        width=int(cfg["vision_cfg"].get("width", 768)),
+        width=int(cfg["vision_cfg"].get("width", 768)), arch=str(arch), weights_path=str(weights),
     )
     return visual, info

@@ -121,6 +121,43 @@ class QualityHead(nn.Module):
                         scale=dict(self.scale), description=text)
 
 
+class AttributionHead(nn.Module):
+    """Caption matching: cosine with K constant text embeddings (real first, then one per generator).
+
+    logits = scale * emb @ T^T; class_probs = softmax(logits); p_generated = 1 - p(real),
+    computed as sigmoid(logsumexp(generator logits) - real logit) so it is also a logit's sigmoid.
+    """
+    task = "attribution"
+
+    def __init__(self, text_features, labels, logit_scale: float, threshold: float = 0.5, *,
+                 name: str = "attribution", description: str = ""):
+        super().__init__()
+        text_features = torch.as_tensor(text_features, dtype=torch.float32)
+        if text_features.ndim != 2 or len(labels) != text_features.shape[0] or len(labels) < 2:
+            raise ValueError(f"need one text embedding per label (real first): {text_features.shape} vs {list(labels)}")
+        self.register_buffer("text", torch.nn.functional.normalize(text_features, dim=-1) * float(logit_scale))
+        self.labels = tuple(labels)
+        self.threshold = float(threshold)
+        self.logit_scale = float(logit_scale)
+        self.feature = "embedding"
+        self.name = name
+        self.output_names = ["p_generated", "logit_generated", "class_probs"]
+        self.description = description
+
+    def forward(self, emb):
+        logits = emb @ self.text.T
+        generated = torch.logsumexp(logits[:, 1:], dim=-1) - logits[:, 0]
+        return torch.sigmoid(generated), generated, torch.softmax(logits, dim=-1)
+
+    def spec(self) -> HeadSpec:
+        text = self.description or (f"caption matching: softmax over {len(self.labels)} text embeddings "
+                                    f"x {self.logit_scale:.2f}; p_generated = 1 - p({self.labels[0]})")
+        return HeadSpec(name=self.name, task="attribution",
+                        outputs={"probability": self.output_names[0], "logit": self.output_names[1],
+                                 "class_probs": self.output_names[2]},
+                        labels=self.labels, threshold=self.threshold, description=text)
+
+
 class CustomHead(nn.Module):
     """Any torch module trained in-house, on one of the FEATURES.
 

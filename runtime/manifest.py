@@ -26,7 +26,7 @@ EXIF_POLICIES = ("apply", "ignore")
 ALPHA_POLICIES = ("drop",)
 BIT_DEPTH_POLICIES = ("rescale", "clip")
 CONVERT_WHEN = ("decode", "after_crop")
-HEAD_TASKS = ("detection", "quality")
+HEAD_TASKS = ("detection", "quality", "attribution")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
@@ -199,6 +199,9 @@ class HeadSpec:
     detection: roles "logit" (raw score) and "probability" (sigmoid of it); the
     verdict is labels[1] when probability >= threshold, else labels[0].
     quality: role "score", a value on `scale` (e.g. a MOS from 1 to 5).
+    attribution: "class_probs" (N, K) over `labels`, labels[0] being the real class;
+    "probability" = 1 - p(real) = sigmoid("logit"); the verdict is "generated" when
+    probability >= threshold, and the generator is the most probable other label.
     """
     name: str
     task: str
@@ -225,15 +228,17 @@ class HeadSpec:
         w = f"heads[{index}]"
         task = _need(d, "task", w, str, HEAD_TASKS)
         outputs = _need(d, "outputs", w, dict)
-        needed = {"detection": ("logit", "probability"), "quality": ("score",)}[task]
+        needed = {"detection": ("logit", "probability"), "quality": ("score",),
+                  "attribution": ("logit", "probability", "class_probs")}[task]
         for role in needed:
             _need(outputs, role, f"{w}.outputs", str)
         head = cls(name=_need(d, "name", w, str), task=task, outputs=dict(outputs),
                    description=str(d.get("description", "")))
-        if task == "detection":
+        if task in ("detection", "attribution"):
             labels = _need(d, "labels", w, list)
-            if len(labels) != 2 or not all(isinstance(x, str) for x in labels):
-                raise ManifestError(f"manifest field '{w}.labels' should be [negative, positive] strings, found {labels!r}")
+            if task == "detection" and len(labels) != 2 or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+                want = "[negative, positive]" if task == "detection" else "[real, generator, ...]"
+                raise ManifestError(f"manifest field '{w}.labels' should be {want} strings, found {labels!r}")
             threshold = float(_need(d, "threshold", w, (int, float)))
             if not 0.0 <= threshold <= 1.0:
                 raise ManifestError(f"manifest field '{w}.threshold' is a probability threshold in [0, 1], found {threshold}")
@@ -261,8 +266,12 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def head(self, task: str) -> HeadSpec | None:
-        """The first head of a task ("detection", "quality"), or None."""
+        """The first head of a task ("detection", "quality", "attribution"), or None."""
         return next((h for h in self.heads if h.task == task), None)
+
+    def decision_head(self) -> HeadSpec | None:
+        """The head whose verdict a scan reports: the first detection or attribution head."""
+        return next((h for h in self.heads if h.task in ("detection", "attribution")), None)
 
     def output_names(self) -> list[str]:
         names = [n for h in self.heads for n in h.outputs.values()]

@@ -10,6 +10,12 @@ from typing import IO, Any
 import numpy as np
 
 COLUMNS = ("path", "p_generated", "verdict", "quality", "error")
+ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error")
+
+
+def columns_for(manifest) -> tuple[str, ...]:
+    """Row columns for a model: a generator column only for models that attribute generators."""
+    return ATTRIBUTION_COLUMNS if any(h.task == "attribution" for h in manifest.heads) else COLUMNS
 
 
 @dataclass
@@ -20,6 +26,7 @@ class ScanResult:
     quality: float | None = None
     error: str | None = None
     logit: float | None = None
+    generator: str | None = None          # attribution models only: the most probable generator
     backend: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
 
@@ -27,8 +34,8 @@ class ScanResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def to_row(self, *, with_embedding: bool = False) -> dict[str, Any]:
-        row: dict[str, Any] = {k: getattr(self, k) for k in COLUMNS}
+    def to_row(self, *, with_embedding: bool = False, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
+        row: dict[str, Any] = {k: getattr(self, k) for k in columns}
         if with_embedding:
             row["embedding"] = None if self.embedding is None else [float(v) for v in self.embedding]
         return row
@@ -54,28 +61,30 @@ def _has_surrogates(text: str) -> bool:
 
 
 class JsonlWriter:
-    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True):
-        self.stream, self.with_embedding = stream, with_embedding
+    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
+                 columns: tuple[str, ...] = COLUMNS):
+        self.stream, self.with_embedding, self.columns = stream, with_embedding, columns
 
     def write(self, result: ScanResult) -> None:
-        row = {k: _finite(v) for k, v in result.to_row(with_embedding=self.with_embedding).items()}
+        row = {k: _finite(v) for k, v in result.to_row(with_embedding=self.with_embedding, columns=self.columns).items()}
         ascii_only = _has_surrogates(result.path) or bool(result.error and _has_surrogates(result.error))
         self.stream.write(json.dumps(row, ensure_ascii=ascii_only) + "\n")
         self.stream.flush()
 
 
 class CsvWriter:
-    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True):
+    def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
+                 columns: tuple[str, ...] = COLUMNS):
         if with_embedding:
             raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
-        self.stream = stream
-        self._writer = csv.DictWriter(stream, fieldnames=list(COLUMNS), lineterminator="\n")
+        self.stream, self.columns = stream, columns
+        self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n")
         if header:  # not when appending to a resumed file
             self._writer.writeheader()
             stream.flush()
 
     def write(self, result: ScanResult) -> None:
-        row = {k: ("" if v is None else v) for k, v in result.to_row().items()}
+        row = {k: ("" if v is None else v) for k, v in result.to_row(columns=self.columns).items()}
         self._writer.writerow(row)
         self.stream.flush()
 

@@ -50,7 +50,7 @@ class Scanner:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
         allow_pixels(max_pixels)
-        self.detector = self.manifest.head("detection")
+        self.detector = self.manifest.decision_head()
         self.quality = self.manifest.head("quality")
         self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -197,7 +197,7 @@ class Scanner:
         if self.detector is not None:
             logits = outputs[self.detector.outputs["logit"]][rows].astype(np.float64)
             r.logit = float(logits.mean())
-            if several:  # mean logit, then the sigmoid the graph applies per crop
+            if several or self.detector.task == "attribution":  # sigmoid(logit), as the graph computes it per crop
                 r.p_generated = float(1.0 / (1.0 + np.exp(-r.logit)))
             else:
                 r.p_generated = float(outputs[self.detector.outputs["probability"]][rows][0])
@@ -220,5 +220,9 @@ class Scanner:
                               error="inference_failed: the model returned a non-finite value (NaN or inf)")
         if r.p_generated is not None:
             labels = self.detector.labels
-            r.verdict = labels[1] if r.p_generated >= self.threshold else labels[0]
+            positive = labels[1] if self.detector.task == "detection" else "generated"
+            r.verdict = positive if r.p_generated >= self.threshold else labels[0]
+            if self.detector.task == "attribution" and r.verdict == positive:
+                probs = outputs[self.detector.outputs["class_probs"]][rows].astype(np.float64).mean(0)
+                r.generator = labels[1 + int(np.argmax(probs[1:]))]
         return r
