@@ -14,7 +14,7 @@ from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 
 from ._deps import require
 from .backbone import BackboneInfo, load_backbone
-from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization
+from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
 from .importers import import_heads, parse_head_arg
 from .onnx_writer import attach_manifest, cosine_rows, save_checked, to_onnx
 
@@ -42,10 +42,12 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     mode = pp.get("resize_mode", "shortest")
     if mode not in ("shortest", "longest", "squash", "none"):
         raise ValueError(f"unsupported resize_mode {mode!r}")
+    crop = pp.get("crop_mode", "none" if mode == "squash" else "center")
+    sliding = {"stride": int(pp.get("stride", 64)), "max_per_axis": int(pp.get("max_per_axis", 8))}
     return PreprocessSpec(
         resize_mode=mode, resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
-        crop_mode="none" if mode == "squash" else "center", crop_size=size,
-        pad_fill=int(pp.get("fill_color", 0)), exif_orientation="apply",
+        crop_mode=crop, crop_size=size, pad_fill=int(pp.get("fill_color", 0)), exif_orientation="apply",
+        **(sliding if crop == "sliding" else {}),
     )
 
 
@@ -146,6 +148,8 @@ def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | 
     imported = import_heads(items, info)
     if imported.preprocess:
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
+    if imported.visual_prompts is not None:
+        set_visual_prompts(visual, imported.visual_prompts)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":

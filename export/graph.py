@@ -10,8 +10,26 @@ INPUT_NAME = "pixels"
 OUT_EMBEDDING = "embedding"
 
 
+PROMPTS_ATTR = "clipscan_visual_prompts"
+
+
+def set_visual_prompts(visual, prompts) -> None:
+    """Give a tower deep visual prompts: (layers, n_prompts, width), constant tokens inserted at every layer."""
+    layers = len(visual.transformer.resblocks)
+    width = visual.transformer.width
+    if prompts.ndim != 3 or prompts.shape[0] != layers or prompts.shape[2] != width:
+        raise ValueError(f"visual prompts of shape {tuple(prompts.shape)} do not fit a tower of {layers} layers "
+                         f"and width {width} (expected ({layers}, n_prompts, {width}))")
+    visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
+
+
 class TappedVisual(torch.nn.Module):
-    """An open_clip VisionTransformer run once, giving the pooled token before and after the projection."""
+    """An open_clip VisionTransformer run once, giving the pooled token before and after the projection.
+
+    A tower with deep visual prompts (VPT-deep, as CLIP-AGIQA of Fu et al.) gets layer i's
+    prompt tokens placed after the class token before block i, replacing the previous ones,
+    and dropped after the last block.
+    """
 
     def __init__(self, visual):
         super().__init__()
@@ -21,9 +39,20 @@ class TappedVisual(torch.nn.Module):
                                 f"(no {needed}); timm or ConvNeXt towers are not supported yet")
         self.visual = visual
 
+    def _prompted(self, x, prompts):
+        t = self.visual.transformer
+        n = prompts.shape[1]
+        for i, block in enumerate(t.resblocks):
+            rest = x[:, 1:] if i == 0 else x[:, 1 + n:]
+            x = torch.cat([x[:, :1], prompts[i].unsqueeze(0).expand(x.shape[0], -1, -1).to(x.dtype), rest], dim=1)
+            x = block(x) if getattr(t, "batch_first", True) else block(x.transpose(0, 1)).transpose(0, 1)
+        return torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
+
     def forward(self, x):
         v = self.visual
-        tokens = v.transformer(v._embeds(x))
+        x = v._embeds(x)
+        prompts = getattr(v, PROMPTS_ATTR, None)
+        tokens = v.transformer(x) if prompts is None else self._prompted(x, prompts)
         pooled, _ = v._pool(tokens)
         projected = pooled @ v.proj if v.proj is not None else pooled
         return pooled, projected

@@ -158,6 +158,33 @@ class AttributionHead(nn.Module):
                         labels=self.labels, threshold=self.threshold, description=text)
 
 
+class PromptQualityHead(nn.Module):
+    """Quality as the softmax weight of a "good" prompt against a "bad" one (CLIP-IQA style): in [0, 1]."""
+    task = "quality"
+
+    def __init__(self, text_features, logit_scale: float, *, name: str = "quality", output: str = "quality",
+                 description: str = ""):
+        super().__init__()
+        text_features = torch.as_tensor(text_features, dtype=torch.float32)
+        if tuple(text_features.shape[:1]) != (2,):
+            raise ValueError(f"need two text embeddings (good, bad), got shape {tuple(text_features.shape)}")
+        self.register_buffer("text", torch.nn.functional.normalize(text_features, dim=-1) * float(logit_scale))
+        self.logit_scale = float(logit_scale)
+        self.scale = {"kind": "probability", "min": 0.0, "max": 1.0}
+        self.feature = "embedding"
+        self.name = name
+        self.output_names = [output]
+        self.description = description
+
+    def forward(self, emb):
+        return (torch.softmax(emb @ self.text.T, dim=-1)[:, 0],)
+
+    def spec(self) -> HeadSpec:
+        text = self.description or f"softmax of 'good' vs 'bad' prompt similarity x {self.logit_scale:.2f}"
+        return HeadSpec(name=self.name, task="quality", outputs={"score": self.output_names[0]},
+                        scale=dict(self.scale), description=text)
+
+
 class CustomHead(nn.Module):
     """Any torch module trained in-house, on one of the FEATURES.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._deps import require
-from .heads import AttributionHead, DetectorHead, QualityHead, load_heads
+from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
 
 torch = require("torch")
 
@@ -22,6 +22,7 @@ class Imported:
     heads: list
     preprocess: dict = field(default_factory=dict)   # overrides of the backbone's preprocess cfg
     source: Path | None = None
+    visual_prompts: object = None                    # (layers, n, width) deep visual prompts, if the head needs them
 
 
 def _state_dict(path: Path) -> dict:
@@ -162,8 +163,38 @@ def import_agiqa_tang(path: Path, backbone) -> Imported:
     return Imported([head], preprocess={"resize_mode": "shortest"}, source=path)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def import_agiqa_fu(path: Path, backbone) -> Imported:
+    """CLIP-AGIQA (Fu et al.): deep visual prompts in the tower, "good/bad photo" prompts with learned context.
+
+    The state dict holds the visual prompts (a 3-D tensor (layers, n, width) under a key
+    ending in "prompt" or "prompts") and the text prompt learner's context (a key ending
+    in "ctx"). quality = softmax(scale * emb @ [t_good, t_bad]^T)[good], in [0, 1]. Test
+    time: no resize, 224 crops at stride 64, mean of the crop scores, ImageNet mean/std.
+    """
+    sd = _state_dict(path)
+    prompts = [k for k, v in sd.items() if v.ndim == 3 and k.rstrip("s").endswith("prompt")]
+    ctx = [k for k, v in sd.items() if k.endswith("ctx") and v.ndim == 2]
+    if len(prompts) != 1 or len(ctx) != 1:
+        raise ValueError(f"{path}: expected one deep visual prompt tensor (layers, n, width) under a key ending in "
+                         f"'prompt(s)' and one learned text context under a key ending in 'ctx'; "
+                         f"found { {k: tuple(v.shape) for k, v in sd.items()} }")
+    encoder = _text_encoder(backbone)
+    text = encoder.encode_with_context(sd[ctx[0]].float(), ["good photo", "bad photo"])
+    head = PromptQualityHead(text, encoder.logit_scale, name="agiqa",
+                             description="CLIP-AGIQA (Fu et al.): softmax of learned-context 'good photo' vs "
+                                         "'bad photo' similarity, deep visual prompts in the tower; score in [0, 1], "
+                                         "averaged over sliding crops")
+    return Imported([head], preprocess={"resize_mode": "none", "crop_mode": "sliding", "stride": 64,
+                                        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                    source=path, visual_prompts=sd[prompts[0]].float())
+
+
 IMPORTERS = {
     "clipscan": import_clipscan,
+    "agiqa-fu": import_agiqa_fu,
     "univfd": import_univfd,
     "cozzolino": import_cozzolino,
     "captions": import_captions,
@@ -198,6 +229,13 @@ def import_heads(items, backbone) -> Imported:
             merged.preprocess[key] = value
         merged.heads.extend(got.heads)
         merged.source = merged.source or got.source
+        if got.visual_prompts is not None:
+            if merged.visual_prompts is not None:
+                raise ValueError("two heads bring their own deep visual prompts: export them as separate artifacts")
+            if len(items) > 1:
+                raise ValueError("a head with deep visual prompts changes the backbone pass, so no other head can "
+                                 "share it: export it as its own artifact")
+            merged.visual_prompts = got.visual_prompts
     _distinct_output_names(merged.heads)
     return merged
 

@@ -134,3 +134,79 @@ def test_prompt_heads_need_the_text_tower(clip_files, tmp_path):
                                                 {"label": "gen", "caption": "a render"}]}))
     with pytest.raises(ValueError, match="has no text tower"):
         export_model(str(clip_files["config"]), visual_only, f"captions:{captions}", tmp_path / "x.onnx")
+
+
+def spliced_text(model, ctx, words, context_length=32):
+    """Text features with learned context, through open_clip's own encode_text."""
+    n_ctx = ctx.shape[0]
+    tokens = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)(
+        [" ".join(["X"] * n_ctx) + f" {w}." for w in words])
+    original = model.token_embedding
+
+    class Spliced(torch.nn.Module):
+        def forward(self, t):
+            e = original(t)
+            return torch.cat([e[:, :1], ctx.expand(len(t), -1, -1), e[:, 1 + n_ctx:]], dim=1)
+
+    model.token_embedding = Spliced()
+    try:
+        with torch.no_grad():
+            return model.encode_text(tokens, normalize=True)
+    finally:
+        model.token_embedding = original
+
+
+def test_agiqa_fu_deep_prompts_and_sliding_crops(clip_files, image_dir, tmp_path):
+    import torchvision.transforms.functional as TF
+
+    from clipscan.runtime.preprocess import window_starts
+
+    torch.manual_seed(23)
+    visual = clip_files["model"].visual
+    layers, width, n = len(visual.transformer.resblocks), visual.transformer.width, 4
+    prompts = torch.randn(layers, n, width) * 0.5
+    ctx = torch.randn(8, 32) * 0.02
+    head_file = tmp_path / "agiqa_fu.pth"
+    torch.save({"visual_prompt": prompts, "prompt_learner.ctx": ctx}, str(head_file))
+    out = tmp_path / "fu.onnx"
+    report = export_model(str(clip_files["config"]), clip_files["weights"], f"agiqa-fu:{head_file}", out)
+    m = report.manifest
+    assert m.preprocess.crop_mode == "sliding" and m.preprocess.resize_mode == "none" and m.preprocess.stride == 64
+    assert m.input.mean == (0.485, 0.456, 0.406)
+
+    # reference: open_clip's own visual forward, with hooks that insert/replace/drop the prompts
+    assert visual.transformer.batch_first
+    blocks = visual.transformer.resblocks
+    handles = []
+    for i, block in enumerate(blocks):
+        def insert(module, args, kwargs, i=i):
+            x = args[0]
+            rest = x[:, 1:] if i == 0 else x[:, 1 + n:]
+            return (torch.cat([x[:, :1], prompts[i].expand(len(x), -1, -1), rest], dim=1),) + args[1:], kwargs
+        handles.append(block.register_forward_pre_hook(insert, with_kwargs=True))
+    handles.append(blocks[-1].register_forward_hook(lambda mod, a, y: torch.cat([y[:, :1], y[:, 1 + n:]], dim=1)))
+    text = spliced_text(clip_files["model"], ctx, ["good photo", "bad photo"])
+    scale = float(clip_files["model"].logit_scale.exp())
+    paths = images(image_dir)
+    expected = []
+    try:
+        for p in paths:
+            with Image.open(p) as im:
+                x = TF.normalize(TF.to_tensor(ImageOps.exif_transpose(im).convert("RGB")),
+                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+            if min(x.shape[1:]) < 224:
+                continue  # padding is covered by the preprocessing tests; keep the reference simple
+            crops = torch.stack([x[:, y:y + 224, left:left + 224]
+                                 for y in window_starts(x.shape[1], 224, 64, 8)
+                                 for left in window_starts(x.shape[2], 224, 64, 8)])
+            with torch.no_grad():
+                emb = torch.nn.functional.normalize(visual(crops), dim=-1)
+                expected.append((str(p), float(torch.softmax(scale * emb @ text.T, dim=-1)[:, 0].mean())))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(expected) >= 4
+    with Scanner(out, batch_size=8) as scanner:
+        got = {r.path: r.quality for r in scanner.scan([p for p, _ in expected])}
+    np.testing.assert_allclose([got[p] for p, _ in expected], [q for _, q in expected], atol=1e-5)
+    assert all(0.0 <= got[p] <= 1.0 for p in got)
