@@ -135,3 +135,19 @@ def test_heads_that_do_not_fit_the_backbone_are_refused(tiny_model_files, tmp_pa
     torch.save({"weight": torch.zeros(1, 64)}, str(tmp_path / "plain.pt"))
     with pytest.raises(ValueError, match="not a clipscan heads file"):
         load_heads(tmp_path / "plain.pt", 64)
+
+
+def test_opset_23_fuses_attention(tiny_model_files, exported, image_dir, tmp_path):
+    """At opset 23 the exporter writes ONNX's fused Attention op, which ONNX Runtime runs."""
+    from clipscan.export import export_model
+
+    out = tmp_path / "fused.onnx"
+    export_model(str(tiny_model_files["config"]), tiny_model_files["weights"], tiny_model_files["heads"], out,
+                 opset=23)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("Attention") == TINY_CONFIG["vision_cfg"]["layers"] and "Softmax" not in ops
+    paths = sorted(p for p in image_dir.rglob("*") if p.is_file())
+    with Scanner(out) as fused, Scanner(exported.path) as plain:
+        a, b = list(fused.scan(paths)), list(plain.scan(paths))
+    assert cosine(np.stack([r.embedding for r in a]), np.stack([r.embedding for r in b])).min() >= 0.99999
+    assert [r.verdict for r in a] == [r.verdict for r in b]
