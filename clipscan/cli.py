@@ -32,8 +32,13 @@ def _add_scan(sub) -> None:
     again.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
-    p.add_argument("--backend", default="auto", help="auto (default) or a name from `clipscan backends`")
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+                   help="auto (default) tries tensorrt, ort-tensorrt, cuda, cpu in order and logs why it skips "
+                        "each; a named backend that cannot start is an error (`clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
+    p.add_argument("--max-batch", type=int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
+    p.add_argument("--cache-dir", help="GPU engine and timing caches (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.add_argument("--threads", type=int, help="inference threads (default: the backend decides)")
     p.add_argument("--workers", type=int, help="decode/preprocess threads (default: min(4, cores))")
     p.add_argument("--threshold", type=float, help="override the manifest's decision threshold (probability)")
@@ -125,7 +130,8 @@ def cmd_scan(args) -> int:
                              "or --overwrite to replace it")
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
-                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_batch=args.max_batch,
+                      cache_dir=args.cache_dir, device_id=args.device)
     m = scanner.manifest
     log.info("model %s (%s, %s) on %s", m.name, m.backbone.get("id"), m.precision, scanner.backend_name)
     if scanner.artifact.is_demo:
@@ -232,11 +238,17 @@ def cmd_export(args) -> int:
 
 def cmd_backends(args) -> int:
     from clipscan.runtime.backends import AUTO_CHAIN, backend_status
+    from clipscan.runtime.backends.ort_gpu import onnxruntime_flavour_problem
 
     print(f"auto tries, in order: {' -> '.join(AUTO_CHAIN)}")
     for name, summary, reason in backend_status():
         state = "available" if reason is None else f"unavailable: {reason}"
         print(f"  {name:<14} {summary:<40} {state}")
+    problem = onnxruntime_flavour_problem()
+    if problem:
+        print(f"warning: {problem}")
+    print("'available' means the package and device are present; whether a GPU session really runs on the GPU "
+          "is checked when it starts (a scan logs the backend that ran)")
     return EXIT_OK
 
 

@@ -9,8 +9,8 @@ from typing import IO, Any
 
 import numpy as np
 
-COLUMNS = ("path", "p_generated", "verdict", "quality", "error")
-ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error")
+COLUMNS = ("path", "p_generated", "verdict", "quality", "error", "backend")
+ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error", "backend")
 
 
 def columns_for(manifest) -> tuple[str, ...]:

@@ -40,7 +40,8 @@ class Scanner:
     def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "auto",
                  fallback: bool = True, batch_size: int = 16, threads: int | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threshold: float | None = None):
+                 threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
+                 device_id: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact: Artifact = load_artifact(model)
@@ -55,8 +56,10 @@ class Scanner:
         self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
-        self.backend = create_backend(self.artifact.path, backend, fallback=fallback,
-                                      options=BackendOptions(threads=threads))
+        options = BackendOptions(threads=threads, batch_size=batch_size, max_batch=max_batch, device_id=device_id,
+                                 cache_dir=cache_dir or "")
+        self.backend = create_backend(self.artifact.path, backend, fallback=fallback, options=options,
+                                      manifest=self.manifest)
         self._check_graph()
         self.walk_stats = WalkStats()
 

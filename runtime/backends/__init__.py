@@ -1,9 +1,10 @@
 """Backends behind one protocol, imported lazily, chosen by an explicit chain.
 
-`auto` tries each backend of AUTO_CHAIN in order and logs why each one it skips was
+`auto` tries each backend of AUTO_CHAIN in order (TensorRT's own runtime, ONNX
+Runtime's TensorRT EP, its CUDA EP, then the CPU) and logs why each one it skips was
 skipped; an explicitly named backend that cannot start is an error, never a silent
-fallback. GPU backends (TensorRT, ONNX Runtime CUDA/TensorRT EPs) join the chain
-in a later release; today the chain is the CPU.
+fallback; `--no-fallback` makes `auto` stop at the first failure. The name a backend
+reports is what actually ran (GPU sessions are checked with get_providers()).
 """
 from __future__ import annotations
 
@@ -16,24 +17,25 @@ from .base import Backend, BackendEntry, BackendOptions
 log = logging.getLogger("clipscan.backends")
 
 
-def _ort_cpu_entry() -> BackendEntry:
-    from . import ort_cpu  # cheap: onnxruntime itself is imported only when probed or created
-
-    return BackendEntry(
-        name="cpu",
-        summary="ONNX Runtime, CPUExecutionProvider",
-        install_hint="pip install clipscan (onnxruntime is a base dependency)",
-        unavailable_reason=ort_cpu.unavailable_reason,
-        create=ort_cpu.create,
-    )
-
-
 def registry() -> dict[str, BackendEntry]:
-    entries = [_ort_cpu_entry()]
+    # the modules are cheap: onnxruntime, tensorrt and cuda-python are imported only when probed or created
+    from . import ort_cpu, ort_gpu, tensorrt_native
+
+    entries = [
+        BackendEntry("tensorrt", "TensorRT runtime, engine cache", "pip install 'clipscan[tensorrt]' (and a CUDA GPU)",
+                     tensorrt_native.unavailable_reason, tensorrt_native.create),
+        BackendEntry("ort-tensorrt", "ONNX Runtime, TensorrtExecutionProvider", "pip install 'clipscan[gpu]'",
+                     lambda: ort_gpu.provider_unavailable_reason(ort_gpu.TRT_EP), ort_gpu.create_tensorrt_ep),
+        BackendEntry("cuda", "ONNX Runtime, CUDAExecutionProvider", "pip install 'clipscan[gpu]'",
+                     lambda: ort_gpu.provider_unavailable_reason(ort_gpu.CUDA_EP), ort_gpu.create_cuda),
+        BackendEntry("cpu", "ONNX Runtime, CPUExecutionProvider",
+                     "pip install clipscan (onnxruntime is a base dependency)",
+                     ort_cpu.unavailable_reason, ort_cpu.create),
+    ]
     return {e.name: e for e in entries}
 
 
-AUTO_CHAIN = ("cpu",)
+AUTO_CHAIN = ("tensorrt", "ort-tensorrt", "cuda", "cpu")
 
 
 def backend_status() -> list[tuple[str, str, str | None]]:
@@ -42,11 +44,12 @@ def backend_status() -> list[tuple[str, str, str | None]]:
 
 
 def create_backend(model_path: Path, requested: str = "auto", *, fallback: bool = True,
-                   options: BackendOptions = BackendOptions()) -> Backend:
+                   options: BackendOptions | None = None, manifest=None) -> Backend:
     entries = registry()
     if requested != "auto" and requested not in entries:
         raise BackendError(f"unknown backend {requested!r}; known backends: {['auto', *entries]} "
                            "(`clipscan backends` lists them with their status)")
+    options = options or BackendOptions()
     chain = AUTO_CHAIN if requested == "auto" else (requested,)
     if requested != "auto" and fallback:
         log.debug("backend %r requested explicitly: no fallback", requested)
@@ -54,9 +57,10 @@ def create_backend(model_path: Path, requested: str = "auto", *, fallback: bool 
     for name in chain:
         entry = entries[name]
         reason = entry.unavailable_reason()
-        if reason is None:
+        absent = reason is not None  # not installed / no device: normal on a CPU machine
+        if not absent:
             try:
-                backend = entry.create(model_path, options)
+                backend = entry.create(model_path, options, manifest)
             except BackendError as e:
                 reason = str(e)
             else:
@@ -66,7 +70,8 @@ def create_backend(model_path: Path, requested: str = "auto", *, fallback: bool 
             raise BackendError(f"backend {name!r} was requested but cannot start: {reason}. "
                                f"Install with: {entry.install_hint}, or use --backend auto")
         failures.append(f"{name}: {reason}")
-        log.warning("backend %s skipped: %s", name, reason)
+        # a GPU backend that is present but failed to start deserves a warning; an absent one a note
+        log.log(logging.INFO if absent else logging.WARNING, "backend %s skipped: %s", name, reason)
         if not fallback:
             break
     raise BackendError("no backend could run the model; tried " + "; ".join(failures))

@@ -25,7 +25,18 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BackendOptions:
-    threads: int | None = None      # intra-op threads; None lets the backend choose
+    threads: int | None = None      # CPU intra-op threads; None lets the backend choose
+    batch_size: int = 16            # the batch the scanner sends: a GPU engine's optimal profile point
+    max_batch: int | None = None    # the largest batch an engine accepts (default: batch_size)
+    device_id: int = 0
+    cache_dir: str = ""             # engines and timing caches (default: ~/.cache/clipscan or $CLIPSCAN_CACHE_DIR)
+    workspace_bytes: int = 2 << 30  # TensorRT builder workspace
+
+    def __post_init__(self):
+        if not self.cache_dir:
+            from .engine_cache import DEFAULT_CACHE_DIR
+
+            object.__setattr__(self, "cache_dir", str(DEFAULT_CACHE_DIR))
 
 
 @dataclass(frozen=True)
@@ -35,4 +46,4 @@ class BackendEntry:
     summary: str
     install_hint: str
     unavailable_reason: Callable[[], str | None]   # None when it can be tried
-    create: Callable[[Path, BackendOptions], Backend]
+    create: Callable[..., Backend]                   # (model_path, options, manifest) -> Backend

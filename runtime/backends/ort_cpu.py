@@ -50,5 +50,5 @@ class OrtCpuBackend:
         self.session = None
 
 
-def create(model_path: Path, options: BackendOptions) -> OrtCpuBackend:
+def create(model_path: Path, options: BackendOptions, manifest=None) -> OrtCpuBackend:
     return OrtCpuBackend(model_path, options)

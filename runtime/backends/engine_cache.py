@@ -1,0 +1,98 @@
+"""TensorRT engine cache: plain serialized plans plus a JSON sidecar, keyed by everything that makes a plan valid.
+
+A plan runs only on the TensorRT build and GPU that made it, for the optimisation
+profile it was tuned for. The key therefore holds the ONNX file's sha256, the
+precision recipe, the batch profile, the TensorRT version, the GPU name and compute
+capability, and the CUDA version. A cached plan whose sidecar disagrees with the
+key is rebuilt, never loaded. Files stay standard: `<name>-<key>.plan` is exactly
+what TensorRT serialised (other tools can load it), `<name>-<key>.json` says what
+it is. Pure Python, so it is tested on machines without a GPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("CLIPSCAN_CACHE_DIR") or Path.home() / ".cache" / "clipscan")
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """TensorRT optimisation profile for the batch axis."""
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self):
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+    @classmethod
+    def for_batch_size(cls, batch_size: int, max_batch: int | None = None) -> "BatchProfile":
+        """min 1 (the last, partial batch), opt = the batch size used, max = max_batch (default: batch size)."""
+        top = max(batch_size, max_batch or batch_size)
+        return cls(1, batch_size, top)
+
+    def shapes(self, chw: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+        return {k: (getattr(self, k), *chw) for k in ("min", "opt", "max")}
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    onnx_sha256: str
+    precision: str
+    profile: BatchProfile
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    cuda_version: str
+    builder: str = "clipscan-trt/1"   # bump when the build recipe (flags, workspace policy) changes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["profile"] = asdict(self.profile)
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:20]
+
+
+class EngineCache:
+    def __init__(self, folder: str | os.PathLike = DEFAULT_CACHE_DIR):
+        self.folder = Path(folder)
+
+    def paths(self, name: str, key: EngineKey) -> tuple[Path, Path]:
+        stem = f"{name}-{key.digest()}"
+        return self.folder / f"{stem}.plan", self.folder / f"{stem}.json"
+
+    def timing_cache_path(self, key: EngineKey) -> Path:
+        """One timing cache per TensorRT version and GPU: it speeds up builds of any model there."""
+        tag = hashlib.sha256(f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}".encode()).hexdigest()[:12]
+        return self.folder / f"timing-{tag}.cache"
+
+    def load(self, name: str, key: EngineKey) -> bytes | None:
+        """The cached plan for exactly this key, or None (missing, or its sidecar disagrees)."""
+        plan, sidecar = self.paths(name, key)
+        try:
+            recorded = json.loads(sidecar.read_text())
+            data = plan.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if recorded.get("key") != key.to_dict() or recorded.get("bytes") != len(data):
+            return None
+        if recorded.get("sha256") != hashlib.sha256(data).hexdigest():
+            return None
+        return data
+
+    def store(self, name: str, key: EngineKey, plan_bytes: bytes) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        plan, sidecar = self.paths(name, key)
+        tmp = plan.with_suffix(".plan.tmp")
+        tmp.write_bytes(plan_bytes)
+        tmp.replace(plan)
+        sidecar.write_text(json.dumps({"key": key.to_dict(), "bytes": len(plan_bytes),
+                                       "sha256": hashlib.sha256(plan_bytes).hexdigest()}, indent=1))
+        return plan

@@ -1,0 +1,215 @@
+"""TensorRT's own runtime: build (or load from the engine cache) a plan from the artifact's ONNX, run it.
+
+Works with TensorRT 10 and 11 from one ONNX file. Precision is taken from the graph
+(FP32, FP16 weights, or Q/DQ INT8): the network is created strongly typed where the
+version has the flag (TensorRT >= 9; mandatory in 11, which removed BuilderFlag.FP16/
+INT8 and the implicit calibrators); only on an older TensorRT without it are FP16/
+INT8 builder flags set from the manifest's precision. One optimisation profile covers
+the batch axis; a timing cache and the engine cache live under the cache folder.
+Host buffers are pinned, and each backend instance (one per worker) owns its CUDA
+stream and execution context.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import file_sha256
+from ..errors import BackendError
+from .base import BackendOptions
+from .engine_cache import BatchProfile, EngineCache, EngineKey
+
+log = logging.getLogger("clipscan.backends.tensorrt")
+
+
+def unavailable_reason() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as e:
+        return f"the tensorrt package is not installed ({e}); pip install 'clipscan[tensorrt]'"
+    except Exception as e:  # its shared libraries can fail to load
+        return f"tensorrt cannot be imported ({type(e).__name__}: {e})"
+    from .cuda_device import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
+
+
+@dataclass(frozen=True)
+class IoTensor:
+    name: str
+    is_input: bool
+    shape: tuple[int, ...]     # -1 on the batch axis
+    dtype: np.dtype
+
+    def shape_for(self, batch: int) -> tuple[int, ...]:
+        """The shape with the batch axis (axis 0) set; other dynamic axes stay -1."""
+        return (batch if self.shape[0] == -1 else self.shape[0], *self.shape[1:])
+
+    def nbytes(self, batch: int) -> int:
+        """Bytes of this tensor at `batch` (buffers are sized for the profile's max batch)."""
+        dims = self.shape_for(batch)
+        if any(d < 0 for d in dims):
+            raise ValueError(f"{self.name}: only the batch axis may be dynamic, shape is {self.shape}")
+        return int(np.prod(dims, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def network_flags(trt) -> int:
+    """Creation flags for this TensorRT: strongly typed when it can be (precision then comes from the graph)."""
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly is not None:
+        flags |= 1 << int(strongly)
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if explicit is not None and strongly is None:  # TensorRT < 9 still needs it; 10 ignores it, 11 removed it
+        flags |= 1 << int(explicit)
+    return flags
+
+
+def legacy_precision_flags(trt, precision: str) -> list:
+    """Builder flags for a TensorRT without strong typing; none on 10/11 (the graph carries the precision)."""
+    if getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) is not None:
+        return []
+    names = {"fp16": ["FP16"], "int8": ["INT8", "FP16"]}.get(precision, [])
+    return [getattr(trt.BuilderFlag, n) for n in names if hasattr(trt.BuilderFlag, n)]
+
+
+class TensorrtBackend:
+    name = "tensorrt"
+
+    def __init__(self, model_path: Path, options: BackendOptions, manifest):
+        import tensorrt as trt
+
+        from . import cuda_device
+
+        self.trt = trt
+        self.cudart = cuda_device._cudart()
+        self.device = cuda_device.cuda_device(options.device_id)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.profile = BatchProfile.for_batch_size(options.batch_size, options.max_batch)
+        chw = (3, *manifest.input.size)
+        key = EngineKey(onnx_sha256=file_sha256(model_path), precision=manifest.precision, profile=self.profile,
+                        tensorrt_version=trt.__version__, gpu_name=self.device.name,
+                        compute_capability=self.device.compute_capability, cuda_version=self.device.cuda_runtime)
+        cache = EngineCache(Path(options.cache_dir) / "tensorrt")
+        plan = cache.load(model_path.stem, key)
+        if plan is None:
+            log.info("building a TensorRT %s engine for %s (profile %s); cached for next time",
+                     trt.__version__, model_path.name, self.profile)
+            plan = self._build(model_path, manifest, chw, cache, key, options)
+            cache.store(model_path.stem, key, plan)
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize the engine for {model_path}")
+        self.context = self.engine.create_execution_context()
+        self.tensors = self._io_tensors()
+        self.input_names = [t.name for t in self.tensors if t.is_input]
+        self.output_names = [t.name for t in self.tensors if not t.is_input]
+        self.stream = cuda_device.check(self.cudart.cudaStreamCreate())
+        self._alloc()
+
+    def _build(self, model_path: Path, manifest, chw, cache: EngineCache, key: EngineKey,
+               options: BackendOptions) -> bytes:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(network_flags(trt))
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(model_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise BackendError(f"TensorRT's ONNX parser rejected {model_path}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+        for flag in legacy_precision_flags(trt, manifest.precision):
+            config.set_flag(flag)
+        profile = builder.create_optimization_profile()
+        shapes = self.profile.shapes(chw)
+        profile.set_shape(manifest.input.name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+        timing_path = cache.timing_cache_path(key)
+        timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.exists() else b"")
+        config.set_timing_cache(timing, ignore_mismatch=False)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise BackendError(f"TensorRT failed to build an engine for {model_path} (see its log above)")
+        timing_path.parent.mkdir(parents=True, exist_ok=True)
+        timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        return bytes(plan)
+
+    def _io_tensors(self) -> list[IoTensor]:
+        trt, engine = self.trt, self.engine
+        out = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            out.append(IoTensor(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                                tuple(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name)))))
+        return out
+
+    def _alloc(self) -> None:
+        """Pinned host and device buffers sized for the profile's max batch, bound once."""
+        from .cuda_device import check
+
+        cudart, top = self.cudart, self.profile.max
+        self.host, self.device_ptrs = {}, {}
+        for t in self.tensors:
+            nbytes = t.nbytes(top)
+            host_ptr = check(cudart.cudaMallocHost(nbytes))
+            count = nbytes // np.dtype(t.dtype).itemsize
+            buf = (np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(host_ptr))
+                   .view(t.dtype)[:count])
+            self.host[t.name] = (host_ptr, buf)
+            self.device_ptrs[t.name] = check(cudart.cudaMalloc(nbytes))
+            self.context.set_tensor_address(t.name, self.device_ptrs[t.name])
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .cuda_device import check
+
+        cudart = self.cudart
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        batch = next(iter(feeds.values())).shape[0]
+        if not self.profile.min <= batch <= self.profile.max:
+            raise BackendError(f"batch {batch} is outside the engine's profile {self.profile}; "
+                               "raise max_batch (--max-batch) to rebuild it")
+        for t in self.tensors:
+            if t.is_input:
+                arr = np.ascontiguousarray(feeds[t.name], dtype=t.dtype)
+                ptr, buf = self.host[t.name]
+                buf[: arr.size] = arr.ravel()
+                self.context.set_input_shape(t.name, arr.shape)
+                check(cudart.cudaMemcpyAsync(self.device_ptrs[t.name], ptr, arr.nbytes, h2d, self.stream))
+        if not self.context.execute_async_v3(self.stream):
+            raise BackendError("TensorRT execution failed")
+        outputs = {}
+        for t in self.tensors:
+            if not t.is_input:
+                nbytes = t.nbytes(batch)
+                ptr, buf = self.host[t.name]
+                check(cudart.cudaMemcpyAsync(ptr, self.device_ptrs[t.name], nbytes, d2h, self.stream))
+                outputs[t.name] = (t, buf, nbytes)
+        check(cudart.cudaStreamSynchronize(self.stream))
+        return {name: buf[: nbytes // t.dtype.itemsize].reshape(t.shape_for(batch)).copy()
+                for name, (t, buf, nbytes) in outputs.items()}
+
+    def close(self) -> None:
+        cudart = getattr(self, "cudart", None)
+        if cudart is None:
+            return
+        for ptr, _ in getattr(self, "host", {}).values():
+            cudart.cudaFreeHost(ptr)
+        for ptr in getattr(self, "device_ptrs", {}).values():
+            cudart.cudaFree(ptr)
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)
+        self.host, self.device_ptrs, self.stream = {}, {}, None
+
+
+def create(model_path: Path, options: BackendOptions, manifest=None) -> TensorrtBackend:
+    if manifest is None:
+        raise BackendError("the TensorRT backend needs the model's manifest (input name, size, precision)")
+    try:
+        return TensorrtBackend(model_path, options, manifest)
+    except BackendError:
+        raise
+    except Exception as e:
+        raise BackendError(f"TensorRT could not start: {type(e).__name__}: {e}") from e
