@@ -178,7 +178,7 @@ class TensorrtBackend:
                 buf[: arr.size] = arr.ravel()
                 self.context.set_input_shape(t.name, arr.shape)
                 check(cudart.cudaMemcpyAsync(self.device_ptrs[t.name], ptr, arr.nbytes, h2d, self.stream))
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(_handle(self.stream)):
             raise BackendError("TensorRT execution failed")
         outputs = {}
         for t in self.tensors:
@@ -202,6 +202,14 @@ class TensorrtBackend:
         if getattr(self, "stream", None) is not None:
             cudart.cudaStreamDestroy(self.stream)
         self.host, self.device_ptrs, self.stream = {}, {}, None
+
+
+def _handle(stream) -> int:
+    """The raw cudaStream_t value TensorRT takes (cuda-python wraps it in an object)."""
+    if isinstance(stream, int):
+        return stream
+    get = getattr(stream, "getPtr", None)
+    return int(get()) if get is not None else int(stream)
 
 
 def create(model_path: Path, options: BackendOptions, manifest=None) -> TensorrtBackend:
