@@ -204,3 +204,11 @@ def test_silent_cpu_fallback_of_onnxruntime_gpu_is_caught(tmp_path):
     assert out["auto"] == "onnxruntime-cpu" and set(out["rows"]) == {"onnxruntime-cpu"}
     assert "backend cuda skipped: asked ONNX Runtime for CUDAExecutionProvider" in proc.stderr
     assert "share one 'onnxruntime' module" in out["flavour"], "the broken onnxruntime + onnxruntime-gpu mix is named"
+
+
+def test_stream_handle_is_the_cuda_handle_value():
+    from cuda.bindings import runtime as cudart
+
+    from clipscan.runtime.backends.tensorrt_native import _handle
+
+    assert _handle(cudart.cudaStream_t(0)) == 0 and _handle(1234) == 1234

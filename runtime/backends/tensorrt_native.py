@@ -205,11 +205,9 @@ class TensorrtBackend:
 
 
 def _handle(stream) -> int:
-    """The raw cudaStream_t value TensorRT takes (cuda-python wraps it in an object)."""
-    if isinstance(stream, int):
-        return stream
-    get = getattr(stream, "getPtr", None)
-    return int(get()) if get is not None else int(stream)
+    """The raw cudaStream_t value TensorRT takes. cuda-python wraps it in an object whose int() is the
+    handle (its getPtr() is the address of the wrapper's storage, not the handle)."""
+    return int(stream)
 
 
 def create(model_path: Path, options: BackendOptions, manifest=None) -> TensorrtBackend:
