@@ -101,21 +101,7 @@ def test_agiqa_tang_folds_prompt_features_into_the_mlp(clip_files, image_dir, tm
 
     # reference: open_clip's own encode_text with the learned context spliced into the token embeddings
     model = clip_files["model"]
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=32)
-    tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {w}." for w in WORDS])
-    original = model.token_embedding
-
-    class Spliced(torch.nn.Module):
-        def forward(self, t):
-            e = original(t)
-            return torch.cat([e[:, :1], ctx.expand(len(t), -1, -1), e[:, 1 + n_ctx:]], dim=1)
-
-    model.token_embedding = Spliced()
-    try:
-        with torch.no_grad():
-            text = model.encode_text(tokens, normalize=True)
-    finally:
-        model.token_embedding = original
+    text = spliced_text(model, ctx, WORDS)
     paths = images(image_dir)
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(pixels(paths)), dim=-1)
