@@ -1,4 +1,6 @@
-"""clipscan.calibration: INT8 post-training quantization and fidelity reports.
+"""clipscan.calibration: proof that an exported model is the trained model (and, to come, INT8 calibration).
 
-Not implemented yet (see the project's issues); exported models are FP32 today.
+`clipscan verify` / `clipscan.calibration.verify.verify` compare an artifact with its PyTorch
+original under the fidelity gates (fidelity.py) and write a JSON and an HTML report (report.py).
+Needs `clipscan[export]`; the runtime never imports this package.
 """

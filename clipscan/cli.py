@@ -57,8 +57,8 @@ def _add_info(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export an open_clip backbone + heads to one ONNX artifact (needs clipscan[export])",
                        description="Load an open_clip image tower from a local checkpoint and clipscan heads, and "
-                                   "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32) with "
-                                   "its manifest inside. Nothing is downloaded.")
+                                   "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
+                                   "with its manifest inside. Nothing is downloaded.")
     p.add_argument("--arch", required=True, help="open_clip model name (e.g. ViT-B-32) or a model-config .json")
     p.add_argument("--weights", required=True, help="local backbone checkpoint (.pt/.bin/.safetensors)")
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)")
@@ -78,6 +78,44 @@ def _add_export(sub) -> None:
     p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: from the config)")
     p.add_argument("--threshold", type=float, help="decision threshold to store (default: from the heads file)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp32 (default) or fp16: float16 weights and compute, LayerNorm/Softmax and the heads in "
+                        "float32, float32 outputs; refused unless it passes the FP16 fidelity gates")
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="compare an exported artifact with its PyTorch original on images "
+                                      "(needs clipscan[export])",
+                       description="Run the artifact (ONNX Runtime, CPU) and the PyTorch FP32 model it was exported "
+                                   "from on the same decoded images, check the fidelity gates (sources, "
+                                   "preprocessing, embedding cosine, decisions, quality SRCC, batch invariance, "
+                                   "determinism, laundered copies), and write report.json and report.html. "
+                                   "Exit 0: every gate passed; 1: a gate failed; 2: verify could not run.")
+    p.add_argument("model", metavar="MODEL", help="the exported .onnx artifact")
+    p.add_argument("--arch", required=True, help="open_clip model name or model-config .json, as given to export")
+    p.add_argument("--weights", required=True, help="the backbone checkpoint the artifact was exported from")
+    p.add_argument("--heads", help="the clipscan heads file the artifact was exported from")
+    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH",
+                   help="a head in a published format, as given to export (repeatable)")
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="folder (walked recursively) or file of images to compare on; repeatable")
+    p.add_argument("--report", metavar="DIR", help="where report.json and report.html go "
+                                                  "(default: ./<model file stem>-verify)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
+                     help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the checkpoint uses plain GELU")
+    p.add_argument("--threshold", type=float,
+                   help="the decision threshold the reference uses, if export was given --threshold "
+                        "(default: the heads file's)")
+    p.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
+    p.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
+    p.add_argument("--margin", type=float, default=0.5,
+                   help="no decision may flip for an image whose reference logit is farther than this from the "
+                        "threshold's logit (default 0.5)")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("--no-launder", action="store_true",
+                   help="skip the laundered copies (JPEG 75, blur, downscale + JPEG 85)")
 
 
 def _verbosity(defaults: bool) -> argparse.ArgumentParser:
@@ -100,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan(sub)
     _add_info(sub)
     _add_export(sub)
+    _add_verify(sub)
     sub.add_parser("backends", help="list inference backends and whether each can run here")
     return parser
 
@@ -229,11 +268,45 @@ def cmd_export(args) -> int:
         raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head FORMAT:PATH")
     report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
                           description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
-                          mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input)
-    print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB); "
+                          mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
+                          precision=args.precision)
+    print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")
+    if args.precision == "fp16":
+        ort_cpu, half = report.checks["onnxruntime_cpu"], report.checks["torch_half_cpu"]
+        print(f"FP16 vs PyTorch FP32 on {report.checks['images']} images, embedding cosine mean/worst: "
+              f"ONNX Runtime CPU {ort_cpu['embedding_cosine_mean']:.7f}/{ort_cpu['embedding_cosine_min']:.7f} "
+              f"(its CPU kernels are mostly float32), PyTorch float16 {half['embedding_cosine_mean']:.7f}/"
+              f"{half['embedding_cosine_min']:.7f}")
     return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from pathlib import Path
+
+    heads = ([args.heads] if args.heads else []) + list(args.head)
+    if not heads:
+        raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head FORMAT:PATH, "
+                         "as given to export")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    if args.margin < 0:
+        raise ValueError("--margin must be >= 0")
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file {args.model} does not exist")
+    for folder in args.images:
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"image folder {folder} does not exist")
+    from clipscan.calibration.verify import verify
+    from clipscan.export import load_reference
+
+    reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold)
+    report_dir = args.report or f"{Path(args.model).stem}-verify"
+    report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
+                    launder=not args.no_launder, mean=args.mean, std=args.std)
+    print(report.summary())
+    return EXIT_OK if report.passed else EXIT_ITEM_FAILED
 
 
 def cmd_backends(args) -> int:
@@ -252,7 +325,7 @@ def cmd_backends(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "info": cmd_info, "export": cmd_export, "backends": cmd_backends}
+COMMANDS = {"scan": cmd_scan, "info": cmd_info, "export": cmd_export, "verify": cmd_verify, "backends": cmd_backends}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ log = logging.getLogger("clipscan.export")
 torch = require("torch")
 
 FP32_MIN_COSINE = 0.99999
+EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 class ExportCheckError(RuntimeError):
@@ -72,7 +73,7 @@ def _source(path: Path) -> dict:
 
 
 def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, description: str, opset: int,
-                   head_files: list[Path] = (), mean=None, std=None) -> Manifest:
+                   head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32") -> Manifest:
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
     for i, path in enumerate(head_files):
@@ -92,7 +93,7 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
         name=name, description=description, input=input_spec, preprocess=preprocess_spec(info),
         heads=tuple(h.spec() for h in graph.heads), backbone=backbone,
         embedding={"output": OUT_EMBEDDING, "dim": info.embed_dim, "normalized": True},
-        precision="fp32", opset=opset, tools=tool_versions(), sources=sources,
+        precision=precision, opset=opset, tools=tool_versions(), sources=sources,
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 
@@ -161,22 +162,30 @@ def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | 
 def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
                  name: str | None = None, description: str = "", quick_gelu: bool | None = None,
                  opset: int = 18, mean=None, std=None, threshold: float | None = None,
-                 uint8_input: bool = False) -> ExportReport:
+                 uint8_input: bool = False, precision: str = "fp32") -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
     or a list of these; all heads share one backbone pass. `uint8_input` folds the mean/std
-    normalisation into the patch embedding so the graph takes uint8 RGB.
+    normalisation into the patch embedding so the graph takes uint8 RGB. `precision` "fp16"
+    writes float16 weights and compute with LayerNorm, Softmax and the tail after the tower
+    (projection, normalisation, heads) in float32 and float32 outputs (see `clipscan.export.fp16`);
+    it must pass the FP16 gates against the PyTorch FP32 model or ExportCheckError is raised.
     """
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
-                        opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input)
+                        opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
+                        precision=precision)
 
 
 def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
                  opset: int = 18, head_files: list[Path] = (), mean=None, std=None,
-                 uint8_input: bool = False) -> ExportReport:
+                 uint8_input: bool = False, precision: str = "fp32") -> ExportReport:
     import copy
+
+    if precision not in EXPORT_PRECISIONS:
+        hint = " (INT8 artifacts come from clipscan.calibration, not from export)" if precision == "int8" else ""
+        raise ValueError(f"precision {precision!r} is not one export writes; choose one of {list(EXPORT_PRECISIONS)}{hint}")
 
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
@@ -188,12 +197,32 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     else:
         graph = reference
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
-                              head_files=list(head_files), mean=mean, std=std)
+                              head_files=list(head_files), mean=mean, std=std, precision=precision)
     example = torch.zeros(2, 3, *info.image_size, dtype=torch.uint8 if uint8_input else torch.float32)
     log.info("exporting %s (%s) to ONNX opset %d", name, info.id, opset)
     model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
+    if precision == "fp16":
+        from . import fp16
+
+        converted = fp16.convert_to_fp16(model)
+        model = converted.model
+        manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)
     path = save_checked(model, out)
-    checks = check_against_torch(path, graph, reference, info.image_size, mean, std)
-    log.info("wrote %s: embedding cosine vs PyTorch >= %.7f", path, checks["embedding_cosine_min"])
+    try:
+        if precision == "fp16":
+            checks = fp16.check_fp16(path, graph, reference, info.image_size, mean, std)
+        else:
+            checks = check_against_torch(path, graph, reference, info.image_size, mean, std)
+    except ExportCheckError:
+        path.unlink(missing_ok=True)  # a file that failed its gates is not left behind to be used
+        raise
+    if precision == "fp16":
+        half = checks.get("torch_half_cpu", {})
+        log.info("wrote %s (FP16): embedding cosine vs PyTorch FP32: ONNX Runtime CPU mean %.7f worst %.7f; "
+                 "PyTorch float16 mean %.7f worst %.7f", path, checks["onnxruntime_cpu"]["embedding_cosine_mean"],
+                 checks["embedding_cosine_min"], half.get("embedding_cosine_mean", float("nan")),
+                 half.get("embedding_cosine_min", float("nan")))
+    else:
+        log.info("wrote %s: embedding cosine vs PyTorch >= %.7f", path, checks["embedding_cosine_min"])
     return ExportReport(path=path, manifest=manifest, checks=checks)

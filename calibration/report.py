@@ -1,0 +1,326 @@
+"""Write a verify report: report.json (every number) and report.html (one self-contained page).
+
+Plots are drawn with matplotlib's Agg canvas (no pyplot, no display) and embedded as base64
+PNG; without matplotlib the page is written without them and says so.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from .fidelity import Gate
+
+JSON_NAME = "report.json"
+HTML_NAME = "report.html"
+
+
+def write_report(report, report_dir) -> tuple[Path, Path]:
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = d / JSON_NAME, d / HTML_NAME
+    json_path.write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+    html_path.write_text(render_html(report), encoding="utf-8")
+    report.json_path, report.html_path = json_path, html_path
+    return json_path, html_path
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v == 1.0:
+            return "1"
+        if 0.9 <= v < 1.0:
+            return f"1 - {1.0 - v:.2g}" if 1.0 - v < 1e-6 else f"{v:.7f}".rstrip("0")
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _bar(g: Gate) -> str:
+    return "" if g.threshold is None else f"{g.op} {fmt(g.threshold)}"
+
+
+def summary_table(report) -> str:
+    """The short table `clipscan verify` prints."""
+    m = report.metrics
+    rows = [(g.name, fmt(g.value), _bar(g), g.status) for g in report.gates]
+    widths = [max(len(r[i]) for r in rows + [("gate", "value", "bar", "result")]) for i in range(4)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [f"verify {report.manifest_name} ({report.precision}) sha256 {report.sha256[:16]}...: "
+           f"{m['n_images'] if 'n_images' in m else len(report.rows)} image(s) compared, "
+           f"{len(report.failed_files)} file(s) could not be decoded",
+           line.format("gate", "value", "bar", "result")]
+    out += [line.format(*r) for r in rows]
+    failed = report.failed_gates()
+    if failed:
+        out.append(f"FAIL: {len(failed)} gate(s) failed: {', '.join(g.name for g in failed)}")
+        for g in failed:
+            if g.note:
+                out.append(f"  {g.name}: {g.note}")
+    else:
+        out.append("PASS: every gate passed")
+    if report.html_path is not None:
+        out.append(f"report: {report.html_path} and {report.json_path}")
+    return "\n".join(out)
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+def _figure(w=5.2, h=3.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _finite(values):
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+FLOOR = 1e-16  # 1 - cosine below this is drawn at it (float64 rounding)
+
+
+def plot_cosine(report) -> str:
+    """Histogram of the per-image cosine, drawn as 1 - cosine on a log axis (near 1 a linear axis shows one bar)."""
+    import numpy as np
+
+    data = report.plots_data
+    series = [("clean", _finite(data["clean"]["cosine"]))]
+    series += [(name, _finite(v["cosine"])) for name, v in data["laundered"].items()]
+    bars = report.settings.get("bars", {})
+    lines = [(key, bars[key]) for key in ("cosine_mean", "cosine_worst") if bars.get(key) is not None]
+    gaps = [max(1.0 - c, FLOOR) for _, vals in series for c in vals] + [1.0 - b for _, b in lines]
+    fig = _figure()
+    ax = fig.add_subplot()
+    if gaps:
+        lo, hi = math.log10(min(gaps)), math.log10(max(gaps))
+        edges = np.logspace(lo - 0.25, hi + 0.25, 31)
+        for i, (name, vals) in enumerate(series):
+            if not vals:
+                continue
+            d = [max(1.0 - c, FLOOR) for c in vals]
+            if i == 0:
+                ax.hist(d, bins=edges, color="#4477aa", alpha=0.8, label=f"clean ({len(vals)})")
+            else:
+                ax.hist(d, bins=edges, histtype="step", linewidth=1.2, label=name)
+        ax.set_xscale("log")
+    for (key, b), style in zip(lines, ("--", ":")):
+        ax.axvline(1.0 - b, color="#cc3311", linestyle=style, label=f"{key.replace('_', ' ')} bar: cosine {b}")
+    ax.set_xlabel("1 - cosine, exported vs reference (log scale; left = closer)")
+    ax.set_ylabel("images")
+    ax.set_title("Per-image embedding cosine")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_decision(name: str, d: dict) -> str:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ref, exp, flip = d["ref"], d["exp"], d["flip"]
+    keep = [i for i in range(len(ref)) if flip[i]]
+    same = [i for i in range(len(ref)) if not flip[i]]
+    ax.scatter([ref[i] for i in same], [exp[i] for i in same], s=12, color="#4477aa", label="same decision")
+    if keep:
+        ax.scatter([ref[i] for i in keep], [exp[i] for i in keep], s=22, color="#cc3311", marker="x",
+                   label=f"flipped ({len(keep)})")
+    if ref:
+        lo, hi = min(ref + exp), max(ref + exp)
+        ax.plot([lo, hi], [lo, hi], color="#999999", linewidth=0.8, label="y = x")
+    t_ref, t_dep = d["ref_threshold_logit"], d["deployed_threshold_logit"]
+    if t_ref is not None and math.isfinite(t_ref):
+        ax.axvline(t_ref, color="#228833", linestyle="--", linewidth=1, label=f"reference threshold (logit {t_ref:.3g})")
+        margin = d.get("margin")
+        if margin:
+            ax.axvspan(t_ref - margin, t_ref + margin, color="#228833", alpha=0.08, label=f"margin +-{margin}")
+    if t_dep is not None and math.isfinite(t_dep):
+        ax.axhline(t_dep, color="#ee7733", linestyle=":", linewidth=1.2, label=f"deployed threshold (logit {t_dep:.3g})")
+    ax.set_xlabel("reference logit (PyTorch FP32)")
+    ax.set_ylabel("exported logit")
+    ax.set_title(f"Detector '{name}': exported vs reference")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_quality(name: str, d: dict) -> str:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.scatter(d["ref"], d["exp"], s=12, color="#4477aa")
+    if d["ref"]:
+        lo, hi = min(d["ref"] + d["exp"]), max(d["ref"] + d["exp"])
+        ax.plot([lo, hi], [lo, hi], color="#999999", linewidth=0.8, label="y = x")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("reference quality (PyTorch FP32)")
+    ax.set_ylabel("exported quality")
+    ax.set_title(f"Quality '{name}': exported vs reference")
+    return _png(fig)
+
+
+def plots(report) -> tuple[list[tuple[str, str]], str]:
+    """[(caption, base64 png)], and a note when plots could not be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return [], "plots need matplotlib (pip install 'clipscan[export]')"
+    out = [("Histogram of the per-image embedding cosine (clean images filled, laundered copies as outlines).",
+            plot_cosine(report))]
+    margin = report.settings.get("margin")
+    for name, d in report.plots_data["clean"]["heads"].items():
+        if d["task"] == "quality":
+            out.append((f"Quality head {name}: exported vs reference score per image.", plot_quality(name, d)))
+        else:
+            out.append((f"Decision head {name}: exported vs reference logit; a point whose decision differs is "
+                        "a red cross. The shaded band is the margin around the threshold's logit.",
+                        plot_decision(name, {**d, "margin": margin})))
+    return out, ""
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #ddd;padding:.25em .55em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.PASS{background:#d9f2d9;color:#135e13;font-weight:600}.FAIL{background:#f9d6d5;color:#8c1b13;font-weight:600}
+.N\\/A,.NA{background:#eeeeee;color:#555}
+.verdict{font-size:1.3em;padding:.5em 1em;display:inline-block;border-radius:4px}
+figure{display:inline-block;margin:.5em 1em .5em 0;max-width:540px}figcaption{font-size:.8em;color:#555}
+code{font-size:.9em}.note{color:#555;font-size:.85em}
+"""
+
+
+def _e(v) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _table(headers, rows, num_cols=()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            if isinstance(c, tuple):  # (text, css class)
+                cells.append(f'<td class="{_e(c[1])}">{_e(c[0])}</td>')
+            else:
+                cells.append(f'<td class="num">{_e(c)}</td>' if i in num_cols else f"<td>{_e(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _status_cls(status: str) -> str:
+    return "NA" if status == "N/A" else status
+
+
+def render_html(report) -> str:
+    m = report.metrics
+    verdict = "PASS" if report.passed else "FAIL"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>clipscan verify: {_e(report.manifest_name)} {verdict}</title><style>{CSS}</style></head><body>",
+             f"<h1>clipscan verify: {_e(report.manifest_name)}</h1>",
+             f"<p><span class='verdict {verdict}'>{verdict}</span> "
+             f"{len(report.failed_gates())} of {len(report.gates)} gate(s) failed</p>"]
+    info = [("artifact", report.model), ("sha256", report.sha256), ("precision", report.precision),
+            ("images compared", m.get("n_images")), ("files found", m.get("n_files_found")),
+            ("files that could not be decoded", len(report.failed_files)),
+            ("reference", json.dumps(report.settings.get("reference"))),
+            ("reference transform", report.settings.get("reference_transform")),
+            ("backend", report.settings.get("backend")), ("margin (logit)", report.settings.get("margin"))]
+    parts.append(_table(["", ""], [(k, fmt(v) if not isinstance(v, str) else v) for k, v in info]))
+
+    parts.append("<h2>Gates</h2>")
+    parts.append(_table(["group", "gate", "value", "bar", "result", "note"],
+                        [(g.group, g.name, fmt(g.value), _bar(g), (g.status, _status_cls(g.status)), g.note)
+                         for g in report.gates], num_cols=(2,)))
+
+    figs, note = plots(report)
+    parts.append("<h2>Plots</h2>")
+    if note:
+        parts.append(f"<p class='note'>{_e(note)}</p>")
+    for caption, png in figs:
+        parts.append(f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{png}' style='max-width:100%'>"
+                     f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+    parts.append("<h2>Heads</h2>")
+    head_rows = []
+    for name, h in m.get("heads", {}).items():
+        if h["task"] == "quality":
+            head_rows.append((name, h["task"], f"SRCC {fmt(h.get('srcc'))}, max |diff| {fmt(h.get('max_abs_diff'))}"))
+        else:
+            head_rows.append((name, h["task"],
+                              f"agreement {fmt(h['agreement'])} ({h['flips']} flip(s), {h['flips_outside_margin']} "
+                              f"outside the margin); threshold deployed {fmt(h['deployed_threshold'])}, reference "
+                              f"{fmt(h['ref_threshold'])}; max |logit diff| {fmt(h['logit_max_abs_diff'])}, "
+                              f"max |p diff| {fmt(h['p_max_abs_diff'])}"))
+    parts.append(_table(["head", "task", "clean images"], head_rows))
+
+    if report.robustness:
+        parts.append("<h2>Robustness (laundered copies)</h2>")
+        rob_rows = []
+        for v, r in report.robustness.items():
+            per_head = []
+            for name, h in r.get("heads", {}).items():
+                if h["task"] == "quality":
+                    per_head.append(f"{name}: SRCC {fmt(h.get('srcc'))}")
+                else:
+                    per_head.append(f"{name}: agreement {fmt(h['agreement'])}, {h['flips']} flip(s)")
+            f = r.get("features", {})
+            rob_rows.append((v, r.get("description", ""), r.get("n_images"), fmt(r.get("preprocessing_max_error")),
+                             fmt(f.get("cosine_mean")), fmt(f.get("cosine_worst")), "; ".join(per_head)))
+        parts.append(_table(["laundering", "what", "images", "pixel error", "cosine mean", "cosine worst", "heads"],
+                            rob_rows, num_cols=(2, 3, 4, 5)))
+
+    parts.append("<h2>Worst 10 images by embedding cosine</h2>")
+    worst = sorted((r for r in report.rows if r.get("cosine") is not None), key=lambda r: r["cosine"])[:10]
+    parts.append(_table(["path", "cosine", "pixel error", "ref logit", "logit", "ref p", "p", "ref quality",
+                         "quality", "flip"],
+                        [(r["path"], fmt(r["cosine"]), fmt(r.get("pixel_error")), fmt(r.get("ref_logit")),
+                          fmt(r.get("logit")), fmt(r.get("ref_p")), fmt(r.get("p")), fmt(r.get("ref_quality")),
+                          fmt(r.get("quality")), ("yes", "FAIL") if r.get("flip") else "no") for r in worst],
+                        num_cols=(1, 2, 3, 4, 5, 6, 7, 8)))
+    flipped = [r for r in report.rows if r.get("flip")]
+    if flipped:
+        parts.append(f"<h2>Images whose decision changed ({len(flipped)})</h2>")
+        rows = []
+        for r in flipped[:200]:
+            for name, h in r["heads"].items():
+                if h.get("flip"):
+                    rows.append((r["path"], name, fmt(h["ref_logit"]), fmt(h["logit"]), fmt(h["ref_p"]), fmt(h["p"]),
+                                 ("yes", "FAIL") if h["outside_margin"] else "no"))
+        parts.append(_table(["path", "head", "ref logit", "logit", "ref p", "p", "outside margin"], rows,
+                            num_cols=(2, 3, 4, 5)))
+    if report.failed_files:
+        parts.append(f"<h2>Files that could not be decoded ({len(report.failed_files)})</h2>")
+        parts.append(_table(["path", "error"], [(f["path"], f["error"]) for f in report.failed_files]))
+
+    parts.append("<h2>Method</h2><ol>" + "".join(f"<li>{_e(t)}</li>" for t in report.method) + "</ol>")
+    bars = report.settings.get("bars", {})
+    parts.append(f"<p class='note'>Bars for {_e(report.precision)}: {_e(json.dumps(bars))}</p>")
+    parts.append("<h2>Versions</h2>")
+    parts.append(_table(["package", "now (verify)", "at export (manifest)"],
+                        [(k, report.versions.get(k, "-"), report.manifest_tools.get(k, "-"))
+                         for k in sorted(set(report.versions) | set(report.manifest_tools))]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,678 @@
+"""`verify`: compare an exported artifact with its PyTorch original on a folder of images.
+
+The reference is the PyTorch FP32 model (`Reference.graph()`) fed by a transform built
+independently from the manifest's recipe with open_clip/torchvision, on the same decoded
+pixels; the export is the artifact run by `clipscan.runtime.Scanner` on the CPU backend.
+Images are found and decoded by the runtime's own discovery and decoder; files that do not
+decode are listed, not fatal. Everything is streamed in batches, so memory does not grow
+with the folder.
+
+Needs `clipscan[export]` (torch, open_clip); the runtime never imports this module.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from clipscan.export._deps import require
+from clipscan.runtime import Scanner
+from clipscan.runtime.artifact import file_sha256
+from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
+from clipscan.runtime.discover import iter_files
+from clipscan.runtime.errors import ImageReadError, ModelError
+from clipscan.runtime.preprocess import to_8bit, window_starts
+
+from . import fidelity as F
+from .fidelity import Gate, HeadData
+
+torch = require("torch", "clipscan verify")
+log = logging.getLogger("clipscan.verify")
+
+INVARIANCE_ROWS = 32   # batch-1 and rerun checks on the first rows of the clean images
+
+
+# -- laundering ---------------------------------------------------------------------------------
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return load_image(buf.getvalue())  # the runtime's decoder, as a scan would read the file
+
+
+def _rgb8(img: Image.Image) -> Image.Image:
+    img = to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _downscale_jpeg(img: Image.Image) -> Image.Image:
+    small = img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.Resampling.BICUBIC)
+    return _jpeg(small, 85)
+
+
+LAUNDERINGS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
+    "jpeg75": ("JPEG quality 75", lambda im: _jpeg(_rgb8(im), 75)),
+    "blur1": ("Gaussian blur, radius 1", lambda im: _rgb8(im).filter(ImageFilter.GaussianBlur(1))),
+    "down0.5_jpeg85": ("downscale to 0.5 (bicubic), then JPEG quality 85", lambda im: _downscale_jpeg(_rgb8(im))),
+}
+
+
+@contextmanager
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- the reference transform ----------------------------------------------------------------
+
+class ReferenceTransform:
+    """The manifest's recipe rebuilt with open_clip / torchvision (not the runtime's code).
+
+    `__call__(img)` gives the reference model input (K, 3, H, W) float32 (normalised), and
+    `pixel_error(runtime, reference)` the max difference in 0..255 pixel units. For a folded
+    (uint8) input the raw 0..255 pixels are compared.
+    """
+
+    def __init__(self, manifest):
+        import open_clip
+        import torchvision.transforms as T
+
+        self.spec = spec = manifest.preprocess
+        self.input = inp = manifest.input
+        if inp.folded:
+            norm = manifest.backbone.get("normalization_folded") or {}
+            if "mean" not in norm or "std" not in norm:
+                raise ValueError("the manifest's input is folded uint8 but backbone.normalization_folded "
+                                 "gives no mean/std: cannot build the reference input")
+            self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
+        else:
+            self.mean, self.std = tuple(inp.mean), tuple(inp.std)
+        self._std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        self.available = True
+        self.note = ""
+        h, w = spec.resize_size
+        to_rgb = T.Lambda(lambda im: im if im.mode == "RGB" else im.convert("RGB"))
+        self._resize = None
+        if spec.resize_mode != "none" and spec.interpolation not in ("bicubic", "bilinear"):
+            self.available = False
+            self.note = (f"open_clip's transform has no {spec.interpolation!r} interpolation: the reference model "
+                         "is fed the runtime's tensor and preprocessing parity is not checked")
+            return
+        if spec.resize_mode == "none":
+            steps = [T.CenterCrop(spec.crop_size)] if spec.crop_mode == "center" else []
+            self.describe = ("torchvision CenterCrop" if steps else "no resize, no crop")
+            self._tf = T.Compose(steps + [to_rgb, T.ToTensor()])
+        else:
+            size = h if spec.resize_mode == "shortest" and h == w else (h, w)
+            oc = open_clip.image_transform(size, is_train=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                                           resize_mode=spec.resize_mode, interpolation=spec.interpolation,
+                                           fill_color=spec.pad_fill)
+            self.describe = f"open_clip.image_transform(resize_mode={spec.resize_mode!r}, interpolation={spec.interpolation!r})"
+            if spec.crop_mode == "sliding":
+                self._resize = oc.transforms[0]  # the resize step only; windows are cut below
+                self._tf = None
+            else:
+                self._tf = oc
+        if spec.crop_mode == "sliding":
+            self.describe += f" + sliding {spec.crop_size} windows at stride {spec.stride} (torch)"
+        self.describe += (", raw 0..255 pixels (folded input)" if inp.folded
+                          else ", ToTensor + Normalize(manifest mean/std)")
+
+    def _decoded(self, img: Image.Image) -> Image.Image:
+        if self.spec.bit_depth == "rescale":
+            img = to_8bit(img)
+        if self.spec.convert_when == "decode" and img.mode != "RGB":
+            img = img.convert("RGB")
+        return img
+
+    def _sliding(self, img: Image.Image):
+        import torchvision.transforms.functional as TF
+
+        if self._resize is not None:
+            img = self._resize(img)
+        crop_h, crop_w = self.spec.crop_size
+        w, h = img.size
+        pad = [(crop_w - w) // 2 if w < crop_w else 0, (crop_h - h) // 2 if h < crop_h else 0,
+               (crop_w - w + 1) // 2 if w < crop_w else 0, (crop_h - h + 1) // 2 if h < crop_h else 0]
+        if any(pad):
+            img = TF.pad(img, pad, fill=self.spec.pad_fill)
+        x = TF.to_tensor(img if img.mode == "RGB" else img.convert("RGB"))
+        s = self.spec
+        ys = window_starts(x.shape[1], crop_h, s.stride, s.max_per_axis)
+        xs = window_starts(x.shape[2], crop_w, s.stride, s.max_per_axis)
+        return torch.stack([x[:, y:y + crop_h, left:left + crop_w] for y in ys for left in xs])
+
+    def unit_pixels(self, img: Image.Image):
+        """(K, 3, H, W) in [0, 1], as torchvision's ToTensor gives them."""
+        img = self._decoded(img)
+        if self.spec.crop_mode == "sliding":
+            return self._sliding(img)
+        return self._tf(img).unsqueeze(0)
+
+    def __call__(self, img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+        """(model input normalised float32, raw pixels in 0..255 float32)."""
+        import torchvision.transforms.functional as TF
+
+        with _one_torch_thread():  # per-image tensor ops: thread start-up costs more than it saves
+            x01 = self.unit_pixels(img)
+            normalised = TF.normalize(x01, self.mean, self.std)
+            return normalised.numpy(), (x01 * 255.0).numpy()
+
+    def pixel_error(self, runtime: np.ndarray, normalised: np.ndarray, raw: np.ndarray) -> float:
+        if runtime.shape != normalised.shape:
+            return math.inf
+        if self.input.folded:
+            return float(np.abs(runtime.astype(np.float32) - raw).max())
+        return float((np.abs(runtime.astype(np.float32) - normalised) * self._std * 255.0).max())
+
+    def from_runtime(self, runtime: np.ndarray) -> np.ndarray:
+        """Reference input from the runtime's tensor (when no independent transform exists)."""
+        if self.input.folded:
+            mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+            return (runtime.astype(np.float32) / np.float32(255.0) - mean) / self._std
+        return runtime.astype(np.float32)
+
+
+# -- collected data -------------------------------------------------------------------------------
+
+@dataclass
+class _Stream:
+    """Per-image values collected for one variant (clean or a laundering)."""
+    names: list = field(default_factory=list)
+    pixel_error: list = field(default_factory=list)
+    cosine: list = field(default_factory=list)
+    ref: dict = field(default_factory=dict)    # head name -> role -> list
+    exp: dict = field(default_factory=dict)
+    reference_failed: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    pending: list = field(default_factory=list)   # (name, runtime rows, reference rows, raw rows)
+    rows: int = 0
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    sha256: str
+    manifest_name: str
+    precision: str
+    passed: bool
+    gates: list
+    metrics: dict
+    rows: list
+    failed_files: list
+    robustness: dict
+    versions: dict
+    settings: dict
+    method: list
+    manifest_tools: dict = field(default_factory=dict)
+    plots_data: dict = field(default_factory=dict, repr=False)
+    json_path: Path | None = None
+    html_path: Path | None = None
+
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if g.passed is False]
+
+    def gate(self, name: str) -> Gate:
+        for g in self.gates:
+            if g.name == name:
+                return g
+        raise KeyError(f"no gate {name!r}; gates: {[g.name for g in self.gates]}")
+
+    def to_dict(self) -> dict:
+        return F.clean_json({
+            "format": "clipscan.verify", "version": 1, "passed": self.passed,
+            "model": {"path": self.model, "sha256": self.sha256, "name": self.manifest_name,
+                      "precision": self.precision, "tools": self.manifest_tools},
+            "gates": [g.to_dict() for g in self.gates],
+            "failed_gates": [g.name for g in self.failed_gates()],
+            "metrics": self.metrics, "robustness": self.robustness, "rows": self.rows,
+            "failed_files": self.failed_files, "versions": self.versions, "settings": self.settings,
+            "method": self.method,
+        })
+
+    def summary(self) -> str:
+        from .report import summary_table
+
+        return summary_table(self)
+
+
+def versions() -> dict:
+    import PIL
+    import onnxruntime
+
+    from clipscan import __version__
+
+    out = {"clipscan": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "pillow": PIL.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+    for module in ("torchvision", "open_clip", "onnx", "matplotlib"):
+        try:
+            out[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return out
+
+
+# -- heads ----------------------------------------------------------------------------------------
+
+def _match_heads(manifest, reference) -> tuple[list, Gate]:
+    """Pair each manifest head with the reference head writing the same outputs."""
+    pairs, problems = [], []
+    free = list(reference.heads)
+    for spec in manifest.heads:
+        names = set(spec.outputs.values())
+        match = next((h for h in free if set(h.output_names) == names and getattr(h, "task", None) == spec.task), None)
+        if match is None:
+            problems.append(f"the artifact's {spec.task} head {spec.name!r} (outputs {sorted(names)}) has no "
+                            "counterpart in the reference heads")
+            continue
+        free.remove(match)
+        pairs.append((spec, match))
+    for h in free:
+        problems.append(f"reference head {getattr(h, 'name', '?')!r} ({getattr(h, 'task', '?')}) is not in the artifact")
+    gate = Gate("heads", f"{len(pairs)} matched", f"{len(manifest.heads)} in the manifest", not problems,
+                "; ".join(problems) or "every manifest head has its reference head (same task and outputs)",
+                "sources", "==")
+    return pairs, gate
+
+
+def _recipe_gate(manifest, reference, mean=None, std=None) -> Gate:
+    """The manifest's preprocessing and normalisation equal what the reference's config implies
+    (mean/std: what export was given with --mean/--std, if anything)."""
+    from clipscan.export.exporter import preprocess_spec
+
+    want = preprocess_spec(reference.info).to_dict()
+    got = manifest.preprocess.to_dict()
+    diffs = [f"{k}: manifest {got.get(k)!r}, reference {want.get(k)!r}" for k in sorted(set(want) | set(got))
+             if got.get(k) != want.get(k)]
+    inp = manifest.input
+    norm = manifest.backbone.get("normalization_folded") if inp.folded else {"mean": inp.mean, "std": inp.std}
+    expected = {"mean": mean, "std": std}
+    for key in ("mean", "std"):
+        m = list((norm or {}).get(key) or [])
+        r = list(expected[key] or reference.info.preprocess.get(key) or [])
+        if len(m) != len(r) or any(abs(a - b) > 1e-7 for a, b in zip(m, r)):
+            diffs.append(f"{key}: manifest {m}, reference {r}")
+    return Gate("recipe", "equal" if not diffs else "differs", "equal", not diffs,
+                "; ".join(diffs) or "manifest preprocessing and mean/std equal the reference config's",
+                "preprocessing", "==")
+
+
+def _aggregate(outputs: dict, counts: list[int], pairs, embedding: dict | None) -> tuple[dict, np.ndarray | None]:
+    """Per-image values from per-row outputs (several rows = sliding crops, averaged as the Scanner does)."""
+    per_head: dict = {spec.name: {} for spec, _ in pairs}
+    embs = []
+    start = 0
+    for k in counts:
+        rows = slice(start, start + k)
+        start += k
+        for spec, _ in pairs:
+            d = per_head[spec.name]
+            if spec.task in F.DECISION_TASKS:
+                logit = float(np.asarray(outputs[spec.outputs["logit"]][rows], np.float64).mean())
+                if k > 1 or spec.task == "attribution":
+                    p = float(1.0 / (1.0 + math.exp(-logit)))
+                else:
+                    p = float(outputs[spec.outputs["probability"]][rows][0])
+                d.setdefault("logit", []).append(logit)
+                d.setdefault("probability", []).append(p)
+                if "class_probs" in spec.outputs:
+                    d.setdefault("class_probs", []).append(
+                        np.asarray(outputs[spec.outputs["class_probs"]][rows], np.float64).mean(0))
+            elif spec.task == "quality":
+                d.setdefault("score", []).append(float(np.asarray(outputs[spec.outputs["score"]][rows], np.float64).mean()))
+        if embedding is not None:
+            e = np.asarray(outputs[embedding["output"]][rows], np.float64)
+            e = e.mean(0)
+            if k > 1 and embedding.get("normalized"):
+                e = e / max(float(np.linalg.norm(e)), 1e-12)
+            embs.append(e)
+    return per_head, (np.stack(embs) if embs else None)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+class _Runner:
+    def __init__(self, scanner: Scanner, reference, transform: ReferenceTransform, pairs, batch_size: int):
+        self.scanner = scanner
+        self.manifest = scanner.manifest
+        self.graph = reference.graph()
+        self.names = self.graph.output_names()
+        self.transform = transform
+        self.pairs = pairs
+        self.batch_size = batch_size
+        self.embedding = self.manifest.embedding
+        if self.embedding is not None and self.embedding["output"] not in self.names:
+            self.embedding = None
+        # invariants
+        self.inv_rows = 0
+        self.inv_batch_n = 0
+        self.batch_max_abs: float | None = None
+        self.rerun_max_abs: float | None = None
+
+    def reference_outputs(self, x: np.ndarray) -> dict:
+        with torch.inference_mode():
+            outs = self.graph(torch.from_numpy(np.ascontiguousarray(x)))
+        return {n: o.float().numpy() for n, o in zip(self.names, outs)}
+
+    def add(self, stream: _Stream, name: str, img: Image.Image) -> None:
+        """Queue one image: the runtime's tensor and the reference's. A runtime preprocessing error
+        propagates (the caller lists the file); a reference transform error is recorded here."""
+        rt = self.scanner.preprocess(img)
+        try:
+            if self.transform.available:
+                ref_in, raw = self.transform(img)
+                if ref_in.shape[1:] != rt.shape[1:]:
+                    raise ValueError(f"reference tensor {ref_in.shape} vs runtime {rt.shape}")
+                err = self.transform.pixel_error(rt, ref_in, raw)
+            else:
+                ref_in, err = self.transform.from_runtime(rt), None
+        except Exception as e:  # the reference transform could not make this image
+            stream.reference_failed.append({"path": name, "error": f"{type(e).__name__}: {e}"})
+            return
+        stream.pending.append((name, rt, ref_in, err))
+        stream.rows += len(rt)
+
+    def flush(self, stream: _Stream, *, check_invariants: bool = False) -> None:
+        if not stream.pending:
+            return
+        pending, stream.pending, stream.rows = stream.pending, [], 0
+        counts = [len(p[1]) for p in pending]
+        x_rt = np.concatenate([p[1] for p in pending])
+        x_ref = np.concatenate([p[2] for p in pending])
+        try:
+            exp_out = self.scanner.predict(x_rt)
+        except Exception as e:
+            raise ModelError(f"the artifact failed to run on a batch of {len(x_rt)} row(s): {type(e).__name__}: {e}") from e
+        try:
+            ref_out = self.reference_outputs(x_ref)
+        except Exception as e:
+            raise ValueError(f"the PyTorch reference failed on a batch of {len(x_ref)} row(s): "
+                             f"{type(e).__name__}: {e}") from e
+        if check_invariants and self.inv_rows < INVARIANCE_ROWS:
+            self._invariants(x_rt, exp_out)
+        exp_heads, exp_emb = _aggregate(exp_out, counts, self.pairs, self.embedding)
+        ref_heads, ref_emb = _aggregate(ref_out, counts, self.pairs, self.embedding)
+        stream.names.extend(p[0] for p in pending)
+        stream.pixel_error.extend(p[3] for p in pending)
+        if exp_emb is not None:
+            stream.cosine.extend(F.cosine_rows(exp_emb, ref_emb).tolist())
+        for target, src in ((stream.exp, exp_heads), (stream.ref, ref_heads)):
+            for head, roles in src.items():
+                for role, values in roles.items():
+                    target.setdefault(head, {}).setdefault(role, []).extend(values)
+
+    def _invariants(self, x: np.ndarray, batched: dict) -> None:
+        n = min(len(x), INVARIANCE_ROWS - self.inv_rows)
+        batch_diff = rerun_diff = 0.0
+        for i in range(n):
+            single = self.scanner.predict(x[i:i + 1])
+            for name, value in single.items():
+                d = np.abs(np.asarray(value, np.float64) - np.asarray(batched[name][i:i + 1], np.float64))
+                batch_diff = max(batch_diff, float(d.max()) if d.size else 0.0)
+        again = self.scanner.predict(x)
+        for name, value in again.items():
+            d = np.abs(np.asarray(value, np.float64) - np.asarray(batched[name], np.float64))
+            rerun_diff = max(rerun_diff, float(d.max()) if d.size else 0.0)
+        self.inv_rows += n
+        self.inv_batch_n = max(self.inv_batch_n, len(x))
+        self.batch_max_abs = max(self.batch_max_abs or 0.0, batch_diff)
+        self.rerun_max_abs = max(self.rerun_max_abs or 0.0, rerun_diff)
+
+
+def _head_data(stream: _Stream, pairs) -> list[HeadData]:
+    out = []
+    for spec, ref_head in pairs:
+        ref = {k: np.asarray(v) for k, v in stream.ref.get(spec.name, {}).items()}
+        exp = {k: np.asarray(v) for k, v in stream.exp.get(spec.name, {}).items()}
+        decision = spec.task in F.DECISION_TASKS
+        out.append(HeadData(
+            name=spec.name, task=spec.task, ref=ref, exp=exp,
+            ref_threshold=float(getattr(ref_head, "threshold", spec.threshold)) if decision else None,
+            deployed_threshold=spec.threshold, labels=tuple(spec.labels),
+            ref_labels=tuple(getattr(ref_head, "labels", ()) or ()) if decision else ()))
+    return out
+
+
+def _evaluate_stream(stream: _Stream, pairs, precision: str, margin: float, prefix: str = ""):
+    n = len(stream.names)
+    errs = [e for e in stream.pixel_error if e is not None]
+    metrics: dict = {"n_images": n, "preprocessing_max_error": max(errs) if errs else None,
+                     "reference_failed": stream.reference_failed}
+    feat_metrics, gates = F.feature_gates(stream.cosine, precision, prefix=prefix)
+    metrics["features"] = feat_metrics
+    heads = {}
+    for data in _head_data(stream, pairs):
+        if not n:
+            continue
+        m, g = F.evaluate_head(data, precision, margin=margin, prefix=prefix)
+        heads[data.name] = {"task": data.task, **m}
+        gates.extend(g)
+    metrics["heads"] = heads
+    return metrics, gates
+
+
+def _rows(stream: _Stream, pairs, margin: float, decision_head, quality_head) -> list[dict]:
+    rows = []
+    datas = {d.name: d for d in _head_data(stream, pairs)}
+    decisions = {name: F.decisions(d) for name, d in datas.items() if d.task in F.DECISION_TASKS}
+    for i, name in enumerate(stream.names):
+        row: dict = {"path": name, "cosine": stream.cosine[i] if i < len(stream.cosine) else None,
+                     "pixel_error": stream.pixel_error[i], "heads": {}}
+        flip_any = False
+        for hname, d in datas.items():
+            if d.task in F.DECISION_TASKS:
+                ref_dec, exp_dec = decisions[hname]
+                flip = bool(ref_dec[i] != exp_dec[i])
+                flip_any |= flip
+                distance = abs(float(d.ref["logit"][i]) - F.prob_to_logit(d.ref_threshold))
+                row["heads"][hname] = {"ref_logit": float(d.ref["logit"][i]), "logit": float(d.exp["logit"][i]),
+                                       "ref_p": float(d.ref["probability"][i]), "p": float(d.exp["probability"][i]),
+                                       "flip": flip, "outside_margin": bool(flip and distance > margin)}
+            elif d.task == "quality":
+                row["heads"][hname] = {"ref_quality": float(d.ref["score"][i]), "quality": float(d.exp["score"][i])}
+        if decision_head is not None and decision_head in row["heads"]:
+            h = row["heads"][decision_head]
+            row.update(ref_logit=h["ref_logit"], logit=h["logit"], ref_p=h["ref_p"], p=h["p"])
+        if quality_head is not None and quality_head in row["heads"]:
+            h = row["heads"][quality_head]
+            row.update(ref_quality=h["ref_quality"], quality=h["quality"])
+        row["flip"] = flip_any
+        rows.append(row)
+    return rows
+
+
+def _plot_data(stream: _Stream, pairs) -> dict:
+    data = {"cosine": list(stream.cosine), "heads": {}}
+    for d in _head_data(stream, pairs):
+        if d.task in F.DECISION_TASKS and len(stream.names):
+            ref_dec, exp_dec = F.decisions(d)
+            data["heads"][d.name] = {"task": d.task, "ref": d.ref["logit"].tolist(), "exp": d.exp["logit"].tolist(),
+                                     "flip": (ref_dec != exp_dec).tolist(),
+                                     "ref_threshold_logit": F.prob_to_logit(d.ref_threshold),
+                                     "deployed_threshold_logit": F.prob_to_logit(d.deployed_threshold)}
+        elif d.task == "quality" and len(stream.names):
+            data["heads"][d.name] = {"task": d.task, "ref": d.ref["score"].tolist(), "exp": d.exp["score"].tolist()}
+    return data
+
+
+METHOD = [
+    "Reference: the PyTorch FP32 model rebuilt from the backbone weights and heads files given to verify, "
+    "fed by the preprocessing recipe in the artifact's manifest rebuilt independently with open_clip's "
+    "image_transform (or torchvision's CenterCrop when the recipe has no resize).",
+    "Export: the artifact run by clipscan's own runtime (Scanner, ONNX Runtime on the CPU), on the same "
+    "decoded pixels: every image is decoded once with the runtime's decoder and given to both.",
+    "Sources: the sha256 of the weights and heads files must equal the ones recorded in the manifest at export.",
+    "Preprocessing: the runtime's input tensor against the reference transform's, in 0..255 pixel units "
+    "(at most 1 apart).",
+    "Features: the cosine between the exported and the reference embedding of each image; the mean "
+    "(and, for FP16/INT8, the worst) must reach the bar of the artifact's precision.",
+    "Outputs: for every detection head, the decision (probability >= threshold) of the export at the "
+    "manifest's threshold against the reference's at its own threshold; the share of equal decisions must "
+    "reach the precision's bar, and no image whose reference logit is farther than the margin from the "
+    "threshold's logit may change side. For every quality head, the Spearman rank correlation between "
+    "exported and reference scores (with at least 10 images).",
+    "Invariants: the first rows run one at a time must give the batched outputs, and running the same "
+    "batch twice must give identical outputs.",
+    "Robustness: the same comparison on laundered copies (JPEG 75; Gaussian blur radius 1; half-size "
+    "then JPEG 85); decision agreement there may not fall more than 0.5 percentage points below the "
+    "clean images'.",
+]
+
+
+def _given_sources(reference) -> tuple[tuple[str, str] | None, list[tuple[str, str]]]:
+    info = reference.info
+    weights = None
+    if info.weights_sha256:
+        weights = (info.weights_path or info.weights_file, info.weights_sha256)
+    heads = []
+    for path in reference.head_files:
+        path = Path(path)
+        if path.is_file():
+            heads.append((str(path), file_sha256(path)))
+    return weights, heads
+
+
+def verify(model_path, reference, images, report_dir=None, *, margin: float = F.DEFAULT_MARGIN,
+           batch_size: int = 16, launder: bool | Iterable[str] = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+           all_files: bool = False, mean=None, std=None) -> VerifyReport:
+    """Compare the artifact at `model_path` with `reference` (an `export.exporter.Reference`).
+
+    `images`: a folder, a file, or a list of them (folders are walked as `clipscan scan` walks
+    them). `report_dir`: where report.json and report.html go (None: nothing written).
+    `launder`: True for every laundering in LAUNDERINGS, False for none, or their names.
+    `mean`/`std`: the normalisation export was given (--mean/--std), if not the config's.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    variants = list(LAUNDERINGS) if launder is True else ([] if launder is False else list(launder))
+    unknown = [v for v in variants if v not in LAUNDERINGS]
+    if unknown:
+        raise ValueError(f"unknown laundering {unknown}; known: {list(LAUNDERINGS)}")
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"image folder/file {', '.join(missing)} does not exist")
+
+    scanner = Scanner(model_path, backend="cpu", fallback=False, batch_size=batch_size, max_pixels=max_pixels)
+    try:
+        return _verify(scanner, reference, paths, report_dir, margin=margin, batch_size=batch_size,
+                       variants=variants, max_pixels=max_pixels, all_files=all_files, mean=mean, std=std)
+    finally:
+        scanner.close()
+
+
+def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, variants, max_pixels, all_files,
+            mean=None, std=None):
+    manifest = scanner.manifest
+    precision = manifest.precision
+    F.bars_for(precision)
+    weights, heads = _given_sources(reference)
+    gates: list[Gate] = [F.sources_gate(manifest.sources, weights, heads)]
+    pairs, heads_gate = _match_heads(manifest, reference)
+    gates.append(heads_gate)
+    gates.append(_recipe_gate(manifest, reference, mean, std))
+    transform = ReferenceTransform(manifest)
+    runner = _Runner(scanner, reference, transform, pairs, batch_size)
+
+    clean = _Stream()
+    laundered = {v: _Stream() for v in variants}
+    failed: list[dict] = []
+    found = 0
+    for path in iter_files(paths, all_files=all_files):
+        found += 1
+        name = str(path)
+        try:
+            img = load_image(path, max_pixels=max_pixels, exif_orientation=manifest.preprocess.exif_orientation)
+            runner.add(clean, name, img)
+        except ImageReadError as e:
+            failed.append({"path": name, "error": str(e)})
+            continue
+        except Exception as e:  # the runtime's preprocessing failed on a decoded image
+            failed.append({"path": name, "error": f"preprocess_failed: {type(e).__name__}: {e}"})
+            continue
+        if clean.rows >= batch_size:
+            runner.flush(clean, check_invariants=True)
+        for v in variants:
+            try:
+                runner.add(laundered[v], f"{name}#{v}", LAUNDERINGS[v][1](img))
+            except Exception as e:
+                laundered[v].skipped.append({"path": name, "error": f"{type(e).__name__}: {e}"})
+            if laundered[v].rows >= batch_size:
+                runner.flush(laundered[v])
+    runner.flush(clean, check_invariants=True)
+    for s in laundered.values():
+        runner.flush(s)
+    if found == 0:
+        raise ValueError(f"no image files found under {[str(p) for p in paths]}")
+    if not clean.names:
+        raise ValueError(f"none of the {found} file(s) under {[str(p) for p in paths]} could be compared: "
+                         f"{(failed + clean.reference_failed)[:3]}")
+
+    metrics, clean_gates = _evaluate_stream(clean, pairs, precision, margin)
+    prep = F.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),
+                                reference_failed=len(clean.reference_failed), note=transform.note)
+    gates.append(prep)
+    gates.extend(clean_gates)
+    gates.extend(F.invariance_gates(runner.batch_max_abs, runner.inv_batch_n, runner.rerun_max_abs,
+                                    runner.inv_rows, precision))
+    metrics["invariants"] = {"batch_max_abs_diff": runner.batch_max_abs, "batch_n": runner.inv_batch_n,
+                             "rerun_max_abs_diff": runner.rerun_max_abs, "rows_checked": runner.inv_rows}
+    metrics["n_files_found"] = found
+    metrics["n_failed_files"] = len(failed)
+
+    robustness: dict = {}
+    for v, stream in laundered.items():
+        m, _ = _evaluate_stream(stream, pairs, precision, margin, prefix=f"{v}:")
+        m["description"] = LAUNDERINGS[v][0]
+        m["skipped"] = stream.skipped
+        m["rows"] = _rows(stream, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
+        robustness[v] = m
+        for hname, hm in m["heads"].items():
+            if hm["task"] in F.DECISION_TASKS and hname in metrics["heads"]:
+                gates.append(F.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"]))
+
+    rows = _rows(clean, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
+    plots = {"clean": _plot_data(clean, pairs),
+             "laundered": {v: {"cosine": list(s.cosine)} for v, s in laundered.items()}}
+    report = VerifyReport(
+        model=str(scanner.artifact.path), sha256=scanner.artifact.sha256(), manifest_name=manifest.name,
+        precision=precision, passed=all(g.passed is not False for g in gates), gates=gates, metrics=metrics,
+        rows=rows, failed_files=failed, robustness=robustness, versions=versions(),
+        settings={"margin": margin, "batch_size": batch_size, "launderings": variants,
+                  "images": [str(p) for p in paths], "backend": scanner.backend_name,
+                  "reference_transform": getattr(transform, "describe", transform.note),
+                  "reference": {"arch": reference.info.arch or reference.info.id,
+                                "weights": reference.info.weights_path or reference.info.weights_file,
+                                "heads": [str(p) for p in reference.head_files],
+                                "activation": reference.info.activation},
+                  "bars": F.bars_for(precision).__dict__},
+        method=METHOD, manifest_tools=dict(manifest.tools), plots_data=plots,
+    )
+    if report_dir is not None:
+        from .report import write_report
+
+        write_report(report, report_dir)
+    return report
+
+
+def _primary(manifest, kind: str) -> str | None:
+    tasks = F.DECISION_TASKS if kind == "decision" else ("quality",)
+    head = next((h for h in manifest.heads if h.task in tasks), None)
+    return head.name if head is not None else None
