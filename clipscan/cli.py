@@ -46,6 +46,9 @@ def _add_scan(sub) -> None:
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
+    p.add_argument("--decode", choices=("exact", "draft"), default="exact",
+                   help="exact (default) full-size decoding, or draft: JPEGs decoded at a reduced DCT scale that "
+                        "still covers the resize target (faster on camera images; see the README for its fidelity)")
 
 
 def _add_info(sub) -> None:
@@ -118,6 +121,91 @@ def _add_verify(sub) -> None:
                    help="skip the laundered copies (JPEG 75, blur, downscale + JPEG 85)")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark artifacts: latency, throughput, memory, cold start, fidelity",
+                       description="Time every artifact on every available backend (model-only: inference on "
+                                   "preprocessed batches in memory; e2e: read, decode, preprocess, infer, "
+                                   "postprocess through the Scanner), next to PyTorch eager FP32 when "
+                                   "--torch-arch/--torch-weights/--torch-heads are given, with each artifact's "
+                                   "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
+                                   "never judged; exit 0 unless the benchmark could not run.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="exported .onnx artifacts (e.g. the FP32 and FP16 export)")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--backends", help="comma-separated backends (default: every available one)")
+    p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
+    p.add_argument("--images", metavar="DIR", help="benchmark images (default: 16 synthetic 640x480 JPEGs)")
+    p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write throughput against batch size as a PNG")
+    p.add_argument("--torch-arch", help="open_clip architecture of the PyTorch original (needs clipscan[export])")
+    p.add_argument("--torch-weights", help="the checkpoint the artifacts were exported from")
+    p.add_argument("--torch-heads", action="append", default=[], metavar="H",
+                   help="heads file or FORMAT:PATH, as given to export (repeatable)")
+    p.add_argument("--decode", choices=("exact", "draft"), default="exact",
+                   help="decoding for the e2e ONNX Runtime runs (default exact; draft = reduced-size JPEG decoding)")
+    p.add_argument("--camera", type=int, default=0, metavar="N",
+                   help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
+                        "pipeline, draft fidelity")
+    p.add_argument("--camera-dir", metavar="DIR", help="where the camera-sized JPEGs are written/reused")
+    p.add_argument("--min-iters", type=int, default=10, help="timed runs per measurement, at least (default 10)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per measurement, at least (default 2)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="time box per measurement (default 20 s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--e2e-passes", type=int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
+    p.add_argument("--workers", type=int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report "
+                                         "(needs clipscan[export])",
+                       description="Calibrate an FP32 artifact on a folder of images (preprocessed as its manifest "
+                                   "says) and write an INT8 QDQ artifact whose manifest records the calibration. "
+                                   "With --arch/--weights/--heads and --val-images, the fidelity report of "
+                                   "`clipscan verify` runs on the result and its gates go into the manifest. "
+                                   "Exit 0: written (and every gate passed); 1: an INT8 gate failed; 2: could not run.")
+    p.add_argument("model", metavar="MODEL", help="the FP32 .onnx artifact written by `clipscan export`")
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="calibration images: folder (walked recursively) or file; repeatable")
+    p.add_argument("-o", "--output", required=True, help="the INT8 .onnx file to write")
+    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="cpu (default): uint8 activations, int8 per-channel weights; tensorrt: symmetric int8 "
+                        "activations and weights with dedicated Q/DQ pairs")
+    p.add_argument("--recipe", choices=("smooth", "stock", "percentile", "matmul", "dynamic"), default="smooth",
+                   help="smooth (default): SmoothQuant rescaling of LayerNorm->MatMul pairs, percentile "
+                        "calibration, MatMul/Gemm/Conv only, projection and heads in float; stock: min-max, "
+                        "every op; percentile; matmul: min-max, MatMul/Gemm/Conv only; dynamic: weights only")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "dynamic"),
+                   help="override the recipe's calibration method")
+    p.add_argument("--percentile", type=float, default=99.999, help="percentile calibration's percentile")
+    p.add_argument("--smooth-alpha", type=float, help="override the SmoothQuant migration strength (0..1)")
+    p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
+    p.add_argument("--search", action="store_true",
+                   help="accuracy-aware search: while the INT8 bar fails on --val-images (against the FP32 "
+                        "graph), keep the layers adding the most error in float and quantize again")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="calibration batch size (all batches equal)")
+    p.add_argument("--max-images", type=int, help="use at most this many calibration images")
+    p.add_argument("--cache-dir", help="calibration tensor cache (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = p.add_argument_group("fidelity report (as `clipscan verify`)")
+    g.add_argument("--val-images", action="append", default=[], metavar="DIR",
+                   help="validation images, disjoint from the calibration images; repeatable")
+    g.add_argument("--arch", help="open_clip model name or model-config .json, as given to export")
+    g.add_argument("--weights", help="the backbone checkpoint the FP32 artifact was exported from")
+    g.add_argument("--heads", help="the clipscan heads file, as given to export")
+    g.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH", help="a published-format head (repeatable)")
+    act = g.add_mutually_exclusive_group()
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None)
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false")
+    g.add_argument("--threshold", type=float, help="the decision threshold export was given, if any")
+    g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
+    g.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
+    g.add_argument("--report", metavar="DIR", help="where report.json/html go (default: ./<output stem>-verify)")
+    g.add_argument("--no-launder", action="store_true", help="skip the laundered copies in the report")
+    g.add_argument("--allow-overlap", action="store_true",
+                   help="only warn (instead of refusing) when calibration and validation images overlap")
+
+
 def _verbosity(defaults: bool) -> argparse.ArgumentParser:
     """-v/-q, accepted before or after the command."""
     p = argparse.ArgumentParser(add_help=False)
@@ -139,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_export(sub)
     _add_verify(sub)
+    _add_bench(sub)
+    _add_calibrate(sub)
     sub.add_parser("backends", help="list inference backends and whether each can run here")
     return parser
 
@@ -170,7 +260,7 @@ def cmd_scan(args) -> int:
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_batch=args.max_batch,
-                      cache_dir=args.cache_dir, device_id=args.device)
+                      cache_dir=args.cache_dir, device_id=args.device, decode=args.decode)
     m = scanner.manifest
     log.info("model %s (%s, %s) on %s", m.name, m.backbone.get("id"), m.precision, scanner.backend_name)
     if scanner.artifact.is_demo:
@@ -309,6 +399,117 @@ def cmd_verify(args) -> int:
     return EXIT_OK if report.passed else EXIT_ITEM_FAILED
 
 
+def cmd_bench(args) -> int:
+    from clipscan.runtime.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
+
+    cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
+                      backends=parse_list(args.backends) if args.backends else None, mode=args.mode,
+                      images=args.images, torch_arch=args.torch_arch, torch_weights=args.torch_weights,
+                      torch_heads=list(args.torch_heads), warmup=args.warmup, min_iters=args.min_iters,
+                      min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
+                      cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
+                      decode=args.decode, workers=args.workers)
+    report = run_benchmark(cfg)
+    print(format_table(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
+    if args.plot:
+        written = write_plot(report, args.plot)
+        if written:
+            print(f"wrote {written}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    from pathlib import Path
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file {args.model} does not exist")
+    for folder in list(args.images) + list(args.val_images):
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"image folder {folder} does not exist")
+    heads = ([args.heads] if args.heads else []) + list(args.head)
+    want_report = bool(args.val_images)
+    if want_report and not (args.arch and args.weights and heads):
+        raise ValueError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights and "
+                         "--heads/--head, as given to export")
+    if args.search and not args.val_images:
+        raise ValueError("--search needs --val-images to measure the error on")
+    try:
+        from clipscan.calibration import calib_data, int8
+    except ImportError as e:
+        from clipscan.runtime.errors import MissingExtraError
+
+        if isinstance(e.__cause__, MissingExtraError):
+            raise e.__cause__ from None
+        raise
+    import dataclasses
+
+    from clipscan.runtime.artifact import load_artifact
+
+    artifact = load_artifact(args.model)
+    manifest, sha = artifact.manifest, artifact.sha256()
+    if want_report:
+        overlap = calib_data.overlap(args.images, args.val_images)
+        if overlap:
+            msg = (f"{len(overlap)} validation image(s) are also calibration images (same content), e.g. "
+                   f"{overlap[0]}: the fidelity report would flatter the INT8 model")
+            if not args.allow_overlap:
+                raise ValueError(msg + "; use disjoint folders (or --allow-overlap)")
+            log.warning("%s", msg)
+    cache = False if args.no_cache else args.cache_dir
+    cset = calib_data.load_calibration_set(manifest, sha, args.images, max_images=args.max_images, cache=cache,
+                                           progress=not args.no_progress)
+    log.info("calibration set: %d image(s) (%s), sha256 %s%s", len(cset), "cached" if cset.from_cache else "read",
+             cset.images_hash[:16], f"; {len(cset.failed)} unreadable" if cset.failed else "")
+    recipe = dataclasses.replace(int8.RECIPES[args.recipe], percentile=args.percentile,
+                                 exclude=list(args.exclude), name="")
+    if args.method:
+        recipe = dataclasses.replace(recipe, method=args.method)
+    if args.smooth_alpha is not None:
+        recipe = dataclasses.replace(recipe, smooth_alpha=args.smooth_alpha)
+    if args.search:
+        from clipscan.calibration.search import search
+
+        vset = calib_data.load_calibration_set(manifest, sha, args.val_images, cache=cache,
+                                               progress=not args.no_progress)
+        found = search(args.model, args.output, cset, vset.tensors, recipe, args.target, batch_size=args.batch_size,
+                       progress=not args.no_progress)
+        result = found["result"]
+        result.calibration["search"] = found["history"]
+        int8.write_manifest(Path(args.output), dataclasses.replace(result.manifest, calibration=result.calibration))
+    else:
+        result = int8.quantize_artifact(args.model, args.output, cset, recipe, args.target,
+                                        batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"wrote {args.output} (INT8 {result.calibration['recipe']}, target {args.target}, "
+          f"{len(cset)} calibration image(s), {Path(args.output).stat().st_size / 1e6:.1f} MB)")
+    if not want_report:
+        log.warning("no --val-images: the INT8 model was not checked against its PyTorch original "
+                    "(run `clipscan verify` on it, or pass --val-images with --arch/--weights/--heads)")
+        return EXIT_OK
+    from clipscan.calibration.verify import verify
+    from clipscan.export import load_reference
+
+    reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold)
+    report_dir = args.report or f"{Path(args.output).stem}-verify"
+    report = verify(args.output, reference, args.val_images, report_dir, launder=not args.no_launder,
+                    mean=args.mean, std=args.std)
+    calibration = dict(result.calibration)
+    calibration["fidelity"] = {
+        "passed": report.passed, "failed_gates": [g.name for g in report.failed_gates()],
+        "gates": [{"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+                  for g in report.gates],
+        "validation_set": {"sha256": calib_data.content_hash(calib_data.list_images(args.val_images)),
+                           "n_images": report.metrics.get("n_images")},
+        "report": str(report_dir), "verified_sha256": report.sha256,
+    }
+    int8.write_manifest(Path(args.output), dataclasses.replace(result.manifest, calibration=calibration))
+    print(report.summary())
+    return EXIT_OK if report.passed else EXIT_ITEM_FAILED
+
+
 def cmd_backends(args) -> int:
     from clipscan.runtime.backends import AUTO_CHAIN, backend_status
     from clipscan.runtime.backends.ort_gpu import onnxruntime_flavour_problem
@@ -325,7 +526,8 @@ def cmd_backends(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "info": cmd_info, "export": cmd_export, "verify": cmd_verify, "backends": cmd_backends}
+COMMANDS = {"scan": cmd_scan, "info": cmd_info, "export": cmd_export, "verify": cmd_verify, "bench": cmd_bench,
+            "calibrate": cmd_calibrate, "backends": cmd_backends}
 
 
 def main(argv: list[str] | None = None) -> int:

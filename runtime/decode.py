@@ -82,11 +82,29 @@ def _open(source: Source):
     raise ImageReadError("bad_input", f"expected a path, bytes or a binary file object, got {type(source).__name__}")
 
 
-def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: str = "apply") -> Image.Image:
+def draft_request(resize_mode: str, resize_size) -> tuple[int, int] | None:
+    """The size to ask JPEG draft decoding for, or None when the recipe needs full-resolution pixels.
+
+    Both sides of the draft are >= the largest resize target (PIL picks the smallest DCT
+    scale 1/1, 1/2, 1/4 or 1/8 whose output is at least the requested size), so the later
+    resize still downsamples whatever the orientation; `resize: none` recipes crop native
+    pixels and get no draft.
+    """
+    if resize_mode == "none":
+        return None
+    m = int(max(resize_size))
+    return (m, m)
+
+
+def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: str = "apply",
+               draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode the first frame of an image fully into memory.
 
     `exif_orientation="apply"` rotates/flips the pixels as the EXIF Orientation tag
     says (what viewers show); "ignore" keeps the stored pixel order.
+    `draft_size` (opt-in, None = exact decoding): for JPEG files, decode at the smallest
+    DCT scale whose output is still at least this size (PIL's `Image.draft`); other
+    formats decode exactly. See `draft_request`.
     """
     fh, owned = _open(source)
     try:
@@ -104,6 +122,8 @@ def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_ori
             if w * h > max_pixels:
                 raise _too_large(w * h, max_pixels, f"{w}x{h} = ")
             fmt = im.format
+            if draft_size is not None and fmt == "JPEG":
+                im.draft(im.mode, tuple(draft_size))
             try:
                 im.load()
             except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as e:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .artifact import Artifact, load_artifact
 from .backends import BackendOptions, create_backend
-from .decode import DEFAULT_MAX_PIXELS, allow_pixels, load_image
+from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, ModelError
 from .preprocess import Preprocessor
@@ -41,12 +41,19 @@ class Scanner:
                  fallback: bool = True, batch_size: int = 16, threads: int | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
-                 device_id: int = 0):
+                 device_id: int = 0, decode: str = "exact"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact: Artifact = load_artifact(model)
         self.manifest = self.artifact.manifest
         self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
+        if decode not in ("exact", "draft"):
+            raise ValueError(f"decode must be 'exact' or 'draft', got {decode!r}")
+        # "draft" (opt-in): JPEGs are decoded at a reduced DCT scale that still keeps both sides >= the resize
+        # target; it changes pixels, so its fidelity is measured by `clipscan bench`, not assumed
+        self.decode = decode
+        self._draft_size = (draft_request(self.manifest.preprocess.resize_mode, self.manifest.preprocess.resize_size)
+                            if decode == "draft" else None)
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
@@ -131,7 +138,8 @@ class Scanner:
                 image = source
             else:
                 image = load_image(source, max_pixels=self.max_pixels,
-                                   exif_orientation=self.manifest.preprocess.exif_orientation)
+                                   exif_orientation=self.manifest.preprocess.exif_orientation,
+                                   draft_size=self._draft_size)
             return self.preprocessor.batch(image)
         except ImageReadError as e:
             return e

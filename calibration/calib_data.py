@@ -1,0 +1,206 @@
+"""Calibration images -> model input tensors, preprocessed exactly as the artifact's manifest says.
+
+Images come from folders (walked recursively by the runtime's `iter_files`), are decoded by the
+runtime's `load_image` and preprocessed by the runtime's `Preprocessor` built from the manifest.
+The tensors are cached in the cache folder ($CLIPSCAN_CACHE_DIR or ~/.cache/clipscan) under a key
+made of the model's sha256, the image set's hash (paths, sizes, mtimes) and the settings.
+Batches handed to ONNX Runtime all have the same size: its histogram calibrators (Percentile,
+Entropy, Distribution) fail on a ragged last batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipscan.runtime.decode import load_image
+from clipscan.runtime.discover import iter_files
+from clipscan.runtime.errors import ImageReadError
+from clipscan.runtime.preprocess import Preprocessor
+
+log = logging.getLogger("clipscan.calibrate")
+
+CACHE_FORMAT = 1
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("CLIPSCAN_CACHE_DIR") or Path.home() / ".cache" / "clipscan")
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency); silent when `enabled` is False."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
+        self.total, self.label, self.n = max(total, 0), label, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._start = time.perf_counter()
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        frac = self.n / self.total if self.total else 1.0
+        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
+        elapsed = time.perf_counter() - self._start
+        self.stream.write(f"\r{self.label} [{bar}] {self.n}/{self.total} {elapsed:5.1f}s")
+        self.stream.flush()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self.n >= self.total or now - getattr(self, "_last", 0.0) >= 0.1:  # redraw at most 10x a second
+            self._last = now
+            self._draw()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def list_images(folders) -> list[str]:
+    paths = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"image folder/file {p} does not exist")
+    return [os.path.abspath(f) for f in iter_files(paths)]
+
+
+def image_set_hash(files: list[str], *, contents: bool = False) -> str:
+    """sha256 over (path, size, mtime) of every file, or over their bytes with `contents`."""
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        if contents:
+            with open(f, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def content_hash(files: list[str]) -> str:
+    """Order-independent hash of the images' bytes (what the manifest records: it survives moving the folder)."""
+    digests = sorted(hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+@dataclass
+class CalibrationSet:
+    tensors: np.ndarray          # (N, 3, H, W) in the model's input dtype
+    files: list[str]             # files that made the rows (one row per file; sliding crops: first crop)
+    failed: list[dict]
+    images_hash: str             # content hash of the files used
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: int | None = None,
+                         cache: str | os.PathLike | None | bool = None, progress: bool = True) -> CalibrationSet:
+    """Preprocess every image under `folders` as the manifest says; cached (pass cache=False to skip)."""
+    files = list_images(folders)
+    if max_images:
+        files = files[:max_images]
+    if not files:
+        raise ValueError(f"no image files found under {folders}")
+    key_src = json.dumps({"format": CACHE_FORMAT, "model": model_sha256, "images": image_set_hash(files),
+                          "preprocess": manifest.preprocess.to_dict(), "input": manifest.input.to_dict(),
+                          "max_images": max_images}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    path = None
+    if cache is not False:
+        path = cache_dir(cache if cache not in (None, True) else None) / "calibration" / f"{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    log.info("calibration tensors from cache %s", path)
+                    return CalibrationSet(z["tensors"], meta["files"], meta["failed"], meta["images_hash"],
+                                          path, True)
+            except Exception as e:  # a broken cache entry is rebuilt, never fatal
+                log.warning("ignoring unreadable calibration cache %s (%s)", path, e)
+    pre = Preprocessor(manifest.preprocess, manifest.input)
+    rows, used, failed = [], [], []
+    bar = Progress(len(files), "preprocessing", enabled=progress)
+    for f in files:
+        try:
+            img = load_image(f, exif_orientation=manifest.preprocess.exif_orientation)
+            rows.append(pre.batch(img)[0])
+            used.append(f)
+        except (ImageReadError, ValueError, OSError) as e:
+            failed.append({"path": f, "error": f"{type(e).__name__}: {e}"})
+        bar.update()
+    bar.close()
+    if not rows:
+        raise ValueError(f"none of the {len(files)} file(s) under {folders} could be read: {failed[:3]}")
+    tensors = np.stack(rows)
+    cset = CalibrationSet(tensors, used, failed, content_hash(used), path, False)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        meta = json.dumps({"files": used, "failed": failed, "images_hash": cset.images_hash})
+        np.savez(tmp, tensors=tensors, meta=np.array(meta))
+        os.replace(tmp, path)
+    return cset
+
+
+def equal_batches(tensors: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split into batches of exactly `batch_size` rows; a short last batch is filled from the start
+    (cycling), so every row is seen and the histogram calibrators get homogeneous shapes."""
+    n = len(tensors)
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    batch_size = min(batch_size, n)
+    out = []
+    for start in range(0, n, batch_size):
+        idx = [(start + i) % n for i in range(batch_size)]
+        out.append(np.ascontiguousarray(tensors[idx]))
+    return out
+
+
+from onnxruntime.quantization import CalibrationDataReader  # noqa: E402
+
+
+class BatchReader(CalibrationDataReader):
+    """An onnxruntime.quantization CalibrationDataReader over equal batches, with a progress bar."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray], progress: bool = True, label: str = "calibrating"):
+        self.input_name, self.batches = input_name, batches
+        self.progress, self.label = progress, label
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+        self._bar = None
+
+    def get_next(self):
+        if self._bar is None:
+            self._bar = Progress(len(self.batches), self.label, enabled=self.progress)
+        batch = next(self._it, None)
+        if batch is None:
+            self._bar.close()
+            return None
+        self._bar.update()
+        return {self.input_name: batch}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def overlap(calib_folders, val_folders) -> list[str]:
+    """Validation files whose bytes equal a calibration file's (same file or a copy)."""
+    calib = {hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in list_images(calib_folders)}
+    return [f for f in list_images(val_folders) if hashlib.sha256(Path(f).read_bytes()).hexdigest() in calib]

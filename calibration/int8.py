@@ -1,0 +1,453 @@
+"""Post-training INT8 (QDQ) of a clipscan artifact with ONNX Runtime's quantization tools.
+
+`quantize_artifact(model, out, calib, recipe, target)` writes a QDQ ONNX file that keeps the
+manifest, with precision "int8" and the calibration facts. Targets:
+
+- "cpu": uint8 activations, int8 per-channel weights (VNNI-friendly; ORT CPU fuses QDQ pairs).
+- "tensorrt": int8 symmetric activations and weights, dedicated Q/DQ pairs (explicit quantization,
+  as TensorRT 10/11 need).
+
+A `Recipe` picks the calibration method (minmax, percentile, entropy; or dynamic = weights only),
+which ops get quantized ("all" or "matmul": MatMul/Gemm with a constant weight and the patch Conv),
+whether the tail after the tower's final LayerNorm (projection, normalisation, heads) stays float,
+SmoothQuant-style rescaling of LayerNorm -> MatMul pairs (`smooth_alpha`), and extra excluded nodes.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clipscan.runtime.artifact import file_sha256, load_artifact
+from clipscan.runtime.manifest import METADATA_KEY, Manifest
+
+from .calib_data import BatchReader, CalibrationSet, equal_batches
+
+log = logging.getLogger("clipscan.calibrate")
+
+TARGETS = ("cpu", "tensorrt")
+METHODS = ("minmax", "percentile", "entropy", "dynamic")
+PASS_THROUGH = ("Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+
+
+@dataclass
+class Recipe:
+    method: str = "minmax"
+    ops: str = "all"                 # "all" or "matmul"
+    keep_tail_float: bool = False    # projection, normalisation and heads after the last LayerNorm in float
+    smooth_alpha: float | None = None
+    percentile: float = 99.999
+    exclude: list = field(default_factory=list)
+    name: str = ""
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.method, self.ops]
+        if self.smooth_alpha is not None:
+            parts.append(f"smooth{self.smooth_alpha:g}")
+        if self.keep_tail_float:
+            parts.append("tailfp32")
+        if self.exclude:
+            parts.append(f"excl{len(self.exclude)}")
+        return "+".join(parts)
+
+
+RECIPES = {
+    "stock": Recipe("minmax", "all", name="stock"),
+    "percentile": Recipe("percentile", "all", name="percentile"),
+    "matmul": Recipe("minmax", "matmul", name="matmul"),
+    "dynamic": Recipe("dynamic", "matmul", name="dynamic"),
+    "smooth": Recipe("percentile", "matmul", keep_tail_float=True, smooth_alpha=0.5, name="smooth"),
+}
+
+
+def _onnx():
+    import onnx
+
+    return onnx
+
+
+# -- graph helpers ------------------------------------------------------------------------------
+
+def _consumers(graph) -> dict:
+    out: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _initializers(graph) -> dict:
+    return {i.name: i for i in graph.initializer}
+
+
+def tail_nodes(model) -> list[str]:
+    """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards)."""
+    graph = model.graph
+    lns = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    if not lns:
+        return []
+    cons = _consumers(graph)
+    seen, stack = set(), list(lns[-1].output)
+    names = [lns[-1].name]
+    while stack:
+        t = stack.pop()
+        for n in cons.get(t, []):
+            if n.name not in seen:
+                seen.add(n.name)
+                names.append(n.name)
+                stack.extend(n.output)
+    return names
+
+
+def weight_nodes(model) -> list[str]:
+    """MatMul/Gemm nodes with a constant weight input, and Conv: what 'matmul' quantizes."""
+    inits = _initializers(model.graph)
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            out.append(n.name)
+        elif n.op_type == "Conv":
+            out.append(n.name)
+    return out
+
+
+def _ln_matmul_pairs(model) -> list[tuple]:
+    """(LayerNorm node, [(MatMul/Gemm node, weight initializer name, in-axis)]) where every consumer
+    path of the LN output reaches a constant-weight MatMul/Gemm through ops that keep the last axis."""
+    graph = model.graph
+    inits = _initializers(graph)
+    cons = _consumers(graph)
+    pairs = []
+    for ln in (n for n in graph.node if n.op_type == "LayerNormalization"):
+        if len(ln.input) < 3 or ln.input[1] not in inits or ln.input[2] not in inits:
+            continue
+        targets, ok, stack = [], True, [ln.output[0]]
+        while stack and ok:
+            t = stack.pop()
+            users = cons.get(t, [])
+            if not users:
+                ok = False  # a graph output: its values must not change
+            for n in users:
+                if n.op_type == "MatMul" and n.input[0] == t and n.input[1] in inits:
+                    targets.append((n, n.input[1], 0))
+                elif n.op_type == "Gemm" and n.input[0] == t and n.input[1] in inits:
+                    attrs = {a.name: a for a in n.attribute}
+                    if "transA" in attrs and attrs["transA"].i:
+                        ok = False
+                    trans_b = int(attrs["transB"].i) if "transB" in attrs else 0
+                    targets.append((n, n.input[1], 1 if trans_b else 0))
+                elif n.op_type == "Transpose":
+                    perm = [a for a in n.attribute if a.name == "perm"]
+                    p = list(perm[0].ints) if perm else []
+                    if not p or p[-1] != len(p) - 1:
+                        ok = False
+                    stack.extend(n.output)
+                elif n.op_type in ("Gather", "Slice", "Squeeze", "Unsqueeze", "Identity"):
+                    # selecting tokens (CLS) keeps the channel axis last; reject anything that indexes it
+                    if n.op_type == "Gather":
+                        ax = [a.i for a in n.attribute if a.name == "axis"]
+                        if ax and ax[0] == -1:
+                            ok = False
+                    stack.extend(n.output)
+                else:
+                    ok = False
+        if ok and targets:
+            pairs.append((ln, targets))
+    return pairs
+
+
+def smooth_quant(model, tensors: np.ndarray, input_name: str, alpha: float = 0.5, batch_size: int = 8) -> dict:
+    """SmoothQuant-style rescaling folded into LayerNorm gamma/beta and the next MatMul's weights (in place).
+
+    For each LN -> MatMul pair, s_c = max|x_c|^alpha / max|W_c|^(1-alpha) over the calibration
+    activations x (the LN output) and the rows W_c of every consuming weight; gamma_c, beta_c /= s_c
+    and W_c *= s_c. The float function is unchanged; the outlier channels shrink before quantization.
+    """
+    import onnxruntime as ort
+
+    onnx = _onnx()
+    from onnx import numpy_helper
+
+    pairs = _ln_matmul_pairs(model)
+    if not pairs:
+        return {"smoothed": []}
+    probe = copy.deepcopy(model)
+    names = [ln.output[0] for ln, _ in pairs]
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax = {n: None for n in names}
+    for batch in equal_batches(tensors, batch_size):
+        outs = sess.run(names, {input_name: batch})
+        for n, o in zip(names, outs):
+            m = np.abs(o.reshape(-1, o.shape[-1])).max(0)
+            amax[n] = m if amax[n] is None else np.maximum(amax[n], m)
+    inits = _initializers(model.graph)
+    uses: dict = {}
+    for _, targets in pairs:
+        for _, w, _axis in targets:
+            uses[w] = uses.get(w, 0) + 1
+    done = []
+    for ln, targets in pairs:
+        if any(uses[w] > 1 for _, w, _ in targets):
+            continue  # a weight shared with another LN: scaling it would change the other path
+        x_max = np.maximum(amax[ln.output[0]].astype(np.float64), 1e-5)
+        w_rows = []
+        for _, w, axis in targets:
+            W = numpy_helper.to_array(inits[w]).astype(np.float64)
+            w_rows.append(np.abs(W).max(axis=1 if axis == 0 else 0))
+        w_max = np.maximum(np.max(np.stack(w_rows), 0), 1e-5)
+        s = (x_max ** alpha) / (w_max ** (1 - alpha))
+        s = np.clip(s / np.exp(np.mean(np.log(s))), 1e-2, 1e4)  # geometric mean 1: keep magnitudes sane
+        for k, suffix in ((1, "gamma"), (2, "beta")):
+            src = numpy_helper.to_array(inits[ln.input[k]]).astype(np.float64)
+            new_name = f"{ln.name}_smoothed_{suffix}"
+            model.graph.initializer.append(numpy_helper.from_array((src / s).astype(np.float32), new_name))
+            ln.input[k] = new_name  # own copy: dynamo shares identical LN initializers between layers
+        for _, w, axis in targets:
+            W = numpy_helper.to_array(inits[w]).astype(np.float64)
+            W = W * (s[:, None] if axis == 0 else s[None, :])
+            inits[w].CopyFrom(numpy_helper.from_array(W.astype(np.float32), w))
+        done.append({"layernorm": ln.name, "matmuls": [t[0].name for t in targets],
+                     "max_scale": float(s.max()), "x_max_ratio": float(x_max.max() / np.median(x_max))})
+    # drop initializers nobody reads any more
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return {"smoothed": done, "alpha": alpha}
+
+
+# -- quantization ---------------------------------------------------------------------------------
+
+def tool_versions() -> dict:
+    import onnxruntime
+
+    from clipscan import __version__
+
+    out = {"clipscan": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    try:
+        out["onnx"] = _onnx().__version__
+    except ImportError:
+        pass
+    return out
+
+
+@dataclass
+class QuantResult:
+    path: Path
+    manifest: Manifest
+    calibration: dict
+
+
+def _calib_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+def quantize_model(src_model, out_path: Path, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
+                   input_name: str = "pixels", batch_size: int = 8, progress: bool = True) -> dict:
+    """Quantize an ONNX ModelProto (float) to `out_path`; returns the facts (excluded nodes, smoothing...)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
+
+    onnx = _onnx()
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+    if recipe.method not in METHODS:
+        raise ValueError(f"unknown method {recipe.method!r}; choose one of {list(METHODS)}")
+    if recipe.method == "dynamic" and target == "tensorrt":
+        raise ValueError("dynamic quantization has no Q/DQ activations: TensorRT needs a static (calibrated) method")
+    model = copy.deepcopy(src_model)
+    facts: dict = {"recipe": asdict(recipe), "label": recipe.label()}
+    if recipe.smooth_alpha is not None:
+        facts["smoothquant"] = smooth_quant(model, cset.tensors, input_name, recipe.smooth_alpha, batch_size)
+    if recipe.ops not in ("all", "matmul"):
+        raise ValueError(f"ops must be 'all' or 'matmul', got {recipe.ops!r}")
+    with tempfile.TemporaryDirectory(prefix="clipscan-int8-") as tmp:
+        src = Path(tmp) / "float.onnx"
+        pre = Path(tmp) / "pre.onnx"
+        onnx.save(model, str(src))
+        # open_clip's ViT trips symbolic shape inference (an assertion in Reshape): skip it
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        pre_model = onnx.load(str(pre))
+        exclude = list(recipe.exclude)
+        if recipe.keep_tail_float:
+            exclude += [n for n in tail_nodes(pre_model) if n not in exclude]
+        op_types = None
+        nodes_to_quantize = None
+        if recipe.ops == "matmul":
+            op_types = ["MatMul", "Gemm", "Conv"]
+            nodes_to_quantize = [n for n in weight_nodes(pre_model) if n not in exclude]
+        facts["nodes_to_exclude"] = exclude
+        qout = Path(tmp) / "int8.onnx"
+        if recipe.method == "dynamic":
+            quantize_dynamic(str(pre), str(qout), per_channel=True, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude or None,
+                             nodes_to_quantize=nodes_to_quantize)
+        else:
+            extra = {"CalibPercentile": recipe.percentile} if recipe.method == "percentile" else {}
+            if target == "tensorrt":
+                extra.update(ActivationSymmetric=True, WeightSymmetric=True, DedicatedQDQPair=True)
+                act_type = QuantType.QInt8
+            else:
+                act_type = QuantType.QUInt8
+            reader = BatchReader(input_name, equal_batches(cset.tensors, batch_size), progress=progress,
+                                 label=f"calibrating ({recipe.method})")
+            with contextlib.redirect_stdout(sys.stderr):  # ORT prints calibration chatter on stdout
+                quantize_static(str(pre), str(qout), reader, quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=op_types, nodes_to_quantize=nodes_to_quantize,
+                                nodes_to_exclude=exclude or None, per_channel=True, activation_type=act_type,
+                                weight_type=QuantType.QInt8, calibrate_method=_calib_method(recipe.method),
+                                extra_options=extra)
+        q = onnx.load(str(qout))
+    counts: dict = {}
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    facts["quant_nodes"] = counts
+    onnx.save(q, str(out_path))
+    return facts
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Replace the manifest inside an ONNX file."""
+    from clipscan.export.onnx_writer import attach_manifest
+
+    onnx = _onnx()
+    model = onnx.load(str(path))
+    attach_manifest(model, manifest)
+    onnx.save(model, str(path))
+
+
+def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
+                      batch_size: int = 8, progress: bool = True) -> QuantResult:
+    """Quantize a clipscan artifact; the output keeps its manifest with precision int8 and `calibration` facts."""
+    import dataclasses
+
+    onnx = _onnx()
+    artifact = load_artifact(model_path)
+    if artifact.manifest.precision != "fp32":
+        raise ValueError(f"{model_path} is {artifact.manifest.precision}; INT8 calibration starts from an FP32 export")
+    out_path = Path(out_path)
+    if out_path.resolve() == artifact.path:
+        raise ValueError("the output must not overwrite the FP32 model")
+    model = onnx.load(str(artifact.path))
+    start = time.perf_counter()
+    facts = quantize_model(model, out_path, cset, recipe, target, input_name=artifact.manifest.input.name,
+                           batch_size=batch_size, progress=progress)
+    calibration = {
+        "method": recipe.method, "recipe": recipe.label(), "target": target,
+        "activations": "int8 symmetric" if target == "tensorrt" else "uint8 asymmetric",
+        "weights": "int8 symmetric per-channel", "format": "QDQ" if recipe.method != "dynamic" else "dynamic",
+        "dedicated_qdq_pairs": target == "tensorrt",
+        "calibration_set": {"sha256": cset.images_hash, "n_images": len(cset), "n_failed": len(cset.failed),
+                            "batch_size": min(batch_size, len(cset))},
+        "source_model_sha256": artifact.sha256(), "excluded_nodes": facts["nodes_to_exclude"],
+        "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],
+        "seconds": round(time.perf_counter() - start, 2), "tools": tool_versions(),
+    }
+    manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration)
+    write_manifest(out_path, manifest)
+    return QuantResult(out_path, manifest, calibration)
+
+
+# -- quick comparisons (ONNX FP32 vs INT8, no torch) ---------------------------------------------------
+
+def session(path, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    src = path if isinstance(path, (str, Path)) else path.SerializeToString()
+    return ort.InferenceSession(str(src) if isinstance(src, Path) else src, so, providers=["CPUExecutionProvider"])
+
+
+def run_all(path, tensors: np.ndarray, input_name: str = "pixels", batch_size: int = 16) -> dict:
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    outs: dict = {n: [] for n in names}
+    for i in range(0, len(tensors), batch_size):
+        for n, o in zip(names, sess.run(names, {input_name: tensors[i:i + batch_size]})):
+            outs[n].append(o)
+    return {n: np.concatenate(v) for n, v in outs.items()}
+
+
+def compare_outputs(manifest: Manifest, ref: dict, got: dict) -> dict:
+    """INT8 gates' quantities between two output dicts: embedding cosine, decision agreement, quality SRCC."""
+    from . import fidelity as F
+
+    emb = manifest.embedding["output"] if manifest.embedding else None
+    out: dict = {}
+    if emb:
+        c = F.cosine_rows(got[emb], ref[emb])
+        out["cosine_mean"], out["cosine_worst"] = float(c.mean()), float(c.min())
+    for h in manifest.heads:
+        if h.task == "detection":
+            cut = F.prob_to_logit(h.threshold)
+            a = np.asarray(ref[h.outputs["logit"]]).ravel() > cut
+            b = np.asarray(got[h.outputs["logit"]]).ravel() > cut
+            out.setdefault("agreement", float((a == b).mean()))
+        elif h.task == "quality":
+            out.setdefault("srcc", float(F.spearman(np.asarray(ref[h.outputs["score"]]).ravel(),
+                                                    np.asarray(got[h.outputs["score"]]).ravel())))
+    return out
+
+
+# the bar issue 6 sets (stricter than the protocol's INT8 minimum)
+STRICT_GATES = {"cosine_mean": 0.995, "cosine_worst": 0.99, "agreement": 0.995, "srcc": 0.995}
+
+
+def gates_pass(metrics: dict, gates: dict = STRICT_GATES) -> bool:
+    return all(metrics.get(k, 1.0) >= v for k, v in gates.items())
+
+
+def median_latency(path, batch: np.ndarray, input_name: str = "pixels", runs: int = 10, warmup: int = 2) -> float:
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    for _ in range(warmup):
+        sess.run(names, {input_name: batch})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(names, {input_name: batch})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def manifest_of(path) -> Manifest:
+    return load_artifact(path).manifest
+
+
+__all__ = ["Recipe", "RECIPES", "TARGETS", "METHODS", "quantize_artifact", "quantize_model", "smooth_quant",
+           "compare_outputs", "gates_pass", "median_latency", "run_all", "STRICT_GATES", "METADATA_KEY",
+           "file_sha256"]
+
+
+def interleaved_latency(paths: dict, batch: np.ndarray, input_name: str = "pixels", rounds: int = 10,
+                        warmup: int = 2) -> dict:
+    """Median latency (s) of each model, runs interleaved round-robin so a change in machine load hits
+    every model alike (FP32 and INT8 measured in the same run)."""
+    sessions = {k: session(p) for k, p in paths.items()}
+    names = {k: [o.name for o in s.get_outputs()] for k, s in sessions.items()}
+    times: dict = {k: [] for k in sessions}
+    for r in range(warmup + rounds):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(names[k], {input_name: batch})
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}

@@ -1,0 +1,134 @@
+"""Accuracy-aware search: layer-wise error of a QDQ model against float, and greedy exclusion.
+
+`layer_errors(float_model, qdq_path, tensors)` runs the float model and the quantized model with
+the outputs of every quantized MatMul/Gemm/Conv exposed and gives, per node, the relative error
+of its output against float and how much of it the node added (output error minus its input's).
+`search(...)` starts from a recipe, and while the gates fail, excludes the nodes that add the most
+error (nodes_to_exclude) and re-quantizes, up to `max_rounds`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import int8
+from .calib_data import CalibrationSet
+
+log = logging.getLogger("clipscan.calibrate")
+
+
+def _expose(model, names: list[str]):
+    import onnx
+
+    m = copy.deepcopy(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    return m
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm((a - b).ravel()) / max(np.linalg.norm(b.ravel()), 1e-12))
+
+
+def layer_errors(float_model, qdq_path, tensors: np.ndarray, input_name: str = "pixels",
+                 max_rows: int = 16) -> list[dict]:
+    """Per quantized weight node (in the float model's names): relative output error against float,
+    and the part the node adds (its output error minus the error of its activation input)."""
+    import onnx
+
+    qdq = onnx.load(str(qdq_path))
+    q_nodes = {n.name: n for n in qdq.graph.node}
+    f_nodes = [n for n in float_model.graph.node if n.name in int8.weight_nodes(float_model)]
+    produced_q = {o for n in qdq.graph.node for o in n.output}
+    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    # only nodes the QDQ model really quantizes (an input comes from a DequantizeLinear)
+    candidates = [n for n in f_nodes if n.name in q_nodes and n.output[0] in produced_q
+                  and any(i in dq_out for i in q_nodes[n.name].input)]
+    tensors_needed = sorted({n.output[0] for n in candidates} |
+                            {n.input[0] for n in candidates if n.input[0] in produced_q and n.input[0] != input_name})
+    x = tensors[:max_rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        fp, qp = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        onnx.save(_expose(float_model, tensors_needed), str(fp))
+        onnx.save(_expose(qdq, tensors_needed), str(qp))
+        fs, qs = int8.session(fp), int8.session(qp)
+        fo = dict(zip(tensors_needed, fs.run(tensors_needed, {input_name: x})))
+        qo = dict(zip(tensors_needed, qs.run(tensors_needed, {input_name: x})))
+    rows = []
+    for n in candidates:
+        out_err = _rel(qo[n.output[0]], fo[n.output[0]])
+        in_err = _rel(qo[n.input[0]], fo[n.input[0]]) if n.input[0] in fo else 0.0
+        rows.append({"node": n.name, "op": n.op_type, "output_error": out_err, "input_error": in_err,
+                     "added_error": out_err - in_err})
+    rows.sort(key=lambda r: -r["added_error"])
+    return rows
+
+
+def evaluate(fp32_path, int8_path, val_tensors: np.ndarray, manifest, input_name: str = "pixels",
+             ref: dict | None = None) -> dict:
+    ref = ref if ref is not None else int8.run_all(fp32_path, val_tensors, input_name)
+    got = int8.run_all(int8_path, val_tensors, input_name)
+    return int8.compare_outputs(manifest, ref, got)
+
+
+def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, recipe: int8.Recipe,
+           target: str = "cpu", *, max_rounds: int = 4, per_round: int = 2, batch_size: int = 8,
+           gates: dict = int8.STRICT_GATES, progress: bool = False, rescale: bool = True) -> dict:
+    """Quantize with `recipe`; while the gates fail on `val_tensors` (against the FP32 ONNX model),
+    find the `per_round` nodes adding the most error and act on them: SmoothQuant rescaling if they read a
+    LayerNorm (and the recipe has none), the float tail if they are after the last LayerNorm, else
+    exclusion (nodes_to_exclude); then quantize again. `rescale=False`: exclusion only. Returns the history."""
+    import onnx
+
+    manifest = int8.manifest_of(fp32_path)
+    name = manifest.input.name
+    ref = int8.run_all(fp32_path, val_tensors, name)
+    history = []
+    current = recipe
+    for round_ in range(max_rounds + 1):
+        res = int8.quantize_artifact(fp32_path, out_path, cset, current, target, batch_size=batch_size,
+                                     progress=progress)
+        metrics = evaluate(fp32_path, out_path, val_tensors, manifest, name, ref)
+        step = {"round": round_, "recipe": current.label(), "excluded": list(current.exclude), **metrics,
+                "passed": int8.gates_pass(metrics, gates)}
+        history.append(step)
+        log.info("search round %d (%s): %s", round_, current.label(), metrics)
+        if step["passed"] or round_ == max_rounds:
+            break
+        # layer-wise error on the float graph the quantizer saw (smoothing included)
+        float_model = onnx.load(str(fp32_path))
+        if current.smooth_alpha is not None:
+            int8.smooth_quant(float_model, cset.tensors, name, current.smooth_alpha, batch_size)
+        from onnxruntime.quantization import quant_pre_process
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, pre = Path(tmp) / "f.onnx", Path(tmp) / "p.onnx"
+            onnx.save(float_model, str(src))
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            float_model = onnx.load(str(pre))
+        errors = layer_errors(float_model, out_path, val_tensors, name)
+        worst = [e["node"] for e in errors if e["node"] not in current.exclude][:per_round]
+        step["worst_layers"] = errors[:5]
+        if not worst:
+            break
+        # act on the worst layers: rescale when they read a LayerNorm (outlier channels), keep the tail
+        # (projection, heads) in float when they are in it, else keep them in float
+        ln_fed = {t[0].name for _, targets in int8._ln_matmul_pairs(float_model) for t in targets}
+        tail = set(int8.tail_nodes(float_model))
+        if rescale and current.smooth_alpha is None and any(w in ln_fed for w in worst):
+            step["action"] = f"rescale (SmoothQuant a=0.5): worst layers {worst} read LayerNorm outputs"
+            current = replace(current, smooth_alpha=0.5, name="")
+        elif rescale and not current.keep_tail_float and any(w in tail for w in worst):
+            step["action"] = f"keep the tail after the last LayerNorm in float: worst layers {worst} are in it"
+            current = replace(current, keep_tail_float=True, name="")
+        else:
+            step["action"] = f"exclude {worst}"
+            current = replace(current, exclude=list(current.exclude) + worst, name="")
+    return {"history": history, "final": history[-1], "recipe": current, "result": res}

@@ -1,0 +1,196 @@
+"""INT8 recipes on an outlier-injected CLIP ViT: fidelity against FP32 and speed, one table.
+
+    python -m clipscan.calibration.study                 # ViT-B/32 (slow: minutes on 2 cores)
+    python -m clipscan.calibration.study --small         # width 256, 4 layers (seconds)
+
+Builds an open_clip ViT with seeded random weights, injects activation outliers (six channels of
+every LayerNorm scaled by 40, function-preserving: `outliers.inject_outliers`), fits a detector and
+a quality head on its embeddings, exports FP32 ONNX, writes calibration and validation image
+folders split by source photo, then quantizes with each recipe and measures, against the FP32
+ONNX graph on the validation images: embedding cosine mean/worst, decision agreement, quality
+SRCC, and ORT CPU median latency FP32 vs INT8 in the same run. Needs clipscan[export,test].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SMALL = {"embed_dim": 128, "quick_gelu": False,
+         "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 32},
+         "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1}}
+CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+VAL_PHOTOS = ("retina", "camera", "coins", "chelsea", "motorcycle_left")
+
+
+def vit_b32_config() -> dict:
+    import open_clip
+
+    cfg = dict(open_clip.get_model_config("ViT-B-32"))
+    return cfg
+
+
+def build_outlier_model(workdir, cfg: dict | None = None, *, n_channels: int = 6, factor: float = 40.0,
+                        seed: int = 7, fit_images: int = 24) -> dict:
+    """Config, checkpoint, heads and FP32 ONNX export of a seeded open_clip ViT with injected outliers."""
+    import torch
+    import open_clip
+
+    from clipscan.export import demo_data, export_model
+    from clipscan.export.fit import fit_detector, fit_quality
+    from clipscan.export.heads import save_heads
+
+    from .outliers import inject_outliers
+
+    d = Path(workdir)
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = dict(cfg or SMALL)
+    (d / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(seed)
+    quick = bool(cfg.get("quick_gelu", False))
+    model = open_clip.model.CLIP(**{k: v for k, v in cfg.items() if k not in ("quick_gelu", "custom_text")},
+                                 quick_gelu=quick).eval()
+    injected = inject_outliers(model.visual, n_channels=n_channels, factor=factor, seed=seed)
+    torch.save({"state_dict": model.state_dict()}, str(d / "weights.pt"))
+    images, labels = demo_data.detector_set(fit_images // 2, seed=3)
+    q_images, q_scores = demo_data.quality_set(fit_images, seed=4)
+    pp = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model.encode_image(torch.stack([pp(i) for i in images])), dim=-1)
+        q_emb = torch.nn.functional.normalize(model.encode_image(torch.stack([pp(i) for i in q_images])), dim=-1)
+    detector = fit_detector(emb, torch.tensor(labels))
+    quality = fit_quality(q_emb, torch.tensor(q_scores), hidden=32, steps=300)
+    save_heads(d / "heads.pt", detector, quality)
+    report = export_model(str(d / "config.json"), d / "weights.pt", d / "heads.pt", d / "fp32.onnx",
+                          name="outlier-vit")
+    return {"config": d / "config.json", "weights": d / "weights.pt", "heads": d / "heads.pt",
+            "onnx": report.path, "injected": injected}
+
+
+def write_image_sets(workdir, n_calib: int = 32, n_val: int = 48, seed: int = 0) -> tuple[Path, Path]:
+    """Calibration and validation folders, disjoint by source photo and render seed; photos, renders
+    and distorted copies (so the detector and the quality head see a spread)."""
+    from clipscan.export import demo_data
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for kind, photos, n, seed_base in (("calib", CALIB_PHOTOS, n_calib, 200_000), ("val", VAL_PHOTOS, n_val, 300_000)):
+        folder = Path(workdir) / kind
+        (folder / "sub").mkdir(parents=True, exist_ok=True)
+        srcs = [demo_data.photo(p) for p in photos]
+        for i in range(n):
+            if i % 3 == 2:
+                img = demo_data.render(seed_base + i)
+            else:
+                img = demo_data.augment(srcs[i % len(srcs)], rng)
+            if i % 4 == 3:
+                img = demo_data.distort(img, ("blur", "jpeg", "noise")[i % 3], 1 + i % 4)
+            target = folder / ("sub" if i % 2 else "") / f"{kind}_{i:03d}.{'png' if i % 5 == 0 else 'jpg'}"
+            img.convert("RGB").save(target)
+        out.append(folder)
+    return out[0], out[1]
+
+
+def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target: str = "cpu",
+                search_from: str | None = "smooth", latency_batch: int = 8, runs: int = 10,
+                progress: bool = True, cache=None) -> list[dict]:
+    from clipscan.runtime.artifact import file_sha256
+
+    from . import int8
+    from .calib_data import load_calibration_set
+    from .search import search
+
+    manifest = int8.manifest_of(fp32_path)
+    sha = file_sha256(fp32_path)
+    cset = load_calibration_set(manifest, sha, [calib_dir], cache=cache, progress=progress)
+    vset = load_calibration_set(manifest, sha, [val_dir], cache=cache, progress=progress)
+    name = manifest.input.name
+    ref = int8.run_all(fp32_path, vset.tensors, name)
+    batch = np.ascontiguousarray(vset.tensors[:latency_batch])
+    rows = [{"recipe": "fp32", "cosine_mean": 1.0, "cosine_worst": 1.0, "agreement": 1.0, "srcc": 1.0,
+             "passed": True}]
+    paths = {"fp32": Path(fp32_path)}
+    for label, recipe in recipes.items():
+        out = Path(workdir) / f"int8_{label}.onnx"
+        t0 = time.perf_counter()
+        try:
+            int8.quantize_artifact(fp32_path, out, cset, recipe, target, progress=progress)
+        except Exception as e:  # one recipe failing must not hide the others
+            rows.append({"recipe": label, "error": f"{type(e).__name__}: {e}"})
+            continue
+        got = int8.run_all(out, vset.tensors, name)
+        m = int8.compare_outputs(manifest, ref, got)
+        rows.append({"recipe": label, **m, "passed": int8.gates_pass(m), "quantize_s": time.perf_counter() - t0})
+        paths[label] = out
+    if search_from:
+        out = Path(workdir) / "int8_search.onnx"
+        res = search(fp32_path, out, cset, vset.tensors, recipes.get(search_from) or int8.RECIPES[search_from],
+                     target, progress=False)
+        final = res["final"]
+        rows.append({"recipe": "search", "start": search_from, "final_recipe": final["recipe"],
+                     **{k: final[k] for k in int8.STRICT_GATES if k in final}, "passed": final["passed"],
+                     "excluded": final["excluded"], "rounds": len(res["history"])})
+        paths["search"] = out
+    # every model timed in one interleaved run, so machine load changes hit FP32 and INT8 alike
+    lat = int8.interleaved_latency(paths, batch, name, rounds=runs)
+    for r in rows:
+        if r["recipe"] in lat:
+            r["latency_ms"] = lat[r["recipe"]] * 1e3
+            r["speedup"] = lat["fp32"] / lat[r["recipe"]]
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'recipe':<34} {'cos mean':>9} {'cos worst':>9} {'agree':>7} {'SRCC':>7} {'ms':>8} {'x FP32':>7} gates"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['recipe']:<34} error: {r['error']}")
+            continue
+        lines.append(f"{r['recipe']:<34} {r.get('cosine_mean', float('nan')):9.5f} {r.get('cosine_worst', float('nan')):9.5f} "
+                     f"{r.get('agreement', float('nan')):7.4f} {r.get('srcc', float('nan')):7.4f} "
+                     f"{r.get('latency_ms', float('nan')):8.1f} {r.get('speedup', float('nan')):7.2f} {'pass' if r.get('passed') else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import logging
+
+    from . import int8
+
+    p = argparse.ArgumentParser(prog="python -m clipscan.calibration.study", description=__doc__.split("\n")[0])
+    p.add_argument("--small", action="store_true", help="width 256, 4 layers instead of ViT-B/32")
+    p.add_argument("--workdir", default="./int8-study")
+    p.add_argument("--n-calib", type=int, default=64)
+    p.add_argument("--n-val", type=int, default=96)
+    p.add_argument("--target", default="cpu", choices=int8.TARGETS)
+    p.add_argument("--recipes", default="stock,percentile,matmul,dynamic,smooth")
+    p.add_argument("--no-search", action="store_true")
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    work = Path(args.workdir)
+    cfg = SMALL if args.small else vit_b32_config()
+    t0 = time.perf_counter()
+    built = build_outlier_model(work, cfg)
+    print(f"built and exported the outlier-injected model in {time.perf_counter() - t0:.0f} s: {built['onnx']}",
+          file=sys.stderr)
+    calib, val = write_image_sets(work, args.n_calib, args.n_val)
+    recipes = {k: int8.RECIPES[k] for k in args.recipes.split(",") if k}
+    rows = run_recipes(built["onnx"], calib, val, recipes, work, target=args.target,
+                       search_from=None if args.no_search else "smooth", cache=work / "cache")
+    print(table(rows))
+    for r in rows:
+        if r.get("recipe") == "search":
+            print(f"search from {r['start']}: {r['rounds']} round(s), final {r['final_recipe']}, "
+                  f"nodes kept in float: {r['excluded'] or 'none beyond the recipe'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""`clipscan bench`: report structure, ratios from the same run, plot, draft decoding, bad files.
+
+Speed is reported, never asserted: every check here is about structure and bookkeeping.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipscan.runtime import Scanner
+from clipscan.runtime.bench import (BenchConfig, add_ratios, format_table, percentiles, run_benchmark, time_loop,
+                                    write_json, write_plot)
+from clipscan.runtime.decode import draft_request, load_image
+
+from .conftest import REPO, block_torch_env, jpeg_bytes, photo_images
+
+DEMO = REPO / "runtime" / "models" / "demo.onnx"
+FAST = dict(warmup=1, min_iters=2, min_seconds=0.0, max_seconds=5.0, e2e_passes=1)
+
+
+@pytest.fixture(scope="module")
+def bench_images(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bench_images")
+    for name, img in photo_images():
+        img.save(d / f"{name}.jpg", "JPEG", quality=90)
+    return d
+
+
+@pytest.fixture(scope="module")
+def two_artifacts(tmp_path_factory) -> list[str]:
+    d = tmp_path_factory.mktemp("bench_models")
+    a, b = d / "demo_a.onnx", d / "demo_b.onnx"
+    shutil.copy(DEMO, a)
+    shutil.copy(DEMO, b)
+    return [str(a), str(b)]
+
+
+@pytest.fixture(scope="module")
+def report(two_artifacts, bench_images) -> dict:
+    cfg = BenchConfig(models=two_artifacts, batch_sizes=[1, 3], backends=["cpu"], mode="both",
+                      images=str(bench_images), cold_start=True, **FAST)
+    return run_benchmark(cfg)
+
+
+def test_percentiles_are_ordered():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 37, 200):
+        p = percentiles(list(rng.exponential(0.01, n)))
+        assert p["min"] <= p["p50"] <= p["p95"] <= p["p99"] <= p["max"]
+    assert percentiles([])["p50"] is None
+
+
+def test_time_loop_counts_and_box():
+    calls = []
+    samples = time_loop(lambda: calls.append(1), warmup=2, min_iters=5, min_seconds=0.0, max_seconds=10.0)
+    assert len(samples) == 5 and len(calls) == 7
+    samples = time_loop(lambda: None, warmup=0, min_iters=10**9, min_seconds=0.0, max_seconds=0.05)
+    assert len(samples) >= 3  # the time box ends it, never below three runs
+
+
+def test_report_has_the_fields(report):
+    for key in ("machine", "settings", "timed_region", "reference", "results", "fidelity", "cold_start", "errors"):
+        assert key in report, key
+    assert report["machine"]["cores"] >= 1
+    rows = report["results"]
+    assert {r["mode"] for r in rows} == {"model", "e2e"}
+    # every artifact x backend x batch size x mode
+    assert len(rows) == 2 * 1 * 2 * 2
+    for r in rows:
+        for key in ("runtime", "backend", "artifact", "precision", "batch_size", "iterations", "latency_ms",
+                    "images_per_s", "peak_rss_mb", "ratio_vs_reference"):
+            assert key in r, key
+        lat = r["latency_ms"]
+        assert lat["p50"] <= lat["p95"] <= lat["p99"]
+        assert r["images_per_s"] > 0 and r["peak_rss_mb"] > 0
+    assert report["errors"] == []
+    json.dumps(report)  # serialisable as is
+    assert "demo_a.onnx" in format_table(report)
+
+
+def test_ratios_against_the_reference_of_the_same_run(report):
+    ref = report["reference"]
+    assert ref["kind"] == "fp32_artifact" and ref["artifact"] == "demo_a.onnx"  # no torch reference given
+    for r in report["results"]:
+        base = next(x for x in report["results"] if x["artifact"] == "demo_a.onnx" and x["mode"] == r["mode"]
+                    and x["batch_size"] == r["batch_size"])
+        assert r["ratio_vs_reference"] == pytest.approx(r["images_per_s"] / base["images_per_s"])
+        if r is base:
+            assert r["ratio_vs_reference"] == pytest.approx(1.0)
+    fid = report["fidelity"]["demo_b.onnx"]
+    assert fid["against"] == "fp32_artifact" and fid["agreement"] == 1.0 and fid["cosine_worst"] > 0.99999
+    assert fid["n"] == 4
+
+
+def test_ratio_uses_the_pytorch_row_when_there_is_one():
+    rep = {"reference": {"kind": "pytorch"}, "results": [
+        {"mode": "model", "runtime": "pytorch", "backend": "eager-cpu", "artifact": "pytorch-fp32", "precision": "fp32",
+         "batch_size": 8, "images_per_s": 10.0},
+        {"mode": "model", "runtime": "onnxruntime", "backend": "onnxruntime-cpu", "artifact": "m.onnx",
+         "precision": "fp32", "batch_size": 8, "images_per_s": 25.0},
+        {"mode": "model", "runtime": "onnxruntime", "backend": "onnxruntime-cpu", "artifact": "m.onnx",
+         "precision": "fp32", "batch_size": 1, "images_per_s": 5.0}]}
+    add_ratios(rep)
+    assert rep["results"][1]["ratio_vs_reference"] == pytest.approx(2.5)
+    assert rep["results"][2]["ratio_vs_reference"] is None  # no reference at batch 1: no ratio, not a wrong one
+
+
+def test_cold_start_measured(report):
+    (cs,) = report["cold_start"][:1]
+    assert cs["error"] is None and cs["seconds"] > 0 and cs["exit_code"] == 0
+
+
+def test_json_and_plot_written(report, tmp_path):
+    j = write_json(report, tmp_path / "out" / "bench.json")
+    assert json.loads(j.read_text())["results"]
+    png = write_plot(report, tmp_path / "out" / "bench.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corrupt_file_does_not_stop_e2e(two_artifacts, bench_images, tmp_path):
+    d = tmp_path / "imgs"
+    shutil.copytree(bench_images, d)
+    (d / "broken.jpg").write_bytes(jpeg_bytes(photo_images()[0][1])[:300])
+    (d / "text.jpg").write_text("not an image")
+    cfg = BenchConfig(models=two_artifacts[:1], batch_sizes=[2], backends=["cpu"], mode="e2e", images=str(d),
+                      cold_start=False, **FAST)
+    rep = run_benchmark(cfg)
+    (row,) = rep["results"]
+    assert row["error_rows"] == 2 and row["images"] == 6
+    assert {Path(b["path"]).name for b in rep["settings"]["undecodable_images"]} == {"broken.jpg", "text.jpg"}
+    assert rep["errors"] == []
+
+
+def test_draft_decoding_same_tensor_size_and_opt_in(tmp_path):
+    big = photo_images()[0][1].resize((2000, 1500))
+    p = tmp_path / "big.jpg"
+    big.save(p, "JPEG", quality=90)
+    exact, draft = Scanner(DEMO, backend="cpu"), Scanner(DEMO, backend="cpu", decode="draft")
+    assert exact.decode == "exact" and exact._draft_size is None  # the default decodes exactly
+    assert draft._draft_size == (224, 224)
+    full = load_image(p)
+    small = load_image(p, draft_size=draft._draft_size)
+    assert full.size == (2000, 1500)
+    # PIL takes the smallest DCT scale (1/4 here, 1/8 would give 188 < 224) keeping both sides >= 224
+    assert small.size == (500, 375)
+    xe, xd = exact._prepare(str(p)), draft._prepare(str(p))
+    assert xe.shape == xd.shape == (1, 3, 224, 224)
+    re, rd = exact.scan_bytes(p.read_bytes()), draft.scan_bytes(p.read_bytes())
+    assert re.verdict == rd.verdict
+    # non-JPEG files decode exactly even when draft is asked for
+    png = tmp_path / "big.png"
+    big.save(png)
+    assert load_image(png, draft_size=(224, 224)).size == (2000, 1500)
+    assert draft_request("none", (224, 224)) is None
+    with pytest.raises(ValueError):
+        Scanner(DEMO, backend="cpu", decode="fast")
+
+
+def test_exported_model_against_pytorch(exported, tiny_model_files, bench_images):
+    """With the PyTorch original given, ratios and fidelity are against PyTorch eager measured in the same run."""
+    t = tiny_model_files
+    cfg = BenchConfig(models=[str(exported.path)], batch_sizes=[2], backends=["cpu"], mode="both",
+                      images=str(bench_images), torch_arch=str(t["config"]), torch_weights=str(t["weights"]),
+                      torch_heads=[str(t["heads"])], cold_start=False, **FAST)
+    rep = run_benchmark(cfg)
+    assert rep["reference"]["kind"] == "pytorch"
+    by = {(r["mode"], r["runtime"]): r for r in rep["results"]}
+    assert set(by) == {("model", "pytorch"), ("model", "onnxruntime"), ("e2e", "pytorch"), ("e2e", "onnxruntime")}
+    for mode in ("model", "e2e"):
+        ort_row, torch_row = by[(mode, "onnxruntime")], by[(mode, "pytorch")]
+        assert ort_row["ratio_vs_reference"] == pytest.approx(ort_row["images_per_s"] / torch_row["images_per_s"])
+        assert torch_row["ratio_vs_reference"] == pytest.approx(1.0)
+    fid = rep["fidelity"][exported.path.name]
+    assert fid["against"] == "pytorch" and fid["cosine_worst"] > 0.9999 and fid["agreement"] == 1.0
+
+
+def test_cli_bench_without_torch(tmp_path, bench_images):
+    """The bench command runs on a base install: torch, open_clip and onnx blocked."""
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-m", "clipscan", "bench", str(DEMO), "--batch-sizes", "1,2", "--mode", "model",
+           "--images", str(bench_images), "--min-iters", "2", "--min-seconds", "0", "--warmup", "1",
+           "--no-cold-start", "--json", str(out), "--plot", str(tmp_path / "b.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=block_torch_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(out.read_text())
+    assert [r["batch_size"] for r in rep["results"]] == [1, 2]
+    assert "torch" not in rep["machine"]["versions"]
+    assert (tmp_path / "b.png").is_file()
+
+
+def test_camera_section_small(two_artifacts, bench_images, tmp_path):
+    """The camera-sized section's bookkeeping on small stand-ins (800x600): decode exact vs draft, overlap
+    trace, draft fidelity against exact decoding, with the gates reported."""
+    cfg = BenchConfig(models=two_artifacts[:1], batch_sizes=[2], backends=["cpu"], mode="model",
+                      images=str(bench_images), cold_start=False, camera=3, camera_size=(800, 600),
+                      camera_dir=str(tmp_path / "cam"), **FAST)
+    rep = run_benchmark(cfg)
+    assert rep["errors"] == []
+    cam = rep["camera"]
+    assert cam["images"] == 3 and cam["size"] == [800, 600]
+    assert cam["decoded_size_exact"] == [800, 600] and cam["decoded_size_draft"] == [400, 300]
+    assert cam["draft_fidelity"]["n"] == 3 and "passed" in cam["draft_fidelity"]
+    trace = cam["overlap_trace"]
+    assert trace["inference_seconds"] > 0 and 0.0 <= trace["inference_overlapped_fraction"] <= 1.0
+    assert "plain_images_per_s" not in cam  # no PyTorch reference given: no plain-pipeline ratio
+    assert "camera-sized" in format_table(rep)

@@ -1,0 +1,240 @@
+"""INT8 calibration (issue 6) on a small outlier-injected ViT: data, cache, QDQ formats, recipes, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+SMALL_CFG = {"embed_dim": 64, "quick_gelu": False,
+             "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 32},
+             "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tmp_path_factory):
+    from clipscan.calibration.study import build_outlier_model, write_image_sets
+
+    d = tmp_path_factory.mktemp("outlier_vit")
+    built = build_outlier_model(d, SMALL_CFG, fit_images=16)
+    calib, val = write_image_sets(d, n_calib=16, n_val=40)
+    return {**built, "calib": calib, "val": val, "dir": d}
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSCAN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_outlier_injection_keeps_fp32_output():
+    import open_clip
+    import torch
+
+    from clipscan.calibration.outliers import inject_outliers
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in SMALL_CFG.items() if k != "quick_gelu"}
+    model = open_clip.model.CLIP(**cfg).eval()
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        before = model.encode_image(x)
+        ln_out = model.visual.transformer.resblocks[0].ln_1(torch.randn(4, 50, 128)).abs().amax((0, 1))
+    injected = inject_outliers(model.visual, n_channels=6, factor=40.0)
+    with torch.no_grad():
+        after = model.encode_image(x)
+        ln_after = model.visual.transformer.resblocks[0].ln_1(torch.randn(4, 50, 128)).abs().amax((0, 1))
+    assert torch.allclose(before, after, atol=1e-5 * float(before.abs().max()), rtol=1e-4)
+    assert len(injected) == 2 * 2 + 1 and all(len(ch) == 6 for ch in injected.values())
+    # the LayerNorm output now has channels ~40x the rest: what per-tensor activation quantization faces
+    ch = injected["resblocks.0.ln_1"]
+    assert float(ln_after[ch].min()) > 10 * float(ln_out.median())
+
+
+def test_equal_batches_cycle_the_ragged_tail():
+    from clipscan.calibration.calib_data import equal_batches
+
+    x = np.arange(13)[:, None].astype(np.float32)
+    batches = equal_batches(x, 5)
+    assert [len(b) for b in batches] == [5, 5, 5]
+    assert set(np.concatenate(batches).ravel().tolist()) == set(range(13))
+    assert [len(b) for b in equal_batches(x[:3], 8)] == [3]
+
+
+def test_calibration_set_uses_the_manifest_and_the_cache(outlier_model, tmp_path):
+    import os
+
+    from clipscan.calibration.calib_data import load_calibration_set
+    from clipscan.runtime import load_artifact
+    from clipscan.runtime.preprocess import Preprocessor
+    from clipscan.runtime.decode import load_image
+
+    art = load_artifact(outlier_model["onnx"])
+    first = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    assert len(first) == 16 and not first.from_cache and first.cache_path.is_file()
+    assert str(first.cache_path).startswith(str(tmp_path / "cache"))
+    pre = Preprocessor(art.manifest.preprocess, art.manifest.input)
+    np.testing.assert_array_equal(first.tensors[0], pre(load_image(first.files[0])))
+    again = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    assert again.from_cache and again.images_hash == first.images_hash
+    np.testing.assert_array_equal(again.tensors, first.tensors)
+    # a changed image set (mtime) or another model is a different key
+    st = os.stat(first.files[0])
+    os.utime(first.files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert not load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False).from_cache
+    assert not load_calibration_set(art.manifest, "0" * 64, [outlier_model["calib"]], progress=False).from_cache
+
+
+def test_smoothquant_keeps_the_float_function(outlier_model):
+    import onnx
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    model = onnx.load(str(outlier_model["onnx"]))
+    facts = int8.smooth_quant(model, cset.tensors, "pixels", 0.5)
+    # every LN feeding a MatMul: 2 per block + ln_post -> proj
+    assert len(facts["smoothed"]) == 2 * 2 + 1
+    assert max(f["x_max_ratio"] for f in facts["smoothed"]) > 10
+    ref = int8.run_all(outlier_model["onnx"], cset.tensors)
+    got = int8.run_all(model, cset.tensors)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-3, atol=1e-4)
+
+
+def _zero_points(model):
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    return [numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+
+
+def test_targets_cpu_and_tensorrt_formats(outlier_model, tmp_path):
+    import onnx
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], max_images=13,
+                                progress=False)  # 13 images, batch 8: the tail is cycled, percentile works
+    recipe = int8.RECIPES["percentile"]
+    cpu = int8.quantize_artifact(outlier_model["onnx"], tmp_path / "cpu.onnx", cset, recipe, "cpu", progress=False)
+    trt = int8.quantize_artifact(outlier_model["onnx"], tmp_path / "trt.onnx", cset, recipe, "tensorrt",
+                                 progress=False)
+    cpu_zp = _zero_points(onnx.load(str(cpu.path)))
+    assert cpu_zp and all(z.dtype == np.uint8 for z in cpu_zp)
+    trt_model = onnx.load(str(trt.path))
+    trt_zp = _zero_points(trt_model)
+    assert trt_zp and all(z.dtype == np.int8 and not z.any() for z in trt_zp)  # symmetric activations
+    def q_inputs(model):
+        return [n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+    # dedicated Q/DQ pairs: a tensor read by several quantized ops gets one pair per reader (TensorRT);
+    # the CPU model shares one pair
+    trt_q, cpu_q = q_inputs(trt_model), q_inputs(onnx.load(str(cpu.path)))
+    assert len(trt_q) > len(set(trt_q))
+    assert len(cpu_q) == len(set(cpu_q))
+    for res, target in ((cpu, "cpu"), (trt, "tensorrt")):
+        m = int8.manifest_of(res.path)
+        assert m.precision == "int8" and m.calibration["target"] == target
+        assert m.calibration["calibration_set"] == {"sha256": cset.images_hash, "n_images": 13, "n_failed": 0,
+                                                    "batch_size": 8}
+        assert m.calibration["tools"]["onnxruntime"] and m.calibration["method"] == "percentile"
+
+
+def test_recipes_on_outliers_stock_fails_smooth_passes(outlier_model, tmp_path):
+    from clipscan.calibration import int8
+    from clipscan.calibration.study import run_recipes
+
+    recipes = {k: int8.RECIPES[k] for k in ("stock", "smooth")}
+    rows = {r["recipe"]: r for r in run_recipes(outlier_model["onnx"], outlier_model["calib"], outlier_model["val"],
+                                                recipes, tmp_path, search_from=None, runs=2, progress=False)}
+    smooth, stock = rows["smooth"], rows["stock"]
+    assert not stock["passed"] and stock["cosine_worst"] < 0.98, stock
+    # the issue's bar for embeddings and decisions; SRCC over a few dozen images of a near-flat random
+    # quality head is one swap from 0.995, so the bar there is the protocol's minus that swap
+    assert smooth["cosine_mean"] >= 0.995 and smooth["cosine_worst"] >= 0.99 and smooth["agreement"] >= 0.995, smooth
+    assert smooth["srcc"] >= 0.99 and smooth["srcc"] > stock["srcc"], smooth
+
+
+def test_layer_errors_and_search(outlier_model, tmp_path):
+    import dataclasses
+
+    import onnx
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+    from clipscan.calibration.search import layer_errors, search
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    vset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["val"]], progress=False)
+    stock = int8.quantize_artifact(outlier_model["onnx"], tmp_path / "stock.onnx", cset, int8.RECIPES["matmul"],
+                                   progress=False)
+    rows = layer_errors(onnx.load(str(outlier_model["onnx"])), stock.path, vset.tensors)
+    assert rows and rows == sorted(rows, key=lambda r: -r["added_error"])
+    # an impossible bar forces exclusion rounds; each round keeps more nodes in float
+    found = search(outlier_model["onnx"], tmp_path / "s.onnx", cset, vset.tensors,
+                   dataclasses.replace(int8.RECIPES["matmul"]), max_rounds=2, per_round=1,
+                   gates={"cosine_mean": 1.1}, rescale=False)
+    hist = found["history"]
+    assert len(hist) == 3 and [len(h["excluded"]) for h in hist] == [0, 1, 2]
+
+
+def test_cli_calibrate_with_fidelity_report(outlier_model, tmp_path, capsys):
+    from clipscan.cli import main
+    from clipscan.runtime import load_artifact
+
+    d = outlier_model
+    out = tmp_path / "int8.onnx"
+    rc = main(["calibrate", str(d["onnx"]), "--images", str(d["calib"]), "-o", str(out),
+               "--val-images", str(d["val"]), "--arch", str(d["config"]), "--weights", str(d["weights"]),
+               "--heads", str(d["heads"]), "--report", str(tmp_path / "rep"), "--no-launder"])
+    captured = capsys.readouterr()
+    assert "calibrating" in captured.err and "wrote" in captured.out
+    m = load_artifact(out).manifest
+    assert m.precision == "int8" and m.calibration["recipe"].startswith("percentile+matmul+smooth")
+    fid = m.calibration["fidelity"]
+    # exit 1 exactly when an INT8 gate failed, and the manifest says which
+    assert rc == (0 if fid["passed"] else 1), captured.out
+    gates = {g["name"]: g for g in fid["gates"]}
+    assert set(fid["failed_gates"]) == {n for n, g in gates.items() if g["passed"] is False}
+    assert {"cosine_mean", "cosine_worst", "srcc:quality", "agreement:detector"} <= set(gates)
+    # embeddings and decisions hold; this small random model's quality MLP turns a 2e-4 embedding error
+    # into rank swaps, so its SRCC gate may fail (and then rc is 1)
+    for name in ("cosine_mean", "cosine_worst", "agreement:detector", "sources", "recipe", "preprocessing"):
+        assert gates[name]["passed"], gates[name]
+    assert fid["validation_set"]["n_images"] == 40
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["model"]["precision"] == "int8"
+
+
+def test_cli_refuses_overlapping_validation_images(outlier_model, tmp_path, capsys):
+    from clipscan.cli import main
+
+    d = outlier_model
+    rc = main(["calibrate", str(d["onnx"]), "--images", str(d["calib"]), "-o", str(tmp_path / "x.onnx"),
+               "--val-images", str(d["calib"]), "--arch", str(d["config"]), "--weights", str(d["weights"]),
+               "--heads", str(d["heads"])])
+    assert rc == 2 and "also calibration images" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_search_rescales_when_layernorm_fed_layers_are_worst(outlier_model, tmp_path):
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+    from clipscan.calibration.search import search
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    vset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["val"]], progress=False)
+    bar = {"cosine_mean": 0.995, "cosine_worst": 0.99, "agreement": 0.995}
+    found = search(outlier_model["onnx"], tmp_path / "s.onnx", cset, vset.tensors, int8.RECIPES["matmul"],
+                   gates=bar, max_rounds=3)
+    hist = found["history"]
+    actions = [h.get("action", "") for h in hist[:-1]]
+    assert not hist[0]["passed"] and any(a.startswith("rescale") for a in actions), actions
+    assert hist[-1]["passed"] and found["recipe"].smooth_alpha == 0.5, hist
+    assert int8.manifest_of(tmp_path / "s.onnx").calibration["smoothquant"]["smoothed"]
