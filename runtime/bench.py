@@ -507,24 +507,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                     xt = _tile(_float_input(manifests[first], x_all), bs)
                     fn = (lambda xt=xt: torch_ref.run(xt))
                     cands.append((("pytorch", "eager-cpu", "pytorch-fp32", "fp32", None), fn, _memory_probe(None, fn)))
-                for model in cfg.models:
-                    for backend in backends:
-                        try:
-                            holder = {}
+                def predict_run(model, holder, bs=bs):
+                    xb = _tile(x_all, bs).astype(manifests[model].input.dtype)
+                    return lambda: holder["sc"].predict(xb)
 
-                            def create(model=model, backend=backend, holder=holder):
-                                holder["sc"] = stack.enter_context(Scanner(model, backend=backend, batch_size=bs))
-
-                            xb = _tile(x_all, bs).astype(manifests[model].input.dtype)
-                            fn = (lambda holder=holder, xb=xb: holder["sc"].predict(xb))
-                            mem = _memory_probe(create, fn)
-                            sc = holder["sc"]
-                            cands.append((("onnxruntime", sc.backend_name, Path(model).name,
-                                           manifests[model].precision, backend), fn, mem))
-                        except Exception as e:
-                            report["errors"].append(f"model {Path(model).name} {backend} batch {bs}: "
-                                                    f"{type(e).__name__}: {e}")
-                            log.error("model %s on %s at batch %d failed: %s", model, backend, bs, e)
+                cands += [c[:3] for c in _scanner_candidates(stack, cfg, manifests, backends, bs, report, "model",
+                                                             {}, predict_run)]
                 for key, m in _interleaved(cands, cfg, cfg.min_iters):
                     runtime, backend_ran, artifact, precision, requested = key
                     row = _row("model", runtime, backend_ran, artifact, precision, bs, m)
@@ -556,29 +544,18 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 if torch_ref is not None:
                     fn = (lambda bs=bs: plain_pipeline(torch_ref, transform, manifests[first], files, bs))
                     cands.append((("pytorch", "eager-cpu", "pytorch-fp32", "fp32", None), fn, _memory_probe(None, fn)))
-                for model in cfg.models:
-                    for backend in backends:
-                        try:
-                            holder = {}
+                def scan_run(model, holder):
+                    holder["errors"] = []
 
-                            def create(model=model, backend=backend, holder=holder):
-                                holder["sc"] = stack.enter_context(Scanner(model, backend=backend, batch_size=bs,
-                                                                           decode=cfg.decode, workers=cfg.workers))
+                    def one_pass():
+                        holder["errors"][:] = [r.error for r in holder["sc"].scan(files) if r.error]
+                    return one_pass
 
-                            key_errors: list = []
-
-                            def one_pass(holder=holder, key_errors=key_errors):
-                                key_errors[:] = [r.error for r in holder["sc"].scan(files) if r.error]
-
-                            mem = _memory_probe(create, one_pass)
-                            sc = holder["sc"]
-                            key = ("onnxruntime", sc.backend_name, Path(model).name, manifests[model].precision, backend)
-                            errors[key] = key_errors
-                            cands.append((key, one_pass, mem))
-                        except Exception as e:
-                            report["errors"].append(f"e2e {Path(model).name} {backend} batch {bs}: "
-                                                    f"{type(e).__name__}: {e}")
-                            log.error("e2e %s on %s at batch %d failed: %s", model, backend, bs, e)
+                for key, fn, mem, holder in _scanner_candidates(stack, cfg, manifests, backends, bs, report, "e2e",
+                                                                {"decode": cfg.decode, "workers": cfg.workers},
+                                                                scan_run):
+                    errors[key] = holder["errors"]
+                    cands.append((key, fn, mem))
                 for key, m in _interleaved(cands, cfg, cfg.e2e_passes):
                     runtime, backend_ran, artifact, precision, requested = key
                     row = _row("e2e", runtime, backend_ran, artifact, precision, bs, m, images=len(files),
@@ -608,6 +585,34 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     report["machine"] = machine_info()
     report["machine"]["load_average_at_start"] = load_start
     return report
+
+
+def _scanner_candidates(stack, cfg: BenchConfig, manifests: dict, backends, bs: int, report: dict, mode: str,
+                        scanner_kwargs: dict, make_run) -> list:
+    """(key, run, memory, holder) for every artifact on every backend at batch `bs`.
+
+    `make_run(model, holder)` returns the call to time; the Scanner is created inside the memory
+    probe and put in holder["sc"]. A candidate that fails to start is reported, not fatal.
+    """
+    from .scanner import Scanner
+
+    out = []
+    for model in cfg.models:
+        for backend in backends:
+            try:
+                holder: dict = {}
+
+                def create(model=model, backend=backend, holder=holder):
+                    holder["sc"] = stack.enter_context(Scanner(model, backend=backend, batch_size=bs, **scanner_kwargs))
+
+                run = make_run(model, holder)
+                mem = _memory_probe(create, run)
+                key = ("onnxruntime", holder["sc"].backend_name, Path(model).name, manifests[model].precision, backend)
+                out.append((key, run, mem, holder))
+            except Exception as e:
+                report["errors"].append(f"{mode} {Path(model).name} {backend} batch {bs}: {type(e).__name__}: {e}")
+                log.error("%s %s on %s at batch %d failed: %s", mode, model, backend, bs, e)
+    return out
 
 
 def _current_rss_mb() -> float | None:
