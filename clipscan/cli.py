@@ -57,26 +57,34 @@ def _add_info(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the raw manifest JSON")
 
 
+HEAD_FORMATS_HELP = ("a head in a published format: univfd:FILE, cozzolino:FILE, agiqa-tang:FILE, agiqa-fu:FILE, "
+                     "captions:FILE, clipscan:FILE; repeatable (several heads share one backbone pass)")
+
+
+def _add_original_args(p, *, required: bool, as_given: str = "") -> None:
+    """--arch/--weights/--heads/--head/--quick-gelu/--gelu: the files of the PyTorch original."""
+    p.add_argument("--arch", required=required,
+                   help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
+    p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
+    p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
+    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
+                     help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the checkpoint uses plain GELU")
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export an open_clip backbone + heads to one ONNX artifact (needs clipscan[export])",
                        description="Load an open_clip image tower from a local checkpoint and clipscan heads, and "
                                    "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
                                    "with its manifest inside. Nothing is downloaded.")
-    p.add_argument("--arch", required=True, help="open_clip model name (e.g. ViT-B-32) or a model-config .json")
-    p.add_argument("--weights", required=True, help="local backbone checkpoint (.pt/.bin/.safetensors)")
-    p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)")
-    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH",
-                   help="a head in a published format: univfd:FILE, cozzolino:FILE, clipscan:FILE; repeat it to "
-                        "put several heads on one backbone pass")
+    _add_original_args(p, required=True)
     p.add_argument("--uint8-input", action="store_true",
                    help="fold mean/std into the patch embedding: the graph takes uint8 RGB (4x less input data)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--name", help="model name for the manifest (default: output file stem)")
     p.add_argument("--description", default="", help="free text for the manifest")
-    act = p.add_mutually_exclusive_group()
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
-                     help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the checkpoint uses plain GELU")
     p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: from the config)")
     p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: from the config)")
     p.add_argument("--threshold", type=float, help="decision threshold to store (default: from the heads file)")
@@ -95,19 +103,11 @@ def _add_verify(sub) -> None:
                                    "determinism, laundered copies), and write report.json and report.html. "
                                    "Exit 0: every gate passed; 1: a gate failed; 2: verify could not run.")
     p.add_argument("model", metavar="MODEL", help="the exported .onnx artifact")
-    p.add_argument("--arch", required=True, help="open_clip model name or model-config .json, as given to export")
-    p.add_argument("--weights", required=True, help="the backbone checkpoint the artifact was exported from")
-    p.add_argument("--heads", help="the clipscan heads file the artifact was exported from")
-    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH",
-                   help="a head in a published format, as given to export (repeatable)")
+    _add_original_args(p, required=True, as_given=", as given to export")
     p.add_argument("--images", required=True, action="append", metavar="DIR",
                    help="folder (walked recursively) or file of images to compare on; repeatable")
     p.add_argument("--report", metavar="DIR", help="where report.json and report.html go "
                                                   "(default: ./<model file stem>-verify)")
-    act = p.add_mutually_exclusive_group()
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
-                     help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the checkpoint uses plain GELU")
     p.add_argument("--threshold", type=float,
                    help="the decision threshold the reference uses, if export was given --threshold "
                         "(default: the heads file's)")
@@ -190,13 +190,7 @@ def _add_calibrate(sub) -> None:
     g = p.add_argument_group("fidelity report (as `clipscan verify`)")
     g.add_argument("--val-images", action="append", default=[], metavar="DIR",
                    help="validation images, disjoint from the calibration images; repeatable")
-    g.add_argument("--arch", help="open_clip model name or model-config .json, as given to export")
-    g.add_argument("--weights", help="the backbone checkpoint the FP32 artifact was exported from")
-    g.add_argument("--heads", help="the clipscan heads file, as given to export")
-    g.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH", help="a published-format head (repeatable)")
-    act = g.add_mutually_exclusive_group()
-    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None)
-    act.add_argument("--gelu", dest="quick_gelu", action="store_false")
+    _add_original_args(g, required=False, as_given=", as given to export")
     g.add_argument("--threshold", type=float, help="the decision threshold export was given, if any")
     g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
     g.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
