@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator
 
 # Formats cameras and phones write that Pillow may lack a plugin for: scanned so

@@ -6,7 +6,6 @@ A backend owns one loaded model. `run` takes {input_name: array} and returns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
