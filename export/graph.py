@@ -29,15 +29,34 @@ class TappedVisual(torch.nn.Module):
     A tower with deep visual prompts (VPT-deep, as CLIP-AGIQA of Fu et al.) gets layer i's
     prompt tokens placed after the class token before block i, replacing the previous ones,
     and dropped after the last block.
+
+    With `lean`, the blocks run `lean_blocks.lean_block` (same function, an ONNX graph with far
+    less glue); without it, open_clip's own block forward (what the export check compares against).
     """
 
-    def __init__(self, visual):
+    def __init__(self, visual, *, lean: bool = False, fused_attention: bool = False):
         super().__init__()
         for needed in ("_embeds", "transformer", "_pool"):
             if not hasattr(visual, needed):
                 raise TypeError(f"{type(visual).__name__} is not an open_clip VisionTransformer this clipscan knows "
                                 f"(no {needed}); timm or ConvNeXt towers are not supported yet")
         self.visual = visual
+        self.lean = bool(lean)
+        self.fused_attention = bool(fused_attention)
+        if self.lean:
+            from .lean_blocks import lean_unsupported_reason
+
+            why = lean_unsupported_reason(visual.transformer)
+            if why:
+                raise ValueError(f"the lean graph cannot express this tower: {why}; export with --graph stock")
+
+    def _block(self, block, x):
+        if self.lean:
+            from .lean_blocks import lean_block
+
+            return lean_block(block, x, self.fused_attention)
+        t = self.visual.transformer
+        return block(x) if getattr(t, "batch_first", True) else block(x.transpose(0, 1)).transpose(0, 1)
 
     def _prompted(self, x, prompts):
         t = self.visual.transformer
@@ -45,14 +64,21 @@ class TappedVisual(torch.nn.Module):
         for i, block in enumerate(t.resblocks):
             rest = x[:, 1:] if i == 0 else x[:, 1 + n:]
             x = torch.cat([x[:, :1], prompts[i].unsqueeze(0).expand(x.shape[0], -1, -1).to(x.dtype), rest], dim=1)
-            x = block(x) if getattr(t, "batch_first", True) else block(x.transpose(0, 1)).transpose(0, 1)
+            x = self._block(block, x)
         return torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
 
     def forward(self, x):
         v = self.visual
         x = v._embeds(x)
         prompts = getattr(v, PROMPTS_ATTR, None)
-        tokens = v.transformer(x) if prompts is None else self._prompted(x, prompts)
+        if prompts is not None:
+            tokens = self._prompted(x, prompts)
+        elif self.lean:
+            from .lean_blocks import lean_transformer
+
+            tokens = lean_transformer(v.transformer, x, self.fused_attention)
+        else:
+            tokens = v.transformer(x)
         pooled, _ = v._pool(tokens)
         projected = pooled @ v.proj if v.proj is not None else pooled
         return pooled, projected
@@ -83,10 +109,12 @@ def fold_normalization(visual, mean, std) -> None:
 class ScanGraph(torch.nn.Module):
     """pixels (N,3,H,W) -> every head's outputs, then the L2-normalised embedding.
 
-    With `takes_uint8`, the input is uint8 RGB (normalisation folded into the tower).
+    With `takes_uint8`, the input is uint8 RGB (normalisation folded into the tower); `lean` picks
+    the export-friendly block forward (see `TappedVisual`).
     """
 
-    def __init__(self, visual, heads: list, *, takes_uint8: bool = False):
+    def __init__(self, visual, heads: list, *, takes_uint8: bool = False, lean: bool = False,
+                 fused_attention: bool = False):
         super().__init__()
         if not heads:
             raise ValueError("a ScanGraph needs at least one head")
@@ -94,7 +122,7 @@ class ScanGraph(torch.nn.Module):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"two heads write the same graph outputs {dupes}: give them distinct output names")
-        self.tower = TappedVisual(visual)
+        self.tower = TappedVisual(visual, lean=lean, fused_attention=fused_attention)
         self.heads = torch.nn.ModuleList(heads)
         self.takes_uint8 = takes_uint8
 
