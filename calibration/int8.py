@@ -299,6 +299,11 @@ def quantize_model(src_model, out_path: Path, cset: CalibrationSet, recipe: Reci
                              nodes_to_quantize=nodes_to_quantize)
         else:
             extra = {"CalibPercentile": recipe.percentile} if recipe.method == "percentile" else {}
+            if recipe.ops == "matmul":
+                # float outputs for MatMul/Gemm: else the quantizer puts Q/DQ after each Gemm (the lean graph's
+                # linears), which costs a requantization, adds error and hides the GELU from ONNX Runtime's
+                # fusion. Conv keeps its output Q/DQ: ORT's QLinearConv needs it.
+                extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
             if target == "tensorrt":
                 extra.update(ActivationSymmetric=True, WeightSymmetric=True, DedicatedQDQPair=True)
                 act_type = QuantType.QInt8
@@ -438,16 +443,30 @@ __all__ = ["Recipe", "RECIPES", "TARGETS", "METHODS", "quantize_artifact", "quan
 
 
 def interleaved_latency(paths: dict, batch: np.ndarray, input_name: str = "pixels", rounds: int = 10,
-                        warmup: int = 2) -> dict:
-    """Median latency (s) of each model, runs interleaved round-robin so a change in machine load hits
-    every model alike (FP32 and INT8 measured in the same run)."""
+                        warmup: int = 2, settle_s: float = 0.2, block_s: float = 0.3) -> dict:
+    """Median latency (s) of each model, timed in round-robin turns so a change in machine load hits
+    every model alike (FP32 and INT8 measured in the same run). Each turn first runs untimed for
+    `settle_s` (the previous model's ONNX Runtime worker threads keep spinning for tens of ms after
+    its call and would slow this one), then timed for `block_s` (at least one call)."""
     sessions = {k: session(p) for k, p in paths.items()}
     names = {k: [o.name for o in s.get_outputs()] for k, s in sessions.items()}
     times: dict = {k: [] for k in sessions}
-    for r in range(warmup + rounds):
+    feed = {input_name: batch}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(names[k], feed)
+    for _ in range(rounds):
         for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(names[k], {input_name: batch})
-            if r >= warmup:
-                times[k].append(time.perf_counter() - t)
+            settle_end = time.perf_counter() + settle_s
+            s.run(names[k], feed)
+            while time.perf_counter() < settle_end:
+                s.run(names[k], feed)
+            block_start = time.perf_counter()
+            while True:
+                t = time.perf_counter()
+                s.run(names[k], feed)
+                t1 = time.perf_counter()
+                times[k].append(t1 - t)
+                if t1 - block_start >= block_s:
+                    break
     return {k: float(np.median(v)) for k, v in times.items()}

@@ -80,11 +80,16 @@ def evaluate(fp32_path, int8_path, val_tensors: np.ndarray, manifest, input_name
 
 def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, recipe: int8.Recipe,
            target: str = "cpu", *, max_rounds: int = 4, per_round: int = 2, batch_size: int = 8,
-           gates: dict = int8.STRICT_GATES, progress: bool = False, rescale: bool = True) -> dict:
+           gates: dict = int8.STRICT_GATES, progress: bool = False, rescale: bool = True,
+           speed_batch: int | None = 8, speed_rounds: int = 5) -> dict:
     """Quantize with `recipe`; while the gates fail on `val_tensors` (against the FP32 ONNX model),
     find the `per_round` nodes adding the most error and act on them: SmoothQuant rescaling if they read a
     LayerNorm (and the recipe has none), the float tail if they are after the last LayerNorm, else
-    exclusion (nodes_to_exclude); then quantize again. `rescale=False`: exclusion only. Returns the history."""
+    exclusion (nodes_to_exclude); then quantize again. `rescale=False`: exclusion only. Returns the history.
+
+    Every round also records its cost in speed: median ONNX Runtime CPU latency of the round's INT8
+    model and of the FP32 model on `speed_batch` validation rows, timed interleaved in the same run
+    (`speedup_vs_fp32`); `speed_batch=None` skips it."""
     import onnx
 
     manifest = int8.manifest_of(fp32_path)
@@ -98,6 +103,11 @@ def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, r
         metrics = evaluate(fp32_path, out_path, val_tensors, manifest, name, ref)
         step = {"round": round_, "recipe": current.label(), "excluded": list(current.exclude), **metrics,
                 "passed": int8.gates_pass(metrics, gates)}
+        if speed_batch:
+            batch = np.ascontiguousarray(val_tensors[:speed_batch])
+            lat = int8.interleaved_latency({"fp32": fp32_path, "int8": out_path}, batch, name, rounds=speed_rounds)
+            step.update(latency_ms_fp32=lat["fp32"] * 1e3, latency_ms_int8=lat["int8"] * 1e3,
+                        speedup_vs_fp32=lat["fp32"] / lat["int8"], speed_batch=len(batch))
         history.append(step)
         log.info("search round %d (%s): %s", round_, current.label(), metrics)
         if step["passed"] or round_ == max_rounds:

@@ -150,10 +150,17 @@ def _add_bench(sub) -> None:
                    help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
                         "pipeline, draft fidelity")
     p.add_argument("--camera-dir", metavar="DIR", help="where the camera-sized JPEGs are written/reused")
+    p.add_argument("--camera-models", metavar="A,B", help="artifacts of the camera section, comma-separated "
+                                                          "(default: every MODEL)")
     p.add_argument("--min-iters", type=int, default=10, help="timed runs per measurement, at least (default 10)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per measurement, at least (default 2)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="time box per measurement (default 20 s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--settle", type=float, default=0.2, metavar="S",
+                   help="untimed calls for S seconds at the start of each candidate's turn, so other "
+                        "candidates' spinning worker threads are gone before timing (default 0.2)")
+    p.add_argument("--block", type=float, default=0.5, metavar="S",
+                   help="timed calls per candidate's turn, for at least S seconds (default 0.5)")
     p.add_argument("--e2e-passes", type=int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
     p.add_argument("--workers", type=int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
@@ -406,7 +413,8 @@ def cmd_bench(args) -> int:
                       torch_heads=list(args.torch_heads), warmup=args.warmup, min_iters=args.min_iters,
                       min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
                       cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
-                      decode=args.decode, workers=args.workers)
+                      decode=args.decode, workers=args.workers, settle_seconds=args.settle,
+                      block_seconds=args.block, camera_models=parse_list(args.camera_models) if args.camera_models else None)
     report = run_benchmark(cfg)
     print(format_table(report))
     if args.json:
@@ -477,6 +485,13 @@ def cmd_calibrate(args) -> int:
                        progress=not args.no_progress)
         result = found["result"]
         result.calibration["search"] = found["history"]
+        for step in found["history"]:
+            speed = (f", {step['speedup_vs_fp32']:.2f}x FP32 ORT at batch {step['speed_batch']}"
+                     if "speedup_vs_fp32" in step else "")
+            print(f"search round {step['round']} ({step['recipe']}): cosine mean {step.get('cosine_mean', 0):.5f} "
+                  f"worst {step.get('cosine_worst', 0):.5f}, agreement {step.get('agreement', 0):.4f}, "
+                  f"SRCC {step.get('srcc', float('nan')):.4f}{speed}: {'pass' if step['passed'] else 'fail'}"
+                  + (f"; then {step['action']}" if step.get("action") else ""))
         int8.write_manifest(Path(args.output), dataclasses.replace(result.manifest, calibration=result.calibration))
     else:
         result = int8.quantize_artifact(args.model, args.output, cset, recipe, args.target,

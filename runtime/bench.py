@@ -329,10 +329,13 @@ class BenchConfig:
     min_seconds: float = 2.0
     max_seconds: float = 20.0
     e2e_passes: int = 3
+    settle_seconds: float = 0.2               # untimed calls at the start of each candidate's turn
+    block_seconds: float = 0.5                # timed calls per candidate's turn (at least one)
     cold_start: bool = True
     camera: int = 0                           # > 0: also run the 12 MP section with this many images
     camera_size: tuple[int, int] = (4000, 3000)
     camera_dir: str | None = None
+    camera_models: list[str] | None = None   # artifacts of the camera section (default: every artifact)
     decode: str = "exact"                     # decode option of the e2e ONNX Runtime runs
     workers: int | None = None
 
@@ -442,6 +445,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         "settings": {"batch_sizes": cfg.batch_sizes, "backends": backends, "skipped_backends": skipped,
                      "mode": cfg.mode, "images": images_desc, "warmup": cfg.warmup, "min_iters": cfg.min_iters,
                      "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "e2e_passes": cfg.e2e_passes,
+                     "settle_seconds": cfg.settle_seconds, "block_seconds": cfg.block_seconds,
                      "decode": cfg.decode},
         "timed_region": {
             "model": "one inference call on a preprocessed float32 batch already in memory (ONNX Runtime "
@@ -452,7 +456,9 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             "cold_start": "launch of `python -m clipscan scan` on one image until its first result line",
             "peak_rss_mb": "process peak RSS (VmHWM) while the candidate is created and run once; "
                            "peak_rss_added_mb: the part over the RSS before it was created",
-            "interleaving": "per batch size, all candidates timed in rotating rounds (shared-machine noise)",
+            "interleaving": "per batch size, all candidates timed in rotating rounds (shared-machine noise); each "
+                            "turn: untimed calls for settle_seconds (other candidates' worker threads stop "
+                            "spinning), then timed calls for block_seconds",
         },
         "reference": None,
         "results": [],
@@ -582,6 +588,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             log.exception("camera section failed")
 
     add_ratios(report)
+    add_gflops(report, manifests)
     report["machine"] = machine_info()
     report["machine"]["load_average_at_start"] = load_start
     return report
@@ -637,9 +644,16 @@ def _memory_probe(create, fn) -> dict:
 
 
 def _interleaved(cands, cfg: BenchConfig, min_iters: int):
-    """Time every candidate in rounds (one call each per round, order rotated every round), so load from
-    other processes on a shared machine falls on all of them alike; the same stopping rule as time_loop,
-    with the time box scaled by the number of candidates. Yields (key, measurement)."""
+    """Time every candidate in rounds, order rotated every round, so load from other processes on a
+    shared machine falls on all of them alike. Yields (key, measurement).
+
+    Each candidate's turn is a block: first untimed calls for `cfg.settle_seconds` (at least one),
+    then timed calls for `cfg.block_seconds` (at least one). The settle matters: ONNX Runtime's (and
+    OpenMP's) worker threads keep spinning for tens of milliseconds after a call returns, so a call
+    timed right after another candidate's shares the cores with that candidate's spinning threads
+    (measured here: a ViT-B/32 INT8 call at batch 1 took 35-40 ms right after another session's call,
+    19-23 ms on its own). Stopping rule: at least `min_iters` timed calls per candidate and
+    `min_seconds` x candidates, or the time box `max_seconds` x candidates after 3 rounds."""
     if not cands:
         return
     for _, fn, _ in cands:
@@ -652,19 +666,29 @@ def _interleaved(cands, cfg: BenchConfig, min_iters: int):
     while True:
         order = cands[rnd % n:] + cands[:rnd % n]
         for key, fn, _ in order:
-            t0 = time.perf_counter()
+            settle_end = time.perf_counter() + cfg.settle_seconds
             fn()
-            samples[key].append(time.perf_counter() - t0)
+            while time.perf_counter() < settle_end:
+                fn()
+            block_start = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                samples[key].append(t1 - t0)
+                if t1 - block_start >= cfg.block_seconds:
+                    break
         rnd += 1
         elapsed = time.perf_counter() - start
+        fewest = min(len(v) for v in samples.values())
         if rnd >= 3 and elapsed >= cfg.max_seconds * n:
             break
-        if rnd >= min_iters and elapsed >= cfg.min_seconds * n:
+        if fewest >= min_iters and elapsed >= cfg.min_seconds * n and rnd >= 2:
             break
     for key, _, mem in cands:
         xs = samples[key]
         yield key, {"iterations": len(xs), "latency_ms": percentiles(xs), **mem, "_median_s": float(np.median(xs)),
-                    "interleaved_with": n - 1}
+                    "interleaved_with": n - 1, "rounds": rnd}
 
 
 def _predict_all(scanner, x: np.ndarray, chunk: int = 32) -> dict:
@@ -686,6 +710,18 @@ def _row(mode, runtime, backend, artifact, precision, bs, m, *, images: int | No
         row["decode"] = decode
         row["images_per_s"] = images / med if med > 0 else None
     return row
+
+
+def add_gflops(report: dict, manifests: dict) -> None:
+    """Achieved GFLOP/s of every row: images/s x the model's FLOPs per image as counted at export
+    (`gflops_per_image` in the manifest; the PyTorch rows use the same model's count). Shows how
+    close a run is to the machine's arithmetic peak, which bounds every speed-up."""
+    by_name = {Path(m).name: man.backbone.get("gflops_per_image") for m, man in manifests.items()}
+    shared = next((g for g in by_name.values() if g), None)
+    report["gflops_per_image"] = shared
+    for r in report["results"]:
+        g = by_name.get(r["artifact"]) or (shared if r["runtime"] == "pytorch" else None)
+        r["gflops_per_s"] = g * r["images_per_s"] if (g and r.get("images_per_s")) else None
 
 
 def add_ratios(report: dict) -> None:
@@ -744,6 +780,10 @@ def plain_pipeline(torch_ref: TorchReference, transform, manifest, files: list[s
 # -- camera-sized images: decode cost, overlap, draft fidelity --------------------------------------------
 
 def camera_benchmark(cfg: BenchConfig, torch_ref, backend: str, tmp: Path) -> dict:
+    """The 12 MP section: decode cost exact vs draft (shared), the plain pipeline (PIL full decode +
+    open_clip transform + PyTorch eager) at batch 1 and at the benchmark's largest batch, and per
+    artifact: inference cost, e2e images/s exact and draft with their ratios to the plain pipeline,
+    overlap of decoding with inference, and draft decoding's fidelity against exact decoding."""
     from .decode import load_image
     from .scanner import Scanner
 
@@ -756,25 +796,53 @@ def camera_benchmark(cfg: BenchConfig, torch_ref, backend: str, tmp: Path) -> di
         paths = camera_images(folder, cfg.camera, cfg.camera_size)
         log.info("wrote %d camera-sized JPEGs in %.1f s", len(paths), time.perf_counter() - t0)
     files = [str(p) for p in paths]
-    model = next((m for m in cfg.models if load_artifact_precision(m) == "fp32"), cfg.models[0])
     bs = max(cfg.batch_sizes)
     out: dict = {"images": len(files), "size": list(Image.open(files[0]).size), "jpeg_quality": 90,
-                 "folder": str(folder), "artifact": Path(model).name, "backend": backend, "batch_size": bs}
-    with Scanner(model, backend=backend, batch_size=bs) as exact, \
-            Scanner(model, backend=backend, batch_size=bs, decode="draft") as draft:
-        # decode (+ preprocessing) cost per image, one thread, exact vs draft
-        for name, sc in (("exact", exact), ("draft", draft)):
+                 "folder": str(folder), "backend": backend, "batch_size": bs, "artifacts": []}
+    models = cfg.camera_models or cfg.models
+    # decode (+ preprocessing) cost per image on one thread, exact vs draft (the same for every artifact
+    # with the same preprocessing; measured with the first one's)
+    with Scanner(models[0], backend=backend, batch_size=bs, decode="draft") as draft:
+        for name, draft_size in (("exact", None), ("draft", draft._draft_size)):
             dec, pre = [], []
             for f in files:
                 t0 = time.perf_counter()
-                img = load_image(f, draft_size=sc._draft_size)
+                img = load_image(f, draft_size=draft_size)
                 t1 = time.perf_counter()
-                sc.preprocess(img)
+                draft.preprocess(img)
                 pre.append(time.perf_counter() - t1)
                 dec.append(t1 - t0)
             out[f"decode_ms_{name}"] = float(np.median(dec) * 1e3)
             out[f"decode_preprocess_ms_{name}"] = float(np.median(np.add(dec, pre)) * 1e3)
             out[f"decoded_size_{name}"] = list(img.size)
+    for model in models:
+        try:
+            out["artifacts"].append(_camera_artifact(cfg, model, backend, files, bs))
+        except Exception as e:
+            out.setdefault("errors", []).append(f"{Path(model).name}: {type(e).__name__}: {e}")
+            log.exception("camera section for %s failed", model)
+    if torch_ref is not None:
+        manifest = load_artifact_manifest(models[0])
+        transform = torch_ref.transform(manifest)
+        out["plain"] = {}
+        for pbs in sorted({1, bs}):
+            samples = time_loop(lambda pbs=pbs: plain_pipeline(torch_ref, transform, manifest, files, pbs), warmup=1,
+                                min_iters=cfg.e2e_passes, min_seconds=0.0, max_seconds=cfg.max_seconds * 3)
+            med = float(np.median(samples))
+            out["plain"][str(pbs)] = {"batch_size": pbs, "images_per_s": len(files) / med, "seconds": med}
+        for a in out["artifacts"]:
+            for pbs, plain in out["plain"].items():
+                a[f"ratio_exact_vs_plain_b{pbs}"] = a["e2e_images_per_s_exact"] / plain["images_per_s"]
+                a[f"ratio_draft_vs_plain_b{pbs}"] = a["e2e_images_per_s_draft"] / plain["images_per_s"]
+    return out
+
+
+def _camera_artifact(cfg: BenchConfig, model: str, backend: str, files: list[str], bs: int) -> dict:
+    from .scanner import Scanner
+
+    out: dict = {"artifact": Path(model).name, "precision": load_artifact_precision(model)}
+    with Scanner(model, backend=backend, batch_size=bs) as exact, \
+            Scanner(model, backend=backend, batch_size=bs, decode="draft") as draft:
         # inference only, on the same number of rows
         x = np.concatenate([exact._prepare(f) for f in files[:bs]])
         inf = time_loop(lambda: exact.predict(x), warmup=1, min_iters=3, min_seconds=1.0, max_seconds=10.0)
@@ -793,17 +861,9 @@ def camera_benchmark(cfg: BenchConfig, torch_ref, backend: str, tmp: Path) -> di
             out[f"e2e_images_per_s_{name}"] = len(files) / med
             out[f"e2e_seconds_{name}"] = med
             results[name] = rows
-        out["overlap_trace"] = overlap_trace(exact, files)
-        # sequential estimate (no overlap): decode+preprocess on one thread + inference
-        serial = (out["decode_preprocess_ms_exact"] + out["inference_ms_per_image"]) / 1e3 * len(files)
-        out["overlap"] = {
-            "serial_estimate_seconds_exact": serial,
-            "e2e_seconds_exact": out["e2e_seconds_exact"],
-            "speedup_vs_serial": serial / out["e2e_seconds_exact"],
-            "workers": exact.workers,
-            "note": "serial = (one-thread decode+preprocess + inference per image) x images; speedup > 1 means "
-                    "decoding ran in parallel with inference (and/or on both cores)",
-        }
+        out["ratio_draft_vs_exact"] = out["e2e_images_per_s_draft"] / out["e2e_images_per_s_exact"]
+        out["overlap_trace"] = overlap_trace(draft, files)
+        out["workers"] = exact.workers
         good = [i for i in range(len(files)) if not results["exact"][i].error and not results["draft"][i].error]
         fid = compare_outputs(exact.manifest,
                               results_to_outputs(exact.manifest, [results["draft"][i] for i in good]),
@@ -815,17 +875,6 @@ def camera_benchmark(cfg: BenchConfig, torch_ref, backend: str, tmp: Path) -> di
         fid["note"] = ("draft stays opt-in: the gates are checked on these images only; "
                        f"{len(good)} images cannot show agreement to 0.1%")
         out["draft_fidelity"] = fid
-    if torch_ref is not None:
-        manifest = load_artifact_manifest(model)
-        transform = torch_ref.transform(manifest)
-        samples = time_loop(lambda: plain_pipeline(torch_ref, transform, manifest, files, bs), warmup=1,
-                            min_iters=cfg.e2e_passes, min_seconds=0.0, max_seconds=cfg.max_seconds * 3)
-        med = float(np.median(samples))
-        out["plain_images_per_s"] = len(files) / med
-        out["plain_seconds"] = med
-        out["ratio_exact_vs_plain"] = out["e2e_images_per_s_exact"] / out["plain_images_per_s"]
-        out["ratio_draft_vs_plain"] = out["e2e_images_per_s_draft"] / out["plain_images_per_s"]
-    out["ratio_draft_vs_exact"] = out["e2e_images_per_s_draft"] / out["e2e_images_per_s_exact"]
     return out
 
 
@@ -901,15 +950,18 @@ def format_table(report: dict) -> str:
     lines = [f"machine: {report['machine']['cpu']} ({report['machine']['cores']} cores, load average at start "
              f"{report['machine'].get('load_average_at_start')}, at end {report['machine'].get('load_average_1_5_15')}); "
              f"reference: {(report.get('reference') or {}).get('what')}"]
+    if report.get("gflops_per_image"):
+        lines.append(f"model: {report['gflops_per_image']:.2f} GFLOP per image (counted at export; GFLOP/s = img/s x that, "
+                     "int8 rows count integer operations the same way)")
     head = f"{'mode':<6}{'runtime':<12}{'backend':<17}{'artifact':<26}{'prec':<6}{'batch':>6}{'iters':>6}" \
-           f"{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'img/s':>9}{'ratio':>7}{'RSS MB':>8}"
+           f"{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'img/s':>9}{'ratio':>7}{'GFLOP/s':>8}{'RSS MB':>8}"
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         lat = r["latency_ms"]
         lines.append(f"{r['mode']:<6}{r['runtime']:<12}{r['backend'][:16]:<17}{r['artifact'][:25]:<26}{r['precision']:<6}"
                      f"{r['batch_size']:>6}{r['iterations']:>6}{_f(lat['p50']):>10}{_f(lat['p95']):>10}"
                      f"{_f(lat['p99']):>10}{_f(r['images_per_s']):>9}{_f(r['ratio_vs_reference'], '{:.2f}x'):>7}"
-                     f"{_f(r['peak_rss_mb'], '{:.0f}'):>8}")
+                     f"{_f(r.get('gflops_per_s'), '{:.0f}'):>8}{_f(r['peak_rss_mb'], '{:.0f}'):>8}")
     if report["fidelity"]:
         lines.append("fidelity (against %s):" % (report.get("reference") or {}).get("kind"))
         for name, f in report["fidelity"].items():
@@ -921,20 +973,27 @@ def format_table(report: dict) -> str:
                      f"(to the first result line)")
     cam = report.get("camera")
     if cam:
-        lines.append(f"camera-sized: {cam['images']} JPEGs {cam['size'][0]}x{cam['size'][1]} q90, {cam['artifact']} "
-                     f"on {cam['backend']}, batch {cam['batch_size']}")
-        lines.append(f"  decode ms/image exact {cam['decode_ms_exact']:.1f} (to {cam['decoded_size_exact']}) vs draft "
-                     f"{cam['decode_ms_draft']:.1f} (to {cam['decoded_size_draft']}); inference "
-                     f"{cam['inference_ms_per_image']:.1f} ms/image")
-        lines.append(f"  e2e img/s: exact {cam['e2e_images_per_s_exact']:.2f}, draft {cam['e2e_images_per_s_draft']:.2f}"
-                     + (f", plain PIL+PyTorch {cam['plain_images_per_s']:.2f} (ratios {cam['ratio_exact_vs_plain']:.2f}x "
-                        f"/ {cam['ratio_draft_vs_plain']:.2f}x)" if "plain_images_per_s" in cam else ""))
-        f = cam["draft_fidelity"]
-        lines.append(f"  draft vs exact: agreement {_f(f.get('agreement'), '{:.4f}')} cosine mean "
-                     f"{_f(f.get('cosine_mean'), '{:.6f}')} worst {_f(f.get('cosine_worst'), '{:.6f}')} on {f['n']} "
-                     f"images: gates {'passed' if f['passed'] else 'FAILED'}; overlap speedup vs serial "
-                     f"{cam['overlap']['speedup_vs_serial']:.2f}x, inference overlapped with decoding "
-                     f"{_f(cam['overlap_trace']['inference_overlapped_fraction'], '{:.0%}')}")
+        lines.append(f"camera-sized: {cam['images']} JPEGs {cam['size'][0]}x{cam['size'][1]} q90 on {cam['backend']}, "
+                     f"batch {cam['batch_size']}; decode+preprocess ms/image (one thread) exact "
+                     f"{cam['decode_preprocess_ms_exact']:.1f} (decoded {cam['decoded_size_exact']}) vs draft "
+                     f"{cam['decode_preprocess_ms_draft']:.1f} (decoded {cam['decoded_size_draft']})")
+        plain = cam.get("plain") or {}
+        if plain:
+            lines.append("  plain pipeline (PIL full decode + open_clip transform + PyTorch eager): "
+                         + ", ".join(f"batch {p['batch_size']} {p['images_per_s']:.2f} img/s" for p in plain.values()))
+        for a in cam["artifacts"]:
+            ratios = "".join(f", vs plain b{k}: exact {a[f'ratio_exact_vs_plain_b{k}']:.2f}x draft "
+                             f"{a[f'ratio_draft_vs_plain_b{k}']:.2f}x" for k in plain)
+            f = a["draft_fidelity"]
+            lines.append(f"  {a['artifact']} ({a['precision']}): inference {a['inference_ms_per_image']:.1f} ms/image; "
+                         f"e2e img/s exact {a['e2e_images_per_s_exact']:.2f}, draft {a['e2e_images_per_s_draft']:.2f}"
+                         f"{ratios}")
+            lines.append(f"    draft vs exact: agreement {_f(f.get('agreement'), '{:.4f}')} cosine mean "
+                         f"{_f(f.get('cosine_mean'), '{:.6f}')} worst {_f(f.get('cosine_worst'), '{:.6f}')} on {f['n']} "
+                         f"images: gates {'passed' if f['passed'] else 'FAILED'}; inference overlapped with decoding "
+                         f"{_f(a['overlap_trace']['inference_overlapped_fraction'], '{:.0%}')}")
+        for e in cam.get("errors", []):
+            lines.append(f"  error: {e}")
     for e in report["errors"]:
         lines.append(f"error: {e}")
     return "\n".join(lines)

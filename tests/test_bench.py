@@ -22,7 +22,7 @@ from clipscan.runtime.decode import draft_request, load_image
 from .conftest import REPO, block_torch_env, jpeg_bytes, photo_images
 
 DEMO = REPO / "runtime" / "models" / "demo.onnx"
-FAST = dict(warmup=1, min_iters=2, min_seconds=0.0, max_seconds=5.0, e2e_passes=1)
+FAST = dict(warmup=1, min_iters=2, min_seconds=0.0, max_seconds=5.0, e2e_passes=1, settle_seconds=0.0, block_seconds=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +163,27 @@ def test_draft_decoding_same_tensor_size_and_opt_in(tmp_path):
         Scanner(DEMO, backend="cpu", decode="fast")
 
 
-def test_exported_model_against_pytorch(exported, tiny_model_files, bench_images):
-    """With the PyTorch original given, ratios and fidelity are against PyTorch eager measured in the same run."""
+def test_exported_model_against_pytorch(exported, tiny_model_files, bench_images, tmp_path):
+    """With the PyTorch original given, ratios and fidelity are against PyTorch eager measured in the same run;
+    GFLOP/s comes from the export's FLOP count; the camera section times the plain pipeline at batch 1 and N."""
     t = tiny_model_files
     cfg = BenchConfig(models=[str(exported.path)], batch_sizes=[2], backends=["cpu"], mode="both",
                       images=str(bench_images), torch_arch=str(t["config"]), torch_weights=str(t["weights"]),
-                      torch_heads=[str(t["heads"])], cold_start=False, **FAST)
+                      torch_heads=[str(t["heads"])], cold_start=False, camera=2, camera_size=(900, 600),
+                      camera_dir=str(tmp_path / "cam"), **FAST)
     rep = run_benchmark(cfg)
+    assert rep["errors"] == []
+    gflops = exported.manifest.backbone["gflops_per_image"]
+    assert rep["gflops_per_image"] == gflops > 0
+    for r in rep["results"]:
+        assert r["gflops_per_s"] == pytest.approx(gflops * r["images_per_s"])
+    cam = rep["camera"]
+    assert sorted(cam["plain"]) == ["1", "2"]
+    [art] = cam["artifacts"]
+    for b in ("1", "2"):
+        assert art[f"ratio_draft_vs_plain_b{b}"] == pytest.approx(
+            art["e2e_images_per_s_draft"] / cam["plain"][b]["images_per_s"])
+    assert "plain pipeline" in format_table(rep) and "GFLOP/s" in format_table(rep)
     assert rep["reference"]["kind"] == "pytorch"
     by = {(r["mode"], r["runtime"]): r for r in rep["results"]}
     assert set(by) == {("model", "pytorch"), ("model", "onnxruntime"), ("e2e", "pytorch"), ("e2e", "onnxruntime")}
@@ -206,8 +220,10 @@ def test_camera_section_small(two_artifacts, bench_images, tmp_path):
     cam = rep["camera"]
     assert cam["images"] == 3 and cam["size"] == [800, 600]
     assert cam["decoded_size_exact"] == [800, 600] and cam["decoded_size_draft"] == [400, 300]
-    assert cam["draft_fidelity"]["n"] == 3 and "passed" in cam["draft_fidelity"]
-    trace = cam["overlap_trace"]
+    [art] = cam["artifacts"]
+    assert art["artifact"] == Path(two_artifacts[0]).name and art["e2e_images_per_s_draft"] > 0
+    assert art["draft_fidelity"]["n"] == 3 and "passed" in art["draft_fidelity"]
+    trace = art["overlap_trace"]
     assert trace["inference_seconds"] > 0 and 0.0 <= trace["inference_overlapped_fraction"] <= 1.0
-    assert "plain_images_per_s" not in cam  # no PyTorch reference given: no plain-pipeline ratio
+    assert "plain" not in cam  # no PyTorch reference given: no plain-pipeline ratio
     assert "camera-sized" in format_table(rep)

@@ -179,7 +179,7 @@ def test_layer_errors_and_search(outlier_model, tmp_path):
     # an impossible bar forces exclusion rounds; each round keeps more nodes in float
     found = search(outlier_model["onnx"], tmp_path / "s.onnx", cset, vset.tensors,
                    dataclasses.replace(int8.RECIPES["matmul"]), max_rounds=2, per_round=1,
-                   gates={"cosine_mean": 1.1}, rescale=False)
+                   gates={"cosine_mean": 1.1}, rescale=False, speed_batch=None)
     hist = found["history"]
     assert len(hist) == 3 and [len(h["excluded"]) for h in hist] == [0, 1, 2]
 
@@ -237,4 +237,8 @@ def test_search_rescales_when_layernorm_fed_layers_are_worst(outlier_model, tmp_
     actions = [h.get("action", "") for h in hist[:-1]]
     assert not hist[0]["passed"] and any(a.startswith("rescale") for a in actions), actions
     assert hist[-1]["passed"] and found["recipe"].smooth_alpha == 0.5, hist
+    # every round says what it cost in speed: FP32 and INT8 timed interleaved in the same run
+    for h in hist:
+        assert h["speed_batch"] == 8 and h["latency_ms_fp32"] > 0 and h["latency_ms_int8"] > 0
+        assert h["speedup_vs_fp32"] == h["latency_ms_fp32"] / h["latency_ms_int8"]
     assert int8.manifest_of(tmp_path / "s.onnx").calibration["smoothquant"]["smoothed"]
