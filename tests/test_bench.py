@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.bench import (BenchConfig, add_ratios, format_table, percentiles, run_benchmark, time_loop,
