@@ -96,7 +96,7 @@ def write_image_sets(workdir, n_calib: int = 32, n_val: int = 48, seed: int = 0)
 
 
 def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target: str = "cpu",
-                search_from: str | None = "smooth", latency_batch: int = 8, runs: int = 10,
+                search_from: str | None = "smooth", latency_batches: tuple = (1, 8), runs: int = 5,
                 progress: bool = True, cache=None) -> list[dict]:
     from clipscan.runtime.artifact import file_sha256
 
@@ -110,7 +110,6 @@ def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target
     vset = load_calibration_set(manifest, sha, [val_dir], cache=cache, progress=progress)
     name = manifest.input.name
     ref = int8.run_all(fp32_path, vset.tensors, name)
-    batch = np.ascontiguousarray(vset.tensors[:latency_batch])
     rows = [{"recipe": "fp32", "cosine_mean": 1.0, "cosine_worst": 1.0, "agreement": 1.0, "srcc": 1.0,
              "passed": True}]
     paths = {"fp32": Path(fp32_path)}
@@ -135,24 +134,28 @@ def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target
                      **{k: final[k] for k in int8.STRICT_GATES if k in final}, "passed": final["passed"],
                      "excluded": final["excluded"], "rounds": len(res["history"])})
         paths["search"] = out
-    # every model timed in one interleaved run, so machine load changes hit FP32 and INT8 alike
-    lat = int8.interleaved_latency(paths, batch, name, rounds=runs)
-    for r in rows:
-        if r["recipe"] in lat:
-            r["latency_ms"] = lat[r["recipe"]] * 1e3
-            r["speedup"] = lat["fp32"] / lat[r["recipe"]]
+    # every model timed in one interleaved run per batch size, so machine load changes hit FP32 and INT8 alike
+    for bs in latency_batches:
+        lat = int8.interleaved_latency(paths, np.ascontiguousarray(vset.tensors[:bs]), name, rounds=runs)
+        for r in rows:
+            if r["recipe"] in lat:
+                r[f"latency_ms_b{bs}"] = lat[r["recipe"]] * 1e3
+                r[f"speedup_b{bs}"] = lat["fp32"] / lat[r["recipe"]]
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'recipe':<34} {'cos mean':>9} {'cos worst':>9} {'agree':>7} {'SRCC':>7} {'ms':>8} {'x FP32':>7} gates"]
+    batches = sorted({int(k[len("speedup_b"):]) for r in rows for k in r if k.startswith("speedup_b")})
+    speed_head = "".join(f" {f'ms b{b}':>9} {f'x FP32 b{b}':>11}" for b in batches)
+    lines = [f"{'recipe':<34} {'cos mean':>9} {'cos worst':>9} {'agree':>7} {'SRCC':>7}{speed_head} gates"]
+    nan = float("nan")
     for r in rows:
         if "error" in r:
             lines.append(f"{r['recipe']:<34} error: {r['error']}")
             continue
-        lines.append(f"{r['recipe']:<34} {r.get('cosine_mean', float('nan')):9.5f} {r.get('cosine_worst', float('nan')):9.5f} "
-                     f"{r.get('agreement', float('nan')):7.4f} {r.get('srcc', float('nan')):7.4f} "
-                     f"{r.get('latency_ms', float('nan')):8.1f} {r.get('speedup', float('nan')):7.2f} {'pass' if r.get('passed') else 'FAIL'}")
+        speed = "".join(f" {r.get(f'latency_ms_b{b}', nan):9.1f} {r.get(f'speedup_b{b}', nan):11.2f}" for b in batches)
+        lines.append(f"{r['recipe']:<34} {r.get('cosine_mean', nan):9.5f} {r.get('cosine_worst', nan):9.5f} "
+                     f"{r.get('agreement', nan):7.4f} {r.get('srcc', nan):7.4f}{speed} {'pass' if r.get('passed') else 'FAIL'}")
     return "\n".join(lines)
 
 

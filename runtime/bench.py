@@ -184,28 +184,49 @@ def synthetic_images(folder: Path, n: int = 16, size: tuple[int, int] = (640, 48
 
 def camera_images(folder: Path, n: int = 24, size: tuple[int, int] = (4000, 3000), seed: int = 0,
                   quality: int = 90) -> list[Path]:
-    """Camera-sized JPEGs: demo_data photos and renders (when clipscan[export]'s scikit-image is there,
-    else synthetic images) upscaled to `size` with sensor-like noise, saved at JPEG `quality`."""
+    """Camera-sized JPEGs with detail at every scale, so reduced-size decoding is tested on fine texture
+    and not only on smooth upscaled content: a photo or render upscaled to `size` as the backdrop, then
+    several photos pasted at their native resolution (or up to 1.5x), sharp-edged shapes drawn at full
+    resolution, and sensor-like noise; saved at JPEG `quality`. Photos and renders come from
+    `clipscan.export.demo_data` (scikit-image's samples) when installed, else synthetic images."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sources: list[Image.Image] = []
     try:
         import importlib
 
         demo_data = importlib.import_module("clipscan.export.demo_data")
         names = list(demo_data.TRAIN_PHOTOS) + list(demo_data.SAMPLE_PHOTOS)
-        for i in range(n):
-            if i % 2 == 0:
-                sources.append(demo_data.photo(names[(i // 2) % len(names)]))
-            else:
-                sources.append(demo_data.render(1000 + i))
+        photos = [demo_data.photo(nm).convert("RGB") for nm in names]
+        renders = [demo_data.render(1000 + i).convert("RGB") for i in range(8)]
     except Exception as e:  # no scikit-image: synthetic sources
         log.info("camera images from synthetic sources (%s)", e)
         tmp = Path(tempfile.mkdtemp(prefix="clipscan-bench-src-"))
-        sources = [Image.open(p).convert("RGB") for p in synthetic_images(tmp, n, seed=seed)]
+        photos = [Image.open(p).convert("RGB") for p in synthetic_images(tmp, 8, seed=seed)]
+        renders = photos[::-1]
+    from PIL import ImageDraw
+
+    w, h = size
     out = []
-    for i, src in enumerate(sources[:n]):
-        big = src.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    for i in range(n):
+        backdrop = (photos if i % 2 == 0 else renders)[(i // 2) % len(photos if i % 2 == 0 else renders)]
+        big = backdrop.resize(size, Image.Resampling.BICUBIC)
+        for _ in range(int(rng.integers(3, 8))):   # native-resolution detail
+            tile = photos[int(rng.integers(len(photos)))]
+            scale = float(rng.uniform(0.7, 1.5))
+            tw, th = max(8, min(w, int(tile.width * scale))), max(8, min(h, int(tile.height * scale)))
+            tile = tile.resize((tw, th), Image.Resampling.BICUBIC)
+            big.paste(tile, (int(rng.integers(0, max(1, w - tw))), int(rng.integers(0, max(1, h - th)))))
+        draw = ImageDraw.Draw(big)
+        for _ in range(int(rng.integers(5, 20))):    # sharp edges and thin lines at full resolution
+            x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+            color = tuple(int(v) for v in rng.integers(0, 256, 3))
+            if rng.random() < 0.5:
+                draw.line([(x, y), (x + float(rng.uniform(-w / 3, w / 3)), y + float(rng.uniform(-h / 3, h / 3)))],
+                          fill=color, width=int(rng.integers(1, 6)))
+            else:
+                r = float(rng.uniform(10, 300))
+                draw.rectangle((x - r, y - r, x + r, y + r * float(rng.uniform(0.3, 1.5))), outline=color,
+                               width=int(rng.integers(1, 4)))
         arr = np.asarray(big, np.int16)
         noise = rng.integers(-6, 7, size=arr.shape, dtype=np.int16)
         arr = np.clip(arr + noise, 0, 255).astype(np.uint8)

@@ -41,7 +41,7 @@ class Scanner:
                  fallback: bool = True, batch_size: int = 16, threads: int | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
-                 device_id: int = 0, decode: str = "exact"):
+                 device_id: int = 0, decode: str = "exact", spin: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact: Artifact = load_artifact(model)
@@ -64,7 +64,7 @@ class Scanner:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
         options = BackendOptions(threads=threads, batch_size=batch_size, max_batch=max_batch, device_id=device_id,
-                                 cache_dir=cache_dir or "")
+                                 cache_dir=cache_dir or "", spin=spin)
         self.backend = create_backend(self.artifact.path, backend, fallback=fallback, options=options,
                                       manifest=self.manifest)
         self._check_graph()

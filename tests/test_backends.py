@@ -212,3 +212,19 @@ def test_stream_handle_is_the_cuda_handle_value():
     from clipscan.runtime.backends.tensorrt_native import _handle
 
     assert _handle(cudart.cudaStream_t(0)) == 0 and _handle(1234) == 1234
+
+
+def test_spin_option_reaches_the_onnxruntime_session():
+    """Scanner(spin=False) turns off ONNX Runtime's spin-waiting worker threads (for pipelines that decode
+    on the same cores); the default keeps ONNX Runtime's own behaviour. Results are identical either way."""
+    from clipscan.runtime.artifact import DEMO_MODEL
+
+    files = sorted(str(p) for p in Path(SAMPLES).iterdir() if p.is_file())
+    with Scanner(DEMO_MODEL, backend="cpu", spin=False) as quiet, Scanner(DEMO_MODEL, backend="cpu") as default:
+        q_opts = quiet.backend.session.get_session_options()
+        d_opts = default.backend.session.get_session_options()
+        assert q_opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        with pytest.raises(Exception, match="does not have configuration"):
+            d_opts.get_session_config_entry("session.intra_op.allow_spinning")
+        a, b = list(quiet.scan(files)), list(default.scan(files))
+    assert [r.p_generated for r in a] == [r.p_generated for r in b]

@@ -158,6 +158,31 @@ def test_recipes_on_outliers_stock_fails_smooth_passes(outlier_model, tmp_path):
     # quality head is one swap from 0.995, so the bar there is the protocol's minus that swap
     assert smooth["cosine_mean"] >= 0.995 and smooth["cosine_worst"] >= 0.99 and smooth["agreement"] >= 0.995, smooth
     assert smooth["srcc"] >= 0.99 and smooth["srcc"] > stock["srcc"], smooth
+    # speed next to fidelity, at batch 1 and 8, FP32 and INT8 timed in the same run
+    for r in (smooth, stock, rows["fp32"]):
+        assert r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0 and r["speedup_b8"] > 0
+    from clipscan.calibration.study import table
+
+    assert "x FP32 b8" in table(list(rows.values()))
+
+
+def test_entropy_calibration(outlier_model, tmp_path):
+    """The entropy (KL) calibrator of ONNX Runtime works through the same path (equal batches) and,
+    with the smoothing recipe, keeps the embeddings."""
+    import dataclasses
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    vset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["val"]], progress=False)
+    recipe = dataclasses.replace(int8.RECIPES["smooth"], method="entropy", name="")
+    res = int8.quantize_artifact(outlier_model["onnx"], tmp_path / "e.onnx", cset, recipe, progress=False)
+    assert int8.manifest_of(res.path).calibration["method"] == "entropy"
+    m = int8.compare_outputs(art.manifest, int8.run_all(outlier_model["onnx"], vset.tensors, "pixels"),
+                             int8.run_all(res.path, vset.tensors, "pixels"))
+    assert m["cosine_mean"] >= 0.99 and m["agreement"] >= 0.95, m
 
 
 def test_layer_errors_and_search(outlier_model, tmp_path):

@@ -30,6 +30,8 @@ class BackendOptions:
     device_id: int = 0
     cache_dir: str = ""             # engines and timing caches (default: ~/.cache/clipscan or $CLIPSCAN_CACHE_DIR)
     workspace_bytes: int = 2 << 30  # TensorRT builder workspace
+    spin: bool = True               # CPU worker threads spin-wait between calls (lowest latency when inference is
+                                    # all the process does; off leaves the cores to concurrent decoding)
 
     def __post_init__(self):
         if not self.cache_dir:

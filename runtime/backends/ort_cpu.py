@@ -32,6 +32,8 @@ class OrtCpuBackend:
         so.log_severity_level = 3
         if options.threads:
             so.intra_op_num_threads = int(options.threads)
+        if not options.spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=[PROVIDER])
         except Exception as e:  # onnxruntime raises its own exception types
