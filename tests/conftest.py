@@ -113,3 +113,24 @@ def block_torch_env(tmp_path: Path) -> dict:
 def cosine(a, b) -> np.ndarray:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def seeded_clip(folder: Path, config: dict, seed: int, *, heads_dim: int | None = None) -> dict:
+    """An open_clip CLIP built from `config` with seeded random weights, written like a user's files:
+    cfg.json, w.pt (state dict) and, with `heads_dim`, an unfitted clipscan heads file heads.pt."""
+    import torch
+    import open_clip
+
+    folder = Path(folder)
+    (folder / "cfg.json").write_text(json.dumps(config))
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**{k: v for k, v in config.items() if k != "quick_gelu"},
+                                 quick_gelu=bool(config.get("quick_gelu", False)))
+    torch.save(model.state_dict(), str(folder / "w.pt"))
+    out = {"config": folder / "cfg.json", "weights": folder / "w.pt", "model": model, "dir": folder}
+    if heads_dim:
+        from clipscan.export.heads import DetectorHead, QualityHead, save_heads
+
+        save_heads(folder / "heads.pt", DetectorHead(heads_dim), QualityHead([heads_dim, 8, 1]))
+        out["heads"] = folder / "heads.pt"
+    return out

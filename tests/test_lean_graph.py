@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import collections
-import json
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from clipscan.runtime import Scanner, load_artifact
 
-from .conftest import TINY_CONFIG, cosine
+from .conftest import TINY_CONFIG, cosine, seeded_clip
 
 GELU_CONFIG = {**TINY_CONFIG, "quick_gelu": False,
                "vision_cfg": {**TINY_CONFIG["vision_cfg"], "layers": 3, "width": 96, "head_width": 32}}
@@ -35,18 +33,7 @@ def _ort_optimized_ops(path, tmp_path) -> collections.Counter:
 @pytest.fixture(scope="module")
 def gelu_model_files(tmp_path_factory):
     """A small open_clip ViT with exact (erf) GELU, seeded weights, clipscan heads."""
-    import open_clip
-
-    from clipscan.export.heads import DetectorHead, QualityHead, save_heads
-
-    d = tmp_path_factory.mktemp("gelu_model")
-    (d / "cfg.json").write_text(json.dumps(GELU_CONFIG))
-    torch.manual_seed(11)
-    model = open_clip.model.CLIP(**{k: v for k, v in GELU_CONFIG.items() if k != "quick_gelu"}, quick_gelu=False)
-    torch.save(model.state_dict(), str(d / "w.pt"))
-    det, qual = DetectorHead(GELU_CONFIG["embed_dim"]), QualityHead([GELU_CONFIG["embed_dim"], 8, 1])
-    save_heads(d / "heads.pt", det, qual)
-    return {"config": d / "cfg.json", "weights": d / "w.pt", "heads": d / "heads.pt", "dir": d}
+    return seeded_clip(tmp_path_factory.mktemp("gelu_model"), GELU_CONFIG, 11, heads_dim=GELU_CONFIG["embed_dim"])
 
 
 def test_lean_and_stock_graphs_compute_the_same_function(gelu_model_files, image_dir, tmp_path):
@@ -93,19 +80,12 @@ def test_gflops_in_the_manifest(gelu_model_files, tmp_path):
 def test_custom_blocks_fall_back_to_the_stock_graph(tmp_path):
     """open_clip's CustomResidualAttentionBlock (qk-norm etc.) is not lean-expressible: auto exports the
     stock graph and says so; asking for lean explicitly is a clear error."""
-    import open_clip
-
-    from clipscan.export.heads import DetectorHead, QualityHead, save_heads
-
     cfg = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "scale_attn": True}}
     try:
-        model = open_clip.model.CLIP(**{k: v for k, v in cfg.items() if k != "quick_gelu"}, quick_gelu=True)
+        files = seeded_clip(tmp_path, cfg, 5, heads_dim=TINY_CONFIG["embed_dim"])
     except TypeError as e:  # an open_clip without the option; the test must not pass silently
         pytest.fail(f"this open_clip cannot build a tower with custom blocks: {e}")
-    assert type(model.visual.transformer.resblocks[0]).__name__ == "CustomResidualAttentionBlock"
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    torch.save(model.state_dict(), str(tmp_path / "w.pt"))
-    save_heads(tmp_path / "heads.pt", DetectorHead(48), QualityHead([48, 8, 1]))
+    assert type(files["model"].visual.transformer.resblocks[0]).__name__ == "CustomResidualAttentionBlock"
 
     from clipscan.export import export_model
 
