@@ -766,6 +766,16 @@ def add_ratios(report: dict) -> None:
         if ref is not None and ref.get("images_per_s") and r.get("images_per_s"):
             r["ratio_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
             r["ratio_reference"] = f"{ref['runtime']}:{ref['artifact']}:{ref['backend']}"
+    # second ratio for reduced-precision rows: against the FP32 artifact on the same backend, same run
+    for r in rows:
+        r["ratio_vs_fp32_artifact"] = None
+        if r["runtime"] != "onnxruntime" or r["precision"] == "fp32" or not r.get("images_per_s"):
+            continue
+        ref = next((x for x in rows if x["runtime"] == "onnxruntime" and x["precision"] == "fp32"
+                    and x["backend"] == r["backend"] and x["mode"] == r["mode"] and x["batch_size"] == r["batch_size"]
+                    and x.get("images_per_s")), None)
+        if ref is not None:
+            r["ratio_vs_fp32_artifact"] = r["images_per_s"] / ref["images_per_s"]
 
 
 def plain_pipeline(torch_ref: TorchReference, transform, manifest, files: list[str], batch_size: int) -> list[float]:
@@ -983,6 +993,10 @@ def format_table(report: dict) -> str:
                      f"{r['batch_size']:>6}{r['iterations']:>6}{_f(lat['p50']):>10}{_f(lat['p95']):>10}"
                      f"{_f(lat['p99']):>10}{_f(r['images_per_s']):>9}{_f(r['ratio_vs_reference'], '{:.2f}x'):>7}"
                      f"{_f(r.get('gflops_per_s'), '{:.0f}'):>8}{_f(r['peak_rss_mb'], '{:.0f}'):>8}")
+    vs32 = [r for r in report["results"] if r.get("ratio_vs_fp32_artifact")]
+    if vs32:
+        lines.append("against the FP32 artifact on the same backend (same run): " + ", ".join(
+            f"{r['mode']} {r['artifact']} b{r['batch_size']} {r['ratio_vs_fp32_artifact']:.2f}x" for r in vs32))
     if report["fidelity"]:
         lines.append("fidelity (against %s):" % (report.get("reference") or {}).get("kind"))
         for name, f in report["fidelity"].items():

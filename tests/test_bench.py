@@ -106,9 +106,15 @@ def test_ratio_uses_the_pytorch_row_when_there_is_one():
          "precision": "fp32", "batch_size": 8, "images_per_s": 25.0},
         {"mode": "model", "runtime": "onnxruntime", "backend": "onnxruntime-cpu", "artifact": "m.onnx",
          "precision": "fp32", "batch_size": 1, "images_per_s": 5.0}]}
+    rep["results"].append({"mode": "model", "runtime": "onnxruntime", "backend": "onnxruntime-cpu",
+                           "artifact": "m-int8.onnx", "precision": "int8", "batch_size": 8, "images_per_s": 75.0})
     add_ratios(rep)
     assert rep["results"][1]["ratio_vs_reference"] == pytest.approx(2.5)
     assert rep["results"][2]["ratio_vs_reference"] is None  # no reference at batch 1: no ratio, not a wrong one
+    # an INT8 row also gets its ratio to the FP32 artifact of the same mode, backend and batch size
+    assert rep["results"][3]["ratio_vs_reference"] == pytest.approx(7.5)
+    assert rep["results"][3]["ratio_vs_fp32_artifact"] == pytest.approx(3.0)
+    assert rep["results"][1]["ratio_vs_fp32_artifact"] is None
 
 
 def test_cold_start_measured(report):
