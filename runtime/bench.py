@@ -15,8 +15,9 @@ PyTorch eager reference (`TorchReference`). What each timed region holds:
   first result line on stdout (interpreter start, imports, session creation, one scan).
 - ratios on a shared machine: for each batch size every candidate (PyTorch, each
   artifact on each backend) is loaded, warmed up and then timed in interleaved rounds
-  (one call each per round, order rotated), so load from other processes falls on all
-  of them alike.
+  (order rotated), so load from other processes falls on all of them alike; each turn
+  first runs untimed for `settle_seconds` (the previous candidate's worker threads keep
+  spinning for tens of ms), then timed for `block_seconds`.
 - peak memory: the process's peak resident set size (VmHWM from /proc/self/status,
   reset through /proc/self/clear_refs where the kernel allows it, flagged
   `peak_rss_reset`) while one candidate is created and run once on its own:
