@@ -262,7 +262,9 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     path = save_checked(model, out)
     try:
         if precision == "fp16":
-            checks = fp16.check_fp16(path, graph, reference, info.image_size, mean, std)
+            from .fp16_check import check_fp16
+
+            checks = check_fp16(path, graph, reference, info.image_size, mean, std)
         else:
             checks = check_against_torch(path, graph, reference, info.image_size, mean, std)
     except ExportCheckError:

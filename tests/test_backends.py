@@ -15,7 +15,7 @@ import pytest
 
 from clipscan.cli import main
 from clipscan.runtime import BackendError, Scanner
-from clipscan.runtime.backends import AUTO_CHAIN, BackendOptions, backend_status, create_backend
+from clipscan.runtime.backends import AUTO_CHAIN, BackendOptions, backend_status
 from clipscan.runtime.backends.engine_cache import BatchProfile, EngineCache, EngineKey
 from clipscan.runtime.backends.ort_gpu import tensorrt_ep_options
 from clipscan.runtime.backends.tensorrt_native import IoTensor, legacy_precision_flags, network_flags

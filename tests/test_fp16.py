@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image, ImageOps
 
 from clipscan.cli import main
 from clipscan.runtime import Scanner, load_artifact
@@ -136,7 +135,7 @@ def test_fp16_graph_structure(exported_fp16, exported):
 
 def test_fp16_scan_matches_pytorch_fp32(exported_fp16, tiny_model_files, reference_graph, image_dir):
     """Scanner (PIL/numpy preprocessing + ONNX Runtime CPU) on real photos vs PyTorch FP32 + open_clip's transform."""
-    from clipscan.export.fp16 import emulate_half
+    from clipscan.export.fp16_check import emulate_half
 
     paths = sorted(p for p in image_dir.rglob("*") if p.is_file())
     with Scanner(exported_fp16.path, batch_size=4) as scanner:
@@ -173,7 +172,7 @@ def test_fp16_on_64_images(exported_fp16, tiny_model_files, reference_graph):
     import open_clip
 
     from clipscan.export import demo_data
-    from clipscan.export.fp16 import emulate_half
+    from clipscan.export.fp16_check import emulate_half
 
     images, _ = demo_data.detector_set(32, seed=9)
     with Scanner(exported_fp16.path, batch_size=16) as scanner:
@@ -277,7 +276,7 @@ def test_precisions_export_does_not_write_are_refused(tiny_model_files, tmp_path
 
 def test_ort_cpu_kernels(exported_fp16):
     """What ONNX Runtime's CPU provider really runs in float16 (printed; not a property clipscan controls)."""
-    from clipscan.export.fp16 import ort_cpu_precision
+    from clipscan.export.fp16_check import ort_cpu_precision
 
     info = ort_cpu_precision(exported_fp16.path)
     print(f"\nONNX Runtime {info['onnxruntime']} CPU, {info['optimization_level']}: ops in float16 "

@@ -1,0 +1,250 @@
+"""The checks of an FP16 export against the PyTorch FP32 model.
+
+`check_fp16` is the export-time fidelity gate (embedding cosine against the PyTorch FP32
+model, mean >= 0.9995 and worst >= 0.999, no NaN/inf), measured twice:
+
+- by ONNX Runtime CPU on the written file. Its CPU provider has few float16 kernels: it
+  wraps the ops it lacks in Casts to float32, folds the float16 weights back to float32
+  once, and drops the Cast pairs between neighbouring float32 ops. With onnxruntime 1.32 on
+  x86 no arithmetic op of this graph runs in float16 (`ort_cpu_precision` lists what does:
+  Reshape, Transpose, Split, Squeeze, ...), so this run measures the rounding of the weights
+  and of the few tensors that pass through those ops, not float16 arithmetic; it cannot see
+  a float16 overflow either (a LayerNorm output of 4e5 stays float32 on its way to MatMul);
+- by the PyTorch tower itself run in float16 on the CPU (`emulate_half`): every op's output
+  is a float16 tensor (PyTorch's CPU matmuls accumulate in float32, as most GPU float16 GEMM
+  kernels do; one that accumulates in float16 would be worse), LayerNorm
+  and the tail in float32 as in the graph. This is the stricter estimate, and the one that
+  catches overflow.
+
+Neither is a GPU's float16 kernels (CUDA, TensorRT): those were not run here.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ._deps import require
+from .fp16 import FP16_MAX, FP16_MIN_COSINE_MEAN, FP16_MIN_COSINE_WORST, SHAPE_OPS
+from .graph import INPUT_NAME, OUT_EMBEDDING
+from .onnx_writer import cosine_rows
+
+log = logging.getLogger("clipscan.export")
+onnx = require("onnx")
+torch = require("torch")
+TensorProto = onnx.TensorProto
+FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+
+
+# -- what ONNX Runtime's CPU provider really runs in float16 -------------------------------------
+
+def ort_cpu_precision(path: str | Path) -> dict:
+    """Which ops of the optimised graph run in float16 on ONNX Runtime's CPU provider.
+
+    ONNX Runtime inserts Casts to float32 around ops that have no float16 CPU kernel
+    (named InsertedPrecisionFreeCast_*); the graph it finally runs is saved through
+    `SessionOptions.optimized_model_filepath` and read back here. Types are propagated
+    from the inputs and initializers: an op runs in float16 when a float input is float16.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="clipscan-ort-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+    g = opt.graph
+    dtype = {v.name: v.type.tensor_type.elem_type for v in g.input}
+    dtype.update({t.name: t.data_type for t in g.initializer})
+    fp16_ops, fp32_ops = Counter(), Counter()
+    inserted = Counter()
+    for node in g.node:
+        floats = [dtype[n] for n in node.input if dtype.get(n) in (FLOAT, FLOAT16)]
+        if node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            out_type = to
+            if node.name.startswith("InsertedPrecisionFreeCast"):
+                inserted["to_fp32" if to == FLOAT else "to_fp16"] += 1
+        elif node.op_type in SHAPE_OPS:
+            out_type = TensorProto.INT64
+        else:
+            out_type = FLOAT16 if FLOAT16 in floats else (FLOAT if floats else None)
+            if out_type is not None:
+                key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+                (fp16_ops if out_type == FLOAT16 else fp32_ops)[key] += 1
+        for name in node.output:
+            if name and out_type is not None:
+                dtype[name] = out_type
+    initializers = {t.name for t in g.initializer}
+    rounded = sum(1 for n in g.node if n.op_type == "Cast" and n.input[0] not in initializers
+                  and next(a.i for a in n.attribute if a.name == "to") == FLOAT16)
+    return {"fp16_ops": dict(sorted(fp16_ops.items())), "fp32_ops": dict(sorted(fp32_ops.items())),
+            "inserted_casts": dict(inserted), "activation_casts_to_fp16": rounded,
+            "optimization_level": "ORT_ENABLE_ALL", "onnxruntime": ort.__version__}
+
+
+# -- the PyTorch model run in float16 -------------------------------------------------------------
+
+class _Fp32LayerNorm(torch.nn.Module):
+    """A LayerNorm computed in float32 whose output has the given dtype (as in the FP16 graph)."""
+
+    def __init__(self, ln, out_dtype):
+        super().__init__()
+        self.ln = ln
+        self.out_dtype = out_dtype
+
+    def forward(self, x):
+        y = torch.nn.functional.layer_norm(x.float(), self.ln.normalized_shape, self.ln.weight, self.ln.bias,
+                                           self.ln.eps)
+        return y.to(self.out_dtype)
+
+
+def emulate_half(graph, *, like_artifact: bool = True):
+    """A copy of a ScanGraph that runs its image tower in float16 with PyTorch's CPU kernels.
+
+    `like_artifact`: the FP16 graph's float32 islands stay float32 here too (LayerNorms
+    computed in float32, the tail from ln_post on: projection, normalisation, heads). Softmax
+    runs in PyTorch's float16 kernel, so attention is stricter than in the graph. Without it,
+    `.half()` of everything, heads included (the strictest estimate).
+    Takes the same input as `graph` (float32 normalised pixels, or uint8); returns float32.
+    """
+    g = copy.deepcopy(graph).eval()
+    visual = g.tower.visual
+    if not like_artifact:
+        g.half()
+    else:
+        norms = [(parent, child_name, child) for parent in visual.modules()
+                 for child_name, child in parent.named_children() if isinstance(child, torch.nn.LayerNorm)]
+        exact = {id(child): copy.deepcopy(child).float() for _, _, child in norms}
+        proj = None if visual.proj is None else visual.proj.detach().float().clone()
+        visual.half()
+        for parent, child_name, child in norms:   # float32 weights, not float16-rounded ones
+            out = torch.float32 if child is visual.ln_post else torch.float16
+            setattr(parent, child_name, _Fp32LayerNorm(exact[id(child)], out))
+        if proj is not None:
+            visual.proj.data = proj
+    visual.conv1.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype),))
+
+    class Half(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.graph = g
+
+        def forward(self, pixels):
+            return tuple(o.float() for o in self.graph(pixels))
+
+    return Half().eval()
+
+
+# -- the fidelity gate ----------------------------------------------------------------------------
+
+def gate_pixels(image_size, seed: int = 0, n_random: int = 16, n_smooth: int = 8) -> list:
+    """uint8 batches for the gate: 1 and 3 random images (as the FP32 check), then one batch of
+    random-pixel images and smooth ones (bilinear upsampled 7x7 noise over a gradient, which drive
+    the tower differently from white noise), interleaved so that any prefix has both kinds."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    batches = [torch.randint(0, 256, (b, 3, h, w), generator=gen, dtype=torch.uint8) for b in (1, 3)]
+    noise = torch.randint(0, 256, (n_random, 3, h, w), generator=gen, dtype=torch.uint8)
+    coarse = torch.rand(n_smooth, 3, 7, 7, generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    ramp = torch.linspace(0, 1, w).view(1, 1, 1, w)
+    smooth = ((0.7 * smooth + 0.3 * ramp).clamp(0, 1) * 255).round().to(torch.uint8)
+    both = torch.cat([noise, smooth])
+    spacing = n_random / max(n_smooth, 1)
+    order = sorted(range(len(both)), key=lambda i: i if i < n_random else (i - n_random) * spacing + 0.5)
+    batches.append(both[order])
+    return batches
+
+
+def fidelity(ref: dict, got: dict) -> dict:
+    """Embedding cosine and per-output max |diff| of `got` against `ref` (dicts name -> array)."""
+    cos = cosine_rows(ref[OUT_EMBEDDING], got[OUT_EMBEDDING])
+    return {"images": len(cos), "embedding_cosine_mean": float(cos.mean()), "embedding_cosine_min": float(cos.min()),
+            "max_abs_diff": {n: float(np.abs(ref[n].astype(np.float64) - got[n]).max()) for n in ref},
+            "non_finite_outputs": int(sum((~np.isfinite(got[n])).sum() for n in got))}
+
+
+def gate_failures(stats: dict) -> list[str]:
+    out = []
+    mean, worst = stats["embedding_cosine_mean"], stats["embedding_cosine_min"]
+    if not mean >= FP16_MIN_COSINE_MEAN:
+        out.append(f"embedding cosine mean {mean:.6f} < {FP16_MIN_COSINE_MEAN}")
+    if not worst >= FP16_MIN_COSINE_WORST:
+        out.append(f"worst {worst:.6f} < {FP16_MIN_COSINE_WORST}")
+    if stats.get("non_finite_outputs"):
+        out.append(f"{stats['non_finite_outputs']} output values are NaN or inf: a float16 tensor overflowed "
+                   f"(|x| > {FP16_MAX:.0f})")
+    return out
+
+
+def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 0, *,
+               half_images: int | None = 8) -> dict:
+    """The FP16 gate at export, against the PyTorch FP32 model on the same pixels (`gate_pixels`):
+
+    - the written file in ONNX Runtime CPU, on all 28 images;
+    - the PyTorch tower run in float16 (`emulate_half`) on the first `half_images` of them
+      (None: all; 0: skip). PyTorch's float16 matmul on a CPU is about 10x slower than its
+      float32 one, hence the subset.
+
+    Raises ExportCheckError when either misses a gate; returns the measurements.
+    """
+    import onnxruntime as ort
+
+    from .exporter import ExportCheckError
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    half = emulate_half(graph) if half_images != 0 else None
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    refs, orts, halves = [], [], []
+    done_half = 0
+    for pixels in gate_pixels(image_size, seed):
+        normalised = (pixels.float() / 255 - mean_t) / std_t
+        feed = pixels if graph.takes_uint8 else normalised
+        with torch.no_grad():
+            ref = dict(zip(names, (t.numpy() for t in reference(normalised))))
+            take = len(pixels) if half_images is None else min(len(pixels), half_images - done_half)
+            if half is not None and take > 0:
+                halves.append((take, dict(zip(names, (t.numpy() for t in half(feed[:take]))))))
+                done_half += take
+        got = dict(zip(names, session.run(names, {INPUT_NAME: feed.numpy()})))
+        for name in names:
+            if ref[name].shape != got[name].shape:
+                raise ExportCheckError(f"output {name}: ONNX shape {got[name].shape} != PyTorch {ref[name].shape} "
+                                       f"at batch {len(pixels)}")
+        refs.append(ref)
+        orts.append(got)
+    cat = lambda rows: {n: np.concatenate([r[n] for r in rows]) for n in names}  # noqa: E731
+    ort_stats = fidelity(cat(refs), cat(orts))
+    checks = {"precision": "fp16", "images": ort_stats["images"], "batches": [len(r[OUT_EMBEDDING]) for r in refs],
+              "onnxruntime_cpu": ort_stats,
+              # the keys the FP32 check has
+              "embedding_cosine_min": ort_stats["embedding_cosine_min"], "max_abs_diff": ort_stats["max_abs_diff"]}
+    try:
+        checks["onnxruntime_cpu_kernels"] = ort_cpu_precision(path)
+    except Exception as e:  # informative only: the gate above does not depend on it
+        log.warning("could not read back ONNX Runtime's optimised graph: %s", e)
+    problems = []
+    if gate_failures(ort_stats):
+        problems.append("ONNX Runtime CPU: " + ", ".join(gate_failures(ort_stats)))
+    if half is not None:
+        ref_sub = cat([{n: r[n][:take] for n in names} for (take, _), r in zip(halves, refs)])
+        half_stats = fidelity(ref_sub, cat([h for _, h in halves]))
+        checks["torch_half_cpu"] = half_stats
+        if gate_failures(half_stats):
+            problems.append("PyTorch float16 (CPU kernels): " + ", ".join(gate_failures(half_stats)))
+    if problems:
+        raise ExportCheckError(
+            "the FP16 graph does not reproduce the FP32 model closely enough: " + "; ".join(problems) +
+            f" (gates: embedding cosine mean >= {FP16_MIN_COSINE_MEAN}, worst >= {FP16_MIN_COSINE_WORST}, "
+            "against the PyTorch FP32 model on the same pixels). Export this model as FP32 "
+            "(precision='fp32' / --precision fp32).")
+    return checks
