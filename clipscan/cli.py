@@ -19,6 +19,10 @@ log = logging.getLogger("clipscan")
 EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls instead of spinning: faster when "
+                "decoding large images competes for the cores (12 MP JPEGs with --decode draft: +10%% here), "
+                "slower for small images (see the README)")
+
 def _add_scan(sub) -> None:
     p = sub.add_parser("scan", help="scan image files and folders (recursive)",
                        description="Scan files and folders; writes one line per input as results arrive.")
@@ -46,6 +50,8 @@ def _add_scan(sub) -> None:
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
+    p.add_argument("--no-spin", action="store_true",
+                   help=NO_SPIN_HELP)
     p.add_argument("--decode", choices=("exact", "draft"), default="exact",
                    help="exact (default) full-size decoding, or draft: JPEGs decoded at a reduced DCT scale that "
                         "still covers the resize target (faster on camera images; see the README for its fidelity)")
@@ -144,6 +150,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--torch-weights", help="the checkpoint the artifacts were exported from")
     p.add_argument("--torch-heads", action="append", default=[], metavar="H",
                    help="heads file or FORMAT:PATH, as given to export (repeatable)")
+    p.add_argument("--no-spin", action="store_true",
+                   help=NO_SPIN_HELP)
     p.add_argument("--decode", choices=("exact", "draft"), default="exact",
                    help="decoding for the e2e ONNX Runtime runs (default exact; draft = reduced-size JPEG decoding)")
     p.add_argument("--camera", type=int, default=0, metavar="N",
@@ -265,7 +273,8 @@ def cmd_scan(args) -> int:
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_batch=args.max_batch,
-                      cache_dir=args.cache_dir, device_id=args.device, decode=args.decode)
+                      cache_dir=args.cache_dir, device_id=args.device, decode=args.decode,
+                      spin=not args.no_spin)
     m = scanner.manifest
     log.info("model %s (%s, %s) on %s", m.name, m.backbone.get("id"), m.precision, scanner.backend_name)
     if scanner.artifact.is_demo:
@@ -413,7 +422,7 @@ def cmd_bench(args) -> int:
                       torch_heads=list(args.torch_heads), warmup=args.warmup, min_iters=args.min_iters,
                       min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
                       cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
-                      decode=args.decode, workers=args.workers, settle_seconds=args.settle,
+                      decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
                       block_seconds=args.block, camera_models=parse_list(args.camera_models) if args.camera_models else None)
     report = run_benchmark(cfg)
     print(format_table(report))

@@ -360,6 +360,7 @@ class BenchConfig:
     camera_models: list[str] | None = None   # artifacts of the camera section (default: every artifact)
     decode: str = "exact"                     # decode option of the e2e ONNX Runtime runs
     workers: int | None = None
+    spin: bool = True                         # ONNX Runtime worker threads spin between calls (e2e and camera runs)
 
 
 def available_backends(requested: list[str] | None) -> tuple[list[str], list[dict]]:
@@ -468,7 +469,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                      "mode": cfg.mode, "images": images_desc, "warmup": cfg.warmup, "min_iters": cfg.min_iters,
                      "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds, "e2e_passes": cfg.e2e_passes,
                      "settle_seconds": cfg.settle_seconds, "block_seconds": cfg.block_seconds,
-                     "decode": cfg.decode},
+                     "decode": cfg.decode, "spin": cfg.spin},
         "timed_region": {
             "model": "one inference call on a preprocessed float32 batch already in memory (ONNX Runtime "
                      "session.run / PyTorch eager forward under inference_mode); no decode, no preprocessing",
@@ -580,7 +581,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                     return one_pass
 
                 for key, fn, mem, holder in _scanner_candidates(stack, cfg, manifests, backends, bs, report, "e2e",
-                                                                {"decode": cfg.decode, "workers": cfg.workers},
+                                                                {"decode": cfg.decode, "workers": cfg.workers, "spin": cfg.spin},
                                                                 scan_run):
                     errors[key] = holder["errors"]
                     cands.append((key, fn, mem))
@@ -873,8 +874,8 @@ def _camera_artifact(cfg: BenchConfig, model: str, backend: str, files: list[str
     from .scanner import Scanner
 
     out: dict = {"artifact": Path(model).name, "precision": load_artifact_precision(model)}
-    with Scanner(model, backend=backend, batch_size=bs) as exact, \
-            Scanner(model, backend=backend, batch_size=bs, decode="draft") as draft:
+    with Scanner(model, backend=backend, batch_size=bs, spin=cfg.spin) as exact, \
+            Scanner(model, backend=backend, batch_size=bs, decode="draft", spin=cfg.spin) as draft:
         # inference only, on the same number of rows
         x = np.concatenate([exact._prepare(f) for f in files[:bs]])
         inf = time_loop(lambda: exact.predict(x), warmup=1, min_iters=3, min_seconds=1.0, max_seconds=10.0)

@@ -4,6 +4,7 @@ GPU execution itself is checked by tests/test_gpu.py, which runs only where a CU
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -228,3 +229,9 @@ def test_spin_option_reaches_the_onnxruntime_session():
             d_opts.get_session_config_entry("session.intra_op.allow_spinning")
         a, b = list(quiet.scan(files)), list(default.scan(files))
     assert [r.p_generated for r in a] == [r.p_generated for r in b]
+
+
+def test_cli_no_spin_scans(capsys):
+    assert main(["scan", "--no-spin", "--decode", "draft", str(SAMPLES)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == len(list(Path(SAMPLES).iterdir())) and all(r["error"] is None for r in rows)
