@@ -420,7 +420,8 @@ def verify(model_path, reference, images, report_dir=None, *, margin: float = F.
     if missing:
         raise FileNotFoundError(f"image folder/file {', '.join(missing)} does not exist")
 
-    scanner = Scanner(model_path, backend="cpu", fallback=False, batch_size=batch_size, max_pixels=max_pixels)
+    scanner = Scanner(model_path, backend="cpu", fallback=False, batch_size=batch_size, max_pixels=max_pixels,
+                      decode="exact")
     try:
         return _verify(scanner, reference, paths, report_dir, margin=margin, batch_size=batch_size,
                        variants=variants, max_pixels=max_pixels, all_files=all_files, mean=mean, std=std)

@@ -52,9 +52,10 @@ def _add_scan(sub) -> None:
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
     p.add_argument("--no-spin", action="store_true",
                    help=NO_SPIN_HELP)
-    p.add_argument("--decode", choices=("exact", "draft"), default="exact",
-                   help="exact (default) full-size decoding, or draft: JPEGs decoded at a reduced DCT scale that "
-                        "still covers the resize target (faster on camera images; see the README for its fidelity)")
+    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
+                   help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
+                        "the resize target (faster on camera images); auto (default): draft only if the artifact "
+                        "records a passing draft check (clipscan verify --draft-check --record-draft), else exact")
 
 
 def _add_info(sub) -> None:
@@ -129,6 +130,14 @@ def _add_verify(sub) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
     p.add_argument("--no-launder", action="store_true",
                    help="skip the laundered copies (JPEG 75, blur, downscale + JPEG 85)")
+    p.add_argument("--draft-check", action="store_true",
+                   help="also compare draft (reduced-size) JPEG decoding with exact decoding on the JPEGs among "
+                        "--images that draft decoding changes (runtime against runtime)")
+    p.add_argument("--record-draft", action="store_true",
+                   help="write the draft check's result into the artifact's manifest (implies --draft-check); "
+                        "`clipscan scan` (--decode auto) then decodes drafts for this artifact if it passed")
+    p.add_argument("--draft-min-images", type=int, default=200, metavar="N",
+                   help="affected images the draft check needs before it can pass (default 200)")
 
 
 def _add_bench(sub) -> None:
@@ -276,7 +285,8 @@ def cmd_scan(args) -> int:
                       cache_dir=args.cache_dir, device_id=args.device, decode=args.decode,
                       spin=not args.no_spin)
     m = scanner.manifest
-    log.info("model %s (%s, %s) on %s", m.name, m.backbone.get("id"), m.precision, scanner.backend_name)
+    log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
+             scanner.backend_name, scanner.decode_reason)
     if scanner.artifact.is_demo:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
@@ -343,6 +353,12 @@ def _describe_manifest(artifact) -> str:
         lines.append(f"source       {key}: {src.get('file')} sha256={src.get('sha256')}")
     lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
     lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
+    draft = m.draft_decoding_record()
+    lines.append("draft JPEG   " + ("no check recorded: scans decode exactly unless --decode draft" if not draft else
+                                    f"{'passed' if draft.get('passed') else 'not passed'} on {draft.get('n_affected')} "
+                                    f"images (agreement {draft.get('agreement')}, cosine mean "
+                                    f"{draft.get('cosine_mean')}): --decode auto uses "
+                                    f"{'draft' if draft.get('passed') else 'exact'}"))
     lines.append(f"created      {m.created_utc}")
     return "\n".join(lines)
 
@@ -410,6 +426,17 @@ def cmd_verify(args) -> int:
     report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
                     launder=not args.no_launder, mean=args.mean, std=args.std)
     print(report.summary())
+    if args.draft_check or args.record_draft:
+        from clipscan.calibration.draft_check import check_draft, record_draft, summary
+
+        draft = check_draft(args.model, args.images, batch_size=args.batch_size, min_images=args.draft_min_images)
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        (Path(report_dir) / "draft_check.json").write_text(json.dumps(draft, indent=1))
+        print(summary(draft))
+        if args.record_draft:
+            record_draft(args.model, draft)
+            print(f"recorded in {args.model}: --decode auto will use {'draft' if draft['passed'] else 'exact'} "
+                  "decoding for this artifact")
     return EXIT_OK if report.passed else EXIT_ITEM_FAILED
 
 

@@ -504,7 +504,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     first = cfg.models[0]
     # fidelity reference: PyTorch, else the (first) FP32 artifact on the CPU backend
     fp32 = next((m for m in cfg.models if manifests[m].precision == "fp32"), None)
-    cpu_ref_scanner = Scanner(first if fp32 is None else fp32, backend="cpu", batch_size=max(cfg.batch_sizes))
+    cpu_ref_scanner = Scanner(first if fp32 is None else fp32, backend="cpu", batch_size=max(cfg.batch_sizes),
+                              decode="exact")
     x_all, names, bad = _prepared_inputs(cpu_ref_scanner, paths)
     report["settings"]["decoded_images"] = len(names)
     report["settings"]["undecodable_images"] = bad
@@ -877,7 +878,7 @@ def _camera_artifact(cfg: BenchConfig, model: str, backend: str, files: list[str
     from .scanner import Scanner
 
     out: dict = {"artifact": Path(model).name, "precision": load_artifact_precision(model)}
-    with Scanner(model, backend=backend, batch_size=bs, spin=cfg.spin) as exact, \
+    with Scanner(model, backend=backend, batch_size=bs, decode="exact", spin=cfg.spin) as exact, \
             Scanner(model, backend=backend, batch_size=bs, decode="draft", spin=cfg.spin) as draft:
         # inference only, on the same number of rows
         x = np.concatenate([exact._prepare(f) for f in files[:bs]])

@@ -262,6 +262,7 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    decoding: dict[str, Any] | None = None    # evidence about decoding shortcuts, e.g. {"draft": {...passed...}}
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -272,6 +273,12 @@ class Manifest:
     def decision_head(self) -> HeadSpec | None:
         """The head whose verdict a scan reports: the first detection or attribution head."""
         return next((h for h in self.heads if h.task in ("detection", "attribution")), None)
+
+    def draft_decoding_record(self) -> dict | None:
+        """The recorded check of reduced-size (draft) JPEG decoding against exact decoding for this
+        artifact (written by `clipscan verify --draft-check --record-draft`), or None."""
+        rec = (self.decoding or {}).get("draft")
+        return rec if isinstance(rec, dict) else None
 
     def output_names(self) -> list[str]:
         names = [n for h in self.heads for n in h.outputs.values()]
@@ -296,6 +303,7 @@ class Manifest:
             "tools": self.tools,
             "sources": self.sources,
             "calibration": self.calibration,
+            "decoding": self.decoding,
         }
 
     def to_json(self) -> str:
@@ -344,6 +352,7 @@ class Manifest:
                 tools=dict(d.get("tools") or {}),
                 sources=dict(d.get("sources") or {}),
                 calibration=d.get("calibration"),
+                decoding=d.get("decoding") if isinstance(d.get("decoding"), dict) else None,
                 created_utc=str(d.get("created_utc", "")),
                 schema_version=version,
             )

@@ -41,16 +41,31 @@ class Scanner:
                  fallback: bool = True, batch_size: int = 16, threads: int | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
-                 device_id: int = 0, decode: str = "exact", spin: bool = True):
+                 device_id: int = 0, decode: str = "auto", spin: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact: Artifact = load_artifact(model)
         self.manifest = self.artifact.manifest
         self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
-        if decode not in ("exact", "draft"):
-            raise ValueError(f"decode must be 'exact' or 'draft', got {decode!r}")
-        # "draft" (opt-in): JPEGs are decoded at a reduced DCT scale that still keeps both sides >= the resize
-        # target; it changes pixels, so its fidelity is measured by `clipscan bench`, not assumed
+        if decode not in ("auto", "exact", "draft"):
+            raise ValueError(f"decode must be 'auto', 'exact' or 'draft', got {decode!r}")
+        # "draft": JPEGs are decoded at a reduced DCT scale that still keeps both sides >= the resize target;
+        # it changes pixels, so it is used only when asked for, or under "auto" (the default) when the artifact
+        # records a passing draft-vs-exact check on its owner's images (`clipscan verify --draft-check
+        # --record-draft`); otherwise decoding is exact
+        self.decode_requested = decode
+        if decode == "auto":
+            record = self.manifest.draft_decoding_record()
+            if record and record.get("passed") is True:
+                decode = "draft"
+                self.decode_reason = (f"draft: the artifact records draft decoding passing its gates on "
+                                      f"{record.get('n_affected')} images (agreement {record.get('agreement')})")
+            else:
+                decode = "exact"
+                self.decode_reason = ("exact: the artifact records no passing draft-decoding check"
+                                      if not record else "exact: the artifact's draft-decoding check did not pass")
+        else:
+            self.decode_reason = f"{decode}: asked for"
         self.decode = decode
         self._draft_size = (draft_request(self.manifest.preprocess.resize_mode, self.manifest.preprocess.resize_size)
                             if decode == "draft" else None)
