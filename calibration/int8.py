@@ -364,7 +364,8 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
         "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],
         "seconds": round(time.perf_counter() - start, 2), "tools": tool_versions(),
     }
-    manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration)
+    # a draft-decoding record belongs to the model it was measured on: the INT8 model needs its own
+    manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None)
     write_manifest(out_path, manifest)
     return QuantResult(out_path, manifest, calibration)
 

@@ -86,3 +86,17 @@ def test_cli_verify_records_the_draft_check(artifact_copy, tiny_model_files, dra
     saved = json.loads((tmp_path / "rep" / "draft_check.json").read_text())
     assert saved == load_artifact(artifact_copy).manifest.draft_decoding_record()
     assert saved["passed"] is True
+
+
+def test_quantized_model_does_not_inherit_the_record(artifact_copy, draft_images, tmp_path):
+    """INT8 changes how the model reacts to decoding differences: its artifact starts without a record."""
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+
+    record_draft(artifact_copy, check_draft(artifact_copy, [draft_images], min_images=3))
+    art = int8.load_artifact(artifact_copy)
+    cset = load_calibration_set(art.manifest, art.sha256(), [draft_images], progress=False)
+    res = int8.quantize_artifact(artifact_copy, tmp_path / "q.onnx", cset, int8.RECIPES["smooth"], progress=False)
+    assert load_artifact(res.path).manifest.draft_decoding_record() is None
+    with Scanner(res.path, backend="cpu") as sc:
+        assert sc.decode == "exact"
