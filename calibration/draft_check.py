@@ -27,7 +27,7 @@ from PIL import Image
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.bench import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, compare_outputs, results_to_outputs
+from clipscan.runtime.bench import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, compare_draft_rows
 from clipscan.runtime.decode import draft_request
 
 from .calib_data import content_hash, list_images
@@ -75,13 +75,11 @@ def check_draft(model, folders, *, backend: str = "cpu", batch_size: int = 16,
         with Scanner(model, backend=backend, batch_size=batch_size, decode=mode) as sc:
             rows[mode] = list(sc.scan(affected))
             result["backend"] = sc.backend_name
-    good = [i for i in range(len(affected)) if rows["exact"][i].error is None and rows["draft"][i].error is None]
+    fid, good = compare_draft_rows(manifest, rows["exact"], rows["draft"])
     result["n_failed"] = len(affected) - len(good)
     if not good:
         result["why"] = "no affected image decoded both ways"
         return result
-    fid = compare_outputs(manifest, results_to_outputs(manifest, [rows["draft"][i] for i in good]),
-                          results_to_outputs(manifest, [rows["exact"][i] for i in good]))
     result.update({k: v for k, v in fid.items() if k != "n"})
     result["n_compared"] = len(good)
     result["images_sha256"] = content_hash([affected[i] for i in good])

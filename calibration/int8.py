@@ -456,18 +456,9 @@ def interleaved_latency(paths: dict, batch: np.ndarray, input_name: str = "pixel
     for k, s in sessions.items():
         for _ in range(warmup):
             s.run(names[k], feed)
+    from clipscan.runtime.bench import timed_turn
+
     for _ in range(rounds):
         for k, s in sessions.items():
-            settle_end = time.perf_counter() + settle_s
-            s.run(names[k], feed)
-            while time.perf_counter() < settle_end:
-                s.run(names[k], feed)
-            block_start = time.perf_counter()
-            while True:
-                t = time.perf_counter()
-                s.run(names[k], feed)
-                t1 = time.perf_counter()
-                times[k].append(t1 - t)
-                if t1 - block_start >= block_s:
-                    break
+            times[k] += timed_turn(lambda s=s, k=k: s.run(names[k], feed), settle_s, block_s)
     return {k: float(np.median(v)) for k, v in times.items()}

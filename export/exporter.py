@@ -245,7 +245,9 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     manifest.backbone["graph"] = "lean" if lean else "stock"
     # counted on the lean form when possible: PyTorch's FLOP counter misses the fused attention kernel
     # that open_clip's own blocks call on the CPU
-    counted = reference if resolve_graph_style(visual, "auto")[0] is False else ScanGraph(visual, heads, lean=True)
+    from .lean_blocks import lean_unsupported_reason
+
+    counted = reference if lean_unsupported_reason(visual.transformer) else ScanGraph(visual, heads, lean=True)
     flops = flops_per_image(counted.eval(), info.image_size, torch.float32)
     if flops:
         manifest.backbone["gflops_per_image"] = round(flops / 1e9, 4)

@@ -320,6 +320,17 @@ def compare_outputs(manifest, got: dict, ref: dict, threshold: float | None = No
     return out
 
 
+def compare_draft_rows(manifest, exact_rows: list, draft_rows: list) -> tuple[dict, list[int]]:
+    """`compare_outputs` of draft- against exact-decoded scan rows of the same files, on the rows both
+    decoded without error; returns (metrics, indices of those rows). Gates are the caller's."""
+    good = [i for i, (e, d) in enumerate(zip(exact_rows, draft_rows)) if not e.error and not d.error]
+    if not good:
+        return {"n": 0}, good
+    fid = compare_outputs(manifest, results_to_outputs(manifest, [draft_rows[i] for i in good]),
+                          results_to_outputs(manifest, [exact_rows[i] for i in good]))
+    return fid, good
+
+
 def results_to_outputs(manifest, results) -> dict:
     """ScanResult rows (no errors) -> arrays keyed like graph outputs, for compare_outputs."""
     out: dict = {}
@@ -667,6 +678,26 @@ def _memory_probe(create, fn) -> dict:
     return {"peak_rss_mb": peak, "peak_rss_added_mb": added, "peak_rss_reset": reset_ok}
 
 
+def timed_turn(fn: Callable[[], object], settle_s: float, block_s: float, *, settle: bool = True) -> list[float]:
+    """One candidate's turn in interleaved timing: untimed calls for `settle_s` (at least one when
+    `settle`), so worker threads another candidate left spinning are gone, then timed calls for
+    `block_s` (at least one). Returns the timed durations in seconds."""
+    if settle:
+        settle_end = time.perf_counter() + settle_s
+        fn()
+        while time.perf_counter() < settle_end:
+            fn()
+    out: list[float] = []
+    block_start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        out.append(t1 - t0)
+        if t1 - block_start >= block_s:
+            return out
+
+
 def _interleaved(cands, cfg: BenchConfig, min_iters: int):
     """Time every candidate in rounds, order rotated every round, so load from other processes on a
     shared machine falls on all of them alike. Yields (key, measurement).
@@ -692,19 +723,8 @@ def _interleaved(cands, cfg: BenchConfig, min_iters: int):
         order = cands[rnd % n:] + cands[:rnd % n]
         for key, fn, _ in order:
             # settle, unless one call already lasts far longer than the spinning it outwaits (e2e passes)
-            if not samples[key] or float(np.median(samples[key])) < 5 * cfg.settle_seconds:
-                settle_end = time.perf_counter() + cfg.settle_seconds
-                fn()
-                while time.perf_counter() < settle_end:
-                    fn()
-            block_start = time.perf_counter()
-            while True:
-                t0 = time.perf_counter()
-                fn()
-                t1 = time.perf_counter()
-                samples[key].append(t1 - t0)
-                if t1 - block_start >= cfg.block_seconds:
-                    break
+            settle = not samples[key] or float(np.median(samples[key])) < 5 * cfg.settle_seconds
+            samples[key] += timed_turn(fn, cfg.settle_seconds, cfg.block_seconds, settle=settle)
         rnd += 1
         elapsed = time.perf_counter() - start
         fewest = min(len(v) for v in samples.values())
@@ -901,10 +921,7 @@ def _camera_artifact(cfg: BenchConfig, model: str, backend: str, files: list[str
         out["ratio_draft_vs_exact"] = out["e2e_images_per_s_draft"] / out["e2e_images_per_s_exact"]
         out["overlap_trace"] = overlap_trace(draft, files)
         out["workers"] = exact.workers
-        good = [i for i in range(len(files)) if not results["exact"][i].error and not results["draft"][i].error]
-        fid = compare_outputs(exact.manifest,
-                              results_to_outputs(exact.manifest, [results["draft"][i] for i in good]),
-                              results_to_outputs(exact.manifest, [results["exact"][i] for i in good]))
+        fid, good = compare_draft_rows(exact.manifest, results["exact"], results["draft"])
         fid["against"] = "exact decoding (same artifact, same backend)"
         fid["gates"] = {"agreement_min": DRAFT_MIN_AGREEMENT, "cosine_mean_min": DRAFT_MIN_COSINE_MEAN}
         fid["passed"] = bool(fid.get("agreement", 0.0) >= DRAFT_MIN_AGREEMENT
