@@ -521,6 +521,11 @@ def cmd_calibrate(args) -> int:
                        progress=not args.no_progress)
         result = found["result"]
         result.calibration["search"] = found["history"]
+        if any("speedup_vs_fp32" in step for step in found["history"]):
+            from clipscan.runtime.machine import describe_cpu
+
+            result.calibration["search_speed_measured_on"] = describe_cpu()
+            print(f"search speed ratios measured on {result.calibration['search_speed_measured_on']}")
         for step in found["history"]:
             speed = (f", {step['speedup_vs_fp32']:.2f}x FP32 ORT at batch {step['speed_batch']}"
                      if "speedup_vs_fp32" in step else "")

@@ -23,7 +23,7 @@ from . import demo_data
 from ._deps import require
 from .backbone import build_visual
 from .exporter import ExportReport, export_model
-from .fit import fit_detector, fit_quality
+from .fit import fit_detector, fit_quality_ridge
 from .heads import save_heads
 
 torch = require("torch")
@@ -73,16 +73,29 @@ def srcc(a, b) -> float:
 
 
 def embed(visual, images, spec: PreprocessSpec, mean, std, batch: int = 32):
-    """L2-normalised embeddings, with clipscan's own (torch-free) preprocessing."""
+    """L2-normalised float64 embeddings, with clipscan's own (torch-free) preprocessing.
+
+    The tower runs in float64 on one thread: float32 kernels (oneDNN, MKL) pick different
+    instruction paths on different CPUs and round differently, and the heads fitted on these
+    embeddings must come out the same on every machine that rebuilds the demo.
+    """
+    import copy
+
     from clipscan.runtime.manifest import InputSpec
     from clipscan.runtime.preprocess import Preprocessor
 
     pre = Preprocessor(spec, InputSpec("pixels", spec.crop_size, mean=tuple(mean), std=tuple(std)))
+    tower = copy.deepcopy(visual).double()
     out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack([pre(im) for im in images[i:i + batch]]))
-            out.append(torch.nn.functional.normalize(visual(x), dim=-1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                x = torch.from_numpy(np.stack([pre(im) for im in images[i:i + batch]])).double()
+                out.append(torch.nn.functional.normalize(tower(x), dim=-1))
+    finally:
+        torch.set_num_threads(threads)
     return torch.cat(out)
 
 
@@ -102,17 +115,18 @@ def build_demo(out: Path, samples_dir: Path | None = None, *, n_per_class: int =
     detector = fit_detector(emb, torch.tensor(labels), label_names=("real", "generated"))
     q_images, q_scores = demo_data.quality_set(n_quality, seed=1)
     q_emb = embed(visual, q_images, spec, pp["mean"], pp["std"])
-    quality = fit_quality(q_emb, torch.tensor(q_scores), hidden=32, weight_decay=1e-2, steps=800,
-                          scale={"kind": "mos", "min": 1.0, "max": 5.0}, bounded=True)
+    quality = fit_quality_ridge(q_emb, torch.tensor(q_scores), hidden=1024, ridge=1e-3,
+                                scale={"kind": "mos", "min": 1.0, "max": 5.0}, bounded=True)
 
     # held-out check, reported in the manifest description: other photos' crops, other render seeds
     val_images, val_labels = demo_data.detector_set(40, seed=7)
     with torch.no_grad():
+        emb = emb.float()
         train_acc = float(((detector(emb)[1] > 0).long() == torch.tensor(labels)).float().mean())
-        val_acc = float(((detector(embed(visual, val_images, spec, pp["mean"], pp["std"]))[1] > 0).long()
+        val_acc = float(((detector(embed(visual, val_images, spec, pp["mean"], pp["std"]).float())[1] > 0).long()
                          == torch.tensor(val_labels)).float().mean())
         v_images, v_scores = demo_data.quality_set(100, seed=5)
-        val_srcc = srcc(quality(embed(visual, v_images, spec, pp["mean"], pp["std"]))[0].numpy(), v_scores)
+        val_srcc = srcc(quality(embed(visual, v_images, spec, pp["mean"], pp["std"]).float())[0].numpy(), v_scores)
     log.info("demo detector accuracy: train %.3f, held-out %.3f; quality SRCC held-out %.3f",
              train_acc, val_acc, val_srcc)
 

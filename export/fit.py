@@ -77,3 +77,45 @@ def fit_quality(emb, scores, *, hidden: int = 64, steps: int = 1500, lr: float =
             last.bias.mul_(y_sigma).add_(y_mu)
     _fold(head.linears()[0], mu, sigma)
     return head.eval()
+
+
+def fit_quality_ridge(emb, scores, *, hidden: int = 256, ridge: float = 1.0, seed: int = 0,
+                      scale: dict | None = None, bounded: bool = False) -> QualityHead:
+    """A quality MLP fitted in closed form, so the same inputs give the same head on any CPU.
+
+    The hidden layer is a fixed random ReLU feature map of the standardised embedding (weights
+    from numpy's seeded generator, whose integer-based sampling is identical everywhere); the
+    output layer is the ridge-regression solution over those features, computed in float64.
+    Nothing is iterated, so a rounding difference in the inputs (another CPU's float kernels)
+    moves the weights by about that much, instead of being amplified by thousands of optimiser
+    steps. A bounded head regresses the logit of the score's position in its scale.
+    """
+    import numpy as np
+
+    x = emb.detach().double().cpu().numpy()
+    y = scores.detach().double().cpu().numpy()
+    mu, sigma = x.mean(0), np.maximum(x.std(0, ddof=1), 1e-6)
+    z = (x - mu) / sigma
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((hidden, x.shape[1])) / np.sqrt(x.shape[1])
+    b1 = rng.standard_normal(hidden) * 0.5
+    h = np.maximum(z @ w1.T + b1, 0.0)
+    head = QualityHead([x.shape[1], hidden, 1], "relu", scale, bounded=bounded)
+    if bounded:
+        lo, hi = float(head.scale["min"]), float(head.scale["max"])
+        t = np.clip((y - lo) / (hi - lo), 0.02, 0.98)
+        target = np.log(t / (1 - t))
+    else:
+        target = y
+    t_mu = target.mean()
+    h_mu = h.mean(0)
+    hc = h - h_mu
+    w2 = np.linalg.solve(hc.T @ hc + ridge * len(y) * np.eye(hidden), hc.T @ (target - t_mu))
+    b2 = t_mu - h_mu @ w2
+    first, last = head.linears()
+    with torch.no_grad():  # fold the standardisation into the first layer, in float64, then store
+        first.weight.copy_(torch.from_numpy(w1 / sigma))
+        first.bias.copy_(torch.from_numpy(b1 - (w1 / sigma) @ mu))
+        last.weight.copy_(torch.from_numpy(w2[None]))
+        last.bias.copy_(torch.from_numpy(np.array([b2])))
+    return head.eval()

@@ -127,15 +127,9 @@ def peak_rss_mb() -> float | None:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from .machine import cpu_info, describe_cpu
+
+    cpu = cpu_info()
     versions = {"python": platform.python_version()}
     for mod in ("onnxruntime", "numpy", "PIL"):
         try:
@@ -147,15 +141,12 @@ def machine_info() -> dict:
     if "open_clip" in sys.modules:
         versions["open_clip"] = getattr(sys.modules["open_clip"], "__version__", "?")
     try:
-        affinity = len(os.sched_getaffinity(0))
-    except Exception:
-        affinity = os.cpu_count()
-    try:
         load = list(os.getloadavg())
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": affinity, "machine": platform.machine(), "system": platform.platform(),
-            "versions": versions, "load_average_1_5_15": load}
+    return {"cpu": cpu["model"], "cpu_description": describe_cpu(cpu), "isa": cpu["isa"], "cores": cpu["cores"],
+            "machine": platform.machine(), "system": platform.platform(), "versions": versions,
+            "load_average_1_5_15": load}
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -1001,7 +992,7 @@ def _f(v, fmt="{:.1f}") -> str:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"machine: {report['machine']['cpu']} ({report['machine']['cores']} cores, load average at start "
+    lines = [f"machine: {report['machine'].get('cpu_description') or report['machine']['cpu']} (load average at start "
              f"{report['machine'].get('load_average_at_start')}, at end {report['machine'].get('load_average_1_5_15')}); "
              f"reference: {(report.get('reference') or {}).get('what')}"]
     if report.get("gflops_per_image"):
@@ -1084,7 +1075,7 @@ def write_plot(report: dict, path: str | Path) -> Path | None:
         ax.set_title(f"{mode} mode")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"clipscan bench: {report['machine']['cpu']} ({report['machine']['cores']} cores)", fontsize=9)
+    fig.suptitle(f"clipscan bench: {report['machine'].get('cpu_description') or report['machine']['cpu']}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,28 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 
+
+def pytest_configure(config):
+    """CLIPSCAN_TEST_ORT_THREADS=N runs every ONNX Runtime session of the suite with N intra-op threads.
+
+    Tolerances must hold whatever kernels and reduction orders ONNX Runtime picks; running the
+    suite with N=1 (and OMP_NUM_THREADS=1 for torch) is one way to show it. Sessions that
+    subprocesses create are not affected.
+    """
+    threads = os.environ.get("CLIPSCAN_TEST_ORT_THREADS")
+    if not threads:
+        return
+    import onnxruntime as ort
+
+    original = ort.InferenceSession.__init__
+
+    def init(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        sess_options = sess_options or ort.SessionOptions()
+        sess_options.intra_op_num_threads = int(threads)
+        original(self, path_or_bytes, sess_options, *args, **kwargs)
+
+    ort.InferenceSession.__init__ = init
+
 # A small ViT in open_clip's config format; QuickGELU as in OpenAI checkpoints.
 TINY_CONFIG = {
     "embed_dim": 48,
