@@ -27,14 +27,15 @@ from PIL import Image
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.bench import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, compare_draft_rows
+from clipscan.runtime.bench import compare_draft_rows
+from clipscan.runtime.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, DRAFT_MIN_IMAGES
 from clipscan.runtime.decode import draft_request
 
 from .calib_data import content_hash, list_images
 
 log = logging.getLogger("clipscan.verify")
 
-DEFAULT_MIN_IMAGES = 200
+DEFAULT_MIN_IMAGES = DRAFT_MIN_IMAGES
 
 
 def draft_changes(path: str, draft_size: tuple[int, int]) -> bool:

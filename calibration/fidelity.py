@@ -1,6 +1,6 @@
 """Fidelity metrics and gates: does an exported artifact reproduce its PyTorch original?
 
-The bars are the project's fidelity protocol (docs: "Fidelity protocol"):
+The bars are the fidelity protocol's (numbers in clipscan.runtime.thresholds):
 
 - preprocessing parity: max error <= 1 in 0..255 pixel units;
 - features: per-image embedding cosine, mean (and worst for FP16/INT8) above a bar per precision;
@@ -22,34 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-PIXEL_MAX_ERROR = 1.0          # 0..255 pixel units
-MIN_SRCC_IMAGES = 10           # below this, SRCC says little: report the max abs difference instead
-DEFAULT_MARGIN = 0.5           # logit units around the threshold's logit
-ROBUST_SLACK = 0.005           # 0.5 percentage points
-THRESHOLD_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class Bars:
-    cosine_mean: float
-    cosine_worst: float | None     # None: not gated (FP32 gates the mean only)
-    agreement: float               # fraction of images with the same decision
-    srcc: float
-    batch_abs: float               # batch 1 vs batch N, max abs difference over every output
-    batch_note: str = ""
-
-
-BARS = {
-    "fp32": Bars(0.99999, None, 1.0, 0.99999, 1e-4),
-    "fp16": Bars(0.9995, 0.999, 0.999, 0.9999, 2e-3, "batch bar chosen by clipscan (the protocol fixes FP32's only)"),
-    "int8": Bars(0.99, 0.98, 0.99, 0.995, 2e-3, "batch bar chosen by clipscan (the protocol fixes FP32's only)"),
-}
-
-
-def bars_for(precision: str) -> Bars:
-    if precision not in BARS:
-        raise ValueError(f"no fidelity bars for precision {precision!r}; known: {sorted(BARS)}")
-    return BARS[precision]
+from clipscan.runtime.metrics import cosine_rows, decisions, prob_to_logit, rankdata, sigmoid, spearman  # noqa: F401
+from clipscan.runtime.thresholds import (BARS, DEFAULT_MARGIN, MIN_SRCC_IMAGES, PIXEL_MAX_ERROR,  # noqa: F401
+                                         ROBUST_SLACK, THRESHOLD_TOLERANCE, Bars, bars_for)
 
 
 @dataclass
@@ -79,57 +54,6 @@ def check(name: str, value, threshold, *, op: str = ">=", group: str = "", note:
         return Gate(name, None, threshold, False, note or "value could not be computed", group, op)
     ok = {">=": value >= threshold, "<=": value <= threshold, "==": value == threshold}[op]
     return Gate(name, value, threshold, bool(ok), note, group, op)
-
-
-# -- statistics ---------------------------------------------------------------------------
-
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties get the average of the ranks they span (scipy.stats.rankdata's 'average')."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    n = len(x)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # boundaries of runs of equal values
-    new_run = np.concatenate(([True], sorted_x[1:] != sorted_x[:-1]))
-    run_id = np.cumsum(new_run) - 1
-    starts = np.flatnonzero(new_run)
-    ends = np.concatenate((starts[1:], [n]))
-    avg = (starts + ends - 1) / 2.0 + 1.0      # average of 1-based ranks start+1 .. end
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = avg[run_id]
-    return ranks
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
-    ra, rb = rankdata(a), rankdata(b)
-    if len(ra) != len(rb):
-        raise ValueError(f"spearman needs equal lengths, got {len(ra)} and {len(rb)}")
-    if len(ra) < 2:
-        return float("nan")
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else float("nan")
-
-
-def cosine_rows(a, b) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
-
-
-def sigmoid(x) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-
-
-def prob_to_logit(p: float) -> float:
-    """The logit of a probability threshold (+-inf at 0 and 1)."""
-    if p <= 0.0:
-        return -math.inf
-    if p >= 1.0:
-        return math.inf
-    return math.log(p / (1.0 - p))
 
 
 def clean_json(obj):
@@ -194,22 +118,21 @@ class HeadData:
     ref_labels: tuple = ()
 
 
-def decisions(data: HeadData) -> tuple[np.ndarray, np.ndarray]:
+def head_decisions(data: HeadData) -> tuple[np.ndarray, np.ndarray]:
     """(reference decision, exported decision): positive when probability >= threshold.
 
     The reference decides at its own threshold, the export at the manifest's: an edited
     manifest threshold shows up as flips.
     """
-    ref = np.asarray(data.ref["probability"]) >= data.ref_threshold
-    exp = np.asarray(data.exp["probability"]) >= data.deployed_threshold
-    return ref, exp
+    return decisions(data.ref["probability"], data.ref_threshold), decisions(data.exp["probability"],
+                                                                             data.deployed_threshold)
 
 
 def evaluate_decision(data: HeadData, precision: str, *, margin: float = DEFAULT_MARGIN,
                       prefix: str = "") -> tuple[dict, list[Gate]]:
     """Decision agreement, flips outside the margin, threshold/labels match, logit and p errors."""
     bars = bars_for(precision)
-    ref_dec, exp_dec = decisions(data)
+    ref_dec, exp_dec = head_decisions(data)
     n = len(ref_dec)
     flips = ref_dec != exp_dec
     agreement = float(1.0 - flips.mean()) if n else float("nan")

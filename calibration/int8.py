@@ -28,6 +28,8 @@ import numpy as np
 from clipscan.runtime.artifact import file_sha256, load_artifact
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
+from clipscan.runtime.timing import timed_turn
+
 from .calib_data import BatchReader, CalibrationSet, equal_batches
 
 log = logging.getLogger("clipscan.calibrate")
@@ -392,54 +394,12 @@ def run_all(path, tensors: np.ndarray, input_name: str = "pixels", batch_size: i
     return {n: np.concatenate(v) for n, v in outs.items()}
 
 
-def compare_outputs(manifest: Manifest, ref: dict, got: dict) -> dict:
-    """INT8 gates' quantities between two output dicts: embedding cosine, decision agreement, quality SRCC."""
-    from . import fidelity as F
-
-    emb = manifest.embedding["output"] if manifest.embedding else None
-    out: dict = {}
-    if emb:
-        c = F.cosine_rows(got[emb], ref[emb])
-        out["cosine_mean"], out["cosine_worst"] = float(c.mean()), float(c.min())
-    for h in manifest.heads:
-        if h.task == "detection":
-            cut = F.prob_to_logit(h.threshold)
-            a = np.asarray(ref[h.outputs["logit"]]).ravel() > cut
-            b = np.asarray(got[h.outputs["logit"]]).ravel() > cut
-            out.setdefault("agreement", float((a == b).mean()))
-        elif h.task == "quality":
-            out.setdefault("srcc", float(F.spearman(np.asarray(ref[h.outputs["score"]]).ravel(),
-                                                    np.asarray(got[h.outputs["score"]]).ravel())))
-    return out
-
-
-# the bar issue 6 sets (stricter than the protocol's INT8 minimum)
-STRICT_GATES = {"cosine_mean": 0.995, "cosine_worst": 0.99, "agreement": 0.995, "srcc": 0.995}
-
-
-def gates_pass(metrics: dict, gates: dict = STRICT_GATES) -> bool:
-    return all(metrics.get(k, 1.0) >= v for k, v in gates.items())
-
-
-def median_latency(path, batch: np.ndarray, input_name: str = "pixels", runs: int = 10, warmup: int = 2) -> float:
-    sess = session(path)
-    names = [o.name for o in sess.get_outputs()]
-    for _ in range(warmup):
-        sess.run(names, {input_name: batch})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(names, {input_name: batch})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def manifest_of(path) -> Manifest:
     return load_artifact(path).manifest
 
 
 __all__ = ["Recipe", "RECIPES", "TARGETS", "METHODS", "quantize_artifact", "quantize_model", "smooth_quant",
-           "compare_outputs", "gates_pass", "median_latency", "run_all", "STRICT_GATES", "METADATA_KEY",
+           "run_all", "METADATA_KEY",
            "file_sha256"]
 
 
@@ -456,8 +416,6 @@ def interleaved_latency(paths: dict, batch: np.ndarray, input_name: str = "pixel
     for k, s in sessions.items():
         for _ in range(warmup):
             s.run(names[k], feed)
-    from clipscan.runtime.bench import timed_turn
-
     for _ in range(rounds):
         for k, s in sessions.items():
             times[k] += timed_turn(lambda s=s, k=k: s.run(names[k], feed), settle_s, block_s)

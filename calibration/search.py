@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.thresholds import INT8_STRICT, meets
+
 from . import int8
 from .calib_data import CalibrationSet
 
@@ -75,12 +78,12 @@ def evaluate(fp32_path, int8_path, val_tensors: np.ndarray, manifest, input_name
              ref: dict | None = None) -> dict:
     ref = ref if ref is not None else int8.run_all(fp32_path, val_tensors, input_name)
     got = int8.run_all(int8_path, val_tensors, input_name)
-    return int8.compare_outputs(manifest, ref, got)
+    return compare_outputs(manifest, ref, got)
 
 
 def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, recipe: int8.Recipe,
            target: str = "cpu", *, max_rounds: int = 4, per_round: int = 2, batch_size: int = 8,
-           gates: dict = int8.STRICT_GATES, progress: bool = False, rescale: bool = True,
+           gates: dict = INT8_STRICT, progress: bool = False, rescale: bool = True,
            speed_batch: int | None = 8, speed_rounds: int = 5) -> dict:
     """Quantize with `recipe`; while the gates fail on `val_tensors` (against the FP32 ONNX model),
     find the `per_round` nodes adding the most error and act on them: SmoothQuant rescaling if they read a
@@ -102,7 +105,7 @@ def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, r
                                      progress=progress)
         metrics = evaluate(fp32_path, out_path, val_tensors, manifest, name, ref)
         step = {"round": round_, "recipe": current.label(), "excluded": list(current.exclude), **metrics,
-                "passed": int8.gates_pass(metrics, gates)}
+                "passed": meets(metrics, gates)}
         if speed_batch:
             batch = np.ascontiguousarray(val_tensors[:speed_batch])
             lat = int8.interleaved_latency({"fp32": fp32_path, "int8": out_path}, batch, name, rounds=speed_rounds)

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.thresholds import INT8_STRICT, meets
+
 SMALL = {"embed_dim": 128, "quick_gelu": False,
          "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 32},
          "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1}}
@@ -122,8 +125,8 @@ def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target
             rows.append({"recipe": label, "error": f"{type(e).__name__}: {e}"})
             continue
         got = int8.run_all(out, vset.tensors, name)
-        m = int8.compare_outputs(manifest, ref, got)
-        rows.append({"recipe": label, **m, "passed": int8.gates_pass(m), "quantize_s": time.perf_counter() - t0})
+        m = compare_outputs(manifest, ref, got)
+        rows.append({"recipe": label, **m, "passed": meets(m, INT8_STRICT), "quantize_s": time.perf_counter() - t0})
         paths[label] = out
     if search_from:
         out = Path(workdir) / "int8_search.onnx"
@@ -131,7 +134,7 @@ def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target
                      target, progress=False)
         final = res["final"]
         rows.append({"recipe": "search", "start": search_from, "final_recipe": final["recipe"],
-                     **{k: final[k] for k in int8.STRICT_GATES if k in final}, "passed": final["passed"],
+                     **{k: final[k] for k in INT8_STRICT if k in final}, "passed": final["passed"],
                      "excluded": final["excluded"], "rounds": len(res["history"])})
         paths["search"] = out
     # every model timed in one interleaved run per batch size, so machine load changes hit FP32 and INT8 alike

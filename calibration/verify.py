@@ -319,7 +319,7 @@ def _evaluate_stream(stream: _Stream, pairs, precision: str, margin: float, pref
 def _rows(stream: _Stream, pairs, margin: float, decision_head, quality_head) -> list[dict]:
     rows = []
     datas = {d.name: d for d in _head_data(stream, pairs)}
-    decisions = {name: F.decisions(d) for name, d in datas.items() if d.task in F.DECISION_TASKS}
+    decisions = {name: F.head_decisions(d) for name, d in datas.items() if d.task in F.DECISION_TASKS}
     for i, name in enumerate(stream.names):
         row: dict = {"path": name, "cosine": stream.cosine[i] if i < len(stream.cosine) else None,
                      "pixel_error": stream.pixel_error[i], "heads": {}}
@@ -350,7 +350,7 @@ def _plot_data(stream: _Stream, pairs) -> dict:
     data = {"cosine": list(stream.cosine), "heads": {}}
     for d in _head_data(stream, pairs):
         if d.task in F.DECISION_TASKS and len(stream.names):
-            ref_dec, exp_dec = F.decisions(d)
+            ref_dec, exp_dec = F.head_decisions(d)
             data["heads"][d.name] = {"task": d.task, "ref": d.ref["logit"].tolist(), "exp": d.exp["logit"].tolist(),
                                      "flip": (ref_dec != exp_dec).tolist(),
                                      "ref_threshold_logit": F.prob_to_logit(d.ref_threshold),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.manifest import PreprocessSpec
+from clipscan.runtime.metrics import spearman
 
 from . import demo_data
 from ._deps import require
@@ -65,11 +66,6 @@ def dct_patch_embedding(visual) -> None:
         filters[c] = colours[c % 3][:, None, None] * np.outer(basis(u), basis(v))[None] * 4.0
     with torch.no_grad():
         w.copy_(torch.from_numpy(filters).float())
-
-
-def srcc(a, b) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def embed(visual, images, spec: PreprocessSpec, mean, std, batch: int = 32):
@@ -126,7 +122,7 @@ def build_demo(out: Path, samples_dir: Path | None = None, *, n_per_class: int =
         val_acc = float(((detector(embed(visual, val_images, spec, pp["mean"], pp["std"]).float())[1] > 0).long()
                          == torch.tensor(val_labels)).float().mean())
         v_images, v_scores = demo_data.quality_set(100, seed=5)
-        val_srcc = srcc(quality(embed(visual, v_images, spec, pp["mean"], pp["std"]).float())[0].numpy(), v_scores)
+        val_srcc = spearman(quality(embed(visual, v_images, spec, pp["mean"], pp["std"]).float())[0].numpy(), v_scores)
     log.info("demo detector accuracy: train %.3f, held-out %.3f; quality SRCC held-out %.3f",
              train_acc, val_acc, val_srcc)
 

@@ -16,12 +16,14 @@ from ._deps import require
 from .backbone import BackboneInfo, load_backbone
 from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
 from .importers import import_heads, parse_head_arg
-from .onnx_writer import attach_manifest, cosine_rows, save_checked, to_onnx
+from clipscan.runtime.metrics import cosine_rows
+from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
+
+from .onnx_writer import attach_manifest, save_checked, to_onnx
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
 
-FP32_MIN_COSINE = 0.99999
 EXPORT_PRECISIONS = ("fp32", "fp16")
 GRAPH_STYLES = ("auto", "lean", "stock")
 

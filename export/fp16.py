@@ -37,9 +37,6 @@ TensorProto = onnx.TensorProto
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = float(np.finfo(np.float16).max)
 
-# The gates of the fidelity protocol for FP16 (embedding cosine against the PyTorch FP32 model).
-FP16_MIN_COSINE_MEAN = 0.9995
-FP16_MIN_COSINE_WORST = 0.999
 
 # Ops that compute in float16 in the converted tower.
 FP16_OPS = frozenset({

@@ -29,9 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ._deps import require
-from .fp16 import FP16_MAX, FP16_MIN_COSINE_MEAN, FP16_MIN_COSINE_WORST, SHAPE_OPS
+from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
+from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
+
+from .fp16 import FP16_MAX, SHAPE_OPS
 from .graph import INPUT_NAME, OUT_EMBEDDING
-from .onnx_writer import cosine_rows
+from clipscan.runtime.metrics import cosine_rows
 
 log = logging.getLogger("clipscan.export")
 onnx = require("onnx")

@@ -7,7 +7,6 @@ import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
-import numpy as np
 
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
@@ -64,9 +63,3 @@ def save_checked(model, path: str | Path) -> Path:
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     tmp.replace(path)
     return path
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float64).reshape(len(a), -1)
-    b = b.astype(np.float64).reshape(len(b), -1)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)

@@ -45,8 +45,9 @@ from PIL import Image
 
 log = logging.getLogger("clipscan.bench")
 
-DRAFT_MIN_AGREEMENT = 0.995      # the decision agreement draft decoding must keep against exact decoding
-DRAFT_MIN_COSINE_MEAN = 0.999    # and the mean embedding cosine
+from .metrics import compare_outputs
+from .thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN
+from .timing import percentiles, time_loop, timed_turn  # noqa: F401  (percentiles, time_loop: public here too)
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -56,41 +57,6 @@ def parse_list(text: str, cast=str) -> list:
     if not items:
         raise ValueError(f"empty list: {text!r}")
     return [cast(t) for t in items]
-
-
-def percentiles(samples_s: list[float]) -> dict:
-    """Latency statistics in milliseconds (nearest-rank on the sorted samples, so p50 <= p95 <= p99)."""
-    xs = sorted(samples_s)
-    if not xs:
-        return {"p50": None, "p95": None, "p99": None, "mean": None, "min": None, "max": None}
-
-    def rank(q):
-        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] * 1e3
-
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "mean": float(np.mean(xs)) * 1e3,
-            "min": xs[0] * 1e3, "max": xs[-1] * 1e3}
-
-
-def time_loop(fn: Callable[[], object], *, warmup: int = 2, min_iters: int = 10, min_seconds: float = 2.0,
-              max_seconds: float = 30.0, max_iters: int = 10_000) -> list[float]:
-    """Warm up, then time `fn` until at least `min_iters` runs and `min_seconds` passed (capped by
-    `max_seconds`, but never fewer than 3 runs). Returns the per-call seconds."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
-        if len(samples) >= max_iters:
-            break
-        if len(samples) >= 3 and elapsed >= max_seconds:
-            break
-        if len(samples) >= min_iters and elapsed >= min_seconds:
-            break
-    return samples
 
 
 def _status_kb(field_name: str) -> float | None:
@@ -282,43 +248,14 @@ def _float_input(manifest, x: np.ndarray) -> np.ndarray:
 
 # -- fidelity -------------------------------------------------------------------------------------
 
-def _cos(a, b) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
-
-
-def compare_outputs(manifest, got: dict, ref: dict, threshold: float | None = None) -> dict:
-    """Embedding cosine (mean, worst) and decision agreement of `got` against `ref` (same rows)."""
-    out: dict = {}
-    emb = manifest.embedding
-    if emb is not None and emb["output"] in got and emb["output"] in ref:
-        c = _cos(got[emb["output"]], ref[emb["output"]])
-        out.update(cosine_mean=float(c.mean()), cosine_worst=float(c.min()))
-    det = manifest.decision_head()
-    if det is not None and "probability" in det.outputs and det.outputs["probability"] in got \
-            and det.outputs["probability"] in ref:
-        t = det.threshold if threshold is None else threshold
-        pg = np.asarray(got[det.outputs["probability"]]).reshape(len(next(iter(got.values()))), -1)[:, 0]
-        pr = np.asarray(ref[det.outputs["probability"]]).reshape(len(pg), -1)[:, 0]
-        agree = (pg >= t) == (pr >= t)
-        out.update(agreement=float(agree.mean()), flips=int((~agree).sum()),
-                   max_abs_p_diff=float(np.abs(pg - pr).max()))
-    q = manifest.head("quality")
-    if q is not None and q.outputs.get("score") in got and q.outputs.get("score") in ref:
-        out["quality_max_abs_diff"] = float(np.abs(np.asarray(got[q.outputs["score"]], np.float64)
-                                                   - np.asarray(ref[q.outputs["score"]], np.float64)).max())
-    out["n"] = int(len(next(iter(got.values()))))
-    return out
-
-
 def compare_draft_rows(manifest, exact_rows: list, draft_rows: list) -> tuple[dict, list[int]]:
     """`compare_outputs` of draft- against exact-decoded scan rows of the same files, on the rows both
     decoded without error; returns (metrics, indices of those rows). Gates are the caller's."""
     good = [i for i, (e, d) in enumerate(zip(exact_rows, draft_rows)) if not e.error and not d.error]
     if not good:
         return {"n": 0}, good
-    fid = compare_outputs(manifest, results_to_outputs(manifest, [draft_rows[i] for i in good]),
-                          results_to_outputs(manifest, [exact_rows[i] for i in good]))
+    fid = compare_outputs(manifest, results_to_outputs(manifest, [exact_rows[i] for i in good]),
+                          results_to_outputs(manifest, [draft_rows[i] for i in good]))
     return fid, good
 
 
@@ -558,7 +495,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             try:
                 with Scanner(model, backend=backends[0], batch_size=32) as sc:
                     got = _predict_all(sc, x_all)
-                    fid = compare_outputs(sc.manifest, got, ref_outputs)
+                    fid = compare_outputs(sc.manifest, ref_outputs, got)
                     fid["against"] = report["reference"]["kind"]
                     fid["backend"] = sc.backend_name
                     report["fidelity"][Path(model).name] = fid
@@ -667,26 +604,6 @@ def _memory_probe(create, fn) -> dict:
     peak = peak_rss_mb()
     added = (peak - before) if (reset_ok and peak is not None and before is not None) else None
     return {"peak_rss_mb": peak, "peak_rss_added_mb": added, "peak_rss_reset": reset_ok}
-
-
-def timed_turn(fn: Callable[[], object], settle_s: float, block_s: float, *, settle: bool = True) -> list[float]:
-    """One candidate's turn in interleaved timing: untimed calls for `settle_s` (at least one when
-    `settle`), so worker threads another candidate left spinning are gone, then timed calls for
-    `block_s` (at least one). Returns the timed durations in seconds."""
-    if settle:
-        settle_end = time.perf_counter() + settle_s
-        fn()
-        while time.perf_counter() < settle_end:
-            fn()
-    out: list[float] = []
-    block_start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        t1 = time.perf_counter()
-        out.append(t1 - t0)
-        if t1 - block_start >= block_s:
-            return out
 
 
 def _interleaved(cands, cfg: BenchConfig, min_iters: int):

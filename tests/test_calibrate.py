@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from clipscan.runtime.metrics import compare_outputs
+
 SMALL_CFG = {"embed_dim": 64, "quick_gelu": False,
              "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 32},
              "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1}}
@@ -180,7 +182,7 @@ def test_entropy_calibration(outlier_model, tmp_path):
     recipe = dataclasses.replace(int8.RECIPES["smooth"], method="entropy", name="")
     res = int8.quantize_artifact(outlier_model["onnx"], tmp_path / "e.onnx", cset, recipe, progress=False)
     assert int8.manifest_of(res.path).calibration["method"] == "entropy"
-    m = int8.compare_outputs(art.manifest, int8.run_all(outlier_model["onnx"], vset.tensors, "pixels"),
+    m = compare_outputs(art.manifest, int8.run_all(outlier_model["onnx"], vset.tensors, "pixels"),
                              int8.run_all(res.path, vset.tensors, "pixels"))
     assert m["cosine_mean"] >= 0.99 and m["agreement"] >= 0.95, m
 
