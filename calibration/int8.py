@@ -28,6 +28,7 @@ import numpy as np
 from clipscan.runtime.artifact import file_sha256, load_artifact
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
+from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.runtime.timing import timed_turn
 
 from .calib_data import BatchReader, CalibrationSet, equal_batches
@@ -233,18 +234,6 @@ def smooth_quant(model, tensors: np.ndarray, input_name: str, alpha: float = 0.5
 
 # -- quantization ---------------------------------------------------------------------------------
 
-def tool_versions() -> dict:
-    import onnxruntime
-
-    from clipscan import __version__
-
-    out = {"clipscan": __version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
-    try:
-        out["onnx"] = _onnx().__version__
-    except ImportError:
-        pass
-    return out
-
 
 @dataclass
 class QuantResult:
@@ -364,7 +353,7 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
                             "batch_size": min(batch_size, len(cset))},
         "source_model_sha256": artifact.sha256(), "excluded_nodes": facts["nodes_to_exclude"],
         "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],
-        "seconds": round(time.perf_counter() - start, 2), "tools": tool_versions(),
+        "seconds": round(time.perf_counter() - start, 2), "tools": tool_versions(RUNTIME_TOOLS + ("onnx",)),
     }
     # a draft-decoding record belongs to the model it was measured on: the INT8 model needs its own
     manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +26,7 @@ from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
+from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 
 from . import fidelity as F
 from .fidelity import Gate, HeadData
@@ -99,22 +99,6 @@ class VerifyReport:
         from .report import summary_table
 
         return summary_table(self)
-
-
-def versions() -> dict:
-    import PIL
-    import onnxruntime
-
-    from clipscan import __version__
-
-    out = {"clipscan": __version__, "python": platform.python_version(), "numpy": np.__version__,
-           "pillow": PIL.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
-    for module in ("torchvision", "open_clip", "onnx", "matplotlib"):
-        try:
-            out[module] = __import__(module).__version__
-        except ImportError:
-            pass
-    return out
 
 
 # -- heads ----------------------------------------------------------------------------------------
@@ -505,7 +489,7 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
     report = VerifyReport(
         model=str(scanner.artifact.path), sha256=scanner.artifact.sha256(), manifest_name=manifest.name,
         precision=precision, passed=all(g.passed is not False for g in gates), gates=gates, metrics=metrics,
-        rows=rows, failed_files=failed, robustness=robustness, versions=versions(),
+        rows=rows, failed_files=failed, robustness=robustness, versions=tool_versions(EXPORT_TOOLS + ("matplotlib",)),
         settings={"margin": margin, "batch_size": batch_size, "launderings": variants,
                   "images": [str(p) for p in paths], "backend": scanner.backend_name,
                   "reference_transform": getattr(transform, "describe", transform.note),

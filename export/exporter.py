@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ._deps import require
 from .backbone import BackboneInfo, load_backbone
 from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
 from .importers import import_heads, parse_head_arg
+from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.metrics import cosine_rows
 from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 
@@ -55,21 +55,6 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     )
 
 
-def tool_versions() -> dict:
-    import onnx
-    import open_clip
-
-    from clipscan import __version__
-
-    versions = {"clipscan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-                "onnx": onnx.__version__, "python": platform.python_version()}
-    for module in ("onnxruntime", "onnxscript"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            pass
-    return versions
-
 
 def _source(path: Path) -> dict:
     return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
@@ -96,7 +81,7 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
         name=name, description=description, input=input_spec, preprocess=preprocess_spec(info),
         heads=tuple(h.spec() for h in graph.heads), backbone=backbone,
         embedding={"output": OUT_EMBEDDING, "dim": info.embed_dim, "normalized": True},
-        precision=precision, opset=opset, tools=tool_versions(), sources=sources,
+        precision=precision, opset=opset, tools=tool_versions(EXPORT_TOOLS), sources=sources,
         created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
 

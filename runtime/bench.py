@@ -93,19 +93,10 @@ def peak_rss_mb() -> float | None:
 
 
 def machine_info() -> dict:
-    from .machine import cpu_info, describe_cpu
+    from .machine import cpu_info, describe_cpu, tool_versions
 
     cpu = cpu_info()
-    versions = {"python": platform.python_version()}
-    for mod in ("onnxruntime", "numpy", "PIL"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            pass
-    if "torch" in sys.modules:
-        versions["torch"] = sys.modules["torch"].__version__
-    if "open_clip" in sys.modules:
-        versions["open_clip"] = getattr(sys.modules["open_clip"], "__version__", "?")
+    versions = tool_versions(("numpy", "pillow", "onnxruntime", "torch", "open_clip"), loaded_only=True)
     try:
         load = list(os.getloadavg())
     except OSError:

@@ -73,3 +73,46 @@ def describe_cpu(info: dict | None = None) -> str:
     isa = ", ".join(info.get("isa") or []) or "no AVX2/AVX-512/AMX reported"
     parts = [p for p in (ident, isa, f"{info.get('cores')} cores") if p]
     return f"{info.get('model')} ({'; '.join(parts)})"
+
+
+# version key -> (module that must be importable for it to count, distribution names to read)
+_TOOLS = {
+    "numpy": ("numpy", ("numpy",)),
+    "pillow": ("PIL", ("pillow", "Pillow")),
+    "onnxruntime": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    "onnx": ("onnx", ("onnx",)),
+    "onnxscript": ("onnxscript", ("onnxscript",)),
+    "torch": ("torch", ("torch",)),
+    "torchvision": ("torchvision", ("torchvision",)),
+    "open_clip": ("open_clip", ("open_clip_torch",)),
+    "matplotlib": ("matplotlib", ("matplotlib",)),
+    "tensorrt": ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+}
+RUNTIME_TOOLS = ("numpy", "pillow", "onnxruntime")
+EXPORT_TOOLS = RUNTIME_TOOLS + ("torch", "torchvision", "open_clip", "onnx", "onnxscript")
+
+
+def tool_versions(names=EXPORT_TOOLS, *, loaded_only: bool = False) -> dict:
+    """{"clipscan", "python", name: version} for each tool in `names` that is installed.
+
+    Versions come from the installed distributions' metadata, so nothing is imported; with
+    `loaded_only`, a tool counts only if this process has already imported it (what a
+    measurement really used).
+    """
+    import sys
+    from importlib import metadata
+
+    from clipscan import __version__
+
+    out = {"clipscan": __version__, "python": platform.python_version()}
+    for name in names:
+        module, dists = _TOOLS[name]
+        if loaded_only and module not in sys.modules:
+            continue
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
