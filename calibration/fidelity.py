@@ -22,9 +22,25 @@ from typing import Callable
 
 import numpy as np
 
-from clipscan.runtime.metrics import cosine_rows, decisions, prob_to_logit, rankdata, sigmoid, spearman  # noqa: F401
-from clipscan.runtime.thresholds import (BARS, DEFAULT_MARGIN, MIN_SRCC_IMAGES, PIXEL_MAX_ERROR,  # noqa: F401
-                                         ROBUST_SLACK, THRESHOLD_TOLERANCE, Bars, bars_for)
+from clipscan.runtime.metrics import (  # noqa: F401
+    cosine_rows,
+    decisions,
+    prob_to_logit,
+    rankdata,
+    sigmoid,
+    spearman,
+)
+from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
+from clipscan.runtime.thresholds import (  # noqa: F401
+    BARS,
+    DEFAULT_MARGIN,
+    MIN_SRCC_IMAGES,
+    PIXEL_MAX_ERROR,
+    ROBUST_SLACK,
+    THRESHOLD_TOLERANCE,
+    Bars,
+    bars_for,
+)
 
 
 @dataclass
@@ -219,7 +235,6 @@ HEAD_EVALUATORS: dict[str, Callable] = {
     "attribution": evaluate_attribution,
     "quality": evaluate_quality,
 }
-DECISION_TASKS = ("detection", "attribution")
 
 
 def evaluate_head(data: HeadData, precision: str, *, margin: float = DEFAULT_MARGIN,

@@ -12,7 +12,6 @@ Needs `clipscan[export]` (torch, open_clip); the runtime never imports this modu
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +26,7 @@ from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
+from clipscan.runtime.postprocess import embedding_value, head_values
 
 from . import fidelity as F
 from .fidelity import Gate, HeadData
@@ -147,7 +147,7 @@ def _recipe_gate(manifest, reference, mean=None, std=None) -> Gate:
 
 
 def _aggregate(outputs: dict, counts: list[int], pairs, embedding: dict | None) -> tuple[dict, np.ndarray | None]:
-    """Per-image values from per-row outputs (several rows = sliding crops, averaged as the Scanner does)."""
+    """Per-image values from per-row outputs, through the runtime's own postprocessing."""
     per_head: dict = {spec.name: {} for spec, _ in pairs}
     embs = []
     start = 0
@@ -155,26 +155,10 @@ def _aggregate(outputs: dict, counts: list[int], pairs, embedding: dict | None) 
         rows = slice(start, start + k)
         start += k
         for spec, _ in pairs:
-            d = per_head[spec.name]
-            if spec.task in F.DECISION_TASKS:
-                logit = float(np.asarray(outputs[spec.outputs["logit"]][rows], np.float64).mean())
-                if k > 1 or spec.task == "attribution":
-                    p = float(1.0 / (1.0 + math.exp(-logit)))
-                else:
-                    p = float(outputs[spec.outputs["probability"]][rows][0])
-                d.setdefault("logit", []).append(logit)
-                d.setdefault("probability", []).append(p)
-                if "class_probs" in spec.outputs:
-                    d.setdefault("class_probs", []).append(
-                        np.asarray(outputs[spec.outputs["class_probs"]][rows], np.float64).mean(0))
-            elif spec.task == "quality":
-                d.setdefault("score", []).append(float(np.asarray(outputs[spec.outputs["score"]][rows], np.float64).mean()))
+            for role, value in head_values(spec, outputs, rows).items():
+                per_head[spec.name].setdefault(role, []).append(value)
         if embedding is not None:
-            e = np.asarray(outputs[embedding["output"]][rows], np.float64)
-            e = e.mean(0)
-            if k > 1 and embedding.get("normalized"):
-                e = e / max(float(np.linalg.norm(e)), 1e-12)
-            embs.append(e)
+            embs.append(embedding_value(embedding, outputs, rows))
     return per_head, (np.stack(embs) if embs else None)
 
 

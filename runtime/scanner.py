@@ -21,6 +21,7 @@ from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, ModelError
+from .postprocess import embedding_value, head_values, verdict
 from .preprocess import Preprocessor
 from .results import ScanResult
 
@@ -216,39 +217,22 @@ class Scanner:
                 i += len(prepared)
 
     def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
-        """One image's result from its rows of the batch; several rows (sliding crops) are averaged."""
+        """One image's result from its rows of the batch (see `postprocess`)."""
         r = ScanResult(path=name, backend=self.backend.name)
-        several = rows.stop - rows.start > 1
         values = []
-        if self.detector is not None:
-            logits = outputs[self.detector.outputs["logit"]][rows].astype(np.float64)
-            r.logit = float(logits.mean())
-            if several or self.detector.task == "attribution":  # sigmoid(logit), as the graph computes it per crop
-                r.p_generated = float(1.0 / (1.0 + np.exp(-r.logit)))
-            else:
-                r.p_generated = float(outputs[self.detector.outputs["probability"]][rows][0])
+        det = head_values(self.detector, outputs, rows) if self.detector is not None else {}
+        if det:
+            r.logit, r.p_generated = det["logit"], det["probability"]
             values += [r.logit, r.p_generated]
         if self.quality is not None:
-            r.quality = float(outputs[self.quality.outputs["score"]][rows].astype(np.float64).mean())
+            r.quality = head_values(self.quality, outputs, rows)["score"]
             values.append(r.quality)
         emb = self.manifest.embedding
         if emb is not None:
-            e = np.asarray(outputs[emb["output"]][rows])
-            if several:
-                e = e.mean(0)
-                if emb.get("normalized"):
-                    e = e / max(float(np.linalg.norm(e)), 1e-12)
-            else:
-                e = e[0]
-            r.embedding = e
+            r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
         if not np.all(np.isfinite(values)):
             return ScanResult(path=name, backend=self.backend.name,
                               error="inference_failed: the model returned a non-finite value (NaN or inf)")
         if r.p_generated is not None:
-            labels = self.detector.labels
-            positive = labels[1] if self.detector.task == "detection" else "generated"
-            r.verdict = positive if r.p_generated >= self.threshold else labels[0]
-            if self.detector.task == "attribution" and r.verdict == positive:
-                probs = outputs[self.detector.outputs["class_probs"]][rows].astype(np.float64).mean(0)
-                r.generator = labels[1 + int(np.argmax(probs[1:]))]
+            r.verdict, r.generator = verdict(self.detector, r.p_generated, self.threshold, det.get("class_probs"))
         return r
