@@ -11,10 +11,13 @@ model cannot show. So the decision is per artifact and per image domain:
   agreement, flips, embedding cosine, max probability difference. It passes when agreement >=
   99.5% and cosine mean >= 0.999 (the gates `clipscan bench` reports) on at least `min_images`
   affected images (200 by default: fewer cannot show agreement to 0.5%).
+- `compare_draft_rows(manifest, exact_rows, draft_rows)` is the comparison itself (scan rows of the
+  same files decoded both ways), shared with the camera section of `clipscan bench`.
 - `record_draft(model, result)` writes the result into the artifact's manifest (`decoding.draft`);
   `Scanner(decode="auto")`, the default, then decodes drafts for this artifact, and only if it passed.
 
-Runs on the runtime alone; recording needs `onnx` (clipscan[export]).
+Importable and the comparison runnable on the runtime alone (the camera section of `clipscan bench`
+runs on a base install); `check_draft` and recording need `onnx` (clipscan[export]).
 """
 from __future__ import annotations
 
@@ -23,19 +26,42 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.bench import compare_draft_rows
-from clipscan.runtime.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, DRAFT_MIN_IMAGES
 from clipscan.runtime.decode import draft_request
-
-from .calib_data import content_hash, list_images
+from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, DRAFT_MIN_IMAGES
 
 log = logging.getLogger("clipscan.verify")
 
 DEFAULT_MIN_IMAGES = DRAFT_MIN_IMAGES
+
+
+def results_to_outputs(manifest, results) -> dict:
+    """ScanResult rows (no errors) -> arrays keyed like graph outputs, for compare_outputs."""
+    out: dict = {}
+    det, q, emb = manifest.decision_head(), manifest.head("quality"), manifest.embedding
+    if det is not None and "probability" in det.outputs:
+        out[det.outputs["probability"]] = np.array([r.p_generated for r in results], np.float64)
+    if q is not None and "score" in q.outputs:
+        out[q.outputs["score"]] = np.array([r.quality for r in results], np.float64)
+    if emb is not None and all(r.embedding is not None for r in results):
+        out[emb["output"]] = np.stack([r.embedding for r in results])
+    return out
+
+
+def compare_draft_rows(manifest, exact_rows: list, draft_rows: list) -> tuple[dict, list[int]]:
+    """`compare_outputs` of draft- against exact-decoded scan rows of the same files, on the rows both
+    decoded without error; returns (metrics, indices of those rows). Gates are the caller's."""
+    good = [i for i, (e, d) in enumerate(zip(exact_rows, draft_rows)) if not e.error and not d.error]
+    if not good:
+        return {"n": 0}, good
+    fid = compare_outputs(manifest, results_to_outputs(manifest, [exact_rows[i] for i in good]),
+                          results_to_outputs(manifest, [draft_rows[i] for i in good]))
+    return fid, good
 
 
 def draft_changes(path: str, draft_size: tuple[int, int]) -> bool:
@@ -54,6 +80,8 @@ def draft_changes(path: str, draft_size: tuple[int, int]) -> bool:
 def check_draft(model, folders, *, backend: str = "cpu", batch_size: int = 16,
                 min_images: int = DEFAULT_MIN_IMAGES) -> dict:
     """Draft against exact decoding of `model` on the JPEGs in `folders` that draft decoding changes."""
+    from .calib_data import content_hash, list_images  # here: calib_data needs onnx, the comparison does not
+
     manifest = load_artifact(model).manifest
     size = draft_request(manifest.preprocess.resize_mode, manifest.preprocess.resize_size)
     files = list_images(folders if isinstance(folders, (list, tuple)) else [folders])
@@ -98,13 +126,13 @@ def check_draft(model, folders, *, backend: str = "cpu", batch_size: int = 16,
 
 def record_draft(model, result: dict) -> None:
     """Write a `check_draft` result into the artifact's manifest (`decoding.draft`), in place."""
-    from .int8 import write_manifest
+    from clipscan.export.onnx_writer import rewrite_manifest
 
     path = Path(model)
     manifest = load_artifact(path).manifest
     decoding = dict(manifest.decoding or {})
     decoding["draft"] = dict(result)
-    write_manifest(path, replace(manifest, decoding=decoding))
+    rewrite_manifest(path, replace(manifest, decoding=decoding))
 
 
 def summary(result: dict) -> str:

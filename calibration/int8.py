@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.export.onnx_writer import attach_manifest, save_model
 from clipscan.runtime.artifact import file_sha256, load_artifact
-from clipscan.runtime.manifest import METADATA_KEY, Manifest
-
 from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
+from clipscan.runtime.manifest import METADATA_KEY, Manifest
 from clipscan.runtime.timing import timed_turn
 
 from .calib_data import BatchReader, CalibrationSet, equal_batches
@@ -249,9 +249,10 @@ def _calib_method(name: str):
             "entropy": CalibrationMethod.Entropy}[name]
 
 
-def quantize_model(src_model, out_path: Path, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
-                   input_name: str = "pixels", batch_size: int = 8, progress: bool = True) -> dict:
-    """Quantize an ONNX ModelProto (float) to `out_path`; returns the facts (excluded nodes, smoothing...)."""
+def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
+                   input_name: str = "pixels", batch_size: int = 8, progress: bool = True) -> tuple:
+    """Quantize an ONNX ModelProto (float); returns (the quantized ModelProto, facts: excluded nodes,
+    smoothing, Q/DQ counts). Nothing is written where the caller will look: that is the caller's."""
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     onnx = _onnx()
@@ -314,18 +315,7 @@ def quantize_model(src_model, out_path: Path, cset: CalibrationSet, recipe: Reci
         if n.op_type in ("QuantizeLinear", "DequantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"):
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     facts["quant_nodes"] = counts
-    onnx.save(q, str(out_path))
-    return facts
-
-
-def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Replace the manifest inside an ONNX file."""
-    from clipscan.export.onnx_writer import attach_manifest
-
-    onnx = _onnx()
-    model = onnx.load(str(path))
-    attach_manifest(model, manifest)
-    onnx.save(model, str(path))
+    return q, facts
 
 
 def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
@@ -342,8 +332,8 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
         raise ValueError("the output must not overwrite the FP32 model")
     model = onnx.load(str(artifact.path))
     start = time.perf_counter()
-    facts = quantize_model(model, out_path, cset, recipe, target, input_name=artifact.manifest.input.name,
-                           batch_size=batch_size, progress=progress)
+    quantized, facts = quantize_model(model, cset, recipe, target, input_name=artifact.manifest.input.name,
+                                      batch_size=batch_size, progress=progress)
     calibration = {
         "method": recipe.method, "recipe": recipe.label(), "target": target,
         "activations": "int8 symmetric" if target == "tensorrt" else "uint8 asymmetric",
@@ -357,7 +347,8 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
     }
     # a draft-decoding record belongs to the model it was measured on: the INT8 model needs its own
     manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None)
-    write_manifest(out_path, manifest)
+    attach_manifest(quantized, manifest)
+    save_model(quantized, out_path)  # atomic: an interrupted run leaves nothing at out_path
     return QuantResult(out_path, manifest, calibration)
 
 

@@ -1,4 +1,4 @@
-"""Function-preserving activation-outlier injection for test models (see notes/models.md).
+"""Function-preserving activation-outlier injection for test models.
 
 A randomly initialised CLIP has no outlier channels, so INT8 looks far better on it than on a
 trained one. `inject_outliers` multiplies a few channels of every LayerNorm's gamma and beta that
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipscan.export._deps import require
+from clipscan.export.deps import require
 
 torch = require("torch")
 

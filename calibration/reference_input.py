@@ -1,8 +1,11 @@
-"""The reference side of `clipscan verify`: the PyTorch model's input built independently of the runtime.
+"""The reference side of `clipscan verify` and the benchmark: the PyTorch model's input, built apart from
+the runtime's preprocessing.
 
-`ReferenceTransform` rebuilds the manifest's preprocessing recipe with open_clip / torchvision
-(not the runtime's code), so a preprocessing bug in the runtime shows up as a pixel error instead
-of being copied into the reference. `LAUNDERINGS` are the robustness variants (JPEG, blur,
+Decoding is shared on purpose (both sides must see the same decoded pixels, so the runtime's decoder
+and its bit-depth policy are used); everything after it, resize, crop, sliding windows and
+normalisation, is rebuilt by `ReferenceTransform` from the manifest's recipe with open_clip and
+torchvision, not with the runtime's code, so a preprocessing bug in the runtime shows up as a pixel
+error instead of being copied into the reference. `LAUNDERINGS` are the robustness variants (JPEG, blur,
 downscale + JPEG) applied to a decoded image before both sides see it.
 
 Needs `clipscan[export]` (torch, open_clip, torchvision).
@@ -17,9 +20,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from clipscan.export._deps import require
+from clipscan.export.deps import require
 from clipscan.runtime.decode import load_image
-from clipscan.runtime.preprocess import to_8bit, window_starts
+from clipscan.runtime.preprocess import to_8bit
 
 torch = require("torch", "clipscan verify")
 
@@ -125,6 +128,7 @@ class ReferenceTransform:
         return img
 
     def _sliding(self, img: Image.Image):
+        """Every crop-sized window (torch slicing of the ToTensor image), as the manifest's sliding recipe says."""
         import torchvision.transforms.functional as TF
 
         if self._resize is not None:
@@ -137,8 +141,8 @@ class ReferenceTransform:
             img = TF.pad(img, pad, fill=self.spec.pad_fill)
         x = TF.to_tensor(img if img.mode == "RGB" else img.convert("RGB"))
         s = self.spec
-        ys = window_starts(x.shape[1], crop_h, s.stride, s.max_per_axis)
-        xs = window_starts(x.shape[2], crop_w, s.stride, s.max_per_axis)
+        ys = _window_offsets(x.shape[1], crop_h, s.stride, s.max_per_axis)
+        xs = _window_offsets(x.shape[2], crop_w, s.stride, s.max_per_axis)
         return torch.stack([x[:, y:y + crop_h, left:left + crop_w] for y in ys for left in xs])
 
     def unit_pixels(self, img: Image.Image):
@@ -170,3 +174,17 @@ class ReferenceTransform:
             mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
             return (runtime.astype(np.float32) / np.float32(255.0) - mean) / self._std
         return runtime.astype(np.float32)
+
+
+def _window_offsets(length: int, crop: int, stride: int, max_n: int) -> list[int]:
+    """The documented sliding rule, written here independently: windows every `stride` pixels plus one
+    flush with the far edge; more than `max_n` become `max_n` evenly spaced ones (np.round, half to even)."""
+    span = length - crop
+    if span <= 0:
+        return [0]
+    offsets = sorted(set(range(0, span + 1, stride)) | {span})
+    if len(offsets) <= max_n:
+        return offsets
+    if max_n == 1:
+        return [int(np.round(span / 2))]
+    return [int(v) for v in np.round(np.linspace(0, span, max_n))]

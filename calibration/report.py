@@ -212,20 +212,20 @@ code{font-size:.9em}.note{color:#555;font-size:.85em}
 """
 
 
-def _e(v) -> str:
+def _html(v) -> str:
     return html.escape(str(v), quote=True)
 
 
 def _table(headers, rows, num_cols=()) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    head = "".join(f"<th>{_html(h)}</th>" for h in headers)
     body = []
     for r in rows:
         cells = []
         for i, c in enumerate(r):
             if isinstance(c, tuple):  # (text, css class)
-                cells.append(f'<td class="{_e(c[1])}">{_e(c[0])}</td>')
+                cells.append(f'<td class="{_html(c[1])}">{_html(c[0])}</td>')
             else:
-                cells.append(f'<td class="num">{_e(c)}</td>' if i in num_cols else f"<td>{_e(c)}</td>")
+                cells.append(f'<td class="num">{_html(c)}</td>' if i in num_cols else f"<td>{_html(c)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -238,8 +238,8 @@ def render_html(report) -> str:
     m = report.metrics
     verdict = "PASS" if report.passed else "FAIL"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>clipscan verify: {_e(report.manifest_name)} {verdict}</title><style>{CSS}</style></head><body>",
-             f"<h1>clipscan verify: {_e(report.manifest_name)}</h1>",
+             f"<title>clipscan verify: {_html(report.manifest_name)} {verdict}</title><style>{CSS}</style></head><body>",
+             f"<h1>clipscan verify: {_html(report.manifest_name)}</h1>",
              f"<p><span class='verdict {verdict}'>{verdict}</span> "
              f"{len(report.failed_gates())} of {len(report.gates)} gate(s) failed</p>"]
     info = [("artifact", report.model), ("sha256", report.sha256), ("precision", report.precision),
@@ -258,10 +258,10 @@ def render_html(report) -> str:
     figs, note = plots(report)
     parts.append("<h2>Plots</h2>")
     if note:
-        parts.append(f"<p class='note'>{_e(note)}</p>")
+        parts.append(f"<p class='note'>{_html(note)}</p>")
     for caption, png in figs:
-        parts.append(f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{png}' style='max-width:100%'>"
-                     f"<figcaption>{_e(caption)}</figcaption></figure>")
+        parts.append(f"<figure><img alt='{_html(caption)}' src='data:image/png;base64,{png}' style='max-width:100%'>"
+                     f"<figcaption>{_html(caption)}</figcaption></figure>")
 
     parts.append("<h2>Heads</h2>")
     head_rows = []
@@ -315,9 +315,9 @@ def render_html(report) -> str:
         parts.append(f"<h2>Files that could not be decoded ({len(report.failed_files)})</h2>")
         parts.append(_table(["path", "error"], [(f["path"], f["error"]) for f in report.failed_files]))
 
-    parts.append("<h2>Method</h2><ol>" + "".join(f"<li>{_e(t)}</li>" for t in report.method) + "</ol>")
+    parts.append("<h2>Method</h2><ol>" + "".join(f"<li>{_html(t)}</li>" for t in report.method) + "</ol>")
     bars = report.settings.get("bars", {})
-    parts.append(f"<p class='note'>Bars for {_e(report.precision)}: {_e(json.dumps(bars))}</p>")
+    parts.append(f"<p class='note'>Bars for {_html(report.precision)}: {_html(json.dumps(bars))}</p>")
     parts.append("<h2>Versions</h2>")
     parts.append(_table(["package", "now (verify)", "at export (manifest)"],
                         [(k, report.versions.get(k, "-"), report.manifest_tools.get(k, "-"))

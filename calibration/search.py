@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from clipscan.export.onnx_writer import rewrite_manifest
+from clipscan.runtime.machine import describe_cpu
 from clipscan.runtime.metrics import compare_outputs
 from clipscan.runtime.thresholds import INT8_STRICT, meets
 
@@ -92,7 +95,31 @@ def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, r
 
     Every round also records its cost in speed: median ONNX Runtime CPU latency of the round's INT8
     model and of the FP32 model on `speed_batch` validation rows, timed interleaved in the same run
-    (`speedup_vs_fp32`); `speed_batch=None` skips it."""
+    (`speedup_vs_fp32`); `speed_batch=None` skips it.
+
+    Rounds are written to a hidden file next to `out_path`; only the final model, with the history in
+    its manifest (`calibration.search`), is renamed to `out_path`, so an interrupted search leaves
+    nothing there."""
+    out_path = Path(out_path)
+    work = out_path.with_name(f".{out_path.name}.search-{os.getpid()}.onnx")
+    try:
+        found = _search_rounds(fp32_path, work, cset, val_tensors, recipe, target, max_rounds=max_rounds,
+                               per_round=per_round, batch_size=batch_size, gates=gates, progress=progress,
+                               rescale=rescale, speed_batch=speed_batch, speed_rounds=speed_rounds)
+        res = found["result"]
+        calibration = {**res.calibration, "search": found["history"]}
+        if any("speedup_vs_fp32" in step for step in found["history"]):
+            calibration["search_speed_measured_on"] = describe_cpu()
+        manifest = replace(res.manifest, calibration=calibration)
+        rewrite_manifest(work, manifest, out=out_path)
+        found["result"] = replace(res, path=out_path, manifest=manifest, calibration=calibration)
+        return found
+    finally:
+        work.unlink(missing_ok=True)
+
+
+def _search_rounds(fp32_path, out_path, cset, val_tensors, recipe, target, *, max_rounds, per_round, batch_size,
+                   gates, progress, rescale, speed_batch, speed_rounds) -> dict:
     import onnx
 
     manifest = int8.manifest_of(fp32_path)

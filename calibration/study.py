@@ -40,8 +40,8 @@ def vit_b32_config() -> dict:
 def build_outlier_model(workdir, cfg: dict | None = None, *, n_channels: int = 6, factor: float = 40.0,
                         seed: int = 7, fit_images: int = 24) -> dict:
     """Config, checkpoint, heads and FP32 ONNX export of a seeded open_clip ViT with injected outliers."""
-    import torch
     import open_clip
+    import torch
 
     from clipscan.export import demo_data, export_model
     from clipscan.export.fit import fit_detector, fit_quality

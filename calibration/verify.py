@@ -19,18 +19,18 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from clipscan.export._deps import require
+from clipscan.export.deps import require
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
-from clipscan.runtime.postprocess import embedding_value, head_values
 
-from . import fidelity as F
-from .fidelity import Gate, HeadData
+from . import fidelity
+from .fidelity import Gate
 from .reference_input import LAUNDERINGS, ReferenceTransform
+from .verify_compare import Stream, aggregate, evaluate_stream, match_heads, plot_data, recipe_gate, report_rows
 
 torch = require("torch", "clipscan verify")
 log = logging.getLogger("clipscan.verify")
@@ -39,20 +39,6 @@ INVARIANCE_ROWS = 32   # batch-1 and rerun checks on the first rows of the clean
 
 
 # -- collected data -------------------------------------------------------------------------------
-
-@dataclass
-class _Stream:
-    """Per-image values collected for one variant (clean or a laundering)."""
-    names: list = field(default_factory=list)
-    pixel_error: list = field(default_factory=list)
-    cosine: list = field(default_factory=list)
-    ref: dict = field(default_factory=dict)    # head name -> role -> list
-    exp: dict = field(default_factory=dict)
-    reference_failed: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    pending: list = field(default_factory=list)   # (name, runtime rows, reference rows, raw rows)
-    rows: int = 0
-
 
 @dataclass
 class VerifyReport:
@@ -84,7 +70,7 @@ class VerifyReport:
         raise KeyError(f"no gate {name!r}; gates: {[g.name for g in self.gates]}")
 
     def to_dict(self) -> dict:
-        return F.clean_json({
+        return fidelity.clean_json({
             "format": "clipscan.verify", "version": 1, "passed": self.passed,
             "model": {"path": self.model, "sha256": self.sha256, "name": self.manifest_name,
                       "precision": self.precision, "tools": self.manifest_tools},
@@ -99,67 +85,6 @@ class VerifyReport:
         from .report import summary_table
 
         return summary_table(self)
-
-
-# -- heads ----------------------------------------------------------------------------------------
-
-def _match_heads(manifest, reference) -> tuple[list, Gate]:
-    """Pair each manifest head with the reference head writing the same outputs."""
-    pairs, problems = [], []
-    free = list(reference.heads)
-    for spec in manifest.heads:
-        names = set(spec.outputs.values())
-        match = next((h for h in free if set(h.output_names) == names and getattr(h, "task", None) == spec.task), None)
-        if match is None:
-            problems.append(f"the artifact's {spec.task} head {spec.name!r} (outputs {sorted(names)}) has no "
-                            "counterpart in the reference heads")
-            continue
-        free.remove(match)
-        pairs.append((spec, match))
-    for h in free:
-        problems.append(f"reference head {getattr(h, 'name', '?')!r} ({getattr(h, 'task', '?')}) is not in the artifact")
-    gate = Gate("heads", f"{len(pairs)} matched", f"{len(manifest.heads)} in the manifest", not problems,
-                "; ".join(problems) or "every manifest head has its reference head (same task and outputs)",
-                "sources", "==")
-    return pairs, gate
-
-
-def _recipe_gate(manifest, reference, mean=None, std=None) -> Gate:
-    """The manifest's preprocessing and normalisation equal what the reference's config implies
-    (mean/std: what export was given with --mean/--std, if anything)."""
-    from clipscan.export.exporter import preprocess_spec
-
-    want = preprocess_spec(reference.info).to_dict()
-    got = manifest.preprocess.to_dict()
-    diffs = [f"{k}: manifest {got.get(k)!r}, reference {want.get(k)!r}" for k in sorted(set(want) | set(got))
-             if got.get(k) != want.get(k)]
-    inp = manifest.input
-    norm = manifest.backbone.get("normalization_folded") if inp.folded else {"mean": inp.mean, "std": inp.std}
-    expected = {"mean": mean, "std": std}
-    for key in ("mean", "std"):
-        m = list((norm or {}).get(key) or [])
-        r = list(expected[key] or reference.info.preprocess.get(key) or [])
-        if len(m) != len(r) or any(abs(a - b) > 1e-7 for a, b in zip(m, r)):
-            diffs.append(f"{key}: manifest {m}, reference {r}")
-    return Gate("recipe", "equal" if not diffs else "differs", "equal", not diffs,
-                "; ".join(diffs) or "manifest preprocessing and mean/std equal the reference config's",
-                "preprocessing", "==")
-
-
-def _aggregate(outputs: dict, counts: list[int], pairs, embedding: dict | None) -> tuple[dict, np.ndarray | None]:
-    """Per-image values from per-row outputs, through the runtime's own postprocessing."""
-    per_head: dict = {spec.name: {} for spec, _ in pairs}
-    embs = []
-    start = 0
-    for k in counts:
-        rows = slice(start, start + k)
-        start += k
-        for spec, _ in pairs:
-            for role, value in head_values(spec, outputs, rows).items():
-                per_head[spec.name].setdefault(role, []).append(value)
-        if embedding is not None:
-            embs.append(embedding_value(embedding, outputs, rows))
-    return per_head, (np.stack(embs) if embs else None)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -187,7 +112,7 @@ class _Runner:
             outs = self.graph(torch.from_numpy(np.ascontiguousarray(x)))
         return {n: o.float().numpy() for n, o in zip(self.names, outs)}
 
-    def add(self, stream: _Stream, name: str, img: Image.Image) -> None:
+    def add(self, stream: Stream, name: str, img: Image.Image) -> None:
         """Queue one image: the runtime's tensor and the reference's. A runtime preprocessing error
         propagates (the caller lists the file); a reference transform error is recorded here."""
         rt = self.scanner.preprocess(img)
@@ -205,7 +130,7 @@ class _Runner:
         stream.pending.append((name, rt, ref_in, err))
         stream.rows += len(rt)
 
-    def flush(self, stream: _Stream, *, check_invariants: bool = False) -> None:
+    def flush(self, stream: Stream, *, check_invariants: bool = False) -> None:
         if not stream.pending:
             return
         pending, stream.pending, stream.rows = stream.pending, [], 0
@@ -223,12 +148,12 @@ class _Runner:
                              f"{type(e).__name__}: {e}") from e
         if check_invariants and self.inv_rows < INVARIANCE_ROWS:
             self._invariants(x_rt, exp_out)
-        exp_heads, exp_emb = _aggregate(exp_out, counts, self.pairs, self.embedding)
-        ref_heads, ref_emb = _aggregate(ref_out, counts, self.pairs, self.embedding)
+        exp_heads, exp_emb = aggregate(exp_out, counts, self.pairs, self.embedding)
+        ref_heads, ref_emb = aggregate(ref_out, counts, self.pairs, self.embedding)
         stream.names.extend(p[0] for p in pending)
         stream.pixel_error.extend(p[3] for p in pending)
         if exp_emb is not None:
-            stream.cosine.extend(F.cosine_rows(exp_emb, ref_emb).tolist())
+            stream.cosine.extend(fidelity.cosine_rows(exp_emb, ref_emb).tolist())
         for target, src in ((stream.exp, exp_heads), (stream.ref, ref_heads)):
             for head, roles in src.items():
                 for role, values in roles.items():
@@ -250,82 +175,6 @@ class _Runner:
         self.inv_batch_n = max(self.inv_batch_n, len(x))
         self.batch_max_abs = max(self.batch_max_abs or 0.0, batch_diff)
         self.rerun_max_abs = max(self.rerun_max_abs or 0.0, rerun_diff)
-
-
-def _head_data(stream: _Stream, pairs) -> list[HeadData]:
-    out = []
-    for spec, ref_head in pairs:
-        ref = {k: np.asarray(v) for k, v in stream.ref.get(spec.name, {}).items()}
-        exp = {k: np.asarray(v) for k, v in stream.exp.get(spec.name, {}).items()}
-        decision = spec.task in F.DECISION_TASKS
-        out.append(HeadData(
-            name=spec.name, task=spec.task, ref=ref, exp=exp,
-            ref_threshold=float(getattr(ref_head, "threshold", spec.threshold)) if decision else None,
-            deployed_threshold=spec.threshold, labels=tuple(spec.labels),
-            ref_labels=tuple(getattr(ref_head, "labels", ()) or ()) if decision else ()))
-    return out
-
-
-def _evaluate_stream(stream: _Stream, pairs, precision: str, margin: float, prefix: str = ""):
-    n = len(stream.names)
-    errs = [e for e in stream.pixel_error if e is not None]
-    metrics: dict = {"n_images": n, "preprocessing_max_error": max(errs) if errs else None,
-                     "reference_failed": stream.reference_failed}
-    feat_metrics, gates = F.feature_gates(stream.cosine, precision, prefix=prefix)
-    metrics["features"] = feat_metrics
-    heads = {}
-    for data in _head_data(stream, pairs):
-        if not n:
-            continue
-        m, g = F.evaluate_head(data, precision, margin=margin, prefix=prefix)
-        heads[data.name] = {"task": data.task, **m}
-        gates.extend(g)
-    metrics["heads"] = heads
-    return metrics, gates
-
-
-def _rows(stream: _Stream, pairs, margin: float, decision_head, quality_head) -> list[dict]:
-    rows = []
-    datas = {d.name: d for d in _head_data(stream, pairs)}
-    decisions = {name: F.head_decisions(d) for name, d in datas.items() if d.task in F.DECISION_TASKS}
-    for i, name in enumerate(stream.names):
-        row: dict = {"path": name, "cosine": stream.cosine[i] if i < len(stream.cosine) else None,
-                     "pixel_error": stream.pixel_error[i], "heads": {}}
-        flip_any = False
-        for hname, d in datas.items():
-            if d.task in F.DECISION_TASKS:
-                ref_dec, exp_dec = decisions[hname]
-                flip = bool(ref_dec[i] != exp_dec[i])
-                flip_any |= flip
-                distance = abs(float(d.ref["logit"][i]) - F.prob_to_logit(d.ref_threshold))
-                row["heads"][hname] = {"ref_logit": float(d.ref["logit"][i]), "logit": float(d.exp["logit"][i]),
-                                       "ref_p": float(d.ref["probability"][i]), "p": float(d.exp["probability"][i]),
-                                       "flip": flip, "outside_margin": bool(flip and distance > margin)}
-            elif d.task == "quality":
-                row["heads"][hname] = {"ref_quality": float(d.ref["score"][i]), "quality": float(d.exp["score"][i])}
-        if decision_head is not None and decision_head in row["heads"]:
-            h = row["heads"][decision_head]
-            row.update(ref_logit=h["ref_logit"], logit=h["logit"], ref_p=h["ref_p"], p=h["p"])
-        if quality_head is not None and quality_head in row["heads"]:
-            h = row["heads"][quality_head]
-            row.update(ref_quality=h["ref_quality"], quality=h["quality"])
-        row["flip"] = flip_any
-        rows.append(row)
-    return rows
-
-
-def _plot_data(stream: _Stream, pairs) -> dict:
-    data = {"cosine": list(stream.cosine), "heads": {}}
-    for d in _head_data(stream, pairs):
-        if d.task in F.DECISION_TASKS and len(stream.names):
-            ref_dec, exp_dec = F.head_decisions(d)
-            data["heads"][d.name] = {"task": d.task, "ref": d.ref["logit"].tolist(), "exp": d.exp["logit"].tolist(),
-                                     "flip": (ref_dec != exp_dec).tolist(),
-                                     "ref_threshold_logit": F.prob_to_logit(d.ref_threshold),
-                                     "deployed_threshold_logit": F.prob_to_logit(d.deployed_threshold)}
-        elif d.task == "quality" and len(stream.names):
-            data["heads"][d.name] = {"task": d.task, "ref": d.ref["score"].tolist(), "exp": d.exp["score"].tolist()}
-    return data
 
 
 METHOD = [
@@ -365,7 +214,7 @@ def _given_sources(reference) -> tuple[tuple[str, str] | None, list[tuple[str, s
     return weights, heads
 
 
-def verify(model_path, reference, images, report_dir=None, *, margin: float = F.DEFAULT_MARGIN,
+def verify(model_path, reference, images, report_dir=None, *, margin: float = fidelity.DEFAULT_MARGIN,
            batch_size: int = 16, launder: bool | Iterable[str] = True, max_pixels: int = DEFAULT_MAX_PIXELS,
            all_files: bool = False, mean=None, std=None) -> VerifyReport:
     """Compare the artifact at `model_path` with `reference` (an `export.exporter.Reference`).
@@ -401,17 +250,17 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
             mean=None, std=None):
     manifest = scanner.manifest
     precision = manifest.precision
-    F.bars_for(precision)
+    fidelity.bars_for(precision)
     weights, heads = _given_sources(reference)
-    gates: list[Gate] = [F.sources_gate(manifest.sources, weights, heads)]
-    pairs, heads_gate = _match_heads(manifest, reference)
+    gates: list[Gate] = [fidelity.sources_gate(manifest.sources, weights, heads)]
+    pairs, heads_gate = match_heads(manifest, reference)
     gates.append(heads_gate)
-    gates.append(_recipe_gate(manifest, reference, mean, std))
+    gates.append(recipe_gate(manifest, reference, mean, std))
     transform = ReferenceTransform(manifest)
     runner = _Runner(scanner, reference, transform, pairs, batch_size)
 
-    clean = _Stream()
-    laundered = {v: _Stream() for v in variants}
+    clean = Stream()
+    laundered = {v: Stream() for v in variants}
     failed: list[dict] = []
     found = 0
     for path in iter_files(paths, all_files=all_files):
@@ -444,12 +293,12 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
         raise ValueError(f"none of the {found} file(s) under {[str(p) for p in paths]} could be compared: "
                          f"{(failed + clean.reference_failed)[:3]}")
 
-    metrics, clean_gates = _evaluate_stream(clean, pairs, precision, margin)
-    prep = F.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),
+    metrics, clean_gates = evaluate_stream(clean, pairs, precision, margin)
+    prep = fidelity.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),
                                 reference_failed=len(clean.reference_failed), note=transform.note)
     gates.append(prep)
     gates.extend(clean_gates)
-    gates.extend(F.invariance_gates(runner.batch_max_abs, runner.inv_batch_n, runner.rerun_max_abs,
+    gates.extend(fidelity.invariance_gates(runner.batch_max_abs, runner.inv_batch_n, runner.rerun_max_abs,
                                     runner.inv_rows, precision))
     metrics["invariants"] = {"batch_max_abs_diff": runner.batch_max_abs, "batch_n": runner.inv_batch_n,
                              "rerun_max_abs_diff": runner.rerun_max_abs, "rows_checked": runner.inv_rows}
@@ -458,17 +307,17 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
 
     robustness: dict = {}
     for v, stream in laundered.items():
-        m, _ = _evaluate_stream(stream, pairs, precision, margin, prefix=f"{v}:")
+        m, _ = evaluate_stream(stream, pairs, precision, margin, prefix=f"{v}:")
         m["description"] = LAUNDERINGS[v][0]
         m["skipped"] = stream.skipped
-        m["rows"] = _rows(stream, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
+        m["rows"] = report_rows(stream, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
         robustness[v] = m
         for hname, hm in m["heads"].items():
-            if hm["task"] in F.DECISION_TASKS and hname in metrics["heads"]:
-                gates.append(F.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"]))
+            if hm["task"] in fidelity.DECISION_TASKS and hname in metrics["heads"]:
+                gates.append(fidelity.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"]))
 
-    rows = _rows(clean, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
-    plots = {"clean": _plot_data(clean, pairs),
+    rows = report_rows(clean, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
+    plots = {"clean": plot_data(clean, pairs),
              "laundered": {v: {"cosine": list(s.cosine)} for v, s in laundered.items()}}
     report = VerifyReport(
         model=str(scanner.artifact.path), sha256=scanner.artifact.sha256(), manifest_name=manifest.name,
@@ -481,7 +330,7 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
                                 "weights": reference.info.weights_path or reference.info.weights_file,
                                 "heads": [str(p) for p in reference.head_files],
                                 "activation": reference.info.activation},
-                  "bars": F.bars_for(precision).__dict__},
+                  "bars": fidelity.bars_for(precision).__dict__},
         method=METHOD, manifest_tools=dict(manifest.tools), plots_data=plots,
     )
     if report_dir is not None:
@@ -492,6 +341,6 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
 
 
 def _primary(manifest, kind: str) -> str | None:
-    tasks = F.DECISION_TASKS if kind == "decision" else ("quality",)
+    tasks = fidelity.DECISION_TASKS if kind == "decision" else ("quality",)
     head = next((h for h in manifest.heads if h.task in tasks), None)
     return head.name if head is not None else None

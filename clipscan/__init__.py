@@ -3,7 +3,7 @@
 `clipscan.runtime` (numpy, pillow, onnxruntime) scans; `clipscan.export` (torch,
 open_clip, onnx: `pip install 'clipscan[export]'`) writes the ONNX artifact.
 """
-__version__ = "0.1.0"
+from clipscan.version import __version__  # noqa: F401
 
 
 def __getattr__(name):  # lazy, so `import clipscan` stays cheap

@@ -17,7 +17,7 @@ from typing import Any
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ._deps import require
+from .deps import require
 
 torch = require("torch")
 open_clip = require("open_clip")

@@ -21,8 +21,8 @@ from clipscan.runtime.manifest import PreprocessSpec
 from clipscan.runtime.metrics import spearman
 
 from . import demo_data
-from ._deps import require
 from .backbone import build_visual
+from .deps import require
 from .exporter import ExportReport, export_model
 from .fit import fit_detector, fit_quality_ridge
 from .heads import save_heads

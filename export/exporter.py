@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.artifact import file_sha256
-from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
-
-from ._deps import require
-from .backbone import BackboneInfo, load_backbone
-from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
-from .importers import import_heads, parse_head_arg
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
+from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.metrics import cosine_rows
 from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 
+from .backbone import BackboneInfo, load_backbone
+from .deps import require
+from .errors import ExportCheckError
+from .fp16 import convert_to_fp16
+from .fp16_check import check_fp16
+from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
+from .importers import import_heads, parse_head_arg
 from .onnx_writer import attach_manifest, save_checked, to_onnx
 
 log = logging.getLogger("clipscan.export")
@@ -26,10 +28,6 @@ torch = require("torch")
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
 GRAPH_STYLES = ("auto", "lean", "stock")
-
-
-class ExportCheckError(RuntimeError):
-    """The written graph does not reproduce the PyTorch model."""
 
 
 @dataclass
@@ -173,9 +171,8 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     """(lean?, why) for a requested graph style; 'lean' on a tower it cannot express is an error.
 
     "auto" is lean for FP32 (the graph ONNX Runtime CPU and INT8 calibration start from) and stock
-    for FP16: FP16 targets GPUs, whose compilers fuse the glue themselves, and on the tiny test
-    model the lean FP16 graph ranked near-tied quality scores slightly worse (SRCC 0.99959 vs
-    0.99995 against PyTorch FP32 on 64 images, ORT CPU)."""
+    for FP16: FP16 targets GPUs, whose compilers fuse the glue themselves (the README gives the
+    FP16 measurement behind this choice)."""
     from .lean_blocks import lean_unsupported_reason
 
     if style not in GRAPH_STYLES:
@@ -242,17 +239,13 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     log.info("exporting %s (%s) to ONNX opset %d", name, info.id, opset)
     model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
     if precision == "fp16":
-        from . import fp16
-
-        converted = fp16.convert_to_fp16(model)
+        converted = convert_to_fp16(model)
         model = converted.model
         manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)
     path = save_checked(model, out)
     try:
         if precision == "fp16":
-            from .fp16_check import check_fp16
-
             checks = check_fp16(path, graph, reference, info.image_size, mean, std)
         else:
             checks = check_against_torch(path, graph, reference, info.image_size, mean, std)

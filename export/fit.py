@@ -5,7 +5,7 @@ Linear layer, so the saved head takes the raw embedding. Deterministic for a see
 """
 from __future__ import annotations
 
-from ._deps import require
+from .deps import require
 from .heads import DetectorHead, QualityHead
 
 torch = require("torch")

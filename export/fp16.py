@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._deps import require
+from .deps import require
 
 log = logging.getLogger("clipscan.export")
 onnx = require("onnx")

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._deps import require
+from clipscan.runtime.metrics import cosine_rows
 from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
 from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
 
+from .deps import require
+from .errors import ExportCheckError
 from .fp16 import FP16_MAX, SHAPE_OPS
 from .graph import INPUT_NAME, OUT_EMBEDDING
-from clipscan.runtime.metrics import cosine_rows
 
 log = logging.getLogger("clipscan.export")
 onnx = require("onnx")
@@ -199,8 +200,6 @@ def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 
     Raises ExportCheckError when either misses a gate; returns the measurements.
     """
     import onnxruntime as ort
-
-    from .exporter import ExportCheckError
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

@@ -1,7 +1,7 @@
 """One module, one backbone pass, every head: what gets written to ONNX."""
 from __future__ import annotations
 
-from ._deps import require
+from .deps import require
 
 torch = require("torch")
 F = torch.nn.functional

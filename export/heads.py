@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clipscan.runtime.manifest import HeadSpec
 
-from ._deps import require
+from .deps import require
 
 torch = require("torch")
 nn = torch.nn

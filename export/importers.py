@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._deps import require
+from .deps import require
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
 
 torch = require("torch")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from ._deps import require
+from .deps import require
 
 torch = require("torch")
 F = torch.nn.functional

@@ -1,16 +1,17 @@
-"""Write a torch module to one self-contained ONNX file with the manifest inside, and check it."""
+"""Write a torch module to one self-contained ONNX file with the manifest inside, check it, and rewrite
+the manifest of an existing artifact (the one place that does)."""
 from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
-
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
-from ._deps import require
+from .deps import require
 
 log = logging.getLogger("clipscan.export")
 MIN_OPSET = 17
@@ -48,7 +49,7 @@ def attach_manifest(model, manifest: Manifest) -> None:
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
     model.producer_name = "clipscan"
-    from clipscan import __version__
+    from clipscan.version import __version__
 
     model.producer_version = __version__
 
@@ -57,9 +58,26 @@ def save_checked(model, path: str | Path) -> Path:
     """onnx.checker full check (with shape inference), then save as one file."""
     onnx = require("onnx")
     onnx.checker.check_model(model, full_check=True)
+    return save_model(model, path)
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Save as one file, atomically: written next to `path` and renamed over it only when complete."""
+    onnx = require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save_model(model, str(tmp), save_as_external_data=False)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def rewrite_manifest(path: str | Path, manifest: Manifest, out: str | Path | None = None) -> Path:
+    """Replace the manifest inside the ONNX file at `path` (written to `out`, default in place, atomically)."""
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    attach_manifest(model, manifest)
+    return save_model(model, out or path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._deps import require
 from .backbone import read_arch_config
+from .deps import require
 
 torch = require("torch")
 open_clip = require("open_clip")

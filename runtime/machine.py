@@ -102,7 +102,7 @@ def tool_versions(names=EXPORT_TOOLS, *, loaded_only: bool = False) -> dict:
     import sys
     from importlib import metadata
 
-    from clipscan import __version__
+    from clipscan.version import __version__
 
     out = {"clipscan": __version__, "python": platform.python_version()}
     for name in names:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Container, Iterable, Iterator
+from typing import Callable, Container, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -42,7 +43,8 @@ class Scanner:
                  fallback: bool = True, batch_size: int = 16, threads: int | None = None,
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
-                 device_id: int = 0, decode: str = "auto", spin: bool = True):
+                 device_id: int = 0, decode: str = "auto", spin: bool = True,
+                 observer: Callable[[str, float, float], None] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact: Artifact = load_artifact(model)
@@ -85,6 +87,10 @@ class Scanner:
                                       manifest=self.manifest)
         self._check_graph()
         self.walk_stats = WalkStats()
+        # observer(stage, start, end), perf_counter seconds, for every "prepare" (decode + preprocess of one
+        # source, in the worker threads) and "inference" (one batch's predict) a scan runs; may be set or
+        # cleared between scans; it must be thread-safe and quick, and an exception in it is logged, not raised
+        self.observer = observer
 
     # -- setup -------------------------------------------------------------
     def _check_graph(self) -> None:
@@ -100,6 +106,11 @@ class Scanner:
     @property
     def backend_name(self) -> str:
         return self.backend.name
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """The size JPEGs are draft-decoded towards (`decode == "draft"`), None when decoding is exact."""
+        return self._draft_size
 
     def close(self) -> None:
         self.backend.close()
@@ -146,9 +157,9 @@ class Scanner:
         """Model input for one decoded image: (K, 3, H, W), K > 1 only for sliding-crop recipes."""
         return self.preprocessor.batch(image)
 
-    # -- pipeline --------------------------------------------------------------
-    def _prepare(self, source) -> np.ndarray | ImageReadError:
-        """(K, 3, H, W) model input for one source, or the error that stops it."""
+    def prepare(self, source) -> np.ndarray | ImageReadError:
+        """(K, 3, H, W) model input for one source (path, bytes, file or PIL image) decoded as a scan
+        decodes it, or the ImageReadError that stops it (returned, not raised)."""
         try:
             if isinstance(source, Image.Image):
                 image = source
@@ -164,12 +175,27 @@ class Scanner:
         except Exception as e:  # never let one input end the scan
             return ImageReadError("preprocess_failed", f"{type(e).__name__}: {e}")
 
+    # -- pipeline --------------------------------------------------------------
+    def _observed(self, stage: str, fn, arg):
+        """fn(arg), its interval reported to `observer` when one is set."""
+        observer = self.observer
+        if observer is None:
+            return fn(arg)
+        start = time.perf_counter()
+        try:
+            return fn(arg)
+        finally:
+            try:
+                observer(stage, start, time.perf_counter())
+            except Exception:  # an observer never ends a scan
+                log.exception("scan observer failed")
+
     def _prepared(self, items: Iterable[tuple[str, object]]) -> Iterator[tuple[str, object]]:
         lookahead = max(2 * self.batch_size, self.workers)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="clipscan-decode") as pool:
             window: deque = deque()
             for name, source in items:
-                window.append((name, pool.submit(self._prepare, source)))
+                window.append((name, pool.submit(self._observed, "prepare", self.prepare, source)))
                 if len(window) >= lookahead:
                     name0, fut = window.popleft()
                     yield name0, fut.result()
@@ -202,7 +228,7 @@ class Scanner:
         failure = None
         if arrays:
             try:
-                outputs = self.predict(np.concatenate(arrays))
+                outputs = self._observed("inference", self.predict, np.concatenate(arrays))
             except Exception as e:  # a backend failure fails this batch, not the scan
                 failure = ImageReadError("inference_failed", f"{type(e).__name__}: {e}")
                 log.error("inference failed for a batch of %d: %s", len(arrays), e)

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipscan.runtime import Scanner
-from clipscan.runtime.bench import (BenchConfig, add_ratios, format_table, percentiles, run_benchmark, time_loop,
-                                    write_json, write_plot)
+from clipscan.bench import BenchConfig, format_table, run_benchmark, write_json, write_plot
+from clipscan.bench.report import add_ratios
+from clipscan.runtime import Scanner, load_artifact
 from clipscan.runtime.decode import draft_request, load_image
+from clipscan.runtime.timing import percentiles, time_loop
 
 from .conftest import REPO, block_torch_env, jpeg_bytes, photo_images
 
@@ -148,14 +149,14 @@ def test_draft_decoding_same_tensor_size_and_opt_in(tmp_path):
     p = tmp_path / "big.jpg"
     big.save(p, "JPEG", quality=90)
     exact, draft = Scanner(DEMO, backend="cpu"), Scanner(DEMO, backend="cpu", decode="draft")
-    assert exact.decode == "exact" and exact._draft_size is None  # the default decodes exactly
-    assert draft._draft_size == (224, 224)
+    assert exact.decode == "exact" and exact.draft_size is None  # the default decodes exactly
+    assert draft.draft_size == (224, 224)
     full = load_image(p)
-    small = load_image(p, draft_size=draft._draft_size)
+    small = load_image(p, draft_size=draft.draft_size)
     assert full.size == (2000, 1500)
     # PIL takes the smallest DCT scale (1/4 here, 1/8 would give 188 < 224) keeping both sides >= 224
     assert small.size == (500, 375)
-    xe, xd = exact._prepare(str(p)), draft._prepare(str(p))
+    xe, xd = exact.prepare(str(p)), draft.prepare(str(p))
     assert xe.shape == xd.shape == (1, 3, 224, 224)
     re, rd = exact.scan_bytes(p.read_bytes()), draft.scan_bytes(p.read_bytes())
     assert re.verdict == rd.verdict
@@ -232,3 +233,46 @@ def test_camera_section_small(two_artifacts, bench_images, tmp_path):
     assert trace["inference_seconds"] > 0 and 0.0 <= trace["inference_overlapped_fraction"] <= 1.0
     assert "plain" not in cam  # no PyTorch reference given: no plain-pipeline ratio
     assert "camera-sized" in format_table(rep)
+
+
+@pytest.fixture(scope="module")
+def univfd_artifact(tiny_model_files, tmp_path_factory) -> tuple[Path, str]:
+    """(the tiny backbone with a UnivFD fc head exported, the --torch-heads argument that made it)."""
+    import torch
+
+    from clipscan.export import export_model
+
+    from .conftest import TINY_CONFIG
+
+    d = tmp_path_factory.mktemp("bench_univfd")
+    gen = torch.Generator().manual_seed(11)
+    fc = d / "fc_weights.pth"
+    torch.save({"weight": torch.randn(1, TINY_CONFIG["embed_dim"], generator=gen) * 3,
+                "bias": torch.randn(1, generator=gen)}, str(fc))
+    t = tiny_model_files
+    out = d / "univfd.onnx"
+    export_model(str(t["config"]), t["weights"], f"univfd:{fc}", out, name="univfd-test")
+    return out, f"univfd:{fc}"
+
+
+def test_univfd_artifact_against_pytorch(univfd_artifact, tiny_model_files, bench_images, tmp_path):
+    """A UnivFD recipe (no resize, centre crop) with the PyTorch reference: the plain pipeline's input comes
+    from the verify reference transform (open_clip's own transform has no resize "none"), end to end."""
+    model, head = univfd_artifact
+    t = tiny_model_files
+    cfg = BenchConfig(models=[str(model)], batch_sizes=[1], backends=["cpu"], mode="both", images=str(bench_images),
+                      torch_arch=str(t["config"]), torch_weights=str(t["weights"]), torch_heads=[head],
+                      cold_start=False, camera=1, camera_size=(800, 600), camera_dir=str(tmp_path / "cam"), **FAST)
+    rep = run_benchmark(cfg)
+    assert rep["errors"] == []
+    assert load_artifact(model).manifest.preprocess.resize_mode == "none"
+    by = {(r["mode"], r["runtime"]): r for r in rep["results"]}
+    assert set(by) == {("model", "pytorch"), ("model", "onnxruntime"), ("e2e", "pytorch"), ("e2e", "onnxruntime")}
+    assert all(r["images_per_s"] > 0 for r in rep["results"])
+    assert rep["reference"]["kind"] == "pytorch"
+    fid = rep["fidelity"][model.name]
+    assert fid["against"] == "pytorch" and fid["n"] == 4
+    assert fid["agreement"] == 1.0 and fid["cosine_worst"] > 0.9999
+    cam = rep["camera"]
+    assert sorted(cam["plain"]) == ["1"] and "errors" not in cam
+    assert cam["decoded_size_draft"] == cam["decoded_size_exact"] == [800, 600]  # no resize: drafts never apply

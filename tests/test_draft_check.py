@@ -64,13 +64,13 @@ def test_recorded_check_switches_auto_decoding_per_artifact(exported, artifact_c
 
 def test_check_on_a_model_that_needs_full_resolution(tmp_path, draft_images):
     """A recipe without resize (UnivFD's centre crop) never uses drafts: nothing to check, nothing passes."""
-    from clipscan.calibration.int8 import write_manifest
+    from clipscan.export.onnx_writer import rewrite_manifest
     from clipscan.runtime.artifact import DEMO_MODEL
 
     model = tmp_path / "noresize.onnx"
     shutil.copy(DEMO_MODEL, model)
     m = load_artifact(model).manifest
-    write_manifest(model, dataclasses.replace(m, preprocess=dataclasses.replace(m.preprocess, resize_mode="none")))
+    rewrite_manifest(model, dataclasses.replace(m, preprocess=dataclasses.replace(m.preprocess, resize_mode="none")))
     res = check_draft(model, [draft_images], min_images=1)
     assert not res["passed"] and res["n_affected"] == 0 and "full-resolution" in res["why"]
 

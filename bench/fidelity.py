@@ -1,0 +1,80 @@
+"""Fidelity next to speed: each artifact's outputs against the run's reference on the benchmark images.
+
+The reference is the PyTorch original when given, else the first FP32 artifact on ONNX Runtime's
+CPU backend. Both sides see the same preprocessed tensors (decoded once, by the runtime), and the
+comparison is `clipscan.runtime.metrics.compare_outputs`, the one every fidelity check uses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clipscan.runtime import Scanner
+from clipscan.runtime.metrics import compare_outputs
+
+from .context import BenchContext
+
+CHUNK = 32
+
+
+def prepared_inputs(scanner: Scanner, paths: list[Path]) -> tuple[np.ndarray, list[str], list[dict]]:
+    """The benchmark images decoded and preprocessed once, (N, 3, H, W); undecodable files listed."""
+    rows, names, bad = [], [], []
+    for p in paths:
+        x = scanner.prepare(str(p))
+        if isinstance(x, np.ndarray):
+            rows.append(x[:1])
+            names.append(str(p))
+        else:
+            bad.append({"path": str(p), "error": str(x)})
+    if not rows:
+        raise ValueError("none of the benchmark images could be decoded")
+    return np.concatenate(rows), names, bad
+
+
+def predict_all(run, x: np.ndarray, chunk: int = CHUNK) -> dict:
+    """`run` (a batch -> {output: array}) over `x` in chunks, outputs concatenated."""
+    out: dict = {}
+    for i in range(0, len(x), chunk):
+        for k, v in run(x[i:i + chunk]).items():
+            out.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def prepare_reference(ctx: BenchContext) -> None:
+    """Decode the images once (ctx.x_all, ctx.names) and compute the reference outputs on them."""
+    cfg, report = ctx.cfg, ctx.report
+    fp32 = next((m for m in cfg.models if ctx.manifests[m].precision == "fp32"), None)
+    with Scanner(fp32 or ctx.first, backend="cpu", batch_size=max(cfg.batch_sizes), decode="exact") as sc:
+        ctx.x_all, ctx.names, bad = prepared_inputs(sc, ctx.paths)
+        report["settings"]["decoded_images"] = len(ctx.names)
+        report["settings"]["undecodable_images"] = bad
+        if ctx.torch_ref is not None:
+            x = ctx.torch_ref.input_from_runtime(sc.manifest, ctx.x_all)
+            ctx.ref_outputs = predict_all(ctx.torch_ref.run, x)
+            report["reference"] = {"kind": "pytorch", "what": f"PyTorch eager FP32 ({cfg.torch_arch}, "
+                                   f"{cfg.torch_weights}, torch threads {ctx.torch_ref.threads})"}
+        elif fp32 is not None:
+            ctx.ref_outputs = predict_all(sc.predict, ctx.x_all)
+            report["reference"] = {"kind": "fp32_artifact", "artifact": Path(fp32).name,
+                                   "what": f"{Path(fp32).name} on ONNX Runtime CPU (no PyTorch reference given): "
+                                           "speed ratios and fidelity are against this artifact"}
+        else:
+            report["reference"] = {"kind": None,
+                                   "what": "no PyTorch reference and no FP32 artifact: no ratios/fidelity"}
+
+
+def artifact_fidelity(ctx: BenchContext) -> None:
+    """report["fidelity"][artifact] for every artifact, on the first backend."""
+    if ctx.ref_outputs is None:
+        return
+    for model in ctx.cfg.models:
+        try:
+            with Scanner(model, backend=ctx.backends[0], batch_size=CHUNK) as sc:
+                fid = compare_outputs(sc.manifest, ctx.ref_outputs, predict_all(sc.predict, ctx.x_all))
+                fid["against"] = ctx.report["reference"]["kind"]
+                fid["backend"] = sc.backend_name
+                ctx.report["fidelity"][Path(model).name] = fid
+        except Exception as e:
+            ctx.errors.append(f"fidelity {Path(model).name}: {type(e).__name__}: {e}")

@@ -1,0 +1,79 @@
+"""`run_benchmark(cfg)`: one benchmark run, section by section, into one report dict.
+
+Order: decode the images once and compute the reference outputs; model mode; each artifact's
+fidelity; e2e mode; cold starts; the camera-sized section; then ratios, GFLOP/s and the machine.
+A candidate or section that fails is listed in the report's errors; bad settings raise.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from clipscan.runtime import load_artifact
+
+from .camera import camera_benchmark
+from .cold_start import cold_starts
+from .config import BenchConfig, check_config
+from .context import BenchContext, available_backends
+from .e2e import e2e_rows
+from .fidelity import artifact_fidelity, prepare_reference
+from .images import benchmark_images
+from .model_timing import model_rows
+from .report import add_gflops, add_ratios, load_average, machine_info, new_report
+from .torch_reference import load_torch_reference, plain_transform
+
+log = logging.getLogger("clipscan.bench")
+
+
+def _start(cfg: BenchConfig) -> BenchContext:
+    """Check the settings, pick backends and images, load the artifacts and the PyTorch reference."""
+    check_config(cfg)
+    backends, skipped = available_backends(cfg.backends)
+    if not backends:
+        raise ValueError(f"no requested backend is available here: {skipped}")
+    tmp = Path(tempfile.mkdtemp(prefix="clipscan-bench-"))
+    paths, images_desc = benchmark_images(cfg, tmp)
+    report = new_report(cfg, backends, skipped, images_desc)
+    ctx = BenchContext(cfg, backends, {m: load_artifact(m).manifest for m in cfg.models}, paths, report, tmp)
+    ctx.torch_ref = load_torch_reference(cfg, report["errors"])
+    return ctx
+
+
+def _e2e(ctx: BenchContext) -> None:
+    transform = None
+    if ctx.torch_ref is not None:
+        transform = plain_transform(ctx.manifests[ctx.first], ctx.errors)
+    for bs in ctx.cfg.batch_sizes:
+        ctx.report["results"] += e2e_rows(ctx, bs, transform)
+
+
+def _camera(ctx: BenchContext) -> None:
+    try:
+        ctx.report["camera"] = camera_benchmark(ctx, ctx.backends[0])
+    except Exception as e:
+        ctx.errors.append(f"camera section: {type(e).__name__}: {e}")
+        log.exception("camera section failed")
+
+
+def run_benchmark(cfg: BenchConfig) -> dict:
+    """Run every section `cfg` asks for; returns the report (see `format_table`, `write_json`)."""
+    load_start = load_average()
+    ctx = _start(cfg)
+    report = ctx.report
+    prepare_reference(ctx)
+    if "model" in cfg.modes:
+        for bs in cfg.batch_sizes:
+            report["results"] += model_rows(ctx, bs)
+    artifact_fidelity(ctx)
+    if "e2e" in cfg.modes:
+        _e2e(ctx)
+    if cfg.cold_start and ctx.names:
+        report["cold_start"] = cold_starts(cfg.models, ctx.backends, ctx.names[0])
+    if cfg.camera > 0:
+        _camera(ctx)
+    add_ratios(report)
+    add_gflops(report, ctx.manifests)
+    report["machine"] = machine_info()
+    report["machine"]["load_average_at_start"] = load_start
+    return report

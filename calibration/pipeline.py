@@ -1,0 +1,181 @@
+"""INT8 calibration of an FP32 artifact in one call: what `clipscan calibrate` runs, for Python users too.
+
+`calibrate_artifact(model, images, output, ...)` checks its inputs, preprocesses the calibration
+images as the artifact's manifest says (cached), builds the recipe from the options, quantizes
+(or runs the accuracy-aware search, whose rounds go into the manifest), and, given validation
+images and the PyTorch original, runs the fidelity report of `verify` on the result and records
+its gates in the manifest. Error messages name the `clipscan calibrate` options they are about.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .int8 import QuantResult, Recipe
+    from .verify import VerifyReport
+
+log = logging.getLogger("clipscan.calibrate")
+
+
+@dataclass
+class CalibrationOutcome:
+    """What `calibrate_artifact` did: the INT8 artifact written and, if run, its fidelity report."""
+    result: QuantResult                  # path, manifest and calibration facts of the INT8 artifact
+    search_history: list[dict] = field(default_factory=list)   # one entry per search round ([]: no search)
+    report: VerifyReport | None = None   # fidelity report on the validation images (None: not run)
+    report_dir: Path | None = None       # where report.json and report.html were written
+
+    @property
+    def passed(self) -> bool | None:
+        """True: every fidelity gate passed; False: one failed; None: no fidelity report was run."""
+        return None if self.report is None else self.report.passed
+
+    @property
+    def exit_status(self) -> int:
+        """0: written (and every fidelity gate passed); 1: a fidelity gate failed."""
+        return 1 if self.passed is False else 0
+
+
+def _as_list(paths) -> list:
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
+def check_inputs(model, images: list, val_images: list, *, batch_size: int, search: bool, arch, weights,
+                 heads: list) -> None:
+    """Refuse, before any work, what cannot run: a batch size under 1, a missing model or image folder,
+    a fidelity report without the PyTorch original, a search without validation images."""
+    if batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    if not Path(model).is_file():
+        raise FileNotFoundError(f"model file {model} does not exist")
+    for folder in images + val_images:
+        if not Path(folder).exists():
+            raise FileNotFoundError(f"image folder {folder} does not exist")
+    if val_images and not (arch and weights and heads):
+        raise ValueError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights and "
+                         "--heads/--head, as given to export")
+    if search and not val_images:
+        raise ValueError("--search needs --val-images to measure the error on")
+
+
+def check_disjoint(images: list, val_images: list, *, allow_overlap: bool = False) -> None:
+    """Validation images that are also calibration images (same content) would flatter the INT8 model:
+    refused, or only a warning with `allow_overlap`."""
+    from .calib_data import overlap
+
+    both = overlap(images, val_images)
+    if not both:
+        return
+    msg = (f"{len(both)} validation image(s) are also calibration images (same content), e.g. "
+           f"{both[0]}: the fidelity report would flatter the INT8 model")
+    if not allow_overlap:
+        raise ValueError(msg + "; use disjoint folders (or --allow-overlap)")
+    log.warning("%s", msg)
+
+
+def build_recipe(recipe: str | Recipe = "smooth", *, method: str | None = None, percentile: float | None = None,
+                 smooth_alpha: float | None = None, exclude=()) -> Recipe:
+    """A named recipe (`int8.RECIPES`) or a `Recipe`, with the options that override it; the result is
+    unnamed, so its label spells out what it does (e.g. percentile+matmul+smooth0.5+tailfp32)."""
+    from . import int8
+
+    if isinstance(recipe, str):
+        if recipe not in int8.RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; known: {list(int8.RECIPES)}")
+        recipe = int8.RECIPES[recipe]
+    changes = {"name": "", "exclude": list(recipe.exclude) + list(exclude)}
+    if percentile is not None:
+        changes["percentile"] = percentile
+    if method:
+        changes["method"] = method
+    if smooth_alpha is not None:
+        changes["smooth_alpha"] = smooth_alpha
+    return dataclasses.replace(recipe, **changes)
+
+
+def fidelity_record(report: VerifyReport, report_dir, val_images: list) -> dict:
+    """The manifest's `calibration.fidelity`: the verdict, every gate, the validation set and the report."""
+    from .calib_data import content_hash, list_images
+
+    return {
+        "passed": report.passed, "failed_gates": [g.name for g in report.failed_gates()],
+        "gates": [{"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+                  for g in report.gates],
+        "validation_set": {"sha256": content_hash(list_images(val_images)),
+                           "n_images": report.metrics.get("n_images")},
+        "report": str(report_dir), "verified_sha256": report.sha256,
+    }
+
+
+def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: str | Recipe = "smooth",
+                       method: str | None = None, percentile: float | None = None,
+                       smooth_alpha: float | None = None, exclude=(), search: bool = False, val_images=(),
+                       batch_size: int = 8, max_images: int | None = None, cache=None,
+                       arch: str | None = None, weights=None, heads=(), quick_gelu: bool | None = None,
+                       threshold: float | None = None, mean=None, std=None, report_dir=None, launder: bool = True,
+                       allow_overlap: bool = False, progress: bool = True,
+                       on_written: Callable[[CalibrationOutcome], None] | None = None) -> CalibrationOutcome:
+    """Calibrate the FP32 artifact `model` on `images` (folders or files) and write the INT8 QDQ artifact `output`.
+
+    `target`: "cpu" or "tensorrt" (see `int8`). `recipe`, `method`, `percentile`, `smooth_alpha`,
+    `exclude`: see `build_recipe`. `search`: accuracy-aware search on `val_images` (see `search.search`).
+    `cache`: the calibration tensor cache folder (None: the default one; False: no cache).
+    With `val_images`, the PyTorch original (`arch`, `weights`, `heads`, `quick_gelu`, `threshold`,
+    `mean`, `std`, as given to export) is compared with the result by `verify` (report in `report_dir`,
+    default ./<output stem>-verify; `launder`: its laundered copies), and the gates go into the manifest.
+    `on_written(outcome)` is called once the INT8 file is written, before the fidelity report runs.
+    """
+    images, val_images, heads = _as_list(images), _as_list(val_images), _as_list(heads)
+    check_inputs(model, images, val_images, batch_size=batch_size, search=search, arch=arch, weights=weights,
+                 heads=heads)
+    from clipscan.runtime.artifact import load_artifact
+
+    from . import calib_data, int8
+
+    artifact = load_artifact(model)
+    manifest, sha = artifact.manifest, artifact.sha256()
+    if val_images:
+        check_disjoint(images, val_images, allow_overlap=allow_overlap)
+    cset = calib_data.load_calibration_set(manifest, sha, images, max_images=max_images, cache=cache,
+                                           progress=progress)
+    log.info("calibration set: %d image(s) (%s), sha256 %s%s", len(cset), "cached" if cset.from_cache else "read",
+             cset.images_hash[:16], f"; {len(cset.failed)} unreadable" if cset.failed else "")
+    recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude)
+    if search:
+        from .search import search as search_recipe
+
+        vset = calib_data.load_calibration_set(manifest, sha, val_images, cache=cache, progress=progress)
+        found = search_recipe(model, output, cset, vset.tensors, recipe, target, batch_size=batch_size,
+                              progress=progress)  # records its rounds in the manifest
+        outcome = CalibrationOutcome(found["result"], found["history"])
+    else:
+        outcome = CalibrationOutcome(int8.quantize_artifact(model, output, cset, recipe, target,
+                                                            batch_size=batch_size, progress=progress))
+    if on_written is not None:
+        on_written(outcome)
+    if not val_images:
+        return outcome
+
+    from clipscan.export import load_reference
+    from clipscan.export.onnx_writer import rewrite_manifest
+
+    from .verify import verify
+
+    reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
+    report_dir = report_dir or f"{Path(output).stem}-verify"
+    report = verify(output, reference, val_images, report_dir, launder=launder, mean=mean, std=std)
+    result = outcome.result
+    calibration = {**result.calibration, "fidelity": fidelity_record(report, report_dir, val_images)}
+    manifest = dataclasses.replace(result.manifest, calibration=calibration)
+    rewrite_manifest(output, manifest)
+    outcome.result = dataclasses.replace(result, manifest=manifest, calibration=calibration)
+    outcome.report, outcome.report_dir = report, Path(report_dir)
+    return outcome

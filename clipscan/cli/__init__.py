@@ -1,0 +1,96 @@
+"""The `clipscan` command line: the entry point, the table of commands, and the error-to-exit-code mapping.
+
+Each command lives in its own module (clipscan/cli/<command>.py, with `add_arguments(parser)` and
+`run(args) -> int`); only the chosen command's module is imported, so `clipscan scan` never loads
+export, verify, bench or calibrate code.
+
+Exit codes: 0 every input scanned; 1 at least one input failed (its row says why) or nothing was
+found to scan; 2 the command could not start (bad arguments, model or backend).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from clipscan import __version__
+
+EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+# command -> (module with add_arguments/run, one-line help for `clipscan --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "scan": ("clipscan.cli.scan", "scan image files and folders (recursive)"),
+    "info": ("clipscan.cli.info", "print the manifest of a model artifact"),
+    "export": ("clipscan.cli.export",
+               "export an open_clip backbone + heads to one ONNX artifact (needs clipscan[export])"),
+    "verify": ("clipscan.cli.verify",
+               "compare an exported artifact with its PyTorch original on images (needs clipscan[export])"),
+    "bench": ("clipscan.cli.bench", "benchmark artifacts: latency, throughput, memory, cold start, fidelity"),
+    "calibrate": ("clipscan.cli.calibrate",
+                  "post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report (needs clipscan[export])"),
+    "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
+}
+
+
+def _verbosity(defaults: bool) -> argparse.ArgumentParser:
+    """-v/-q, accepted before or after the command."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=0 if defaults else argparse.SUPPRESS,
+                   help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="only errors on stderr")
+    return p
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The command named in `argv`: its first token that is not an option (the top-level options take
+    no value). None when there is none or it is not a command (argparse then says so)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(command: str | None = None, module=None) -> argparse.ArgumentParser:
+    """The top-level parser with every command listed; only `command` gets its arguments (from `module`)."""
+    parser = argparse.ArgumentParser(prog="clipscan", description=f"The `clipscan` command line: "
+                                                                  f"{', '.join(COMMANDS)}.",
+                                     parents=[_verbosity(True)])
+    parser.add_argument("--version", action="version", version=f"clipscan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _verbosity(False)  # every command takes -v/-q
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, parents=[common])
+        if name == command:
+            module.add_arguments(p)
+    return parser
+
+
+def run_command(command: str, run, args: argparse.Namespace) -> int:
+    """Run a command; errors clipscan expects (bad arguments, models, backends) become a one-line message
+    and exit code 2, never a traceback."""
+    from clipscan.runtime.errors import ClipscanError
+
+    try:
+        return run(args)
+    except ClipscanError as e:
+        print(f"clipscan {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as e:
+        print(f"clipscan {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("clipscan: interrupted; lines already written are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = chosen_command(argv)
+    module = importlib.import_module(COMMANDS[command][0]) if command else None
+    args = build_parser(command, module).parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="clipscan: %(message)s", stream=sys.stderr)
+    return run_command(args.command, module.run, args)

@@ -1,0 +1,73 @@
+"""`clipscan bench`: benchmark artifacts (latency, throughput, memory, cold start, fidelity) with `clipscan.bench`.
+
+Builds a `BenchConfig` from the options, runs it, prints the table and writes the JSON and the plot
+asked for. Speed is reported, never judged: exit 0 unless the benchmark could not run.
+"""
+from __future__ import annotations
+
+from . import EXIT_OK
+from .args import add_no_spin
+
+
+def add_arguments(p) -> None:
+    p.description = ("Time every artifact on every available backend (model-only: inference on "
+                     "preprocessed batches in memory; e2e: read, decode, preprocess, infer, "
+                     "postprocess through the Scanner), next to PyTorch eager FP32 when "
+                     "--torch-arch/--torch-weights/--torch-heads are given, with each artifact's "
+                     "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
+                     "never judged; exit 0 unless the benchmark could not run.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="exported .onnx artifacts (e.g. the FP32 and FP16 export)")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--backends", help="comma-separated backends (default: every available one)")
+    p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
+    p.add_argument("--images", metavar="DIR", help="benchmark images (default: 16 synthetic 640x480 JPEGs)")
+    p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write throughput against batch size as a PNG")
+    p.add_argument("--torch-arch", help="open_clip architecture of the PyTorch original (needs clipscan[export])")
+    p.add_argument("--torch-weights", help="the checkpoint the artifacts were exported from")
+    p.add_argument("--torch-heads", action="append", default=[], metavar="H",
+                   help="heads file or FORMAT:PATH, as given to export (repeatable)")
+    add_no_spin(p)
+    p.add_argument("--decode", choices=("exact", "draft"), default="exact",
+                   help="decoding for the e2e ONNX Runtime runs (default exact; draft = reduced-size JPEG decoding)")
+    p.add_argument("--camera", type=int, default=0, metavar="N",
+                   help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
+                        "pipeline, draft fidelity")
+    p.add_argument("--camera-dir", metavar="DIR", help="where the camera-sized JPEGs are written/reused")
+    p.add_argument("--camera-models", metavar="A,B", help="artifacts of the camera section, comma-separated "
+                                                          "(default: every MODEL)")
+    p.add_argument("--min-iters", type=int, default=10, help="timed runs per measurement, at least (default 10)")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per measurement, at least (default 2)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="time box per measurement (default 20 s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--settle", type=float, default=0.2, metavar="S",
+                   help="untimed calls for S seconds at the start of each candidate's turn, so other "
+                        "candidates' spinning worker threads are gone before timing (default 0.2)")
+    p.add_argument("--block", type=float, default=0.5, metavar="S",
+                   help="timed calls per candidate's turn, for at least S seconds (default 0.5)")
+    p.add_argument("--e2e-passes", type=int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
+    p.add_argument("--workers", type=int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+
+
+def run(args) -> int:
+    from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
+
+    cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
+                      backends=parse_list(args.backends) if args.backends else None, mode=args.mode,
+                      images=args.images, torch_arch=args.torch_arch, torch_weights=args.torch_weights,
+                      torch_heads=list(args.torch_heads), warmup=args.warmup, min_iters=args.min_iters,
+                      min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
+                      cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
+                      decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
+                      block_seconds=args.block,
+                      camera_models=parse_list(args.camera_models) if args.camera_models else None)
+    report = run_benchmark(cfg)
+    print(format_table(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
+    if args.plot:
+        written = write_plot(report, args.plot)
+        if written:
+            print(f"wrote {written}")
+    return EXIT_OK

@@ -1,0 +1,94 @@
+"""`clipscan calibrate`: post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report.
+
+The work is `clipscan.calibration.pipeline.calibrate_artifact` (which checks its inputs); this
+module maps the options onto it, prints what was written (and the search rounds) and the report's
+summary, and exits 0: written (and every gate passed); 1: an INT8 gate failed; 2: could not run.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from . import EXIT_ITEM_FAILED, EXIT_OK
+from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from
+
+log = logging.getLogger("clipscan")
+
+
+def add_arguments(p) -> None:
+    p.description = ("Calibrate an FP32 artifact on a folder of images (preprocessed as its manifest "
+                     "says) and write an INT8 QDQ artifact whose manifest records the calibration. "
+                     "With --arch/--weights/--heads and --val-images, the fidelity report of "
+                     "`clipscan verify` runs on the result and its gates go into the manifest. "
+                     "Exit 0: written (and every gate passed); 1: an INT8 gate failed; 2: could not run.")
+    p.add_argument("model", metavar="MODEL", help="the FP32 .onnx artifact written by `clipscan export`")
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="calibration images: folder (walked recursively) or file; repeatable")
+    p.add_argument("-o", "--output", required=True, help="the INT8 .onnx file to write")
+    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="cpu (default): uint8 activations, int8 per-channel weights; tensorrt: symmetric int8 "
+                        "activations and weights with dedicated Q/DQ pairs")
+    p.add_argument("--recipe", choices=("smooth", "stock", "percentile", "matmul", "dynamic"), default="smooth",
+                   help="smooth (default): SmoothQuant rescaling of LayerNorm->MatMul pairs, percentile "
+                        "calibration, MatMul/Gemm/Conv only, projection and heads in float; stock: min-max, "
+                        "every op; percentile; matmul: min-max, MatMul/Gemm/Conv only; dynamic: weights only")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "dynamic"),
+                   help="override the recipe's calibration method")
+    p.add_argument("--percentile", type=float, default=99.999, help="percentile calibration's percentile")
+    p.add_argument("--smooth-alpha", type=float, help="override the SmoothQuant migration strength (0..1)")
+    p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
+    p.add_argument("--search", action="store_true",
+                   help="accuracy-aware search: while the INT8 bar fails on --val-images (against the FP32 "
+                        "graph), keep the layers adding the most error in float and quantize again")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="calibration batch size (all batches equal)")
+    p.add_argument("--max-images", type=int, help="use at most this many calibration images")
+    p.add_argument("--cache-dir", help="calibration tensor cache (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = p.add_argument_group("fidelity report (as `clipscan verify`)")
+    g.add_argument("--val-images", action="append", default=[], metavar="DIR",
+                   help="validation images, disjoint from the calibration images; repeatable")
+    add_original_args(g, required=False, as_given=AS_GIVEN_TO_EXPORT)
+    g.add_argument("--threshold", type=float, help="the decision threshold export was given, if any")
+    g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
+    g.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
+    g.add_argument("--report", metavar="DIR", help="where report.json/html go (default: ./<output stem>-verify)")
+    g.add_argument("--no-launder", action="store_true", help="skip the laundered copies in the report")
+    g.add_argument("--allow-overlap", action="store_true",
+                   help="only warn (instead of refusing) when calibration and validation images overlap")
+
+
+def print_written(outcome, output: str, target: str) -> None:
+    """The search rounds (if any) and the INT8 file written, as soon as it is written."""
+    calibration = outcome.result.calibration
+    if calibration.get("search_speed_measured_on"):
+        print(f"search speed ratios measured on {calibration['search_speed_measured_on']}")
+    for step in outcome.search_history:
+        speed = (f", {step['speedup_vs_fp32']:.2f}x FP32 ORT at batch {step['speed_batch']}"
+                 if "speedup_vs_fp32" in step else "")
+        print(f"search round {step['round']} ({step['recipe']}): cosine mean {step.get('cosine_mean', 0):.5f} "
+              f"worst {step.get('cosine_worst', 0):.5f}, agreement {step.get('agreement', 0):.4f}, "
+              f"SRCC {step.get('srcc', float('nan')):.4f}{speed}: {'pass' if step['passed'] else 'fail'}"
+              + (f"; then {step['action']}" if step.get("action") else ""))
+    print(f"wrote {output} (INT8 {calibration['recipe']}, target {target}, "
+          f"{calibration['calibration_set']['n_images']} calibration image(s), "
+          f"{Path(output).stat().st_size / 1e6:.1f} MB)")
+
+
+def run(args) -> int:
+    from clipscan.calibration.pipeline import calibrate_artifact
+
+    outcome = calibrate_artifact(
+        args.model, args.images, args.output, target=args.target, recipe=args.recipe, method=args.method,
+        percentile=args.percentile, smooth_alpha=args.smooth_alpha, exclude=args.exclude, search=args.search,
+        val_images=args.val_images, batch_size=args.batch_size, max_images=args.max_images,
+        cache=False if args.no_cache else args.cache_dir, arch=args.arch, weights=args.weights,
+        heads=heads_from(args), quick_gelu=args.quick_gelu, threshold=args.threshold, mean=args.mean, std=args.std,
+        report_dir=args.report, launder=not args.no_launder, allow_overlap=args.allow_overlap,
+        progress=not args.no_progress, on_written=lambda outcome: print_written(outcome, args.output, args.target))
+    if outcome.report is None:
+        log.warning("no --val-images: the INT8 model was not checked against its PyTorch original "
+                    "(run `clipscan verify` on it, or pass --val-images with --arch/--weights/--heads)")
+        return EXIT_OK
+    print(outcome.report.summary())
+    return EXIT_OK if outcome.report.passed else EXIT_ITEM_FAILED

@@ -1,0 +1,64 @@
+"""`clipscan info`: print the manifest of a model artifact, as readable lines or as raw JSON."""
+from __future__ import annotations
+
+import json
+
+from . import EXIT_OK
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", nargs="?", help="exported .onnx artifact (default: the bundled demo model)")
+    p.add_argument("--json", action="store_true", help="print the raw manifest JSON")
+
+
+def describe_manifest(artifact) -> str:
+    """The manifest of `artifact` (a `clipscan.runtime.Artifact`), one aspect per line."""
+    m = artifact.manifest
+    lines = [
+        f"model        {m.name}" + ("  [bundled demo model: not a real detector]" if artifact.is_demo else ""),
+        f"file         {artifact.path}",
+        f"sha256       {artifact.sha256()}",
+        f"schema       {m.schema_version}    precision {m.precision}    opset {m.opset}",
+        (f"backbone     {m.backbone.get('id')}  activation={m.backbone.get('activation')}  "
+         f"embed_dim={m.backbone.get('embed_dim')}"),
+    ]
+    if m.description:
+        lines.append(f"description  {m.description}")
+    i = m.input
+    norm = "folded into the graph" if i.folded else f"mean={list(i.mean)} std={list(i.std)}"
+    lines.append(f"input        {i.name} {i.layout} {i.dtype} {i.size[0]}x{i.size[1]} {i.color}, {norm}")
+    p = m.preprocess
+    lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
+                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}; "
+                 f"RGB (alpha {p.alpha})")
+    for h in m.heads:
+        outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
+        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task in ("detection", "attribution")
+                 else f"scale={h.scale}")
+        lines.append(f"head         {h.name} ({h.task}): {outs}; {extra}")
+    if m.embedding:
+        lines.append(f"embedding    {m.embedding['output']} dim={m.embedding.get('dim')} "
+                     f"normalized={m.embedding.get('normalized')}")
+    for key, src in m.sources.items():
+        lines.append(f"source       {key}: {src.get('file')} sha256={src.get('sha256')}")
+    lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
+    lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
+    draft = m.draft_decoding_record()
+    lines.append("draft JPEG   " + ("no check recorded: scans decode exactly unless --decode draft" if not draft else
+                                    f"{'passed' if draft.get('passed') else 'not passed'} on {draft.get('n_affected')} "
+                                    f"images (agreement {draft.get('agreement')}, cosine mean "
+                                    f"{draft.get('cosine_mean')}): --decode auto uses "
+                                    f"{'draft' if draft.get('passed') else 'exact'}"))
+    lines.append(f"created      {m.created_utc}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from clipscan.runtime import load_artifact
+
+    artifact = load_artifact(args.model)
+    if args.json:
+        print(json.dumps(artifact.manifest.to_dict(), indent=2))
+    else:
+        print(describe_manifest(artifact))
+    return EXIT_OK

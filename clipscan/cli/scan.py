@@ -1,0 +1,116 @@
+"""`clipscan scan`: scan image files and folders with an artifact, one output row per input as results arrive.
+
+Options say how (backend, batch size, decoding, threads) and where rows go (stdout or --output, with
+--resume/--overwrite); `clipscan.runtime.Scanner` does the work.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from . import EXIT_ITEM_FAILED, EXIT_OK
+from .args import add_no_spin
+
+log = logging.getLogger("clipscan")
+
+
+def add_arguments(p) -> None:
+    p.description = "Scan files and folders; writes one line per input as results arrive."
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("-m", "--model", help="exported .onnx artifact (default: the bundled demo model)")
+    p.add_argument("-o", "--output", help="write results to this file instead of stdout (never overwritten "
+                                          "unless --overwrite; --resume appends)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted scan: skip inputs that already have a row in --output")
+    again.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+                   help="auto (default) tries tensorrt, ort-tensorrt, cuda, cpu in order and logs why it skips "
+                        "each; a named backend that cannot start is an error (`clipscan backends` lists them)")
+    p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
+    p.add_argument("--max-batch", type=int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
+    p.add_argument("--cache-dir", help="GPU engine and timing caches (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument("--threads", type=int, help="inference threads (default: the backend decides)")
+    p.add_argument("--workers", type=int, help="decode/preprocess threads (default: min(4, cores))")
+    p.add_argument("--threshold", type=float, help="override the manifest's decision threshold (probability)")
+    p.add_argument("--max-pixels", type=int, help="refuse images larger than this many pixels (default 179 M)")
+    p.add_argument("--all-files", action="store_true",
+                   help="in folders, scan every file, not only those with an image extension")
+    p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
+    add_no_spin(p)
+    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
+                   help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
+                        "the resize target (faster on camera images); auto (default): draft only if the artifact "
+                        "records a passing draft check (clipscan verify --draft-check --record-draft), else exact")
+
+
+def _already_done(args) -> tuple[set[str], str]:
+    """(inputs --output already has a row for, file mode): refuses to overwrite a non-empty --output
+    unless --resume (append, skipping those inputs) or --overwrite."""
+    from clipscan.runtime.results import completed_paths
+
+    if args.resume and not args.output:
+        raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
+    if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
+        if args.resume:
+            previous = completed_paths(args.output, args.format)
+            log.info("resuming: %d input(s) already in %s are skipped", len(previous), args.output)
+            return previous | {os.path.abspath(p) for p in previous}, "a"
+        if not args.overwrite:
+            raise ValueError(f"{args.output} already exists; pass --resume to continue the scan that wrote it, "
+                             "or --overwrite to replace it")
+    return set(), "w"
+
+
+def run(args) -> int:
+    from clipscan.runtime import Scanner
+    from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for
+
+    done, mode = _already_done(args)
+    scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
+                      threads=args.threads, workers=args.workers, threshold=args.threshold,
+                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_batch=args.max_batch,
+                      cache_dir=args.cache_dir, device_id=args.device, decode=args.decode,
+                      spin=not args.no_spin)
+    m = scanner.manifest
+    log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
+             scanner.backend_name, scanner.decode_reason)
+    if scanner.artifact.is_demo:
+        log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
+                    "detector's (pass --model to scan with an exported model)")
+    if args.output:
+        out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
+    else:
+        out = sys.stdout
+        if hasattr(out, "reconfigure"):
+            out.reconfigure(errors=OUTPUT_ERRORS)
+    total = failed = 0
+    start = time.perf_counter()
+    try:
+        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w",
+                                      columns=columns_for(scanner.manifest))
+        for result in scanner.scan(args.paths, all_files=args.all_files, skip=done):
+            writer.write(result)
+            total += 1
+            if result.error:
+                failed += 1
+                log.debug("%s: %s", result.path, result.error)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        scanner.close()
+    seconds = time.perf_counter() - start
+    stats = scanner.walk_stats
+    skipped = f"; skipped {stats.skipped_non_image} non-image file(s)" if stats.skipped_non_image else ""
+    log.info("scanned %d input(s): %d ok, %d failed in %.2f s (%.1f images/s) on %s%s", total, total - failed,
+             failed, seconds, (total - failed) / seconds if seconds > 0 else 0.0, scanner.backend_name, skipped)
+    if total == 0 and not done:
+        log.error("nothing to scan: no image files under %s (use --all-files to scan every file)", args.paths)
+        return EXIT_ITEM_FAILED
+    return EXIT_ITEM_FAILED if failed else EXIT_OK

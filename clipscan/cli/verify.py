@@ -1,0 +1,72 @@
+"""`clipscan verify`: compare an exported artifact with its PyTorch original on images (needs clipscan[export]).
+
+Loads the original (`clipscan.export.load_reference`), runs `clipscan.calibration.verify.verify`
+(which checks its own arguments), prints the summary, and optionally runs and records the draft
+JPEG decoding check. Exit 0: every gate passed; 1: a gate failed; 2: verify could not run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clipscan.runtime.thresholds import DEFAULT_MARGIN, DRAFT_MIN_IMAGES
+
+from . import EXIT_ITEM_FAILED, EXIT_OK
+from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from
+
+
+def add_arguments(p) -> None:
+    p.description = ("Run the artifact (ONNX Runtime, CPU) and the PyTorch FP32 model it was exported "
+                     "from on the same decoded images, check the fidelity gates (sources, "
+                     "preprocessing, embedding cosine, decisions, quality SRCC, batch invariance, "
+                     "determinism, laundered copies), and write report.json and report.html. "
+                     "Exit 0: every gate passed; 1: a gate failed; 2: verify could not run.")
+    p.add_argument("model", metavar="MODEL", help="the exported .onnx artifact")
+    add_original_args(p, required=True, as_given=AS_GIVEN_TO_EXPORT)
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="folder (walked recursively) or file of images to compare on; repeatable")
+    p.add_argument("--report", metavar="DIR", help="where report.json and report.html go "
+                                                  "(default: ./<model file stem>-verify)")
+    p.add_argument("--threshold", type=float,
+                   help="the decision threshold the reference uses, if export was given --threshold "
+                        "(default: the heads file's)")
+    p.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
+    p.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help="no decision may flip for an image whose reference logit is farther than this from the "
+                        "threshold's logit (default %(default)s)")
+    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("--no-launder", action="store_true",
+                   help="skip the laundered copies (JPEG 75, blur, downscale + JPEG 85)")
+    p.add_argument("--draft-check", action="store_true",
+                   help="also compare draft (reduced-size) JPEG decoding with exact decoding on the JPEGs among "
+                        "--images that draft decoding changes (runtime against runtime)")
+    p.add_argument("--record-draft", action="store_true",
+                   help="write the draft check's result into the artifact's manifest (implies --draft-check); "
+                        "`clipscan scan` (--decode auto) then decodes drafts for this artifact if it passed")
+    p.add_argument("--draft-min-images", type=int, default=DRAFT_MIN_IMAGES, metavar="N",
+                   help="affected images the draft check needs before it can pass (default %(default)s)")
+
+
+def run(args) -> int:
+    heads = heads_from(args, required=True, as_given=AS_GIVEN_TO_EXPORT)
+    from clipscan.calibration.verify import verify
+    from clipscan.export import load_reference
+
+    reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold)
+    report_dir = args.report or f"{Path(args.model).stem}-verify"
+    report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
+                    launder=not args.no_launder, mean=args.mean, std=args.std)
+    print(report.summary())
+    if args.draft_check or args.record_draft:
+        from clipscan.calibration.draft_check import check_draft, record_draft, summary
+
+        draft = check_draft(args.model, args.images, batch_size=args.batch_size, min_images=args.draft_min_images)
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        (Path(report_dir) / "draft_check.json").write_text(json.dumps(draft, indent=1))
+        print(summary(draft))
+        if args.record_draft:
+            record_draft(args.model, draft)
+            print(f"recorded in {args.model}: --decode auto will use {'draft' if draft['passed'] else 'exact'} "
+                  "decoding for this artifact")
+    return EXIT_OK if report.passed else EXIT_ITEM_FAILED
