@@ -12,6 +12,7 @@ import platform
 import time
 from pathlib import Path
 
+from clipscan.runtime.atomic import write_text
 from clipscan.runtime.machine import cpu_info, describe_cpu, tool_versions
 
 from .config import BenchConfig
@@ -126,5 +127,5 @@ def add_gflops(report: dict, manifests: dict) -> None:
 def write_json(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    write_text(path, json.dumps(report, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     return path

@@ -24,9 +24,9 @@ class TorchReference:
     """The PyTorch eager FP32 original (clipscan.export.load_reference); torch is imported here only."""
 
     def __init__(self, arch: str, weights: str, heads: list[str], *, quick_gelu=None):
-        from clipscan.export import load_reference
-
         import torch
+
+        from clipscan.export import load_reference
 
         self.torch = torch
         self.reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu)

@@ -36,6 +36,7 @@ from clipscan.runtime.thresholds import (  # noqa: F401
     DEFAULT_MARGIN,
     MIN_SRCC_IMAGES,
     PIXEL_MAX_ERROR,
+    ROBUST_CONFIDENCE_Z,
     ROBUST_SLACK,
     THRESHOLD_TOLERANCE,
     Bars,
@@ -262,12 +263,41 @@ def invariance_gates(batch_max_abs: float | None, batch_n: int, rerun_max_abs: f
     ]
 
 
+def wilson_upper(p: float, n: int, z: float = ROBUST_CONFIDENCE_Z) -> float:
+    """Upper end of the Wilson score interval of a proportion p observed on n trials."""
+    if n <= 0:
+        return 1.0
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z * z / n))
+
+
 def robustness_gate(variant: str, head: str, clean_agreement: float, laundered_agreement: float,
-                    slack: float = ROBUST_SLACK) -> Gate:
+                    slack: float = ROBUST_SLACK, *, n: int | None = None, flipped: list | None = None) -> Gate:
+    """Laundered copies may agree `slack` less than clean ones. With `n` (images compared) the bar is met when
+    the agreement's 95% upper confidence bound reaches it: on 120 images one flip is 0.83%, more than a 0.5 pp
+    slack, and says nothing either way; several flips do fail. `flipped`: (image, reference logit) of the flips."""
     bar = clean_agreement - slack
-    return check(f"robust_agreement:{variant}:{head}", laundered_agreement, bar, group="robustness",
-                 note=f"decision agreement on {variant} copies vs clean {clean_agreement:.4f} minus "
-                      f"{slack * 100:.1f} pp")
+    note = f"decision agreement on {variant} copies vs clean {clean_agreement:.4f} minus {slack * 100:.1f} pp"
+    if n:
+        upper = wilson_upper(laundered_agreement, n)
+        note += f"; {n} images, upper 95% bound {upper:.4f}"
+        gate = Gate(f"robust_agreement:{variant}:{head}", laundered_agreement, bar, bool(upper >= bar), "",
+                    "robustness", ">=")
+    else:
+        gate = check(f"robust_agreement:{variant}:{head}", laundered_agreement, bar, group="robustness")
+    if flipped:
+        note += "; changed: " + ", ".join(f"{name} (reference logit {logit:+.3f})" for name, logit in flipped[:5])
+        if len(flipped) > 5:
+            note += f" and {len(flipped) - 5} more"
+    gate.note = note
+    return gate
+
+
+def robust_margin_gate(variant: str, head: str, flips_outside: int, margin: float) -> Gate:
+    return check(f"robust_margin_flips:{variant}:{head}", int(flips_outside), 0, op="<=", group="robustness",
+                 note=f"flips on {variant} copies of images whose reference logit is more than {margin} from the "
+                      "threshold's logit")
 
 
 def sources_gate(manifest_sources: dict, weights: tuple[str, str] | None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -303,7 +304,9 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
                 act_type = QuantType.QUInt8
             reader = BatchReader(input_name, equal_batches(cset.tensors, batch_size), progress=progress,
                                  label=f"calibrating ({recipe.method})")
-            with contextlib.redirect_stdout(sys.stderr):  # ORT prints calibration chatter on stdout
+            quiet = logging.getLogger("clipscan").getEffectiveLevel() > logging.WARNING  # clipscan -q
+            sink = open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stderr)
+            with sink as chatter, contextlib.redirect_stdout(chatter):  # ORT prints calibration chatter on stdout
                 quantize_static(str(pre), str(qout), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=op_types, nodes_to_quantize=nodes_to_quantize,
                                 nodes_to_exclude=exclude or None, per_channel=True, activation_type=act_type,

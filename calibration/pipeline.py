@@ -133,12 +133,17 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
     default ./<output stem>-verify; `launder`: its laundered copies), and the gates go into the manifest.
     `on_written(outcome)` is called once the INT8 file is written, before the fidelity report runs.
     """
+    from clipscan.export.deps import require
+
+    require("onnx", "clipscan calibrate")  # before any work: a runtime-only install is told what to install
+    if val_images:
+        require("torch", "clipscan calibrate --val-images (the fidelity report)")
     images, val_images, heads = _as_list(images), _as_list(val_images), _as_list(heads)
     check_inputs(model, images, val_images, batch_size=batch_size, search=search, arch=arch, weights=weights,
                  heads=heads)
     from clipscan.runtime.artifact import load_artifact
 
-    from . import calib_data, int8
+    from . import calib_data
 
     artifact = load_artifact(model)
     manifest, sha = artifact.manifest, artifact.sha256()
@@ -149,33 +154,61 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
     log.info("calibration set: %d image(s) (%s), sha256 %s%s", len(cset), "cached" if cset.from_cache else "read",
              cset.images_hash[:16], f"; {len(cset.failed)} unreadable" if cset.failed else "")
     recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude)
-    if search:
-        from .search import search as search_recipe
-
-        vset = calib_data.load_calibration_set(manifest, sha, val_images, cache=cache, progress=progress)
-        found = search_recipe(model, output, cset, vset.tensors, recipe, target, batch_size=batch_size,
-                              progress=progress)  # records its rounds in the manifest
-        outcome = CalibrationOutcome(found["result"], found["history"])
-    else:
-        outcome = CalibrationOutcome(int8.quantize_artifact(model, output, cset, recipe, target,
-                                                            batch_size=batch_size, progress=progress))
+    # Everything is written to a hidden file next to `output` and renamed to `output` only when complete
+    # (quantized, searched, verified, its manifest final): an interrupted run leaves nothing at `output`.
+    output = Path(output)
+    if output.resolve() == artifact.path.resolve():
+        raise ValueError(f"-o {output} is the FP32 model itself: the INT8 model must go to another file")
+    work = output.with_name(f".{output.name}.calibrating-{os.getpid()}.onnx")
+    try:
+        outcome = _calibrate_to(work, model, cset, recipe, target, search=search, val_images=val_images,
+                                manifest=manifest, sha=sha, cache=cache, batch_size=batch_size, progress=progress)
+        if val_images:
+            _verify_into(outcome, work, output, val_images, arch=arch, weights=weights, heads=heads,
+                         quick_gelu=quick_gelu, threshold=threshold, mean=mean, std=std, report_dir=report_dir,
+                         launder=launder)
+        else:
+            work.replace(output)
+    finally:
+        work.unlink(missing_ok=True)
+    outcome.result = dataclasses.replace(outcome.result, path=output)
     if on_written is not None:
         on_written(outcome)
-    if not val_images:
-        return outcome
+    return outcome
 
+
+def _calibrate_to(work: Path, model, cset, recipe, target, *, search, val_images, manifest, sha, cache, batch_size,
+                  progress) -> CalibrationOutcome:
+    from . import calib_data, int8
+
+    if not search:
+        return CalibrationOutcome(int8.quantize_artifact(model, work, cset, recipe, target, batch_size=batch_size,
+                                                         progress=progress))
+    from .search import search as search_recipe
+
+    vset = calib_data.load_calibration_set(manifest, sha, val_images, cache=cache, progress=progress)
+    found = search_recipe(model, work, cset, vset.tensors, recipe, target, batch_size=batch_size,
+                          progress=progress)  # records its rounds in the manifest
+    return CalibrationOutcome(found["result"], found["history"])
+
+
+def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_images, *, arch, weights, heads,
+                 quick_gelu, threshold, mean, std, report_dir, launder) -> None:
+    """Run the fidelity report on the written-but-hidden `work` file, record it, and move it to `output`."""
     from clipscan.export import load_reference
     from clipscan.export.onnx_writer import rewrite_manifest
 
+    from .report import write_report
     from .verify import verify
 
     reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
-    report_dir = report_dir or f"{Path(output).stem}-verify"
-    report = verify(output, reference, val_images, report_dir, launder=launder, mean=mean, std=std)
+    report_dir = report_dir or f"{output.stem}-verify"
+    report = verify(work, reference, val_images, None, launder=launder, mean=mean, std=std)
+    report.model = str(output)
+    write_report(report, report_dir)
     result = outcome.result
     calibration = {**result.calibration, "fidelity": fidelity_record(report, report_dir, val_images)}
     manifest = dataclasses.replace(result.manifest, calibration=calibration)
-    rewrite_manifest(output, manifest)
+    rewrite_manifest(work, manifest, out=output)
     outcome.result = dataclasses.replace(result, manifest=manifest, calibration=calibration)
     outcome.report, outcome.report_dir = report, Path(report_dir)
-    return outcome

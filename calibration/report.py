@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from clipscan.runtime.atomic import write_text
+
 from .fidelity import Gate
 
 JSON_NAME = "report.json"
@@ -22,8 +24,8 @@ def write_report(report, report_dir) -> tuple[Path, Path]:
     d = Path(report_dir)
     d.mkdir(parents=True, exist_ok=True)
     json_path, html_path = d / JSON_NAME, d / HTML_NAME
-    json_path.write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
-    html_path.write_text(render_html(report), encoding="utf-8")
+    write_text(json_path, json.dumps(report.to_dict(), indent=1, allow_nan=False))
+    write_text(html_path, render_html(report))
     report.json_path, report.html_path = json_path, html_path
     return json_path, html_path
 

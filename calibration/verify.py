@@ -314,8 +314,17 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
         robustness[v] = m
         for hname, hm in m["heads"].items():
             if hm["task"] in fidelity.DECISION_TASKS and hname in metrics["heads"]:
-                gates.append(fidelity.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"]))
+                flipped = [(r["path"], r["heads"][hname]["ref_logit"]) for r in m["rows"]
+                           if r["heads"].get(hname, {}).get("flip")]
+                gates.append(fidelity.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"],
+                                                      n=hm["n"], flipped=flipped))
+                gates.append(fidelity.robust_margin_gate(v, hname, hm["flips_outside_margin"], margin))
 
+    recipe = next((g for g in gates if g.name == "recipe"), None)
+    if recipe is not None and recipe.passed is False:
+        for g in gates:
+            if g.group in ("features", "outputs") and g.passed is False:
+                g.note += f"; likely cause: the recipe differs ({recipe.note})"
     rows = report_rows(clean, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
     plots = {"clean": plot_data(clean, pairs),
              "laundered": {v: {"cosine": list(s.cosine)} for v, s in laundered.items()}}

@@ -68,8 +68,12 @@ def recipe_gate(manifest, reference, mean=None, std=None) -> Gate:
         r = list(expected[key] or reference.info.preprocess.get(key) or [])
         if len(m) != len(r) or any(abs(a - b) > 1e-7 for a, b in zip(m, r)):
             diffs.append(f"{key}: manifest {m}, reference {r}")
+    exported_act, reference_act = manifest.backbone.get("activation"), reference.info.activation
+    if exported_act and exported_act != reference_act:
+        diffs.append(f"activation: the artifact was exported with {exported_act}, the reference runs "
+                     f"{reference_act} (check --quick-gelu/--gelu: they must be what export was given)")
     return Gate("recipe", "equal" if not diffs else "differs", "equal", not diffs,
-                "; ".join(diffs) or "manifest preprocessing and mean/std equal the reference config's",
+                "; ".join(diffs) or "manifest preprocessing, mean/std and activation equal the reference config's",
                 "preprocessing", "==")
 
 

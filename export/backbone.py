@@ -17,7 +17,7 @@ from typing import Any
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .deps import require
+from .deps import not_a_checkpoint, require
 
 torch = require("torch")
 open_clip = require("open_clip")
@@ -69,12 +69,22 @@ def _preprocess_cfg(cfg: dict, image_size) -> dict:
 
 
 def build_visual(cfg: dict, quick_gelu: bool):
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(open_clip.model.CLIPVisionCfg)}
+    unknown = sorted(set(cfg.get("vision_cfg") or {}) - known)
+    if unknown:
+        raise ValueError(f"the model config's vision_cfg has key(s) {unknown} that open_clip "
+                         f"{open_clip.__version__} does not know; known keys: {sorted(known)}")
     vision_cfg = open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"])
     return open_clip.model._build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
 
 
 def _visual_state_dict(weights: Path) -> dict:
-    state = open_clip.factory.load_state_dict(str(weights), device="cpu", weights_only=True)
+    try:
+        state = open_clip.factory.load_state_dict(str(weights), device="cpu", weights_only=True)
+    except Exception as e:
+        raise not_a_checkpoint(weights, "backbone checkpoint", e) from None
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{weights} holds no state dict")
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
@@ -83,6 +93,52 @@ def _visual_state_dict(weights: Path) -> dict:
     if "conv1.weight" in state or "trunk.patch_embed.proj.weight" in state:
         return dict(state)  # already an image-tower-only state dict
     raise ValueError(f"{weights} has no image-tower weights (no 'visual.*' keys); first keys: {list(state)[:6]}")
+
+
+def _tower_shape(state: dict) -> dict | None:
+    """width, patch size, image size, layers and embed dim that a ViT image tower's state dict implies."""
+    try:
+        width, _, patch, _ = state["conv1.weight"].shape
+        tokens = state["positional_embedding"].shape[0]
+        embed_dim = state["proj"].shape[1] if "proj" in state else None
+    except (KeyError, ValueError, AttributeError):
+        return None
+    grid = round((tokens - 1) ** 0.5)
+    layers = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
+    return {"width": int(width), "patch_size": int(patch), "image_size": int(grid * patch), "layers": layers,
+            "embed_dim": None if embed_dim is None else int(embed_dim)}
+
+
+def fitting_architectures(state: dict, limit: int = 8) -> list[str]:
+    """open_clip model names whose image tower has the shapes of `state`."""
+    shape = _tower_shape(state)
+    if shape is None:
+        return []
+    out = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        v = cfg.get("vision_cfg") or {}
+        size = v.get("image_size", 224)
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        if (v.get("width"), v.get("patch_size"), size, v.get("layers")) == (
+                shape["width"], shape["patch_size"], shape["image_size"], shape["layers"]) and (
+                shape["embed_dim"] is None or cfg.get("embed_dim") == shape["embed_dim"]):
+            out.append(name)
+    return out[:limit]
+
+
+def _check_shapes(visual, state: dict, weights: Path, bid: str) -> None:
+    """A tensor of another shape than the architecture's: name the first one and the architectures that fit."""
+    own = visual.state_dict()
+    for key, tensor in own.items():
+        if key in state and tuple(state[key].shape) != tuple(tensor.shape):
+            fits = fitting_architectures(state)
+            shape = _tower_shape(state)
+            hint = (f"architectures whose shapes fit these weights: {', '.join(fits)}" if fits else
+                    f"no open_clip model name fits; write a model-config JSON with vision_cfg {shape}" if shape
+                    else "check --arch")
+            raise ValueError(f"{weights} does not match architecture {bid}: tensor {key!r} is "
+                             f"{list(state[key].shape)} in the weights but {list(tensor.shape)} in {bid}; {hint}")
 
 
 def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = None):
@@ -95,6 +151,7 @@ def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = N
         raise FileNotFoundError(f"backbone weights {weights} do not exist (clipscan never downloads weights: "
                                 "pass a local open_clip/OpenAI CLIP checkpoint file)")
     state = _visual_state_dict(weights)
+    _check_shapes(visual, state, weights, bid)
     result = visual.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{weights} does not match architecture {bid}: missing {result.missing_keys[:6]}, "

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.artifact import file_sha256
+from clipscan.runtime.atomic import replacing
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.metrics import cosine_rows
@@ -21,7 +22,7 @@ from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
 from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
 from .importers import import_heads, parse_head_arg
-from .onnx_writer import attach_manifest, save_checked, to_onnx
+from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
@@ -227,6 +228,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
                               head_files=list(head_files), mean=mean, std=std, precision=precision)
     manifest.backbone["graph"] = "lean" if lean else "stock"
+    validate_manifest(manifest, "the manifest of this export (check --threshold, --mean, --std)")
     # counted on the lean form when possible: PyTorch's FLOP counter misses the fused attention kernel
     # that open_clip's own blocks call on the CPU
     from .lean_blocks import lean_unsupported_reason
@@ -243,15 +245,14 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         model = converted.model
         manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)
-    path = save_checked(model, out)
-    try:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as work:  # checked under a hidden name; renamed to `out` only when it passed
+        save_checked(model, work)
         if precision == "fp16":
-            checks = check_fp16(path, graph, reference, info.image_size, mean, std)
+            checks = check_fp16(work, graph, reference, info.image_size, mean, std)
         else:
-            checks = check_against_torch(path, graph, reference, info.image_size, mean, std)
-    except ExportCheckError:
-        path.unlink(missing_ok=True)  # a file that failed its gates is not left behind to be used
-        raise
+            checks = check_against_torch(work, graph, reference, info.image_size, mean, std)
     if precision == "fp16":
         half = checks.get("torch_half_cpu", {})
         log.info("wrote %s (FP16): embedding cosine vs PyTorch FP32: ONNX Runtime CPU mean %.7f worst %.7f; "

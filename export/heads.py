@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clipscan.runtime.manifest import HeadSpec
 
-from .deps import require
+from .deps import load_torch_file, require
 
 torch = require("torch")
 nn = torch.nn
@@ -240,7 +240,7 @@ def load_heads(path: str | Path, embed_dim: int) -> list:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"heads file {path} does not exist")
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    data = load_torch_file(path, "clipscan heads file")
     if not isinstance(data, dict) or data.get("format") != HEADS_FORMAT:
         raise ValueError(f"{path} is not a clipscan heads file (expected a dict with format={HEADS_FORMAT!r}; "
                          f"found {type(data).__name__} with keys {sorted(data)[:8] if isinstance(data, dict) else '-'}). "

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .deps import require
+from .deps import load_torch_file, require
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
 
 torch = require("torch")
@@ -28,7 +28,7 @@ class Imported:
 def _state_dict(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"head file {path} does not exist")
-    data = torch.load(str(path), map_location="cpu", weights_only=True)  # released files were saved on CUDA
+    data = load_torch_file(path, "head checkpoint")  # onto the CPU: released files were saved on CUDA
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if isinstance(data, dict) and isinstance(data.get("model"), dict):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
 
+from clipscan.runtime.atomic import replacing
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
 from .deps import require
@@ -22,6 +22,10 @@ def to_onnx(module, example, input_name: str, output_names: list[str], opset: in
     torch = require("torch")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: clipscan needs >= {MIN_OPSET} so LayerNorm stays one node")
+    newest = require("onnx").defs.onnx_opset_version()
+    if opset > newest:
+        raise ValueError(f"--opset {opset} is newer than the installed onnx {require('onnx').__version__} knows "
+                         f"(up to {newest}); use {MIN_OPSET}..{newest} (18, the default, runs everywhere)")
     batch = torch.export.Dim("batch", min=1, max=4096)
     for noisy in ("onnx_ir", "onnxscript"):  # their optimisers log every pass at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -42,7 +46,13 @@ def to_onnx(module, example, input_name: str, output_names: list[str], opset: in
     return model
 
 
+def validate_manifest(manifest: Manifest, what: str = "the manifest clipscan was about to write") -> Manifest:
+    """Check a manifest with the runtime's own reader, so no artifact is written that `scan` would refuse."""
+    return Manifest.from_json(manifest.to_json(), origin=what)
+
+
 def attach_manifest(model, manifest: Manifest) -> None:
+    validate_manifest(manifest)
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
@@ -66,12 +76,8 @@ def save_model(model, path: str | Path) -> Path:
     onnx = require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         onnx.save_model(model, str(tmp), save_as_external_data=False)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -3,10 +3,19 @@
 Depends on numpy, pillow and onnxruntime only; it never imports torch.
 """
 from .artifact import Artifact, load_artifact
-from .errors import BackendError, ClipscanError, ImageReadError, ManifestError, ModelError
+from .errors import (
+                     BackendError,
+                     ClipscanError,
+                     ImageReadError,
+                     InvalidArgumentError,
+                     ManifestError,
+                     ModelError,
+                     ScannerClosedError,
+)
 from .manifest import Manifest
 from .results import ScanResult
 from .scanner import Scanner
 
 __all__ = ["Scanner", "ScanResult", "Manifest", "Artifact", "load_artifact", "ClipscanError",
-           "ModelError", "ManifestError", "BackendError", "ImageReadError"]
+           "ModelError", "ManifestError", "BackendError", "ImageReadError", "InvalidArgumentError",
+           "ScannerClosedError"]

@@ -9,6 +9,14 @@ class ClipscanError(Exception):
     """Base class of every error clipscan raises on purpose."""
 
 
+class InvalidArgumentError(ClipscanError, ValueError):
+    """An argument clipscan cannot use (a wrong value or type); also a ValueError, as Python code expects."""
+
+
+class ScannerClosedError(ClipscanError, RuntimeError):
+    """The Scanner was used after close()."""
+
+
 class ModelError(ClipscanError):
     """The model artifact is missing, unreadable, or not a clipscan artifact."""
 

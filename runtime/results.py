@@ -4,13 +4,27 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 
-COLUMNS = ("path", "p_generated", "verdict", "quality", "error", "backend")
-ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error", "backend")
+COLUMNS = ("path", "p_generated", "verdict", "quality", "error_kind", "error", "backend")
+ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error_kind", "error", "backend")
+# Floats are written with 7 significant digits: float32, which every model output is, holds about 7.2
+# decimal digits, so more digits are noise (a 512-d embedding row shrinks from ~11 KB to ~6 KB).
+FLOAT_DIGITS = 7
+_KIND = re.compile(r"^([a-z_]+):")
+
+
+def round_float(v):
+    """A float rounded to FLOAT_DIGITS significant digits (None, NaN and inf become None)."""
+    if v is None:
+        return None
+    v = float(v)
+    return float(f"{v:.{FLOAT_DIGITS}g}") if math.isfinite(v) else None
 
 
 def columns_for(manifest) -> tuple[str, ...]:
@@ -34,10 +48,22 @@ class ScanResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def error_kind(self) -> str | None:
+        """The stable code an error message starts with (`truncated`, `corrupt`, `not_found`, ...)."""
+        if not self.error:
+            return None
+        m = _KIND.match(self.error)
+        return m.group(1) if m else "error"
+
     def to_row(self, *, with_embedding: bool = False, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
-        row: dict[str, Any] = {k: getattr(self, k) for k in columns}
+        """The row as written: floats rounded to FLOAT_DIGITS significant digits."""
+        row: dict[str, Any] = {}
+        for k in columns:
+            v = getattr(self, k)
+            row[k] = round_float(v) if isinstance(v, (float, np.floating)) else v
         if with_embedding:
-            row["embedding"] = None if self.embedding is None else [float(v) for v in self.embedding]
+            row["embedding"] = None if self.embedding is None else [round_float(v) for v in self.embedding]
         return row
 
 
@@ -78,7 +104,7 @@ class CsvWriter:
         if with_embedding:
             raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
         self.stream, self.columns = stream, columns
-        self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n")
+        self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
         if header:  # not when appending to a resumed file
             self._writer.writeheader()
             stream.flush()
@@ -118,6 +144,13 @@ def drop_partial_line(path: str) -> int:
         return size - keep
 
 
+def csv_columns(path: str) -> tuple[str, ...] | None:
+    """The header of an existing clipscan CSV (a resumed file keeps the columns it was started with)."""
+    with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
+        header = next(csv.reader(f), None)
+    return tuple(header) if header and "path" in header and set(header) <= set(ATTRIBUTION_COLUMNS) else None
+
+
 def completed_paths(path: str, fmt: str) -> set[str]:
     """Paths that already have a row in a results file (any row: result or error).
 
@@ -141,3 +174,41 @@ def completed_paths(path: str, fmt: str) -> set[str]:
                 if isinstance(row, dict) and isinstance(row.get("path"), str):
                     done.add(row["path"])
     return done
+
+
+# -- which model wrote a results file ------------------------------------------------------------
+# Rows stay plain (one per input, nothing else), so a results file is read by any JSONL/CSV reader;
+# the model that wrote them is recorded once, in a sidecar next to the file: <output>.clipscan.json.
+
+SIDECAR_SUFFIX = ".clipscan.json"
+
+
+def sidecar_path(output: str | os.PathLike) -> str:
+    return os.fspath(output) + SIDECAR_SUFFIX
+
+
+def model_identity(artifact) -> dict:
+    m = artifact.manifest
+    return {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
+
+
+def write_sidecar(output: str | os.PathLike, identity: dict, fmt: str) -> None:
+    """Record which model wrote `output` (atomically: a temp file renamed over the sidecar)."""
+    from clipscan.version import __version__
+
+    from .atomic import write_text
+
+    write_text(sidecar_path(output), json.dumps({"clipscan_results": 1, "format": fmt, "model": identity,
+                                                 "clipscan": __version__}, indent=1))
+
+
+def read_sidecar(output: str | os.PathLike) -> dict | None:
+    try:
+        with open(sidecar_path(output), encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be read: {e}; "
+                         "delete it to resume anyway") from None
+    return data if isinstance(data, dict) else None

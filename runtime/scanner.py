@@ -21,7 +21,7 @@ from .artifact import Artifact, load_artifact
 from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
-from .errors import ImageReadError, ModelError
+from .errors import ImageReadError, InvalidArgumentError, ModelError, ScannerClosedError
 from .postprocess import embedding_value, head_values, verdict
 from .preprocess import Preprocessor
 from .results import ScanResult
@@ -45,13 +45,13 @@ class Scanner:
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
                  device_id: int = 0, decode: str = "auto", spin: bool = True,
                  observer: Callable[[str, float, float], None] | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.artifact: Artifact = load_artifact(model)
         self.manifest = self.artifact.manifest
         self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
         if decode not in ("auto", "exact", "draft"):
-            raise ValueError(f"decode must be 'auto', 'exact' or 'draft', got {decode!r}")
+            raise InvalidArgumentError(f"decode must be 'auto', 'exact' or 'draft', got {decode!r}")
         # "draft": JPEGs are decoded at a reduced DCT scale that still keeps both sides >= the resize target;
         # it changes pixels, so it is used only when asked for, or under "auto" (the default) when the artifact
         # records a passing draft-vs-exact check on its owner's images (`clipscan verify --draft-check
@@ -80,7 +80,7 @@ class Scanner:
         self.quality = self.manifest.head("quality")
         self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
+            raise InvalidArgumentError(f"threshold is a probability in [0, 1], got {self.threshold}")
         options = BackendOptions(threads=threads, batch_size=batch_size, max_batch=max_batch, device_id=device_id,
                                  cache_dir=cache_dir or "", spin=spin)
         self.backend = create_backend(self.artifact.path, backend, fallback=fallback, options=options,
@@ -91,6 +91,7 @@ class Scanner:
         # source, in the worker threads) and "inference" (one batch's predict) a scan runs; may be set or
         # cleared between scans; it must be thread-safe and quick, and an exception in it is logged, not raised
         self.observer = observer
+        self._closed = False
 
     # -- setup -------------------------------------------------------------
     def _check_graph(self) -> None:
@@ -112,8 +113,20 @@ class Scanner:
         """The size JPEGs are draft-decoded towards (`decode == "draft"`), None when decoding is exact."""
         return self._draft_size
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        self.backend.close()
+        """Release the backend (sessions, engines, GPU memory); the Scanner cannot scan afterwards."""
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ScannerClosedError(f"this Scanner ({self.artifact.path.name}) was closed; create a new "
+                                     "Scanner, or scan inside its `with` block")
 
     def __enter__(self) -> "Scanner":
         return self
@@ -129,6 +142,7 @@ class Scanner:
         Paths in `skip` (as they would appear in results, or absolute) are left out:
         that is how a scan resumes.
         """
+        self._check_open()
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.walk_stats = WalkStats()
@@ -139,18 +153,28 @@ class Scanner:
 
     def scan_image(self, image: Image.Image, name: str = "<image>") -> ScanResult:
         """Scan one already decoded PIL image."""
+        self._check_open()
+        if not isinstance(image, Image.Image):
+            raise InvalidArgumentError(f"scan_image takes a PIL image, got {type(image).__name__}; "
+                                       "use scan_bytes for encoded data or scan for paths")
         return next(self._scan_sources([(name, image)]))
 
     def scan_bytes(self, data: bytes, name: str = "<bytes>") -> ScanResult:
         """Scan one encoded image held in memory (an upload, say)."""
-        return next(self._scan_sources([(name, data)]))
+        self._check_open()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"scan_bytes takes the encoded file as bytes, got {type(data).__name__}; "
+                                       "use scan([path]) for a path")
+        return next(self._scan_sources([(name, bytes(data))]))
 
     def scan_many(self, items: Iterable[tuple[str, object]]) -> Iterator[ScanResult]:
         """Scan (name, source) pairs; a source is a path, bytes, a binary file or a PIL image."""
+        self._check_open()
         return self._scan_sources(items)
 
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on a preprocessed batch (N, 3, H, W); returns every output."""
+        self._check_open()
         return self.backend.run({self.manifest.input.name: pixels})
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

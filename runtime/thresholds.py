@@ -32,6 +32,7 @@ PIXEL_MAX_ERROR = 1.0          # preprocessing parity, in 0..255 pixel units
 MIN_SRCC_IMAGES = 10           # below this SRCC says little: the max abs difference is reported instead
 DEFAULT_MARGIN = 0.5           # logit units around the threshold's logit: no flip beyond it
 ROBUST_SLACK = 0.005           # laundered copies may agree 0.5 percentage points less than clean ones
+ROBUST_CONFIDENCE_Z = 1.96     # ... judged by the 95% upper confidence bound of their agreement (clipscan's)
 THRESHOLD_TOLERANCE = 1e-6     # manifest threshold vs the reference's
 
 # -- clipscan export: checks of the written file before it is kept ----------------------------------

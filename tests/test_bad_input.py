@@ -6,13 +6,14 @@ import io
 import json
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from clipscan.cli import main
 from clipscan.runtime import Scanner
 
-from .conftest import jpeg_bytes, photo_images
+from .conftest import SAMPLES, jpeg_bytes, photo_images
 
 
 @pytest.fixture
@@ -65,10 +66,12 @@ def test_cli_streams_one_row_per_input_and_exit_code_says_failure(mixed_dir, tmp
     rows = [json.loads(line) for line in lines]
     assert code == 1
     assert len(rows) == 7 + 2
-    assert [set(r) for r in rows] == [{"path", "p_generated", "verdict", "quality", "error", "backend"}] * len(rows)
+    assert [set(r) for r in rows] == [{"path", "p_generated", "verdict", "quality", "error_kind", "error",
+                                       "backend"}] * len(rows)
     assert {r["backend"] for r in rows} == {"onnxruntime-cpu"}, "every row names the backend that ran"
     by_name = {os.path.basename(r["path"]): r for r in rows}
     assert by_name["does_not_exist.jpg"]["error"] == "not_found: no such file"
+    assert by_name["does_not_exist.jpg"]["error_kind"] == "not_found" and by_name["g_notes.txt"]["error_kind"] == "not_an_image"
     assert by_name["g_notes.txt"]["error"].startswith("not_an_image:"), "explicit files are always scanned"
     assert sum(r["error"] is None for r in rows) == 2
 
@@ -171,3 +174,160 @@ def test_resume_skips_finished_files_and_repairs_a_torn_last_line(image_dir, tmp
     # a second resume has nothing left to do and writes nothing
     assert main(["scan", str(image_dir), "-o", str(out), "-f", fmt, "--resume"]) == 0
     assert out.read_text().splitlines() == full
+
+
+def test_scanner_api_misuse_raises_clipscan_errors(tmp_path):
+    """Wrong types and use after close() raise ClipscanError subclasses (also ValueError where Python expects it)."""
+    from clipscan.runtime import ClipscanError, InvalidArgumentError, Scanner, ScannerClosedError
+
+    scanner = Scanner()
+    with pytest.raises(InvalidArgumentError, match="takes the encoded file as bytes, got str"):
+        scanner.scan_bytes("samples/photo_chelsea.jpg")
+    with pytest.raises(InvalidArgumentError, match="takes a PIL image"):
+        scanner.scan_image(b"not an image object")
+    assert scanner.scan_bytes(bytearray((SAMPLES / "photo_chelsea.jpg").read_bytes())).ok
+    scanner.close()
+    scanner.close()  # twice is harmless
+    for call in (lambda: scanner.scan([SAMPLES]), lambda: scanner.scan_bytes(b"x"),
+                 lambda: scanner.predict(np.zeros((1, 3, 224, 224), np.float32))):
+        with pytest.raises(ScannerClosedError, match="was closed; create a new Scanner"):
+            call()
+    for bad in (0, -3, 2.5):
+        with pytest.raises(InvalidArgumentError) as info:
+            Scanner(batch_size=bad)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, ClipscanError)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["scan", "--max-pixels", "0", "samples"], "--max-pixels"),
+    (["scan", "--max-pixels", "-5", "samples"], "--max-pixels"),
+    (["scan", "--workers", "-2", "samples"], "--workers"),
+    (["scan", "--threads", "-1", "samples"], "--threads"),
+    (["scan", "--max-batch", "0", "samples"], "--max-batch"),
+    (["scan", "--device", "-1", "samples"], "--device"),
+    (["scan", "-b", "two", "samples"], "--batch-size"),
+    (["scan", "--threshold", "nan", "samples"], "--threshold"),
+    (["calibrate", "m.onnx", "--images", "d", "-o", "o.onnx", "--smooth-alpha", "5"], "--smooth-alpha"),
+    (["calibrate", "m.onnx", "--images", "d", "-o", "o.onnx", "--max-images", "-1"], "--max-images"),
+    (["verify", "m.onnx", "--arch", "a", "--weights", "w", "--images", "d", "--margin", "-1"], "--margin"),
+    (["bench", "m.onnx", "--min-iters", "0"], "--min-iters"),
+])
+def test_numeric_flags_are_checked_when_parsed(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and flag in err and "Traceback" not in err, err
+
+
+def test_output_format_follows_the_file_extension(tmp_path, capsys):
+    out = tmp_path / "rows.csv"
+    assert main(["scan", str(SAMPLES), "-o", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and rows[0]["verdict"] in ("real", "generated")
+    assert main(["scan", str(SAMPLES), "-o", str(out), "--resume"]) == 0  # reads its own CSV back
+    assert len(list(csv.DictReader(out.open()))) == 4
+    assert main(["scan", str(SAMPLES), "-o", str(tmp_path / "rows2.csv"), "-f", "jsonl"]) == 2
+    assert "named like a csv file" in capsys.readouterr().err
+    assert not (tmp_path / "rows2.csv").exists()
+
+
+def test_export_and_calibrate_keep_an_existing_output(tmp_path, capsys):
+    """One policy with scan: an existing -o is replaced only with --overwrite; a folder or a missing folder is refused."""
+    existing = tmp_path / "keep.onnx"
+    existing.write_bytes(b"precious")
+    base = ["--arch", "ViT-B-32", "--weights", str(tmp_path / "w.pt"), "--heads", str(tmp_path / "h.pt")]
+    for argv in (["export", *base, "-o", str(existing)],
+                 ["calibrate", str(tmp_path / "m.onnx"), "--images", str(tmp_path), "-o", str(existing)]):
+        assert main(argv) == 2
+        assert "already exists; pass --overwrite" in capsys.readouterr().err
+        assert existing.read_bytes() == b"precious"
+    assert main(["export", *base, "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["export", *base, "-o", str(tmp_path / "missing" / "x.onnx")]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def test_resume_refuses_rows_of_another_model(tmp_path, capsys):
+    """The results file records its model once (a sidecar, rows stay plain); --resume with another model is refused."""
+    from clipscan.runtime.artifact import DEMO_MODEL
+    from clipscan.runtime.results import read_sidecar
+
+    out = tmp_path / "rows.jsonl"
+    assert main(["scan", str(SAMPLES / "photo_chelsea.jpg"), "-o", str(out)]) == 0
+    record = read_sidecar(out)
+    assert record["model"]["name"] == "clipscan-demo" and len(record["model"]["sha256"]) == 64
+    assert all("path" in json.loads(line) for line in out.read_text().splitlines())
+    other = tmp_path / "other.onnx"
+    other.write_bytes(DEMO_MODEL.read_bytes() + b"")  # same graph, another file: same sha256, so allowed
+    assert main(["scan", str(SAMPLES), "-o", str(out), "--resume", "--model", str(other)]) == 0
+    assert len(out.read_text().splitlines()) == 4
+    # a different model (its manifest renamed, so another sha256) may not append
+    import onnx
+
+    m = onnx.load(str(DEMO_MODEL))
+    for p in m.metadata_props:
+        if p.key == "clipscan.manifest":
+            p.value = p.value.replace('"clipscan-demo"', '"another-model"')
+    onnx.save(m, str(other))
+    before = out.read_bytes()
+    assert main(["scan", str(SAMPLES / "render_001.png"), "-o", str(out), "--resume", "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds rows of model 'clipscan-demo'" in err and "'another-model'" in err and "another -o" in err
+    assert out.read_bytes() == before
+
+
+def test_scan_output_that_is_a_folder_or_in_a_missing_folder(tmp_path, capsys):
+    for target, says in ((tmp_path, "is a folder"), (tmp_path / "missing" / "x.jsonl", "does not exist")):
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            assert main(["scan", str(SAMPLES), "-o", str(target), *extra]) == 2
+            err = capsys.readouterr().err
+            assert says in err and "Traceback" not in err
+
+
+def test_stdin_image_and_path_list(tmp_path):
+    """`-` scans one image piped on standard input; --from-list reads paths (from a file, or - for stdin)."""
+    import subprocess
+    import sys
+
+    photo = (SAMPLES / "photo_chelsea.jpg").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", "-", str(SAMPLES / "render_001.png")],
+                          input=photo, capture_output=True, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 0 and [r["path"] for r in rows] == ["<stdin>", str(SAMPLES / "render_001.png")]
+    assert rows[0]["verdict"] == "real" and rows[1]["verdict"] == "generated"
+    listing = "\n".join([str(SAMPLES / "render_002.png"), str(tmp_path / "gone.jpg"), ""])
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", "--from-list", "-"], input=listing.encode(),
+                          capture_output=True, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and len(rows) == 2 and rows[1]["error_kind"] == "not_found"
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing to scan" in proc.stderr and "backend" not in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_a_full_disk_is_a_message_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    for argv, stdout in ((["-o", "/dev/full", "--overwrite"], subprocess.PIPE), ([], open("/dev/full", "w"))):
+        proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", str(SAMPLES), *argv], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_log_levels_default_verbose_quiet():
+    """By default the one-line summary (no backend-skip lines); -v says what was skipped and why; -q errors only."""
+    import subprocess
+    import sys
+
+    def stderr(*flags):
+        proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", *flags, str(SAMPLES)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 4
+        return proc.stderr
+
+    default, verbose, quiet = stderr(), stderr("-v"), stderr("-q")
+    assert "scanned 4 input(s)" in default and "skipped" not in default
+    assert "backend tensorrt skipped" in verbose and "scanned 4 input(s)" in verbose
+    assert quiet == ""

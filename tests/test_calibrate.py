@@ -269,3 +269,30 @@ def test_search_rescales_when_layernorm_fed_layers_are_worst(outlier_model, tmp_
         assert h["speed_batch"] == 8 and h["latency_ms_fp32"] > 0 and h["latency_ms_int8"] > 0
         assert h["speedup_vs_fp32"] == h["latency_ms_fp32"] / h["latency_ms_int8"]
     assert int8.manifest_of(tmp_path / "s.onnx").calibration["smoothquant"]["smoothed"]
+
+
+def test_interrupted_calibrate_leaves_nothing_at_the_output(outlier_model, tmp_path):
+    """Ctrl-C (a real SIGINT) while the INT8 file exists but is not yet verified: nothing at -o, no stray file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = outlier_model
+    out = tmp_path / "out" / "int8.onnx"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "clipscan", "calibrate", str(d["onnx"]), "--images", str(d["calib"]),
+                             "-o", str(out), "--val-images", str(d["val"]), "--arch", str(d["config"]),
+                             "--weights", str(d["weights"]), "--heads", str(d["heads"]),
+                             "--report", str(tmp_path / "rep"), "--no-cache"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.parent.glob(".int8.onnx.calibrating-*")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "calibrate ended before the INT8 file was written: " + proc.communicate()[1][-2000:]
+    time.sleep(0.3)  # into the fidelity report
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-2000:]
+    assert "interrupted" in err
+    assert not out.exists() and list(out.parent.iterdir()) == [], list(out.parent.iterdir())

@@ -151,3 +151,54 @@ def test_opset_23_fuses_attention(tiny_model_files, exported, image_dir, tmp_pat
         a, b = list(fused.scan(paths)), list(plain.scan(paths))
     assert cosine(np.stack([r.embedding for r in a]), np.stack([r.embedding for r in b])).min() >= 0.99999
     assert [r.verdict for r in a] == [r.verdict for r in b]
+
+
+@pytest.mark.parametrize("flag", [["--threshold", "2.0"], ["--std", "0", "0.5", "0.5"]])
+def test_export_refuses_a_manifest_the_runtime_would_refuse(tiny_model_files, tmp_path, capsys, flag):
+    """The runtime's own manifest validator runs before anything is written."""
+    out = tmp_path / "bad.onnx"
+    code = main(["export", "--arch", str(tiny_model_files["config"]), "--weights", str(tiny_model_files["weights"]),
+                 "--heads", str(tiny_model_files["heads"]), "-o", str(out), *flag])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert ("threshold" if flag[0] == "--threshold" else "std") in err and "Traceback" not in err
+
+
+def test_files_of_the_wrong_kind_get_one_sentence(tiny_model_files, tmp_path, capsys):
+    """Wrong shapes name the tensor and the architectures that fit; non-checkpoints and unknown config keys say so."""
+    import open_clip
+
+    b32 = tmp_path / "b32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), str(b32))
+    text = tmp_path / "captions.json"
+    text.write_text('{"classes": []}')
+    bad_cfg = tmp_path / "cfg.json"
+    bad_cfg.write_text(json.dumps({**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "colour": 3}}))
+    files = tiny_model_files
+    cases = [
+        (["--arch", "ViT-B-16", "--weights", str(b32), "--heads", str(files["heads"])],
+         ["tensor 'positional_embedding' is [50, 768] in the weights but [197, 768]", "ViT-B-32"]),
+        (["--arch", str(files["config"]), "--weights", str(text), "--heads", str(files["heads"])],
+         ["captions.json is not a backbone checkpoint PyTorch can load"]),
+        (["--arch", str(files["config"]), "--weights", str(files["weights"]), "--head", f"univfd:{text}"],
+         ["captions.json is not a head checkpoint PyTorch can load"]),
+        (["--arch", str(files["config"]), "--weights", str(files["weights"]), "--heads", str(text)],
+         ["captions.json is not a clipscan heads file PyTorch can load"]),
+        (["--arch", str(bad_cfg), "--weights", str(files["weights"]), "--heads", str(files["heads"])],
+         ["vision_cfg has key(s) ['colour']", "known keys"]),
+    ]
+    for argv, says in cases:
+        assert main(["export", *argv, "-o", str(tmp_path / "out.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert all(s in err for s in says) and "Traceback" not in err, err
+        assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_opset_onnx_does_not_know_is_refused(tiny_model_files, tmp_path, capsys):
+    files = tiny_model_files
+    assert main(["export", "--arch", str(files["config"]), "--weights", str(files["weights"]), "--heads",
+                 str(files["heads"]), "-o", str(tmp_path / "o.onnx"), "--opset", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "--opset 30 is newer than the installed onnx" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import SAMPLES, block_torch_env
 
 PROGRAM = r"""
@@ -44,4 +46,18 @@ def test_export_without_torch_says_what_to_install(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "pip install 'clipscan[export]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command, needs", [
+    (["calibrate", "m.onnx", "--images", "d", "-o", "int8.onnx"], "clipscan calibrate needs the Python package 'onnx'"),
+    (["verify", "m.onnx", "--arch", "a", "--weights", "w", "--heads", "h", "--images", "d"],
+     "clipscan verify needs the Python package 'torch'"),
+])
+def test_build_commands_without_their_extra_say_what_to_install(tmp_path, command, needs):
+    env = block_torch_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "clipscan", *command], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert needs in proc.stderr and "pip install 'clipscan[export]'" in proc.stderr
     assert "Traceback" not in proc.stderr

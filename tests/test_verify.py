@@ -251,3 +251,27 @@ def test_head_tasks_are_pluggable():
     assert {g.name: g.passed for g in gates}["generator_top1:captions"] is False
     unknown = F.HeadData("x", "segmentation", {}, {})
     assert F.evaluate_head(unknown, "fp32")[1][0].passed is False
+
+
+def test_a_different_activation_fails_the_recipe_gate(exported, tiny_model_files, verify_dir):
+    """verify --gelu on a QuickGELU artifact: the recipe gate names the activation (it passed before)."""
+    wrong = load_reference(str(tiny_model_files["config"]), tiny_model_files["weights"], tiny_model_files["heads"],
+                           quick_gelu=False)
+    report = verify(exported.path, wrong, verify_dir, launder=False)
+    recipe = report.gate("recipe")
+    assert recipe.passed is False and "activation" in recipe.note and "quick_gelu" in recipe.note
+    assert not report.passed
+    for g in report.failed_gates():
+        if g.name != "recipe" and g.group in ("features", "outputs"):
+            assert "likely cause: the recipe differs" in g.note
+
+
+def test_laundered_gates_suit_the_sample_size_and_the_margin():
+    """One flip in 120 laundered images (0.83%) cannot fail a 0.5 pp slack; several do; flips beyond the margin fail."""
+    one = F.robustness_gate("down0.5_jpeg85", "det", 1.0, 119 / 120, n=120, flipped=[("a/b.jpg", 0.12)])
+    assert one.passed and "upper 95% bound" in one.note and "a/b.jpg (reference logit +0.120)" in one.note
+    assert not F.robustness_gate("down0.5_jpeg85", "det", 1.0, 115 / 120, n=120).passed
+    assert not F.robustness_gate("jpeg75", "det", 1.0, 0.99).passed  # without n: the plain comparison
+    assert F.wilson_upper(1.0, 10) == 1.0 and 0.99 < F.wilson_upper(119 / 120, 120) < 1.0
+    assert F.robust_margin_gate("jpeg75", "det", 0, 0.5).passed
+    assert F.robust_margin_gate("jpeg75", "det", 1, 0.5).passed is False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import logging
 import sys
 
@@ -34,13 +35,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Log levels on stderr: by default warnings and the one-line summaries (NOTICE); -v adds what clipscan
+# decided and why (the backend chain's skips, the decoding, the graph style); -vv debug; -q errors only.
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
+
 def _verbosity(defaults: bool) -> argparse.ArgumentParser:
     """-v/-q, accepted before or after the command."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("-v", "--verbose", action="count", default=0 if defaults else argparse.SUPPRESS,
-                   help="more log output (-vv for debug)")
+                   help="also say what was decided and why (backends skipped, decoding...); -vv for debug")
     p.add_argument("-q", "--quiet", action="store_true", default=False if defaults else argparse.SUPPRESS,
-                   help="only errors on stderr")
+                   help="only errors on stderr (no summary line, no calibration chatter)")
     return p
 
 
@@ -66,6 +73,16 @@ def build_parser(command: str | None = None, module=None) -> argparse.ArgumentPa
     return parser
 
 
+def _silence_stdout_if_broken(error: OSError) -> None:
+    """After stdout failed (ENOSPC, EPIPE), point it at /dev/null so the exit flush cannot fail again."""
+    if getattr(error, "filename", None) is None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 def run_command(command: str, run, args: argparse.Namespace) -> int:
     """Run a command; errors clipscan expects (bad arguments, models, backends) become a one-line message
     and exit code 2, never a traceback."""
@@ -79,11 +96,17 @@ def run_command(command: str, run, args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"clipscan {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error
+        _silence_stdout_if_broken(OSError())
+        return EXIT_OK
+    except OSError as e:  # a full disk, a folder where a file was meant, a closed or full stdout
+        _silence_stdout_if_broken(e)
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"clipscan {command}: error: could not read or write{where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("clipscan: interrupted; lines already written are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     command = chosen_command(argv)
     module = importlib.import_module(COMMANDS[command][0]) if command else None
     args = build_parser(command, module).parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    level = logging.ERROR if args.quiet else {0: NOTICE, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="clipscan: %(message)s", stream=sys.stderr)
     return run_command(args.command, module.run, args)

@@ -41,3 +41,45 @@ def heads_from(args: argparse.Namespace, *, required: bool = False, as_given: st
 
 def add_no_spin(p) -> None:
     p.add_argument("--no-spin", action="store_true", help=NO_SPIN_HELP)
+
+
+# -- numbers checked at parse time: argparse names the flag in its message ("argument -b/--batch-size: ...")
+
+def _number(cast, what: str, ok):
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if cast is int else 'a number'}")
+        if value != value or not ok(value):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = what  # argparse shows the type's name in some messages
+    return parse
+
+
+positive_int = _number(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer >= 0", lambda v: v >= 0)
+probability = _number(float, "a probability in [0, 1]", lambda v: 0.0 <= v <= 1.0)
+non_negative = _number(float, "a number >= 0", lambda v: v >= 0.0)
+positive = _number(float, "a number > 0", lambda v: v > 0.0)
+percent = _number(float, "a percentile in (0, 100]", lambda v: 0.0 < v <= 100.0)
+
+
+def add_output(p, what: str) -> None:
+    """-o/--output FILE and --overwrite: one policy for every command that writes a file."""
+    p.add_argument("-o", "--output", required=True, help=f"{what} (an existing file is kept unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+
+
+def check_output(path: str, overwrite: bool) -> None:
+    """Refuse to replace an existing output without --overwrite, and a folder or a missing parent folder always."""
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path} is a folder; name the file to write inside it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--output {path}: the folder {parent} does not exist; create it first")
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"--output {path} already exists; pass --overwrite to replace it, or choose another name")

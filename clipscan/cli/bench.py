@@ -6,7 +6,7 @@ asked for. Speed is reported, never judged: exit 0 unless the benchmark could no
 from __future__ import annotations
 
 from . import EXIT_OK
-from .args import add_no_spin
+from .args import add_no_spin, non_negative, non_negative_int, positive, positive_int
 
 
 def add_arguments(p) -> None:
@@ -30,23 +30,23 @@ def add_arguments(p) -> None:
     add_no_spin(p)
     p.add_argument("--decode", choices=("exact", "draft"), default="exact",
                    help="decoding for the e2e ONNX Runtime runs (default exact; draft = reduced-size JPEG decoding)")
-    p.add_argument("--camera", type=int, default=0, metavar="N",
+    p.add_argument("--camera", type=non_negative_int, default=0, metavar="N",
                    help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
                         "pipeline, draft fidelity")
     p.add_argument("--camera-dir", metavar="DIR", help="where the camera-sized JPEGs are written/reused")
     p.add_argument("--camera-models", metavar="A,B", help="artifacts of the camera section, comma-separated "
                                                           "(default: every MODEL)")
-    p.add_argument("--min-iters", type=int, default=10, help="timed runs per measurement, at least (default 10)")
-    p.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per measurement, at least (default 2)")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="time box per measurement (default 20 s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
-    p.add_argument("--settle", type=float, default=0.2, metavar="S",
+    p.add_argument("--min-iters", type=positive_int, default=10, help="timed runs per measurement, at least (default 10)")
+    p.add_argument("--min-seconds", type=non_negative, default=2.0, help="timed seconds per measurement, at least (default 2)")
+    p.add_argument("--max-seconds", type=positive, default=20.0, help="time box per measurement (default 20 s)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--settle", type=non_negative, default=0.2, metavar="S",
                    help="untimed calls for S seconds at the start of each candidate's turn, so other "
                         "candidates' spinning worker threads are gone before timing (default 0.2)")
-    p.add_argument("--block", type=float, default=0.5, metavar="S",
+    p.add_argument("--block", type=non_negative, default=0.5, metavar="S",
                    help="timed calls per candidate's turn, for at least S seconds (default 0.5)")
-    p.add_argument("--e2e-passes", type=int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
-    p.add_argument("--workers", type=int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
+    p.add_argument("--e2e-passes", type=positive_int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
+    p.add_argument("--workers", type=positive_int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
 
 

@@ -10,7 +10,16 @@ import logging
 from pathlib import Path
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
-from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from
+from .args import (
+    AS_GIVEN_TO_EXPORT,
+    add_original_args,
+    add_output,
+    check_output,
+    heads_from,
+    percent,
+    positive_int,
+    probability,
+)
 
 log = logging.getLogger("clipscan")
 
@@ -24,7 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("model", metavar="MODEL", help="the FP32 .onnx artifact written by `clipscan export`")
     p.add_argument("--images", required=True, action="append", metavar="DIR",
                    help="calibration images: folder (walked recursively) or file; repeatable")
-    p.add_argument("-o", "--output", required=True, help="the INT8 .onnx file to write")
+    add_output(p, "the INT8 .onnx file to write")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
                    help="cpu (default): uint8 activations, int8 per-channel weights; tensorrt: symmetric int8 "
                         "activations and weights with dedicated Q/DQ pairs")
@@ -34,14 +43,14 @@ def add_arguments(p) -> None:
                         "every op; percentile; matmul: min-max, MatMul/Gemm/Conv only; dynamic: weights only")
     p.add_argument("--method", choices=("minmax", "percentile", "entropy", "dynamic"),
                    help="override the recipe's calibration method")
-    p.add_argument("--percentile", type=float, default=99.999, help="percentile calibration's percentile")
-    p.add_argument("--smooth-alpha", type=float, help="override the SmoothQuant migration strength (0..1)")
+    p.add_argument("--percentile", type=percent, default=99.999, help="percentile calibration's percentile")
+    p.add_argument("--smooth-alpha", type=probability, help="override the SmoothQuant migration strength (0..1)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
     p.add_argument("--search", action="store_true",
                    help="accuracy-aware search: while the INT8 bar fails on --val-images (against the FP32 "
                         "graph), keep the layers adding the most error in float and quantize again")
-    p.add_argument("-b", "--batch-size", type=int, default=8, help="calibration batch size (all batches equal)")
-    p.add_argument("--max-images", type=int, help="use at most this many calibration images")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=8, help="calibration batch size (all batches equal)")
+    p.add_argument("--max-images", type=positive_int, help="use at most this many calibration images")
     p.add_argument("--cache-dir", help="calibration tensor cache (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -49,7 +58,7 @@ def add_arguments(p) -> None:
     g.add_argument("--val-images", action="append", default=[], metavar="DIR",
                    help="validation images, disjoint from the calibration images; repeatable")
     add_original_args(g, required=False, as_given=AS_GIVEN_TO_EXPORT)
-    g.add_argument("--threshold", type=float, help="the decision threshold export was given, if any")
+    g.add_argument("--threshold", type=probability, help="the decision threshold export was given, if any")
     g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
     g.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
     g.add_argument("--report", metavar="DIR", help="where report.json/html go (default: ./<output stem>-verify)")
@@ -77,6 +86,8 @@ def print_written(outcome, output: str, target: str) -> None:
 
 def run(args) -> int:
     from clipscan.calibration.pipeline import calibrate_artifact
+
+    check_output(args.output, args.overwrite)
 
     outcome = calibrate_artifact(
         args.model, args.images, args.output, target=args.target, recipe=args.recipe, method=args.method,

@@ -6,7 +6,7 @@ check against PyTorch.
 from __future__ import annotations
 
 from . import EXIT_OK
-from .args import add_original_args, heads_from
+from .args import add_original_args, add_output, check_output, heads_from
 
 
 def add_arguments(p) -> None:
@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     add_original_args(p, required=True)
     p.add_argument("--uint8-input", action="store_true",
                    help="fold mean/std into the patch embedding: the graph takes uint8 RGB (4x less input data)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    add_output(p, "the .onnx file to write")
     p.add_argument("--name", help="model name for the manifest (default: output file stem)")
     p.add_argument("--description", default="", help="free text for the manifest")
     p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: from the config)")
@@ -36,6 +36,7 @@ def run(args) -> int:
     from clipscan.export import export_model
 
     heads = heads_from(args, required=True)
+    check_output(args.output, args.overwrite)
     report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
                           description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
                           mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,

@@ -10,15 +10,18 @@ import os
 import sys
 import time
 
-from . import EXIT_ITEM_FAILED, EXIT_OK
-from .args import add_no_spin
+from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
+from .args import add_no_spin, non_negative_int, positive_int, probability
 
 log = logging.getLogger("clipscan")
 
 
 def add_arguments(p) -> None:
     p.description = "Scan files and folders; writes one line per input as results arrive."
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="image files and/or folders; - reads one image from standard input")
+    p.add_argument("--from-list", metavar="FILE",
+                   help="also scan the paths listed in FILE, one per line (- reads the list from standard input)")
     p.add_argument("-m", "--model", help="exported .onnx artifact (default: the bundled demo model)")
     p.add_argument("-o", "--output", help="write results to this file instead of stdout (never overwritten "
                                           "unless --overwrite; --resume appends)")
@@ -26,19 +29,20 @@ def add_arguments(p) -> None:
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted scan: skip inputs that already have a row in --output")
     again.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("-f", "--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default jsonl)")
-    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("-f", "--format", choices=("jsonl", "csv"),
+                   help="output format (default: from the --output extension, .csv or .jsonl; jsonl on stdout)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=16, help="images per inference batch (default 16)")
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
                    help="auto (default) tries tensorrt, ort-tensorrt, cuda, cpu in order and logs why it skips "
                         "each; a named backend that cannot start is an error (`clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
-    p.add_argument("--max-batch", type=int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
+    p.add_argument("--max-batch", type=positive_int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
     p.add_argument("--cache-dir", help="GPU engine and timing caches (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
-    p.add_argument("--threads", type=int, help="inference threads (default: the backend decides)")
-    p.add_argument("--workers", type=int, help="decode/preprocess threads (default: min(4, cores))")
-    p.add_argument("--threshold", type=float, help="override the manifest's decision threshold (probability)")
-    p.add_argument("--max-pixels", type=int, help="refuse images larger than this many pixels (default 179 M)")
+    p.add_argument("--device", type=non_negative_int, default=0, help="CUDA device index (default 0)")
+    p.add_argument("--threads", type=positive_int, help="inference threads (default: the backend decides)")
+    p.add_argument("--workers", type=positive_int, help="decode/preprocess threads (default: min(4, cores))")
+    p.add_argument("--threshold", type=probability, help="override the manifest's decision threshold (probability)")
+    p.add_argument("--max-pixels", type=positive_int, help="refuse images larger than this many pixels (default 179 M)")
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
@@ -56,10 +60,16 @@ def _already_done(args) -> tuple[set[str], str]:
 
     if args.resume and not args.output:
         raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
+    if args.output:
+        if os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output} is a folder; name the results file to write inside it")
+        parent = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(parent):
+            raise ValueError(f"--output {args.output}: the folder {parent} does not exist; create it first")
     if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
         if args.resume:
             previous = completed_paths(args.output, args.format)
-            log.info("resuming: %d input(s) already in %s are skipped", len(previous), args.output)
+            log.log(NOTICE, "resuming: %d input(s) already in %s are skipped", len(previous), args.output)
             return previous | {os.path.abspath(p) for p in previous}, "a"
         if not args.overwrite:
             raise ValueError(f"{args.output} already exists; pass --resume to continue the scan that wrote it, "
@@ -67,11 +77,78 @@ def _already_done(args) -> tuple[set[str], str]:
     return set(), "w"
 
 
+OUTPUT_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+def output_format(args) -> str:
+    """-f as given, else the --output extension's format, else jsonl; -f that contradicts the extension is refused."""
+    by_extension = OUTPUT_EXTENSIONS.get(os.path.splitext(args.output or "")[1].lower())
+    if args.format and by_extension and args.format != by_extension:
+        raise ValueError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
+                         f"{by_extension} file; drop -f, or name the file *.{args.format}")
+    return args.format or by_extension or "jsonl"
+
+
+def _check_same_model(args, scanner, mode: str) -> None:
+    """--resume appends only rows of the model that wrote the file; a new file records its model."""
+    from clipscan.runtime.results import model_identity, read_sidecar, sidecar_path, write_sidecar
+
+    identity = model_identity(scanner.artifact)
+    if mode == "a":
+        recorded = (read_sidecar(args.output) or {}).get("model")
+        if recorded is None:
+            log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", args.output,
+                        sidecar_path(args.output), identity["name"], identity["sha256"][:12])
+        elif recorded.get("sha256") != identity["sha256"]:
+            scanner.close()
+            raise ValueError(
+                f"--resume: {args.output} holds rows of model {recorded.get('name')!r} (sha256 "
+                f"{str(recorded.get('sha256'))[:12]}..., {recorded.get('file')}), but --model is "
+                f"{identity['name']!r} (sha256 {identity['sha256'][:12]}..., {identity['file']}); rows of two "
+                "models must not mix: write to a new file (another -o), or pass --overwrite to replace it")
+        else:
+            return
+    write_sidecar(args.output, identity, args.format)
+
+
+def _inputs(args) -> list[str]:
+    """PATH arguments, then the --from-list paths; at least one input, and standard input used once."""
+    paths = list(args.paths)
+    if args.from_list:
+        if args.from_list == "-" and "-" in paths:
+            raise ValueError("standard input cannot be both an image (PATH -) and the list (--from-list -)")
+        with (sys.stdin if args.from_list == "-" else open(args.from_list, encoding="utf-8",
+                                                             errors="surrogateescape")) as f:
+            paths += [line.rstrip("\r\n") for line in f if line.strip()]
+    if not paths:
+        raise ValueError("nothing to scan: give image files or folders, - for an image on standard input, "
+                         "or --from-list FILE")
+    if paths.count("-") > 1:
+        raise ValueError("- (an image on standard input) can be given once")
+    return paths
+
+
+def _results(scanner, paths: list[str], args, done):
+    """Results in input order: folders and files through Scanner.scan, `-` as the bytes on standard input."""
+    if "-" not in paths:
+        yield from scanner.scan(paths, all_files=args.all_files, skip=done)
+        return
+    i = paths.index("-")
+    if paths[:i]:
+        yield from scanner.scan(paths[:i], all_files=args.all_files, skip=done)
+    if "<stdin>" not in done:
+        yield scanner.scan_bytes(sys.stdin.buffer.read(), name="<stdin>")
+    if paths[i + 1:]:
+        yield from scanner.scan(paths[i + 1:], all_files=args.all_files, skip=done)
+
+
 def run(args) -> int:
     from clipscan.runtime import Scanner
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
-    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for
+    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns
 
+    args.format = output_format(args)
+    paths = _inputs(args)
     done, mode = _already_done(args)
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
@@ -81,6 +158,8 @@ def run(args) -> int:
     m = scanner.manifest
     log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
              scanner.backend_name, scanner.decode_reason)
+    if args.output:
+        _check_same_model(args, scanner, mode)
     if scanner.artifact.is_demo:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
@@ -93,9 +172,11 @@ def run(args) -> int:
     total = failed = 0
     start = time.perf_counter()
     try:
-        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w",
-                                      columns=columns_for(scanner.manifest))
-        for result in scanner.scan(args.paths, all_files=args.all_files, skip=done):
+        columns = columns_for(scanner.manifest)
+        if mode == "a" and args.format == "csv":
+            columns = csv_columns(args.output) or columns
+        writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w", columns=columns)
+        for result in _results(scanner, paths, args, done):
             writer.write(result)
             total += 1
             if result.error:
@@ -108,9 +189,9 @@ def run(args) -> int:
     seconds = time.perf_counter() - start
     stats = scanner.walk_stats
     skipped = f"; skipped {stats.skipped_non_image} non-image file(s)" if stats.skipped_non_image else ""
-    log.info("scanned %d input(s): %d ok, %d failed in %.2f s (%.1f images/s) on %s%s", total, total - failed,
+    log.log(NOTICE, "scanned %d input(s): %d ok, %d failed in %.2f s (%.1f images/s) on %s%s", total, total - failed,
              failed, seconds, (total - failed) / seconds if seconds > 0 else 0.0, scanner.backend_name, skipped)
     if total == 0 and not done:
-        log.error("nothing to scan: no image files under %s (use --all-files to scan every file)", args.paths)
+        log.error("nothing to scan: no image files under %s (use --all-files to scan every file)", paths)
         return EXIT_ITEM_FAILED
     return EXIT_ITEM_FAILED if failed else EXIT_OK

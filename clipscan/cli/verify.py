@@ -12,7 +12,7 @@ from pathlib import Path
 from clipscan.runtime.thresholds import DEFAULT_MARGIN, DRAFT_MIN_IMAGES
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
-from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from
+from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from, non_negative, positive_int, probability
 
 
 def add_arguments(p) -> None:
@@ -27,15 +27,15 @@ def add_arguments(p) -> None:
                    help="folder (walked recursively) or file of images to compare on; repeatable")
     p.add_argument("--report", metavar="DIR", help="where report.json and report.html go "
                                                   "(default: ./<model file stem>-verify)")
-    p.add_argument("--threshold", type=float,
+    p.add_argument("--threshold", type=probability,
                    help="the decision threshold the reference uses, if export was given --threshold "
                         "(default: the heads file's)")
     p.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
     p.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+    p.add_argument("--margin", type=non_negative, default=DEFAULT_MARGIN,
                    help="no decision may flip for an image whose reference logit is farther than this from the "
                         "threshold's logit (default %(default)s)")
-    p.add_argument("-b", "--batch-size", type=int, default=16, help="images per inference batch (default 16)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=16, help="images per inference batch (default 16)")
     p.add_argument("--no-launder", action="store_true",
                    help="skip the laundered copies (JPEG 75, blur, downscale + JPEG 85)")
     p.add_argument("--draft-check", action="store_true",
@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--record-draft", action="store_true",
                    help="write the draft check's result into the artifact's manifest (implies --draft-check); "
                         "`clipscan scan` (--decode auto) then decodes drafts for this artifact if it passed")
-    p.add_argument("--draft-min-images", type=int, default=DRAFT_MIN_IMAGES, metavar="N",
+    p.add_argument("--draft-min-images", type=positive_int, default=DRAFT_MIN_IMAGES, metavar="N",
                    help="affected images the draft check needs before it can pass (default %(default)s)")
 
 
