@@ -46,6 +46,7 @@ class BenchConfig:
     decode: str = "exact"                     # decode option of the e2e ONNX Runtime runs
     workers: int | None = None
     spin: bool = True                         # ONNX Runtime worker threads spin between calls (e2e and camera runs)
+    skip_unavailable: bool = False            # an asked-for part that cannot run here is skipped (noted), not an error
 
     @property
     def wants_torch(self) -> bool:

@@ -37,6 +37,8 @@ class BenchContext:
     tmp: Path                              # scratch folder of this run
     torch_ref: TorchReference | None = None
     x_all: np.ndarray | None = None        # the decodable images, preprocessed once (N, 3, H, W)
+    x_source: str | None = None            # the artifact whose preprocessing made x_all
+    inputs: dict = field(default_factory=dict)   # artifact -> the same images as that artifact takes them
     names: list[str] = field(default_factory=list)   # their files
     ref_outputs: dict | None = None        # reference outputs on x_all (PyTorch or the FP32 artifact)
 

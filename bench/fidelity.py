@@ -6,6 +6,7 @@ comparison is `clipscan.runtime.metrics.compare_outputs`, the one every fidelity
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ def prepare_reference(ctx: BenchContext) -> None:
     fp32 = next((m for m in cfg.models if ctx.manifests[m].precision == "fp32"), None)
     with Scanner(fp32 or ctx.first, backend="cpu", batch_size=max(cfg.batch_sizes), decode="exact") as sc:
         ctx.x_all, ctx.names, bad = prepared_inputs(sc, ctx.paths)
+        ctx.x_source = fp32 or ctx.first
+        prepare_artifact_inputs(ctx, ctx.x_source)
         report["settings"]["decoded_images"] = len(ctx.names)
         report["settings"]["undecodable_images"] = bad
         if ctx.torch_ref is not None:
@@ -65,6 +68,25 @@ def prepare_reference(ctx: BenchContext) -> None:
                                    "what": "no PyTorch reference and no FP32 artifact: no ratios/fidelity"}
 
 
+def _input_recipe(manifest) -> str:
+    return json.dumps([manifest.input.to_dict(), manifest.preprocess.to_dict()], sort_keys=True)
+
+
+def prepare_artifact_inputs(ctx: BenchContext, source: str) -> None:
+    """ctx.inputs[artifact]: the images as each artifact takes them (its own dtype and preprocessing:
+    a uint8-input artifact gets raw pixels, a float one normalised floats); `source`'s are ctx.x_all."""
+    by_recipe = {_input_recipe(ctx.manifests[source]): ctx.x_all}
+    for model in ctx.cfg.models:
+        recipe = _input_recipe(ctx.manifests[model])
+        if recipe not in by_recipe:
+            with Scanner(model, backend="cpu", decode="exact") as sc:
+                x, names, _ = prepared_inputs(sc, [Path(n) for n in ctx.names])
+            if names != ctx.names:
+                raise ValueError(f"{Path(model).name} decodes other benchmark images than {Path(source).name}")
+            by_recipe[recipe] = x
+        ctx.inputs[model] = by_recipe[recipe]
+
+
 def artifact_fidelity(ctx: BenchContext) -> None:
     """report["fidelity"][artifact] for every artifact, on the first backend."""
     if ctx.ref_outputs is None:
@@ -72,7 +94,7 @@ def artifact_fidelity(ctx: BenchContext) -> None:
     for model in ctx.cfg.models:
         try:
             with Scanner(model, backend=ctx.backends[0], batch_size=CHUNK) as sc:
-                fid = compare_outputs(sc.manifest, ctx.ref_outputs, predict_all(sc.predict, ctx.x_all))
+                fid = compare_outputs(sc.manifest, ctx.ref_outputs, predict_all(sc.predict, ctx.inputs[model]))
                 fid["against"] = ctx.report["reference"]["kind"]
                 fid["backend"] = sc.backend_name
                 ctx.report["fidelity"][Path(model).name] = fid

@@ -27,11 +27,11 @@ def model_rows(ctx: BenchContext, bs: int) -> list[dict]:
     with ExitStack() as stack:
         cands = []
         if ctx.torch_ref is not None:
-            xt = tile(ctx.torch_ref.input_from_runtime(ctx.manifests[ctx.first], x_all), bs)
+            xt = tile(ctx.torch_ref.input_from_runtime(ctx.manifests[ctx.x_source or ctx.first], x_all), bs)
             cands.append(torch_candidate(lambda: ctx.torch_ref.run(xt)))
 
         def predict_run(cand: Candidate):
-            xb = tile(x_all, bs).astype(ctx.manifests[cand.model].input.dtype)
+            xb = tile(ctx.inputs.get(cand.model, x_all), bs)
             return lambda: cand.scanner.predict(xb)
 
         cands += scanner_candidates(stack, ctx.cfg.models, ctx.backends, bs, ctx.manifests, predict_run,

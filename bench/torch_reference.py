@@ -65,6 +65,9 @@ def load_torch_reference(cfg: BenchConfig, errors: list[str]) -> TorchReference 
     try:
         return TorchReference(cfg.torch_arch, cfg.torch_weights, cfg.torch_heads, quick_gelu=cfg.quick_gelu)
     except (ImportError, MissingExtraError) as e:
+        if not cfg.skip_unavailable:
+            raise MissingExtraError("clipscan bench --torch-* (the PyTorch reference)", getattr(
+                e, "module", None) or getattr(e, "name", None) or "torch", "export") from e
         errors.append(f"PyTorch reference skipped: {e}")
         log.warning("PyTorch reference skipped (torch/open_clip not installed?): %s", e)
         return None

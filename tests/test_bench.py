@@ -276,3 +276,32 @@ def test_univfd_artifact_against_pytorch(univfd_artifact, tiny_model_files, benc
     cam = rep["camera"]
     assert sorted(cam["plain"]) == ["1"] and "errors" not in cam
     assert cam["decoded_size_draft"] == cam["decoded_size_exact"] == [800, 600]  # no resize: drafts never apply
+
+
+def test_each_artifact_gets_its_own_input_dtype(exported, tiny_model_files, bench_images, tmp_path):
+    """A uint8-input artifact next to a float one: each is fed the images as it takes them (raw pixels vs
+    normalised floats), in the timed calls and in the fidelity check."""
+    from clipscan.export import export_model
+
+    u8 = export_model(str(tiny_model_files["config"]), tiny_model_files["weights"], tiny_model_files["heads"],
+                      tmp_path / "u8.onnx", uint8_input=True).path
+    cfg = BenchConfig(models=[str(exported.path), str(u8)], batch_sizes=[2], backends=["cpu"], mode="model",
+                      images=str(bench_images), cold_start=False, **FAST)
+    rep = run_benchmark(cfg)
+    assert rep["errors"] == [], rep["errors"]
+    assert {r["artifact"] for r in rep["results"]} == {exported.path.name, "u8.onnx"}
+    fid = rep["fidelity"]["u8.onnx"]
+    assert fid["against"] == "fp32_artifact" and fid["agreement"] == 1.0 and fid["cosine_worst"] > 0.99999, fid
+
+
+def test_an_asked_for_reference_that_cannot_run_is_an_error(tmp_path, bench_images):
+    """--torch-* without torch installed: exit 2 saying what to install, unless --skip-unavailable."""
+    cmd = [sys.executable, "-m", "clipscan", "bench", str(DEMO), "--batch-sizes", "1", "--mode", "model",
+           "--images", str(bench_images), "--min-iters", "2", "--min-seconds", "0", "--warmup", "1",
+           "--no-cold-start", "--torch-arch", "ViT-B-32", "--torch-weights", "w.pt", "--torch-heads", "h.pt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=block_torch_env(tmp_path), timeout=120)
+    assert proc.returncode == 2 and "pip install 'clipscan[export]'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(cmd + ["--skip-unavailable"], capture_output=True, text=True, env=block_torch_env(tmp_path),
+                          timeout=120)
+    assert proc.returncode == 0 and "PyTorch reference skipped" in proc.stdout, proc.stderr

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import logging
+import os
 import sys
 
 from clipscan import __version__

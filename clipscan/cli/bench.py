@@ -48,6 +48,9 @@ def add_arguments(p) -> None:
     p.add_argument("--e2e-passes", type=positive_int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
     p.add_argument("--workers", type=positive_int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="go on without an asked-for part that cannot run here (the PyTorch reference in a base "
+                        "install), noting why in the report; without it that is an error (exit 2)")
 
 
 def run(args) -> int:
@@ -60,7 +63,7 @@ def run(args) -> int:
                       min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
                       cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
                       decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
-                      block_seconds=args.block,
+                      block_seconds=args.block, skip_unavailable=args.skip_unavailable,
                       camera_models=parse_list(args.camera_models) if args.camera_models else None)
     report = run_benchmark(cfg)
     print(format_table(report))
