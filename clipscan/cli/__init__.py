@@ -105,7 +105,9 @@ def run_command(command: str, run, args: argparse.Namespace) -> int:
         print(f"clipscan {command}: error: could not read or write{where}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("clipscan: interrupted; lines already written are complete", file=sys.stderr)
+        done = ("rows already written are complete; --resume continues" if command == "scan" else
+                "nothing half-written was left at the output")
+        print(f"clipscan {command}: interrupted; {done}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
