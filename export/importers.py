@@ -1,7 +1,8 @@
 """Heads in the formats that exist in this field, read into clipscan heads.
 
-`--head FORMAT:PATH` (repeatable) picks an importer; a bare path is a clipscan heads
-file. Each importer checks shapes against the backbone and says which feature its
+`--head [NAME=]FORMAT:PATH` (repeatable) picks an importer; a bare path is a clipscan heads
+file. NAME names the head everywhere (its outputs, the manifest, verify's gates, metrics and plots);
+heads need distinct names, so two heads of one format that are not named get `_2`, `_3`... suffixes. Each importer checks shapes against the backbone and says which feature its
 head reads and which test-time preprocessing its authors used, because published
 detectors differ in both (see the README's table).
 """
@@ -202,14 +203,33 @@ IMPORTERS = {
 }
 
 
-def parse_head_arg(text: str) -> tuple[str, Path]:
-    """"FORMAT:PATH" -> (format, path); a bare path is a clipscan heads file."""
-    fmt, sep, rest = str(text).partition(":")
+HEAD_NAME = re.compile(r"[A-Za-z][\w-]*")
+
+
+def parse_named_head_arg(text: str) -> tuple[str | None, str, Path]:
+    """"[NAME=]FORMAT:PATH" -> (name or None, format, path); a bare path is a clipscan heads file."""
+    text = str(text)
+    name, sep, rest = text.partition("=")
+    if not sep or "/" in name or ":" in name or Path(text).exists():
+        name = None                       # a plain [FORMAT:]PATH (a path may hold "=")
+    elif HEAD_NAME.fullmatch(name):
+        text = rest
+    else:
+        raise ValueError(f"head name {name!r} is not a name: use letters, digits, _ and - (starting with a letter), "
+                         "as in --head fake_a=univfd:PATH")
+    fmt, sep, rest = text.partition(":")
     if sep and fmt in IMPORTERS:
-        return fmt, Path(rest)
+        return name, fmt, Path(rest)
     if sep and re.fullmatch(r"[A-Za-z][\w-]*", fmt) and not Path(text).exists():
-        raise ValueError(f"unknown head format {fmt!r}; known formats: {sorted(IMPORTERS)} (use FORMAT:PATH)")
-    return "clipscan", Path(text)
+        raise ValueError(f"unknown head format {fmt!r}; known formats: {sorted(IMPORTERS)} "
+                         "(use [NAME=]FORMAT:PATH)")
+    return name, "clipscan", Path(text)
+
+
+def parse_head_arg(text: str) -> tuple[str, Path]:
+    """"[NAME=]FORMAT:PATH" -> (format, path)."""
+    _, fmt, path = parse_named_head_arg(text)
+    return fmt, path
 
 
 def import_heads(items, backbone) -> Imported:
@@ -219,8 +239,13 @@ def import_heads(items, backbone) -> Imported:
         if isinstance(item, torch.nn.Module):
             got = Imported([item])
         else:
-            fmt, path = parse_head_arg(item)
+            name, fmt, path = parse_named_head_arg(item)
             got = IMPORTERS[fmt](path, backbone)
+            if name is not None:
+                if len(got.heads) != 1:
+                    raise ValueError(f"--head {item}: a NAME= names one head, but {path} holds {len(got.heads)} "
+                                     f"({', '.join(h.name for h in got.heads)}); name them inside the heads file")
+                got.heads[0].name = name
         for key, value in got.preprocess.items():
             if key in merged.preprocess and merged.preprocess[key] != value:
                 raise ValueError(
@@ -236,8 +261,23 @@ def import_heads(items, backbone) -> Imported:
                 raise ValueError("a head with deep visual prompts changes the backbone pass, so no other head can "
                                  "share it: export it as its own artifact")
             merged.visual_prompts = got.visual_prompts
+    _distinct_names(merged.heads)
     _distinct_output_names(merged.heads)
     return merged
+
+
+def _distinct_names(heads) -> None:
+    """Head names are unique: a repeated one (two heads of one format, not named) gets _2, _3..."""
+    seen: dict[str, int] = {}
+    for head in heads:
+        base = head.name
+        if base in seen:
+            n = seen[base] + 1
+            while f"{base}_{n}" in seen:
+                n += 1
+            seen[base] = n
+            head.name = f"{base}_{n}"
+        seen.setdefault(head.name, 1)
 
 
 def _distinct_output_names(heads) -> None:

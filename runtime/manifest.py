@@ -339,12 +339,19 @@ class Manifest:
             if embedding is not None:
                 _need(embedding, "output", "embedding", str)
             precision = _need(d, "precision", "manifest", str, PRECISIONS)
+            specs = tuple(HeadSpec.from_dict(h, i) for i, h in enumerate(heads))
+            names = [h.name for h in specs]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ManifestError(f"manifest heads share the name(s) {repeated} (heads: {names}); every head needs "
+                                    "its own name: re-export naming them, e.g. --head fake_a=univfd:A "
+                                    "--head fake_b=univfd:B")
             return cls(
                 name=_need(d, "name", "manifest", str),
                 description=str(d.get("description", "")),
                 input=InputSpec.from_dict(_need(d, "input", "manifest", dict)),
                 preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "manifest", dict)),
-                heads=tuple(HeadSpec.from_dict(h, i) for i, h in enumerate(heads)),
+                heads=specs,
                 backbone=_need(d, "backbone", "manifest", dict),
                 embedding=embedding,
                 precision=precision,

@@ -275,3 +275,47 @@ def test_laundered_gates_suit_the_sample_size_and_the_margin():
     assert F.wilson_upper(1.0, 10) == 1.0 and 0.99 < F.wilson_upper(119 / 120, 120) < 1.0
     assert F.robust_margin_gate("jpeg75", "det", 0, 0.5).passed
     assert F.robust_margin_gate("jpeg75", "det", 1, 0.5).passed is False
+
+
+def test_two_heads_of_one_format_keep_their_own_names(tiny_model_files, verify_dir, tmp_path):
+    """--head a=univfd:A --head b=univfd:B: gates, metrics, plots and worst-image tables per head, each over
+    the images once (not pooled); without names the second head is univfd_2; a repeated name is refused."""
+    from clipscan.export import export_model
+
+    emb = torch.load(str(tiny_model_files["heads"]), weights_only=False)["detector"]["weight"].shape[1]
+    files = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        path = tmp_path / f"fc{seed}.pth"
+        torch.save({"weight": torch.randn(1, emb, generator=g) * 3, "bias": torch.randn(1, generator=g)}, str(path))
+        files.append(path)
+    cfg, weights = str(tiny_model_files["config"]), tiny_model_files["weights"]
+    named = [f"fake_a=univfd:{files[0]}", f"fake_b=univfd:{files[1]}"]
+    out = tmp_path / "two.onnx"
+    export_model(cfg, weights, named, out)
+    m = Scanner(out).manifest
+    assert [h.name for h in m.heads] == ["fake_a", "fake_b"]
+    assert m.heads[1].outputs["logit"].startswith("fake_b_")
+
+    report = tmp_path / "rep"
+    args = ["verify", str(out), "--arch", cfg, "--weights", str(weights), "--images", str(verify_dir),
+            "--report", str(report), "--no-launder"]
+    for h in named:
+        args += ["--head", h]
+    assert main(args) == 0
+    data = json.loads((report / "report.json").read_text())
+    names = [g["name"] for g in data["gates"]]
+    assert len(names) == len(set(names)), names
+    assert any("fake_a" in n for n in names) and any("fake_b" in n for n in names)
+    n_images = sum(1 for f in verify_dir.rglob("*") if f.is_file()) - 1  # all but broken.jpg
+    heads = data["metrics"]["heads"]
+    assert set(heads) >= {"fake_a", "fake_b"}
+    assert heads["fake_a"]["n"] == heads["fake_b"]["n"] == n_images
+    html = (report / "report.html").read_text()
+    assert "Decision head fake_a:" in html and "Decision head fake_b:" in html   # a plot each
+
+    plain = tmp_path / "plain.onnx"
+    export_model(cfg, weights, [f"univfd:{f}" for f in files], plain)
+    assert [h.name for h in Scanner(plain).manifest.heads] == ["univfd", "univfd_2"]
+    with pytest.raises(ValueError, match="not a name"):
+        export_model(cfg, weights, [f"1x=univfd:{files[0]}"], tmp_path / "bad.onnx")

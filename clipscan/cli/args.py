@@ -13,7 +13,9 @@ NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls inste
                 "slower for small images (see the README)")
 
 HEAD_FORMATS_HELP = ("a head in a published format: univfd:FILE, cozzolino:FILE, agiqa-tang:FILE, agiqa-fu:FILE, "
-                     "captions:FILE, clipscan:FILE; repeatable (several heads share one backbone pass)")
+                     "captions:FILE, clipscan:FILE; repeatable (several heads share one backbone pass); NAME= in "
+                     "front names the head everywhere (outputs, verify's gates and plots), e.g. "
+                     "fake_a=univfd:FILE")
 
 AS_GIVEN_TO_EXPORT = ", as given to export"
 
@@ -24,7 +26,7 @@ def add_original_args(p, *, required: bool, as_given: str = "") -> None:
                    help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
     p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
-    p.add_argument("--head", action="append", default=[], metavar="FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
+    p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
     act = p.add_mutually_exclusive_group()
     act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
                      help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")
@@ -35,7 +37,7 @@ def heads_from(args: argparse.Namespace, *, required: bool = False, as_given: st
     """--heads FILE then every --head FORMAT:PATH, as one list; `required`: none at all is an error."""
     heads = ([args.heads] if args.heads else []) + list(args.head)
     if required and not heads:
-        raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head FORMAT:PATH" + as_given)
+        raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head [NAME=]FORMAT:PATH" + as_given)
     return heads
 
 
