@@ -3,14 +3,16 @@
 `layer_errors(float_model, qdq_path, tensors)` runs the float model and the quantized model with
 the outputs of every quantized MatMul/Gemm/Conv exposed and gives, per node, the relative error
 of its output against float and how much of it the node added (output error minus its input's).
-`search(...)` starts from a recipe, and while the gates fail, excludes the nodes that add the most
-error (nodes_to_exclude) and re-quantizes, up to `max_rounds`.
+`search(...)` starts from a recipe, and while the gates fail, acts on the nodes feeding the failing
+outputs that add the most error and re-quantizes, stopping when a round does not help (see
+search_targets for the shortfall it measures gains by).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +22,10 @@ import numpy as np
 from clipscan.export.onnx_writer import rewrite_manifest
 from clipscan.runtime.machine import describe_cpu
 from clipscan.runtime.metrics import compare_outputs
-from clipscan.runtime.thresholds import INT8_STRICT, meets
+from clipscan.runtime.thresholds import INT8_STRICT, SEARCH_MIN_GAIN, meets
 
 from . import int8
+from . import search_targets as targets
 from .calib_data import CalibrationSet
 
 log = logging.getLogger("clipscan.calibrate")
@@ -87,80 +90,118 @@ def evaluate(fp32_path, int8_path, val_tensors: np.ndarray, manifest, input_name
 def search(fp32_path, out_path, cset: CalibrationSet, val_tensors: np.ndarray, recipe: int8.Recipe,
            target: str = "cpu", *, max_rounds: int = 4, per_round: int = 2, batch_size: int = 8,
            gates: dict = INT8_STRICT, progress: bool = False, rescale: bool = True,
-           speed_batch: int | None = 8, speed_rounds: int = 5) -> dict:
-    """Quantize with `recipe`; while the gates fail on `val_tensors` (against the FP32 ONNX model),
-    find the `per_round` nodes adding the most error and act on them: SmoothQuant rescaling if they read a
+           speed_batch: int | None = 8, speed_rounds: int = 5, min_gain: float | None = SEARCH_MIN_GAIN) -> dict:
+    """Quantize with `recipe`; while the gates fail on `val_tensors` (against the FP32 ONNX model), act on
+    the `per_round` nodes adding the most error among those that feed the failing outputs (a failing
+    SRCC looks at the quality head's inputs, not the detector's): SmoothQuant rescaling if they read a
     LayerNorm (and the recipe has none), the float tail if they are after the last LayerNorm, else
-    exclusion (nodes_to_exclude); then quantize again. `rescale=False`: exclusion only. Returns the history.
+    exclusion (nodes_to_exclude); then quantize again. `rescale=False`: exclusion only.
+
+    Each round records its shortfall (search_targets.shortfall) and its gain (the fraction of the best
+    shortfall so far that it removed). The search stops when the gates pass, after `max_rounds`, when
+    no candidate is left, or when a round gains less than `min_gain` (None: never for that reason);
+    it then keeps its best round (the smallest shortfall), not necessarily the last.
 
     Every round also records its cost in speed: median ONNX Runtime CPU latency of the round's INT8
     model and of the FP32 model on `speed_batch` validation rows, timed interleaved in the same run
-    (`speedup_vs_fp32`); `speed_batch=None` skips it.
+    (`speedup_vs_fp32`); `speed_batch=None` skips it. A kept model slower than FP32 is recorded
+    (`slower_than_fp32`) and logged as a warning.
 
-    Rounds are written to a hidden file next to `out_path`; only the final model, with the history in
+    Rounds are written to hidden files next to `out_path`; only the kept model, with the history in
     its manifest (`calibration.search`), is renamed to `out_path`, so an interrupted search leaves
     nothing there."""
     out_path = Path(out_path)
     work = out_path.with_name(f".{out_path.name}.search-{os.getpid()}.onnx")
+    best = out_path.with_name(f".{out_path.name}.search-best-{os.getpid()}.onnx")
     try:
-        found = _search_rounds(fp32_path, work, cset, val_tensors, recipe, target, max_rounds=max_rounds,
+        found = _search_rounds(fp32_path, work, best, cset, val_tensors, recipe, target, max_rounds=max_rounds,
                                per_round=per_round, batch_size=batch_size, gates=gates, progress=progress,
-                               rescale=rescale, speed_batch=speed_batch, speed_rounds=speed_rounds)
-        res = found["result"]
-        calibration = {**res.calibration, "search": found["history"]}
-        if any("speedup_vs_fp32" in step for step in found["history"]):
+                               rescale=rescale, speed_batch=speed_batch, speed_rounds=speed_rounds,
+                               min_gain=min_gain)
+        res, kept = found["result"], found["final"]
+        calibration = {**res.calibration, "search": found["history"], "search_kept_round": kept["round"],
+                       "search_stopped": found["stopped"]}
+        if "speedup_vs_fp32" in kept:
             calibration["search_speed_measured_on"] = describe_cpu()
+            calibration["slower_than_fp32"] = kept["speedup_vs_fp32"] < 1.0
+            if calibration["slower_than_fp32"]:
+                log.warning("the kept INT8 model (search round %d) runs at %.2fx the FP32 graph's speed on this CPU "
+                            "(ONNX Runtime, batch %d): it is slower than FP32; keep the FP32 artifact unless the "
+                            "size matters more", kept["round"], kept["speedup_vs_fp32"], kept["speed_batch"])
         manifest = replace(res.manifest, calibration=calibration)
-        rewrite_manifest(work, manifest, out=out_path)
+        rewrite_manifest(best, manifest, out=out_path)
         found["result"] = replace(res, path=out_path, manifest=manifest, calibration=calibration)
         return found
     finally:
         work.unlink(missing_ok=True)
+        best.unlink(missing_ok=True)
 
 
-def _search_rounds(fp32_path, out_path, cset, val_tensors, recipe, target, *, max_rounds, per_round, batch_size,
-                   gates, progress, rescale, speed_batch, speed_rounds) -> dict:
+def _prepared_float(fp32_path, current, cset, name, batch_size):
+    """The float graph the quantizer saw (smoothing and ONNX Runtime's pre-processing included)."""
     import onnx
+    from onnxruntime.quantization import quant_pre_process
 
+    float_model = onnx.load(str(fp32_path))
+    if current.smooth_alpha is not None:
+        int8.smooth_quant(float_model, cset.tensors, name, current.smooth_alpha, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre = Path(tmp) / "f.onnx", Path(tmp) / "p.onnx"
+        onnx.save(float_model, str(src))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        return onnx.load(str(pre))
+
+
+def _search_rounds(fp32_path, out_path, best_path, cset, val_tensors, recipe, target, *, max_rounds, per_round,
+                   batch_size, gates, progress, rescale, speed_batch, speed_rounds, min_gain) -> dict:
     manifest = int8.manifest_of(fp32_path)
     name = manifest.input.name
     ref = int8.run_all(fp32_path, val_tensors, name)
-    history = []
+    history: list[dict] = []
     current = recipe
+    kept = kept_res = kept_recipe = None
+    stopped = "max_rounds"
     for round_ in range(max_rounds + 1):
         res = int8.quantize_artifact(fp32_path, out_path, cset, current, target, batch_size=batch_size,
                                      progress=progress)
         metrics = evaluate(fp32_path, out_path, val_tensors, manifest, name, ref)
+        short = targets.shortfall(metrics, gates)
         step = {"round": round_, "recipe": current.label(), "excluded": list(current.exclude), **metrics,
-                "passed": meets(metrics, gates)}
+                "passed": meets(metrics, gates), "failing": targets.failing(metrics, gates), "shortfall": short}
+        if kept is not None:
+            step["gain"] = (kept["shortfall"] - short) / kept["shortfall"] if kept["shortfall"] > 0 else 0.0
         if speed_batch:
             batch = np.ascontiguousarray(val_tensors[:speed_batch])
             lat = int8.interleaved_latency({"fp32": fp32_path, "int8": out_path}, batch, name, rounds=speed_rounds)
             step.update(latency_ms_fp32=lat["fp32"] * 1e3, latency_ms_int8=lat["int8"] * 1e3,
                         speedup_vs_fp32=lat["fp32"] / lat["int8"], speed_batch=len(batch))
         history.append(step)
-        log.info("search round %d (%s): %s", round_, current.label(), metrics)
-        if step["passed"] or round_ == max_rounds:
+        log.info("search round %d (%s): shortfall %.3g%s, %s", round_, current.label(), short,
+                 f", gain {step['gain']:+.1%}" if "gain" in step else "", metrics)
+        if kept is None or short < kept["shortfall"]:
+            kept, kept_res, kept_recipe = step, res, current
+            shutil.copyfile(out_path, best_path)
+        if step["passed"]:
+            stopped = "passed"
             break
-        # layer-wise error on the float graph the quantizer saw (smoothing included)
-        float_model = onnx.load(str(fp32_path))
-        if current.smooth_alpha is not None:
-            int8.smooth_quant(float_model, cset.tensors, name, current.smooth_alpha, batch_size)
-        from onnxruntime.quantization import quant_pre_process
-
-        with tempfile.TemporaryDirectory() as tmp:
-            src, pre = Path(tmp) / "f.onnx", Path(tmp) / "p.onnx"
-            onnx.save(float_model, str(src))
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            float_model = onnx.load(str(pre))
-        errors = layer_errors(float_model, out_path, val_tensors, name)
+        if "gain" in step and min_gain is not None and step["gain"] < min_gain:
+            stopped = f"round {round_} removed {step['gain']:.1%} of the shortfall (< {min_gain:.0%}): no further round"
+            break
+        if round_ == max_rounds:
+            break
+        float_model = _prepared_float(fp32_path, current, cset, name, batch_size)
+        step["targets"] = targets.target_outputs(manifest, step["failing"])
+        feeding = targets.ancestors(float_model, step["targets"]) if step["targets"] else None
+        errors = [e for e in layer_errors(float_model, out_path, val_tensors, name)
+                  if feeding is None or e["node"] in feeding]
         worst = [e["node"] for e in errors if e["node"] not in current.exclude][:per_round]
         step["worst_layers"] = errors[:5]
         if not worst:
+            stopped = f"no quantized node feeding {step['targets']} is left to act on"
             break
         # act on the worst layers: rescale when they read a LayerNorm (outlier channels), keep the tail
         # (projection, heads) in float when they are in it, else keep them in float
-        ln_fed = {t[0].name for _, targets in int8._ln_matmul_pairs(float_model) for t in targets}
+        ln_fed = {t[0].name for _, pairs in int8._ln_matmul_pairs(float_model) for t in pairs}
         tail = set(int8.tail_nodes(float_model))
         if rescale and current.smooth_alpha is None and any(w in ln_fed for w in worst):
             step["action"] = f"rescale (SmoothQuant a=0.5): worst layers {worst} read LayerNorm outputs"
@@ -171,4 +212,4 @@ def _search_rounds(fp32_path, out_path, cset, val_tensors, recipe, target, *, ma
         else:
             step["action"] = f"exclude {worst}"
             current = replace(current, exclude=list(current.exclude) + worst, name="")
-    return {"history": history, "final": history[-1], "recipe": current, "result": res}
+    return {"history": history, "final": kept, "recipe": kept_recipe, "result": kept_res, "stopped": stopped}

@@ -58,3 +58,7 @@ def bars_for(precision: str) -> Bars:
 def meets(metrics: dict, bars: dict) -> bool:
     """Every bar in `bars` ({metric: minimum}) met by `metrics`; a metric that is absent does not count."""
     return all(metrics.get(k, 1.0) >= v for k, v in bars.items())
+# -- clipscan calibrate --search: a round must cut the remaining shortfall (the failing gates' distance to
+# their bars, in units of each bar's allowed error) by this fraction to go on; else the search stops and
+# keeps its best round (clipscan's)
+SEARCH_MIN_GAIN = 0.05

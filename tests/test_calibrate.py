@@ -206,7 +206,7 @@ def test_layer_errors_and_search(outlier_model, tmp_path):
     # an impossible bar forces exclusion rounds; each round keeps more nodes in float
     found = search(outlier_model["onnx"], tmp_path / "s.onnx", cset, vset.tensors,
                    dataclasses.replace(int8.RECIPES["matmul"]), max_rounds=2, per_round=1,
-                   gates={"cosine_mean": 1.1}, rescale=False, speed_batch=None)
+                   gates={"cosine_mean": 1.1}, rescale=False, speed_batch=None, min_gain=None)
     hist = found["history"]
     assert len(hist) == 3 and [len(h["excluded"]) for h in hist] == [0, 1, 2]
 
@@ -307,3 +307,43 @@ def test_interrupted_calibrate_leaves_nothing_at_the_output(outlier_model, tmp_p
     assert proc.returncode != 0, err[-2000:]
     assert "interrupted" in err or "KeyboardInterrupt" in err, err[-2000:]
     assert not out.exists() and list(out.parent.iterdir()) == [], list(out.parent.iterdir())
+
+
+def test_search_targets_the_failing_output_and_stops_when_a_round_does_not_help(outlier_model, tmp_path):
+    """Only the quality SRCC gated: every node the search acts on feeds the quality head (none is the
+    detector's alone); each round reports its shortfall and gain; a round that gains too little ends the
+    search, which keeps its best round (recorded in the manifest)."""
+    from clipscan.calibration import int8
+    from clipscan.calibration import search_targets as targets
+    from clipscan.calibration.calib_data import load_calibration_set
+    from clipscan.calibration.search import _prepared_float, search
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    m = art.manifest
+    cset = load_calibration_set(m, art.sha256(), [outlier_model["calib"]], progress=False)
+    vset = load_calibration_set(m, art.sha256(), [outlier_model["val"]], progress=False)
+    found = search(outlier_model["onnx"], tmp_path / "q.onnx", cset, vset.tensors, int8.RECIPES["matmul"],
+                   gates={"srcc": 0.99999}, max_rounds=2, per_round=2, rescale=False, speed_batch=None, min_gain=None)
+    hist = found["history"]
+    assert all(h["failing"] == ["srcc"] for h in hist if not h["passed"])
+    assert hist[0]["targets"] == [m.head("quality").outputs["score"]]
+    graph = _prepared_float(outlier_model["onnx"], int8.RECIPES["matmul"], cset, "pixels", 8)
+    quality_side = targets.ancestors(graph, hist[0]["targets"])
+    detector_only = targets.ancestors(graph, list(m.decision_head().outputs.values())) - quality_side
+    assert detector_only, "the detector has nodes of its own"
+    acted = set(found["recipe"].exclude) | {n for h in hist for n in h.get("excluded", [])}
+    assert acted and acted <= quality_side and not acted & detector_only, acted
+    assert all("gain" in h and "shortfall" in h for h in hist[1:])
+
+    # an unreachable bar and a 90% gain demanded of every round: the search stops after round 1 and keeps
+    # the better of rounds 0 and 1
+    found = search(outlier_model["onnx"], tmp_path / "s.onnx", cset, vset.tensors, int8.RECIPES["matmul"],
+                   gates={"cosine_mean": 1.1}, max_rounds=4, per_round=1, rescale=False, speed_batch=4,
+                   speed_rounds=2, min_gain=0.9)
+    hist = found["history"]
+    assert len(hist) == 2 and hist[1]["gain"] < 0.9 and "no further round" in found["stopped"]
+    best = min(hist, key=lambda h: h["shortfall"])
+    cal = int8.manifest_of(tmp_path / "s.onnx").calibration
+    assert cal["search_kept_round"] == best["round"] == found["final"]["round"]
+    assert cal["slower_than_fp32"] == (best["speedup_vs_fp32"] < 1.0)
+    assert not list(tmp_path.glob(".s.onnx*")), "no hidden round files left"

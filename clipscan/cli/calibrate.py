@@ -75,10 +75,21 @@ def print_written(outcome, output: str, target: str) -> None:
     for step in outcome.search_history:
         speed = (f", {step['speedup_vs_fp32']:.2f}x FP32 ORT at batch {step['speed_batch']}"
                  if "speedup_vs_fp32" in step else "")
+        gain = f", gain {step['gain']:+.0%}" if "gain" in step else ""
+        failing = f" (failing: {', '.join(step['failing'])})" if step.get("failing") else ""
         print(f"search round {step['round']} ({step['recipe']}): cosine mean {step.get('cosine_mean', 0):.5f} "
               f"worst {step.get('cosine_worst', 0):.5f}, agreement {step.get('agreement', 0):.4f}, "
-              f"SRCC {step.get('srcc', float('nan')):.4f}{speed}: {'pass' if step['passed'] else 'fail'}"
+              f"SRCC {step.get('srcc', float('nan')):.4f}{speed}: {'pass' if step['passed'] else 'fail'}{failing}, "
+              f"shortfall {step['shortfall']:.3g}{gain}"
               + (f"; then {step['action']}" if step.get("action") else ""))
+    if outcome.search_history:
+        kept = calibration["search_kept_round"]
+        print(f"search stopped ({calibration['search_stopped']}); kept round {kept}"
+              + (" (the best; later rounds did not beat it)" if kept != outcome.search_history[-1]["round"] else ""))
+        if calibration.get("slower_than_fp32"):
+            step = outcome.search_history[kept]
+            print(f"warning: the INT8 model written runs at {step['speedup_vs_fp32']:.2f}x the FP32 graph's speed on "
+                  "this CPU: it is slower than FP32 (keep the FP32 artifact unless its size matters more)")
     print(f"wrote {output} (INT8 {calibration['recipe']}, target {target}, "
           f"{calibration['calibration_set']['n_images']} calibration image(s), "
           f"{Path(output).stat().st_size / 1e6:.1f} MB)")
