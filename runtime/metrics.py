@@ -49,7 +49,11 @@ def spearman(a, b) -> float:
 
 
 def sigmoid(x) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+    """The logistic function in float64, without overflow: strictly monotone, and never exactly 0 or 1
+    for |x| < 36 (float32's Sigmoid saturates to 0 near x = -17 and steps by 2**-24 below that)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def prob_to_logit(p: float) -> float:

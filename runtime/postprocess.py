@@ -1,8 +1,9 @@
 """From a batch's graph outputs to one image's values: the one place that decides what a row means.
 
 An image is one or more rows of the batch (several for sliding-crop recipes). For a decision
-head the rows' logits are averaged and p = sigmoid(mean logit); a single row of a detection
-head keeps the graph's own probability output. Quality scores and class probabilities are
+head the rows' logits are averaged and p = sigmoid(mean logit), computed in float64 from the
+graph's logit (not the graph's float32 probability, which saturates to exactly 0.0 near logit -17
+and ties strongly-real images below that): p is monotone in the logit, which rows also carry. Quality scores and class probabilities are
 averaged; an embedding is averaged and, if the manifest says it is normalised, renormalised.
 The verdict is the head's positive label when p >= threshold. `Scanner` results,
 `clipscan verify` and the benchmark all go through these functions.
@@ -11,19 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import sigmoid
+
 DECISION_TASKS = ("detection", "attribution")
 
 
 def head_values(spec, outputs: dict, rows: slice) -> dict:
     """{"logit", "probability"[, "class_probs"]} for a decision head, {"score"} for a quality head."""
-    several = rows.stop - rows.start > 1
     if spec.task in DECISION_TASKS:
         logit = float(np.asarray(outputs[spec.outputs["logit"]][rows], np.float64).mean())
-        if several or spec.task == "attribution":   # sigmoid(logit), as the graph computes it per crop
-            p = float(1.0 / (1.0 + np.exp(-logit)))
-        else:
-            p = float(outputs[spec.outputs["probability"]][rows][0])
-        out = {"logit": logit, "probability": p}
+        out = {"logit": logit, "probability": float(sigmoid(logit))}
         if "class_probs" in spec.outputs:
             out["class_probs"] = np.asarray(outputs[spec.outputs["class_probs"]][rows], np.float64).mean(0)
         return out

@@ -11,8 +11,11 @@ from typing import IO, Any
 
 import numpy as np
 
-COLUMNS = ("path", "p_generated", "verdict", "quality", "error_kind", "error", "backend")
-ATTRIBUTION_COLUMNS = ("path", "p_generated", "verdict", "generator", "quality", "error_kind", "error", "backend")
+# `logit` is the decision head's logit (p_generated = sigmoid(logit), in float64): it orders images
+# exactly where p_generated, written with 7 significant digits, saturates at 1.0 (logit above ~16)
+COLUMNS = ("path", "p_generated", "logit", "verdict", "quality", "error_kind", "error", "backend")
+ATTRIBUTION_COLUMNS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error",
+                       "backend")
 # Floats are written with 7 significant digits: float32, which every model output is, holds about 7.2
 # decimal digits, so more digits are noise (a 512-d embedding row shrinks from ~11 KB to ~6 KB).
 FLOAT_DIGITS = 7

@@ -66,7 +66,7 @@ def test_cli_streams_one_row_per_input_and_exit_code_says_failure(mixed_dir, tmp
     rows = [json.loads(line) for line in lines]
     assert code == 1
     assert len(rows) == 7 + 2
-    assert [set(r) for r in rows] == [{"path", "p_generated", "verdict", "quality", "error_kind", "error",
+    assert [set(r) for r in rows] == [{"path", "p_generated", "logit", "verdict", "quality", "error_kind", "error",
                                        "backend"}] * len(rows)
     assert {r["backend"] for r in rows} == {"onnxruntime-cpu"}, "every row names the backend that ran"
     by_name = {os.path.basename(r["path"]): r for r in rows}
