@@ -94,9 +94,31 @@ def _initializers(graph) -> dict:
 
 
 def tail_nodes(model) -> list[str]:
-    """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards)."""
+    """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards), and of every
+    node the embedding output does not depend on (heads, and taps such as export.head_tap's attention-head
+    contributions, which branch off inside the tower)."""
+    names = _after_last_ln(model)
+    seen = set(names)
+    return names + [n for n in _head_only_nodes(model) if n not in seen]
+
+
+def _head_only_nodes(model) -> list[str]:
+    from .search_targets import ancestors
+
+    outputs = [o.name for o in model.graph.output]
+    if "embedding" not in outputs:
+        return []
+    backbone = ancestors(model, ["embedding"])
+    return [n.name for n in model.graph.node if n.name not in backbone]
+
+
+def _after_last_ln(model) -> list[str]:
+    """The tower's last LayerNorm (on the embedding's path, not a tap's) and everything after it."""
+    from .search_targets import ancestors
+
     graph = model.graph
-    lns = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    on_path = ancestors(model, ["embedding"]) if any(o.name == "embedding" for o in graph.output) else None
+    lns = [n for n in graph.node if n.op_type == "LayerNormalization" and (on_path is None or n.name in on_path)]
     if not lns:
         return []
     cons = _consumers(graph)

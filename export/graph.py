@@ -67,6 +67,22 @@ class TappedVisual(torch.nn.Module):
             x = self._block(block, x)
         return torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
 
+    def forward_with_taps(self, x, layers: set[int]):
+        """(pooled, projected, {layer: the residual entering that block}, the final CLS residual before
+        ln_post): the same pass as forward, with the inputs of the `layers` blocks kept for head taps."""
+        v = self.visual
+        if getattr(v, PROMPTS_ATTR, None) is not None:
+            raise ValueError("attention-head taps and deep visual prompts cannot share a tower")
+        x = v._embeds(x)
+        seen = {}
+        for i, block in enumerate(v.transformer.resblocks):
+            if i in layers:
+                seen[i] = x
+            x = self._block(block, x)
+        pooled, _ = v._pool(x)
+        projected = pooled @ v.proj if v.proj is not None else pooled
+        return pooled, projected, seen, x[:, 0]
+
     def forward(self, x):
         v = self.visual
         x = v._embeds(x)
@@ -125,6 +141,13 @@ class ScanGraph(torch.nn.Module):
         self.tower = TappedVisual(visual, lean=lean, fused_attention=fused_attention)
         self.heads = torch.nn.ModuleList(heads)
         self.takes_uint8 = takes_uint8
+        taps = [(layer, hd) for layer, hds in self._taps().items() for hd in hds]
+        if taps:
+            from .head_tap import tap_unsupported_reason
+
+            why = tap_unsupported_reason(visual, taps)
+            if why:
+                raise ValueError(f"the attention-head probe cannot read this tower: {why}")
 
     @property
     def visual(self):
@@ -136,15 +159,37 @@ class ScanGraph(torch.nn.Module):
     def head(self, task: str):
         return next((h for h in self.heads if h.task == task), None)
 
+    def _taps(self) -> dict[int, list[int]]:
+        """layer -> the heads some head probe reads there (sorted)."""
+        taps: dict[int, set[int]] = {}
+        for h in self.heads:
+            for layer, head in getattr(h, "taps", ()):
+                taps.setdefault(layer, set()).add(head)
+        return {layer: sorted(heads) for layer, heads in sorted(taps.items())}
+
     def forward(self, pixels):
         x = pixels.to(torch.float32) if self.takes_uint8 else pixels
-        pooled, projected = self.tower(x)
+        taps = self._taps()
+        contributions = {}
+        if taps:
+            from .head_tap import head_contributions, through_ln_post
+
+            pooled, projected, seen, residual = self.tower.forward_with_taps(x, set(taps))
+            blocks = self.visual.transformer.resblocks
+            for layer, heads in taps.items():
+                terms = through_ln_post(self.visual, head_contributions(blocks[layer], seen[layer], heads), residual)
+                contributions.update({(layer, hd): terms[:, i] for i, hd in enumerate(heads)})
+        else:
+            pooled, projected = self.tower(x)
         features = {"proj": projected, "embedding": F.normalize(projected, dim=-1)}
         needed = {h.feature for h in self.heads}
         if "pre_proj_normalized" in needed:
             features["pre_proj_normalized"] = F.normalize(pooled, dim=-1)
         outs = []
         for h in self.heads:
-            outs.extend(h(features[h.feature]))
+            if h.feature == "attn_heads":
+                outs.extend(h(torch.cat([contributions[tuple(t)] for t in h.taps], dim=-1)))
+            else:
+                outs.extend(h(features[h.feature]))
         outs.append(features["embedding"])
         return tuple(outs)

@@ -38,6 +38,7 @@ FEATURES = {
     "embedding": "projected CLS token (encode_image), L2-normalised",
     "proj": "projected CLS token (encode_image), not normalised",
     "pre_proj_normalized": "CLS token after ln_post, before the projection, L2-normalised",
+    "attn_heads": "direct contributions of selected attention heads to the projected CLS token (export.head_tap)",
 }
 
 
@@ -63,6 +64,7 @@ class DetectorHead(nn.Module):
         self.logit_kind = logit_kind          # "logit" or "llr" (a log-likelihood ratio)
         self.output_names = list(outputs)     # probability, logit
         self.description = description
+        self.details: dict | None = None      # recorded in the manifest (HeadSpec.details)
 
     def forward(self, feat):
         logit = self.linear(feat).squeeze(-1)
@@ -73,7 +75,7 @@ class DetectorHead(nn.Module):
         text = self.description or f"Linear({self.linear.in_features}, 1) on the {FEATURES[self.feature]}"
         return HeadSpec(name=self.name, task="detection",
                         outputs={"probability": self.output_names[0], "logit": self.output_names[1]},
-                        labels=self.labels, threshold=self.threshold,
+                        labels=self.labels, threshold=self.threshold, details=self.details,
                         description=f"{text}; output: {what} ({self.labels[1]} when > 0), probability = sigmoid")
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .deps import load_torch_file, require
+from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
 
 torch = require("torch")
@@ -71,6 +72,16 @@ def import_univfd(path: Path, backbone) -> Imported:
                                     "not normalised")
     head.linear.load_state_dict({"weight": w, "bias": b})
     return Imported([head], preprocess={"resize_mode": "none"}, source=path)
+
+
+def import_gaintseva_mask(path: Path, backbone) -> Imported:
+    """Gaintseva et al.: a linear probe after removing embedding components (folded; see export.gaintseva)."""
+    return Imported([mask_probe(path, backbone)], source=path)
+
+
+def import_gaintseva_heads(path: Path, backbone) -> Imported:
+    """Gaintseva et al.: a linear probe over selected attention heads' direct contributions."""
+    return Imported([heads_probe(path, backbone)], source=path)
 
 
 def import_cozzolino(path: Path, backbone) -> Imported:
@@ -195,6 +206,8 @@ def import_agiqa_fu(path: Path, backbone) -> Imported:
 
 IMPORTERS = {
     "clipscan": import_clipscan,
+    "gaintseva-mask": import_gaintseva_mask,
+    "gaintseva-heads": import_gaintseva_heads,
     "agiqa-fu": import_agiqa_fu,
     "univfd": import_univfd,
     "cozzolino": import_cozzolino,

@@ -210,6 +210,7 @@ class HeadSpec:
     threshold: float | None = None
     scale: dict[str, Any] | None = None
     description: str = ""
+    details: dict[str, Any] | None = None   # what the head was built from (e.g. removed embedding components)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name, "task": self.task, "outputs": dict(self.outputs)}
@@ -221,6 +222,8 @@ class HeadSpec:
             d["scale"] = dict(self.scale)
         if self.description:
             d["description"] = self.description
+        if self.details:
+            d["details"] = dict(self.details)
         return d
 
     @classmethod
@@ -232,8 +235,11 @@ class HeadSpec:
                   "attribution": ("logit", "probability", "class_probs")}[task]
         for role in needed:
             _need(outputs, role, f"{w}.outputs", str)
+        details = d.get("details")
+        if details is not None and not isinstance(details, dict):
+            raise ManifestError(f"manifest field '{w}.details' should be an object, found {type(details).__name__}")
         head = cls(name=_need(d, "name", w, str), task=task, outputs=dict(outputs),
-                   description=str(d.get("description", "")))
+                   description=str(d.get("description", "")), details=details)
         if task in ("detection", "attribution"):
             labels = _need(d, "labels", w, list)
             if task == "detection" and len(labels) != 2 or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
@@ -242,10 +248,10 @@ class HeadSpec:
             threshold = float(_need(d, "threshold", w, (int, float)))
             if not 0.0 <= threshold <= 1.0:
                 raise ManifestError(f"manifest field '{w}.threshold' is a probability threshold in [0, 1], found {threshold}")
-            return cls(head.name, task, head.outputs, tuple(labels), threshold, None, head.description)
+            return cls(head.name, task, head.outputs, tuple(labels), threshold, None, head.description, details)
         scale = _need(d, "scale", w, dict)
         _need(scale, "kind", f"{w}.scale", str)
-        return cls(head.name, task, head.outputs, (), None, dict(scale), head.description)
+        return cls(head.name, task, head.outputs, (), None, dict(scale), head.description, details)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,200 @@
+"""Gaintseva et al.'s robust probes: embedding-component removal folded into one Linear, and the
+attention-head tap checked against hooks on open_clip's own forward (the decomposition adds up)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clipscan.export import export_model
+from clipscan.export.graph import TappedVisual
+from clipscan.export.head_tap import head_contributions, through_ln_post
+from clipscan.runtime import Scanner
+
+from .conftest import photo_images
+
+F = torch.nn.functional
+
+
+def _pixels(n=4):
+    import open_clip
+
+    t = open_clip.image_transform(224, is_train=False)
+    return torch.stack([t(img) for _, img in photo_images()[:n]])
+
+
+def _hooked_terms(visual, x):
+    """Every term of the CLS residual, from hooks on open_clip's own forward: the embeddings, each head of
+    each layer (torch's MultiheadAttention weights per head, need_weights=True), each out_proj bias, each MLP."""
+    captured = {"attn_in": [], "mlp_out": []}
+    hooks = [visual.transformer.register_forward_pre_hook(lambda m, a: captured.__setitem__("x0", a[0]))]
+    for block in visual.transformer.resblocks:
+        hooks.append(block.attn.register_forward_pre_hook(lambda m, a, kw=None: captured["attn_in"].append(a[0]),
+                                                           with_kwargs=False))
+        hooks.append(block.mlp.register_forward_hook(lambda m, a, out: captured["mlp_out"].append(out)))
+    hooks.append(visual.transformer.register_forward_hook(lambda m, a, out: captured.__setitem__("final", out)))
+    try:
+        with torch.no_grad():
+            output = visual(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    heads = {}
+    for layer, (block, q_in) in enumerate(zip(visual.transformer.resblocks, captured["attn_in"])):
+        attn = block.attn
+        with torch.no_grad():
+            _, weights = attn(q_in, q_in, q_in, need_weights=True, average_attn_weights=False)  # (B, H, N, N)
+            width, n = q_in.shape[-1], attn.num_heads
+            d = width // n
+            v = F.linear(q_in, attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+            for h in range(n):
+                ctx = (weights[:, h, :1] @ v[..., h * d:(h + 1) * d])[:, 0]         # (B, d)
+                heads[(layer, h)] = ctx @ attn.out_proj.weight[:, h * d:(h + 1) * d].T
+    terms = [captured["x0"][:, 0]] + list(heads.values()) + \
+        [b.attn.out_proj.bias.expand_as(captured["x0"][:, 0]) for b in visual.transformer.resblocks] + \
+        [m[:, 0] for m in captured["mlp_out"]]
+    return output, captured["final"][:, 0], heads, terms
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_head_tap_matches_hooks_and_the_decomposition_adds_up(tiny_model_files, lean):
+    visual = tiny_model_files["model"].visual.eval()
+    x = _pixels()
+    output, residual, heads, terms = _hooked_terms(visual, x)
+    # the terms add up to open_clip's CLS residual, and through ln_post + proj to its output
+    assert torch.allclose(sum(terms), residual, atol=1e-4)
+    ln = visual.ln_post
+    contributions = through_ln_post(visual, torch.stack(terms, 1), residual).sum(1) + ln.bias @ visual.proj
+    assert F.cosine_similarity(contributions, output).min() > 0.999999
+    # the tap, in the tower's own pass (lean or stock), against the hooks
+    tower = TappedVisual(visual, lean=lean)
+    layers = sorted({layer for layer, _ in heads})
+    with torch.no_grad():
+        _, projected, seen, res = tower.forward_with_taps(x, set(layers))
+        assert F.cosine_similarity(projected, output).min() > 0.999999
+        for layer in layers:
+            n = visual.transformer.resblocks[layer].attn.num_heads
+            got = through_ln_post(visual, head_contributions(visual.transformer.resblocks[layer], seen[layer],
+                                                             list(range(n))), res)
+            want = through_ln_post(visual, torch.stack([heads[(layer, h)] for h in range(n)], 1), residual)
+            cos = F.cosine_similarity(got.flatten(0, 1), want.flatten(0, 1))
+            assert cos.min() >= 0.99999, (layer, cos.min())
+
+
+def _probe_files(tmp_path, model, taps):
+    g = torch.Generator().manual_seed(5)
+    embed = model.visual.output_dim
+    heads_file = tmp_path / "heads_probe.pt"
+    torch.save({"heads": taps, "weight": torch.randn(1, embed * len(taps), generator=g) * 20,
+                "bias": torch.tensor([0.1])}, str(heads_file))
+    mask_file = tmp_path / "mask_probe.pt"
+    removed = [0, 3, 5, 17]
+    u = torch.randn(2, embed, generator=g)
+    torch.save({"weight": torch.randn(1, embed, generator=g) * 5, "bias": torch.tensor([-0.2]),
+                "removed": removed}, str(mask_file))
+    dir_file = tmp_path / "dir_probe.pt"
+    torch.save({"weight": torch.randn(1, embed, generator=g) * 5, "bias": 0.3, "directions": u}, str(dir_file))
+    return heads_file, mask_file, dir_file, removed, u
+
+
+def test_both_probes_export_on_one_pass_and_match_independent_references(tiny_model_files, tmp_path):
+    model = tiny_model_files["model"].eval()
+    taps = [[1, 0], [1, 1], [0, 1]]
+    heads_file, mask_file, dir_file, removed, u = _probe_files(tmp_path, model, taps)
+    out = tmp_path / "g.onnx"
+    export_model(str(tiny_model_files["config"]), tiny_model_files["weights"],
+                 [f"gaintseva-heads:{heads_file}", f"gaintseva-mask:{mask_file}", f"dirs=gaintseva-mask:{dir_file}"],
+                 out)
+    with Scanner(out) as s:
+        m = s.manifest
+        assert [h.name for h in m.heads] == ["gaintseva_heads", "gaintseva_mask", "dirs"]
+        assert m.heads[0].details == {"heads": taps}
+        assert m.heads[1].details == {"removed": "coordinates", "coordinates": removed}
+        assert m.heads[2].details["removed"] == "directions" and m.heads[2].details["count"] == 2
+        x = _pixels()
+        got = s.predict(x.numpy())
+    # independent references in float64 from open_clip's encode_image and the hooks
+    output, residual, heads, _ = _hooked_terms(model.visual, x)
+    feats = torch.cat([through_ln_post(model.visual, heads[tuple(t)].unsqueeze(1), residual)[:, 0] for t in taps], -1)
+    sd = torch.load(str(heads_file))
+    want_heads = (feats.double() @ sd["weight"].double().T + sd["bias"].double()).squeeze(-1)
+    emb = F.normalize(output, dim=-1).double()
+    sd = torch.load(str(mask_file))
+    keep = torch.ones(emb.shape[1], dtype=torch.float64)
+    keep[removed] = 0
+    want_mask = ((emb * keep) @ sd["weight"].double().T).squeeze(-1) + sd["bias"].double()
+    sd = torch.load(str(dir_file))
+    ud = u.double()
+    projected_out = emb - (emb @ ud.T) @ torch.linalg.solve(ud @ ud.T, ud)
+    want_dirs = (projected_out @ sd["weight"].double().T).squeeze(-1) + 0.3
+    names = {h.name: h.outputs["logit"] for h in m.heads}
+    for name, want in (("gaintseva_heads", want_heads), ("gaintseva_mask", want_mask), ("dirs", want_dirs)):
+        np.testing.assert_allclose(got[names[name]], want.detach().numpy(), atol=2e-4, rtol=1e-4, err_msg=name)
+
+
+def test_probe_files_that_do_not_fit_are_refused(tiny_model_files, tmp_path):
+    cfg, w = str(tiny_model_files["config"]), tiny_model_files["weights"]
+    bad = tmp_path / "bad.pt"
+    torch.save({"heads": [[9, 0]], "weight": torch.zeros(1, 32), "bias": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match=r"do not exist in this tower"):
+        export_model(cfg, w, f"gaintseva-heads:{bad}", tmp_path / "x.onnx")
+    torch.save({"weight": torch.zeros(1, 7), "bias": torch.zeros(1), "removed": [1]}, str(bad))
+    with pytest.raises(ValueError, match=r"needs weight \(1, "):
+        export_model(cfg, w, f"gaintseva-mask:{bad}", tmp_path / "x.onnx")
+    torch.save({"weight": torch.zeros(1, 7), "bias": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError):
+        export_model(cfg, w, f"gaintseva-mask:{bad}", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_the_head_probe_survives_fp16(tiny_model_files, tmp_path):
+    """FP16 export (its own gates against the PyTorch FP32 module include every head's outputs)."""
+    model = tiny_model_files["model"].eval()
+    heads_file, mask_file, _, _, _ = _probe_files(tmp_path, model, [[1, 0], [1, 1]])
+    fp32, fp16 = tmp_path / "a32.onnx", tmp_path / "a16.onnx"
+    for out, precision in ((fp32, "fp32"), (fp16, "fp16")):
+        export_model(str(tiny_model_files["config"]), tiny_model_files["weights"],
+                     [f"gaintseva-heads:{heads_file}", f"gaintseva-mask:{mask_file}"], out, precision=precision)
+    x = _pixels().numpy()
+    with Scanner(fp32) as a, Scanner(fp16) as b:
+        ga, gb = a.predict(x), b.predict(x)
+        assert b.manifest.precision == "fp16"
+    for h in a.manifest.heads:
+        np.testing.assert_allclose(gb[h.outputs["logit"]], ga[h.outputs["logit"]], atol=0.05 * max(
+            1.0, float(np.abs(ga[h.outputs["logit"]]).max())), err_msg=h.name)
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_probes_in_float_and_passes_the_gates_with_search(tmp_path):
+    """INT8: the probes' own nodes (the tap branches off inside the tower) stay in float with the tail,
+    ln_post stays the tail's start, and `calibrate --search` passes every gate of both heads."""
+    import onnx
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.study import write_image_sets
+    from clipscan.cli import main
+
+    from .conftest import TINY_CONFIG, seeded_clip
+
+    f = seeded_clip(tmp_path, TINY_CONFIG, 7)
+    heads_file, mask_file, _, _, _ = _probe_files(tmp_path, f["model"], [[1, 0], [1, 1]])
+    heads = [f"gaintseva-heads:{heads_file}", f"gaintseva-mask:{mask_file}"]
+    fp32 = tmp_path / "fp32.onnx"
+    export_model(str(f["config"]), f["weights"], heads, fp32)
+    graph = onnx.load(str(fp32))
+    tail = set(int8.tail_nodes(graph))
+    lns = [n.name for n in graph.graph.node if n.op_type == "LayerNormalization"]
+    assert len(lns) == 1 + 2 * 2 + 1 + 1        # ln_pre, ln_1/ln_2 per layer, ln_post, the tap's ln_1 of layer 1
+    in_tail = [n for n in lns if n in tail]
+    assert in_tail == lns[-2:], "ln_post starts the tail (not the tap's ln_1) and the tap's ln_1 is in float too"
+    assert set(int8._head_only_nodes(graph)) <= tail
+    calib, val = write_image_sets(tmp_path, n_calib=16, n_val=40)
+    args = ["calibrate", str(fp32), "--images", str(calib), "--val-images", str(val), "-o", str(tmp_path / "i8.onnx"),
+            "--arch", str(f["config"]), "--weights", str(f["weights"]), "--no-launder", "--report",
+            str(tmp_path / "rep"), "--search"]
+    for h in heads:
+        args += ["--head", h]
+    assert main(args) == 0
+    gates = {g["name"]: g["passed"] for g in Scanner(tmp_path / "i8.onnx").manifest.calibration["fidelity"]["gates"]}
+    assert gates["agreement:gaintseva_heads"] and gates["agreement:gaintseva_mask"], gates
