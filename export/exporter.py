@@ -149,7 +149,9 @@ def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | 
 def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
                  name: str | None = None, description: str = "", quick_gelu: bool | None = None,
                  opset: int = 18, mean=None, std=None, threshold: float | None = None,
-                 uint8_input: bool = False, precision: str = "fp32", graph: str = "auto") -> ExportReport:
+                 uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
+                 primary: str | None = None, ensemble: str | None = None,
+                 ensemble_threshold: float = 0.5) -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
@@ -160,12 +162,16 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
     it must pass the FP16 gates against the PyTorch FP32 model or ExportCheckError is raised.
     `graph`: "lean" writes the transformer blocks in the export-friendly form of
     `clipscan.export.lean_blocks` (same function, less glue, faster in ONNX Runtime), "stock" traces
-    open_clip's own forward, "auto" (default) is lean when every block supports it.
+    open_clip's own forward, "auto" (default) is lean when every block supports it. `primary` names
+    the decision head a row's p_generated/logit/verdict come from (default: the first); `ensemble`
+    ("mean_logit", "any", "all") decides from every decision head instead (recorded as
+    manifest.decision; every head's own answer is in every row either way).
     """
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
                         opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
-                        precision=precision, graph=graph)
+                        precision=precision, graph=graph, primary=primary, ensemble=ensemble,
+                        ensemble_threshold=ensemble_threshold)
 
 
 def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bool, str]:
@@ -207,7 +213,9 @@ def flops_per_image(module, image_size, dtype) -> int | None:
 
 def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
                  opset: int = 18, head_files: list[Path] = (), mean=None, std=None,
-                 uint8_input: bool = False, precision: str = "fp32", graph: str = "auto") -> ExportReport:
+                 uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
+                 primary: str | None = None, ensemble: str | None = None,
+                 ensemble_threshold: float = 0.5) -> ExportReport:
     import copy
 
     if precision not in EXPORT_PRECISIONS:
@@ -228,7 +236,15 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
                               head_files=list(head_files), mean=mean, std=std, precision=precision)
     manifest.backbone["graph"] = "lean" if lean else "stock"
-    validate_manifest(manifest, "the manifest of this export (check --threshold, --mean, --std)")
+    if primary is not None and ensemble is not None:
+        raise ValueError("--primary and --ensemble are alternatives: the row's verdict comes from one head or "
+                         "from a rule over all of them")
+    if primary is not None:
+        manifest = replace(manifest, decision={"primary": primary})
+    elif ensemble is not None:
+        manifest = replace(manifest, decision={"ensemble": ensemble, "threshold": float(ensemble_threshold)})
+    validate_manifest(manifest, "the manifest of this export (check --threshold, --mean, --std, --primary, "
+                                "--ensemble)")
     # counted on the lean form when possible: PyTorch's FLOP counter misses the fused attention kernel
     # that open_clip's own blocks call on the CPU
     from .lean_blocks import lean_unsupported_reason

@@ -11,7 +11,9 @@ Outputs, one element per image (a model without the head has no such output):
 - `quality` FP32 `[N]`                                                   (a quality head)
 - `embedding` FP32 `[N, D]`                                              (models that export one)
 - `error` BYTES `[N]`: b"" when the image scanned, else the same text `clipscan scan` writes
-  (`kind: message`); `backend` BYTES `[N]`: the backend that really ran.
+  (`kind: message`); `backend` BYTES `[N]`: the backend that really ran;
+- every head's own answer, `<head>.<field>` (ScanResult.heads; fields per task in results.HEAD_FIELDS):
+  `<head>.p_generated` / `<head>.logit` FP32, `<head>.verdict` / `<head>.generator` BYTES, `<head>.score` FP32.
 An image that failed has NaN in its numeric outputs and b"" in `verdict` and `generator`.
 
 `results_to_tensors` and `tensors_to_results` are inverse: a ScanResult goes through the contract and
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .results import ScanResult
+from .results import HEAD_FIELDS, ScanResult
 
 INPUT_IMAGE = "image"
 INPUT_PIXELS = "pixels"
@@ -65,7 +67,17 @@ def output_specs(manifest) -> list[TensorSpec]:
     if manifest.embedding:
         specs.append(TensorSpec("embedding", "FP32", (int(manifest.embedding["dim"]),)))
     specs += [TensorSpec("error", "BYTES", ()), TensorSpec("backend", "BYTES", ())]
+    for h in manifest.heads:
+        specs += [TensorSpec(f"{h.name}.{f}", "BYTES" if f in ("verdict", "generator") else "FP32", ())
+                  for f in HEAD_FIELDS.get(h.task, ())]
     return specs
+
+
+def _field(r: ScanResult, name: str):
+    if "." in name:                      # <head>.<field>
+        head, _, f = name.rpartition(".")
+        return (r.heads or {}).get(head, {}).get(f)
+    return getattr(r, name)
 
 
 def _text(value: str | None) -> bytes:
@@ -86,9 +98,9 @@ def results_to_tensors(results: list[ScanResult], specs: list[TensorSpec]) -> di
                 if r.embedding is not None:
                     arr[i] = r.embedding
         elif spec.datatype == "BYTES":
-            arr = np.array([_text(getattr(r, spec.name)) for r in results] or [], dtype=object)
+            arr = np.array([_text(_field(r, spec.name)) for r in results] or [], dtype=object)
         else:
-            arr = np.array([_number(getattr(r, spec.name)) for r in results], np.float32)
+            arr = np.array([_number(_field(r, spec.name)) for r in results], np.float32)
         out[spec.name] = arr
     return out
 
@@ -125,5 +137,12 @@ def tensors_to_results(tensors: dict[str, np.ndarray], paths: list[str]) -> list
                     setattr(r, name, _str(tensors[name][i]))
             if "embedding" in tensors:
                 r.embedding = np.asarray(tensors["embedding"][i], np.float32)
+            heads: dict[str, dict] = {}
+            for name, arr in tensors.items():
+                if "." in name:
+                    head, _, f = name.rpartition(".")
+                    v = arr[i]
+                    heads.setdefault(head, {})[f] = _str(v) if f in ("verdict", "generator") else _float(v)
+            r.heads = heads or None
         results.append(r)
     return results

@@ -27,6 +27,8 @@ ALPHA_POLICIES = ("drop",)
 BIT_DEPTH_POLICIES = ("rescale", "clip")
 CONVERT_WHEN = ("decode", "after_crop")
 HEAD_TASKS = ("detection", "quality", "attribution")
+DECISION_TASKS = ("detection", "attribution")
+ENSEMBLE_RULES = ("mean_logit", "any", "all")   # over every decision head; see runtime.postprocess.decide
 PRECISIONS = ("fp32", "fp16", "int8")
 
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
@@ -254,6 +256,28 @@ class HeadSpec:
         return cls(head.name, task, head.outputs, (), None, dict(scale), head.description, details)
 
 
+def _decision(d, heads) -> dict | None:
+    """The manifest's `decision`, checked against its heads."""
+    if d is None:
+        return None
+    names = [h.name for h in heads if h.task in DECISION_TASKS]
+    if not isinstance(d, dict) or len(d.keys() & {"primary", "ensemble"}) != 1:
+        raise ManifestError(f"manifest field 'decision' should be {{'primary': NAME}} or {{'ensemble': RULE, "
+                            f"'threshold': T}}, found {d!r}")
+    if "primary" in d and d["primary"] not in names:
+        raise ManifestError(f"manifest field 'decision.primary' is {d['primary']!r}; the decision heads are {names}")
+    if "ensemble" in d:
+        if d["ensemble"] not in ENSEMBLE_RULES:
+            raise ManifestError(f"manifest field 'decision.ensemble' is {d['ensemble']!r}; expected one of "
+                                f"{list(ENSEMBLE_RULES)}")
+        t = d.get("threshold", 0.5)
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
+            raise ManifestError(f"manifest field 'decision.threshold' is a probability in [0, 1], found {t!r}")
+        if len(names) < 2:
+            raise ManifestError(f"manifest field 'decision.ensemble' needs two or more decision heads; found {names}")
+    return dict(d)
+
+
 @dataclass(frozen=True)
 class Manifest:
     name: str
@@ -269,6 +293,9 @@ class Manifest:
     sources: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     decoding: dict[str, Any] | None = None    # evidence about decoding shortcuts, e.g. {"draft": {...passed...}}
+    # what a row's verdict is: {"primary": head name} or {"ensemble": rule, "threshold": t}; None: the
+    # first decision head
+    decision: dict[str, Any] | None = None
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -276,9 +303,19 @@ class Manifest:
         """The first head of a task ("detection", "quality", "attribution"), or None."""
         return next((h for h in self.heads if h.task == task), None)
 
+    def decision_heads(self) -> list[HeadSpec]:
+        return [h for h in self.heads if h.task in DECISION_TASKS]
+
     def decision_head(self) -> HeadSpec | None:
-        """The head whose verdict a scan reports: the first detection or attribution head."""
-        return next((h for h in self.heads if h.task in ("detection", "attribution")), None)
+        """The primary decision head (the row's p_generated/logit/verdict unless an ensemble rule decides):
+        the one `decision.primary` names, else the first detection or attribution head."""
+        name = (self.decision or {}).get("primary")
+        heads = self.decision_heads()
+        return next((h for h in heads if h.name == name), None) if name else (heads[0] if heads else None)
+
+    @property
+    def ensemble(self) -> str | None:
+        return (self.decision or {}).get("ensemble")
 
     def draft_decoding_record(self) -> dict | None:
         """The recorded check of reduced-size (draft) JPEG decoding against exact decoding for this
@@ -310,6 +347,7 @@ class Manifest:
             "sources": self.sources,
             "calibration": self.calibration,
             "decoding": self.decoding,
+            **({"decision": self.decision} if self.decision else {}),
         }
 
     def to_json(self) -> str:
@@ -366,6 +404,7 @@ class Manifest:
                 sources=dict(d.get("sources") or {}),
                 calibration=d.get("calibration"),
                 decoding=d.get("decoding") if isinstance(d.get("decoding"), dict) else None,
+                decision=_decision(d.get("decision"), specs),
                 created_utc=str(d.get("created_utc", "")),
                 schema_version=version,
             )

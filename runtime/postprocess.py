@@ -51,3 +51,54 @@ def verdict(spec, p: float, threshold: float, class_probs=None) -> tuple[str, st
     if spec.task == "attribution" and class_probs is not None:
         return positive, labels[1 + int(np.argmax(np.asarray(class_probs)[1:]))]
     return positive, None
+
+
+def head_answers(manifest, outputs: dict, rows: slice, threshold: float | None = None) -> dict[str, dict]:
+    """Every head's own answer for one image: {name: {"p_generated", "logit", "verdict"[, "generator"]}} for
+    decision heads (at `threshold` if given, else each head's own), {name: {"score"}} for quality heads."""
+    out: dict[str, dict] = {}
+    for spec in manifest.heads:
+        values = head_values(spec, outputs, rows)
+        if spec.task in DECISION_TASKS:
+            t = spec.threshold if threshold is None else threshold
+            v, generator = verdict(spec, values["probability"], t, values.get("class_probs"))
+            entry = {"p_generated": values["probability"], "logit": values["logit"], "verdict": v}
+            if spec.task == "attribution":
+                entry["generator"] = generator
+            out[spec.name] = entry
+        elif spec.task == "quality":
+            out[spec.name] = {"score": values["score"]}
+    return out
+
+
+def decide(manifest, answers: dict[str, dict], threshold: float | None = None) -> dict | None:
+    """The row's decision {"p_generated", "logit", "verdict", "generator"} from the heads' answers: the
+    primary head's, or the manifest's ensemble rule over every decision head:
+    mean_logit: p = sigmoid(mean logit), generated when p >= the ensemble threshold;
+    any / all: generated when any / all heads say so (each at its threshold); p and logit are the
+    heads' max / min. None for a model without a decision head."""
+    heads = manifest.decision_heads()
+    if not heads:
+        return None
+    rule = manifest.ensemble
+    if rule is None:
+        a = answers[manifest.decision_head().name]
+        return {"p_generated": a["p_generated"], "logit": a["logit"], "verdict": a["verdict"],
+                "generator": a.get("generator")}
+    mine = [answers[h.name] for h in heads]
+    positive = [a["verdict"] == (h.labels[1] if h.task == "detection" else "generated") for h, a in zip(heads, mine)]
+    first = heads[0]
+    labels = (first.labels[0], first.labels[1] if first.task == "detection" else "generated")
+    logits = [a["logit"] for a in mine]
+    if rule == "mean_logit":
+        logit = float(np.mean(logits))
+        p = float(sigmoid(logit))
+        t = manifest.decision.get("threshold", 0.5) if threshold is None else threshold
+        generated = p >= t
+    else:
+        pick = max if rule == "any" else min
+        logit, p = pick(logits), pick(a["p_generated"] for a in mine)
+        generated = any(positive) if rule == "any" else all(positive)
+    generator = next((a.get("generator") for h, a in zip(heads, mine) if h.task == "attribution"
+                      and a.get("generator")), None) if generated else None
+    return {"p_generated": p, "logit": logit, "verdict": labels[1] if generated else labels[0], "generator": generator}

@@ -30,9 +30,19 @@ def round_float(v):
     return float(f"{v:.{FLOAT_DIGITS}g}") if math.isfinite(v) else None
 
 
-def columns_for(manifest) -> tuple[str, ...]:
-    """Row columns for a model: a generator column only for models that attribute generators."""
-    return ATTRIBUTION_COLUMNS if any(h.task == "attribution" for h in manifest.heads) else COLUMNS
+# what each head answers (ScanResult.heads[name]); CSV has one column per head field, `<head>_<field>`
+HEAD_FIELDS = {"detection": ("p_generated", "logit", "verdict"),
+               "attribution": ("p_generated", "logit", "verdict", "generator"),
+               "quality": ("score",)}
+
+
+def columns_for(manifest, fmt: str = "jsonl") -> tuple[str, ...]:
+    """Row columns for a model: a generator column only for models that attribute generators; then every
+    head's own answer: a nested `heads` object in JSONL, `<head>_<field>` columns in CSV."""
+    base = ATTRIBUTION_COLUMNS if any(h.task == "attribution" for h in manifest.heads) else COLUMNS
+    if fmt == "csv":
+        return base + tuple(f"{h.name}_{f}" for h in manifest.heads for f in HEAD_FIELDS.get(h.task, ()))
+    return base + ("heads",)
 
 
 @dataclass
@@ -46,6 +56,8 @@ class ScanResult:
     generator: str | None = None          # attribution models only: the most probable generator
     backend: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
+    # every head's own answer: {name: {"p_generated", "logit", "verdict"[, "generator"]} or {"score"}}
+    heads: dict[str, dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -62,8 +74,19 @@ class ScanResult:
     def to_row(self, *, with_embedding: bool = False, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
         """The row as written: floats rounded to FLOAT_DIGITS significant digits."""
         row: dict[str, Any] = {}
+        flat = None
         for k in columns:
-            v = getattr(self, k)
+            if k == "heads":
+                row[k] = None if self.heads is None else {
+                    name: {f: round_float(v) if isinstance(v, (float, np.floating)) else v for f, v in a.items()}
+                    for name, a in self.heads.items()}
+                continue
+            if hasattr(self, k):
+                v = getattr(self, k)
+            else:  # a CSV head column, <head>_<field>
+                if flat is None:
+                    flat = {f"{name}_{f}": v for name, a in (self.heads or {}).items() for f, v in a.items()}
+                v = flat.get(k)
             row[k] = round_float(v) if isinstance(v, (float, np.floating)) else v
         if with_embedding:
             row["embedding"] = None if self.embedding is None else [round_float(v) for v in self.embedding]
@@ -151,7 +174,7 @@ def csv_columns(path: str) -> tuple[str, ...] | None:
     """The header of an existing clipscan CSV (a resumed file keeps the columns it was started with)."""
     with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         header = next(csv.reader(f), None)
-    return tuple(header) if header and "path" in header and set(header) <= set(ATTRIBUTION_COLUMNS) else None
+    return tuple(header) if header and header[0] == "path" else None
 
 
 def completed_paths(path: str, fmt: str) -> set[str]:

@@ -22,7 +22,7 @@ from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, InvalidArgumentError, ModelError, ScannerClosedError
-from .postprocess import embedding_value, head_values, verdict
+from .postprocess import decide, embedding_value, head_answers
 from .preprocess import Preprocessor
 from .results import ScanResult
 
@@ -78,6 +78,7 @@ class Scanner:
         allow_pixels(max_pixels)
         self.detector = self.manifest.decision_head()
         self.quality = self.manifest.head("quality")
+        self.threshold_override = threshold
         self.threshold = threshold if threshold is not None else (self.detector.threshold if self.detector else None)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise InvalidArgumentError(f"threshold is a probability in [0, 1], got {self.threshold}")
@@ -267,22 +268,21 @@ class Scanner:
                 i += len(prepared)
 
     def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
-        """One image's result from its rows of the batch (see `postprocess`)."""
+        """One image's result from its rows of the batch (see `postprocess`): every head's own answer in
+        `heads`, and the row's decision from the primary head or the manifest's ensemble rule."""
         r = ScanResult(path=name, backend=self.backend.name)
-        values = []
-        det = head_values(self.detector, outputs, rows) if self.detector is not None else {}
-        if det:
-            r.logit, r.p_generated = det["logit"], det["probability"]
-            values += [r.logit, r.p_generated]
-        if self.quality is not None:
-            r.quality = head_values(self.quality, outputs, rows)["score"]
-            values.append(r.quality)
-        emb = self.manifest.embedding
-        if emb is not None:
-            r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
+        r.heads = head_answers(self.manifest, outputs, rows, self.threshold_override)
+        values = [v for a in r.heads.values() for k, v in a.items() if k in ("logit", "p_generated", "score")]
         if not np.all(np.isfinite(values)):
             return ScanResult(path=name, backend=self.backend.name,
                               error="inference_failed: the model returned a non-finite value (NaN or inf)")
-        if r.p_generated is not None:
-            r.verdict, r.generator = verdict(self.detector, r.p_generated, self.threshold, det.get("class_probs"))
+        decision = decide(self.manifest, r.heads, self.threshold_override)
+        if decision is not None:
+            r.p_generated, r.logit = decision["p_generated"], decision["logit"]
+            r.verdict, r.generator = decision["verdict"], decision["generator"]
+        if self.quality is not None:
+            r.quality = r.heads[self.quality.name]["score"]
+        emb = self.manifest.embedding
+        if emb is not None:
+            r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
         return r

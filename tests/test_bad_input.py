@@ -67,7 +67,7 @@ def test_cli_streams_one_row_per_input_and_exit_code_says_failure(mixed_dir, tmp
     assert code == 1
     assert len(rows) == 7 + 2
     assert [set(r) for r in rows] == [{"path", "p_generated", "logit", "verdict", "quality", "error_kind", "error",
-                                       "backend"}] * len(rows)
+                                       "backend", "heads"}] * len(rows)
     assert {r["backend"] for r in rows} == {"onnxruntime-cpu"}, "every row names the backend that ran"
     by_name = {os.path.basename(r["path"]): r for r in rows}
     assert by_name["does_not_exist.jpg"]["error"] == "not_found: no such file"

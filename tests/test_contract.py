@@ -26,7 +26,8 @@ def test_results_survive_the_contract_and_the_wire(demo_results, binary):
     manifest, results = demo_results
     assert results[-1].error and all(r.ok for r in results[:-1])
     specs = output_specs(manifest)
-    assert [s.name for s in specs] == ["p_generated", "logit", "verdict", "quality", "embedding", "error", "backend"]
+    assert [s.name for s in specs] == ["p_generated", "logit", "verdict", "quality", "embedding", "error", "backend",
+                                       "detector.p_generated", "detector.logit", "detector.verdict", "quality.score"]
     tensors = results_to_tensors(results, specs)
     body, hlen = encode_message({"model_name": "demo"}, "outputs",
                                 [(entry_for(s.name, tensors[s.name], s.datatype), tensors[s.name]) for s in specs],

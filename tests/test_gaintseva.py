@@ -198,3 +198,55 @@ def test_int8_keeps_the_probes_in_float_and_passes_the_gates_with_search(tmp_pat
     assert main(args) == 0
     gates = {g["name"]: g["passed"] for g in Scanner(tmp_path / "i8.onnx").manifest.calibration["fidelity"]["gates"]}
     assert gates["agreement:gaintseva_heads"] and gates["agreement:gaintseva_mask"], gates
+
+
+def test_every_head_answers_in_every_row_and_the_decision_is_chosen_at_export(tiny_model_files, image_dir, tmp_path):
+    """Three detectors and a quality head on one pass: each row carries every head's own answer (JSONL
+    `heads`, CSV `<head>_<field>` columns, ScanResult.heads); --primary and --ensemble pick the row's
+    verdict and are recorded in the manifest."""
+    import csv
+    import json
+
+    from clipscan.cli import main
+    from clipscan.runtime.postprocess import decide
+
+    model = tiny_model_files["model"].eval()
+    heads_file, mask_file, dir_file, _, _ = _probe_files(tmp_path, model, [[1, 0]])
+    cfg, weights = str(tiny_model_files["config"]), str(tiny_model_files["weights"])
+    base = ["export", "--arch", cfg, "--weights", weights, "--heads", str(tiny_model_files["heads"]),
+            "--head", f"gaintseva-heads:{heads_file}", "--head", f"gaintseva-mask:{mask_file}"]
+    assert main(base + ["-o", str(tmp_path / "first.onnx")]) == 0
+    assert main(base + ["-o", str(tmp_path / "primary.onnx"), "--primary", "gaintseva_mask"]) == 0
+    assert main(base + ["-o", str(tmp_path / "any.onnx"), "--ensemble", "any"]) == 0
+    assert main(base + ["-o", str(tmp_path / "bad.onnx"), "--primary", "nosuch"]) == 2
+    assert not (tmp_path / "bad.onnx").exists()
+
+    rows = {}
+    for name in ("first", "primary", "any"):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["scan", str(image_dir), "-m", str(tmp_path / f"{name}.onnx"), "-o", str(out)]) in (0, 1)
+        rows[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = [r for r in rows["first"] if r["error"] is None]
+    assert ok and all(set(r["heads"]) == {"detector", "quality", "gaintseva_heads", "gaintseva_mask"} for r in ok)
+    for r in ok:   # the default primary is the first decision head
+        assert (r["p_generated"], r["verdict"]) == (r["heads"]["detector"]["p_generated"], r["heads"]["detector"]["verdict"])
+        assert r["quality"] == r["heads"]["quality"]["score"]
+    for r in (x for x in rows["primary"] if x["error"] is None):
+        assert r["logit"] == r["heads"]["gaintseva_mask"]["logit"]
+    for r in (x for x in rows["any"] if x["error"] is None):
+        said = [r["heads"][h]["verdict"] == "generated" for h in ("detector", "gaintseva_heads", "gaintseva_mask")]
+        assert (r["verdict"] == "generated") == any(said)
+        assert r["p_generated"] == max(r["heads"][h]["p_generated"] for h in ("detector", "gaintseva_heads",
+                                                                              "gaintseva_mask"))
+    with Scanner(tmp_path / "any.onnx") as s:
+        assert s.manifest.decision == {"ensemble": "any", "threshold": 0.5}
+        r = next(iter(s.scan([str(next(image_dir.glob("*.jpg")))])))
+        assert r.heads["gaintseva_heads"]["verdict"] in ("real", "generated")
+        mean = decide(type(s.manifest)(**{**s.manifest.__dict__, "decision": {"ensemble": "mean_logit",
+                                                                                "threshold": 0.5}}), r.heads)
+        logits = [r.heads[h]["logit"] for h in ("detector", "gaintseva_heads", "gaintseva_mask")]
+        assert abs(mean["logit"] - sum(logits) / 3) < 1e-9
+    out = tmp_path / "rows.csv"
+    assert main(["scan", str(image_dir), "-m", str(tmp_path / "first.onnx"), "-o", str(out)]) in (0, 1)
+    header = next(csv.reader(out.open()))
+    assert {"gaintseva_heads_p_generated", "gaintseva_mask_verdict", "quality_score", "detector_logit"} <= set(header)

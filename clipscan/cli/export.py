@@ -6,7 +6,7 @@ check against PyTorch.
 from __future__ import annotations
 
 from . import EXIT_OK
-from .args import add_original_args, add_output, check_output, heads_from
+from .args import add_original_args, add_output, check_output, heads_from, probability
 
 
 def add_arguments(p) -> None:
@@ -23,6 +23,14 @@ def add_arguments(p) -> None:
     p.add_argument("--std", type=float, nargs=3, help="normalisation std (default: from the config)")
     p.add_argument("--threshold", type=float, help="decision threshold to store (default: from the heads file)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    decision = p.add_mutually_exclusive_group()
+    decision.add_argument("--primary", metavar="HEAD",
+                          help="the decision head whose p_generated/logit/verdict a row reports (default: the first)")
+    decision.add_argument("--ensemble", choices=("mean_logit", "any", "all"),
+                          help="the row's verdict from a rule over every decision head instead: mean_logit "
+                               "(p = sigmoid(mean logit) >= --ensemble-threshold), any or all heads saying generated")
+    p.add_argument("--ensemble-threshold", type=probability, default=0.5,
+                   help="threshold of --ensemble mean_logit (default 0.5)")
     p.add_argument("--graph", choices=("auto", "lean", "stock"), default="auto",
                    help="lean: transformer blocks written export-friendly (same function, 2-D Gemms, fewer "
                         "Transposes; faster in ONNX Runtime, INT8 especially); stock: open_clip's own forward as "
@@ -40,7 +48,8 @@ def run(args) -> int:
     report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
                           description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
                           mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
-                          precision=args.precision, graph=args.graph)
+                          precision=args.precision, graph=args.graph, primary=args.primary,
+                          ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")

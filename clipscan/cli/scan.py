@@ -172,7 +172,7 @@ def run(args) -> int:
     total = failed = 0
     start = time.perf_counter()
     try:
-        columns = columns_for(scanner.manifest)
+        columns = columns_for(scanner.manifest, args.format)
         if mode == "a" and args.format == "csv":
             columns = csv_columns(args.output) or columns
         writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w", columns=columns)
