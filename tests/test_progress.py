@@ -126,6 +126,30 @@ def test_a_scan_under_a_terminal_shows_a_moving_bar_and_its_summary(many_images,
     else:
         assert "|" in text and "█" in text, "tqdm's bar"
     check_rows(stdout)
+    if not block_tqdm:
+        report_of_the_rows(tmp_path, stdout)
+
+
+def report_of_the_rows(tmp_path, stdout: str) -> None:
+    """The issue's bar, second half: `clipscan report` on these rows opens with thumbnails, histograms and
+    the error table, in a file under 10 MB."""
+    from clipscan.runtime.thresholds import REPORT_MAX_BYTES, REPORT_TOP_N
+
+    from .browser import browser_page
+
+    out = tmp_path / "report.html"
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "report", str(tmp_path / "stdout.jsonl"), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size < REPORT_MAX_BYTES
+    with browser_page() as page:
+        page.goto(out.as_uri())
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        seen = page.evaluate("""() => ({
+            thumbs: [...document.querySelectorAll('img.thumb')].filter(i => i.naturalWidth > 0).length,
+            bars: document.querySelectorAll('svg.hist rect.bar[height]:not([height="0.0"])').length,
+            failures: document.querySelectorAll('#failures-table tbody tr').length })""")
+    assert seen == {"thumbs": REPORT_TOP_N, "bars": seen["bars"], "failures": N_BROKEN} and seen["bars"] >= 2
 
 
 def test_no_bar_when_stderr_is_not_a_terminal_or_with_quiet(tmp_path):
