@@ -207,3 +207,24 @@ def test_the_fallback_bar_and_log_records_above_it():
     assert "10/10" in term.text and "errors 1" in term.text and "cpu" in term.text
     assert handler.stream is term, "the log stream is given back"
     assert not Progress("x", stream=FakeTerminal(), enabled=False).enabled
+
+
+def test_calibration_preprocessing_shows_the_shared_bar_on_a_terminal(tmp_path, monkeypatch):
+    """calibrate's preprocessing bar is the runtime's Progress (no bar of its own): shown on a terminal,
+    with its errors, and absent with progress=False."""
+    from clipscan.calibration.calib_data import load_calibration_set
+    from clipscan.runtime import load_artifact
+
+    for i in range(6):
+        Image.new("RGB", (40, 30), (30 * i, 10, 90)).save(tmp_path / f"c{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    art = load_artifact(None)
+    term = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    cset = load_calibration_set(art.manifest, art.sha256(), [tmp_path], cache=False, progress=True)
+    assert len(cset) == 6 and len(cset.failed) == 1
+    assert "preprocessing" in term.text and "7/7" in term.text and "errors 1" in term.text
+    quiet = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    load_calibration_set(art.manifest, art.sha256(), [tmp_path], cache=False, progress=False)
+    assert quiet.text == ""
