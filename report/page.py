@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import html
-import json
 import os
 import time
 
@@ -10,7 +9,7 @@ from clipscan.version import __version__
 
 from .assets import CSS, JS
 from .rows import RowsFile
-from .summary import Histogram, Summary
+from .summary import Histogram, Summary, compact_json
 from .thumbs import Thumb
 
 MAX_MESSAGE = 300  # characters of an error message shown in the failures table
@@ -172,7 +171,7 @@ def _rows_section(s: Summary) -> str:
 
 def table_json(table: list[list]) -> str:
     """The rows' data for the page's script; `</` escaped so no path can end the <script> element."""
-    return json.dumps(table, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
+    return compact_json(table).replace("</", "<\\/")
 
 
 def render(data: RowsFile, s: Summary, thumbs: list[Thumb], *, top_n: int, title: str | None = None) -> str:

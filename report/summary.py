@@ -70,6 +70,11 @@ def most_likely_generated(rows: list[Row], n: int) -> list[Row]:
     return scored[:n]
 
 
+def compact_json(value) -> str:
+    """JSON as the page embeds it: ASCII only (names that are not UTF-8 survive), no spaces."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
 def _table_row(r: Row) -> list:
     return [r.path, r.p_generated, verdict_of(r), r.generator, r.quality, r.error_kind]
 
@@ -78,14 +83,14 @@ def table_rows(rows: list[Row], budget: int = REPORT_TABLE_BYTES) -> tuple[list[
     """Every row for the page's table while its JSON fits `budget` bytes; beyond that, rows in order of
     p_generated (most likely generated first, failures after), as many as fit."""
     table = [_table_row(r) for r in rows]
-    size = len(json.dumps(table, ensure_ascii=True))
+    size = len(compact_json(table))
     if size <= budget:
         return table, True
     ranked = sorted(rows, key=lambda r: (r.p_generated is None, -(r.p_generated or 0.0), r.path))
     kept, used = [], 2
     for r in ranked:
         item = _table_row(r)
-        used += len(json.dumps(item, ensure_ascii=True)) + 1
+        used += len(compact_json(item)) + 1
         if used > budget:
             break
         kept.append(item)

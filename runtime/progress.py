@@ -139,8 +139,11 @@ class Progress:
         self._pending_total = int(total)
 
     def set_note(self, note: str) -> None:
+        """What the bar says after the counts (the backend, the step running); shown at once."""
         self.note = note
         self._postfix()
+        if self.enabled:
+            self.refresh()
 
     def update(self, k: int = 1, *, errors: int = 0) -> None:
         self.n += k

@@ -231,3 +231,34 @@ def test_fifty_thousand_rows_stay_small_and_open_fast(tmp_path):
         page.select_option("#rows-verdict", "failed")
         assert page.text_content("#rows-range").endswith(f"of {sum(1 for r in lines if r['error'])}")
         assert time.perf_counter() - start < 5
+
+
+def test_report_runs_in_a_base_install_without_torch(tmp_path):
+    from .conftest import block_torch_env
+
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(tmp_path / "a.png")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"path": "a.png", "p_generated": 0.8, "verdict": "generated", "quality": 3.0,
+                                "error_kind": None, "error": None, "backend": "onnxruntime-cpu"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "report", str(rows), "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, cwd=tmp_path, env=block_torch_env(tmp_path), timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 thumbnail(s)" in proc.stderr and (tmp_path / "r.html").stat().st_size > 1000
+
+
+def test_the_table_keeps_the_most_likely_generated_rows_beyond_its_budget_and_histograms_of_equal_values():
+    from clipscan.report.rows import Row
+    from clipscan.report.summary import histogram, table_rows
+
+    rows = [Row(path=f"f{i:04d}.jpg", p_generated=i / 1000, verdict="real", quality=2.0) for i in range(1000)]
+    rows.append(Row(path="bad.jpg", error="corrupt: broken", error_kind="corrupt"))
+    table, complete = table_rows(rows, budget=10**6)
+    assert complete and len(table) == 1001 and table[0][0] == "f0000.jpg", "all rows, in file order"
+    table, complete = table_rows(rows, budget=2000)
+    assert not complete and 0 < len(table) < 1000
+    assert [r[1] for r in table] == sorted((r[1] for r in table), reverse=True) and table[0][0] == "f0999.jpg"
+    assert len(json.dumps(table, separators=(",", ":"))) <= 2000
+    h = histogram("quality", [2.0] * 5)
+    assert sum(h.counts) == 5 and h.edges[0] < 2.0 < h.edges[-1]
+    assert histogram("quality", []) is None
