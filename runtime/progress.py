@@ -162,12 +162,6 @@ class Progress:
         elif errors:
             self._postfix()
 
-    def track(self, items: Iterable, *, failed: Callable[[object], bool] | None = None):
-        """Yield `items`, counting each (and those `failed` says failed) as it goes by."""
-        for item in items:
-            yield item
-            self.update(errors=1 if failed is not None and failed(item) else 0)
-
     def write(self, text: str) -> None:
         """Print text above the bar (what log records do while it is shown)."""
         if self._tqdm is not None:
