@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from clipscan.runtime import load_artifact
+from clipscan.runtime.progress import Progress
 
 from .camera import camera_benchmark
 from .cold_start import cold_starts
@@ -56,22 +58,40 @@ def _camera(ctx: BenchContext) -> None:
         log.exception("camera section failed")
 
 
-def run_benchmark(cfg: BenchConfig) -> dict:
-    """Run every section `cfg` asks for; returns the report (see `format_table`, `write_json`)."""
+def _sections(ctx: BenchContext) -> list[tuple[str, Callable[[], None]]]:
+    """The sections `ctx.cfg` asks for, in order, as (name, run)."""
+    cfg, results = ctx.cfg, ctx.report["results"]
+    steps: list[tuple[str, Callable[[], None]]] = [("reference", lambda: prepare_reference(ctx))]
+    if "model" in cfg.modes:
+        steps += [(f"model b{bs}", lambda bs=bs: results.extend(model_rows(ctx, bs))) for bs in cfg.batch_sizes]
+    steps.append(("fidelity", lambda: artifact_fidelity(ctx)))
+    if "e2e" in cfg.modes:
+        steps.append(("e2e", lambda: _e2e(ctx)))
+    if cfg.cold_start:
+        steps.append(("cold start", lambda: _cold_start(ctx)))
+    if cfg.camera > 0:
+        steps.append(("camera", lambda: _camera(ctx)))
+    return steps
+
+
+def _cold_start(ctx: BenchContext) -> None:
+    if ctx.names:
+        ctx.report["cold_start"] = cold_starts(ctx.cfg.models, ctx.backends, ctx.names[0])
+
+
+def run_benchmark(cfg: BenchConfig, *, progress: bool = False) -> dict:
+    """Run every section `cfg` asks for; returns the report (see `format_table`, `write_json`).
+    `progress`: a bar over the sections on stderr when it is a terminal."""
     load_start = load_average()
     ctx = _start(cfg)
     report = ctx.report
-    prepare_reference(ctx)
-    if "model" in cfg.modes:
-        for bs in cfg.batch_sizes:
-            report["results"] += model_rows(ctx, bs)
-    artifact_fidelity(ctx)
-    if "e2e" in cfg.modes:
-        _e2e(ctx)
-    if cfg.cold_start and ctx.names:
-        report["cold_start"] = cold_starts(cfg.models, ctx.backends, ctx.names[0])
-    if cfg.camera > 0:
-        _camera(ctx)
+    steps = _sections(ctx)
+    with Progress("bench", len(steps), unit="sections", note=", ".join(ctx.backends), enabled=progress) as bar:
+        for name, step in steps:
+            errors_before = len(ctx.errors)
+            bar.set_note(f"{name} ({', '.join(ctx.backends)})")
+            step()
+            bar.update(errors=len(ctx.errors) - errors_before)
     add_ratios(report)
     add_gflops(report, ctx.manifests)
     report["machine"] = machine_info()

@@ -13,8 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from clipscan.runtime.decode import load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError
 from clipscan.runtime.preprocess import Preprocessor
+from clipscan.runtime.progress import Progress
 
 log = logging.getLogger("clipscan.calibrate")
 
@@ -34,39 +33,6 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("CLIPSCAN_CACHE_DIR") or Path.home() / ".cache" / "clipscan")
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency); silent when `enabled` is False."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
-        self.total, self.label, self.n = max(total, 0), label, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self._start = time.perf_counter()
-        self._draw()
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        frac = self.n / self.total if self.total else 1.0
-        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
-        elapsed = time.perf_counter() - self._start
-        self.stream.write(f"\r{self.label} [{bar}] {self.n}/{self.total} {elapsed:5.1f}s")
-        self.stream.flush()
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        now = time.perf_counter()
-        if self.n >= self.total or now - getattr(self, "_last", 0.0) >= 0.1:  # redraw at most 10x a second
-            self._last = now
-            self._draw()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def list_images(folders) -> list[str]:
@@ -134,16 +100,16 @@ def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: in
                 log.warning("ignoring unreadable calibration cache %s (%s)", path, e)
     pre = Preprocessor(manifest.preprocess, manifest.input)
     rows, used, failed = [], [], []
-    bar = Progress(len(files), "preprocessing", enabled=progress)
-    for f in files:
-        try:
-            img = load_image(f, exif_orientation=manifest.preprocess.exif_orientation)
-            rows.append(pre.batch(img)[0])
-            used.append(f)
-        except (ImageReadError, ValueError, OSError) as e:
-            failed.append({"path": f, "error": f"{type(e).__name__}: {e}"})
-        bar.update()
-    bar.close()
+    with Progress("preprocessing", len(files), unit="img", enabled=progress) as bar:
+        for f in files:
+            try:
+                img = load_image(f, exif_orientation=manifest.preprocess.exif_orientation)
+                rows.append(pre.batch(img)[0])
+                used.append(f)
+                bar.update()
+            except (ImageReadError, ValueError, OSError) as e:
+                failed.append({"path": f, "error": f"{type(e).__name__}: {e}"})
+                bar.update(errors=1)
     if not rows:
         raise ValueError(f"none of the {len(files)} file(s) under {folders} could be read: {failed[:3]}")
     tensors = np.stack(rows)
@@ -188,7 +154,7 @@ class BatchReader(CalibrationDataReader):
 
     def get_next(self):
         if self._bar is None:
-            self._bar = Progress(len(self.batches), self.label, enabled=self.progress)
+            self._bar = Progress(self.label, len(self.batches), unit="batch", enabled=self.progress)
         batch = next(self._it, None)
         if batch is None:
             self._bar.close()

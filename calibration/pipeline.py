@@ -166,7 +166,7 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
         if val_images:
             _verify_into(outcome, work, output, val_images, arch=arch, weights=weights, heads=heads,
                          quick_gelu=quick_gelu, threshold=threshold, mean=mean, std=std, report_dir=report_dir,
-                         launder=launder)
+                         launder=launder, progress=progress)
         else:
             work.replace(output)
     finally:
@@ -193,7 +193,7 @@ def _calibrate_to(work: Path, model, cset, recipe, target, *, search, val_images
 
 
 def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_images, *, arch, weights, heads,
-                 quick_gelu, threshold, mean, std, report_dir, launder) -> None:
+                 quick_gelu, threshold, mean, std, report_dir, launder, progress: bool = False) -> None:
     """Run the fidelity report on the written-but-hidden `work` file, record it, and move it to `output`."""
     from clipscan.export import load_reference
     from clipscan.export.onnx_writer import rewrite_manifest
@@ -203,7 +203,7 @@ def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_imag
 
     reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
     report_dir = report_dir or f"{output.stem}-verify"
-    report = verify(work, reference, val_images, None, launder=launder, mean=mean, std=std)
+    report = verify(work, reference, val_images, None, launder=launder, mean=mean, std=std, progress=progress)
     report.model = str(output)
     write_report(report, report_dir)
     result = outcome.result

@@ -26,6 +26,7 @@ from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
+from clipscan.runtime.progress import Progress
 
 from . import fidelity
 from .fidelity import Gate
@@ -216,13 +217,14 @@ def _given_sources(reference) -> tuple[tuple[str, str] | None, list[tuple[str, s
 
 def verify(model_path, reference, images, report_dir=None, *, margin: float = fidelity.DEFAULT_MARGIN,
            batch_size: int = 16, launder: bool | Iterable[str] = True, max_pixels: int = DEFAULT_MAX_PIXELS,
-           all_files: bool = False, mean=None, std=None) -> VerifyReport:
+           all_files: bool = False, mean=None, std=None, progress: bool = False) -> VerifyReport:
     """Compare the artifact at `model_path` with `reference` (an `export.exporter.Reference`).
 
     `images`: a folder, a file, or a list of them (folders are walked as `clipscan scan` walks
     them). `report_dir`: where report.json and report.html go (None: nothing written).
     `launder`: True for every laundering in LAUNDERINGS, False for none, or their names.
     `mean`/`std`: the normalisation export was given (--mean/--std), if not the config's.
+    `progress`: a progress bar on stderr when it is a terminal.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -241,13 +243,37 @@ def verify(model_path, reference, images, report_dir=None, *, margin: float = fi
                       decode="exact")
     try:
         return _verify(scanner, reference, paths, report_dir, margin=margin, batch_size=batch_size,
-                       variants=variants, max_pixels=max_pixels, all_files=all_files, mean=mean, std=std)
+                       variants=variants, max_pixels=max_pixels, all_files=all_files, mean=mean, std=std,
+                       progress=progress)
     finally:
         scanner.close()
 
 
+def _add_image(runner, clean, laundered, failed, path, manifest, max_pixels, batch_size) -> None:
+    """Decode one file and queue it (and its laundered copies) for both models; a file that fails joins `failed`."""
+    name = str(path)
+    try:
+        img = load_image(path, max_pixels=max_pixels, exif_orientation=manifest.preprocess.exif_orientation)
+        runner.add(clean, name, img)
+    except ImageReadError as e:
+        failed.append({"path": name, "error": str(e)})
+        return
+    except Exception as e:  # the runtime's preprocessing failed on a decoded image
+        failed.append({"path": name, "error": f"preprocess_failed: {type(e).__name__}: {e}"})
+        return
+    if clean.rows >= batch_size:
+        runner.flush(clean, check_invariants=True)
+    for v, stream in laundered.items():
+        try:
+            runner.add(stream, f"{name}#{v}", LAUNDERINGS[v][1](img))
+        except Exception as e:
+            stream.skipped.append({"path": name, "error": f"{type(e).__name__}: {e}"})
+        if stream.rows >= batch_size:
+            runner.flush(stream)
+
+
 def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, variants, max_pixels, all_files,
-            mean=None, std=None):
+            mean=None, std=None, progress=False):
     manifest = scanner.manifest
     precision = manifest.precision
     fidelity.bars_for(precision)
@@ -262,28 +288,13 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
     clean = Stream()
     laundered = {v: Stream() for v in variants}
     failed: list[dict] = []
-    found = 0
-    for path in iter_files(paths, all_files=all_files):
-        found += 1
-        name = str(path)
-        try:
-            img = load_image(path, max_pixels=max_pixels, exif_orientation=manifest.preprocess.exif_orientation)
-            runner.add(clean, name, img)
-        except ImageReadError as e:
-            failed.append({"path": name, "error": str(e)})
-            continue
-        except Exception as e:  # the runtime's preprocessing failed on a decoded image
-            failed.append({"path": name, "error": f"preprocess_failed: {type(e).__name__}: {e}"})
-            continue
-        if clean.rows >= batch_size:
-            runner.flush(clean, check_invariants=True)
-        for v in variants:
-            try:
-                runner.add(laundered[v], f"{name}#{v}", LAUNDERINGS[v][1](img))
-            except Exception as e:
-                laundered[v].skipped.append({"path": name, "error": f"{type(e).__name__}: {e}"})
-            if laundered[v].rows >= batch_size:
-                runner.flush(laundered[v])
+    files = list(iter_files(paths, all_files=all_files))
+    found = len(files)
+    with Progress("verify", found, unit="img", note=f"{scanner.backend_name} vs PyTorch", enabled=progress) as bar:
+        for path in files:
+            errors_before = len(failed)
+            _add_image(runner, clean, laundered, failed, path, manifest, max_pixels, batch_size)
+            bar.update(errors=len(failed) - errors_before)
     runner.flush(clean, check_invariants=True)
     for s in laundered.values():
         runner.flush(s)

@@ -30,6 +30,14 @@ def round_float(v):
     return float(f"{v:.{FLOAT_DIGITS}g}") if math.isfinite(v) else None
 
 
+def error_kind(error: str | None) -> str | None:
+    """The stable code an error message starts with ("truncated: ..." -> "truncated"); "error" when it has none."""
+    if not error:
+        return None
+    m = _KIND.match(error)
+    return m.group(1) if m else "error"
+
+
 # what each head answers (ScanResult.heads[name]); CSV has one column per head field, `<head>_<field>`
 HEAD_FIELDS = {"detection": ("p_generated", "logit", "verdict"),
                "attribution": ("p_generated", "logit", "verdict", "generator"),
@@ -66,10 +74,7 @@ class ScanResult:
     @property
     def error_kind(self) -> str | None:
         """The stable code an error message starts with (`truncated`, `corrupt`, `not_found`, ...)."""
-        if not self.error:
-            return None
-        m = _KIND.match(self.error)
-        return m.group(1) if m else "error"
+        return error_kind(self.error)
 
     def to_row(self, *, with_embedding: bool = False, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
         """The row as written: floats rounded to FLOAT_DIGITS significant digits."""

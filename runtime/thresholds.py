@@ -48,6 +48,15 @@ DRAFT_MIN_AGREEMENT = 0.995
 DRAFT_MIN_COSINE_MEAN = 0.999
 DRAFT_MIN_IMAGES = 200         # fewer images cannot show 0.5% disagreement
 
+# -- clipscan report: what one page holds (clipscan's choices) ---------------------------------------
+REPORT_MAX_BYTES = 10_000_000   # a report page stays under this (tested with 50,000 rows); larger: a warning
+REPORT_TABLE_BYTES = 6_000_000  # the rows table's embedded data; beyond it the most likely generated rows stay
+REPORT_TOP_N = 60               # thumbnails: the N most likely generated images (the only images embedded)
+REPORT_THUMB_PX = 160           # longest side of a thumbnail, JPEG quality REPORT_THUMB_QUALITY
+REPORT_THUMB_QUALITY = 75
+REPORT_MAX_FAILURES = 5_000     # failed files listed one by one (the counts by error kind cover all)
+REPORT_HIST_BINS = 20
+
 
 def bars_for(precision: str) -> Bars:
     if precision not in BARS:

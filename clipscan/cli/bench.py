@@ -65,7 +65,7 @@ def run(args) -> int:
                       decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
                       block_seconds=args.block, skip_unavailable=args.skip_unavailable,
                       camera_models=parse_list(args.camera_models) if args.camera_models else None)
-    report = run_benchmark(cfg)
+    report = run_benchmark(cfg, progress=not args.quiet)
     print(format_table(report))
     if args.json:
         print(f"wrote {write_json(report, args.json)}")

@@ -142,9 +142,21 @@ def _results(scanner, paths: list[str], args, done):
         yield from scanner.scan(paths[i + 1:], all_files=args.all_files, skip=done)
 
 
+def _inputs_to_count(paths: list[str], args, done):
+    """The inputs a scan will go through, walked once more for the progress bar's total."""
+    from clipscan.runtime.discover import iter_files
+
+    for p in iter_files([p for p in paths if p != "-"], all_files=args.all_files):
+        if not (p in done or os.path.abspath(p) in done):
+            yield p
+    if "-" in paths and "<stdin>" not in done:
+        yield "-"
+
+
 def run(args) -> int:
     from clipscan.runtime import Scanner
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+    from clipscan.runtime.progress import Progress, count_in_background
     from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns
 
     args.format = output_format(args)
@@ -171,6 +183,9 @@ def run(args) -> int:
             out.reconfigure(errors=OUTPUT_ERRORS)
     total = failed = 0
     start = time.perf_counter()
+    # stderr only, and only on a terminal: rows on stdout never see it
+    bar = Progress("scan", unit="img", note=scanner.backend_name, enabled=not args.quiet)
+    count_in_background(lambda: _inputs_to_count(paths, args, done), bar)
     try:
         columns = columns_for(scanner.manifest, args.format)
         if mode == "a" and args.format == "csv":
@@ -179,10 +194,12 @@ def run(args) -> int:
         for result in _results(scanner, paths, args, done):
             writer.write(result)
             total += 1
+            bar.update(errors=1 if result.error else 0)
             if result.error:
                 failed += 1
                 log.debug("%s: %s", result.path, result.error)
     finally:
+        bar.close()
         if out is not sys.stdout:
             out.close()
         scanner.close()

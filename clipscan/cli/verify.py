@@ -56,7 +56,7 @@ def run(args) -> int:
     reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold)
     report_dir = args.report or f"{Path(args.model).stem}-verify"
     report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
-                    launder=not args.no_launder, mean=args.mean, std=args.std)
+                    launder=not args.no_launder, mean=args.mean, std=args.std, progress=not args.quiet)
     print(report.summary())
     if args.draft_check or args.record_draft:
         from clipscan.calibration.draft_check import check_draft, record_draft, summary

@@ -1,0 +1,171 @@
+"""The page's style and script, inlined into every report (no external assets: the file opens offline)."""
+
+CSS = """
+:root { --fg: #1d2430; --muted: #5b6573; --line: #d9dee5; --bg: #f6f7f9; --gen: #c0392b; --real: #2e7d32;
+        --fail: #8e44ad; --accent: #2c5d9e; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg);
+       margin: 0; padding: 0 24px 48px; }
+header { padding: 20px 0 8px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 0 0 10px; }
+.sub, .note { color: var(--muted); }
+.note { font-size: 13px; margin: 6px 0; }
+.warn { color: #9a5b00; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px; margin: 16px 0; }
+.flex { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: 4px 16px; margin: 0; }
+dl.facts dt { color: var(--muted); }
+dl.facts dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: 4px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { font-weight: 600; background: #fafbfc; white-space: nowrap; }
+th.sort { cursor: pointer; user-select: none; }
+th.sort::after { content: " \\2195"; color: #aab; }
+th[aria-sort=ascending]::after { content: " \\2191"; color: var(--accent); }
+th[aria-sort=descending]::after { content: " \\2193"; color: var(--accent); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.path { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; max-width: 520px; }
+td.msg { font-size: 12px; max-width: 560px; word-break: break-word; }
+.count-bar { display: inline-block; height: 10px; background: var(--accent); border-radius: 2px; vertical-align: middle; }
+.v-failed .count-bar { background: var(--fail); }
+svg.hist { background: #fff; }
+svg.hist rect.bar { fill: var(--accent); }
+svg.hist rect.bar:hover { fill: #f39c12; }
+svg.hist text { font-size: 11px; fill: var(--muted); }
+.controls { display: flex; gap: 10px; align-items: center; margin: 0 0 12px; flex-wrap: wrap; }
+.controls input[type=search] { width: 280px; padding: 5px 8px; border: 1px solid var(--line); border-radius: 5px; }
+.controls select, .controls button { padding: 4px 8px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(178px, 1fr)); gap: 12px; }
+figure.card { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fcfcfd; }
+figure.card img.thumb { display: block; margin: 0 auto 6px; max-width: 160px; max-height: 160px; border-radius: 3px; }
+figure.card .nothumb { height: 120px; display: flex; align-items: center; justify-content: center; text-align: center;
+                       color: var(--muted); font-size: 12px; background: #eef0f3; border-radius: 3px; margin-bottom: 6px;
+                       padding: 6px; }
+figure.card figcaption { font-size: 12px; }
+figure.card .p { font-size: 16px; font-weight: 700; color: var(--gen); }
+figure.card .name { font-family: ui-monospace, monospace; word-break: break-all; color: var(--muted); }
+.tag { display: inline-block; padding: 0 6px; border-radius: 9px; font-size: 11px; background: #eef0f3; }
+.tag.generated { background: #fde2df; color: var(--gen); }
+.tag.failed { background: #efe3f5; color: var(--fail); }
+.pager { margin-top: 8px; display: flex; gap: 10px; align-items: center; }
+"""
+
+JS = r"""
+(function () {
+  "use strict";
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  const num = (s) => { const v = parseFloat(s); return isNaN(v) ? -Infinity : v; };
+
+  // Static tables (counts, failures): click a header to sort by its column.
+  $$("table.sortable").forEach((table) => {
+    $$("th", table).forEach((th, col) => {
+      th.classList.add("sort");
+      th.addEventListener("click", () => {
+        const asc = th.getAttribute("aria-sort") !== "ascending";
+        $$("th", table).forEach((h) => h.removeAttribute("aria-sort"));
+        th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+        const isNum = th.classList.contains("num");
+        const body = table.tBodies[0];
+        const rows = Array.from(body.rows);
+        rows.sort((a, b) => {
+          const x = a.cells[col].textContent, y = b.cells[col].textContent;
+          const c = isNum ? num(x) - num(y) : x.localeCompare(y);
+          return asc ? c : -c;
+        });
+        rows.forEach((r) => body.appendChild(r));
+      });
+    });
+  });
+
+  // Failed files: filter by text and by error kind.
+  const failFilter = $("#failures-filter"), failKind = $("#failures-kind");
+  function filterFailures() {
+    const q = failFilter.value.toLowerCase(), kind = failKind.value;
+    let shown = 0;
+    $$("#failures-table tbody tr").forEach((tr) => {
+      const ok = (!kind || tr.dataset.kind === kind) && (!q || tr.textContent.toLowerCase().includes(q));
+      tr.hidden = !ok; shown += ok ? 1 : 0;
+    });
+    $("#failures-shown").textContent = shown;
+  }
+  if (failFilter) { failFilter.addEventListener("input", filterFailures); failKind.addEventListener("change", filterFailures); }
+
+  // The most likely generated images: filter and sort the cards.
+  const topFilter = $("#top-filter"), topSort = $("#top-sort"), grid = $("#top-grid");
+  function arrangeTop() {
+    const q = topFilter.value.toLowerCase(), [key, dir] = topSort.value.split(":");
+    const cards = $$("figure.card", grid);
+    cards.sort((a, b) => {
+      const x = a.dataset[key], y = b.dataset[key];
+      const c = key === "path" ? x.localeCompare(y) : num(x) - num(y);
+      return dir === "asc" ? c : -c;
+    });
+    let shown = 0;
+    cards.forEach((card) => {
+      const ok = !q || card.dataset.path.toLowerCase().includes(q) || (card.dataset.generator || "").toLowerCase().includes(q);
+      card.hidden = !ok; shown += ok ? 1 : 0; grid.appendChild(card);
+    });
+    $("#top-shown").textContent = shown;
+  }
+  if (grid) { topFilter.addEventListener("input", arrangeTop); topSort.addEventListener("change", arrangeTop); }
+
+  // Every row: rendered page by page from the embedded data (a 50,000-row DOM would be slow to open).
+  const data = JSON.parse($("#rows-data").textContent);
+  const PAGE = 100;
+  const state = { q: "", verdict: "", key: 1, asc: false, page: 0, view: data };
+  const fmt = (v, i) => v === null ? "" : (i === 1 || i === 4) ? Number(v).toFixed(4) : String(v);
+  function refilter() {
+    const q = state.q.toLowerCase(), verdict = state.verdict;
+    const view = data.filter((r) => (!verdict || r[2] === verdict) &&
+      (!q || String(r[0]).toLowerCase().includes(q) || String(r[3] || "").toLowerCase().includes(q) ||
+       String(r[5] || "").toLowerCase().includes(q)));
+    const k = state.key, s = state.asc ? 1 : -1;
+    const numeric = k === 1 || k === 4;
+    view.sort((a, b) => {
+      const x = a[k], y = b[k];
+      if (x === null || y === null) return x === y ? 0 : (x === null ? 1 : -1);  // empty cells last
+      return s * (numeric ? x - y : String(x).localeCompare(String(y)));
+    });
+    state.view = view; state.page = 0; render();
+  }
+  function render() {
+    const body = $("#rows-table tbody");
+    const start = state.page * PAGE, rows = state.view.slice(start, start + PAGE);
+    const frag = document.createDocumentFragment();
+    rows.forEach((r) => {
+      const tr = document.createElement("tr");
+      r.forEach((v, i) => {
+        const td = document.createElement("td");
+        td.textContent = fmt(v, i);
+        td.className = i === 0 ? "path" : (i === 1 || i === 4) ? "num" : "";
+        tr.appendChild(td);
+      });
+      frag.appendChild(tr);
+    });
+    body.replaceChildren(frag);
+    const n = state.view.length;
+    $("#rows-range").textContent = n ? `${start + 1}\u2013${Math.min(start + PAGE, n)} of ${n}` : "no rows match";
+    $("#rows-prev").disabled = state.page === 0;
+    $("#rows-next").disabled = start + PAGE >= n;
+    $$("#rows-table th").forEach((th, i) => {
+      if (i === state.key) th.setAttribute("aria-sort", state.asc ? "ascending" : "descending");
+      else th.removeAttribute("aria-sort");
+    });
+  }
+  $$("#rows-table th").forEach((th, i) => {
+    th.classList.add("sort");
+    th.addEventListener("click", () => {
+      state.asc = state.key === i ? !state.asc : i !== 1 && i !== 4;
+      state.key = i; refilter();
+    });
+  });
+  $("#rows-filter").addEventListener("input", (e) => { state.q = e.target.value; refilter(); });
+  $("#rows-verdict").addEventListener("change", (e) => { state.verdict = e.target.value; refilter(); });
+  $("#rows-prev").addEventListener("click", () => { state.page -= 1; render(); });
+  $("#rows-next").addEventListener("click", () => { state.page += 1; render(); });
+  refilter();
+  document.body.dataset.ready = "1";
+})();
+"""

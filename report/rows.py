@@ -1,0 +1,159 @@
+"""Read a results file (the JSONL or CSV rows of `clipscan scan`, the service, Triton or Ray) for a report.
+
+Rows keep the scan's keys (path, p_generated, verdict, generator, quality, error_kind, error, backend);
+other keys are ignored and missing ones are empty. A line that is not a row (not JSON, not an object,
+no path, a score that is not a number) is skipped and counted with its line number and reason, never fatal;
+a file without a single row is an error that says what the file looks like. The model that wrote the rows
+is read from the sidecar `<rows>.clipscan.json` when there is one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
+
+FIELDS = ("path", "p_generated", "verdict", "generator", "quality", "error_kind", "error", "backend")
+NUMBERS = ("p_generated", "quality")
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass
+class Row:
+    path: str
+    p_generated: float | None = None
+    verdict: str | None = None
+    generator: str | None = None
+    quality: float | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    backend: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RowsFile:
+    path: str
+    rows: list[Row]
+    lines: int                                  # non-blank lines (CSV: data rows) read
+    skipped: int = 0                            # lines that were not rows
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, why) of the first skipped ones
+    sidecar: dict | None = None                 # the record of the model that wrote the rows
+    sidecar_note: str = ""                      # why there is none, or why it could not be read
+
+
+class RowsError(ValueError):
+    """The file holds no rows a report can show (a ValueError: the CLI prints it as one sentence)."""
+
+
+class NotARow(ValueError):
+    """One line or record is not a clipscan row; its message says why (the line is skipped and counted)."""
+
+
+def _number(value, name: str):
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise NotARow(f"{name} is {type(value).__name__}, not a number")
+    try:
+        v = float(value)
+    except ValueError:
+        raise NotARow(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(v):
+        return None  # the writers write non-finite values as null; treat any that slipped through alike
+    if name == "p_generated" and not 0.0 <= v <= 1.0:
+        raise NotARow(f"p_generated {v} is not a probability in [0, 1]")
+    return v
+
+
+def _text(value):
+    return None if value is None or value == "" else str(value)
+
+
+def to_row(record) -> Row:
+    """One row from a decoded JSON object or CSV record; NotARow says why it is not one."""
+    if not isinstance(record, dict):
+        raise NotARow(f"a JSON {type(record).__name__}, not an object")
+    path = record.get("path")
+    if not isinstance(path, str) or not path:
+        raise NotARow("no \"path\" (every clipscan row names its input)")
+    row = Row(path=path, **{k: _number(record.get(k), k) for k in NUMBERS},
+              **{k: _text(record.get(k)) for k in ("verdict", "generator", "error", "backend")})
+    row.error_kind = _text(record.get("error_kind")) or error_kind(row.error)
+    return row
+
+
+def _jsonl_records(f):
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield n, None, f"not JSON ({e.msg})"
+
+
+def _csv_records(f):
+    reader = csv.DictReader(f)
+    if not reader.fieldnames or "path" not in reader.fieldnames:
+        raise RowsError(f"the CSV header is {reader.fieldnames}, without a path column: not clipscan rows")
+    for record in reader:
+        yield reader.line_num, record, None
+
+
+def _looks_like_csv(path: str) -> bool:
+    if path.lower().endswith(".csv"):
+        return True
+    with open(path, encoding="utf-8", errors=OUTPUT_ERRORS) as f:
+        return f.readline().startswith("path,")
+
+
+def read_rows(path: str | os.PathLike) -> RowsFile:
+    """Every row of a results file, with the lines that were not rows counted (see the module doc)."""
+    path = os.fspath(path)
+    if path.endswith(SIDECAR_SUFFIX):
+        raise RowsError(f"{path} is the record of which model wrote a results file, not the rows; pass the rows "
+                        f"file itself ({path[:-len(SIDECAR_SUFFIX)]})")
+    if os.path.isdir(path):
+        raise RowsError(f"{path} is a folder; pass the JSONL (or CSV) file that `clipscan scan -o` wrote")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"rows file {path} does not exist; pass the file that `clipscan scan -o` wrote")
+    out = RowsFile(path=path, rows=[], lines=0)
+    with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
+        records = _csv_records(f) if _looks_like_csv(path) else _jsonl_records(f)
+        for n, record, problem in records:
+            out.lines += 1
+            if problem is None:
+                try:
+                    out.rows.append(to_row(record))
+                    continue
+                except NotARow as e:
+                    problem = str(e)
+            out.skipped += 1
+            if len(out.problems) < MAX_LISTED_PROBLEMS:
+                out.problems.append((n, problem))
+    if not out.rows:
+        first = f"; line {out.problems[0][0]}: {out.problems[0][1]}" if out.problems else ""
+        raise RowsError(f"{path} holds no clipscan rows ({out.lines} non-blank line(s), none a row with a path"
+                        f"{first}); pass the JSONL or CSV file that `clipscan scan -o` (or the service) wrote")
+    _attach_sidecar(out)
+    return out
+
+
+def _attach_sidecar(out: RowsFile) -> None:
+    try:
+        out.sidecar = read_sidecar(out.path)
+    except ValueError as e:
+        out.sidecar_note = str(e)
+        return
+    if out.sidecar is None:
+        out.sidecar_note = (f"no model record ({os.path.basename(sidecar_path(out.path))}) next to the rows: "
+                            "rows from the service, Triton or Ray, or a copied file, carry none")
+    elif not isinstance(out.sidecar.get("model"), dict):
+        out.sidecar, out.sidecar_note = None, f"{sidecar_path(out.path)} names no model"

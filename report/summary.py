@@ -1,0 +1,114 @@
+"""What a report page shows, computed from the rows: counts, histograms, the most likely generated images,
+the failures, and the table data within its byte budget."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from clipscan.runtime.thresholds import REPORT_HIST_BINS, REPORT_MAX_FAILURES, REPORT_TABLE_BYTES
+
+from .rows import Row, RowsFile
+
+FAILED = "failed"          # the verdict bucket of rows with an error
+NO_VERDICT = "no verdict"  # rows of a model without a decision head (quality only)
+
+
+@dataclass
+class Histogram:
+    name: str
+    edges: list[float]
+    counts: list[int]
+    total: int          # values counted (rows that have one)
+
+
+@dataclass
+class Summary:
+    rows: int
+    ok: int
+    failed: int
+    by_verdict: dict[str, int]
+    by_error_kind: dict[str, int]
+    by_backend: dict[str, int]
+    by_generator: dict[str, int]
+    histograms: list[Histogram]
+    top: list[Row]                 # the most likely generated, best first
+    failures: list[Row]            # up to REPORT_MAX_FAILURES
+    table: list[list]              # [path, p_generated, verdict, generator, quality, error_kind] per row shown
+    table_complete: bool           # every row is in the table (else the most likely generated ones)
+
+
+def verdict_of(row: Row) -> str:
+    if not row.ok:
+        return FAILED
+    return row.verdict or NO_VERDICT
+
+
+def _counts(values) -> dict[str, int]:
+    return dict(Counter(values).most_common())
+
+
+def histogram(name: str, values: list[float], lo: float | None = None, hi: float | None = None,
+              bins: int = REPORT_HIST_BINS) -> Histogram | None:
+    """Counts in `bins` equal bins over [lo, hi] (default: the values' range); None when there are no values."""
+    if not values:
+        return None
+    v = np.asarray(values, np.float64)
+    lo = float(v.min()) if lo is None else lo
+    hi = float(v.max()) if hi is None else hi
+    if hi <= lo:  # every value equal: one bin's width around it
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return Histogram(name, [float(e) for e in edges], [int(c) for c in counts], len(v))
+
+
+def most_likely_generated(rows: list[Row], n: int) -> list[Row]:
+    scored = [r for r in rows if r.ok and r.p_generated is not None]
+    scored.sort(key=lambda r: (-r.p_generated, r.path))
+    return scored[:n]
+
+
+def compact_json(value) -> str:
+    """JSON as the page embeds it: ASCII only (names that are not UTF-8 survive), no spaces."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+def _table_row(r: Row) -> list:
+    return [r.path, r.p_generated, verdict_of(r), r.generator, r.quality, r.error_kind]
+
+
+def table_rows(rows: list[Row], budget: int = REPORT_TABLE_BYTES) -> tuple[list[list], bool]:
+    """Every row for the page's table while its JSON fits `budget` bytes; beyond that, rows in order of
+    p_generated (most likely generated first, failures after), as many as fit."""
+    table = [_table_row(r) for r in rows]
+    size = len(compact_json(table))
+    if size <= budget:
+        return table, True
+    ranked = sorted(rows, key=lambda r: (r.p_generated is None, -(r.p_generated or 0.0), r.path))
+    kept, used = [], 2
+    for r in ranked:
+        item = _table_row(r)
+        used += len(compact_json(item)) + 1
+        if used > budget:
+            break
+        kept.append(item)
+    return kept, False
+
+
+def summarize(data: RowsFile, *, top: int) -> Summary:
+    rows = data.rows
+    failed = [r for r in rows if not r.ok]
+    ok = [r for r in rows if r.ok]
+    hists = [h for h in (histogram("p_generated", [r.p_generated for r in ok if r.p_generated is not None], 0.0, 1.0),
+                         histogram("quality", [r.quality for r in ok if r.quality is not None])) if h]
+    table, complete = table_rows(rows)
+    return Summary(
+        rows=len(rows), ok=len(ok), failed=len(failed),
+        by_verdict=_counts(verdict_of(r) for r in rows),
+        by_error_kind=_counts(r.error_kind or "error" for r in failed),
+        by_backend=_counts(r.backend or "not recorded" for r in rows),
+        by_generator=_counts(r.generator for r in ok if r.generator),
+        histograms=hists, top=most_likely_generated(rows, top), failures=failed[:REPORT_MAX_FAILURES],
+        table=table, table_complete=complete)
