@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
-FIELDS = ("path", "p_generated", "verdict", "generator", "quality", "error_kind", "error", "backend")
-NUMBERS = ("p_generated", "quality")
+FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
+NUMBERS = ("p_generated", "logit", "quality")
 MAX_LISTED_PROBLEMS = 20
 
 
@@ -25,6 +25,7 @@ MAX_LISTED_PROBLEMS = 20
 class Row:
     path: str
     p_generated: float | None = None
+    logit: float | None = None          # orders images where p_generated, at 7 digits, saturates at 1.0
     verdict: str | None = None
     generator: str | None = None
     quality: float | None = None

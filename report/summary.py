@@ -66,7 +66,7 @@ def histogram(name: str, values: list[float], lo: float | None = None, hi: float
 
 def most_likely_generated(rows: list[Row], n: int) -> list[Row]:
     scored = [r for r in rows if r.ok and r.p_generated is not None]
-    scored.sort(key=lambda r: (-r.p_generated, r.path))
+    scored.sort(key=lambda r: (-r.p_generated, -(r.logit if r.logit is not None else 0.0), r.path))
     return scored[:n]
 
 
