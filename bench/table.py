@@ -46,6 +46,11 @@ def _fidelity_and_cold_start(report: dict) -> list[str]:
             lines.append(f"  {name:<30} cosine mean {_f(f.get('cosine_mean'), '{:.7f}')} worst "
                          f"{_f(f.get('cosine_worst'), '{:.7f}')}  agreement {_f(f.get('agreement'), '{:.4f}')} "
                          f"on {f['n']} images")
+            for head, h in (f.get("heads") or {}).items():
+                what = (f"SRCC {_f(h.get('srcc'), '{:.5f}')}" if "srcc" in h else
+                        f"agreement {_f(h.get('agreement'), '{:.4f}')} ({h.get('flips')} flip(s)), max |dlogit| "
+                        f"{_f(h.get('max_abs_logit_diff'), '{:.3g}')}")
+                lines.append(f"    head {head:<24} {what}")
     for c in report["cold_start"]:
         lines.append(f"cold start {c['artifact']} on {c['backend']}: {_f(c['seconds'], '{:.2f}')} s "
                      f"(to the first result line)")

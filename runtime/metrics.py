@@ -110,4 +110,21 @@ def compare_outputs(manifest, ref: dict, got: dict, threshold: float | None = No
         if qr is not None and qg is not None:
             out["srcc"] = spearman(qr, qg)
             out["quality_max_abs_diff"] = float(np.abs(qg - qr).max())
+    heads = {h.name: m for h in manifest.heads if (m := _head_metrics(h, ref, got, threshold))}
+    if len(heads) > 1:   # every head's own figures (the flat ones above are the primary heads')
+        out["heads"] = heads
     return out
+
+
+def _head_metrics(spec, ref: dict, got: dict, threshold: float | None) -> dict:
+    if spec.task == "quality":
+        qr, qg = _column(ref, spec.outputs.get("score")), _column(got, spec.outputs.get("score"))
+        return {} if qr is None or qg is None else {"srcc": spearman(qr, qg),
+                                                     "max_abs_diff": float(np.abs(qg - qr).max())}
+    lr, lg = _column(ref, spec.outputs.get("logit")), _column(got, spec.outputs.get("logit"))
+    if lr is None or lg is None:
+        return {}
+    t = spec.threshold if threshold is None else float(threshold)
+    agree = decisions(sigmoid(lr), t) == decisions(sigmoid(lg), t)
+    return {"agreement": float(agree.mean()), "flips": int((~agree).sum()),
+            "max_abs_logit_diff": float(np.abs(lg - lr).max())}
