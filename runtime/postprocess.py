@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .results import ScanResult
+
 DECISION_TASKS = ("detection", "attribution")
 
 
@@ -53,3 +55,30 @@ def verdict(spec, p: float, threshold: float, class_probs=None) -> tuple[str, st
     if spec.task == "attribution" and class_probs is not None:
         return positive, labels[1 + int(np.argmax(np.asarray(class_probs)[1:]))]
     return positive, None
+
+
+def image_result(manifest, outputs: dict, rows: slice, *, name: str, threshold: float | None,
+                 backend: str | None) -> ScanResult:
+    """One image's ScanResult from its rows of a batch's graph outputs (an error result when the model
+    returned a non-finite value). `threshold` None: the decision head's own."""
+    detector, quality = manifest.decision_head(), manifest.head("quality")
+    if threshold is None and detector is not None:
+        threshold = detector.threshold
+    r = ScanResult(path=name, backend=backend)
+    values = []
+    det = head_values(detector, outputs, rows) if detector is not None else {}
+    if det:
+        r.logit, r.p_generated = det["logit"], det["probability"]
+        values += [r.logit, r.p_generated]
+    if quality is not None:
+        r.quality = head_values(quality, outputs, rows)["score"]
+        values.append(r.quality)
+    emb = manifest.embedding
+    if emb is not None:
+        r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
+    if not np.all(np.isfinite(values)):
+        return ScanResult(path=name, backend=backend,
+                          error="inference_failed: the model returned a non-finite value (NaN or inf)")
+    if r.p_generated is not None:
+        r.verdict, r.generator = verdict(detector, r.p_generated, threshold, det.get("class_probs"))
+    return r

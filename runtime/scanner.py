@@ -22,7 +22,7 @@ from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, InvalidArgumentError, ModelError, ScannerClosedError
-from .postprocess import embedding_value, head_values, verdict
+from .postprocess import image_result
 from .preprocess import Preprocessor
 from .results import ScanResult
 
@@ -268,21 +268,5 @@ class Scanner:
 
     def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
         """One image's result from its rows of the batch (see `postprocess`)."""
-        r = ScanResult(path=name, backend=self.backend.name)
-        values = []
-        det = head_values(self.detector, outputs, rows) if self.detector is not None else {}
-        if det:
-            r.logit, r.p_generated = det["logit"], det["probability"]
-            values += [r.logit, r.p_generated]
-        if self.quality is not None:
-            r.quality = head_values(self.quality, outputs, rows)["score"]
-            values.append(r.quality)
-        emb = self.manifest.embedding
-        if emb is not None:
-            r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
-        if not np.all(np.isfinite(values)):
-            return ScanResult(path=name, backend=self.backend.name,
-                              error="inference_failed: the model returned a non-finite value (NaN or inf)")
-        if r.p_generated is not None:
-            r.verdict, r.generator = verdict(self.detector, r.p_generated, self.threshold, det.get("class_probs"))
-        return r
+        return image_result(self.manifest, outputs, rows, name=name, threshold=self.threshold,
+                            backend=self.backend.name)
