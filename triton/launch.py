@@ -142,18 +142,21 @@ def server_env(dist: TritonDist, base: dict | None = None) -> dict:
 
 
 def start_tritonserver(repository: str | os.PathLike, workdir: str | os.PathLike, *, dist: TritonDist | None = None,
-                       host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()) -> TritonProcess:
-    """Start tritonserver on `repository` with HTTP, gRPC and metrics on free ports of `host` (loopback by
-    default); its log goes to `workdir`/tritonserver.log. Call wait_ready() next, and stop() at the end."""
+                       host: str = "127.0.0.1", ports: tuple[int, int, int] | None = None,
+                       extra_args: tuple[str, ...] = (), log_to: str | os.PathLike | None = None) -> TritonProcess:
+    """Start tritonserver on `repository` with HTTP, gRPC and metrics on `ports` (default: free ports) of `host`
+    (loopback by default); its log goes to `log_to` (default `workdir`/tritonserver.log). Call wait_ready()
+    next, and stop() at the end."""
     dist = dist or bundled_tritonserver()
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     backends = prepare_backends(dist, workdir / "backends")
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = ports or (free_port(), free_port(), free_port())
     command = [str(dist.binary), f"--model-repository={Path(repository).resolve()}",
                f"--backend-directory={backends}", f"--http-address={host}", f"--http-port={http}",
                f"--grpc-address={host}", f"--grpc-port={grpc}", f"--metrics-address={host}",
                f"--metrics-port={metrics}", "--allow-gpu-metrics=false", "--log-verbose=0", *extra_args]
-    log_path = workdir / "tritonserver.log"
+    log_path = Path(log_to) if log_to else workdir / "tritonserver.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=server_env(dist),
                                    cwd=workdir)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("clipscan.cli.calibrate",
                   "post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report (needs clipscan[export])"),
     "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
+    "triton": ("clipscan.cli.triton", "write a Triton Inference Server model repository for an artifact"),
 }
 
 
