@@ -18,7 +18,8 @@ from .conftest import REPO
 # folder -> package, as pyproject.toml maps them
 PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
-            "report": "clipscan.report", "triton": "clipscan.triton"}
+            "report": "clipscan.report",
+            "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
 RT, EX, CA, BE, SE, RE, TR = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
                               "clipscan.serve", "clipscan.report", "clipscan.triton")
