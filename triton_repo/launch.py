@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -134,10 +135,18 @@ class TritonProcess:
                 self.process.wait(timeout)
 
 
+def python_libdir() -> str | None:
+    """The folder of this interpreter's shared libpython (the stub links libpython3.X.so.1.0: with this folder
+    first it runs the very Python clipscan's environment was made with, not another 3.X the system has)."""
+    libdir, name = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    return libdir if libdir and name and (Path(libdir) / name).is_file() else None
+
+
 def server_env(dist: TritonDist, base: dict | None = None) -> dict:
+    """The environment for tritonserver: its bundled libraries and this Python's libpython on LD_LIBRARY_PATH."""
     env = dict(os.environ if base is None else base)
-    if dist.libs is not None:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(dist.libs), env.get("LD_LIBRARY_PATH")) if p)
+    paths = [str(dist.libs) if dist.libs is not None else None, python_libdir(), env.get("LD_LIBRARY_PATH")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
