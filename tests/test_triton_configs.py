@@ -60,6 +60,14 @@ def test_python_model_config(tmp_path):
     compile(model_py, "model.py", "exec")
 
 
+def test_python_model_on_gpu_instances(tmp_path):
+    write_repository(None, tmp_path, RepositoryOptions(kind="gpu", layout="python", instances=3))
+    (_, cfg), = configs(tmp_path).items()
+    pb = model_config_pb2()
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 3)]
+    assert cfg.parameters["backend"].string_value == "auto"  # the runtime's chain: TensorRT, its EP, CUDA, CPU
+
+
 def test_gpu_ensemble_with_the_tensorrt_accelerator(tmp_path):
     write_repository(None, tmp_path, RepositoryOptions(kind="gpu", precision="fp16", instances=2))
     cfgs = configs(tmp_path)
