@@ -78,6 +78,7 @@ class RemoteScanner:
         self._lock = threading.Lock()
         self._closed = False
         self._answered = False
+        self._executor: ThreadPoolExecutor | None = None
         self.walk_stats = WalkStats()
         self.server = self._server_info()
         self.model = model or self._only_model()
@@ -281,20 +282,21 @@ class RemoteScanner:
             except ImageReadError as e:
                 return e
 
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="clipscan-remote") as pool:
-            window: deque = deque()
-            batch: list = []
-            for name, source in items:
-                batch.append((name, read(source)))
-                if len(batch) >= self.batch_size:
-                    window.append(pool.submit(self._batch, batch))
-                    batch = []
-                    if len(window) >= 2 * self.concurrency:
-                        yield from window.popleft().result()
-            if batch:
+        pool = self._pool()
+        # one pool (its threads and their keep-alive connections) serves every scan of this RemoteScanner
+        window: deque = deque()
+        batch: list = []
+        for name, source in items:
+            batch.append((name, read(source)))
+            if len(batch) >= self.batch_size:
                 window.append(pool.submit(self._batch, batch))
-            while window:
-                yield from window.popleft().result()
+                batch = []
+                if len(window) >= 2 * self.concurrency:
+                    yield from window.popleft().result()
+        if batch:
+            window.append(pool.submit(self._batch, batch))
+        while window:
+            yield from window.popleft().result()
 
     # -- public API, as the Scanner's ----------------------------------------------------------------
     def scan(self, paths: Iterable[str | os.PathLike] | str | os.PathLike, *, all_files: bool = False,
@@ -321,6 +323,12 @@ class RemoteScanner:
         self._check_open()
         return self._scan_sources(items)
 
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="clipscan-remote")
+            return self._executor
+
     def _check_open(self) -> None:
         if self._closed:
             raise ScannerClosedError(f"this RemoteScanner ({self.model} at {self.url}) was closed; create a new one")
@@ -331,6 +339,8 @@ class RemoteScanner:
 
     def close(self) -> None:
         self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         with self._lock:
             for conn in self._connections:
                 conn.close()

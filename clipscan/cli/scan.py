@@ -193,6 +193,10 @@ def run(args) -> int:
     args.format = output_format(args)
     paths = _inputs(args)
     done, mode = _already_done(args)
+    client_only = [f for f, v in (("--server-model", args.server_model), ("--token-file", args.token_file),
+                                  ("--concurrency", args.concurrency)) if v is not None]
+    if client_only and not args.server:
+        raise ValueError(f"{', '.join(client_only)} only mean something with --server URL (client mode)")
     if args.server:
         scanner = _remote_scanner(args)
         identity, columns = scanner.identity, scanner.columns
