@@ -6,6 +6,8 @@ import concurrent.futures
 import json
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -62,8 +64,15 @@ def test_it_listens_on_loopback_only(triton):
     cmd = " ".join(triton.command)
     for what in ("http", "grpc", "metrics"):
         assert f"--{what}-address=127.0.0.1" in cmd
-    with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as r:
-        assert r.status == 200 and b"nv_inference_request_success" in r.read()
+    for _ in range(50):  # the metrics endpoint may come up a moment after HTTP readiness
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as r:
+                assert r.status == 200 and b"nv_inference_request_success" in r.read()
+                break
+        except urllib.error.URLError:
+            time.sleep(0.2)
+    else:
+        pytest.fail(f"no metrics on 127.0.0.1:{triton.metrics_port}")
     with urllib.request.urlopen(f"{triton.url}/v2/models/{MODEL}/config", timeout=5) as r:
         config = json.loads(r.read())
     assert config["parameters"]["sha256"]["string_value"] == load_artifact(None).sha256()
@@ -182,3 +191,34 @@ def test_server_mistakes_are_one_sentence(triton, files, server, words):
     extra = ["--server-model", "nope"] if server == "unknown-model" else []
     proc = clipscan("scan", "--server", url, *extra, str(files), check_rc=2)
     assert words in proc.stderr and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_triton_start_serves_until_stopped(tmp_path, files):
+    """`clipscan triton --start`: the repository, then the bundled tritonserver on loopback until SIGTERM, which
+    stops tritonserver too."""
+    import signal
+
+    need_tritonserver()
+    from .triton_helpers import free_closed_port
+
+    port = free_closed_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clipscan", "triton", "--repo", str(tmp_path / "repo"), "--start",
+                             "--http-port", str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read()
+        one = clipscan("scan", "--server", f"http://127.0.0.1:{port}", str(files / "render_002_q70.jpg"), check_rc=0)
+        assert '"verdict"' in one.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "tritonserver ready at http://127.0.0.1:" in err
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)

@@ -81,10 +81,18 @@ def prepare_backends(dist: TritonDist, folder: Path, python: str | None = None) 
     return Path(folder)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free now (each held until all are chosen)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @dataclass
@@ -160,7 +168,7 @@ def start_tritonserver(repository: str | os.PathLike, workdir: str | os.PathLike
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     backends = prepare_backends(dist, workdir / "backends")
-    http, grpc, metrics = ports or (free_port(), free_port(), free_port())
+    http, grpc, metrics = ports or free_ports(3)
     command = [str(dist.binary), f"--model-repository={Path(repository).resolve()}",
                f"--backend-directory={backends}", f"--http-address={host}", f"--http-port={http}",
                f"--grpc-address={host}", f"--grpc-port={grpc}", f"--metrics-address={host}",
