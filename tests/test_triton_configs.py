@@ -105,6 +105,15 @@ def _check_wiring(ensemble, cfgs):
         assert tensors[o.name] == (o.data_type, list(o.dims)), o.name
 
 
+def test_cpu_ensemble_runs_its_graph_in_a_python_model(tmp_path):
+    write_repository(None, tmp_path, RepositoryOptions(layout="ensemble", instances=2))
+    cfgs = configs(tmp_path)
+    graph = cfgs["clipscan-demo_graph"]
+    assert graph.backend == "python" and graph.parameters["backend"].string_value == "cpu"
+    assert "GraphModel" in (tmp_path / "clipscan-demo_graph" / "1" / "model.py").read_text()
+    _check_wiring(cfgs["clipscan-demo"], cfgs)
+
+
 def test_tensorrt_plan_ensemble_names_a_plan_per_gpu_generation(tmp_path):
     demo = load_artifact(None)
     plans = []
@@ -180,7 +189,7 @@ def test_cli_writes_the_repository_and_refuses_mistakes(tmp_path, capsys):
     assert main(["triton", "--repo", str(tmp_path), "--name", "det", "--max-batch", "4"]) == 0
     assert parse_config((tmp_path / "det" / "config.pbtxt").read_text()).max_batch_size == 4
     cases = [(["--repo", str(tmp_path), "--name", "det"], "already exists; pass --overwrite"),
-             (["--repo", str(tmp_path), "--layout", "ensemble"], "use --kind gpu"),
+             (["--repo", str(tmp_path), "--layout", "ensemble", "--graph", "onnx"], "use --kind gpu"),
              (["--repo", str(tmp_path), "--name", "a/b"], "a Triton model name is"),
              (["--repo", str(tmp_path), "--kind", "gpu", "--graph", "plan", "--name", "p"], "needs at least one --plan"),
              (["--repo", str(tmp_path), "--plan", str(tmp_path / "none.plan")], "does not exist"),

@@ -222,3 +222,24 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
     assert proc.returncode == 130 and "tritonserver ready at http://127.0.0.1:" in err
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
+
+
+def test_the_ensemble_on_a_real_triton(tmp_path, files):
+    """The ensemble (python preprocess -> the graph in a python model, as the CPU layout runs it -> python
+    postprocess) on the real tritonserver: the wiring, dims and per-image errors work, and its rows are a local
+    scan's except the backend column, which names the ensemble."""
+    dist = need_tritonserver()
+    assert main(["triton", "--repo", str(tmp_path / "repo"), "--layout", "ensemble", "--max-batch", "8"]) == 0
+    server = start_tritonserver(tmp_path / "repo", tmp_path / "work", dist=dist)
+    try:
+        server.wait_ready(timeout=90)
+        clipscan("scan", "--server", server.url, "--server-model", MODEL, str(files), "-o",
+                 str(tmp_path / "remote.jsonl"), "-b", "4", check_rc=1)
+    finally:
+        server.stop()
+    clipscan("scan", str(files), "-o", str(tmp_path / "local.jsonl"), check_rc=1)
+    remote, local = _rows(tmp_path / "remote.jsonl"), _rows(tmp_path / "local.jsonl")
+    assert {r["backend"] for r in remote} == {"triton-python:cpu"}
+    for r in remote + local:
+        r["backend"] = None
+    assert_same_rows(remote, local)

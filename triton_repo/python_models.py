@@ -136,6 +136,44 @@ class PreprocessModel(_Model):
         return self.preparer.prepare(images)
 
 
+class GraphModel:
+    """Ensemble step 2 in a python model (--graph python): the artifact's graph through the runtime's backend chain
+    (ONNX Runtime CPU, CUDA, TensorRT), one request at a time; its outputs are the graph's, per-row."""
+
+    def initialize(self, args: dict) -> None:
+        from clipscan.runtime.artifact import load_artifact
+        from clipscan.runtime.backends import BackendOptions, create_backend
+
+        self.config = json.loads(args["model_config"])
+        p = parameters(self.config)
+        check_numpy(p.get("allow_numpy2") == "true")
+        self.pb_utils = _pb_utils()
+        artifact = load_artifact(Path(args["model_repository"]) / args["model_version"] / p["artifact"])
+        self.manifest = artifact.manifest
+        options = BackendOptions(threads=int(p["threads"]) if p.get("threads") else None,
+                                 batch_size=int(p.get("batch_size") or 16),
+                                 device_id=int(args.get("model_instance_device_id") or 0))
+        self.backend = create_backend(artifact.path, p.get("backend") or "cpu", options=options, manifest=self.manifest)
+        self.outputs = [o["name"] for o in self.config["output"]]
+
+    def execute(self, requests):
+        pb = self.pb_utils
+        responses = []
+        for request in requests:
+            try:
+                pixels = pb.get_input_tensor_by_name(request, self.manifest.input.name).as_numpy()
+                out = self.backend.run({self.manifest.input.name: pixels})
+                responses.append(pb.InferenceResponse([pb.Tensor(n, as_triton(np.asarray(out[n])))
+                                                       for n in self.outputs]))
+            except Exception as e:  # noqa: BLE001 -- this request fails, the others go on
+                responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(
+                    f"{type(e).__name__}: {e}")))
+        return responses
+
+    def finalize(self) -> None:
+        self.backend.close()
+
+
 class PostprocessModel(_Model):
     """Ensemble step 3: the graph's outputs and the preprocess step's `error` -> the tensor contract."""
 

@@ -31,7 +31,7 @@ from .pbtxt import to_pbtxt
 from .plans import Plan
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan")
+KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan", "python")
 
 
 @dataclass
@@ -39,7 +39,9 @@ class RepositoryOptions:
     name: str | None = None
     kind: str = "cpu"
     layout: str | None = None            # default: python for cpu, ensemble for gpu
-    graph: str = "onnx"                  # the ensemble's graph step: onnx (ORT + TensorRT accelerator) or plan
+    graph: str | None = None             # the ensemble's graph step: onnx (ORT + TensorRT accelerator, the GPU
+                                         # default), plan (TensorRT plans) or python (the runtime's backends in a
+                                         # python model: the only one a CPU ensemble can use, and its default)
     plans: list[Plan] = field(default_factory=list)
     precision: str | None = None         # the TensorRT accelerator's precision (default: the artifact's)
     max_batch: int = T.TRITON_MAX_BATCH
@@ -71,9 +73,10 @@ def _check(opts: RepositoryOptions) -> None:
         raise InvalidArgumentError(f"--layout {opts.layout!r}: expected one of {LAYOUTS}")
     if opts.graph not in GRAPHS:
         raise InvalidArgumentError(f"--graph {opts.graph!r}: expected one of {GRAPHS}")
-    if opts.layout == "ensemble" and opts.kind != "gpu":
-        raise InvalidArgumentError("the ensemble runs its graph step on the GPU (onnxruntime_onnx with TensorRT, or "
-                                   "tensorrt_plan): use --kind gpu, or --layout python for a CPU deployment")
+    if opts.layout == "ensemble" and opts.kind != "gpu" and opts.graph != "python":
+        raise InvalidArgumentError(f"--graph {opts.graph} runs the ensemble's graph step on the GPU (onnxruntime_onnx "
+                                   "with TensorRT, or tensorrt_plan): use --kind gpu, or --graph python (or --layout "
+                                   "python) for a CPU deployment")
     if opts.graph == "plan" and not opts.plans:
         raise InvalidArgumentError("--graph plan needs at least one --plan FILE (a TensorRT plan from clipscan's "
                                    "engine cache, with its .json sidecar)")
@@ -142,6 +145,8 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
     opts = opts or RepositoryOptions()
     if opts.layout is None:
         opts.layout = "ensemble" if opts.kind == "gpu" else "python"
+    if opts.graph is None:
+        opts.graph = "onnx" if opts.kind == "gpu" else "python"
     _check(opts)
     artifact = load_artifact(model)
     manifest = artifact.manifest
@@ -210,18 +215,27 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     writer.config(folder, configs.python_model(pre, [pixels, error], params=params, **common))
 
     folder = writer.folder(graph)
-    platform = "onnxruntime_onnx" if opts.graph == "onnx" else "tensorrt_plan"
+    platform = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan", "python": "python"}[opts.graph]
+    cc, graph_backend = None, None
     if opts.graph == "onnx":
         shutil.copy2(artifact.path, folder / "1" / "model.onnx")
-        cc = None
-    else:
+    elif opts.graph == "plan":
         cc = {p.compute_capability: p.file_name for p in opts.plans}
         for p in opts.plans:
             p.check_for(artifact, opts.max_batch)
             shutil.copy2(p.path, folder / "1" / p.file_name)
-    writer.config(folder, configs.graph_model(graph, g_inputs, g_outputs, platform=platform, max_batch=opts.max_batch,
-                                              queue_delay_us=opts.queue_delay_us, count=opts.instances,
-                                              precision=opts.precision or manifest.precision, cc_model_filenames=cc))
+    if opts.graph == "python":
+        _python_files(folder, artifact, "GraphModel", site_dirs, python)
+        graph_backend = opts.backend or ("cpu" if opts.kind == "cpu" else "auto")
+        writer.config(folder, configs.python_model(
+            graph, [s for s, _ in g_outputs], inputs=[s for s, _ in g_inputs], warmup=False,
+            params={**params, "backend": graph_backend, "batch_size": opts.max_batch, "threads": opts.threads},
+            **{**common, "kind": opts.kind}))
+    else:
+        writer.config(folder, configs.graph_model(graph, g_inputs, g_outputs, platform=platform,
+                                                  max_batch=opts.max_batch, queue_delay_us=opts.queue_delay_us,
+                                                  count=opts.instances, precision=opts.precision or manifest.precision,
+                                                  cc_model_filenames=cc))
 
     folder = writer.folder(post)
     _python_files(folder, artifact, "PostprocessModel", site_dirs, python)
@@ -229,7 +243,8 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     post_inputs = [TensorSpec(s.name, s.datatype, tuple(d) or (1,)) for s, d in g_outputs] + [error]
     writer.config(folder, configs.python_model(
         post, contract, inputs=post_inputs, warmup=False,
-        params={**params, "graph_backend": f"triton-{platform}", "graph_dims": json.dumps(graph_dims)}, **common))
+        params={**params, "graph_backend": f"triton-{platform}" + (f":{graph_backend}" if graph_backend else ""),
+                "graph_dims": json.dumps(graph_dims)}, **common))
 
     steps = [{"model_name": pre, "input_map": {"image": "image"}, "output_map": {"pixels": "pixels", "error": "prep_error"}},
              {"model_name": graph, "input_map": {manifest.input.name: "pixels"},

@@ -31,9 +31,10 @@ def add_arguments(p) -> None:
                    help="python: the whole scan in one python-backend model (default for --kind cpu); ensemble: "
                         "python preprocess -> the graph on onnxruntime_onnx/tensorrt_plan -> python postprocess "
                         "(default for --kind gpu)")
-    p.add_argument("--graph", choices=("onnx", "plan"), default="onnx",
-                   help="the ensemble's graph step: onnx (ONNX Runtime with the TensorRT accelerator, default) "
-                        "or plan (TensorRT plans from clipscan's engine cache, see --plan)")
+    p.add_argument("--graph", choices=("onnx", "plan", "python"),
+                   help="the ensemble's graph step: onnx (ONNX Runtime with the TensorRT accelerator; the default "
+                        "for --kind gpu), plan (TensorRT plans from clipscan's engine cache, see --plan) or python "
+                        "(clipscan's backends in a python model; the default, and the only choice, for --kind cpu)")
     p.add_argument("--plan", action="append", default=[], metavar="FILE",
                    help="a TensorRT plan built by clipscan's tensorrt backend (its .json sidecar next to it names "
                         "the GPU generation); one per compute capability, repeatable")
