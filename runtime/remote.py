@@ -85,6 +85,7 @@ class RemoteScanner:
         self.metadata = self._model_metadata()
         self.identity = self._identity()
         self.server_backend = self._probe_backend()
+        self.identity["server_backend"] = self.server_backend or self.identity["server_backend"]
 
     # -- talking to the server ---------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
