@@ -3,9 +3,10 @@
 The stub bundled with Triton 2.51 (nvidia-pytriton 0.7.0) is built with pybind11 2.11 or older (its binary
 carries `__pybind11_internals_v4_...`), which predates numpy 2 support (pybind11 2.12): numpy 2 changed the
 layout of its dtype descriptor (`PyArray_Descr`), so that stub misreads every array it exchanges with
-the model. Measured here: FP32 outputs came back empty ("output tensor shape does not match size of
-output") and a BYTES input crashed the stub (`unpack_from requires a buffer of at least 50529031 bytes`),
-while numpy 1.26 worked. Newer Triton builds may link a newer pybind11: `allow_numpy2` lets them through.
+the model. Measured here with numpy 2.4.6: an FP32 input [[0,1,2],[3,4,5]] reached the model as zeros
+and its FP32 output came back with 0 elements (the client: "cannot reshape array of size 0 into shape
+(2,3)"); a BYTES input crashed the stub (`unpack_from requires a buffer of at least 50529031 bytes`);
+with numpy 1.26.4 the same models work. Newer Triton builds may link a newer pybind11: `allow_numpy2` lets them through.
 """
 from __future__ import annotations
 
