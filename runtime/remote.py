@@ -265,10 +265,12 @@ class RemoteScanner:
         try:
             return tensors_to_results(self.infer(images), names)
         except (_Rejected, WireError, ValueError) as e:
-            if len(images) > 1:  # find the image the server refuses: the others still scan
+            refused = isinstance(e, _Rejected) and 400 <= e.status < 500
+            if refused and len(images) > 1:  # find the image the server refuses: the others still scan
                 return [r for i in range(len(images)) for r in self._results(names[i:i + 1], images[i:i + 1])]
-            kind = "server_rejected" if isinstance(e, _Rejected) and 400 <= e.status < 500 else "server_error"
-            return [ScanResult(path=names[0], error=f"{kind}: {e}", backend=self.server_backend)]
+            # a server failure (5xx, still 503 after the retries, a malformed answer) is every image's row
+            kind = "server_rejected" if refused else "server_error"
+            return [ScanResult(path=n, error=f"{kind}: {e}", backend=self.server_backend) for n in names]
 
     def _batch(self, batch: list[tuple[str, bytes | ImageReadError]]) -> list[ScanResult]:
         ok = [(n, b) for n, b in batch if isinstance(b, bytes)]

@@ -127,6 +127,15 @@ def test_rows_equal_a_local_scan_with_a_token_and_503_retries(fake):
     assert server.infer_calls > 3 + 4  # the three 503s were retried
 
 
+def test_a_server_still_busy_after_the_retries_gives_error_rows(fake):
+    server = fake(busy=100)
+    with RemoteScanner(server.url, "demo", batch_size=4, retries=2, backoff=0.01) as remote:
+        server.busy = 100  # the probe at start was answered 503 too; now every request is
+        rows = list(remote.scan_many(sample_bytes()))
+    assert [r.error for r in rows] == ["server_error: HTTP 503: busy"] * len(rows)
+    assert server.infer_calls <= 3 * 2 + 1  # one batch, three tries (not resent image by image)
+
+
 def test_the_token_and_other_server_mistakes_are_one_sentence(fake, tmp_path, capsys):
     server = fake(token=TOKEN)
     (tmp_path / "token").write_text(TOKEN + "\n")
