@@ -125,12 +125,13 @@ class RemoteScanner:
                 return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
             except (OSError, http.client.HTTPException) as e:
                 self._drop_connection()
-                # a refused connection or an unknown host before the server ever answered: no point waiting
+                # an answer that is not HTTP (a gRPC port), before the server ever answered in HTTP
                 if isinstance(e, http.client.HTTPException) and not isinstance(e, http.client.RemoteDisconnected) \
                         and not self._answered:
                     raise ServerError(f"{self.url} answered, but not in HTTP ({type(e).__name__}), so it is not an "
                                       "Open Inference Protocol HTTP server: is this a gRPC port? point --server at "
                                       "the HTTP port (Triton's is 8000 by default)") from None
+                # a refused connection or an unknown host before the server ever answered: no point waiting
                 first_contact = isinstance(e, (ConnectionRefusedError, socket.gaierror)) and not self._answered
                 if attempt >= self.retries or first_contact:
                     raise ServerError(f"cannot reach the server at {self.url} ({type(e).__name__}: {e}); is it "
