@@ -14,8 +14,8 @@ from .errors import (
                      ServerError,
 )
 from .manifest import Manifest
-from .results import ScanResult
 from .remote import RemoteScanner
+from .results import ScanResult
 from .scanner import Scanner
 
 __all__ = ["Scanner", "RemoteScanner", "ScanResult", "Manifest", "Artifact", "load_artifact", "ClipscanError",
