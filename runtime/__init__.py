@@ -11,11 +11,13 @@ from .errors import (
                      ManifestError,
                      ModelError,
                      ScannerClosedError,
+                     ServerError,
 )
 from .manifest import Manifest
+from .remote import RemoteScanner
 from .results import ScanResult
 from .scanner import Scanner
 
-__all__ = ["Scanner", "ScanResult", "Manifest", "Artifact", "load_artifact", "ClipscanError",
+__all__ = ["Scanner", "RemoteScanner", "ScanResult", "Manifest", "Artifact", "load_artifact", "ClipscanError",
            "ModelError", "ManifestError", "BackendError", "ImageReadError", "InvalidArgumentError",
-           "ScannerClosedError"]
+           "ScannerClosedError", "ServerError"]

@@ -82,6 +82,22 @@ def _open(source: Source):
     raise ImageReadError("bad_input", f"expected a path, bytes or a binary file object, got {type(source).__name__}")
 
 
+def read_bytes(source: Source) -> bytes:
+    """The encoded bytes of a path, bytes or binary file, with the same ImageReadError a scan of it would
+    give before decoding (not_found, empty, is_directory, unreadable...): what a remote scan sends."""
+    f, owned = _open(source)
+    try:
+        data = f.read()
+    except OSError as e:
+        raise ImageReadError("unreadable", f"cannot read the file ({e.strerror or e})") from None
+    finally:
+        if owned:
+            f.close()
+    if not data:
+        raise ImageReadError("empty", "no bytes were given")
+    return bytes(data)
+
+
 def draft_request(resize_mode: str, resize_size) -> tuple[int, int] | None:
     """The size to ask JPEG draft decoding for, or None when the recipe needs full-resolution pixels.
 

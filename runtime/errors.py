@@ -52,3 +52,8 @@ class ImageReadError(ClipscanError):
 
     def __str__(self) -> str:  # e.g. "truncated: image data ends early ..."
         return f"{self.kind}: {self.args[0]}"
+
+
+class ServerError(ClipscanError):
+    """An inference server (`clipscan serve`, Triton) cannot be used: unreachable, not an Open Inference
+    Protocol server, no such model, or the token refused."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import sigmoid
+from .results import ScanResult
 
 DECISION_TASKS = ("detection", "attribution")
 
@@ -102,3 +103,28 @@ def decide(manifest, answers: dict[str, dict], threshold: float | None = None) -
     generator = next((a.get("generator") for h, a in zip(heads, mine) if h.task == "attribution"
                       and a.get("generator")), None) if generated else None
     return {"p_generated": p, "logit": logit, "verdict": labels[1] if generated else labels[0], "generator": generator}
+
+
+def image_result(manifest, outputs: dict, rows: slice, *, name: str, threshold: float | None,
+                 backend: str | None) -> ScanResult:
+    """One image's ScanResult from its rows of a batch's graph outputs: every head's own answer in
+    `heads`, the row's decision from the primary head or the manifest's ensemble rule (`threshold`:
+    an override of the heads' own, or None), or an error result when the model returned a non-finite
+    value. Every Scanner result, and Triton's postprocess step, come from here."""
+    r = ScanResult(path=name, backend=backend)
+    r.heads = head_answers(manifest, outputs, rows, threshold)
+    values = [v for a in r.heads.values() for k, v in a.items() if k in ("logit", "p_generated", "score")]
+    if not np.all(np.isfinite(values)):
+        return ScanResult(path=name, backend=backend,
+                          error="inference_failed: the model returned a non-finite value (NaN or inf)")
+    decision = decide(manifest, r.heads, threshold)
+    if decision is not None:
+        r.p_generated, r.logit = decision["p_generated"], decision["logit"]
+        r.verdict, r.generator = decision["verdict"], decision["generator"]
+    quality = manifest.head("quality")
+    if quality is not None:
+        r.quality = r.heads[quality.name]["score"]
+    emb = manifest.embedding
+    if emb is not None:
+        r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
+    return r

@@ -22,7 +22,7 @@ from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, InvalidArgumentError, ModelError, ScannerClosedError
-from .postprocess import decide, embedding_value, head_answers
+from .postprocess import image_result
 from .preprocess import Preprocessor
 from .results import ScanResult
 
@@ -268,21 +268,6 @@ class Scanner:
                 i += len(prepared)
 
     def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
-        """One image's result from its rows of the batch (see `postprocess`): every head's own answer in
-        `heads`, and the row's decision from the primary head or the manifest's ensemble rule."""
-        r = ScanResult(path=name, backend=self.backend.name)
-        r.heads = head_answers(self.manifest, outputs, rows, self.threshold_override)
-        values = [v for a in r.heads.values() for k, v in a.items() if k in ("logit", "p_generated", "score")]
-        if not np.all(np.isfinite(values)):
-            return ScanResult(path=name, backend=self.backend.name,
-                              error="inference_failed: the model returned a non-finite value (NaN or inf)")
-        decision = decide(self.manifest, r.heads, self.threshold_override)
-        if decision is not None:
-            r.p_generated, r.logit = decision["p_generated"], decision["logit"]
-            r.verdict, r.generator = decision["verdict"], decision["generator"]
-        if self.quality is not None:
-            r.quality = r.heads[self.quality.name]["score"]
-        emb = self.manifest.embedding
-        if emb is not None:
-            r.embedding = embedding_value(emb, outputs, rows).astype(outputs[emb["output"]].dtype)
-        return r
+        """One image's result from its rows of the batch (see `postprocess.image_result`)."""
+        return image_result(self.manifest, outputs, rows, name=name, threshold=self.threshold_override,
+                            backend=self.backend.name)

@@ -71,3 +71,14 @@ def meets(metrics: dict, bars: dict) -> bool:
 # their bars, in units of each bar's allowed error) by this fraction to go on; else the search stops and
 # keeps its best round (clipscan's)
 SEARCH_MIN_GAIN = 0.05
+
+# -- serving: the Triton repository `clipscan triton` writes, and the client (`scan --server`) -- clipscan's --
+TRITON_MAX_BATCH = 16                 # max_batch_size of every generated model
+TRITON_QUEUE_DELAY_US = 2000          # dynamic_batching.max_queue_delay_microseconds: wait 2 ms to fill a batch
+TRITON_INSTANCES = 1                  # instance_group count per device
+CLIENT_BATCH = 8                      # images per inference request
+CLIENT_CONCURRENCY = 2                # requests in flight (one keep-alive connection per worker thread)
+CLIENT_TIMEOUT_S = 120.0              # one request's socket timeout
+CLIENT_RETRIES = 5                    # retries of a request answered 503 (or a dropped connection), ...
+CLIENT_BACKOFF_S = 0.2                # ... after 0.2, 0.4, 0.8, ... s (doubling, capped at CLIENT_BACKOFF_MAX_S)
+CLIENT_BACKOFF_MAX_S = 5.0

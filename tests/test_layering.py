@@ -1,7 +1,7 @@
 """The package's layering, read statically from every import in the source (lazy ones inside functions too).
 
     runtime  <-  export  <-  calibration  <-  bench  <-  cli
-    runtime  <-  serve, report (runtime-only services on top of the Scanner)  <-  bench, cli
+    runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
 
 The runtime (what `pip install clipscan` gives) imports nothing above it, nor torch, open_clip,
 onnx or matplotlib, and neither do the runtime-only packages; each package imports only the ones
@@ -18,20 +18,22 @@ from .conftest import REPO
 # folder -> package, as pyproject.toml maps them
 PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
-            "report": "clipscan.report"}
+            "report": "clipscan.report",
+            "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
-RT, EX, CA, BE, SE, RE = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
-                          "clipscan.serve", "clipscan.report")
+RT, EX, CA, BE, SE, RE, TR = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
+                              "clipscan.serve", "clipscan.report", "clipscan.triton")
 DEPENDS = {
     RT: set(),
     EX: {RT},
     SE: {RT},
     RE: {RT},
+    TR: {RT},
     CA: {RT, EX},
     BE: {RT, EX, CA, SE},
-    "clipscan.cli": {RT, EX, CA, BE, SE, RE},
+    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR},
 }
-RUNTIME_ONLY = {RT, SE, RE}  # what must work in an install without torch, onnx or matplotlib
+RUNTIME_ONLY = {RT, SE, RE, TR}  # what must work in an install without torch, onnx or matplotlib
 HEAVY = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "matplotlib", "scipy", "skimage")
 MAX_LINES = 450
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report (needs clipscan[export])"),
     "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
     "report": ("clipscan.cli.report", "turn a scan's rows into one self-contained HTML page a reviewer can look at"),
+    "triton": ("clipscan.cli.triton", "write a Triton Inference Server model repository for an artifact"),
 }
 
 

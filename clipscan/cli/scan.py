@@ -47,6 +47,15 @@ def add_arguments(p) -> None:
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
     add_no_spin(p)
+    remote = p.add_argument_group("client mode: scan on an Open Inference Protocol server (clipscan serve, Triton)")
+    remote.add_argument("--server", metavar="URL",
+                        help="send the files to this server (e.g. http://127.0.0.1:8000) instead of scanning here; "
+                             "rows are the same as a local scan's")
+    remote.add_argument("--server-model", metavar="NAME",
+                        help="the model on --server (default: its only clipscan model)")
+    remote.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token --server asks for")
+    remote.add_argument("--concurrency", type=positive_int,
+                        help="requests in flight to --server (default 2; -b images each)")
     p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
                    help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
                         "the resize target (faster on camera images); auto (default): draft only if the artifact "
@@ -89,26 +98,32 @@ def output_format(args) -> str:
     return args.format or by_extension or "jsonl"
 
 
-def _check_same_model(args, scanner, mode: str) -> None:
+def _check_same_model(args, identity: dict, mode: str, close) -> None:
     """--resume appends only rows of the model that wrote the file; a new file records its model."""
-    from clipscan.runtime.results import model_identity, read_sidecar, sidecar_path, write_sidecar
+    from clipscan.runtime.results import read_sidecar, sidecar_path, write_sidecar
 
-    identity = model_identity(scanner.artifact)
     if mode == "a":
         recorded = (read_sidecar(args.output) or {}).get("model")
+        sha = identity.get("sha256") or ""
         if recorded is None:
             log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", args.output,
-                        sidecar_path(args.output), identity["name"], identity["sha256"][:12])
-        elif recorded.get("sha256") != identity["sha256"]:
-            scanner.close()
+                        sidecar_path(args.output), identity["name"], sha[:12] or "no sha256")
+        elif recorded.get("sha256") != identity.get("sha256") or (not sha and (
+                recorded.get("server"), recorded.get("server_model")) != (identity.get("server"),
+                                                                          identity.get("server_model"))):
+            close()
             raise ValueError(
                 f"--resume: {args.output} holds rows of model {recorded.get('name')!r} (sha256 "
-                f"{str(recorded.get('sha256'))[:12]}..., {recorded.get('file')}), but --model is "
-                f"{identity['name']!r} (sha256 {identity['sha256'][:12]}..., {identity['file']}); rows of two "
+                f"{str(recorded.get('sha256'))[:12]}..., {recorded.get('file')}), but {_source(identity)} is "
+                f"{identity['name']!r} (sha256 {sha[:12]}..., {identity.get('file')}); rows of two "
                 "models must not mix: write to a new file (another -o), or pass --overwrite to replace it")
         else:
             return
     write_sidecar(args.output, identity, args.format)
+
+
+def _source(identity: dict) -> str:
+    return f"--server {identity['server']}'s model" if identity.get("server") else "--model"
 
 
 def _inputs(args) -> list[str]:
@@ -153,28 +168,67 @@ def _inputs_to_count(paths: list[str], args, done):
         yield "-"
 
 
+# local-only options that client mode refuses rather than ignores (the server decides these)
+LOCAL_ONLY = {"model": "--model", "threshold": "--threshold", "max_pixels": "--max-pixels", "max_batch": "--max-batch",
+              "cache_dir": "--cache-dir", "threads": "--threads", "workers": "--workers"}
+
+
+def _remote_scanner(args):
+    from clipscan.runtime import RemoteScanner
+
+    given = [flag for attr, flag in LOCAL_ONLY.items() if getattr(args, attr) is not None]
+    given += [f for f, v in (("--backend", args.backend != "auto"), ("--decode", args.decode != "auto"),
+                             ("--no-fallback", args.no_fallback), ("--no-spin", args.no_spin), ("--device", args.device))
+              if v]
+    if given:
+        raise ValueError(f"{', '.join(given)} set(s) how a local scan runs; with --server the server's model and "
+                         "settings are used: drop them, or drop --server to scan here")
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ValueError(f"--token-file {args.token_file} cannot be read ({e.strerror or e})") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
+    return RemoteScanner(args.server, args.server_model, token=token, batch_size=args.batch_size,
+                         **({"concurrency": args.concurrency} if args.concurrency else {}))
+
+
 def run(args) -> int:
     from clipscan.runtime import Scanner
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
     from clipscan.runtime.progress import Progress, count_in_background
-    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns
+    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns, model_identity
 
     args.format = output_format(args)
     paths = _inputs(args)
     done, mode = _already_done(args)
-    scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
-                      threads=args.threads, workers=args.workers, threshold=args.threshold,
-                      max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_batch=args.max_batch,
-                      cache_dir=args.cache_dir, device_id=args.device, decode=args.decode,
-                      spin=not args.no_spin)
-    m = scanner.manifest
-    log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
-             scanner.backend_name, scanner.decode_reason)
+    client_only = [f for f, v in (("--server-model", args.server_model), ("--token-file", args.token_file),
+                                  ("--concurrency", args.concurrency)) if v is not None]
+    if client_only and not args.server:
+        raise ValueError(f"{', '.join(client_only)} only mean something with --server URL (client mode)")
+    if args.server:
+        scanner = _remote_scanner(args)
+        identity, columns = scanner.identity, scanner.columns_for(args.format)
+        log.info("model %s on %s (sha256 %s)", identity["name"], scanner.backend_name,
+                 (identity.get("sha256") or "not given by the server")[:12])
+    else:
+        scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback,
+                          batch_size=args.batch_size, threads=args.threads, workers=args.workers,
+                          threshold=args.threshold, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+                          max_batch=args.max_batch, cache_dir=args.cache_dir, device_id=args.device,
+                          decode=args.decode, spin=not args.no_spin)
+        m = scanner.manifest
+        log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
+                 scanner.backend_name, scanner.decode_reason)
+        identity, columns = model_identity(scanner.artifact), columns_for(scanner.manifest, args.format)
+        if scanner.artifact.is_demo:
+            log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
+                        "detector's (pass --model to scan with an exported model)")
     if args.output:
-        _check_same_model(args, scanner, mode)
-    if scanner.artifact.is_demo:
-        log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
-                    "detector's (pass --model to scan with an exported model)")
+        _check_same_model(args, identity, mode, scanner.close)
     if args.output:
         out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
     else:
@@ -187,7 +241,6 @@ def run(args) -> int:
     bar = Progress("scan", unit="img", note=scanner.backend_name, enabled=not args.quiet)
     count_in_background(lambda: _inputs_to_count(paths, args, done), bar)
     try:
-        columns = columns_for(scanner.manifest, args.format)
         if mode == "a" and args.format == "csv":
             columns = csv_columns(args.output) or columns
         writer = WRITERS[args.format](out, with_embedding=args.with_embedding, header=mode == "w", columns=columns)

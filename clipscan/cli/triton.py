@@ -1,0 +1,108 @@
+"""`clipscan triton`: write a Triton Inference Server model repository for an artifact (clipscan.triton), and
+optionally start the tritonserver bundled in nvidia-pytriton on it (--start)."""
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import time
+
+from clipscan.runtime import thresholds as T
+
+from . import EXIT_OK, NOTICE
+from .args import non_negative_int, positive_int
+
+log = logging.getLogger("clipscan")
+
+
+def add_arguments(p) -> None:
+    p.description = ("Write a Triton model repository (DIR/NAME/config.pbtxt, DIR/NAME/1/...) whose models run "
+                     "clipscan.runtime in Triton's python backend and speak clipscan's tensor contract; "
+                     "`clipscan scan --server URL` talks to it.")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="exported .onnx artifact (default: the demo model)")
+    p.add_argument("--repo", required=True, metavar="DIR", help="the model repository folder (created if missing)")
+    p.add_argument("--name", help="the model's name in Triton (default: the manifest's name)")
+    p.add_argument("--max-batch", type=positive_int, default=T.TRITON_MAX_BATCH,
+                   help=f"max_batch_size of each model (default {T.TRITON_MAX_BATCH})")
+    p.add_argument("--instances", type=positive_int, default=T.TRITON_INSTANCES,
+                   help=f"instances per device (default {T.TRITON_INSTANCES})")
+    p.add_argument("--kind", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--layout", choices=("python", "ensemble"),
+                   help="python: the whole scan in one python-backend model (default for --kind cpu); ensemble: "
+                        "python preprocess -> the graph on onnxruntime_onnx/tensorrt_plan -> python postprocess "
+                        "(default for --kind gpu)")
+    p.add_argument("--graph", choices=("onnx", "plan", "python"),
+                   help="the ensemble's graph step: onnx (ONNX Runtime with the TensorRT accelerator; the default "
+                        "for --kind gpu), plan (TensorRT plans from clipscan's engine cache, see --plan) or python "
+                        "(clipscan's backends in a python model; the default, and the only choice, for --kind cpu)")
+    p.add_argument("--plan", action="append", default=[], metavar="FILE",
+                   help="a TensorRT plan built by clipscan's tensorrt backend (its .json sidecar next to it names "
+                        "the GPU generation); one per compute capability, repeatable")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="the TensorRT accelerator's precision (default: the artifact's)")
+    p.add_argument("--queue-delay-us", type=non_negative_int, default=T.TRITON_QUEUE_DELAY_US,
+                   help=f"dynamic batching: how long Triton waits to fill a batch (default {T.TRITON_QUEUE_DELAY_US} us)")
+    p.add_argument("--backend", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+                   help="python layout: the runtime backend inside Triton (default cpu for --kind cpu, auto for gpu)")
+    p.add_argument("--workers", type=positive_int, help="decode threads per instance (default: min(4, cores))")
+    p.add_argument("--threads", type=positive_int, help="inference threads per instance (default: the backend's)")
+    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto", help="as for clipscan scan")
+    p.add_argument("--site-dir", action="append", default=[], metavar="DIR",
+                   help="site-packages folder where the Triton host's Python finds clipscan (default: this "
+                        "environment's); repeatable")
+    p.add_argument("--python", metavar="X.Y", help="the Python version of Triton's python backend stub "
+                                                    "(default: this interpreter's)")
+    p.add_argument("--allow-numpy2", action="store_true",
+                   help="let the models load under numpy 2 (only for a Triton whose python backend is built with "
+                        "pybind11 >= 2.12; the stub in Triton 2.51 is not)")
+    p.add_argument("--overwrite", action="store_true", help="replace models of the same name in --repo")
+    p.add_argument("--start", action="store_true",
+                   help="then run nvidia-pytriton's bundled tritonserver on --repo until Ctrl-C")
+    p.add_argument("--host", default="127.0.0.1", help="--start: the address to listen on (default 127.0.0.1)")
+    p.add_argument("--http-port", type=positive_int, default=8000, help="--start: HTTP port (default 8000; gRPC and "
+                                                                        "metrics use the next two)")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    from clipscan.triton import Plan, RepositoryOptions, write_repository
+    from clipscan.triton.numpy_check import NUMPY2_HINT, numpy_major
+
+    opts = RepositoryOptions(name=args.name, kind=args.kind, layout=args.layout, graph=args.graph,
+                             plans=[Plan.from_file(p) for p in args.plan], precision=args.precision,
+                             max_batch=args.max_batch, instances=args.instances, queue_delay_us=args.queue_delay_us,
+                             backend=args.backend, workers=args.workers, threads=args.threads, decode=args.decode,
+                             site_dirs=args.site_dir or None, python=args.python, allow_numpy2=args.allow_numpy2,
+                             overwrite=args.overwrite)
+    repo = write_repository(args.model, args.repo, opts)
+    for path in repo.config_files:
+        log.info("wrote %s", path)
+    log.log(NOTICE, "wrote Triton model%s %s in %s for %s (sha256 %s...); clients call model %r",
+            "s" if len(repo.models) > 1 else "", ", ".join(repo.models), repo.root, repo.identity["name"],
+            repo.identity["sha256"][:12], repo.entry)
+    if numpy_major() >= 2 and not args.allow_numpy2 and not args.site_dir:
+        log.warning("this environment has numpy 2, which Triton 2.51's python backend stub cannot exchange arrays "
+                    "with: the models will refuse to load; %s", NUMPY2_HINT)
+    if not args.start:
+        return EXIT_OK
+    from clipscan.triton.launch import start_tritonserver
+
+    ports = (args.http_port, args.http_port + 1, args.http_port + 2)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: shut tritonserver down too
+    with tempfile.TemporaryDirectory(prefix="clipscan-triton-") as work:
+        server = start_tritonserver(repo.root, work, host=args.host, ports=ports)
+        try:
+            server.wait_ready(timeout=300)
+            log.log(NOTICE, "tritonserver ready at %s (gRPC %s:%d, metrics %s:%d); scan with: clipscan scan "
+                    "--server %s --server-model %s PATH; Ctrl-C stops it", server.url, args.host, ports[1],
+                    args.host, ports[2], server.url, repo.entry)
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            log.error("tritonserver exited with code %s; its log ends with:\n%s", server.process.returncode,
+                      server.log_tail())
+            return 2
+        finally:
+            server.stop()
