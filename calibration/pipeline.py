@@ -121,7 +121,7 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
                        batch_size: int = 8, max_images: int | None = None, cache=None,
                        arch: str | None = None, weights=None, heads=(), quick_gelu: bool | None = None,
                        threshold: float | None = None, mean=None, std=None, report_dir=None, launder: bool = True,
-                       allow_overlap: bool = False, progress: bool = True,
+                       allow_overlap: bool = False, progress: bool = True, resize_mode: str | None = None,
                        on_written: Callable[[CalibrationOutcome], None] | None = None) -> CalibrationOutcome:
     """Calibrate the FP32 artifact `model` on `images` (folders or files) and write the INT8 QDQ artifact `output`.
 
@@ -166,6 +166,7 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
         if val_images:
             _verify_into(outcome, work, output, val_images, arch=arch, weights=weights, heads=heads,
                          quick_gelu=quick_gelu, threshold=threshold, mean=mean, std=std, report_dir=report_dir,
+                         resize_mode=resize_mode,
                          launder=launder, progress=progress)
         else:
             work.replace(output)
@@ -193,7 +194,8 @@ def _calibrate_to(work: Path, model, cset, recipe, target, *, search, val_images
 
 
 def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_images, *, arch, weights, heads,
-                 quick_gelu, threshold, mean, std, report_dir, launder, progress: bool = False) -> None:
+                 quick_gelu, threshold, mean, std, report_dir, launder, progress: bool = False,
+                 resize_mode: str | None = None) -> None:
     """Run the fidelity report on the written-but-hidden `work` file, record it, and move it to `output`."""
     from clipscan.export import load_reference
     from clipscan.export.onnx_writer import rewrite_manifest
@@ -201,7 +203,8 @@ def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_imag
     from .report import write_report
     from .verify import verify
 
-    reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
+    reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold,
+                               resize_mode=resize_mode)
     report_dir = report_dir or f"{output.stem}-verify"
     report = verify(work, reference, val_images, None, launder=launder, mean=mean, std=std, progress=progress)
     report.model = str(output)

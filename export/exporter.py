@@ -129,11 +129,12 @@ class Reference:
 
 
 def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | None = None,
-                   threshold: float | None = None) -> Reference:
-    """Load backbone and heads from local files as `export_model` does (used by export and verify)."""
+                   threshold: float | None = None, resize_mode: str | None = None) -> Reference:
+    """Load backbone and heads from local files as `export_model` does (used by export and verify).
+    `resize_mode`: one resize for every head, instead of each published head's own (see import_heads)."""
     visual, info = load_backbone(arch, weights, quick_gelu=quick_gelu)
     items = heads if isinstance(heads, (list, tuple)) else [heads]
-    imported = import_heads(items, info)
+    imported = import_heads(items, info, resize_mode)
     if imported.preprocess:
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
     if imported.visual_prompts is not None:
@@ -151,7 +152,7 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
                  opset: int = 18, mean=None, std=None, threshold: float | None = None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
-                 ensemble_threshold: float = 0.5) -> ExportReport:
+                 ensemble_threshold: float = 0.5, resize_mode: str | None = None) -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
@@ -167,7 +168,7 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
     ("mean_logit", "any", "all") decides from every decision head instead (recorded as
     manifest.decision; every head's own answer is in every row either way).
     """
-    ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold)
+    ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
                         opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,

@@ -8,6 +8,7 @@ detectors differ in both (see the README's table).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
 
 torch = require("torch")
+log = logging.getLogger("clipscan.export")
 
 
 @dataclass
@@ -245,7 +247,7 @@ def parse_head_arg(text: str) -> tuple[str, Path]:
     return fmt, path
 
 
-def import_heads(items, backbone) -> Imported:
+def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
     """Read every head given as a path, "FORMAT:PATH" or an nn.Module; merge their preprocessing needs."""
     merged = Imported([])
     for item in items:
@@ -260,10 +262,17 @@ def import_heads(items, backbone) -> Imported:
                                      f"({', '.join(h.name for h in got.heads)}); name them inside the heads file")
                 got.heads[0].name = name
         for key, value in got.preprocess.items():
+            if key == "resize_mode" and resize_mode is not None:
+                if value != resize_mode:
+                    log.warning("head(s) %s were used by their authors with resize mode %r; --resize-mode %r runs "
+                                "them on %r (verify measures the artifact against PyTorch with the same choice)",
+                                [h.name for h in got.heads], value, resize_mode, resize_mode)
+                continue
             if key in merged.preprocess and merged.preprocess[key] != value:
                 raise ValueError(
                     f"the heads need different preprocessing ({key}: {merged.preprocess[key]!r} vs {value!r}), so "
-                    "they cannot share one backbone pass: export them as separate artifacts")
+                    "they cannot share one backbone pass: export them as separate artifacts, or choose one "
+                    "recipe for all with --resize-mode")
             merged.preprocess[key] = value
         merged.heads.extend(got.heads)
         merged.source = merged.source or got.source
@@ -274,6 +283,8 @@ def import_heads(items, backbone) -> Imported:
                 raise ValueError("a head with deep visual prompts changes the backbone pass, so no other head can "
                                  "share it: export it as its own artifact")
             merged.visual_prompts = got.visual_prompts
+    if resize_mode is not None:
+        merged.preprocess["resize_mode"] = resize_mode
     _distinct_names(merged.heads)
     _distinct_output_names(merged.heads)
     return merged

@@ -250,3 +250,46 @@ def test_every_head_answers_in_every_row_and_the_decision_is_chosen_at_export(ti
     assert main(["scan", str(image_dir), "-m", str(tmp_path / "first.onnx"), "-o", str(out)]) in (0, 1)
     header = next(csv.reader(out.open()))
     assert {"gaintseva_heads_p_generated", "gaintseva_mask_verdict", "quality_score", "detector_logit"} <= set(header)
+
+
+@pytest.mark.slow
+def test_the_bar_four_detectors_on_one_pass_fp32_and_int8(tmp_path):
+    """UnivFD, Cozzolino and both Gaintseva probes on one backbone pass (--resize-mode picks one resize
+    for all): export, verify (FP32) and calibrate with its fidelity report (INT8) pass every head's gates,
+    and each scan row carries every head's answer."""
+    import json
+
+    from clipscan.calibration.study import write_image_sets
+    from clipscan.cli import main
+
+    from .conftest import TINY_CONFIG, seeded_clip
+
+    f = seeded_clip(tmp_path, TINY_CONFIG, 7)
+    g = torch.Generator().manual_seed(3)
+    width, embed = TINY_CONFIG["vision_cfg"]["width"], TINY_CONFIG["embed_dim"]
+    torch.save({"weight": torch.randn(1, embed, generator=g) * 3, "bias": torch.randn(1, generator=g)},
+               str(tmp_path / "univfd.pth"))
+    torch.save({"fc.weight": torch.randn(1, width, generator=g) * 3, "fc.bias": torch.randn(1, generator=g)},
+               str(tmp_path / "cozzolino.pth"))
+    heads_file, mask_file, _, _, _ = _probe_files(tmp_path, f["model"], [[1, 0], [1, 1]])
+    heads = ["--head", f"univfd:{tmp_path / 'univfd.pth'}", "--head", f"cozzolino:{tmp_path / 'cozzolino.pth'}",
+             "--head", f"gaintseva-heads:{heads_file}", "--head", f"gaintseva-mask:{mask_file}"]
+    orig = ["--arch", str(f["config"]), "--weights", str(f["weights"]), *heads, "--resize-mode", "shortest"]
+    fp32 = tmp_path / "four.onnx"
+    assert main(["export", *orig, "-o", str(fp32)]) == 0
+    calib, val = write_image_sets(tmp_path, n_calib=16, n_val=40)
+    assert main(["verify", str(fp32), *orig, "--images", str(val), "--report", str(tmp_path / "v32"),
+                 "--no-launder"]) == 0
+    names = ("univfd", "cozzolino", "gaintseva_heads", "gaintseva_mask")
+    gates = {gt["name"]: gt["passed"] for gt in json.loads((tmp_path / "v32" / "report.json").read_text())["gates"]}
+    assert all(gates[f"agreement:{n}"] for n in names), gates
+    i8 = tmp_path / "four-int8.onnx"
+    assert main(["calibrate", str(fp32), "--images", str(calib), "--val-images", str(val), "-o", str(i8), *orig,
+                 "--no-launder", "--report", str(tmp_path / "v8"), "--search"]) == 0
+    fid = Scanner(i8).manifest.calibration["fidelity"]
+    assert fid["passed"] and all(f"agreement:{n}" in {gt["name"] for gt in fid["gates"]} for n in names)
+    rows = tmp_path / "rows.jsonl"
+    main(["scan", str(val), "-m", str(i8), "-o", str(rows)])
+    for line in rows.read_text().splitlines():
+        r = json.loads(line)
+        assert r["error"] is None and set(r["heads"]) == set(names), r

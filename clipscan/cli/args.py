@@ -27,6 +27,9 @@ def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
+    p.add_argument("--resize-mode", choices=("shortest", "longest", "squash", "none"),
+                   help="one resize for every head (published heads set their authors' own; heads that differ "
+                        "cannot share a pass unless this chooses one)" + as_given)
     act = p.add_mutually_exclusive_group()
     act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
                      help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")

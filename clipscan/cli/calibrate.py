@@ -107,6 +107,7 @@ def run(args) -> int:
         cache=False if args.no_cache else args.cache_dir, arch=args.arch, weights=args.weights,
         heads=heads_from(args), quick_gelu=args.quick_gelu, threshold=args.threshold, mean=args.mean, std=args.std,
         report_dir=args.report, launder=not args.no_launder, allow_overlap=args.allow_overlap,
+        resize_mode=args.resize_mode,
         progress=not (args.no_progress or args.quiet), on_written=lambda outcome: print_written(outcome, args.output, args.target))
     if outcome.report is None:
         log.warning("no --val-images: the INT8 model was not checked against its PyTorch original "

@@ -49,7 +49,8 @@ def run(args) -> int:
                           description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
                           mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
                           precision=args.precision, graph=args.graph, primary=args.primary,
-                          ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold)
+                          ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
+                          resize_mode=args.resize_mode)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")

@@ -53,7 +53,8 @@ def run(args) -> int:
     from clipscan.calibration.verify import verify
     from clipscan.export import load_reference
 
-    reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold)
+    reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold,
+                               resize_mode=args.resize_mode)
     report_dir = args.report or f"{Path(args.model).stem}-verify"
     report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
                     launder=not args.no_launder, mean=args.mean, std=args.std, progress=not args.quiet)
