@@ -47,6 +47,7 @@ class BenchConfig:
     workers: int | None = None
     spin: bool = True                         # ONNX Runtime worker threads spin between calls (e2e and camera runs)
     skip_unavailable: bool = False            # an asked-for part that cannot run here is skipped (noted), not an error
+    profile: bool = False                     # ONNX Runtime's profiler per artifact, and the GEMM ceilings
 
     @property
     def wants_torch(self) -> bool:

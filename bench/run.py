@@ -22,6 +22,7 @@ from .e2e import e2e_rows
 from .fidelity import artifact_fidelity, prepare_reference
 from .images import benchmark_images
 from .model_timing import model_rows
+from .profile import profile_section
 from .report import add_gflops, add_ratios, load_average, machine_info, new_report
 from .torch_reference import load_torch_reference, plain_transform
 
@@ -71,6 +72,8 @@ def _sections(ctx: BenchContext) -> list[tuple[str, Callable[[], None]]]:
         steps.append(("cold start", lambda: _cold_start(ctx)))
     if cfg.camera > 0:
         steps.append(("camera", lambda: _camera(ctx)))
+    if cfg.profile:
+        steps.append(("profile", lambda: profile_section(ctx)))
     return steps
 
 

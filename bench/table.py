@@ -2,6 +2,8 @@
 the camera section, for the terminal."""
 from __future__ import annotations
 
+from .profile import profile_table
+
 
 def _f(v, fmt="{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
@@ -85,5 +87,6 @@ def format_table(report: dict) -> str:
     lines = _heading(report) + _results(report) + _fidelity_and_cold_start(report)
     if report.get("camera"):
         lines += _camera(report["camera"])
+    lines += profile_table(report)
     lines += [f"error: {e}" for e in report["errors"]]
     return "\n".join(lines)

@@ -33,6 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--camera", type=non_negative_int, default=0, metavar="N",
                    help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
                         "pipeline, draft fidelity")
+    p.add_argument("--profile", action="store_true",
+                   help="also run ONNX Runtime's profiler on each artifact (time by op kind, the matrix products' "
+                        "share) and measure the machine's int8/fp32 GEMM ceilings in the same run")
     p.add_argument("--camera-dir", metavar="DIR", help="where the camera-sized JPEGs are written/reused")
     p.add_argument("--camera-models", metavar="A,B", help="artifacts of the camera section, comma-separated "
                                                           "(default: every MODEL)")
@@ -63,7 +66,7 @@ def run(args) -> int:
                       min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
                       cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
                       decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
-                      block_seconds=args.block, skip_unavailable=args.skip_unavailable,
+                      block_seconds=args.block, skip_unavailable=args.skip_unavailable, profile=args.profile,
                       camera_models=parse_list(args.camera_models) if args.camera_models else None)
     report = run_benchmark(cfg, progress=not args.quiet)
     print(format_table(report))

@@ -1,0 +1,167 @@
+"""Where an artifact's time goes, and what the machine could do: `clipscan bench --profile`.
+
+`op_profile` runs ONNX Runtime's own profiler on an artifact (CPU execution provider) and sums the
+node events by kind: integer and float matrix products (QGemm/MatMulInteger/QLinearMatMul and
+Gemm/MatMul/Conv, with the attention score and context products among them), LayerNorm, GELU,
+Softmax, Quantize/Dequantize, layout ops (Transpose/Reshape/...), and the rest.
+
+`gemm_ceilings` measures, in the same run, the rate ONNX Runtime's own integer (u8 x s8) and float
+matrix products reach on a large square product with the same thread count: the ceiling an
+artifact's achieved GOP/s (manifest FLOPs per image x images/s) is a share of.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# op type -> the kind it is reported under
+KINDS = {
+    "QGemm": "int8 matrix products", "MatMulInteger": "int8 matrix products", "QLinearMatMul": "int8 matrix products",
+    "MatMulIntegerToFloat": "int8 matrix products", "DynamicQuantizeMatMul": "int8 matrix products",
+    "QLinearConv": "int8 matrix products", "ConvInteger": "int8 matrix products",
+    "Gemm": "float matrix products", "MatMul": "float matrix products", "FusedMatMul": "float matrix products",
+    "Conv": "float matrix products", "FusedGemm": "float matrix products", "Attention": "float matrix products",
+    "MultiHeadAttention": "float matrix products",
+    "LayerNormalization": "LayerNorm", "SkipLayerNormalization": "LayerNorm",
+    "Gelu": "GELU", "FastGelu": "GELU", "BiasGelu": "GELU", "Erf": "GELU", "QuickGelu": "GELU", "Sigmoid": "GELU",
+    "Softmax": "Softmax",
+    "QuantizeLinear": "Quantize/Dequantize", "DequantizeLinear": "Quantize/Dequantize",
+    "DynamicQuantizeLinear": "Quantize/Dequantize",
+    "Transpose": "Transpose/Reshape", "Reshape": "Transpose/Reshape", "Squeeze": "Transpose/Reshape",
+    "Unsqueeze": "Transpose/Reshape", "Concat": "Transpose/Reshape", "Slice": "Transpose/Reshape",
+    "Gather": "Transpose/Reshape", "Split": "Transpose/Reshape", "Flatten": "Transpose/Reshape",
+    "Expand": "Transpose/Reshape",
+}
+MATRIX_KINDS = ("int8 matrix products", "float matrix products")
+
+
+def op_profile(model_path, feed: dict, *, runs: int = 5, threads: int | None = None) -> dict:
+    """{"by_kind": {kind: ms per run}, "by_op": {op type: ms per run}, "matrix_share": fraction of node
+    time in matrix products, "node_ms": total node time per run} from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "clipscan-profile")
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        sess.run(names, feed)   # warm-up, excluded below by counting only the last `runs` runs
+        for _ in range(runs):
+            sess.run(names, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    keep_after = runs_seen[-runs]["ts"] if len(runs_seen) >= runs else 0
+    by_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < keep_after:
+            continue
+        by_op[(e.get("args") or {}).get("op_name", "?")] += e.get("dur", 0) / 1e3 / runs
+    by_kind: dict[str, float] = defaultdict(float)
+    for op, ms in by_op.items():
+        by_kind[KINDS.get(op, "other")] += ms
+    total = sum(by_op.values())
+    return {"by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+            "node_ms": total, "matrix_share": sum(by_kind.get(k, 0.0) for k in MATRIX_KINDS) / total if total else 0.0,
+            "runs": runs}
+
+
+def _square_product(kind: str, n: int):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if kind == "int8":
+        b = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        a_type = y_type = TensorProto.FLOAT
+    graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("a", a_type, [n, n])],
+                              [helper.make_tensor_value_info("y", y_type, [n, n])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    a = (rng.integers(0, 256, (n, n), dtype=np.uint8) if kind == "int8"
+         else rng.standard_normal((n, n), dtype=np.float32))
+    return model.SerializeToString(), a
+
+
+def gemm_ceilings(n: int = 1024, *, seconds: float = 1.0, threads: int | None = None) -> dict:
+    """GOP/s (2 n^3 per product) of ONNX Runtime's u8 x s8 MatMulInteger and float32 MatMul at n x n x n,
+    the median of calls timed for about `seconds` each after a warm-up."""
+    import onnxruntime as ort
+
+    out = {"n": n}
+    for kind in ("int8", "fp32"):
+        blob, a = _square_product(kind, n)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+        for _ in range(2):
+            sess.run(None, {"a": a})
+        samples, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end or len(samples) < 3:
+            t0 = time.perf_counter()
+            sess.run(None, {"a": a})
+            samples.append(time.perf_counter() - t0)
+        out[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(samples)) / 1e9
+    return out
+
+
+def profile_lines(name: str, prof: dict, batch: int, gflops_per_image: float | None, ips: float | None,
+                  ceilings: dict | None) -> list[str]:
+    """The profile of one artifact as table lines (ms per run and share, by kind)."""
+    total = prof["node_ms"] or 1.0
+    lines = [f"  {name} (batch {batch}): {prof['node_ms']:.1f} ms of node time per run, "
+             f"{prof['matrix_share']:.0%} in matrix products"]
+    lines += [f"    {kind:<24} {ms:8.2f} ms  {ms / total:5.1%}" for kind, ms in prof["by_kind"].items()]
+    if gflops_per_image and ips and ceilings:
+        achieved = gflops_per_image * ips
+        lines.append(f"    achieved {achieved:.0f} GOP/s = {achieved / ceilings['int8_gops']:.0%} of the int8 "
+                     f"GEMM ceiling ({ceilings['int8_gops']:.0f}), {achieved / ceilings['fp32_gops']:.0%} of the "
+                     f"fp32 one ({ceilings['fp32_gops']:.0f})")
+    return lines
+
+
+def profile_section(ctx) -> None:
+    """The bench section: every artifact profiled at the largest batch size (random input of its own dtype),
+    and the machine's GEMM ceilings measured in the same run."""
+    from clipscan.runtime.machine import describe_cpu
+
+    batch = max(ctx.cfg.batch_sizes)
+    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": gemm_ceilings(), "artifacts": {}}
+    rng = np.random.default_rng(0)
+    for model, manifest in ctx.manifests.items():
+        h, w = manifest.input.size
+        if manifest.input.dtype == "uint8":
+            x = rng.integers(0, 256, (batch, 3, h, w), dtype=np.uint8)
+        else:
+            x = rng.standard_normal((batch, 3, h, w), dtype=np.float32)
+        out["artifacts"][Path(model).name] = op_profile(model, {manifest.input.name: x})
+    ctx.report["profile"] = out
+
+
+def profile_table(report: dict) -> list[str]:
+    prof = report.get("profile")
+    if not prof:
+        return []
+    c = prof["ceilings"]
+    lines = [f"profile (ONNX Runtime CPU profiler, batch {prof['batch_size']}; GEMM ceilings at n={c['n']}: int8 "
+             f"{c['int8_gops']:.0f} GOP/s, fp32 {c['fp32_gops']:.0f} GOP/s, same run, {prof['cpu']}):"]
+    for name, p in prof["artifacts"].items():
+        row = next((r for r in report.get("results", []) if r["mode"] == "model" and r["artifact"] == name
+                    and r["runtime"] != "pytorch" and r["batch_size"] == prof["batch_size"]), None)
+        ips = row.get("images_per_s") if row else None
+        lines += profile_lines(name, p, prof["batch_size"], report.get("gflops_per_image"), ips, c)
+    return lines
