@@ -1,0 +1,41 @@
+"""Running the service: load the Scanner once, warm it up, serve with uvicorn, say when it is ready.
+SIGTERM or Ctrl-C stop accepting, finish the requests in flight, then return (exit 0)."""
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from .app import ServiceState, create_app
+
+log = logging.getLogger("clipscan.serve")
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config, on_ready):
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started and self.servers:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self.on_ready(host, port)
+
+
+def serve(state: ServiceState, host: str = "127.0.0.1", port: int = 8000, on_ready=None,
+          graceful_timeout_s: float | None = 30.0) -> None:
+    """Serve `state` (already warmed up) until SIGTERM/SIGINT; `on_ready(host, port)` once listening
+    (port 0 picks a free one)."""
+    app = create_app(state)
+    config = uvicorn.Config(app, host=host, port=port, limit_concurrency=state.limits.max_connections,
+                            access_log=False, log_config=None, lifespan="on", server_header=False,
+                            timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=30)
+
+    def ready(h, p):
+        log.log(25, "ready: model %s (sha256 %s...) on backend %s at http://%s:%s", state.model_name,
+                state.sha256[:12], state.scanner.backend_name, h, p)
+        if on_ready is not None:
+            on_ready(h, p)
+
+    _Server(config, ready).run()
