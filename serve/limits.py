@@ -21,7 +21,8 @@ DEFAULTS = {
 }
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
                  "application/octet-stream")
-V2_CONTENT_TYPES = ("application/json", "application/octet-stream", "application/vnd.kserve+binary")
+# the inference endpoint: JSON, the binary extension, and what `curl -d` sends by default
+V2_CONTENT_TYPES = ("application/json", "application/octet-stream", "application/x-www-form-urlencoded")
 
 
 @dataclass
@@ -39,9 +40,10 @@ class Limits:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            low = 0 if f.name == "max_delay_ms" else 1
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low or math.isnan(v):
-                raise ValueError(f"limit {f.name} must be a number >= {low}, got {v!r}")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            low, what = {"max_delay_ms": (0, ">= 0"), "timeout_s": (0, "> 0")}.get(f.name, (1, ">= 1"))
+            if not ok or v < low or (f.name == "timeout_s" and v == 0):
+                raise ValueError(f"limit {f.name} must be a number {what}, got {v!r}")
 
 
 def limits_table() -> list[tuple[str, object, str]]:

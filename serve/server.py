@@ -3,6 +3,8 @@ SIGTERM or Ctrl-C stop accepting, finish the requests in flight, then return (ex
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 import uvicorn
 
@@ -38,4 +40,18 @@ def serve(state: ServiceState, host: str = "127.0.0.1", port: int = 8000, on_rea
         if on_ready is not None:
             on_ready(h, p)
 
-    _Server(config, ready).run()
+    # uvicorn stops gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that was there
+    # before it: that handler is this no-op, so a graceful stop returns and the command exits 0
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _stopped)
+    try:
+        _Server(config, ready).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(signum, frame) -> None:
+    log.log(25, "stopped (%s): requests in flight were answered", signal.Signals(signum).name)
