@@ -43,7 +43,7 @@ function scanAll(files) { for (const f of files) scanOne(f); }
 async function scanOne(file) {
   const card = el('div', 'card'); card.dataset.name = file.name;
   const img = el('img'); img.alt = file.name; img.src = URL.createObjectURL(file);
-  img.onerror = () => { img.removeAttribute('src'); };
+  img.onerror = () => { img.alt = ''; img.removeAttribute('src'); };
   card.append(img, el('div', 'name', file.name));
   const status = el('div', 'kv', 'scanning...'); card.append(status); results.append(card);
   const headers = {'Content-Type': file.type || 'application/octet-stream'};
