@@ -1,6 +1,7 @@
 """Dynamic batching across requests: images of concurrent requests are decoded in a thread pool (off the
 event loop), then merged into one inference batch by the inference thread, within a window (`max_delay_ms`)
-and up to `max_batch` model-input rows. The queue is bounded in images: a request that does not fit is
+and up to `max_batch` model-input rows; the window is cut short when no other image is queued or being
+decoded, so a lone request does not wait for company that is not coming. The queue is bounded in images: a request that does not fit is
 refused at once (QueueFull -> 503); a request that times out cancels its images still waiting and frees
 their slots (-> 504). A bad image is an error result of its own and never fails the others."""
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Batcher:
         self.pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="clipscan-serve-decode")
         self._jobs: queue.Queue = queue.Queue()
         self._slots = 0
+        self._decoding = 0   # admitted images not yet queued for inference (being decoded)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="clipscan-serve-inference", daemon=True)
         self._thread.start()
@@ -59,6 +61,11 @@ class Batcher:
                 raise QueueFull(f"the queue is full ({self._slots} of {self.limits.max_queue} images waiting); "
                                 "retry shortly")
             self._slots += n
+            self._decoding += n
+
+    def _decoded(self, n: int) -> None:
+        with self._lock:
+            self._decoding -= n
 
     def _release(self, n: int) -> None:
         with self._lock:
@@ -84,7 +91,12 @@ class Batcher:
 
     async def _scan(self, items, state) -> list[ScanResult]:
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(loop.run_in_executor(self.pool, self._prepare, src) for _, src in items))
+        try:
+            prepared = await asyncio.gather(*(loop.run_in_executor(self.pool, self._prepare, src)
+                                              for _, src in items))
+        except BaseException:  # cancelled (timeout) or failed: these images will not be queued
+            self._decoded(len(items))
+            raise
         out: list = []
         for (name, _), p in zip(items, prepared):
             if isinstance(p, ImageReadError):
@@ -94,6 +106,7 @@ class Batcher:
                 state["futures"].append(fut)
                 self._jobs.put(_Job(name, p, fut))
                 out.append(fut)
+        self._decoded(len(items))  # after queueing them, so the batcher never sees them in neither place
         failed = len(items) - len(state["futures"])  # images that failed to decode leave the queue now
         self._release(failed)
         state["held"] -= failed
@@ -104,6 +117,8 @@ class Batcher:
         deadline = time.perf_counter() + self.limits.max_delay_ms / 1000.0
         while rows < self.limits.max_batch:
             remaining = deadline - time.perf_counter()
+            if self._decoding == 0 and self._jobs.empty():
+                break  # nothing else is on its way: waiting out the window would only add latency
             try:
                 job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
             except queue.Empty:
