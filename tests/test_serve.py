@@ -224,3 +224,15 @@ def test_missing_token_file_is_one_line_exit_2(tmp_path):
                         "serve", "--token-file", str(tmp_path / "none")],
                        check=False, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--token-file" in r.stderr
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+
+    from clipscan.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'clipscan[serve]'" in err and "Traceback" not in err
