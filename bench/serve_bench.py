@@ -5,7 +5,8 @@ serving, and for each concurrency of the sweep runs a bounded closed-loop load f
 (`serve_load`), with malformed uploads mixed in. It reports served throughput (good images answered per
 second of the level's wall time) and latency p50/p95/p99 of the good requests, next to the offline
 Scanner's throughput on the same model and images measured in the same run (median of passes before and
-after the served sweep), plus the ratio; and checks every answer: each good request answered once with
+after the served sweep, and one pass right before and after each level, as the machine's load drifts),
+plus the ratios; and checks every answer: each good request answered once with
 the offline row (p_generated within 1e-5, same verdict), each bad one a 4xx JSON error, no 5xx; the
 server's resident memory after warm-up and after each level. Everything is timed with decoding inside.
 """
@@ -45,6 +46,7 @@ class ServeBenchConfig:
     offline_passes: int = 3
     modes: tuple[str, ...] = ("batching", "batch-1")
     workers: int = 2
+    spin: bool = True                   # ONNX Runtime's spinning threads, offline and in the server alike
     extra_server_args: list = field(default_factory=list)
 
 
@@ -74,7 +76,7 @@ def _start_server(cfg: ServeBenchConfig, batching: bool) -> tuple[subprocess.Pop
             "--max-batch", str(cfg.max_batch if batching else 1),
             "--max-delay-ms", str(cfg.max_delay_ms if batching else 0), "--max-body-mb", str(MAX_BODY_MB),
             "--max-queue", "4096", "--max-connections", "512", "--workers", str(cfg.workers),
-            *cfg.extra_server_args]
+            *([] if cfg.spin else ["--no-spin"]), *cfg.extra_server_args]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:
@@ -144,7 +146,7 @@ def run_serve_bench(cfg: ServeBenchConfig, progress=print) -> dict:
         items = [(p.name, p.read_bytes()) for p in paths]
         jpeg = next((d for n, d in items if n.lower().endswith((".jpg", ".jpeg"))), items[0][1])
         bad = bad_uploads(jpeg, tmp)
-        with Scanner(cfg.model, batch_size=cfg.max_batch) as scanner:
+        with Scanner(cfg.model, batch_size=cfg.max_batch, spin=cfg.spin) as scanner:
             model_desc = f"{scanner.artifact.path.name} ({scanner.manifest.precision}, {scanner.manifest.name})"
             backend = scanner.backend_name
             expected = {r.path: r.to_row() for r in scanner.scan_many(items)}
@@ -160,9 +162,13 @@ def run_serve_bench(cfg: ServeBenchConfig, progress=print) -> dict:
                     _load({**job, "concurrency": max(cfg.concurrency), "requests": 2 * max(cfg.concurrency)})
                     rss0 = _rss_mb(proc.pid)
                     for c in cfg.concurrency:
+                        # the machine's load drifts: an offline pass right before and right after each level
+                        near = offline_throughput(scanner, reps, 1)
                         res = check_level(_load({**job, "concurrency": c, "requests": cfg.requests}), expected,
                                           cfg.requests)
-                        res.update(mode=mode, concurrency=c, rss_after_warmup_mb=rss0, rss_mb=_rss_mb(proc.pid))
+                        near += offline_throughput(scanner, reps, 1)
+                        res.update(mode=mode, concurrency=c, rss_after_warmup_mb=rss0, rss_mb=_rss_mb(proc.pid),
+                                   offline_near=near, ratio_vs_offline_near=res["images_per_s"] / statistics.mean(near))
                         report["levels"].append(res)
                         progress(f"  {mode:>8} c={c:<3} {res['images_per_s']:6.1f} img/s  p50 {res['p50_ms']:.0f} ms"
                                  f"  5xx {res['status_5xx']}  wrong {res['good_wrong'] + res['bad_wrong']}")
@@ -185,12 +191,15 @@ def format_serve_table(report: dict) -> str:
              f"CPU: {report['cpu']}",
              (f"offline Scanner (same run, median of {len(report['offline_passes'])} passes): {off:.1f} images/s "
              f"(passes: {', '.join(f'{v:.1f}' for v in report['offline_passes'])})"),
-             (f"{'mode':<9} {'conc':>4} {'img/s':>7} {'x offline':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+             (f"{'mode':<9} {'conc':>4} {'img/s':>7} {'x offline':>9} {'x near':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
              f"{'good ok':>7} {'wrong':>5} {'bad 4xx':>7} {'5xx':>4} {'conn err':>8} {'RSS MB':>7}")]
     for lv in report["levels"]:
         lines.append(f"{lv['mode']:<9} {lv['concurrency']:>4} {lv['images_per_s']:7.1f} {lv['ratio_vs_offline']:9.2f} "
+                     f"{lv['ratio_vs_offline_near']:6.2f} "
                      f"{lv['p50_ms']:7.0f} {lv['p95_ms']:7.0f} {lv['p99_ms']:7.0f} {lv['good_ok']:>7} "
                      f"{lv['good_wrong'] + lv['bad_wrong']:>5} {lv['bad_4xx']:>7} {lv['status_5xx']:>4} "
                      f"{lv['connection_errors']:>8} {lv['rss_mb'] or 0:7.0f}")
+    lines.append("x offline: against the run's median offline rate; x near: against the mean of the offline passes "
+                 "right before and after that level (the machine's load drifts)")
     lines.append(f"server exit codes after SIGTERM: {report.get('server_exit_codes')}")
     return "\n".join(lines)

@@ -87,7 +87,8 @@ def run_serve(args) -> int:
     cfg = ServeBenchConfig(model=args.models[0] if args.models else None, images=args.images,
                            concurrency=tuple(parse_list(args.concurrency, int)), requests=args.requests,
                            max_seconds=args.level_seconds, bad_every=args.bad_every, max_batch=args.serve_max_batch,
-                           max_delay_ms=args.serve_delay_ms, modes=modes, workers=args.workers or 2)
+                           max_delay_ms=args.serve_delay_ms, modes=modes, workers=args.workers or 2,
+                           spin=not args.no_spin)
     report = run_serve_bench(cfg)
     print(format_serve_table(report))
     if args.json:

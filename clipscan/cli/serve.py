@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import EXIT_OK
-from .args import non_negative, non_negative_int, positive, positive_int
+from .args import add_no_spin, non_negative, non_negative_int, positive, positive_int
 
 
 def add_arguments(p) -> None:
@@ -51,6 +51,7 @@ def add_arguments(p) -> None:
                    help=f"concurrent connections, 503 beyond (default {d('max_connections')})")
     p.add_argument("--workers", type=positive_int, default=d("decode_workers"),
                    help=f"decoding threads (default {d('decode_workers')})")
+    add_no_spin(p)
     p.add_argument("--access-log", action="store_true", help="one JSON line per request on stderr")
 
 
@@ -84,7 +85,8 @@ def run(args) -> int:
     else:
         logging.getLogger("clipscan.serve.access").setLevel(logging.WARNING)
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, threads=args.threads,
-                      batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode)
+                      batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode,
+                      spin=not args.no_spin)
     try:
         state = ServiceState(scanner, limits, name=args.name, token=token)
         state.warm_up()
