@@ -16,7 +16,7 @@ DEFAULTS = {
     "max_delay_ms": (5.0, "how long the batcher waits for more images to fill a batch"),
     "max_queue": (256, "images waiting for inference (503 with Retry-After when full)"),
     "timeout_s": (30.0, "per-request timeout (504, its queue slots freed)"),
-    "max_connections": (128, "concurrent connections (uvicorn answers 503 beyond)"),
+    "max_connections": (128, "requests answered at once (503 JSON with Retry-After beyond)"),
     "decode_workers": (2, "decoding threads"),
 }
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",

@@ -1,4 +1,4 @@
-"""The ASGI layer in front of every route: bearer-token auth, the body-size limit (413 from Content-Length
+"""The ASGI layer in front of every route: the concurrent-request limit (503 JSON), bearer-token auth, the body-size limit (413 from Content-Length
 before reading the body, and while reading a body sent without one), in-flight requests, request latency
 and a structured (JSON) access log line per request."""
 from __future__ import annotations
@@ -28,6 +28,7 @@ def _endpoint(path: str) -> str:
 class ServiceMiddleware:
     def __init__(self, app, state):
         self.app, self.state = app, state
+        self.active = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -54,9 +55,14 @@ class ServiceMiddleware:
 
         metrics = state.metrics
         metrics.in_flight.inc()
+        self.active += 1
         try:
             response = None
-            if state.token and not is_open(path) and not authorized(headers.get(b"authorization"), state.token):
+            if self.active > state.limits.max_connections and not is_open(path):
+                response = error_response(503, f"too many requests at once (the limit is "
+                                               f"{state.limits.max_connections}); retry shortly", {"Retry-After": "1"})
+                metrics.errors.labels("too_many_connections").inc()
+            elif state.token and not is_open(path) and not authorized(headers.get(b"authorization"), state.token):
                 response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                           {"WWW-Authenticate": "Bearer"})
                 metrics.errors.labels("unauthorized").inc()
@@ -80,6 +86,7 @@ class ServiceMiddleware:
                     metrics.errors.labels("too_large").inc()
                     await error_response(413, e.message, {"Connection": "close"})(scope, receive, send_wrapper)
         finally:
+            self.active -= 1
             metrics.in_flight.dec()
             seconds = time.perf_counter() - start
             metrics.latency.labels(_endpoint(path), str(status["code"])).observe(seconds)

@@ -30,7 +30,8 @@ def serve(state: ServiceState, host: str = "127.0.0.1", port: int = 8000, on_rea
     """Serve `state` (already warmed up) until SIGTERM/SIGINT; `on_ready(host, port)` once listening
     (port 0 picks a free one)."""
     app = create_app(state)
-    config = uvicorn.Config(app, host=host, port=port, limit_concurrency=state.limits.max_connections,
+    # the app answers past max_connections with a JSON 503 itself; uvicorn's own (plain-text) limit is a backstop
+    config = uvicorn.Config(app, host=host, port=port, limit_concurrency=2 * state.limits.max_connections + 8,
                             access_log=False, log_config=None, lifespan="on", server_header=False,
                             timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=30)
 

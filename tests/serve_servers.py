@@ -80,7 +80,7 @@ def thread_server(state):
 
     state.warm_up()
     config = uvicorn.Config(create_app(state), host="127.0.0.1", port=0, log_config=None, access_log=False,
-                            limit_concurrency=state.limits.max_connections, lifespan="on")
+                            limit_concurrency=2 * state.limits.max_connections + 8, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

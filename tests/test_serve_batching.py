@@ -109,3 +109,20 @@ def test_bearer_token_auth(scanner):
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer wrong"})[0] == 401
         assert request(url + "/metrics")[0] == 401
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer s3cret"})[0] == 200
+
+
+def test_past_max_connections_is_a_json_503_and_health_stays_open(scanner):
+    release = threading.Event()
+    state = ServiceState(scanner, Limits(max_connections=1, max_delay_ms=0))
+    image = sample_files()[0].read_bytes()
+    with thread_server(state) as url:
+        _hook(scanner, lambda: release.wait(30))
+        first = ThreadPoolExecutor(1).submit(request, url + "/v1/scan", image, JPEG)
+        deadline = time.monotonic() + 20
+        while state.batcher.queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status, headers, body = request(url + "/v2/models/clipscan-demo", None, timeout=10)
+        assert status == 503 and headers["retry-after"] == "1" and "limit is 1" in json.loads(body)["error"]
+        assert request(url + "/v2/health/ready")[0] == 200
+        release.set()
+        assert first.result(30)[0] == 200

@@ -48,7 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-images", type=positive_int, default=d("max_images"),
                    help=f"images per request (default {d('max_images')})")
     p.add_argument("--max-connections", type=positive_int, default=d("max_connections"),
-                   help=f"concurrent connections, 503 beyond (default {d('max_connections')})")
+                   help=f"requests answered at once, 503 beyond (default {d('max_connections')})")
     p.add_argument("--workers", type=positive_int, default=d("decode_workers"),
                    help=f"decoding threads (default {d('decode_workers')})")
     add_no_spin(p)
