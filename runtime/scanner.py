@@ -173,6 +173,13 @@ class Scanner:
         self._check_open()
         return self._scan_sources(items)
 
+    def scan_prepared(self, items: Iterable[tuple[str, object]]) -> list[ScanResult]:
+        """One inference batch of (name, prepared) pairs, `prepared` being what `prepare()` returned (an
+        (K, 3, H, W) array or an ImageReadError): the results in order, errors as error results. This is how
+        a server merges images of several requests into one batch after decoding them itself."""
+        self._check_open()
+        return list(self._run_batch(list(items)))
+
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph on a preprocessed batch (N, 3, H, W); returns every output."""
         self._check_open()

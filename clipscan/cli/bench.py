@@ -16,7 +16,9 @@ def add_arguments(p) -> None:
                      "--torch-arch/--torch-weights/--torch-heads are given, with each artifact's "
                      "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
                      "never judged; exit 0 unless the benchmark could not run.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="exported .onnx artifacts (e.g. the FP32 and FP16 export)")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="exported .onnx artifacts (e.g. the FP32 and FP16 export); with --serve at most one "
+                        "(default: the demo model)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
@@ -51,12 +53,59 @@ def add_arguments(p) -> None:
     p.add_argument("--e2e-passes", type=positive_int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
     p.add_argument("--workers", type=positive_int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+    serve = p.add_argument_group("the service under load (--serve; needs clipscan[serve])")
+    serve.add_argument("--serve", action="store_true",
+                       help="benchmark `clipscan serve` on 127.0.0.1 instead: a bounded closed-loop load from a "
+                            "second process, with and without dynamic batching, malformed uploads mixed in, next "
+                            "to the offline Scanner of the same run")
+    serve.add_argument("--concurrency", default="1,4,16,64", help="concurrency sweep (default 1,4,16,64)")
+    serve.add_argument("--requests", type=positive_int, default=200, help="requests per level (default 200)")
+    serve.add_argument("--level-seconds", type=positive, default=60.0, help="time box per level (default 60 s)")
+    serve.add_argument("--bad-every", type=non_negative_int, default=10,
+                       help="every Nth request is a malformed upload (default 10: 10%%; 0: none)")
+    serve.add_argument("--serve-max-batch", type=positive_int, default=32,
+                       help="the server's --max-batch with batching (default 32)")
+    serve.add_argument("--serve-delay-ms", type=non_negative, default=5.0,
+                       help="the server's --max-delay-ms with batching (default 5)")
+    serve.add_argument("--serve-modes", default="batching,batch-1", help="default batching,batch-1")
     p.add_argument("--skip-unavailable", action="store_true",
                    help="go on without an asked-for part that cannot run here (the PyTorch reference in a base "
                         "install), noting why in the report; without it that is an error (exit 2)")
 
 
+def run_serve(args) -> int:
+    import json
+
+    from clipscan.bench import parse_list
+    from clipscan.bench.serve_bench import ServeBenchConfig, format_serve_table, run_serve_bench
+    from clipscan.cli.serve import check_extra
+
+    check_extra()
+    if len(args.models) > 1:
+        raise ValueError("--serve benchmarks one model at a time; name one MODEL (or none for the demo model)")
+    modes = tuple(parse_list(args.serve_modes))
+    unknown = set(modes) - {"batching", "batch-1"}
+    if unknown:
+        raise ValueError(f"--serve-modes: unknown {sorted(unknown)}; choose from batching, batch-1")
+    cfg = ServeBenchConfig(model=args.models[0] if args.models else None, images=args.images,
+                           concurrency=tuple(parse_list(args.concurrency, int)), requests=args.requests,
+                           max_seconds=args.level_seconds, bad_every=args.bad_every, max_batch=args.serve_max_batch,
+                           max_delay_ms=args.serve_delay_ms, modes=modes, workers=args.workers or 2,
+                           spin=not args.no_spin)
+    report = run_serve_bench(cfg)
+    print(format_serve_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return EXIT_OK
+
+
 def run(args) -> int:
+    if args.serve:
+        return run_serve(args)
+    if not args.models:
+        raise ValueError("name at least one MODEL to benchmark (or pass --serve)")
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),

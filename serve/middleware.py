@@ -1,0 +1,97 @@
+"""The ASGI layer in front of every route: the concurrent-request limit (503 JSON), bearer-token auth, the body-size limit (413 from Content-Length
+before reading the body, and while reading a body sent without one), in-flight requests, request latency
+and a structured (JSON) access log line per request."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .auth import authorized, is_open
+from .errors import HTTPError, error_response
+
+access_log = logging.getLogger("clipscan.serve.access")
+
+
+class BodyTooLarge(HTTPError):
+    pass
+
+
+def _endpoint(path: str) -> str:
+    """A low-cardinality label for metrics."""
+    if path.startswith("/v2/models/"):
+        tail = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"/v2/models/*/{tail}" if tail in ("infer", "ready", "config") else "/v2/models/*"
+    return path if path in ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready") else "other"
+
+
+class ServiceMiddleware:
+    def __init__(self, app, state):
+        self.app, self.state = app, state
+        self.active = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state, path = self.state, scope["path"]
+        headers = dict(scope["headers"])
+        start = time.perf_counter()
+        status = {"code": 500}
+        received = {"n": 0}
+        limit = state.limits.max_body_bytes
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        async def receive_wrapper():
+            message = await receive()
+            if message["type"] == "http.request":
+                received["n"] += len(message.get("body", b""))
+                if received["n"] > limit:
+                    raise BodyTooLarge(413, f"the request body is over the limit of {limit} bytes")
+            return message
+
+        metrics = state.metrics
+        metrics.in_flight.inc()
+        self.active += 1
+        try:
+            response = None
+            if self.active > state.limits.max_connections and not is_open(path):
+                response = error_response(503, f"too many requests at once (the limit is "
+                                               f"{state.limits.max_connections}); retry shortly", {"Retry-After": "1"})
+                metrics.errors.labels("too_many_connections").inc()
+            elif state.token and not is_open(path) and not authorized(headers.get(b"authorization"), state.token):
+                response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                          {"WWW-Authenticate": "Bearer"})
+                metrics.errors.labels("unauthorized").inc()
+            else:
+                length = headers.get(b"content-length")
+                try:
+                    too_big = length is not None and int(length) > limit
+                except ValueError:
+                    response = error_response(400, f"Content-Length {length.decode('latin-1')!r} is not a number")
+                else:
+                    if too_big:
+                        response = error_response(413, f"the request body ({int(length)} bytes) is over the limit "
+                                                       f"of {limit} bytes", {"Connection": "close"})
+                        metrics.errors.labels("too_large").inc()
+            if response is not None:
+                await response(scope, receive, send_wrapper)
+            else:
+                try:
+                    await self.app(scope, receive_wrapper, send_wrapper)
+                except BodyTooLarge as e:  # raised outside the routes' handlers (e.g. while parsing a form)
+                    metrics.errors.labels("too_large").inc()
+                    await error_response(413, e.message, {"Connection": "close"})(scope, receive, send_wrapper)
+        finally:
+            self.active -= 1
+            metrics.in_flight.dec()
+            seconds = time.perf_counter() - start
+            metrics.latency.labels(_endpoint(path), str(status["code"])).observe(seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("", 0)
+                access_log.info(json.dumps({"method": scope["method"], "path": path, "status": status["code"],
+                                            "ms": round(seconds * 1000, 2), "bytes_in": received["n"],
+                                            "client": f"{client[0]}:{client[1]}"}))
