@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from clipscan.runtime.contract import DATATYPES, INPUT_IMAGE, INPUT_PIXELS, results_to_tensors
+from clipscan.runtime.results import model_identity
 from clipscan.runtime.v2_wire import HEADER_LENGTH, WireError, decode_message, encode_message, entry_for
 from clipscan.version import __version__
 
@@ -80,7 +81,10 @@ def model_config(state) -> dict:
                                                           "default_timeout_microseconds": int(lim.timeout_s * 1e6)}},
             "instance_group": [{"count": 1, "kind": "KIND_CPU" if "CPU" in state.scanner.backend_name.upper()
                                 else "KIND_GPU"}],
-            "version_policy": {"latest": {"num_versions": 1}}}
+            "version_policy": {"latest": {"num_versions": 1}},
+            # the model's identity in the form `clipscan triton` writes it, so one client reads both servers
+            "parameters": {k: {"string_value": str(v)} for k, v in
+                           {**model_identity(state.scanner.artifact), "backend": state.scanner.backend_name}.items()}}
 
 
 async def config(request: Request):

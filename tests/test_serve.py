@@ -48,6 +48,7 @@ def test_metadata_health_and_config(server):
     assert {"p_generated", "verdict", "quality", "error"} <= {o["name"] for o in model["outputs"]}
     config = json.loads(request(url + "/v2/models/detector/config")[2])
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+    assert config["parameters"]["sha256"] == {"string_value": model["sha256"]}
     assert config["input"][0] == {"name": "image", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}
     status, _, body = request(url + "/v2/models/other")
     assert status == 404 and "unknown model 'other'" in json.loads(body)["error"]
@@ -242,3 +243,37 @@ def test_without_the_serve_extra_the_command_says_what_to_install(monkeypatch, c
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'clipscan[serve]'" in err and "Traceback" not in err
+
+
+def test_scan_server_against_clipscan_serve_gives_the_local_rows(server, tmp_path):
+    """The one client for both servers: `clipscan scan --server` talking to `clipscan serve` (not Triton) writes
+    the rows a local scan writes, bad files included, and the sidecar names the served model."""
+    url, _ = server
+    files = [(p.name, p.read_bytes()) for p in sample_files()] + list(bad_images().items())
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / n) for n, _ in files]
+
+    def scan(*args):
+        return subprocess.run([sys.executable, "-m", "clipscan", "scan", *args],
+                              check=False, cwd=REPO, capture_output=True, text=True, timeout=180)
+
+    local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+    assert scan("--max-pixels", str(BOMB_PIXELS), *paths, "-o", str(local)).returncode == 1
+    proc = scan("--server", url, "--server-model", "detector", "-b", "3", "--concurrency", "2", *paths,
+                "-o", str(remote))
+    assert proc.returncode == 1, proc.stderr
+    want = [json.loads(line) for line in local.read_text().splitlines()]
+    got = [json.loads(line) for line in remote.read_text().splitlines()]
+    assert [r["path"] for r in got] == [r["path"] for r in want] and len(got) == len(files)
+    assert sum(r["error"] is not None for r in got) == len(bad_images())
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys(), a["path"]
+        assert {k: v for k, v in a.items() if not isinstance(v, float)} == \
+            {k: v for k, v in b.items() if not isinstance(v, float)}, a["path"]
+        for k, v in b.items():
+            if isinstance(v, float):
+                assert a[k] == pytest.approx(v, abs=1e-5), (a["path"], k)
+    sidecar = json.loads((tmp_path / "remote.jsonl.clipscan.json").read_text())["model"]
+    assert sidecar["server_model"] == "detector"
+    assert sidecar["sha256"] == json.loads((tmp_path / "local.jsonl.clipscan.json").read_text())["model"]["sha256"]
