@@ -12,6 +12,7 @@ import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import add_no_spin, non_negative_int, positive_int, probability
+from .scan_ray import add_ray_arguments, run_ray
 
 log = logging.getLogger("clipscan")
 
@@ -51,6 +52,7 @@ def add_arguments(p) -> None:
                    help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
                         "the resize target (faster on camera images); auto (default): draft only if the artifact "
                         "records a passing draft check (clipscan verify --draft-check --record-draft), else exact")
+    add_ray_arguments(p)
 
 
 def _already_done(args) -> tuple[set[str], str]:
@@ -149,6 +151,8 @@ def run(args) -> int:
 
     args.format = output_format(args)
     paths = _inputs(args)
+    if args.engine == "ray":
+        return run_ray(args, paths)
     done, mode = _already_done(args)
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,
