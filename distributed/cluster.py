@@ -83,9 +83,9 @@ def check_reachable(address: Address, timeout: float | None = None) -> None:
                          f"({e.strerror or e}); start the cluster (`ray start --head`) or check the address") from None
 
 
-def connect(address: Address, *, verbose: bool = False):
-    """ray.init for this scan: here on loopback (no dashboard, no usage stats) or joining `address`.
-    Returns the ray module; `shutdown(ray)` undoes it."""
+def prepare(address: Address, *, verbose: bool = False):
+    """Before anything is written: Ray's environment for this scan, `import ray` (or the extra to install)
+    and, for a cluster, a TCP check of its address. Returns the ray module."""
     env = dict(QUIET_ENV, **(LOOPBACK_ENV if address.loopback else {}))
     if not verbose:  # Ray's C++ core logs warnings of its own to stderr; its errors reach us as exceptions
         env["RAY_BACKEND_LOG_LEVEL"] = "fatal"
@@ -94,12 +94,19 @@ def connect(address: Address, *, verbose: bool = False):
     ray = import_ray()
     if not verbose:  # Ray Data's own INFO lines (execution plans, log folders) only with -vv
         for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
+    check_reachable(address)
+    return ray
+
+
+def connect(address: Address, *, verbose: bool = False):
+    """ray.init for this scan: here on loopback (no dashboard, no usage stats) or joining `address`.
+    Returns the ray module; `ray.shutdown()` undoes it (and stops a Ray started here)."""
+    ray = prepare(address, verbose=verbose)
     if ray.is_initialized():
         return ray
-    check_reachable(address)
-    kwargs = {"include_dashboard": False, "log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR,
-                  "configure_logging": True}
+    kwargs = {"include_dashboard": False, "log_to_driver": verbose,
+              "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
     if address.local:
         ray.init(**kwargs)
     else:

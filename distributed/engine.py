@@ -22,7 +22,7 @@ from clipscan.runtime.errors import BackendError
 from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, completed_paths, csv_columns, model_identity
 from clipscan.runtime.resume import check_same_model
 
-from .cluster import connect, default_actors, parse_address
+from .cluster import connect, default_actors, parse_address, prepare
 from .defaults import DEFAULTS
 from .ledger import Ledger
 
@@ -149,6 +149,7 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
     """Run one Ray scan to the end (or until killed: `--resume` then finishes it)."""
     check_spec(spec)
     start = time.perf_counter()
+    prepare(parse_address(spec.address), verbose=spec.verbose)  # no ray, or no cluster there: nothing is written
     artifact = load_artifact(spec.model)   # a bad model is one sentence here, before Ray starts
     identity, columns = model_identity(artifact), columns_for(artifact.manifest)
     report = RayScanReport()

@@ -1,0 +1,251 @@
+"""`clipscan scan --engine ray` on a real local Ray, started by the scan itself on loopback.
+
+Real photos and the corpus's odd and broken files (tests/corpus.py); the rows must be the very bytes a
+local scan writes for the same files (order aside: blocks are appended as they finish); Ray's processes
+must listen on 127.0.0.1 only; a SIGKILL of the driver midway, then --resume, must end with exactly one
+row per file. Ray's usage stats are off and no dashboard is started. Without ray the tests are skipped
+with the reason, except in CI (CI=true), where a missing ray is a failure.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from . import corpus
+
+if importlib.util.find_spec("ray") is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("ray is not installed, and CI must run the Ray scan tests: pip install -e '.[export,test]'")
+    pytest.skip("ray is not installed (pip install 'clipscan[ray]'): the Ray scan tests cannot run",
+                allow_module_level=True)
+
+psutil = pytest.importorskip("psutil", reason="psutil reads the Ray processes' sockets (in the [test] extra)")
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CLIPSCAN_TEST="1")
+
+
+def mixed_folder(root: Path, *, fill: int = 0) -> Path:
+    """The corpus's JPEG family, odd names, broken files and special paths (a FIFO, a folder named .jpg,
+    symlink loops...), then random valid images up to `fill` entries; hidden files and a .txt are added,
+    which both engines skip."""
+    b = corpus._Builder(root, 0)
+    corpus._jpeg_family(b)
+    corpus._odd_names(b)
+    corpus._broken(b)
+    corpus._special(b, b.entries[0].path)
+    if fill:
+        corpus._random_fill(b, fill)
+    (root / ".hidden.jpg").write_bytes(b"x")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def scan(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clipscan", "scan", *args], check=False, capture_output=True,
+                          text=True,
+                          env=ENV, timeout=600, **kw)
+
+
+class Watch:
+    """The driver's process tree, sampled while it runs: every descendant and every socket it listens on."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.pids, self.listening = proc, set(), set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.pids |= {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+            except psutil.Error:
+                pass
+            for pid in list(self.pids):
+                try:
+                    self.listening |= {(c.laddr.ip, c.laddr.port, psutil.Process(pid).name())
+                                       for c in psutil.Process(pid).net_connections("tcp")
+                                       if c.status == psutil.CONN_LISTEN}
+                except psutil.Error:
+                    pass
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reap(self, grace: float = 10.0) -> list[str]:
+        """Wait for the Ray processes to end; any still running after `grace` s (Ray's agents outlive a killed
+        driver by about a minute) are ended here, by pid: they are this test's. Returns their names."""
+        deadline, left = time.monotonic() + grace, []
+        while time.monotonic() < deadline:
+            left = [p for p in self._alive()]
+            if not left:
+                return []
+            time.sleep(0.25)
+        names = []
+        for p in self._alive():
+            names.append(p.name())
+            p.kill()
+        return names
+
+    def _alive(self):
+        for pid in self.pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    yield p
+            except psutil.Error:
+                pass
+
+
+def run_watched(args: list[str], until=None, timeout: float = 600) -> tuple[subprocess.Popen, Watch, str]:
+    """Run a scan, watching its processes; `until()` true: SIGKILL the driver there. Returns (proc, watch, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipscan", "scan", *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=ENV)
+    watch = Watch(proc)
+    err = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    start = time.monotonic()
+    try:
+        while proc.poll() is None:
+            if until is not None and until():
+                proc.send_signal(signal.SIGKILL)
+                break
+            if time.monotonic() - start > timeout:
+                proc.kill()
+                raise AssertionError(f"the scan ran over {timeout} s")
+            time.sleep(0.05)
+        proc.wait()
+    finally:
+        watch.stop()
+        reader.join(timeout=30)
+    return proc, watch, "".join(err)
+
+
+def rows_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def assert_same_rows(ray_out: Path, local_out: Path, csv: bool) -> None:
+    ours, theirs = rows_of(ray_out), rows_of(local_out)
+    if csv:
+        assert ours[0] == theirs[0], "the same CSV header"
+        ours, theirs = ours[1:], theirs[1:]
+    assert len(ours) == len(theirs)
+    assert sorted(ours) == sorted(theirs), "the very bytes of a local scan's rows"
+    paths = [json.loads(r)["path"] for r in ours] if not csv else None
+    if paths is not None:
+        assert len(set(paths)) == len(paths), "one row per file"
+
+
+def assert_loopback_only(watch: Watch) -> None:
+    names = {name for _, _, name in watch.listening}
+    assert {"gcs_server", "raylet"} <= names, f"the Ray processes were seen listening: {watch.listening}"
+    wrong = {entry for entry in watch.listening if entry[0] not in LOOPBACK}
+    assert not wrong, f"Ray listened beyond loopback: {wrong}"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return mixed_folder(tmp_path_factory.mktemp("mixed"))
+
+
+@pytest.fixture(scope="module")
+def local_rows(folder, tmp_path_factory):
+    out = {}
+    for ext in ("jsonl", "csv"):
+        path = tmp_path_factory.mktemp("local") / f"local.{ext}"
+        proc = scan([str(folder), "-o", str(path), "-q"])
+        assert proc.returncode == 1, proc.stderr  # some files are broken on purpose
+        out[ext] = path
+    return out
+
+
+def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder, local_rows, tmp_path):
+    out = tmp_path / "ray.jsonl"
+    t = time.monotonic()
+    proc, watch, err = run_watched([str(folder), "--engine", "ray", "--actors", "2", "--block-size", "16",
+                                    "-o", str(out)])
+    seconds = time.monotonic() - t
+    left = watch.reap()
+    assert proc.returncode == 1, err  # broken files: error rows, exit 1 as a local scan
+    assert "Traceback" not in err
+    assert_same_rows(out, local_rows["jsonl"], csv=False)
+    rows = [json.loads(r) for r in rows_of(out)]
+    kinds = {r["error_kind"] for r in rows if r["error"]}
+    assert {"empty", "corrupt", "unreadable"} <= kinds, f"error rows with their kind: {kinds}"
+    assert any(not r["path"].isascii() for r in rows), "odd file names went through Ray and back"
+    assert_loopback_only(watch)
+    assert not left, f"Ray processes outlived a finished scan: {left}"
+    assert not (tmp_path / ".ray.jsonl.clipscan-ray").exists(), "the state folder goes when the scan is done"
+    sidecar = json.loads((tmp_path / "ray.jsonl.clipscan.json").read_text())
+    assert sidecar["model"] == json.loads(Path(str(local_rows["jsonl"]) + ".clipscan.json").read_text())["model"]
+    print(f"{len(rows)} files on Ray (2 actors) in {seconds:.1f} s, Ray's start included")
+
+
+def test_sigkill_of_the_driver_midway_then_resume_gives_every_file_once(folder, local_rows, tmp_path):
+    out = tmp_path / "ray.csv"
+    state = tmp_path / ".ray.csv.clipscan-ray" / "state.json"
+    args = [str(folder), "--engine", "ray", "--actors", "2", "--block-size", "8", "-o", str(out)]
+    total = len(rows_of(local_rows["csv"])) - 1
+
+    def midway() -> bool:
+        try:
+            return json.loads(state.read_text())["last"] >= 4
+        except (OSError, ValueError):
+            return False
+
+    proc, watch, err = run_watched(args, until=midway)
+    assert proc.returncode == -signal.SIGKILL, f"the scan ended before it could be killed: {err}"
+    outlived = watch.reap()
+    assert_loopback_only(watch)
+    before = len(rows_of(out)) - 1
+    assert 0 < before < total, (before, total)
+
+    again = scan([*args, "--resume"])
+    assert again.returncode == 1, again.stderr
+    assert "Traceback" not in again.stderr
+    resumed = int(re.search(r"resuming: (\d+) input", again.stderr).group(1))
+    scanned = int(re.search(r"scanned (\d+) input\(s\) on Ray", again.stderr).group(1))
+    assert resumed >= before and resumed + scanned == total, "no finished file scanned again, none lost"
+    assert_same_rows(out, local_rows["csv"], csv=True)
+    print(f"killed after {before} of {total} rows; --resume found {resumed}, scanned {scanned}; "
+          f"Ray processes ended by the test after the kill: {outlived}")
+
+
+def test_resume_with_another_model_is_refused_as_a_local_scan_refuses_it(folder, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert scan([str(corpus.Path(__file__).parent.parent / "samples"), "-o", str(out), "-q"]).returncode == 0
+    sidecar = Path(str(out) + ".clipscan.json")
+    record = json.loads(sidecar.read_text())
+    record["model"].update(name="another-model", sha256="0" * 64, file="another.onnx")
+    sidecar.write_text(json.dumps(record))
+    before = out.read_bytes()
+    local = scan([str(folder), "-o", str(out), "--resume"])
+    ray = scan([str(folder), "-o", str(out), "--resume", "--engine", "ray"])
+    assert local.returncode == ray.returncode == 2
+    message = [line for line in local.stderr.splitlines() if "error:" in line]
+    assert message and message == [line for line in ray.stderr.splitlines() if "error:" in line]
+    assert "rows of two models must not mix" in message[0]
+    assert out.read_bytes() == before
+
+
+def test_an_output_is_not_replaced_without_resume_or_overwrite(folder, local_rows, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    out.write_bytes(local_rows["jsonl"].read_bytes())
+    proc = scan([str(folder), "--engine", "ray", "-o", str(out)])
+    assert proc.returncode == 2 and "pass --resume to continue" in proc.stderr
+    assert out.read_bytes() == local_rows["jsonl"].read_bytes()
