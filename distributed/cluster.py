@@ -92,9 +92,9 @@ def prepare(address: Address, *, verbose: bool = False):
     for k, v in env.items():
         os.environ.setdefault(k, v)
     ray = import_ray()
-    if not verbose:  # Ray Data's own INFO lines (execution plans, log folders) only with -vv
+    if not verbose:  # Ray Data's own lines (execution plans, log folders, its tracebacks) only with -vv
         for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     check_reachable(address)
     return ray
 

@@ -57,7 +57,17 @@ class RayScanReport:
     recovered_blocks: int = 0  # committed blocks of a killed run appended on --resume
     actors: int = 0
     blocks: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0       # the whole run: checks, listing, Ray's start, scanning, shutdown
+    first_block_s: float | None = None   # from the start to the first committed block (Ray and actors up)
+    last_block_s: float | None = None    # from the start to the last committed block
+    first_block_files: int = 0
+
+    @property
+    def steady_files_per_s(self) -> float | None:
+        """Files/s between the first and the last committed block: the pool's rate, Ray's start left out."""
+        if self.first_block_s is None or self.last_block_s is None or self.last_block_s <= self.first_block_s:
+            return None
+        return (self.total - self.first_block_files) / (self.last_block_s - self.first_block_s)
     walk: WalkStats = field(default_factory=WalkStats)
 
 
@@ -109,6 +119,18 @@ class ScanBlock:
                 "errors": np.array([errors])}
 
 
+def _check_backend_here(name: str) -> None:
+    """A named backend that cannot run on this machine is refused before Ray starts (the actors of a local Ray
+    run here); on a cluster the actors' nodes decide, and a failure comes back from Ray."""
+    from clipscan.runtime.backends import registry
+
+    entry = registry().get(name)
+    reason = entry.unavailable_reason() if entry is not None else None
+    if reason:
+        raise BackendError(f"backend {name!r} was requested but cannot start: {reason}. "
+                           f"Install with: {entry.install_hint}, or use --backend auto")
+
+
 def _header(spec: RayScan, columns: tuple) -> bytes:
     text = io.StringIO()
     WRITERS[spec.fmt](text, with_embedding=spec.with_embedding, header=True, columns=columns)
@@ -149,7 +171,10 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
     """Run one Ray scan to the end (or until killed: `--resume` then finishes it)."""
     check_spec(spec)
     start = time.perf_counter()
-    prepare(parse_address(spec.address), verbose=spec.verbose)  # no ray, or no cluster there: nothing is written
+    address = parse_address(spec.address)
+    prepare(address, verbose=spec.verbose)  # no ray, or no cluster there: nothing is written
+    if address.local:
+        _check_backend_here(spec.scanner_options.get("backend", "auto"))
     artifact = load_artifact(spec.model)   # a bad model is one sentence here, before Ray starts
     identity, columns = model_identity(artifact), columns_for(artifact.manifest)
     report = RayScanReport()
@@ -161,13 +186,14 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
     report.recovered_blocks, report.already_done = ledger.recovered_blocks, len(previous)
     todo = _todo(spec, previous | {os.path.abspath(p) for p in previous}, report.walk)
     if todo:
-        _run(spec, str(artifact.path), columns, todo, ledger, report)
+        _run(spec, str(artifact.path), columns, todo, ledger, report, start)
     ledger.finish()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Ledger, report: RayScanReport) -> None:
+def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Ledger, report: RayScanReport,
+         start: float) -> None:
     address = parse_address(spec.address)
     ray = connect(address, verbose=spec.verbose)
     try:
@@ -190,7 +216,7 @@ def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Led
                                                        "columns": columns, "with_embedding": spec.with_embedding},
                             num_cpus=spec.cpus_per_actor, num_gpus=spec.gpus_per_actor or None)
         try:
-            _commit_blocks(ds, ledger, report)
+            _commit_blocks(ds, ledger, report, start)
         except ray.exceptions.RayError as e:
             first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise BackendError(f"the Ray scan stopped ({type(e).__name__}: {first[:300]}); every block committed "
@@ -200,7 +226,7 @@ def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Led
         ray.shutdown()
 
 
-def _commit_blocks(ds, ledger: Ledger, report: RayScanReport) -> None:
+def _commit_blocks(ds, ledger: Ledger, report: RayScanReport, start: float) -> None:
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy",
                                  prefetch_batches=DEFAULTS["prefetch_blocks"]):
         for rows, files, errors in zip(batch["rows"], batch["files"], batch["errors"]):
@@ -208,3 +234,6 @@ def _commit_blocks(ds, ledger: Ledger, report: RayScanReport) -> None:
             report.total += int(files)
             report.failed += int(errors)
             report.blocks += 1
+            report.last_block_s = time.perf_counter() - start
+            if report.first_block_s is None:
+                report.first_block_s, report.first_block_files = report.last_block_s, report.total

@@ -154,3 +154,17 @@ def test_without_ray_the_engine_names_the_extra(tmp_path):
     proc = _clipscan([str(SAMPLES), "--engine", "ray", "-o", str(tmp_path / "o.jsonl")], env=env)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'clipscan[ray]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_backend_that_cannot_run_here_is_refused_before_ray_starts(tmp_path):
+    from clipscan.runtime.backends import registry
+
+    from .conftest import SAMPLES
+
+    absent = next((name for name, e in registry().items() if name != "cpu" and e.unavailable_reason()), None)
+    if absent is None:
+        pytest.skip("every GPU backend can run on this machine: none to refuse")
+    out = tmp_path / "o.jsonl"
+    proc = _clipscan([str(SAMPLES), "--engine", "ray", "--backend", absent, "-o", str(out)])
+    assert proc.returncode == 2 and f"backend {absent!r} was requested but cannot start" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists() and not state_folder(out).exists()

@@ -37,14 +37,19 @@ ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CLIPSCAN_TEST="1")
 
 def mixed_folder(root: Path, *, fill: int = 0) -> Path:
     """The corpus's JPEG family, odd names, broken files and special paths (a FIFO, a folder named .jpg,
-    symlink loops...), then random valid images up to `fill` entries; hidden files and a .txt are added,
-    which both engines skip."""
+    symlink loops...); with `fill`, every other family of the corpus (PNG, GIF, WebP, TIFF, bitmaps, codecs,
+    odd sizes, wrong extensions, decompression bombs) and random valid images up to `fill` entries.
+    Hidden files and a .txt are added, which both engines skip."""
     b = corpus._Builder(root, 0)
     corpus._jpeg_family(b)
     corpus._odd_names(b)
     corpus._broken(b)
     corpus._special(b, b.entries[0].path)
     if fill:
+        for family in (corpus._png_family, corpus._gif_family, corpus._webp_family, corpus._tiff_family,
+                       corpus._bitmap_family, corpus._codec_family, corpus._odd_sizes, corpus._wrong_extensions,
+                       corpus._bombs):
+            family(b)
         corpus._random_fill(b, fill)
     (root / ".hidden.jpg").write_bytes(b"x")
     (root / "notes.txt").write_text("not an image")
@@ -249,3 +254,84 @@ def test_an_output_is_not_replaced_without_resume_or_overwrite(folder, local_row
     proc = scan([str(folder), "--engine", "ray", "-o", str(out)])
     assert proc.returncode == 2 and "pass --resume to continue" in proc.stderr
     assert out.read_bytes() == local_rows["jsonl"].read_bytes()
+
+
+def test_a_killed_actor_is_replaced_and_its_block_scanned_once(folder, local_rows, tmp_path):
+    out = tmp_path / "ray.jsonl"
+    state = tmp_path / ".ray.jsonl.clipscan-ray" / "state.json"
+    killed = []
+
+    def kill_an_actor() -> bool:  # once the first blocks are in: SIGKILL one actor (never the driver)
+        try:
+            if json.loads(state.read_text())["last"] < 2:
+                return False
+        except (OSError, ValueError):
+            return False
+        for p in psutil.process_iter(["pid", "name", "cmdline"]):
+            if p.info["pid"] in watch_ref[0].pids and "ScanBlock" in " ".join(p.info["cmdline"] or [p.info["name"]]):
+                p.kill()
+                killed.append(p.info["pid"])
+                return True
+        return False
+
+    watch_ref = []
+    proc = subprocess.Popen([sys.executable, "-m", "clipscan", "scan", str(folder), "--engine", "ray", "--actors", "2",
+                             "--block-size", "8", "-o", str(out)], stderr=subprocess.PIPE, text=True, env=ENV)
+    watch_ref.append(Watch(proc))
+    try:
+        while proc.poll() is None and not killed:
+            kill_an_actor()
+            time.sleep(0.05)
+        err = proc.communicate(timeout=600)[1]
+    finally:
+        watch_ref[0].stop()
+    watch_ref[0].reap()
+    assert killed, "no actor was found to kill before the scan ended"
+    assert proc.returncode == 1, err
+    assert_same_rows(out, local_rows["jsonl"], csv=False)
+
+
+@pytest.mark.slow
+def test_the_bar_2000_files_straight_and_killed_then_resumed(tmp_path):
+    """Issue 16's bar: 2,000 valid, odd and broken files on local Ray, once straight through and once with a
+    SIGKILL of the driver midway then --resume: both outputs hold exactly one row per file, as a local scan."""
+    root = mixed_folder(tmp_path / "bar", fill=2000)
+    files = [p for p in root.rglob("*") if not p.name.startswith(".") and p.suffix != ".txt"]
+    local = tmp_path / "local.jsonl"
+    t = time.monotonic()
+    assert scan([str(root), "--all-files", "-o", str(local), "-q"]).returncode == 1
+    t_local = time.monotonic() - t
+    total = len(rows_of(local))
+    assert total >= 2000, f"{total} rows for {len(files)} paths"
+
+    straight = tmp_path / "straight.jsonl"
+    t = time.monotonic()
+    proc, watch, err = run_watched([str(root), "--all-files", "--engine", "ray", "--actors", "2", "-o", str(straight)])
+    t_ray = time.monotonic() - t
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert not watch.reap()
+    assert_loopback_only(watch)
+    assert_same_rows(straight, local, csv=False)
+
+    killed = tmp_path / "killed.jsonl"
+    state = tmp_path / ".killed.jsonl.clipscan-ray" / "state.json"
+    args = [str(root), "--all-files", "--engine", "ray", "--actors", "2", "--block-size", "64", "-o", str(killed)]
+
+    def midway() -> bool:
+        try:
+            return json.loads(state.read_text())["size"] > straight.stat().st_size // 2
+        except (OSError, ValueError):
+            return False
+
+    proc, watch, err = run_watched(args, until=midway)
+    assert proc.returncode == -signal.SIGKILL, f"the scan ended before it could be killed: {err}"
+    watch.reap()
+    before = len(rows_of(killed))
+    again = scan([*args, "--resume"])
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    resumed = int(re.search(r"resuming: (\d+) input", again.stderr).group(1))
+    scanned = int(re.search(r"scanned (\d+) input\(s\) on Ray", again.stderr).group(1))
+    assert resumed >= before and resumed + scanned == total
+    assert_same_rows(killed, local, csv=False)
+    print(f"bar: {total} files; local {t_local:.1f} s, Ray 2 actors {t_ray:.1f} s; killed after {before} rows, "
+          f"--resume found {resumed} and scanned {scanned}")

@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
                      "--torch-arch/--torch-weights/--torch-heads are given, with each artifact's "
                      "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
                      "never judged; exit 0 unless the benchmark could not run.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="exported .onnx artifacts (e.g. the FP32 and FP16 export)")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="exported .onnx artifacts (e.g. the FP32 and FP16 export); "
+                                                            "with --ray at most one (default: the demo model)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
@@ -48,6 +49,12 @@ def add_arguments(p) -> None:
     p.add_argument("--e2e-passes", type=positive_int, default=3, help="timed folder passes in e2e mode, at least (default 3)")
     p.add_argument("--workers", type=positive_int, help="decode threads of the Scanner in e2e mode (default: min(4, cores))")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess runs")
+    p.add_argument("--ray", action="store_true",
+                   help="instead: files/s of a local scan and of Ray scans with --ray-actors actors, in one run "
+                        "(needs clipscan[ray]; on --images or synthetic JPEGs)")
+    p.add_argument("--ray-actors", default="1,2", metavar="N,M", help="actor counts for --ray (default 1,2)")
+    p.add_argument("--ray-files", type=positive_int, default=512, metavar="N",
+                   help="synthetic images for --ray without --images (default 512)")
     p.add_argument("--skip-unavailable", action="store_true",
                    help="go on without an asked-for part that cannot run here (the PyTorch reference in a base "
                         "install), noting why in the report; without it that is an error (exit 2)")
@@ -56,6 +63,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
+    if args.ray:
+        return _run_ray(args)
+    if not args.models:
+        raise ValueError("give the artifacts to benchmark (MODEL ...), or --ray for the Ray scan throughput")
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
                       backends=parse_list(args.backends) if args.backends else None, mode=args.mode,
                       images=args.images, torch_arch=args.torch_arch, torch_weights=args.torch_weights,
@@ -73,4 +84,18 @@ def run(args) -> int:
         written = write_plot(report, args.plot)
         if written:
             print(f"wrote {written}")
+    return EXIT_OK
+
+
+def _run_ray(args) -> int:
+    from clipscan.bench import parse_list, write_json
+    from clipscan.bench.ray_scale import format_ray_table, ray_benchmark
+
+    if len(args.models) > 1:
+        raise ValueError("--ray benchmarks one artifact; give at most one MODEL")
+    report = ray_benchmark(args.models[0] if args.models else None, args.images, files=args.ray_files,
+                           actors=parse_list(args.ray_actors, int))
+    print(format_ray_table(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
     return EXIT_OK
