@@ -99,12 +99,13 @@ def prepare(address: Address, *, verbose: bool = False):
     return ray
 
 
-def connect(address: Address, *, verbose: bool = False):
+def connect(address: Address, *, verbose: bool = False) -> tuple:
     """ray.init for this scan: here on loopback (no dashboard, no usage stats) or joining `address`.
-    Returns the ray module; `ray.shutdown()` undoes it (and stops a Ray started here)."""
+    Returns (the ray module, whether this call initialized it: then `ray.shutdown()` is the caller's, and
+    stops a Ray started here). A process that already called ray.init keeps its Ray (and its address)."""
     ray = prepare(address, verbose=verbose)
     if ray.is_initialized():
-        return ray
+        return ray, False
     kwargs = {"include_dashboard": False, "log_to_driver": verbose,
               "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
     if address.local:
@@ -112,7 +113,7 @@ def connect(address: Address, *, verbose: bool = False):
     else:
         kwargs.pop("include_dashboard")
         ray.init(address=address.text, **kwargs)
-    return ray
+    return ray, True
 
 
 def default_actors(ray, cpus_per_actor: float, gpus_per_actor: float) -> int:

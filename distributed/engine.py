@@ -59,15 +59,6 @@ class RayScanReport:
     blocks: int = 0
     seconds: float = 0.0       # the whole run: checks, listing, Ray's start, scanning, shutdown
     first_block_s: float | None = None   # from the start to the first committed block (Ray and actors up)
-    last_block_s: float | None = None    # from the start to the last committed block
-    first_block_files: int = 0
-
-    @property
-    def steady_files_per_s(self) -> float | None:
-        """Files/s between the first and the last committed block: the pool's rate, Ray's start left out."""
-        if self.first_block_s is None or self.last_block_s is None or self.last_block_s <= self.first_block_s:
-            return None
-        return (self.total - self.first_block_files) / (self.last_block_s - self.first_block_s)
     walk: WalkStats = field(default_factory=WalkStats)
 
 
@@ -195,7 +186,7 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
 def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Ledger, report: RayScanReport,
          start: float) -> None:
     address = parse_address(spec.address)
-    ray = connect(address, verbose=spec.verbose)
+    ray, started = connect(address, verbose=spec.verbose)
     try:
         from ray.data import ActorPoolStrategy, DataContext
 
@@ -223,7 +214,8 @@ def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Led
                                "so far is in the output: fix the cause and run the same command with --resume") \
                 from None
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def _commit_blocks(ds, ledger: Ledger, report: RayScanReport, start: float) -> None:
@@ -234,6 +226,5 @@ def _commit_blocks(ds, ledger: Ledger, report: RayScanReport, start: float) -> N
             report.total += int(files)
             report.failed += int(errors)
             report.blocks += 1
-            report.last_block_s = time.perf_counter() - start
             if report.first_block_s is None:
-                report.first_block_s, report.first_block_files = report.last_block_s, report.total
+                report.first_block_s = time.perf_counter() - start

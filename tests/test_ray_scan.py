@@ -335,3 +335,14 @@ def test_the_bar_2000_files_straight_and_killed_then_resumed(tmp_path):
     assert_same_rows(killed, local, csv=False)
     print(f"bar: {total} files; local {t_local:.1f} s, Ray 2 actors {t_ray:.1f} s; killed after {before} rows, "
           f"--resume found {resumed} and scanned {scanned}")
+
+
+def test_bench_ray_reports_files_per_second_for_local_and_each_actor_count(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "bench", "--ray", "--ray-files", "24", "--ray-actors", "1,2",
+                           "--json", str(out)], check=False, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert [(r["engine"], r["actors"]) for r in report["rows"]] == [("local", None), ("ray", 1), ("ray", 2)]
+    assert all(r["files"] == 24 and r["files_per_s"] > 0 for r in report["rows"])
+    assert report["same_row_count"] and report["cpu"] in proc.stdout and "files/s" in proc.stdout
