@@ -10,7 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from clipscan.runtime.errors import MissingExtraError
+from clipscan.runtime.errors import BackendError, MissingExtraError
 
 from .defaults import DEFAULTS
 
@@ -22,6 +22,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # replaces 127.0.0.1 by the machine's interface address and its servers listen there).
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+AUTH_ENV = "RAY_AUTH_MODE"  # Ray's switch for joining a cluster that requires its token
 
 
 def import_ray():
@@ -110,9 +111,15 @@ def connect(address: Address, *, verbose: bool = False) -> tuple:
               "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
     if address.local:
         ray.init(**kwargs)
-    else:
-        kwargs.pop("include_dashboard")
+        return ray, True
+    kwargs.pop("include_dashboard")
+    try:
         ray.init(address=address.text, **kwargs)
+    except Exception as e:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ... with its own long texts
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BackendError(f"--ray-address {address.text}: Ray could not join the cluster there ({first}); if the "
+                           f"cluster uses token authentication (the default of `ray start`), set {AUTH_ENV}=token "
+                           "with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     return ray, True
 
 

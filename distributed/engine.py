@@ -98,15 +98,16 @@ class ScanBlock:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
+        names = [os.fsdecode(bytes(p)) for p in batch["path"]]
+        paths = [os.fsdecode(bytes(p)) for p in batch["open"]]
         text = io.StringIO()
         writer = WRITERS[self.fmt](text, with_embedding=self.with_embedding, header=False, columns=self.columns)
         errors = 0
-        for result in self.scanner.scan_many((p, p) for p in paths):
+        for result in self.scanner.scan_many(zip(names, paths)):
             writer.write(result)
             errors += result.error is not None
         rows = text.getvalue().encode("utf-8", OUTPUT_ERRORS)
-        return {"rows": np.array([rows], dtype=object), "files": np.array([len(paths)]),
+        return {"rows": np.array([rows], dtype=object), "files": np.array([len(names)]),
                 "errors": np.array([errors])}
 
 
@@ -128,20 +129,26 @@ def _header(spec: RayScan, columns: tuple) -> bytes:
     return text.getvalue().encode("utf-8", OUTPUT_ERRORS)
 
 
-def _prepare_output(spec: RayScan, ledger: Ledger, identity: dict, columns: tuple) -> tuple[set[str], tuple]:
-    """Check --resume/--overwrite and the model; start or recover the output; (done paths, CSV columns)."""
+def _check_output(spec: RayScan, ledger: Ledger, identity: dict) -> bool:
+    """--resume/--overwrite and the model, before Ray starts (refusals write nothing); True: append."""
     exists = os.path.exists(spec.output) and os.path.getsize(spec.output) > 0
     if not spec.resume:
         if (exists or ledger.has_work()) and not spec.overwrite:
             what = spec.output if exists else f"{ledger.folder} (a killed Ray scan's state)"
             raise ValueError(f"{what} already exists; pass --resume to continue the scan that wrote it, "
                              "or --overwrite to replace it")
-        check_same_model(spec.output, identity, spec.fmt, appending=False)
-        ledger.start_new(_header(spec, columns))
-        return set(), columns
+        return False
     appending = exists or ledger.has_work()
-    check_same_model(spec.output, identity, spec.fmt, appending=appending)
+    if appending:
+        check_same_model(spec.output, identity, spec.fmt, appending=True)
+    return appending
+
+
+def _prepare_output(spec: RayScan, ledger: Ledger, identity: dict, columns: tuple, appending: bool
+                    ) -> tuple[set[str], tuple]:
+    """Start the output (sidecar, header, ledger) or recover it; (paths that have a row, CSV columns)."""
     if not appending:
+        check_same_model(spec.output, identity, spec.fmt, appending=False)  # records the model
         ledger.start_new(_header(spec, columns))
         return set(), columns
     ledger.resume()
@@ -173,49 +180,53 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
     ledger = Ledger(spec.output)
-    previous, columns = _prepare_output(spec, ledger, identity, columns)
-    report.recovered_blocks, report.already_done = ledger.recovered_blocks, len(previous)
-    todo = _todo(spec, previous | {os.path.abspath(p) for p in previous}, report.walk)
-    if todo:
-        _run(spec, str(artifact.path), columns, todo, ledger, report, start)
-    ledger.finish()
+    appending = _check_output(spec, ledger, identity)
+    ray, started = connect(address, verbose=spec.verbose)  # before the output is written: a failure leaves nothing
+    try:
+        previous, columns = _prepare_output(spec, ledger, identity, columns, appending)
+        report.recovered_blocks, report.already_done = ledger.recovered_blocks, len(previous)
+        todo = _todo(spec, previous | {os.path.abspath(p) for p in previous}, report.walk)
+        if todo:
+            _run(ray, spec, str(artifact.path), columns, todo, ledger, report, start)
+        ledger.finish()
+    finally:
+        if started:
+            ray.shutdown()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run(spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Ledger, report: RayScanReport,
+def _run(ray, spec: RayScan, model: str, columns: tuple, todo: list[str], ledger: Ledger, report: RayScanReport,
          start: float) -> None:
-    address = parse_address(spec.address)
-    ray, started = connect(address, verbose=spec.verbose)
-    try:
-        from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext
 
-        context = DataContext.get_current()
-        context.enable_progress_bars = spec.verbose
-        actors = spec.actors or default_actors(ray, spec.cpus_per_actor, spec.gpus_per_actor)
-        report.actors = actors
-        options = dict(spec.scanner_options)
-        if options.get("threads") is None:
-            options["threads"] = DEFAULTS["threads_per_actor"] or max(1, int(spec.cpus_per_actor))
-        blocks = math.ceil(len(todo) / spec.block_size)
-        log.info("Ray scan: %d file(s) in %d block(s) of up to %d on %d actor(s)", len(todo), blocks,
-                 spec.block_size, actors)
-        ds = ray.data.from_items([{"path": os.fsencode(p)} for p in todo], override_num_blocks=blocks)
-        ds = ds.map_batches(ScanBlock, batch_size=spec.block_size, batch_format="numpy",
-                            compute=ActorPoolStrategy(size=actors),
-                            fn_constructor_kwargs={"model": model, "scanner_options": options, "fmt": spec.fmt,
-                                                       "columns": columns, "with_embedding": spec.with_embedding},
-                            num_cpus=spec.cpus_per_actor, num_gpus=spec.gpus_per_actor or None)
-        try:
-            _commit_blocks(ds, ledger, report, start)
-        except ray.exceptions.RayError as e:
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise BackendError(f"the Ray scan stopped ({type(e).__name__}: {first[:300]}); every block committed "
-                               "so far is in the output: fix the cause and run the same command with --resume") \
-                from None
-    finally:
-        if started:
-            ray.shutdown()
+    context = DataContext.get_current()
+    context.enable_progress_bars = spec.verbose
+    blocks = math.ceil(len(todo) / spec.block_size)
+    # no more actors than blocks: an actor without a block would only load the model
+    actors = min(spec.actors or default_actors(ray, spec.cpus_per_actor, spec.gpus_per_actor), blocks)
+    report.actors = actors
+    options = dict(spec.scanner_options)
+    if options.get("threads") is None:
+        options["threads"] = DEFAULTS["threads_per_actor"] or max(1, int(spec.cpus_per_actor))
+    log.info("Ray scan: %d file(s) in %d block(s) of up to %d on %d actor(s)", len(todo), blocks,
+             spec.block_size, actors)
+    # each row names the file as given; the actors open it by its absolute path (their working folder is
+    # not the driver's on a cluster); bytes, so that any file name (not only UTF-8) goes through Arrow
+    items = [{"path": os.fsencode(p), "open": os.fsencode(os.path.abspath(p))} for p in todo]
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    settings = {"model": model, "scanner_options": options, "fmt": spec.fmt, "columns": columns,
+                "with_embedding": spec.with_embedding}
+    ds = ds.map_batches(ScanBlock, batch_size=spec.block_size, batch_format="numpy", fn_constructor_kwargs=settings,
+                        compute=ActorPoolStrategy(size=actors), num_cpus=spec.cpus_per_actor,
+                        num_gpus=spec.gpus_per_actor or None)
+    try:
+        _commit_blocks(ds, ledger, report, start)
+    except ray.exceptions.RayError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise BackendError(f"the Ray scan stopped ({type(e).__name__}: {first[:300]}); every block committed "
+                           "so far is in the output: fix the cause and run the same command with --resume") \
+            from None
 
 
 def _commit_blocks(ds, ledger: Ledger, report: RayScanReport, start: float) -> None:

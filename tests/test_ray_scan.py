@@ -8,13 +8,17 @@ with the reason, except in CI (CI=true), where a missing ray is a failure.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +36,7 @@ if importlib.util.find_spec("ray") is None:
 psutil = pytest.importorskip("psutil", reason="psutil reads the Ray processes' sockets (in the [test] extra)")
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CLIPSCAN_TEST="1")
+ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
 
 
 def mixed_folder(root: Path, *, fill: int = 0) -> Path:
@@ -346,3 +350,72 @@ def test_bench_ray_reports_files_per_second_for_local_and_each_actor_count(tmp_p
     assert [(r["engine"], r["actors"]) for r in report["rows"]] == [("local", None), ("ray", 1), ("ray", 2)]
     assert all(r["files"] == 24 and r["files_per_s"] > 0 for r in report["rows"])
     assert report["same_row_count"] and report["cpu"] in proc.stdout and "files/s" in proc.stdout
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray cluster head started the way an operator starts one (`ray start --head --block`), on loopback,
+    no dashboard, usage stats off, token authentication on (Ray's default), its own HOME and temp folder;
+    stopped at teardown by signalling its process group (this module's), then any process left by pid."""
+    home, temp = tmp_path_factory.mktemp("home"), Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short paths
+    env = dict(ENV, HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
+    port = _free_loopback_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    watch = Watch(head)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(name == "raylet" for _, _, name in watch.listening):
+            assert head.poll() is None and time.monotonic() < deadline, head.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)
+        yield {"address": f"127.0.0.1:{port}", "env": env, "watch": watch}
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+        watch.stop()
+        watch.reap(grace=5)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_address_joins_a_running_cluster_and_relative_paths_still_name_the_rows(folder, tmp_path, ray_head):
+    """--ray-address to a head the test started: the actors run in the cluster's worker folders, not the
+    driver's, yet relative PATHs are read (by their absolute path) and named as given, as a local scan does."""
+    cwd, rel = folder.parent, folder.name
+    local, out = tmp_path / "local.csv", tmp_path / "ray.csv"
+    assert scan([rel, "-o", str(local), "-q"], cwd=cwd).returncode == 1
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", rel, "--engine", "ray", "--ray-address",
+                           ray_head["address"], "--block-size", "32", "-o", str(out)], check=False, cwd=cwd,
+                          capture_output=True, text=True, env=ray_head["env"], timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert_same_rows(out, local, csv=True)
+    assert rows_of(out)[1].startswith(rel.encode() + b"/"), "rows name the files as given (relative)"
+    assert_loopback_only(ray_head["watch"])
+
+
+@pytest.mark.slow  # Ray retries the connection for about 20 s before it gives up
+def test_a_cluster_that_refuses_the_driver_is_one_sentence(folder, tmp_path, ray_head):
+    env = dict(ray_head["env"], RAY_AUTH_TOKEN=secrets.token_hex(32))  # a wrong token: the head refuses the driver
+    out = tmp_path / "o.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", str(folder), "--engine", "ray", "--ray-address",
+                           ray_head["address"], "-o", str(out)], check=False, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Ray could not join the cluster there" in proc.stderr and "RAY_AUTH_MODE=token" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
