@@ -27,13 +27,15 @@ import pytest
 
 from . import corpus
 
-if importlib.util.find_spec("ray") is None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("ray is not installed, and CI must run the Ray scan tests: pip install -e '.[export,test]'")
-    pytest.skip("ray is not installed (pip install 'clipscan[ray]'): the Ray scan tests cannot run",
-                allow_module_level=True)
+for _needed in ("ray", "psutil"):  # psutil reads the Ray processes' sockets; both are in the [test] extra
+    if importlib.util.find_spec(_needed) is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"{_needed} is not installed, and CI must run the Ray scan tests: "
+                               "pip install -e '.[export,test]'")
+        pytest.skip(f"{_needed} is not installed (pip install -e '.[test]'): the Ray scan tests cannot run",
+                    allow_module_level=True)
 
-psutil = pytest.importorskip("psutil", reason="psutil reads the Ray processes' sockets (in the [test] extra)")
+import psutil
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
