@@ -126,6 +126,7 @@ def _clipscan(args, **kw):
     (["--engine", "ray", "--with-embedding", "-o", "{csv}"], "CSV output cannot hold embeddings"),
     (["--engine", "ray", "--gpus-per-actor", "-1", "-o", "{out}"], "argument --gpus-per-actor: -1 is not a number >= 0"),
     (["--engine", "ray", "-o", "{missing}"], "does not exist; create it first"),
+    (["--actors", "2", "--ray-address", "auto", "-o", "{out}"], "--ray-address, --actors only apply to --engine ray"),
 ])
 def test_usage_errors_are_one_sentence_and_exit_2(tmp_path, args, says):
     from .conftest import SAMPLES

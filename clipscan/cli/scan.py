@@ -12,7 +12,7 @@ import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import add_no_spin, non_negative_int, positive_int, probability
-from .scan_ray import add_ray_arguments, run_ray
+from .scan_ray import add_ray_arguments, run_if_ray
 
 log = logging.getLogger("clipscan")
 
@@ -151,8 +151,8 @@ def run(args) -> int:
 
     args.format = output_format(args)
     paths = _inputs(args)
-    if args.engine == "ray":
-        return run_ray(args, paths)
+    if (code := run_if_ray(args, paths)) is not None:
+        return code
     done, mode = _already_done(args)
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, batch_size=args.batch_size,
                       threads=args.threads, workers=args.workers, threshold=args.threshold,

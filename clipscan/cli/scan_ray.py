@@ -28,8 +28,20 @@ def add_ray_arguments(p) -> None:
                         f"(default {DEFAULTS['block_size']})")
 
 
-def run_ray(args, paths: list[str]) -> int:
-    """Scan `paths` on Ray with the scan's options; exit code as a local scan's."""
+def run_if_ray(args, paths: list[str]) -> int | None:
+    """With --engine ray: scan `paths` on Ray and return the exit code (as a local scan's); else None (the
+    local scan goes on), after refusing the Ray-only options it would silently ignore."""
+    if args.engine != "ray":
+        from clipscan.distributed import DEFAULTS
+
+        given = [flag for flag, value, default in (("--ray-address", args.ray_address, None),
+                                                   ("--actors", args.actors, None),
+                                                   ("--gpus-per-actor", args.gpus_per_actor, DEFAULTS["gpus_per_actor"]),
+                                                   ("--block-size", args.block_size, DEFAULTS["block_size"]))
+                 if value != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --engine ray; add --engine ray, or drop them")
+        return None
     from clipscan.distributed import RayScan, check_spec, scan_on_ray
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
 
