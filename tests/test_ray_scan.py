@@ -38,7 +38,15 @@ for _needed in ("ray", "psutil"):  # psutil reads the Ray processes' sockets; bo
 import psutil
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+# Ray writes a token for the local instances it starts into ~/.ray: the scans run with a HOME of their own
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_home(tmp_path_factory):
+    ENV["HOME"] = str(tmp_path_factory.mktemp("home_of_the_scans"))
+    yield
+    ENV["HOME"] = os.environ.get("HOME", "")
 
 
 def mixed_folder(root: Path, *, fill: int = 0) -> Path:
@@ -367,7 +375,7 @@ def ray_head(tmp_path_factory):
     """A Ray cluster head started the way an operator starts one (`ray start --head --block`), on loopback,
     no dashboard, usage stats off, token authentication on (Ray's default), its own HOME and temp folder;
     stopped at teardown by signalling its process group (this module's), then any process left by pid."""
-    home, temp = tmp_path_factory.mktemp("home"), Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short paths
+    home, temp = tmp_path_factory.mktemp("head_home"), Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short
     env = dict(ENV, HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(32))
     port = _free_loopback_port()
