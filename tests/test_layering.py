@@ -2,6 +2,7 @@
 
     runtime  <-  export  <-  calibration  <-  bench  <-  cli
     runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
+    runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
 
 The runtime (what `pip install clipscan` gives) imports nothing above it, nor torch, open_clip,
 onnx or matplotlib, and neither do the runtime-only packages; each package imports only the ones
@@ -18,22 +19,23 @@ from .conftest import REPO
 # folder -> package, as pyproject.toml maps them
 PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
-            "report": "clipscan.report",
+            "report": "clipscan.report", "distributed": "clipscan.distributed",
             "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
-RT, EX, CA, BE, SE, RE, TR = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
-                              "clipscan.serve", "clipscan.report", "clipscan.triton")
+RT, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
+                                  "clipscan.serve", "clipscan.report", "clipscan.triton", "clipscan.distributed")
 DEPENDS = {
     RT: set(),
     EX: {RT},
     SE: {RT},
     RE: {RT},
     TR: {RT},
+    DI: {RT},
     CA: {RT, EX},
-    BE: {RT, EX, CA, SE},
-    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR},
+    BE: {RT, EX, CA, SE, DI},
+    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR, DI},
 }
-RUNTIME_ONLY = {RT, SE, RE, TR}  # what must work in an install without torch, onnx or matplotlib
+RUNTIME_ONLY = {RT, SE, RE, TR, DI}  # what must work in an install without torch, onnx or matplotlib
 HEAVY = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "matplotlib", "scipy", "skimage")
 MAX_LINES = 450
 

@@ -17,8 +17,8 @@ def add_arguments(p) -> None:
                      "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
                      "never judged; exit 0 unless the benchmark could not run.")
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="exported .onnx artifacts (e.g. the FP32 and FP16 export); with --serve at most one "
-                        "(default: the demo model)")
+                   help="exported .onnx artifacts (e.g. the FP32 and FP16 export); with --serve or --ray at most "
+                        "one (default: the demo model)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
@@ -68,6 +68,12 @@ def add_arguments(p) -> None:
     serve.add_argument("--serve-delay-ms", type=non_negative, default=5.0,
                        help="the server's --max-delay-ms with batching (default 5)")
     serve.add_argument("--serve-modes", default="batching,batch-1", help="default batching,batch-1")
+    p.add_argument("--ray", action="store_true",
+                   help="instead: files/s of a local scan and of Ray scans with --ray-actors actors, in one run "
+                        "(needs clipscan[ray]; on --images or synthetic JPEGs)")
+    p.add_argument("--ray-actors", default="1,2", metavar="N,M", help="actor counts for --ray (default 1,2)")
+    p.add_argument("--ray-files", type=positive_int, default=512, metavar="N",
+                   help="synthetic images for --ray without --images (default 512)")
     p.add_argument("--skip-unavailable", action="store_true",
                    help="go on without an asked-for part that cannot run here (the PyTorch reference in a base "
                         "install), noting why in the report; without it that is an error (exit 2)")
@@ -102,10 +108,14 @@ def run_serve(args) -> int:
 
 
 def run(args) -> int:
+    if args.serve and args.ray:
+        raise ValueError("--serve and --ray are two different benchmarks; run one at a time")
     if args.serve:
         return run_serve(args)
+    if args.ray:
+        return _run_ray(args)
     if not args.models:
-        raise ValueError("name at least one MODEL to benchmark (or pass --serve)")
+        raise ValueError("name at least one MODEL to benchmark (or pass --serve or --ray)")
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
@@ -125,4 +135,18 @@ def run(args) -> int:
         written = write_plot(report, args.plot)
         if written:
             print(f"wrote {written}")
+    return EXIT_OK
+
+
+def _run_ray(args) -> int:
+    from clipscan.bench import parse_list, write_json
+    from clipscan.bench.ray_scale import format_ray_table, ray_benchmark
+
+    if len(args.models) > 1:
+        raise ValueError("--ray benchmarks one artifact; give at most one MODEL")
+    report = ray_benchmark(args.models[0] if args.models else None, args.images, files=args.ray_files,
+                           actors=parse_list(args.ray_actors, int))
+    print(format_ray_table(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
     return EXIT_OK

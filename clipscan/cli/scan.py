@@ -12,6 +12,7 @@ import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import add_no_spin, non_negative_int, positive_int, probability
+from .scan_ray import add_ray_arguments, run_if_ray
 
 log = logging.getLogger("clipscan")
 
@@ -60,6 +61,7 @@ def add_arguments(p) -> None:
                    help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
                         "the resize target (faster on camera images); auto (default): draft only if the artifact "
                         "records a passing draft check (clipscan verify --draft-check --record-draft), else exact")
+    add_ray_arguments(p)
 
 
 def _already_done(args) -> tuple[set[str], str]:
@@ -96,34 +98,6 @@ def output_format(args) -> str:
         raise ValueError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
                          f"{by_extension} file; drop -f, or name the file *.{args.format}")
     return args.format or by_extension or "jsonl"
-
-
-def _check_same_model(args, identity: dict, mode: str, close) -> None:
-    """--resume appends only rows of the model that wrote the file; a new file records its model."""
-    from clipscan.runtime.results import read_sidecar, sidecar_path, write_sidecar
-
-    if mode == "a":
-        recorded = (read_sidecar(args.output) or {}).get("model")
-        sha = identity.get("sha256") or ""
-        if recorded is None:
-            log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", args.output,
-                        sidecar_path(args.output), identity["name"], sha[:12] or "no sha256")
-        elif recorded.get("sha256") != identity.get("sha256") or (not sha and (
-                recorded.get("server"), recorded.get("server_model")) != (identity.get("server"),
-                                                                          identity.get("server_model"))):
-            close()
-            raise ValueError(
-                f"--resume: {args.output} holds rows of model {recorded.get('name')!r} (sha256 "
-                f"{str(recorded.get('sha256'))[:12]}..., {recorded.get('file')}), but {_source(identity)} is "
-                f"{identity['name']!r} (sha256 {sha[:12]}..., {identity.get('file')}); rows of two "
-                "models must not mix: write to a new file (another -o), or pass --overwrite to replace it")
-        else:
-            return
-    write_sidecar(args.output, identity, args.format)
-
-
-def _source(identity: dict) -> str:
-    return f"--server {identity['server']}'s model" if identity.get("server") else "--model"
 
 
 def _inputs(args) -> list[str]:
@@ -201,9 +175,12 @@ def run(args) -> int:
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
     from clipscan.runtime.progress import Progress, count_in_background
     from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns, model_identity
+    from clipscan.runtime.resume import check_same_model
 
     args.format = output_format(args)
     paths = _inputs(args)
+    if (code := run_if_ray(args, paths)) is not None:
+        return code
     done, mode = _already_done(args)
     client_only = [f for f, v in (("--server-model", args.server_model), ("--token-file", args.token_file),
                                   ("--concurrency", args.concurrency)) if v is not None]
@@ -228,7 +205,11 @@ def run(args) -> int:
             log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                         "detector's (pass --model to scan with an exported model)")
     if args.output:
-        _check_same_model(args, identity, mode, scanner.close)
+        try:
+            check_same_model(args.output, identity, args.format, appending=mode == "a")
+        except ValueError:
+            scanner.close()
+            raise
     if args.output:
         out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
     else:

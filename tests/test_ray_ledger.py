@@ -1,0 +1,171 @@
+"""The Ray scan's commit protocol and its usage errors, without starting Ray.
+
+A kill is simulated at every step of a commit (the shard written, the append torn or whole, the ledger
+written or not, the shard deleted or not); `Ledger.resume` must then leave every committed block in the
+output exactly once. The command's usage errors are one sentence and exit 2, before Ray would start.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clipscan.distributed import Ledger, state_folder
+from clipscan.distributed.cluster import parse_address
+
+HEADER = b"path,p_generated\n"
+
+
+def block(i: int, n: int = 3) -> bytes:
+    return b"".join(f"f{i}_{k}.jpg,0.{i}{k}\n".encode() for k in range(n))
+
+
+class Killed(Exception):
+    pass
+
+
+def committed(ledger: Ledger, blocks: int) -> None:
+    for i in range(blocks):
+        ledger.commit(block(i))
+
+
+@pytest.mark.parametrize("step", ["after_shard", "torn_append", "after_append", "after_state"])
+def test_a_kill_at_any_step_of_a_commit_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch, step):
+    out = tmp_path / "rows.csv"
+    ledger = Ledger(out)
+    ledger.start_new(HEADER)
+    committed(ledger, 2)
+    real_append, real_state = Ledger._append, Ledger._write_state
+
+    def append(self, seq, path):  # the steps of Ledger._append, interrupted where `step` says
+        if step == "after_shard":
+            raise Killed
+        data = path.read_bytes()
+        with open(self.output, "ab") as f:
+            f.write(data[: len(data) // 2] if step == "torn_append" else data)
+        if step in ("torn_append", "after_append"):
+            raise Killed
+        self.size += len(data)
+        self.last = seq
+        real_state(self)
+        raise Killed  # after_state: the shard is still there
+
+    monkeypatch.setattr(Ledger, "_append", append)
+    with pytest.raises(Killed):
+        ledger.commit(block(2))
+    monkeypatch.setattr(Ledger, "_append", real_append)
+
+    again = Ledger(out)  # a new process: everything from disk
+    again.resume()
+    assert out.read_bytes() == HEADER + block(0) + block(1) + block(2)
+    assert again.recovered_blocks == (0 if step == "after_state" else 1)
+    again.commit(block(3))
+    again.finish()
+    assert out.read_bytes() == HEADER + block(0) + block(1) + block(2) + block(3)
+    assert not state_folder(out).exists()
+
+
+def test_a_kill_while_the_shard_is_written_leaves_no_trace(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    ledger = Ledger(out)
+    ledger.start_new(b"")
+    committed(ledger, 1)
+    # a temporary shard file that was never renamed: not committed, so not in the output
+    (ledger.shards / f".{2:012d}.rows.999.tmp").write_bytes(block(1))
+    again = Ledger(out)
+    again.resume()
+    assert out.read_bytes() == block(0) and again.recovered_blocks == 0
+
+
+def test_an_output_shorter_than_its_ledger_is_refused(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    ledger = Ledger(out)
+    ledger.start_new(b"")
+    committed(ledger, 2)
+    out.write_bytes(block(0))
+    with pytest.raises(ValueError, match="fewer than the .* start again with --overwrite"):
+        Ledger(out).resume()
+
+
+def test_an_output_of_a_local_scan_is_adopted(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    out.write_bytes(block(0) + b'{"path": "half')  # a local scan killed mid-line
+    ledger = Ledger(out)
+    ledger.resume()
+    ledger.commit(block(1))
+    assert out.read_bytes() == block(0) + block(1)
+    assert json.loads((state_folder(out) / "state.json").read_text())["size"] == len(block(0) + block(1))
+
+
+@pytest.mark.parametrize("text", ["foo", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:99999", "ray://:10001",
+                                  "bad host:6379", "http://x:1/"])
+def test_bad_ray_addresses_are_refused(text):
+    with pytest.raises(ValueError, match="--ray-address"):
+        parse_address(text)
+
+
+@pytest.mark.parametrize("text", ["auto", "127.0.0.1:6379", "ray://head.example.com:10001", "[::1]:6379", "local"])
+def test_good_ray_addresses_are_accepted(text):
+    parse_address(text)
+
+
+def _clipscan(args, **kw):
+    return subprocess.run([sys.executable, "-m", "clipscan", "scan", *args], check=False, capture_output=True,
+                          text=True,
+                          timeout=120, **kw)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--engine", "ray", "--actors", "0", "-o", "{out}"], "argument --actors: 0 is not an integer >= 1"),
+    (["--engine", "ray"], "--engine ray needs --output FILE"),
+    (["--engine", "ray", "--ray-address", "nowhere", "-o", "{out}"], "is not an address Ray can join"),
+    (["--engine", "ray", "--ray-address", "127.0.0.1:1", "-o", "{out}"], "nothing answers at 127.0.0.1:1"),
+    (["--engine", "ray", "--with-embedding", "-o", "{csv}"], "CSV output cannot hold embeddings"),
+    (["--engine", "ray", "--gpus-per-actor", "-1", "-o", "{out}"], "argument --gpus-per-actor: -1 is not a number >= 0"),
+    (["--engine", "ray", "-o", "{missing}"], "does not exist; create it first"),
+    (["--actors", "2", "--ray-address", "auto", "-o", "{out}"], "--ray-address, --actors only apply to --engine ray"),
+])
+def test_usage_errors_are_one_sentence_and_exit_2(tmp_path, args, says):
+    from .conftest import SAMPLES
+
+    names = {"out": str(tmp_path / "o.jsonl"), "csv": str(tmp_path / "o.csv"),
+             "missing": str(tmp_path / "no" / "o.jsonl")}
+    proc = _clipscan([str(SAMPLES), *[a.format(**names) for a in args]])
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(names["out"]) and not state_folder(names["out"]).exists()
+
+
+def test_without_ray_the_engine_names_the_extra(tmp_path):
+    site = tmp_path / "no_ray_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'ray':\n"
+        "            raise ImportError('ray is blocked: this process simulates an install without clipscan[ray]')\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    env = dict(os.environ, PYTHONPATH=str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from .conftest import SAMPLES
+
+    proc = _clipscan([str(SAMPLES), "--engine", "ray", "-o", str(tmp_path / "o.jsonl")], env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'clipscan[ray]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_backend_that_cannot_run_here_is_refused_before_ray_starts(tmp_path):
+    from clipscan.runtime.backends import registry
+
+    from .conftest import SAMPLES
+
+    absent = next((name for name, e in registry().items() if name != "cpu" and e.unavailable_reason()), None)
+    if absent is None:
+        pytest.skip("every GPU backend can run on this machine: none to refuse")
+    out = tmp_path / "o.jsonl"
+    proc = _clipscan([str(SAMPLES), "--engine", "ray", "--backend", absent, "-o", str(out)])
+    assert proc.returncode == 2 and f"backend {absent!r} was requested but cannot start" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists() and not state_folder(out).exists()
