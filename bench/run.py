@@ -7,6 +7,7 @@ A candidate or section that fails is listed in the report's errors; bad settings
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +37,14 @@ def _start(cfg: BenchConfig) -> BenchContext:
     if not backends:
         raise ValueError(f"no requested backend is available here: {skipped}")
     tmp = Path(tempfile.mkdtemp(prefix="clipscan-bench-"))
-    paths, images_desc = benchmark_images(cfg, tmp)
-    report = new_report(cfg, backends, skipped, images_desc)
-    ctx = BenchContext(cfg, backends, {m: load_artifact(m).manifest for m in cfg.models}, paths, report, tmp)
-    ctx.torch_ref = load_torch_reference(cfg, report["errors"])
+    try:
+        paths, images_desc = benchmark_images(cfg, tmp)
+        report = new_report(cfg, backends, skipped, images_desc)
+        ctx = BenchContext(cfg, backends, {m: load_artifact(m).manifest for m in cfg.models}, paths, report, tmp)
+        ctx.torch_ref = load_torch_reference(cfg, report["errors"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return ctx
 
 
@@ -89,12 +94,15 @@ def run_benchmark(cfg: BenchConfig, *, progress: bool = False) -> dict:
     ctx = _start(cfg)
     report = ctx.report
     steps = _sections(ctx)
-    with Progress("bench", len(steps), unit="sections", note=", ".join(ctx.backends), enabled=progress) as bar:
-        for name, step in steps:
-            errors_before = len(ctx.errors)
-            bar.set_note(f"{name} ({', '.join(ctx.backends)})")
-            step()
-            bar.update(errors=len(ctx.errors) - errors_before)
+    try:
+        with Progress("bench", len(steps), unit="sections", note=", ".join(ctx.backends), enabled=progress) as bar:
+            for name, step in steps:
+                errors_before = len(ctx.errors)
+                bar.set_note(f"{name} ({', '.join(ctx.backends)})")
+                step()
+                bar.update(errors=len(ctx.errors) - errors_before)
+    finally:
+        shutil.rmtree(ctx.tmp, ignore_errors=True)  # the synthetic images and scratch files of this run
     add_ratios(report)
     add_gflops(report, ctx.manifests)
     report["machine"] = machine_info()

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +131,18 @@ def test_json_and_plot_written(report, tmp_path):
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_corrupt_file_does_not_stop_e2e(two_artifacts, bench_images, tmp_path):
+def test_corrupt_file_does_not_stop_e2e(two_artifacts, bench_images, tmp_path, monkeypatch):
     d = tmp_path / "imgs"
     shutil.copytree(bench_images, d)
     (d / "broken.jpg").write_bytes(jpeg_bytes(photo_images()[0][1])[:300])
     (d / "text.jpg").write_text("not an image")
     cfg = BenchConfig(models=two_artifacts[:1], batch_sizes=[2], backends=["cpu"], mode="e2e", images=str(d),
                       cold_start=False, **FAST)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     rep = run_benchmark(cfg)
+    assert list(scratch.iterdir()) == [], "the run's scratch folder is removed when it ends"
     (row,) = rep["results"]
     assert row["error_rows"] == 2 and row["images"] == 6
     assert {Path(b["path"]).name for b in rep["settings"]["undecodable_images"]} == {"broken.jpg", "text.jpg"}
