@@ -91,13 +91,29 @@ def to_row(record) -> Row:
 
 
 def _jsonl_records(f):
+    """JSONL rows, streamed; a line holding a JSON list (the service's `/v1/scan` answer, saved or appended
+    one answer per line) gives each of its rows, and so does a whole file that is one indented JSON list."""
+    if f.read(4096).lstrip().startswith("["):
+        f.seek(0)
+        try:
+            whole = json.load(f)
+        except json.JSONDecodeError:
+            whole = None  # one list per line, or a damaged file: read line by line below
+        if isinstance(whole, list):
+            for n, record in enumerate(whole, 1):  # an indented list: its items are counted as lines
+                yield n, record, None
+            return
+    f.seek(0)
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
         try:
-            yield n, json.loads(line), None
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             yield n, None, f"not JSON ({e.msg})"
+            continue
+        for record in value if isinstance(value, list) else [value]:
+            yield n, record, None
 
 
 def _csv_records(f):
@@ -128,15 +144,19 @@ def read_rows(path: str | os.PathLike) -> RowsFile:
     out = RowsFile(path=path, rows=[], lines=0)
     with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         records = _csv_records(f) if _looks_like_csv(path) else _jsonl_records(f)
+        seen = bad = 0  # the last line counted, and the last one counted as skipped (a line may hold a list)
         for n, record, problem in records:
-            out.lines += 1
+            if n != seen:
+                out.lines, seen = out.lines + 1, n
             if problem is None:
                 try:
                     out.rows.append(to_row(record))
                     continue
                 except NotARow as e:
                     problem = str(e)
-            out.skipped += 1
+            if n == bad:
+                continue
+            out.skipped, bad = out.skipped + 1, n
             if len(out.problems) < MAX_LISTED_PROBLEMS:
                 out.problems.append((n, problem))
     if not out.rows:

@@ -40,12 +40,17 @@ class ServiceState:
         self.ready = False
 
     def warm_up(self) -> None:
-        """One inference through the whole path (decode, batch, backend) before the service says it is ready."""
+        """Inference through the whole path (decode, batch, backend) before the service says it is ready: one
+        image, then the largest batch the batcher can form, so the backend's memory (ONNX Runtime's arena
+        grows to the largest batch it has run) is at its working size before the first request."""
         buf = io.BytesIO()
         Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, "PNG")
-        result = self.scanner.scan_prepared([("warm-up", self.scanner.prepare(buf.getvalue()))])[0]
-        if result.error:
-            raise RuntimeError(f"the warm-up scan failed: {result.error}")
+        pixels = self.scanner.prepare(buf.getvalue())
+        largest = max(1, -(-self.limits.max_batch // max(1, len(pixels))))  # images that fill max_batch rows
+        for n in (1, largest):
+            for result in self.scanner.scan_prepared([(f"warm-up-{i}", pixels) for i in range(n)]):
+                if result.error:
+                    raise RuntimeError(f"the warm-up scan failed: {result.error}")
         self.ready = True
 
     async def scan(self, items):

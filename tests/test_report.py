@@ -141,6 +141,17 @@ def test_rows_of_a_service_without_a_model_record_and_csv_rows(tmp_path):
     assert result.thumbnails == 1 and result.missing_thumbnails == 1 and "file not found" in text
     assert result.summary.by_generator == {"sdxl": 1}
 
+    # the service's /v1/scan answer saved as it came (one JSON list), and two answers appended, one per line
+    rows = [{"path": "up1.png", "p_generated": 0.9, "verdict": "generated", "backend": "onnxruntime-cpu"},
+            {"path": "x.jpg", "error": "not_an_image: cannot identify image file", "backend": "onnxruntime-cpu"}]
+    (tmp_path / "answer.json").write_text(json.dumps(rows))
+    (tmp_path / "answers.jsonl").write_text(json.dumps(rows[:1]) + "\n" + json.dumps(rows[1:]) + "\n")
+    (tmp_path / "indented.json").write_text(json.dumps(rows, indent=2))
+    for name in ("answer.json", "answers.jsonl", "indented.json"):
+        data = read_rows(tmp_path / name)
+        assert [(r.path, r.error_kind) for r in data.rows] == [("up1.png", None), ("x.jpg", "not_an_image")], name
+        assert data.skipped == 0
+
     csv_rows = tmp_path / "rows.csv"
     csv_rows.write_text("path,p_generated,verdict,quality,error_kind,error,backend\n"
                         "a.jpg,0.5,generated,4.1,,,onnxruntime-cpu\n"
