@@ -18,6 +18,8 @@ HEAD_FORMATS_HELP = ("a head in a published format: univfd:FILE, cozzolino:FILE,
                      "fake_a=univfd:FILE")
 
 AS_GIVEN_TO_EXPORT = ", as given to export"
+# --backend values: auto and every backend of clipscan.runtime.backends.registry() (a test keeps them equal)
+BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu", "openvino")
 
 
 def add_original_args(p, *, required: bool, as_given: str = "") -> None:

@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
-from .args import add_no_spin, non_negative_int, positive_int, probability
+from .args import BACKENDS, add_no_spin, non_negative_int, positive_int, probability
 from .scan_ray import add_ray_arguments, run_if_ray
 
 log = logging.getLogger("clipscan")
@@ -33,9 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("-f", "--format", choices=("jsonl", "csv"),
                    help="output format (default: from the --output extension, .csv or .jsonl; jsonl on stdout)")
     p.add_argument("-b", "--batch-size", type=positive_int, default=16, help="images per inference batch (default 16)")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="auto (default) tries tensorrt, ort-tensorrt, cuda, cpu in order and logs why it skips "
-                        "each; a named backend that cannot start is an error (`clipscan backends` lists them)")
+                        "each (openvino only when named); a named backend that cannot start is an error (`clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--max-batch", type=positive_int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
     p.add_argument("--cache-dir", help="GPU engine and timing caches (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")

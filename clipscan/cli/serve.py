@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import EXIT_OK
-from .args import add_no_spin, non_negative, non_negative_int, positive, positive_int
+from .args import BACKENDS, add_no_spin, non_negative, non_negative_int, positive, positive_int
 
 
 def add_arguments(p) -> None:
@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--name", help="model name in the /v2 URLs (default: the artifact's manifest name)")
     p.add_argument("--token-file", help="require 'Authorization: Bearer <token>' (token read from this file) on "
                                         "every endpoint but health")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="inference backend (default auto: the best that starts; `clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--threads", type=positive_int, help="inference threads (default: the backend decides)")

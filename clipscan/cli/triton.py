@@ -10,7 +10,7 @@ import time
 from clipscan.runtime import thresholds as T
 
 from . import EXIT_OK, NOTICE
-from .args import non_negative_int, positive_int
+from .args import BACKENDS, non_negative_int, positive_int
 
 log = logging.getLogger("clipscan")
 
@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
                    help="the TensorRT accelerator's precision (default: the artifact's)")
     p.add_argument("--queue-delay-us", type=non_negative_int, default=T.TRITON_QUEUE_DELAY_US,
                    help=f"dynamic batching: how long Triton waits to fill a batch (default {T.TRITON_QUEUE_DELAY_US} us)")
-    p.add_argument("--backend", choices=("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="python layout: the runtime backend inside Triton (default cpu for --kind cpu, auto for gpu)")
     p.add_argument("--workers", type=positive_int, help="decode threads per instance (default: min(4, cores))")
     p.add_argument("--threads", type=positive_int, help="inference threads per instance (default: the backend's)")

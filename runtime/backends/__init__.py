@@ -2,7 +2,8 @@
 
 `auto` tries each backend of AUTO_CHAIN in order (TensorRT's own runtime, ONNX
 Runtime's TensorRT EP, its CUDA EP, then the CPU) and logs why each one it skips was
-skipped; an explicitly named backend that cannot start is an error, never a silent
+skipped; OpenVINO is only used when named (`--backend openvino`); an explicitly
+named backend that cannot start is an error, never a silent
 fallback; `--no-fallback` makes `auto` stop at the first failure. The name a backend
 reports is what actually ran (GPU sessions are checked with get_providers()).
 """
@@ -19,7 +20,7 @@ log = logging.getLogger("clipscan.backends")
 
 def registry() -> dict[str, BackendEntry]:
     # the modules are cheap: onnxruntime, tensorrt and cuda-python are imported only when probed or created
-    from . import ort_cpu, ort_gpu, tensorrt_native
+    from . import openvino_cpu, ort_cpu, ort_gpu, tensorrt_native
 
     entries = [
         BackendEntry("tensorrt", "TensorRT runtime, engine cache", "pip install 'clipscan[tensorrt]' (and a CUDA GPU)",
@@ -31,6 +32,8 @@ def registry() -> dict[str, BackendEntry]:
         BackendEntry("cpu", "ONNX Runtime, CPUExecutionProvider",
                      "pip install clipscan (onnxruntime is a base dependency)",
                      ort_cpu.unavailable_reason, ort_cpu.create),
+        BackendEntry("openvino", "OpenVINO CPU plugin, float parts in f32 (never chosen by auto)",
+                     "pip install 'clipscan[openvino]'", openvino_cpu.unavailable_reason, openvino_cpu.create),
     ]
     return {e.name: e for e in entries}
 
