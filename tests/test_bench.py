@@ -211,7 +211,7 @@ def test_cli_bench_without_torch(tmp_path, bench_images):
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-m", "clipscan", "bench", str(DEMO), "--batch-sizes", "1,2", "--mode", "model",
            "--images", str(bench_images), "--min-iters", "2", "--min-seconds", "0", "--warmup", "1",
-           "--no-cold-start", "--json", str(out), "--plot", str(tmp_path / "b.png")]
+           "--no-cold-start", "--backends", "cpu", "--json", str(out), "--plot", str(tmp_path / "b.png")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=block_torch_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(out.read_text())
