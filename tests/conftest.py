@@ -113,23 +113,29 @@ def jpeg_bytes(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def block_torch_env(tmp_path: Path) -> dict:
-    """Environment for a subprocess in which importing torch, torchvision, open_clip or onnx fails."""
-    site = tmp_path / "no_torch_site"
+def blocked_env(tmp_path: Path, blocked: tuple[str, ...], why: str, folder: str = "blocked_site") -> dict:
+    """Environment for a subprocess in which importing any of `blocked` (top-level names) fails, saying `why`."""
+    site = tmp_path / folder
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(
         "import sys\n"
-        "BLOCKED = ('torch', 'torchvision', 'open_clip', 'onnx', 'onnxscript')\n"
+        f"BLOCKED = {tuple(blocked)!r}\n"
         "class _Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in BLOCKED:\n"
-        "            raise ImportError(f'{name} is blocked: this process simulates a base install without torch')\n"
+        f"            raise ImportError(f'{{name}} is blocked: {why}')\n"
         "        return None\n"
         "sys.meta_path.insert(0, _Block())\n"
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def block_torch_env(tmp_path: Path) -> dict:
+    """Environment for a subprocess in which importing torch, torchvision, open_clip or onnx fails."""
+    return blocked_env(tmp_path, ("torch", "torchvision", "open_clip", "onnx", "onnxscript"),
+                       "this process simulates a base install without torch", "no_torch_site")
 
 
 def cosine(a, b) -> np.ndarray:

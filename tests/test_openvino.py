@@ -16,7 +16,7 @@ from clipscan.runtime import Scanner
 from clipscan.runtime.backends import AUTO_CHAIN, registry
 from clipscan.runtime.metrics import compare_outputs
 
-from .conftest import REPO, SAMPLES, cosine
+from .conftest import REPO, SAMPLES, blocked_env, cosine
 
 if importlib.util.find_spec("openvino") is None:  # part of the [test] extra
     if os.environ.get("CI") == "true":
@@ -83,16 +83,7 @@ def test_an_int8_artifact_keeps_its_gates_on_openvino(tmp_path):
 
 
 def test_without_openvino_the_backend_is_one_sentence_naming_the_extra(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'openvino':\n"
-        "            raise ImportError('No module named openvino (blocked by the test)')\n"
-        "sys.meta_path.insert(0, _Block())\n")
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    env = blocked_env(tmp_path, ("openvino",), "this process simulates an install without clipscan[openvino]")
     proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", "--backend", "openvino", str(SAMPLES)],
                           check=False, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

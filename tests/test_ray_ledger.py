@@ -140,16 +140,9 @@ def test_usage_errors_are_one_sentence_and_exit_2(tmp_path, args, says):
 
 
 def test_without_ray_the_engine_names_the_extra(tmp_path):
-    site = tmp_path / "no_ray_site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'ray':\n"
-        "            raise ImportError('ray is blocked: this process simulates an install without clipscan[ray]')\n"
-        "sys.meta_path.insert(0, _Block())\n")
-    env = dict(os.environ, PYTHONPATH=str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from .conftest import blocked_env
+
+    env = blocked_env(tmp_path, ("ray",), "this process simulates an install without clipscan[ray]", "no_ray_site")
     from .conftest import SAMPLES
 
     proc = _clipscan([str(SAMPLES), "--engine", "ray", "-o", str(tmp_path / "o.jsonl")], env=env)
