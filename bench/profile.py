@@ -6,8 +6,11 @@ Gemm/MatMul/Conv, with the attention score and context products among them), Lay
 Softmax, Quantize/Dequantize, layout ops (Transpose/Reshape/...), and the rest.
 
 `gemm_ceilings` measures, in the same run, the rate ONNX Runtime's own integer (u8 x s8) and float
-matrix products reach on a large square product with the same thread count: the ceiling an
-artifact's achieved GOP/s (manifest FLOPs per image x images/s) is a share of.
+matrix products reach on a large square product (1536^3) with the same thread count: the ceiling an
+artifact's achieved GOP/s (manifest FLOPs per image x images/s) is a share of. With model mode,
+`ceiling_candidates` time those two products in the same interleaved rounds as the artifacts at the
+profiled batch size, so a machine whose speed drifts (a shared VM: +-25% within minutes seen here)
+moves the ceiling and the artifacts alike and the share stays meaningful.
 """
 from __future__ import annotations
 
@@ -96,7 +99,41 @@ def _square_product(kind: str, n: int):
     return model.SerializeToString(), a
 
 
-def gemm_ceilings(n: int = 1024, *, seconds: float = 1.0, threads: int | None = None) -> dict:
+# not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
+# AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
+# itself achieved (162): a ceiling must not sit under the model it bounds
+CEILING_N = 1536
+CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
+
+
+def ceiling_candidates(n: int = CEILING_N, threads: int | None = None) -> list:
+    """The int8 and fp32 n^3 products as bench candidates, to be timed with the artifacts."""
+    import onnxruntime as ort
+
+    from .candidates import Candidate
+
+    out = []
+    for kind in ("int8", "fp32"):
+        blob, a = _square_product(kind, n)
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+        out.append(Candidate("onnxruntime", CEILING_BACKEND, f"{kind} GEMM {n}^3", kind,
+                             run=lambda sess=sess, a=a: sess.run(None, {"a": a})))
+    return out
+
+
+def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
+    """{"n", "int8_gops", "fp32_gops", "interleaved_with"} from (candidate, measurement) pairs of the rounds."""
+    out: dict = {"n": n, "interleaved": True}
+    for cand, m in measured:
+        out[f"{cand.precision}_gops"] = 2 * n ** 3 / m["median_s"] / 1e9
+        out["interleaved_with"] = m["interleaved_with"] - 1   # the artifacts (and eager), not the other ceiling
+    return out
+
+
+def gemm_ceilings(n: int = CEILING_N, *, seconds: float = 1.0, threads: int | None = None) -> dict:
     """GOP/s (2 n^3 per product) of ONNX Runtime's u8 x s8 MatMulInteger and float32 MatMul at n x n x n,
     the median of calls timed for about `seconds` each after a warm-up."""
     import onnxruntime as ort
@@ -123,8 +160,8 @@ def profile_lines(name: str, prof: dict, batch: int, gflops_per_image: float | N
                   ceilings: dict | None) -> list[str]:
     """The profile of one artifact as table lines (ms per run and share, by kind)."""
     total = prof["node_ms"] or 1.0
-    lines = [f"  {name} (batch {batch}): {prof['node_ms']:.1f} ms of node time per run, "
-             f"{prof['matrix_share']:.0%} in matrix products"]
+    lines = [(f"  {name} (batch {batch}): {prof['node_ms']:.1f} ms of node time per run, "
+             f"{prof['matrix_share']:.0%} in matrix products")]
     lines += [f"    {kind:<24} {ms:8.2f} ms  {ms / total:5.1%}" for kind, ms in prof["by_kind"].items()]
     if gflops_per_image and ips and ceilings:
         achieved = gflops_per_image * ips
@@ -140,7 +177,9 @@ def profile_section(ctx) -> None:
     from clipscan.runtime.machine import describe_cpu
 
     batch = max(ctx.cfg.batch_sizes)
-    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": gemm_ceilings(), "artifacts": {}}
+    # measured with the model rows of this batch size when model mode ran; else here, on its own
+    ceilings = ctx.report.get("gemm_ceilings") or gemm_ceilings()
+    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": ceilings, "artifacts": {}}
     rng = np.random.default_rng(0)
     for model, manifest in ctx.manifests.items():
         h, w = manifest.input.size
@@ -157,8 +196,9 @@ def profile_table(report: dict) -> list[str]:
     if not prof:
         return []
     c = prof["ceilings"]
-    lines = [f"profile (ONNX Runtime CPU profiler, batch {prof['batch_size']}; GEMM ceilings at n={c['n']}: int8 "
-             f"{c['int8_gops']:.0f} GOP/s, fp32 {c['fp32_gops']:.0f} GOP/s, same run, {prof['cpu']}):"]
+    when = ("timed in the model rounds of this batch size" if c.get("interleaved") else "same run")
+    lines = [(f"profile (ONNX Runtime CPU profiler, batch {prof['batch_size']}; GEMM ceilings at n={c['n']}: int8 "
+             f"{c['int8_gops']:.0f} GOP/s, fp32 {c['fp32_gops']:.0f} GOP/s, {when}, {prof['cpu']}):")]
     for name, p in prof["artifacts"].items():
         row = next((r for r in report.get("results", []) if r["mode"] == "model" and r["artifact"] == name
                     and r["runtime"] != "pytorch" and r["batch_size"] == prof["batch_size"]), None)

@@ -25,5 +25,12 @@ def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, 
                  "--min-seconds", "0.2", "--min-iters", "2", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "in matrix products" in text and "GEMM ceilings" in text and "achieved" in text
+    assert "timed in the model rounds of this batch size" in text
     report = json.loads(out.read_text())
     assert report["profile"]["artifacts"]["demo.onnx"]["matrix_share"] > 0.0
+    ceilings = report["profile"]["ceilings"]
+    # the ceilings ran in the artifact's interleaved rounds, and are not rows of the results table
+    assert ceilings["interleaved"] and ceilings["int8_gops"] > 0 and ceilings["fp32_gops"] > 0
+    assert ceilings["interleaved_with"] == len(report["results"])   # every backend row of batch 2
+    assert {r["artifact"] for r in report["results"]} == {"demo.onnx"}
+    assert "gemm-ceiling" not in text.split("profile (")[0]
