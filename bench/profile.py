@@ -103,25 +103,56 @@ def _square_product(kind: str, n: int):
 # AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
 # itself achieved (162): a ceiling must not sit under the model it bounds
 CEILING_N = 1536
+
+# Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) is how a process asks the kernel for
+# AMX tile state; ONNX Runtime's MLAS asks the same before it selects its AMX u8 x s8 kernel
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def amx_status() -> dict:
+    """Whether this process could run AMX-INT8 tiles: the CPU's flags, then the kernel's permission.
+    {"usable": bool, "why": str}. Usable is what ONNX Runtime's MLAS needs to pick its AMX integer
+    kernel (a build without that kernel still runs VNNI: the ceiling against the CPU's peaks tells)."""
+    import ctypes
+    import platform
+
+    from clipscan.runtime.machine import cpu_info
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return {"usable": False, "why": f"not Linux x86-64 ({platform.system()} {platform.machine()})"}
+    if "AMX-INT8" not in cpu_info()["isa"]:
+        return {"usable": False, "why": "the CPU reports no AMX-INT8"}
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA)
+    except (OSError, AttributeError) as e:
+        return {"usable": False, "why": f"could not ask the kernel for AMX tile state ({e})"}
+    if rc != 0:
+        return {"usable": False, "why": f"the CPU reports AMX-INT8 but the kernel refused tile state "
+                                        f"(errno {ctypes.get_errno()}): integer products run on VNNI"}
+    return {"usable": True, "why": "the CPU reports AMX-INT8 and the kernel grants tile state"}
 CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 
 
-def ceiling_candidates(n: int = CEILING_N, threads: int | None = None) -> list:
-    """The int8 and fp32 n^3 products as bench candidates, to be timed with the artifacts."""
+def _product_runs(n: int, threads: int | None):
+    """(kind, call) for the int8 and the fp32 n^3 product, each one ONNX Runtime CPU session."""
     import onnxruntime as ort
 
-    from .candidates import Candidate
-
-    out = []
     for kind in ("int8", "fp32"):
         blob, a = _square_product(kind, n)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
         sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-        out.append(Candidate("onnxruntime", CEILING_BACKEND, f"{kind} GEMM {n}^3", kind,
-                             run=lambda sess=sess, a=a: sess.run(None, {"a": a})))
-    return out
+        yield kind, (lambda sess=sess, a=a: sess.run(None, {"a": a}))
+
+
+def ceiling_candidates(n: int = CEILING_N, threads: int | None = None) -> list:
+    """The int8 and fp32 n^3 products as bench candidates, to be timed with the artifacts."""
+    from .candidates import Candidate
+
+    return [Candidate("onnxruntime", CEILING_BACKEND, f"{kind} GEMM {n}^3", kind, run=run)
+            for kind, run in _product_runs(n, threads)]
 
 
 def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
@@ -136,21 +167,14 @@ def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
 def gemm_ceilings(n: int = CEILING_N, *, seconds: float = 1.0, threads: int | None = None) -> dict:
     """GOP/s (2 n^3 per product) of ONNX Runtime's u8 x s8 MatMulInteger and float32 MatMul at n x n x n,
     the median of calls timed for about `seconds` each after a warm-up."""
-    import onnxruntime as ort
-
     out = {"n": n}
-    for kind in ("int8", "fp32"):
-        blob, a = _square_product(kind, n)
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+    for kind, run in _product_runs(n, threads):
         for _ in range(2):
-            sess.run(None, {"a": a})
+            run()
         samples, end = [], time.perf_counter() + seconds
         while time.perf_counter() < end or len(samples) < 3:
             t0 = time.perf_counter()
-            sess.run(None, {"a": a})
+            run()
             samples.append(time.perf_counter() - t0)
         out[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(samples)) / 1e9
     return out
@@ -179,7 +203,7 @@ def profile_section(ctx) -> None:
     batch = max(ctx.cfg.batch_sizes)
     # measured with the model rows of this batch size when model mode ran; else here, on its own
     ceilings = ctx.report.get("gemm_ceilings") or gemm_ceilings()
-    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": ceilings, "artifacts": {}}
+    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": ceilings, "amx": amx_status(), "artifacts": {}}
     rng = np.random.default_rng(0)
     for model, manifest in ctx.manifests.items():
         h, w = manifest.input.size
@@ -199,6 +223,8 @@ def profile_table(report: dict) -> list[str]:
     when = ("timed in the model rounds of this batch size" if c.get("interleaved") else "same run")
     lines = [(f"profile (ONNX Runtime CPU profiler, batch {prof['batch_size']}; GEMM ceilings at n={c['n']}: int8 "
              f"{c['int8_gops']:.0f} GOP/s, fp32 {c['fp32_gops']:.0f} GOP/s, {when}, {prof['cpu']}):")]
+    if prof.get("amx"):
+        lines.append(f"  AMX: {'usable' if prof['amx']['usable'] else 'not usable'}: {prof['amx']['why']}")
     for name, p in prof["artifacts"].items():
         row = next((r for r in report.get("results", []) if r["mode"] == "model" and r["artifact"] == name
                     and r["runtime"] != "pytorch" and r["batch_size"] == prof["batch_size"]), None)

@@ -32,6 +32,7 @@ from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 from clipscan.runtime.timing import timed_turn
 
+from .attention_fusion import ATTENTION_OPSET, fuse_attention
 from .calib_data import BatchReader, CalibrationSet, equal_batches
 
 log = logging.getLogger("clipscan.calibrate")
@@ -50,10 +51,11 @@ class Recipe:
     percentile: float = 99.999
     exclude: list = field(default_factory=list)
     name: str = ""
+    fuse_attention: bool = False     # cpu target, ops "matmul": attention as one opset-23 node (attention_fusion)
 
     def label(self) -> str:
         if self.name:
-            return self.name
+            return self.name + ("+fused-attention" if self.fuse_attention else "")
         parts = [self.method, self.ops]
         if self.smooth_alpha is not None:
             parts.append(f"smooth{self.smooth_alpha:g}")
@@ -61,6 +63,8 @@ class Recipe:
             parts.append("tailfp32")
         if self.exclude:
             parts.append(f"excl{len(self.exclude)}")
+        if self.fuse_attention:
+            parts.append("fused-attention")
         return "+".join(parts)
 
 
@@ -291,6 +295,11 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
         facts["smoothquant"] = smooth_quant(model, cset.tensors, input_name, recipe.smooth_alpha, batch_size)
     if recipe.ops not in ("all", "matmul"):
         raise ValueError(f"ops must be 'all' or 'matmul', got {recipe.ops!r}")
+    if recipe.fuse_attention and not (target == "cpu" and recipe.ops == "matmul"):
+        raise ValueError(f"fused attention is for the cpu target with a recipe that quantizes only weight products "
+                         f"(smooth, matmul, dynamic); asked for target {target} with ops {recipe.ops!r}")
+    # uint8 CPU graphs are never TensorRT's: ONNX Runtime's Attention kernel may run their attention
+    facts["fused_attention"] = fuse_attention(model) if recipe.fuse_attention else 0
     with tempfile.TemporaryDirectory(prefix="clipscan-int8-") as tmp:
         src = Path(tmp) / "float.onnx"
         pre = Path(tmp) / "pre.onnx"
@@ -368,10 +377,13 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
                             "batch_size": min(batch_size, len(cset))},
         "source_model_sha256": artifact.sha256(), "excluded_nodes": facts["nodes_to_exclude"],
         "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],
+        "fused_attention": facts["fused_attention"],
         "seconds": round(time.perf_counter() - start, 2), "tools": tool_versions(RUNTIME_TOOLS + ("onnx",)),
     }
     # a draft-decoding record belongs to the model it was measured on: the INT8 model needs its own
-    manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None)
+    opset = max(artifact.manifest.opset, ATTENTION_OPSET) if facts["fused_attention"] else artifact.manifest.opset
+    manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None,
+                                   opset=opset)
     attach_manifest(quantized, manifest)
     save_model(quantized, out_path)  # atomic: an interrupted run leaves nothing at out_path
     return QuantResult(out_path, manifest, calibration)

@@ -82,7 +82,7 @@ def check_disjoint(images: list, val_images: list, *, allow_overlap: bool = Fals
 
 
 def build_recipe(recipe: str | Recipe = "smooth", *, method: str | None = None, percentile: float | None = None,
-                 smooth_alpha: float | None = None, exclude=()) -> Recipe:
+                 smooth_alpha: float | None = None, exclude=(), fuse_attention: bool | None = None) -> Recipe:
     """A named recipe (`int8.RECIPES`) or a `Recipe`, with the options that override it; the result is
     unnamed, so its label spells out what it does (e.g. percentile+matmul+smooth0.5+tailfp32)."""
     from . import int8
@@ -98,6 +98,8 @@ def build_recipe(recipe: str | Recipe = "smooth", *, method: str | None = None, 
         changes["method"] = method
     if smooth_alpha is not None:
         changes["smooth_alpha"] = smooth_alpha
+    if fuse_attention is not None:
+        changes["fuse_attention"] = fuse_attention
     return dataclasses.replace(recipe, **changes)
 
 
@@ -117,7 +119,8 @@ def fidelity_record(report: VerifyReport, report_dir, val_images: list) -> dict:
 
 def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: str | Recipe = "smooth",
                        method: str | None = None, percentile: float | None = None,
-                       smooth_alpha: float | None = None, exclude=(), search: bool = False, val_images=(),
+                       smooth_alpha: float | None = None, exclude=(), fuse_attention: bool | None = None,
+                       search: bool = False, val_images=(),
                        batch_size: int = 8, max_images: int | None = None, cache=None,
                        arch: str | None = None, weights=None, heads=(), quick_gelu: bool | None = None,
                        threshold: float | None = None, mean=None, std=None, report_dir=None, launder: bool = True,
@@ -126,7 +129,8 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
     """Calibrate the FP32 artifact `model` on `images` (folders or files) and write the INT8 QDQ artifact `output`.
 
     `target`: "cpu" or "tensorrt" (see `int8`). `recipe`, `method`, `percentile`, `smooth_alpha`,
-    `exclude`: see `build_recipe`. `search`: accuracy-aware search on `val_images` (see `search.search`).
+    `exclude`, `fuse_attention` (cpu target only; see `attention_fusion`): see `build_recipe`.
+    `search`: accuracy-aware search on `val_images` (see `search.search`).
     `cache`: the calibration tensor cache folder (None: the default one; False: no cache).
     With `val_images`, the PyTorch original (`arch`, `weights`, `heads`, `quick_gelu`, `threshold`,
     `mean`, `std`, as given to export) is compared with the result by `verify` (report in `report_dir`,
@@ -141,6 +145,12 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
     images, val_images, heads = _as_list(images), _as_list(val_images), _as_list(heads)
     check_inputs(model, images, val_images, batch_size=batch_size, search=search, arch=arch, weights=weights,
                  heads=heads)
+    recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude,
+                          fuse_attention=fuse_attention)
+    if recipe.fuse_attention and (target != "cpu" or recipe.ops != "matmul"):
+        raise ValueError(f"--fuse-attention is for --target cpu with a recipe that quantizes only weight products "
+                         f"(smooth, matmul, dynamic), not --target {target} with {recipe.label()}: TensorRT before "
+                         "10.14 cannot read the Attention node; drop --fuse-attention or change the target/recipe")
     from clipscan.runtime.artifact import load_artifact
 
     from . import calib_data
@@ -153,7 +163,6 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
                                            progress=progress)
     log.info("calibration set: %d image(s) (%s), sha256 %s%s", len(cset), "cached" if cset.from_cache else "read",
              cset.images_hash[:16], f"; {len(cset.failed)} unreadable" if cset.failed else "")
-    recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude)
     # Everything is written to a hidden file next to `output` and renamed to `output` only when complete
     # (quantized, searched, verified, its manifest final): an interrupted run leaves nothing at `output`.
     output = Path(output)

@@ -235,3 +235,10 @@ def test_cli_no_spin_scans(capsys):
     assert main(["scan", "--no-spin", "--decode", "draft", str(SAMPLES)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == len(list(Path(SAMPLES).iterdir())) and all(r["error"] is None for r in rows)
+
+
+def test_an_opset_23_artifact_on_an_old_onnxruntime_says_what_to_install():
+    from clipscan.runtime.backends.ort_cpu import too_old_hint
+
+    assert "pip install -U onnxruntime" in too_old_hint(23, "1.20.1") and "1.20.1" in too_old_hint(23, "1.20.1")
+    assert too_old_hint(23, "1.23.0") == "" and too_old_hint(18, "1.17.0") == "" and too_old_hint(None, "1.17") == ""

@@ -56,6 +56,8 @@ BATTERY = [
      "{tmp}/i8.onnx"),
     (["calibrate", "{tmp}/text.onnx", "--images", "{samples}", "-o", "{tmp}/i8.onnx"], 2, "text.onnx",
      "{tmp}/i8.onnx"),
+    (["calibrate", "{tmp}/text.onnx", "--images", "{samples}", "-o", "{tmp}/i8.onnx", "--target", "tensorrt",
+      "--fuse-attention"], 2, "--fuse-attention is for --target cpu", "{tmp}/i8.onnx"),
 ]
 
 

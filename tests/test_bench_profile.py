@@ -8,6 +8,7 @@ import numpy as np
 from clipscan.bench.profile import gemm_ceilings, op_profile
 from clipscan.cli import main
 from clipscan.runtime.artifact import load_artifact
+from clipscan.runtime.machine import cpu_info
 
 
 def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, capsys):
@@ -34,3 +35,8 @@ def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, 
     assert ceilings["interleaved_with"] == len(report["results"])   # every backend row of batch 2
     assert {r["artifact"] for r in report["results"]} == {"demo.onnx"}
     assert "gemm-ceiling" not in text.split("profile (")[0]
+    # whether AMX could run is said, and agrees with what the CPU reports
+    amx = report["profile"]["amx"]
+    assert f"AMX: {'usable' if amx['usable'] else 'not usable'}: {amx['why']}" in text
+    if "AMX-INT8" not in cpu_info()["isa"]:
+        assert not amx["usable"]

@@ -348,3 +348,67 @@ def test_search_targets_the_failing_output_and_stops_when_a_round_does_not_help(
     assert cal["search_kept_round"] == best["round"] == found["final"]["round"]
     assert cal["slower_than_fp32"] == (best["speedup_vs_fp32"] < 1.0)
     assert not list(tmp_path.glob(".s.onnx*")), "no hidden round files left"
+
+
+def test_fused_attention_runs_attention_as_one_node_and_only_for_the_cpu_target(outlier_model, tmp_path):
+    import dataclasses
+
+    import onnx
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.calib_data import load_calibration_set
+
+    art = int8.load_artifact(outlier_model["onnx"])
+    cset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["calib"]], progress=False)
+    vset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["val"]], progress=False)
+    smooth = int8.RECIPES["smooth"]
+    fused_recipe = dataclasses.replace(smooth, fuse_attention=True)
+    made = {name: int8.quantize_artifact(outlier_model["onnx"], tmp_path / f"{name}.onnx", cset, recipe, target,
+                                         progress=False)
+            for name, recipe, target in (("fused", fused_recipe, "cpu"), ("explicit", smooth, "cpu"),
+                                         ("trt", smooth, "tensorrt"))}
+    with pytest.raises(ValueError, match="cpu target"):
+        int8.quantize_artifact(outlier_model["onnx"], tmp_path / "no.onnx", cset, fused_recipe, "tensorrt",
+                               progress=False)
+    assert not (tmp_path / "no.onnx").exists()
+
+    def ops(name):
+        return [n.op_type for n in onnx.load(str(made[name].path)).graph.node]
+
+    layers = SMALL_CFG["vision_cfg"]["layers"]
+    assert ops("fused").count("Attention") == layers and "Softmax" not in ops("fused")
+    assert made["fused"].manifest.opset == 23 and made["fused"].calibration["fused_attention"] == layers
+    for name in ("explicit", "trt"):   # TensorRT before 10.14 cannot read Attention: its graph keeps the products
+        assert "Attention" not in ops(name) and ops(name).count("Softmax") == layers
+        assert made[name].calibration["fused_attention"] == 0 and made[name].manifest.opset == art.manifest.opset
+    assert made["fused"].calibration["recipe"] == "smooth+fused-attention"
+    # the fused graph computes what the explicit one does: only the order of float operations changed
+    fused = int8.run_all(made["fused"].path, vset.tensors, art.manifest.input.name)
+    explicit = int8.run_all(made["explicit"].path, vset.tensors, art.manifest.input.name)
+    m = compare_outputs(art.manifest, explicit, fused)
+    assert m["cosine_worst"] > 0.9999 and m["agreement"] == 1.0, m
+
+
+def test_fuse_attention_keeps_a_layer_whose_scores_are_read_elsewhere(outlier_model):
+    import onnx
+    import onnxruntime as ort
+
+    from clipscan.calibration.attention_fusion import fuse_attention
+
+    model = onnx.load(str(outlier_model["onnx"]))
+    softmaxes = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(softmaxes[0], onnx.TensorProto.FLOAT,
+                                                                    ["b", "h", "t", "s"]))  # a tap on layer 0
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    assert fuse_attention(fused) == len(softmaxes) - 1
+    onnx.checker.check_model(fused)
+    assert [o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")] == [23]
+    x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    names = [o.name for o in model.graph.output]
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, {"pixels": x})
+    got = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, {"pixels": x})
+    for name, a, b in zip(names, want, got):
+        assert np.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    plain = onnx.load(str(outlier_model["onnx"]))
+    assert fuse_attention(plain) == len(softmaxes)

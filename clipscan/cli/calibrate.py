@@ -46,6 +46,10 @@ def add_arguments(p) -> None:
     p.add_argument("--percentile", type=percent, default=99.999, help="percentile calibration's percentile")
     p.add_argument("--smooth-alpha", type=probability, help="override the SmoothQuant migration strength (0..1)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
+    p.add_argument("--fuse-attention", action="store_true",
+                   help="cpu target: run each layer's attention as one ONNX Attention node (opset 23, needs "
+                        "onnxruntime >= 1.23); the same function, a few percent faster or slower by machine: "
+                        "compare with `clipscan bench` (see the README)")
     p.add_argument("--search", action="store_true",
                    help="accuracy-aware search: while the INT8 bar fails on --val-images (against the FP32 "
                         "graph), keep the layers adding the most error in float and quantize again")
@@ -102,7 +106,8 @@ def run(args) -> int:
 
     outcome = calibrate_artifact(
         args.model, args.images, args.output, target=args.target, recipe=args.recipe, method=args.method,
-        percentile=args.percentile, smooth_alpha=args.smooth_alpha, exclude=args.exclude, search=args.search,
+        percentile=args.percentile, smooth_alpha=args.smooth_alpha, exclude=args.exclude,
+        fuse_attention=args.fuse_attention, search=args.search,
         val_images=args.val_images, batch_size=args.batch_size, max_images=args.max_images,
         cache=False if args.no_cache else args.cache_dir, arch=args.arch, weights=args.weights,
         heads=heads_from(args), quick_gelu=args.quick_gelu, threshold=args.threshold, mean=args.mean, std=args.std,

@@ -24,7 +24,7 @@ def unavailable_reason() -> str | None:
 class OrtCpuBackend:
     name = "onnxruntime-cpu"
 
-    def __init__(self, model_path: Path, options: BackendOptions = BackendOptions()):
+    def __init__(self, model_path: Path, options: BackendOptions = BackendOptions(), opset: int | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -37,7 +37,8 @@ class OrtCpuBackend:
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=[PROVIDER])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise BackendError(f"ONNX Runtime could not load {model_path}: {e}") from e
+            hint = too_old_hint(opset, ort.__version__)
+            raise BackendError(f"ONNX Runtime could not load {model_path}: {e}{hint}") from e
         providers = self.session.get_providers()
         if providers[:1] != [PROVIDER]:
             raise BackendError(f"asked ONNX Runtime for {PROVIDER}, the session runs on {providers}")
@@ -52,5 +53,18 @@ class OrtCpuBackend:
         self.session = None
 
 
+def too_old_hint(opset: int | None, ort_version: str) -> str:
+    """What to do when an artifact's opset is newer than this onnxruntime reads (an INT8 artifact made with
+    `calibrate --fuse-attention` is opset 23: ONNX's Attention node, which onnxruntime runs from 1.23 on)."""
+    try:
+        have = tuple(int(p) for p in ort_version.split(".")[:2])
+    except ValueError:
+        return ""
+    if opset and opset >= 23 and have < (1, 23):
+        return (f" (the artifact is ONNX opset {opset}; onnxruntime {ort_version} is older than 1.23, "
+                "the first to run it: pip install -U onnxruntime)")
+    return ""
+
+
 def create(model_path: Path, options: BackendOptions, manifest=None) -> OrtCpuBackend:
-    return OrtCpuBackend(model_path, options)
+    return OrtCpuBackend(model_path, options, getattr(manifest, "opset", None))
