@@ -412,3 +412,22 @@ def test_fuse_attention_keeps_a_layer_whose_scores_are_read_elsewhere(outlier_mo
         assert np.allclose(a, b, atol=1e-5, rtol=1e-4), name
     plain = onnx.load(str(outlier_model["onnx"]))
     assert fuse_attention(plain) == len(softmaxes)
+
+
+def test_cli_calibrate_fuse_attention_writes_an_artifact_the_scanner_runs(outlier_model, tmp_path, capsys):
+    import onnx
+
+    from clipscan.cli import main
+    from clipscan.runtime import load_artifact
+    from clipscan.runtime.scanner import Scanner
+
+    d = outlier_model
+    out = tmp_path / "fused.onnx"
+    assert main(["calibrate", str(d["onnx"]), "--images", str(d["calib"]), "-o", str(out), "--fuse-attention",
+                 "-q"]) == 0
+    m = load_artifact(out).manifest
+    assert m.opset == 23 and m.calibration["recipe"].endswith("+fused-attention")
+    assert m.calibration["fused_attention"] == SMALL_CFG["vision_cfg"]["layers"]
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Attention") == SMALL_CFG["vision_cfg"]["layers"]
+    rows = list(Scanner(str(out), backend="cpu").scan([d["val"]]))
+    assert rows and all(r.error is None and r.backend == "onnxruntime-cpu" for r in rows)
