@@ -103,6 +103,7 @@ def _square_product(kind: str, n: int):
 # AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
 # itself achieved (162): a ceiling must not sit under the model it bounds
 CEILING_N = 1536
+CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 
 # Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) is how a process asks the kernel for
 # AMX tile state; ONNX Runtime's MLAS asks the same before it selects its AMX u8 x s8 kernel
@@ -131,7 +132,6 @@ def amx_status() -> dict:
         return {"usable": False, "why": f"the CPU reports AMX-INT8 but the kernel refused tile state "
                                         f"(errno {ctypes.get_errno()}): integer products run on VNNI"}
     return {"usable": True, "why": "the CPU reports AMX-INT8 and the kernel grants tile state"}
-CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 
 
 def _product_runs(n: int, threads: int | None):

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph_index import consumers, initializers
+
 ATTENTION_OPSET = 23
 
 
-def _single(consumers: dict, name: str, outputs: set) -> bool:
-    return len(consumers.get(name, [])) == 1 and name not in outputs
+def _single(readers: dict, name: str, outputs: set) -> bool:
+    return len(readers.get(name, [])) == 1 and name not in outputs
 
 
 def _scalar(model, name: str, inits: dict) -> float | None:
@@ -56,12 +58,9 @@ def fuse_attention(model) -> int:
 
     graph = model.graph
     nodes = list(graph.node)
-    inits = {i.name: i for i in graph.initializer}
+    inits = initializers(graph)
     producer = {o: k for k, n in enumerate(nodes) for o in n.output}
-    consumers: dict = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    readers = consumers(graph)
     outputs = {o.name for o in graph.output}
 
     def made(name):
@@ -73,16 +72,16 @@ def fuse_attention(model) -> int:
         if pv.op_type != "MatMul" or len(pv.input) != 2:
             continue
         k_sm, sm = made(pv.input[0])
-        if sm is None or sm.op_type != "Softmax" or not _single(consumers, sm.output[0], outputs):
+        if sm is None or sm.op_type != "Softmax" or not _single(readers, sm.output[0], outputs):
             continue
         axis = next((a.i for a in sm.attribute if a.name == "axis"), -1)
         k_qk, qk = made(sm.input[0])
-        if axis not in (-1, 3) or qk is None or qk.op_type != "MatMul" or not _single(consumers, qk.output[0], outputs):
+        if axis not in (-1, 3) or qk is None or qk.op_type != "MatMul" or not _single(readers, qk.output[0], outputs):
             continue
         (k_mul, mul), (k_kt, kt) = made(qk.input[0]), made(qk.input[1])
         if (mul is None or mul.op_type != "Mul" or kt is None or kt.op_type != "Transpose"
-                or _perm(kt) != [0, 1, 3, 2] or not _single(consumers, mul.output[0], outputs)
-                or not _single(consumers, kt.output[0], outputs)):
+                or _perm(kt) != [0, 1, 3, 2] or not _single(readers, mul.output[0], outputs)
+                or not _single(readers, kt.output[0], outputs)):
             continue
         scale = _scalar(model, mul.input[1], inits)
         q = mul.input[0]

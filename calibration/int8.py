@@ -34,6 +34,7 @@ from clipscan.runtime.timing import timed_turn
 
 from .attention_fusion import ATTENTION_OPSET, fuse_attention
 from .calib_data import BatchReader, CalibrationSet, equal_batches
+from .graph_index import consumers, initializers
 
 log = logging.getLogger("clipscan.calibrate")
 
@@ -85,18 +86,6 @@ def _onnx():
 
 # -- graph helpers ------------------------------------------------------------------------------
 
-def _consumers(graph) -> dict:
-    out: dict = {}
-    for n in graph.node:
-        for i in n.input:
-            out.setdefault(i, []).append(n)
-    return out
-
-
-def _initializers(graph) -> dict:
-    return {i.name: i for i in graph.initializer}
-
-
 def tail_nodes(model) -> list[str]:
     """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards), and of every
     node the embedding output does not depend on (heads, and taps such as export.head_tap's attention-head
@@ -125,7 +114,7 @@ def _after_last_ln(model) -> list[str]:
     lns = [n for n in graph.node if n.op_type == "LayerNormalization" and (on_path is None or n.name in on_path)]
     if not lns:
         return []
-    cons = _consumers(graph)
+    cons = consumers(graph)
     seen, stack = set(), list(lns[-1].output)
     names = [lns[-1].name]
     while stack:
@@ -140,7 +129,7 @@ def _after_last_ln(model) -> list[str]:
 
 def weight_nodes(model) -> list[str]:
     """MatMul/Gemm nodes with a constant weight input, and Conv: what 'matmul' quantizes."""
-    inits = _initializers(model.graph)
+    inits = initializers(model.graph)
     out = []
     for n in model.graph.node:
         if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
@@ -154,8 +143,8 @@ def _ln_matmul_pairs(model) -> list[tuple]:
     """(LayerNorm node, [(MatMul/Gemm node, weight initializer name, in-axis)]) where every consumer
     path of the LN output reaches a constant-weight MatMul/Gemm through ops that keep the last axis."""
     graph = model.graph
-    inits = _initializers(graph)
-    cons = _consumers(graph)
+    inits = initializers(graph)
+    cons = consumers(graph)
     pairs = []
     for ln in (n for n in graph.node if n.op_type == "LayerNormalization"):
         if len(ln.input) < 3 or ln.input[1] not in inits or ln.input[2] not in inits:
@@ -223,7 +212,7 @@ def smooth_quant(model, tensors: np.ndarray, input_name: str, alpha: float = 0.5
         for n, o in zip(names, outs):
             m = np.abs(o.reshape(-1, o.shape[-1])).max(0)
             amax[n] = m if amax[n] is None else np.maximum(amax[n], m)
-    inits = _initializers(model.graph)
+    inits = initializers(model.graph)
     uses: dict = {}
     for _, targets in pairs:
         for _, w, _axis in targets:
@@ -276,6 +265,16 @@ def _calib_method(name: str):
             "entropy": CalibrationMethod.Entropy}[name]
 
 
+def check_fusion_target(recipe: Recipe, target: str) -> None:
+    """Fused attention only where TensorRT never reads the graph and attention stays float: the cpu target
+    with a recipe that quantizes only weight products. Else a ValueError that says so."""
+    if recipe.fuse_attention and not (target == "cpu" and recipe.ops == "matmul"):
+        raise ValueError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu target graph "
+                         f"with a recipe that quantizes only weight products (smooth, matmul, dynamic), not --target "
+                         f"{target} with {recipe.label()} (TensorRT before 10.14 cannot read the Attention node); "
+                         "drop --fuse-attention or change the target/recipe")
+
+
 def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,
                    input_name: str = "pixels", batch_size: int = 8, progress: bool = True) -> tuple:
     """Quantize an ONNX ModelProto (float); returns (the quantized ModelProto, facts: excluded nodes,
@@ -295,9 +294,7 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
         facts["smoothquant"] = smooth_quant(model, cset.tensors, input_name, recipe.smooth_alpha, batch_size)
     if recipe.ops not in ("all", "matmul"):
         raise ValueError(f"ops must be 'all' or 'matmul', got {recipe.ops!r}")
-    if recipe.fuse_attention and not (target == "cpu" and recipe.ops == "matmul"):
-        raise ValueError(f"fused attention is for the cpu target with a recipe that quantizes only weight products "
-                         f"(smooth, matmul, dynamic); asked for target {target} with ops {recipe.ops!r}")
+    check_fusion_target(recipe, target)
     # uint8 CPU graphs are never TensorRT's: ONNX Runtime's Attention kernel may run their attention
     facts["fused_attention"] = fuse_attention(model) if recipe.fuse_attention else 0
     with tempfile.TemporaryDirectory(prefix="clipscan-int8-") as tmp:

@@ -147,10 +147,9 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
                  heads=heads)
     recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude,
                           fuse_attention=fuse_attention)
-    if recipe.fuse_attention and (target != "cpu" or recipe.ops != "matmul"):
-        raise ValueError(f"--fuse-attention is for --target cpu with a recipe that quantizes only weight products "
-                         f"(smooth, matmul, dynamic), not --target {target} with {recipe.label()}: TensorRT before "
-                         "10.14 cannot read the Attention node; drop --fuse-attention or change the target/recipe")
+    from .int8 import check_fusion_target
+
+    check_fusion_target(recipe, target)   # before any work
     from clipscan.runtime.artifact import load_artifact
 
     from . import calib_data
