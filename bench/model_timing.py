@@ -10,9 +10,9 @@ from contextlib import ExitStack
 import numpy as np
 
 from .candidates import Candidate, scanner_candidates, torch_candidate
+from .ceilings import CEILING_BACKEND, ceiling_candidates, ceilings_from_rounds
 from .context import BenchContext
 from .interleave import time_interleaved
-from .profile import CEILING_BACKEND, ceiling_candidates, ceilings_from_rounds
 from .report import result_row
 
 
@@ -38,7 +38,7 @@ def model_rows(ctx: BenchContext, bs: int) -> list[dict]:
         cands += scanner_candidates(stack, ctx.cfg.models, ctx.backends, bs, ctx.manifests, predict_run,
                                     ctx.errors, "model")
         if ctx.cfg.profile and bs == max(ctx.cfg.batch_sizes):
-            cands += ceiling_candidates()   # the --profile shares: ceiling and artifacts in the same rounds
+            cands += ceiling_candidates(ctx.backends)   # the --profile shares: ceiling and artifacts in the same rounds
         measured = list(time_interleaved(cands, ctx.cfg, ctx.cfg.min_iters))
     ceilings = [(c, m) for c, m in measured if c.backend == CEILING_BACKEND]
     if ceilings:

@@ -82,3 +82,13 @@ CLIENT_TIMEOUT_S = 120.0              # one request's socket timeout
 CLIENT_RETRIES = 5                    # retries of a request answered 503 (or a dropped connection), ...
 CLIENT_BACKOFF_S = 0.2                # ... after 0.2, 0.4, 0.8, ... s (doubling, capped at CLIENT_BACKOFF_MAX_S)
 CLIENT_BACKOFF_MAX_S = 5.0
+
+# -- clipscan bench --profile: which integer GEMM path a runtime's measured rates show ----------------
+# Per cycle, one x86-64 core's peak int8 operations over its peak fp32 FMA FLOPs (ISA facts, the same on
+# Intel and AMD, 256- or 512-bit): 2 without VNNI (u8 x s8 multiply-add pairs, vpmaddubsw + vpmaddwd),
+# 4 with AVX-512/AVX VNNI (vpdpbusd: four products per 32-bit lane where an FMA does one), 32 with AMX-INT8
+# (1,024 products per cycle against 2 x 16 FMA lanes). A runtime's int8 ceiling over its fp32 ceiling,
+# timed in the same rounds, is clock- and core-count-free; these cut-offs sort it (clipscan's):
+INT8_FP32_PEAK_RATIO = {"multiply-add pairs": 2, "VNNI": 4, "AMX-INT8": 32}
+INT8_PATH_VNNI_ABOVE = 2.8    # int8/fp32 above this: dot-product (VNNI) kernels
+INT8_PATH_MATRIX_ABOVE = 5.5  # above this: more than any vector path gives, a matrix engine (AMX) ran

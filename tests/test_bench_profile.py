@@ -1,11 +1,13 @@
-"""`clipscan bench --profile`: ONNX Runtime's profiler by op kind, and the GEMM ceilings of the same run."""
+"""`clipscan bench --profile`: ONNX Runtime's profiler by op kind, the GEMM ceilings of the same run, and the
+integer path (VNNI or AMX) those ceilings show."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from clipscan.bench.profile import gemm_ceilings, op_profile
+from clipscan.bench.ceilings import gemm_ceilings, integer_path
+from clipscan.bench.profile import op_profile
 from clipscan.cli import main
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.machine import cpu_info
@@ -20,7 +22,7 @@ def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, 
     assert 0.0 < prof["matrix_share"] <= 1.0, prof   # (its size depends on the machine and its load)
     assert {"Gemm", "MatMul"} & set(prof["by_op"]) and "float matrix products" in prof["by_kind"]
     c = gemm_ceilings(256, seconds=0.2)
-    assert c["int8_gops"] > 0 and c["fp32_gops"] > 0
+    assert c["int8_gops"] > 0 and c["fp32_gops"] > 0 and set(c["runtimes"]) == {"onnxruntime"}
     out = tmp_path / "b.json"
     assert main(["bench", str(demo), "--profile", "--mode", "model", "--batch-sizes", "2", "--no-cold-start",
                  "--min-seconds", "0.2", "--min-iters", "2", "--json", str(out)]) == 0
@@ -40,3 +42,35 @@ def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, 
     assert f"AMX: {'usable' if amx['usable'] else 'not usable'}: {amx['why']}" in text
     if "AMX-INT8" not in cpu_info()["isa"]:
         assert not amx["usable"]
+
+
+def test_the_integer_path_is_read_from_the_int8_over_fp32_rate():
+    # per cycle: multiply-add pairs 2x the fp32 FMA rate, VNNI 4x, AMX-INT8 32x
+    assert "without int8 dot products" in integer_path(300, 200)["path"]
+    assert "VNNI" in integer_path(740, 200)["path"]       # 3.7x: what the Zen 4 EPYC measured
+    assert "AMX" in integer_path(3000, 200)["path"]
+    assert "VNNI 4x" in integer_path(740, 200)["why"] and "3.7x" in integer_path(740, 200)["why"]
+
+
+def test_openvino_ceilings_run_in_the_same_rounds_and_each_runtime_gets_its_share(tmp_path, capsys):
+    """With --backends cpu,openvino both runtimes time their own int8 and fp32 products beside the artifact;
+    each artifact row is set against the ceilings of the runtime it ran on."""
+    demo = load_artifact(None).path
+    c = gemm_ceilings(256, seconds=0.2, runtimes=("onnxruntime", "openvino"))
+    assert c["runtimes"]["openvino"]["int8_gops"] > 0 and c["runtimes"]["openvino"]["fp32_gops"] > 0
+    out = tmp_path / "b.json"
+    assert main(["bench", str(demo), "--profile", "--mode", "model", "--batch-sizes", "2", "--no-cold-start",
+                 "--backends", "cpu,openvino", "--min-seconds", "0.2", "--min-iters", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    ceilings = report["profile"]["ceilings"]
+    assert set(ceilings["runtimes"]) == {"onnxruntime", "openvino"}
+    assert ceilings["interleaved_with"] == len(report["results"]) == 2   # the artifact on both backends
+    assert {r["backend"] for r in report["results"]} == {"onnxruntime-cpu", "openvino-cpu"}
+    assert "on onnxruntime: achieved" in text and "on openvino: achieved" in text
+    for runtime in ("onnxruntime", "openvino"):
+        verdict = report["profile"]["integer_path"][runtime]
+        assert f"integer path on {runtime}: {verdict['path']}" in text
+        if not report["profile"]["amx"]["usable"]:
+            # more than 5.5x the float rate is more than any vector unit gives: without AMX it cannot be
+            assert "AMX" not in verdict["path"], verdict

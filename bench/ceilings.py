@@ -1,0 +1,180 @@
+"""What the machine's matrix products can do: the GEMM ceilings `clipscan bench --profile` measures.
+
+Each runtime the bench runs on the CPU (ONNX Runtime; OpenVINO when `--backends` has it) times one
+large square integer product and one float product (1536^3, the same thread count as the artifacts):
+ONNX Runtime's `MatMulInteger` (u8 x s8, the product its QDQ MatMuls fuse to), and for OpenVINO the
+QDQ form of the artifacts (its CPU plugin turns Quantize/Dequantize around a MatMul into an int8 one).
+With model mode, `ceiling_candidates` time them in the same interleaved rounds as the artifacts at the
+profiled batch size, so a machine whose speed drifts (a shared VM: +-25% within minutes seen here)
+moves the ceilings and the artifacts alike and each artifact's share of them stays meaningful.
+
+`integer_path` reads which kernels ran from the int8/fp32 ratio of one runtime (see the
+INT8_FP32_PEAK_RATIO comment in `clipscan.runtime.thresholds`), and `amx_status` says whether this
+process could run AMX tiles at all: together they answer whether AMX is used where the CPU has it.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clipscan.runtime.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
+
+# not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
+# AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
+# itself achieved (162): a ceiling must not sit under the model it bounds
+CEILING_N = 1536
+CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
+CEILING_RUNTIMES = {"cpu": "onnxruntime", "openvino": "openvino"}   # bench backend -> runtime with a ceiling
+
+# Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) is how a process asks the kernel for
+# AMX tile state; ONNX Runtime's MLAS asks the same before it selects its AMX u8 x s8 kernel
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+def amx_status() -> dict:
+    """Whether this process could run AMX-INT8 tiles: the CPU's flags, then the kernel's permission.
+    {"usable": bool, "why": str}. Usable is what ONNX Runtime's MLAS needs to pick its AMX integer
+    kernel (a build without that kernel still runs VNNI: `integer_path` tells)."""
+    import ctypes
+    import platform
+
+    from clipscan.runtime.machine import cpu_info
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return {"usable": False, "why": f"not Linux x86-64 ({platform.system()} {platform.machine()})"}
+    if "AMX-INT8" not in cpu_info()["isa"]:
+        return {"usable": False, "why": "the CPU reports no AMX-INT8"}
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA)
+    except (OSError, AttributeError) as e:
+        return {"usable": False, "why": f"could not ask the kernel for AMX tile state ({e})"}
+    if rc != 0:
+        return {"usable": False, "why": f"the CPU reports AMX-INT8 but the kernel refused tile state "
+                                        f"(errno {ctypes.get_errno()}): integer products run on VNNI"}
+    return {"usable": True, "why": "the CPU reports AMX-INT8 and the kernel grants tile state"}
+
+
+def integer_path(int8_gops: float, fp32_gops: float) -> dict:
+    """{"ratio", "path", "why"}: which integer kernels a runtime's int8 ceiling over its fp32 ceiling shows."""
+    ratio = int8_gops / fp32_gops if fp32_gops else 0.0
+    if ratio > INT8_PATH_MATRIX_ABOVE:
+        path = "a matrix engine (AMX-class)"
+    elif ratio > INT8_PATH_VNNI_ABOVE:
+        path = "VNNI-class dot-product kernels"
+    else:
+        path = "vector kernels without int8 dot products (or slower)"
+    peaks = ", ".join(f"{name} {r}x" for name, r in INT8_FP32_PEAK_RATIO.items())
+    return {"ratio": ratio, "path": path,
+            "why": f"int8 {ratio:.1f}x its fp32 rate; per cycle the peaks are {peaks} the fp32 FMA rate"}
+
+
+def _onnx_model(nodes, inputs, outputs, inits):
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(nodes, "ceiling", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _square_product(kind: str, n: int, *, qdq: bool = False):
+    """(onnx model, input) for the n^3 product: int8 as MatMulInteger (u8 x s8 -> int32), or with `qdq`
+    as float -> Quantize/Dequantize -> MatMul with dequantized int8 weights; fp32 as MatMul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    value = helper.make_tensor_value_info
+    if kind == "fp32":
+        b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
+        model = _onnx_model([helper.make_node("MatMul", ["a", "b"], ["y"])], [value("a", TensorProto.FLOAT, [n, n])],
+                            [value("y", TensorProto.FLOAT, [n, n])], [b])
+        return model, rng.standard_normal((n, n), dtype=np.float32)
+    b = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
+    if not qdq:
+        model = _onnx_model([helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+                            [value("a", TensorProto.UINT8, [n, n])], [value("y", TensorProto.INT32, [n, n])], [b])
+        return model, rng.integers(0, 256, (n, n), dtype=np.uint8)
+    consts = [numpy_helper.from_array(np.array(v, dtype), name) for name, v, dtype in
+              (("sa", 0.02, np.float32), ("za", 128, np.uint8), ("sb", 0.01, np.float32), ("zb", 0, np.int8))]
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bd"]),
+             helper.make_node("MatMul", ["ad", "bd"], ["y"])]
+    model = _onnx_model(nodes, [value("a", TensorProto.FLOAT, [n, n])], [value("y", TensorProto.FLOAT, [n, n])],
+                        [b, *consts])
+    return model, rng.standard_normal((n, n), dtype=np.float32)
+
+
+def _product_runs(n: int, threads: int | None, runtimes=("onnxruntime",)):
+    """(runtime, kind, call) for the int8 and the fp32 n^3 product of each runtime, one session each."""
+    for runtime in runtimes:
+        for kind in ("int8", "fp32"):
+            if runtime == "onnxruntime":
+                import onnxruntime as ort
+
+                model, a = _square_product(kind, n)
+                so = ort.SessionOptions()
+                if threads:
+                    so.intra_op_num_threads = threads
+                sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                yield runtime, kind, (lambda sess=sess, a=a: sess.run(None, {"a": a}))
+            else:   # openvino, compiled as the openvino backend compiles artifacts
+                import onnx
+
+                from clipscan.runtime.backends.base import BackendOptions
+                from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
+
+                model, a = _square_product(kind, n, qdq=True)
+                with tempfile.TemporaryDirectory() as tmp:
+                    onnx.save(model, str(Path(tmp) / "ceiling.onnx"))
+                    backend = OpenVinoCpuBackend(Path(tmp) / "ceiling.onnx", BackendOptions(threads=threads))
+                yield runtime, kind, (lambda backend=backend, a=a: backend.run({"a": a}))
+
+
+def ceiling_runtimes(backends) -> tuple[str, ...]:
+    """The runtimes with a ceiling among the bench's backends (ONNX Runtime's always: it bounds the profile)."""
+    return tuple(dict.fromkeys(["onnxruntime"] + [CEILING_RUNTIMES[b] for b in backends if b in CEILING_RUNTIMES]))
+
+
+def ceiling_candidates(backends=("cpu",), n: int = CEILING_N, threads: int | None = None) -> list:
+    """The int8 and fp32 n^3 products of each CPU runtime of `backends`, as bench candidates to be timed
+    with the artifacts."""
+    from .candidates import Candidate
+
+    runtimes = ceiling_runtimes(backends)
+    return [Candidate(runtime, CEILING_BACKEND, f"{kind} GEMM {n}^3 ({runtime})", kind, run=run)
+            for runtime, kind, run in _product_runs(n, threads, runtimes)]
+
+
+def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
+    """{"n", "interleaved", "interleaved_with", "int8_gops", "fp32_gops" (ONNX Runtime's), "runtimes":
+    {runtime: {"int8_gops", "fp32_gops"}}} from the ceiling (candidate, measurement) pairs of the rounds."""
+    out: dict = {"n": n, "interleaved": True, "runtimes": {}}
+    for cand, m in measured:
+        out["runtimes"].setdefault(cand.runtime, {})[f"{cand.precision}_gops"] = 2 * n ** 3 / m["median_s"] / 1e9
+        # the artifacts (and eager) it was timed with, not the other ceilings
+        out["interleaved_with"] = m["interleaved_with"] + 1 - len(measured)
+    out.update(out["runtimes"].get("onnxruntime", {}))
+    return out
+
+
+def gemm_ceilings(n: int = CEILING_N, *, seconds: float = 1.0, threads: int | None = None,
+                  runtimes=("onnxruntime",)) -> dict:
+    """GOP/s (2 n^3 per product) of each runtime's int8 and float32 n x n x n product, the median of calls
+    timed for about `seconds` each after a warm-up; the shape of `ceilings_from_rounds`, not interleaved."""
+    out: dict = {"n": n, "runtimes": {}}
+    for runtime, kind, run in _product_runs(n, threads, runtimes):
+        for _ in range(2):
+            run()
+        samples, end = [], time.perf_counter() + seconds
+        while time.perf_counter() < end or len(samples) < 3:
+            t0 = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - t0)
+        out["runtimes"].setdefault(runtime, {})[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(samples)) / 1e9
+    out.update(out["runtimes"].get("onnxruntime", {}))
+    return out
