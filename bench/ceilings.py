@@ -58,9 +58,16 @@ def amx_status() -> dict:
     return {"usable": True, "why": "the CPU reports AMX-INT8 and the kernel grants tile state"}
 
 
-def integer_path(int8_gops: float, fp32_gops: float) -> dict:
-    """{"ratio", "path", "why"}: which integer kernels a runtime's int8 ceiling over its fp32 ceiling shows."""
+def integer_path(int8_gops: float, fp32_gops: float, machine: str | None = None) -> dict:
+    """{"ratio", "path", "why"}: which integer kernels a runtime's int8 ceiling over its fp32 ceiling shows
+    on an x86-64 CPU (`machine`: platform.machine(), default this one's); elsewhere the ratio is only reported."""
+    import platform
+
     ratio = int8_gops / fp32_gops if fp32_gops else 0.0
+    machine = machine or platform.machine()
+    if machine not in ("x86_64", "AMD64"):
+        return {"ratio": ratio, "path": "not read", "why": f"int8 {ratio:.1f}x its fp32 rate; the per-cycle "
+                                                             f"peaks compared are x86-64 facts, this is {machine}"}
     if ratio > INT8_PATH_MATRIX_ABOVE:
         path = "a matrix engine (AMX-class)"
     elif ratio > INT8_PATH_VNNI_ABOVE:
