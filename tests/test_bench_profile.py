@@ -77,3 +77,22 @@ def test_openvino_ceilings_run_in_the_same_rounds_and_each_runtime_gets_its_shar
         if not report["profile"]["amx"]["usable"]:
             # more than 5.5x the float rate is more than any vector unit gives: without AMX it cannot be
             assert "AMX" not in verdict["path"], verdict
+
+
+def test_an_amx_machine_whose_runtime_runs_vnni_is_told_so():
+    """The table's reading of a profile where AMX is usable: a runtime at VNNI's rate is named, one at AMX's is not
+    (the profile is data: this is what an AMX machine's run prints, here without one)."""
+    from clipscan.bench.profile import profile_table
+
+    prof = {"batch_size": 8, "cpu": "a CPU", "artifacts": {},
+            "ceilings": {"n": 1536, "interleaved": True,
+                         "runtimes": {"onnxruntime": {"int8_gops": 1259, "fp32_gops": 330},
+                                      "openvino": {"int8_gops": 6000, "fp32_gops": 320}}},
+            "amx": {"usable": True, "why": "the CPU reports AMX-INT8 and the kernel grants tile state"},
+            "integer_path": {"onnxruntime": integer_path(1259, 330, "x86_64"),
+                             "openvino": integer_path(6000, 320, "x86_64")}}
+    text = "\n".join(profile_table({"profile": prof, "results": []}))
+    assert "AMX: usable" in text and "onnxruntime int8 1259 GOP/s, fp32 330 GOP/s" in text
+    assert "integer path on onnxruntime: VNNI-class" in text and "integer path on openvino: a matrix engine" in text
+    assert "but onnxruntime's integer products do not run at its rate" in text
+    assert "openvino's integer products do not" not in text
