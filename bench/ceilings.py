@@ -15,7 +15,6 @@ process could run AMX tiles at all: together they answer whether AMX is used whe
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,18 +169,21 @@ def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
 
 
 def gemm_ceilings(n: int = CEILING_N, *, seconds: float = 1.0, threads: int | None = None,
-                  runtimes=("onnxruntime",)) -> dict:
-    """GOP/s (2 n^3 per product) of each runtime's int8 and float32 n x n x n product, the median of calls
-    timed for about `seconds` each after a warm-up; the shape of `ceilings_from_rounds`, not interleaved."""
+                  runtimes=("onnxruntime",), rounds: int = 3, settle_s: float = 0.2) -> dict:
+    """GOP/s (2 n^3 per product) of each runtime's int8 and float32 n x n x n product when no model rounds
+    ran (--profile without model mode): the products timed in `rounds` rotating turns of about
+    `seconds` / `rounds` each, every turn after `settle_s` of untimed calls (the previous product's worker
+    threads stop spinning), the median per product; the shape of `ceilings_from_rounds`, marked not
+    interleaved with the artifacts."""
+    from clipscan.runtime.timing import timed_turn
+
+    products = list(_product_runs(n, threads, runtimes))
+    samples: list[list[float]] = [[] for _ in products]
+    for r in range(rounds):
+        for i in [(r + k) % len(products) for k in range(len(products))]:
+            samples[i] += timed_turn(products[i][2], settle_s, seconds / rounds)
     out: dict = {"n": n, "runtimes": {}}
-    for runtime, kind, run in _product_runs(n, threads, runtimes):
-        for _ in range(2):
-            run()
-        samples, end = [], time.perf_counter() + seconds
-        while time.perf_counter() < end or len(samples) < 3:
-            t0 = time.perf_counter()
-            run()
-            samples.append(time.perf_counter() - t0)
-        out["runtimes"].setdefault(runtime, {})[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(samples)) / 1e9
+    for (runtime, kind, _), xs in zip(products, samples):
+        out["runtimes"].setdefault(runtime, {})[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(xs)) / 1e9
     out.update(out["runtimes"].get("onnxruntime", {}))
     return out

@@ -98,12 +98,13 @@ def profile_lines(name: str, prof: dict, batch: int, gflops_per_image: float | N
 def profile_section(ctx) -> None:
     """The bench section: every artifact profiled at the largest batch size (random input of its own dtype),
     and the machine's GEMM ceilings measured in the same run."""
-    from clipscan.runtime.machine import describe_cpu
+    from clipscan.runtime.machine import cpu_info, describe_cpu
 
     batch = max(ctx.cfg.batch_sizes)
     # measured with the model rows of this batch size when model mode ran; else here, on its own
     ceilings = ctx.report.get("gemm_ceilings") or gemm_ceilings(runtimes=ceiling_runtimes(ctx.backends))
-    out = {"batch_size": batch, "cpu": describe_cpu(), "ceilings": ceilings, "amx": amx_status(), "artifacts": {}}
+    out = {"batch_size": batch, "cpu": describe_cpu(), "isa": cpu_info()["isa"], "ceilings": ceilings,
+           "amx": amx_status(), "artifacts": {}}
     out["integer_path"] = {rt: integer_path(c["int8_gops"], c["fp32_gops"])
                            for rt, c in ceilings.get("runtimes", {}).items() if c.get("int8_gops") and c.get("fp32_gops")}
     rng = np.random.default_rng(0)
@@ -125,6 +126,9 @@ def _amx_lines(prof: dict) -> list[str]:
         lines.append(f"  integer path on {runtime}: {verdict['path']} ({verdict['why']})")
         if amx and amx["usable"] and "AMX" not in verdict["path"]:
             lines.append(f"    AMX is usable in this process but {runtime}'s integer products do not run at its rate")
+        elif "without" in verdict["path"] and {"AVX-512 VNNI", "AVX-VNNI"} & set(prof.get("isa") or []):
+            lines.append(f"    below what this CPU's VNNI gives: {runtime} does not use it, or the ceiling's "
+                         f"timing was disturbed (run again)")
     return lines
 
 

@@ -96,3 +96,17 @@ def test_an_amx_machine_whose_runtime_runs_vnni_is_told_so():
     assert "integer path on onnxruntime: VNNI-class" in text and "integer path on openvino: a matrix engine" in text
     assert "but onnxruntime's integer products do not run at its rate" in text
     assert "openvino's integer products do not" not in text
+
+
+def test_a_vnni_cpu_whose_ceiling_reads_below_vnni_is_told_to_look_again():
+    from clipscan.bench.profile import profile_table
+
+    prof = {"batch_size": 8, "cpu": "a CPU", "artifacts": {}, "isa": ["AVX2", "AVX-512", "AVX-512 VNNI"],
+            "ceilings": {"n": 1536, "runtimes": {"onnxruntime": {"int8_gops": 420, "fp32_gops": 200}}},
+            "amx": {"usable": False, "why": "the CPU reports no AMX-INT8"},
+            "integer_path": {"onnxruntime": integer_path(420, 200, "x86_64")}}
+    text = "\n".join(profile_table({"profile": prof, "results": []}))
+    assert "integer path on onnxruntime: vector kernels without int8 dot products" in text
+    assert "below what this CPU's VNNI gives: onnxruntime does not use it" in text
+    prof["isa"] = ["AVX2"]   # a CPU without VNNI: 2x is what it has, nothing to look at
+    assert "below what" not in "\n".join(profile_table({"profile": prof, "results": []}))
