@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
+from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
+
 from .ceilings import amx_status, ceiling_runtimes, gemm_ceilings, integer_path
 
 # op type -> the kind it is reported under
@@ -40,7 +43,8 @@ KINDS = {
     "Expand": "Transpose/Reshape",
 }
 MATRIX_KINDS = ("int8 matrix products", "float matrix products")
-ROW_BACKENDS = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}   # ceiling runtime -> row backend
+# ceiling runtime -> the backend name its artifact rows carry
+ROW_BACKENDS = {"onnxruntime": OrtCpuBackend.name, "openvino": OpenVinoCpuBackend.name}
 
 
 def op_profile(model_path, feed: dict, *, runs: int = 5, threads: int | None = None) -> dict:
