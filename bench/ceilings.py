@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.backends.base import BackendOptions
+from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
+from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
 from clipscan.runtime.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 
 # not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
@@ -27,6 +30,8 @@ from clipscan.runtime.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_A
 CEILING_N = 1536
 CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 CEILING_RUNTIMES = {"cpu": "onnxruntime", "openvino": "openvino"}   # bench backend -> runtime with a ceiling
+# runtime -> (the backend class its artifacts run in, whether its int8 product is the QDQ form)
+RUNTIME_BACKENDS = {"onnxruntime": (OrtCpuBackend, False), "openvino": (OpenVinoCpuBackend, True)}
 
 # Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) is how a process asks the kernel for
 # AMX tile state; ONNX Runtime's MLAS asks the same before it selects its AMX u8 x s8 kernel
@@ -116,29 +121,19 @@ def _square_product(kind: str, n: int, *, qdq: bool = False):
 
 
 def _product_runs(n: int, threads: int | None, runtimes=("onnxruntime",)):
-    """(runtime, kind, call) for the int8 and the fp32 n^3 product of each runtime, one session each."""
+    """(runtime, kind, call) for the int8 and the fp32 n^3 product of each runtime, each loaded by the
+    backend class that runs the artifacts on that runtime (the same session settings)."""
+    import onnx
+
     for runtime in runtimes:
+        backend_class, qdq = RUNTIME_BACKENDS[runtime]
         for kind in ("int8", "fp32"):
-            if runtime == "onnxruntime":
-                import onnxruntime as ort
-
-                model, a = _square_product(kind, n)
-                so = ort.SessionOptions()
-                if threads:
-                    so.intra_op_num_threads = threads
-                sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-                yield runtime, kind, (lambda sess=sess, a=a: sess.run(None, {"a": a}))
-            else:   # openvino, compiled as the openvino backend compiles artifacts
-                import onnx
-
-                from clipscan.runtime.backends.base import BackendOptions
-                from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
-
-                model, a = _square_product(kind, n, qdq=True)
-                with tempfile.TemporaryDirectory() as tmp:
-                    onnx.save(model, str(Path(tmp) / "ceiling.onnx"))
-                    backend = OpenVinoCpuBackend(Path(tmp) / "ceiling.onnx", BackendOptions(threads=threads))
-                yield runtime, kind, (lambda backend=backend, a=a: backend.run({"a": a}))
+            model, a = _square_product(kind, n, qdq=qdq)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "ceiling.onnx"
+                onnx.save(model, str(path))
+                backend = backend_class(path, BackendOptions(threads=threads))
+            yield runtime, kind, (lambda backend=backend, a=a: backend.run({"a": a}))
 
 
 def ceiling_runtimes(backends) -> tuple[str, ...]:
@@ -146,44 +141,41 @@ def ceiling_runtimes(backends) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["onnxruntime"] + [CEILING_RUNTIMES[b] for b in backends if b in CEILING_RUNTIMES]))
 
 
-def ceiling_candidates(backends=("cpu",), n: int = CEILING_N, threads: int | None = None) -> list:
-    """The int8 and fp32 n^3 products of each CPU runtime of `backends`, as bench candidates to be timed
-    with the artifacts."""
+def _candidates(n: int, threads: int | None, runtimes) -> list:
     from .candidates import Candidate
 
-    runtimes = ceiling_runtimes(backends)
     return [Candidate(runtime, CEILING_BACKEND, f"{kind} GEMM {n}^3 ({runtime})", kind, run=run)
             for runtime, kind, run in _product_runs(n, threads, runtimes)]
 
 
+def ceiling_candidates(backends=("cpu",), n: int = CEILING_N, threads: int | None = None) -> list:
+    """The int8 and fp32 n^3 products of each CPU runtime of `backends`, as bench candidates to be timed
+    with the artifacts."""
+    return _candidates(n, threads, ceiling_runtimes(backends))
+
+
 def ceilings_from_rounds(measured: list[tuple], n: int = CEILING_N) -> dict:
-    """{"n", "interleaved", "interleaved_with", "int8_gops", "fp32_gops" (ONNX Runtime's), "runtimes":
-    {runtime: {"int8_gops", "fp32_gops"}}} from the ceiling (candidate, measurement) pairs of the rounds."""
-    out: dict = {"n": n, "interleaved": True, "runtimes": {}}
+    """{"n", "interleaved" (with artifacts), "interleaved_with", "int8_gops", "fp32_gops" (ONNX Runtime's),
+    "runtimes": {runtime: {"int8_gops", "fp32_gops"}}} from the ceiling (candidate, measurement) pairs of
+    the rounds."""
+    out: dict = {"n": n, "runtimes": {}}
     for cand, m in measured:
         out["runtimes"].setdefault(cand.runtime, {})[f"{cand.precision}_gops"] = 2 * n ** 3 / m["median_s"] / 1e9
         # the artifacts (and eager) it was timed with, not the other ceilings
         out["interleaved_with"] = m["interleaved_with"] + 1 - len(measured)
+    out["interleaved"] = out.get("interleaved_with", 0) > 0
     out.update(out["runtimes"].get("onnxruntime", {}))
     return out
 
 
 def gemm_ceilings(n: int = CEILING_N, *, seconds: float = 1.0, threads: int | None = None,
-                  runtimes=("onnxruntime",), rounds: int = 3, settle_s: float = 0.2) -> dict:
-    """GOP/s (2 n^3 per product) of each runtime's int8 and float32 n x n x n product when no model rounds
-    ran (--profile without model mode): the products timed in `rounds` rotating turns of about
-    `seconds` / `rounds` each, every turn after `settle_s` of untimed calls (the previous product's worker
-    threads stop spinning), the median per product; the shape of `ceilings_from_rounds`, marked not
-    interleaved with the artifacts."""
-    from clipscan.runtime.timing import timed_turn
+                  runtimes=("onnxruntime",)) -> dict:
+    """The ceilings when no model rounds ran (--profile without model mode): each runtime's int8 and
+    float32 n x n x n product timed on their own in the bench's interleaved rounds (a settle before
+    every turn, so the previous product's worker threads stop spinning), about `seconds` each."""
+    from .config import BenchConfig
+    from .interleave import time_interleaved
 
-    products = list(_product_runs(n, threads, runtimes))
-    samples: list[list[float]] = [[] for _ in products]
-    for r in range(rounds):
-        for i in [(r + k) % len(products) for k in range(len(products))]:
-            samples[i] += timed_turn(products[i][2], settle_s, seconds / rounds)
-    out: dict = {"n": n, "runtimes": {}}
-    for (runtime, kind, _), xs in zip(products, samples):
-        out["runtimes"].setdefault(runtime, {})[f"{kind}_gops"] = 2 * n ** 3 / float(np.median(xs)) / 1e9
-    out.update(out["runtimes"].get("onnxruntime", {}))
-    return out
+    cfg = BenchConfig(models=[], min_iters=3, min_seconds=seconds, max_seconds=4 * seconds,
+                      block_seconds=seconds / 3)
+    return ceilings_from_rounds(list(time_interleaved(_candidates(n, threads, runtimes), cfg, cfg.min_iters)), n)

@@ -19,10 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
-from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
-
-from .ceilings import amx_status, ceiling_runtimes, gemm_ceilings, integer_path
+from .ceilings import RUNTIME_BACKENDS, amx_status, ceiling_runtimes, gemm_ceilings, integer_path
 
 # op type -> the kind it is reported under
 KINDS = {
@@ -44,7 +41,7 @@ KINDS = {
 }
 MATRIX_KINDS = ("int8 matrix products", "float matrix products")
 # ceiling runtime -> the backend name its artifact rows carry
-ROW_BACKENDS = {"onnxruntime": OrtCpuBackend.name, "openvino": OpenVinoCpuBackend.name}
+ROW_BACKENDS = {runtime: backend_class.name for runtime, (backend_class, _) in RUNTIME_BACKENDS.items()}
 
 
 def op_profile(model_path, feed: dict, *, runs: int = 5, threads: int | None = None) -> dict:
