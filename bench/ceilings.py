@@ -63,23 +63,25 @@ def amx_status() -> dict:
 
 
 def integer_path(int8_gops: float, fp32_gops: float, machine: str | None = None) -> dict:
-    """{"ratio", "path", "why"}: which integer kernels a runtime's int8 ceiling over its fp32 ceiling shows
-    on an x86-64 CPU (`machine`: platform.machine(), default this one's); elsewhere the ratio is only reported."""
+    """{"ratio", "peak", "path", "why"}: which integer kernels a runtime's int8 ceiling over its fp32 ceiling
+    shows on an x86-64 CPU (`machine`: platform.machine(), default this one's). "peak" is the
+    INT8_FP32_PEAK_RATIO class the ratio falls in; elsewhere than x86-64 it is None (the ratio is only reported)."""
     import platform
 
     ratio = int8_gops / fp32_gops if fp32_gops else 0.0
     machine = machine or platform.machine()
     if machine not in ("x86_64", "AMD64"):
-        return {"ratio": ratio, "path": "not read", "why": f"int8 {ratio:.1f}x its fp32 rate; the per-cycle "
-                                                             f"peaks compared are x86-64 facts, this is {machine}"}
+        return {"ratio": ratio, "peak": None, "path": "not read",
+                "why": f"int8 {ratio:.1f}x its fp32 rate; the per-cycle peaks compared are x86-64 facts, "
+                       f"this is {machine}"}
     if ratio > INT8_PATH_MATRIX_ABOVE:
-        path = "a matrix engine (AMX-class)"
+        peak, path = "AMX-INT8", "a matrix engine (AMX-class)"
     elif ratio > INT8_PATH_VNNI_ABOVE:
-        path = "VNNI-class dot-product kernels"
+        peak, path = "VNNI", "VNNI-class dot-product kernels"
     else:
-        path = "vector kernels without int8 dot products (or slower)"
+        peak, path = "multiply-add pairs", "vector kernels without int8 dot products (or slower)"
     peaks = ", ".join(f"{name} {r}x" for name, r in INT8_FP32_PEAK_RATIO.items())
-    return {"ratio": ratio, "path": path,
+    return {"ratio": ratio, "peak": peak, "path": path,
             "why": f"int8 {ratio:.1f}x its fp32 rate; per cycle the peaks are {peaks} the fp32 FMA rate"}
 
 

@@ -104,7 +104,8 @@ def profile_section(ctx) -> None:
     batch = max(ctx.cfg.batch_sizes)
     # measured with the model rows of this batch size when model mode ran; else here, on its own
     ceilings = ctx.report.get("gemm_ceilings") or gemm_ceilings(runtimes=ceiling_runtimes(ctx.backends))
-    out = {"batch_size": batch, "cpu": describe_cpu(), "isa": cpu_info()["isa"], "ceilings": ceilings,
+    cpu = cpu_info()
+    out = {"batch_size": batch, "cpu": describe_cpu(cpu), "isa": cpu["isa"], "ceilings": ceilings,
            "amx": amx_status(), "artifacts": {}}
     out["integer_path"] = {rt: integer_path(c["int8_gops"], c["fp32_gops"])
                            for rt, c in ceilings.get("runtimes", {}).items() if c.get("int8_gops") and c.get("fp32_gops")}
@@ -125,9 +126,9 @@ def _amx_lines(prof: dict) -> list[str]:
     lines = [f"  AMX: {'usable' if amx['usable'] else 'not usable'}: {amx['why']}"] if amx else []
     for runtime, verdict in prof.get("integer_path", {}).items():
         lines.append(f"  integer path on {runtime}: {verdict['path']} ({verdict['why']})")
-        if amx and amx["usable"] and "AMX" not in verdict["path"]:
+        if amx and amx["usable"] and verdict["peak"] != "AMX-INT8":
             lines.append(f"    AMX is usable in this process but {runtime}'s integer products do not run at its rate")
-        elif "without" in verdict["path"] and {"AVX-512 VNNI", "AVX-VNNI"} & set(prof.get("isa") or []):
+        elif verdict["peak"] == "multiply-add pairs" and {"AVX-512 VNNI", "AVX-VNNI"} & set(prof.get("isa") or []):
             lines.append(f"    below what this CPU's VNNI gives: {runtime} does not use it, or the ceiling's "
                          f"timing was disturbed (run again)")
     return lines
