@@ -8,13 +8,15 @@ TensorRT 10 before 10.14 (JetPack's among them) cannot read the `Attention` oper
 
 ONNX Runtime's CPU kernel for `Attention` (onnxruntime >= 1.23) runs the same function without the
 key transpose and the separate score tensors. A CPU-target INT8 graph (uint8 asymmetric activations)
-is never read by TensorRT, so `quantize_model` can rewrite its attention into that node before
-quantizing (`Recipe.fuse_attention`, `clipscan calibrate --fuse-attention`); the attention products
-stay float either way (they are not weight products), and only the order of float operations
-changes. Not the default: on the outlier-injected ViT-B/32 it measured between 5% slower and 6%
-faster per run on a 2-core AMD EPYC (Zen 4), about 3% faster at batch 1 and 1% at batch 8 on average
-(README, "Benchmark"), so whether it pays is the machine's to say. A layer whose intermediate
-products are read by anything else (a tap, a graph output) keeps its explicit products.
+is never read by TensorRT, so `quantize_model` rewrites its attention into that node before
+quantizing (`Recipe.fuse_attention`, by default wherever it fits: `int8.fusion_applies`), and then
+into the node's 3-D form (`heads_in_channels`), which needs no head-split transposes; the attention
+products stay float either way (they are not weight products), and only the order of float operations
+changes. Measured on the outlier-injected ViT-B/32 (README, "Benchmark"): the 4-D node alone was
+-5% to +6% per run on a 2-core AMD EPYC (Zen 4); on a 2-core Intel Xeon with AMX, where the integer
+products are so fast that the transposes were 10% of the INT8 graph's node time, the 3-D form made the
+INT8 graph 8-10% faster at batch 8. A layer whose intermediate products are read by anything else (a
+tap, a graph output) keeps its explicit products.
 """
 from __future__ import annotations
 
@@ -105,3 +107,88 @@ def fuse_attention(model) -> int:
     for i in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(i)
     return len(replace)
+
+
+def _const_ints(model, name: str, inits: dict) -> list[int] | None:
+    from onnx import numpy_helper
+
+    if name in inits:
+        return [int(v) for v in numpy_helper.to_array(inits[name]).reshape(-1)]
+    return None
+
+
+def heads_in_channels(model) -> int:
+    """Rewrite (in place) each fused `Attention` whose query, key and value are head-split views of one
+    packed projection into the 3-D form (q_num_heads): the packed (tokens, 3*C) product is reshaped to
+    (batch, tokens, 3*C) and split on its last axis, and the output goes on as (batch, tokens, C), so
+    no head-split or head-merge transpose is left. The pattern, as the lean export writes it:
+
+        X -> Reshape(-1, T, 3, H, D) -> Transpose(2, 0, 3, 1, 4) -> Gather(axis 0, index 0 / 1 / 2)
+          -> Attention(q, k, v) -> Transpose(0, 2, 1, 3) -> ...
+
+    The function is the same (the Attention kernel splits heads itself); on a 2-core Intel Xeon with
+    AMX the transposes were 10% of the INT8 graph's node time. Returns how many were rewritten."""
+    import onnx
+
+    graph = model.graph
+    inits = initializers(graph)
+    readers = consumers(graph)
+    outputs = {o.name for o in graph.output}
+    producer = {o: n for n in graph.node for o in n.output}
+    plans = []
+    for att in graph.node:
+        if att.op_type != "Attention" or len(att.input) != 3 or any(a.name.endswith("num_heads") for a in att.attribute):
+            continue
+        gathers = [producer.get(x) for x in att.input]
+        if any(g is None or g.op_type != "Gather" or not _single(readers, g.output[0], outputs) for g in gathers):
+            continue
+        if len({g.input[0] for g in gathers}) != 1 or any(next((a.i for a in g.attribute if a.name == "axis"), 0) != 0
+                                                         for g in gathers):
+            continue
+        index = [_const_ints(model, g.input[1], inits) for g in gathers]
+        split = producer.get(gathers[0].input[0])
+        if index != [[0], [1], [2]] or split is None or split.op_type != "Transpose" or _perm(split) != [2, 0, 3, 1, 4]:
+            continue
+        if len(readers.get(split.output[0], [])) != 3 or split.output[0] in outputs:
+            continue
+        reshape = producer.get(split.input[0])
+        shape = _const_ints(model, reshape.input[1], inits) if reshape is not None and reshape.op_type == "Reshape" else None
+        if (shape is None or len(shape) != 5 or shape[2] != 3 or min(shape[3:]) <= 0 or 0 in shape[:2]
+                or not _single(readers, reshape.output[0], outputs)):
+            continue
+        merge = readers.get(att.output[0], [])
+        if len(merge) != 1 or att.output[0] in outputs or merge[0].op_type != "Transpose" or _perm(merge[0]) != [0, 2, 1, 3]:
+            continue
+        plans.append((att, gathers, split, reshape, shape, merge[0]))
+    if not plans:
+        return 0
+    from onnx import numpy_helper
+
+    swap, drop = {}, set()
+    for k, (att, gathers, split, reshape, shape, merge) in enumerate(plans):
+        heads, width = shape[3], shape[3] * shape[4]
+        base = f"{att.name or 'attention'}/heads_in_channels"
+        packed, bthd = f"{base}/packed_shape", f"{base}/bthd_shape"
+        graph.initializer.extend([numpy_helper.from_array(np.array(shape[:2] + [3 * width], np.int64), packed),
+                                  numpy_helper.from_array(np.array([0, 0, heads, shape[4]], np.int64), bthd)])
+        qkv = [f"{base}/{part}" for part in ("q", "k", "v")]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in att.attribute}
+        swap[id(reshape)] = [
+            onnx.helper.make_node("Reshape", [reshape.input[0], packed], [f"{base}/packed"], name=f"{base}/reshape"),
+            onnx.helper.make_node("Split", [f"{base}/packed"], qkv, name=f"{base}/split", axis=2, num_outputs=3)]
+        swap[id(att)] = [
+            onnx.helper.make_node("Attention", qkv, [f"{base}/out"], name=att.name, q_num_heads=heads,
+                                  kv_num_heads=heads, **attrs),
+            # (batch, tokens, C) viewed as (batch, tokens, heads, D): what the merge transpose gave
+            onnx.helper.make_node("Reshape", [f"{base}/out", bthd], [merge.output[0]], name=f"{base}/merge")]
+        drop.update(id(n) for n in (*gathers, split, merge))
+    rebuilt = []
+    for n in graph.node:
+        if id(n) not in drop:
+            rebuilt.extend(swap.get(id(n), [n]))
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    used = {i for n in graph.node for i in n.input}
+    for i in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(i)
+    return len(plans)

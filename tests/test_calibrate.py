@@ -350,7 +350,7 @@ def test_search_targets_the_failing_output_and_stops_when_a_round_does_not_help(
     assert not list(tmp_path.glob(".s.onnx*")), "no hidden round files left"
 
 
-def test_fused_attention_runs_attention_as_one_node_and_only_for_the_cpu_target(outlier_model, tmp_path):
+def test_fused_attention_is_the_cpu_default_runs_without_transposes_and_never_for_tensorrt(outlier_model, tmp_path):
     import dataclasses
 
     import onnx
@@ -363,25 +363,45 @@ def test_fused_attention_runs_attention_as_one_node_and_only_for_the_cpu_target(
     vset = load_calibration_set(art.manifest, art.sha256(), [outlier_model["val"]], progress=False)
     smooth = int8.RECIPES["smooth"]
     fused_recipe = dataclasses.replace(smooth, fuse_attention=True)
+    explicit_recipe = dataclasses.replace(smooth, fuse_attention=False)
     made = {name: int8.quantize_artifact(outlier_model["onnx"], tmp_path / f"{name}.onnx", cset, recipe, target,
                                          progress=False)
-            for name, recipe, target in (("fused", fused_recipe, "cpu"), ("explicit", smooth, "cpu"),
-                                         ("trt", smooth, "tensorrt"))}
+            for name, recipe, target in (("default", smooth, "cpu"), ("fused", fused_recipe, "cpu"),
+                                         ("explicit", explicit_recipe, "cpu"), ("trt", smooth, "tensorrt"))}
     with pytest.raises(ValueError, match="cpu target"):
         int8.quantize_artifact(outlier_model["onnx"], tmp_path / "no.onnx", cset, fused_recipe, "tensorrt",
                                progress=False)
     assert not (tmp_path / "no.onnx").exists()
 
+    def graph(name):
+        return onnx.load(str(made[name].path)).graph
+
     def ops(name):
-        return [n.op_type for n in onnx.load(str(made[name].path)).graph.node]
+        return [n.op_type for n in graph(name).node]
 
     layers = SMALL_CFG["vision_cfg"]["layers"]
-    assert ops("fused").count("Attention") == layers and "Softmax" not in ops("fused")
-    assert made["fused"].manifest.opset == 23 and made["fused"].calibration["fused_attention"] == layers
+    for name in ("default", "fused"):
+        assert ops(name).count("Attention") == layers and "Softmax" not in ops(name)
+        cal = made[name].calibration
+        assert made[name].manifest.opset == 23 and cal["fused_attention"] == cal["attention_heads_in_channels"] == layers
+        # the 3-D form: heads split inside the kernel, so the only transpose left is the pixels' own (NCHW->NHWC
+        # for the quantized patch convolution, if any)
+        assert ops(name).count("Transpose") <= 1, ops(name)
+        heads = SMALL_CFG["vision_cfg"]["width"] // SMALL_CFG["vision_cfg"]["head_width"]
+        assert [sorted((a.name, a.i) for a in n.attribute if a.name.endswith("num_heads"))
+                for n in graph(name).node if n.op_type == "Attention"] == [[("kv_num_heads", heads),
+                                                                            ("q_num_heads", heads)]] * layers
     for name in ("explicit", "trt"):   # TensorRT before 10.14 cannot read Attention: its graph keeps the products
         assert "Attention" not in ops(name) and ops(name).count("Softmax") == layers
         assert made[name].calibration["fused_attention"] == 0 and made[name].manifest.opset == art.manifest.opset
     assert made["fused"].calibration["recipe"] == "smooth+fused-attention"
+    assert made["explicit"].calibration["recipe"] == "smooth+explicit-attention"
+    assert made["default"].calibration["recipe"] == "smooth"
+    # the Shape that sizes the class token reads the pixels, not a dequantized copy of them
+    for name in made:
+        shapes = [n for n in graph(name).node if n.op_type == "Shape"]
+        assert shapes and all(n.input[0] == art.manifest.input.name for n in shapes), name
+        assert made[name].calibration["shape_reads_source"] >= 1
     # the fused graph computes what the explicit one does: only the order of float operations changed
     fused = int8.run_all(made["fused"].path, vset.tensors, art.manifest.input.name)
     explicit = int8.run_all(made["explicit"].path, vset.tensors, art.manifest.input.name)
@@ -393,7 +413,7 @@ def test_fuse_attention_keeps_a_layer_whose_scores_are_read_elsewhere(outlier_mo
     import onnx
     import onnxruntime as ort
 
-    from clipscan.calibration.attention_fusion import fuse_attention
+    from clipscan.calibration.attention_fusion import fuse_attention, heads_in_channels
 
     model = onnx.load(str(outlier_model["onnx"]))
     softmaxes = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
@@ -402,6 +422,7 @@ def test_fuse_attention_keeps_a_layer_whose_scores_are_read_elsewhere(outlier_mo
     fused = onnx.ModelProto()
     fused.CopyFrom(model)
     assert fuse_attention(fused) == len(softmaxes) - 1
+    assert heads_in_channels(fused) == len(softmaxes) - 1 and heads_in_channels(fused) == 0   # once is all
     onnx.checker.check_model(fused)
     assert [o.version for o in fused.opset_import if o.domain in ("", "ai.onnx")] == [23]
     x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
