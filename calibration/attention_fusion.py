@@ -9,7 +9,7 @@ TensorRT 10 before 10.14 (JetPack's among them) cannot read the `Attention` oper
 ONNX Runtime's CPU kernel for `Attention` (onnxruntime >= 1.23) runs the same function without the
 key transpose and the separate score tensors. A CPU-target INT8 graph (uint8 asymmetric activations)
 is never read by TensorRT, so `quantize_model` rewrites its attention into that node before
-quantizing (`Recipe.fuse_attention`, by default wherever it fits: `int8.fusion_applies`), and then
+quantizing (`Recipe.fuse_attention`, by default wherever it fits: `fusion_applies`), and then
 into the node's 3-D form (`heads_in_channels`), which needs no head-split transposes; the attention
 products stay float either way (they are not weight products), and only the order of float operations
 changes. Measured on the outlier-injected ViT-B/32 (README, "Benchmark"): the 4-D node alone was
@@ -25,6 +25,41 @@ import numpy as np
 from .graph_index import consumers, initializers
 
 ATTENTION_OPSET = 23
+
+
+# -- when (recipe: an int8.Recipe; target: "cpu" or "tensorrt") ------------------------------------------
+
+def fusion_fits(recipe, target: str) -> bool:
+    """Fused attention fits where TensorRT never reads the graph and attention stays float: the cpu target
+    with a recipe that quantizes only weight products."""
+    return target == "cpu" and recipe.ops == "matmul"
+
+
+def fusion_applies(recipe, target: str) -> tuple[bool, str]:
+    """(whether this quantization fuses attention, why). By default (`fuse_attention` None) it does
+    wherever it fits and the installed onnxruntime runs the Attention node (>= 1.23): on the outlier-injected
+    ViT-B/32 it was 8-10% faster at batch 8 on a 2-core Intel Xeon with AMX and no slower on average on a
+    Zen 4 EPYC, with the same gates (README, "Benchmark")."""
+    if recipe.fuse_attention is not None:
+        return bool(recipe.fuse_attention), "asked for" if recipe.fuse_attention else "turned off"
+    if not fusion_fits(recipe, target):
+        return False, f"--target {target} with {recipe.label()} keeps explicit attention products"
+    import onnxruntime as ort
+
+    from clipscan.runtime.backends.ort_cpu import runs_attention
+
+    if not runs_attention(ort.__version__):
+        return False, f"onnxruntime {ort.__version__} cannot run the Attention node (1.23 and newer can)"
+    return True, "default for the cpu target"
+
+
+def check_fusion_target(recipe, target: str) -> None:
+    """Fused attention asked for where it does not fit (`fusion_fits`): a ValueError that says so."""
+    if recipe.fuse_attention and not fusion_fits(recipe, target):
+        raise ValueError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu target graph "
+                         f"with a recipe that quantizes only weight products (smooth, matmul, dynamic), not --target "
+                         f"{target} with {recipe.label()} (TensorRT before 10.14 cannot read the Attention node); "
+                         "drop --fuse-attention or change the target/recipe")
 
 
 def _single(readers: dict, name: str, outputs: set) -> bool:

@@ -32,9 +32,10 @@ from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 from clipscan.runtime.timing import timed_turn
 
-from .attention_fusion import ATTENTION_OPSET, fuse_attention, heads_in_channels
+from .attention_fusion import ATTENTION_OPSET, check_fusion_target, fuse_attention, fusion_applies, heads_in_channels
 from .calib_data import BatchReader, CalibrationSet, equal_batches
 from .graph_index import consumers, initializers
+from .qdq_rewrites import shape_reads_source
 
 log = logging.getLogger("clipscan.calibrate")
 
@@ -265,60 +266,6 @@ def _calib_method(name: str):
 
     return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
             "entropy": CalibrationMethod.Entropy}[name]
-
-
-def fusion_fits(recipe: Recipe, target: str) -> bool:
-    """Fused attention fits where TensorRT never reads the graph and attention stays float: the cpu target
-    with a recipe that quantizes only weight products."""
-    return target == "cpu" and recipe.ops == "matmul"
-
-
-def fusion_applies(recipe: Recipe, target: str) -> tuple[bool, str]:
-    """(whether this quantization fuses attention, why). By default (`fuse_attention` None) it does
-    wherever it fits and the installed onnxruntime runs the Attention node (>= 1.23): on the outlier-injected
-    ViT-B/32 it was 8-10% faster at batch 8 on a 2-core Intel Xeon with AMX and no slower on average on a
-    Zen 4 EPYC, with the same gates (README, "Benchmark")."""
-    if recipe.fuse_attention is not None:
-        return bool(recipe.fuse_attention), "asked for" if recipe.fuse_attention else "turned off"
-    if not fusion_fits(recipe, target):
-        return False, f"--target {target} with {recipe.label()} keeps explicit attention products"
-    import onnxruntime as ort
-
-    try:
-        have = tuple(int(p) for p in ort.__version__.split(".")[:2])
-    except ValueError:
-        have = (0, 0)
-    if have < (1, 23):
-        return False, f"onnxruntime {ort.__version__} cannot run the Attention node (1.23 and newer can)"
-    return True, "default for the cpu target"
-
-
-def check_fusion_target(recipe: Recipe, target: str) -> None:
-    """Fused attention asked for where it does not fit (`fusion_fits`): a ValueError that says so."""
-    if recipe.fuse_attention and not fusion_fits(recipe, target):
-        raise ValueError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu target graph "
-                         f"with a recipe that quantizes only weight products (smooth, matmul, dynamic), not --target "
-                         f"{target} with {recipe.label()} (TensorRT before 10.14 cannot read the Attention node); "
-                         "drop --fuse-attention or change the target/recipe")
-
-
-def shape_reads_source(model) -> int:
-    """Point each Shape node that reads DequantizeLinear(QuantizeLinear(x)) at x (in place): the shape is
-    the same, and the dequantized copy is then no longer read by anything else. The quantizer rewires
-    every reader of the quantized pixels, the Shape that sizes the class token among them; ONNX Runtime
-    then dequantized the whole input batch only to read its shape (1.3 of 51 ms of node time per batch
-    of 8 on the ViT-B/32 INT8 graph). Returns how many were rewired."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    moved = 0
-    for node in model.graph.node:
-        if node.op_type != "Shape":
-            continue
-        dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[0] = q.input[0]
-            moved += 1
-    return moved
 
 
 def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str = "cpu", *,

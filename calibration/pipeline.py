@@ -147,7 +147,7 @@ def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: st
                  heads=heads)
     recipe = build_recipe(recipe, method=method, percentile=percentile, smooth_alpha=smooth_alpha, exclude=exclude,
                           fuse_attention=fuse_attention)
-    from .int8 import check_fusion_target
+    from .attention_fusion import check_fusion_target
 
     check_fusion_target(recipe, target)   # before any work
     from clipscan.runtime.artifact import load_artifact

@@ -452,3 +452,22 @@ def test_cli_calibrate_fuse_attention_writes_an_artifact_the_scanner_runs(outlie
     assert [n.op_type for n in onnx.load(str(out)).graph.node].count("Attention") == SMALL_CFG["vision_cfg"]["layers"]
     rows = list(Scanner(str(out), backend="cpu").scan([d["val"]]))
     assert rows and all(r.error is None and r.backend == "onnxruntime-cpu" for r in rows)
+
+
+def test_fused_attention_default_follows_the_target_the_recipe_and_the_installed_onnxruntime(monkeypatch):
+    import dataclasses
+
+    import onnxruntime
+
+    from clipscan.calibration import int8
+    from clipscan.calibration.attention_fusion import fusion_applies
+
+    smooth, stock = int8.RECIPES["smooth"], int8.RECIPES["stock"]
+    assert fusion_applies(smooth, "cpu") == (True, "default for the cpu target")
+    assert fusion_applies(smooth, "tensorrt")[0] is False
+    assert fusion_applies(stock, "cpu")[0] is False     # stock quantizes the attention products themselves
+    assert fusion_applies(dataclasses.replace(smooth, fuse_attention=False), "cpu") == (False, "turned off")
+    monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
+    fuse, why = fusion_applies(smooth, "cpu")
+    assert fuse is False and "onnxruntime 1.20.1 cannot run the Attention node" in why
+    assert fusion_applies(dataclasses.replace(smooth, fuse_attention=True), "cpu") == (True, "asked for")

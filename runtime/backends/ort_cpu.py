@@ -53,14 +53,21 @@ class OrtCpuBackend:
         self.session = None
 
 
-def too_old_hint(opset: int | None, ort_version: str) -> str:
-    """What to do when an artifact's opset is newer than this onnxruntime reads (an INT8 artifact made with
-    `calibrate --fuse-attention` is opset 23: ONNX's Attention node, which onnxruntime runs from 1.23 on)."""
+ATTENTION_ONNXRUNTIME = (1, 23)   # the first onnxruntime that runs ONNX's Attention node (opset 23)
+
+
+def runs_attention(ort_version: str) -> bool | None:
+    """Whether this onnxruntime version runs ONNX's Attention node; None when the version cannot be read."""
     try:
-        have = tuple(int(p) for p in ort_version.split(".")[:2])
+        return tuple(int(p) for p in ort_version.split(".")[:2]) >= ATTENTION_ONNXRUNTIME
     except ValueError:
-        return ""
-    if opset and opset >= 23 and have < (1, 23):
+        return None
+
+
+def too_old_hint(opset: int | None, ort_version: str) -> str:
+    """What to do when an artifact's opset is newer than this onnxruntime reads (a cpu-target INT8 artifact
+    with fused attention, `calibrate`'s default, is opset 23: ONNX's Attention node)."""
+    if opset and opset >= 23 and runs_attention(ort_version) is False:
         return (f" (the artifact is ONNX opset {opset}; onnxruntime {ort_version} is older than 1.23, "
                 "the first to run it: pip install -U onnxruntime)")
     return ""
