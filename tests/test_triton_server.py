@@ -19,7 +19,7 @@ from clipscan.runtime.artifact import load_artifact
 from clipscan.triton.launch import start_tritonserver
 
 from .conftest import SAMPLES
-from .triton_helpers import need_tritonserver
+from .triton_helpers import free_closed_port, need_tritonserver
 
 MODEL = "clipscan-demo"
 
@@ -183,8 +183,6 @@ def test_remote_scanner_api_twin(triton, files):
     ("closed", "cannot reach the server"),
 ])
 def test_server_mistakes_are_one_sentence(triton, files, server, words):
-    from .triton_helpers import free_closed_port
-
     url = {"unknown-model": triton.url, "grpc": f"http://127.0.0.1:{triton.grpc_port}",
            "closed": f"http://127.0.0.1:{free_closed_port()}"}[server]
     extra = ["--server-model", "nope"] if server == "unknown-model" else []
@@ -198,11 +196,12 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
     import signal
 
     need_tritonserver()
-    from .triton_helpers import free_closed_port
+    from clipscan.triton.launch import free_ports
 
-    port = free_closed_port()
+    port, grpc, metrics = free_ports(3)   # three ports free now (port + 1 may not be: another test's client)
     proc = subprocess.Popen([sys.executable, "-m", "clipscan", "triton", "--repo", str(tmp_path / "repo"), "--start",
-                             "--http-port", str(port)], stderr=subprocess.PIPE, text=True)
+                             "--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
@@ -242,3 +241,23 @@ def test_the_ensemble_on_a_real_triton(tmp_path, files):
     for r in remote + local:
         r["backend"] = None
     assert_same_rows(remote, local)
+
+
+def test_triton_start_on_a_port_in_use_says_which_before_writing_anything(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        free = free_closed_port()
+        assert main(["triton", "--repo", str(tmp_path / "repo"), "--start", "--http-port", str(free),
+                     "--grpc-port", str(taken), "--metrics-port", str(free_closed_port())]) == 2
+    err = capsys.readouterr().err
+    assert f"gRPC {taken} on 127.0.0.1 already in use" in err and "--grpc-port" in err and "Traceback" not in err
+    assert not (tmp_path / "repo").exists()
+    assert main(["triton", "--repo", str(tmp_path / "repo"), "--start", "--http-port", "65535"]) == 2
+    assert "not a TCP port" in capsys.readouterr().err
+    assert main(["triton", "--repo", str(tmp_path / "repo"), "--start", "--http-port", "9000", "--grpc-port",
+                 "9000"]) == 2
+    assert "three different ports" in capsys.readouterr().err

@@ -12,6 +12,7 @@ Every port is bound on 127.0.0.1 unless asked otherwise.
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -93,6 +94,24 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def busy_ports(host: str, ports) -> list[int]:
+    """The ones of `ports` that something on `host` already holds (a bind with SO_REUSEADDR fails there, as
+    tritonserver's own would). A port or host that cannot be bound for another reason is a ValueError."""
+    busy = []
+    for port in ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} is not a TCP port (1-65535)")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+                busy.append(port)
+    return busy
 
 
 @dataclass

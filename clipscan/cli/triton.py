@@ -59,18 +59,36 @@ def add_arguments(p) -> None:
     p.add_argument("--start", action="store_true",
                    help="then run nvidia-pytriton's bundled tritonserver on --repo until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="--start: the address to listen on (default 127.0.0.1)")
-    p.add_argument("--http-port", type=positive_int, default=8000, help="--start: HTTP port (default 8000; gRPC and "
-                                                                        "metrics use the next two)")
+    p.add_argument("--http-port", type=positive_int, default=8000, help="--start: HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=positive_int, help="--start: gRPC port (default: the HTTP port + 1)")
+    p.add_argument("--metrics-port", type=positive_int, help="--start: metrics port (default: the HTTP port + 2)")
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def start_ports(args) -> tuple[int, int, int]:
+    """HTTP, gRPC and metrics ports for --start, checked free on --host before anything is written."""
+    from clipscan.triton.launch import busy_ports
+
+    ports = (args.http_port, args.grpc_port or args.http_port + 1, args.metrics_port or args.http_port + 2)
+    if len(set(ports)) < 3:
+        raise ValueError(f"--start needs three different ports, got HTTP {ports[0]}, gRPC {ports[1]} and metrics "
+                         f"{ports[2]}: pass different --http-port/--grpc-port/--metrics-port")
+    busy = busy_ports(args.host, ports)
+    if busy:
+        named = ", ".join(f"{kind} {port}" for kind, port in zip(("HTTP", "gRPC", "metrics"), ports) if port in busy)
+        raise ValueError(f"--start: {named} on {args.host} already in use (another server?); stop it or pass free "
+                         "ports with --http-port/--grpc-port/--metrics-port")
+    return ports
+
+
 def run(args) -> int:
     from clipscan.triton import Plan, RepositoryOptions, write_repository
     from clipscan.triton.numpy_check import NUMPY2_HINT, numpy_major
 
+    ports = start_ports(args) if args.start else None
     opts = RepositoryOptions(name=args.name, kind=args.kind, layout=args.layout, graph=args.graph,
                              plans=[Plan.from_file(p) for p in args.plan], precision=args.precision,
                              max_batch=args.max_batch, instances=args.instances, queue_delay_us=args.queue_delay_us,
@@ -90,7 +108,6 @@ def run(args) -> int:
         return EXIT_OK
     from clipscan.triton.launch import start_tritonserver
 
-    ports = (args.http_port, args.http_port + 1, args.http_port + 2)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: shut tritonserver down too
     with tempfile.TemporaryDirectory(prefix="clipscan-triton-") as work:
         server = start_tritonserver(repo.root, work, host=args.host, ports=ports)
