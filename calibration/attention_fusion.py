@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph_index import consumers, initializers
+from .graph_index import consumers, initializers, producers
 
 ATTENTION_OPSET = 23
 
@@ -46,10 +46,11 @@ def fusion_applies(recipe, target: str) -> tuple[bool, str]:
         return False, f"--target {target} with {recipe.label()} keeps explicit attention products"
     import onnxruntime as ort
 
-    from clipscan.runtime.backends.ort_cpu import runs_attention
+    from clipscan.runtime.backends.ort_cpu import ATTENTION_ONNXRUNTIME_TEXT, runs_attention
 
     if not runs_attention(ort.__version__):
-        return False, f"onnxruntime {ort.__version__} cannot run the Attention node (1.23 and newer can)"
+        return False, (f"onnxruntime {ort.__version__} cannot run the Attention node ({ATTENTION_ONNXRUNTIME_TEXT} "
+                       "and newer can)")
     return True, "default for the cpu target"
 
 
@@ -66,19 +67,42 @@ def _single(readers: dict, name: str, outputs: set) -> bool:
     return len(readers.get(name, [])) == 1 and name not in outputs
 
 
-def _scalar(model, name: str, inits: dict) -> float | None:
+def _constant(model, name: str, inits: dict) -> np.ndarray | None:
+    """The value of `name` when it is an initializer or a Constant node's output, else None."""
     from onnx import numpy_helper
 
     if name in inits:
-        a = numpy_helper.to_array(inits[name])
-        return float(a.reshape(-1)[0]) if a.size == 1 else None
-    for n in model.graph.node:   # a Constant node
+        return numpy_helper.to_array(inits[name])
+    for n in model.graph.node:
         if n.op_type == "Constant" and n.output[0] == name:
             for attr in n.attribute:
                 if attr.name == "value":
-                    a = numpy_helper.to_array(attr.t)
-                    return float(a.reshape(-1)[0]) if a.size == 1 else None
+                    return numpy_helper.to_array(attr.t)
     return None
+
+
+def _scalar(model, name: str, inits: dict) -> float | None:
+    a = _constant(model, name, inits)
+    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+
+def _ints(model, name: str, inits: dict) -> list[int] | None:
+    a = _constant(model, name, inits)
+    return None if a is None else [int(v) for v in a.reshape(-1)]
+
+
+def _rewrite(graph, replace: dict, drop: set) -> None:
+    """Rebuild `graph`'s nodes: node k (by position) becomes the nodes `replace[k]`, or goes if k is in
+    `drop`; then drop the initializers no node reads any more."""
+    rebuilt = []
+    for k, n in enumerate(graph.node):
+        if k not in drop:
+            rebuilt.extend(replace.get(k, [n]))
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    used = {i for n in graph.node for i in n.input}
+    for i in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(i)
 
 
 def _perm(node) -> list[int]:
@@ -126,30 +150,17 @@ def fuse_attention(model) -> int:
             scale, q = _scalar(model, mul.input[0], inits), mul.input[1]
         if scale is None:
             continue
-        replace[at] = onnx.helper.make_node("Attention", [q, kt.input[0], pv.input[1]], [pv.output[0]],
-                                            name=f"{pv.name or 'matmul'}/fused_attention_{len(replace)}",
-                                            scale=float(np.float32(scale)))
+        replace[at] = [onnx.helper.make_node("Attention", [q, kt.input[0], pv.input[1]], [pv.output[0]],
+                                             name=f"{pv.name or 'matmul'}/fused_attention_{len(replace)}",
+                                             scale=float(np.float32(scale)))]
         drop.update((k_mul, k_kt, k_qk, k_sm))
     if not replace:
         return 0
-    rebuilt = [replace.get(k, n) for k, n in enumerate(nodes) if k not in drop]
-    del graph.node[:]
-    graph.node.extend(rebuilt)
+    _rewrite(graph, replace, drop)
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and op.version < ATTENTION_OPSET:
             op.version = ATTENTION_OPSET
-    used = {i for n in graph.node for i in n.input}
-    for i in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(i)
     return len(replace)
-
-
-def _const_ints(model, name: str, inits: dict) -> list[int] | None:
-    from onnx import numpy_helper
-
-    if name in inits:
-        return [int(v) for v in numpy_helper.to_array(inits[name]).reshape(-1)]
-    return None
 
 
 def heads_in_channels(model) -> int:
@@ -169,7 +180,7 @@ def heads_in_channels(model) -> int:
     inits = initializers(graph)
     readers = consumers(graph)
     outputs = {o.name for o in graph.output}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     plans = []
     for att in graph.node:
         if att.op_type != "Attention" or len(att.input) != 3 or any(a.name.endswith("num_heads") for a in att.attribute):
@@ -180,14 +191,14 @@ def heads_in_channels(model) -> int:
         if len({g.input[0] for g in gathers}) != 1 or any(next((a.i for a in g.attribute if a.name == "axis"), 0) != 0
                                                          for g in gathers):
             continue
-        index = [_const_ints(model, g.input[1], inits) for g in gathers]
+        index = [_ints(model, g.input[1], inits) for g in gathers]
         split = producer.get(gathers[0].input[0])
         if index != [[0], [1], [2]] or split is None or split.op_type != "Transpose" or _perm(split) != [2, 0, 3, 1, 4]:
             continue
         if len(readers.get(split.output[0], [])) != 3 or split.output[0] in outputs:
             continue
         reshape = producer.get(split.input[0])
-        shape = _const_ints(model, reshape.input[1], inits) if reshape is not None and reshape.op_type == "Reshape" else None
+        shape = _ints(model, reshape.input[1], inits) if reshape is not None and reshape.op_type == "Reshape" else None
         if (shape is None or len(shape) != 5 or shape[2] != 3 or min(shape[3:]) <= 0 or 0 in shape[:2]
                 or not _single(readers, reshape.output[0], outputs)):
             continue
@@ -199,8 +210,9 @@ def heads_in_channels(model) -> int:
         return 0
     from onnx import numpy_helper
 
+    at = {id(n): k for k, n in enumerate(graph.node)}
     swap, drop = {}, set()
-    for k, (att, gathers, split, reshape, shape, merge) in enumerate(plans):
+    for att, gathers, split, reshape, shape, merge in plans:
         heads, width = shape[3], shape[3] * shape[4]
         base = f"{att.name or 'attention'}/heads_in_channels"
         packed, bthd = f"{base}/packed_shape", f"{base}/bthd_shape"
@@ -208,22 +220,14 @@ def heads_in_channels(model) -> int:
                                   numpy_helper.from_array(np.array([0, 0, heads, shape[4]], np.int64), bthd)])
         qkv = [f"{base}/{part}" for part in ("q", "k", "v")]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in att.attribute}
-        swap[id(reshape)] = [
+        swap[at[id(reshape)]] = [
             onnx.helper.make_node("Reshape", [reshape.input[0], packed], [f"{base}/packed"], name=f"{base}/reshape"),
             onnx.helper.make_node("Split", [f"{base}/packed"], qkv, name=f"{base}/split", axis=2, num_outputs=3)]
-        swap[id(att)] = [
+        swap[at[id(att)]] = [
             onnx.helper.make_node("Attention", qkv, [f"{base}/out"], name=att.name, q_num_heads=heads,
                                   kv_num_heads=heads, **attrs),
             # (batch, tokens, C) viewed as (batch, tokens, heads, D): what the merge transpose gave
             onnx.helper.make_node("Reshape", [f"{base}/out", bthd], [merge.output[0]], name=f"{base}/merge")]
-        drop.update(id(n) for n in (*gathers, split, merge))
-    rebuilt = []
-    for n in graph.node:
-        if id(n) not in drop:
-            rebuilt.extend(swap.get(id(n), [n]))
-    del graph.node[:]
-    graph.node.extend(rebuilt)
-    used = {i for n in graph.node for i in n.input}
-    for i in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(i)
+        drop.update(at[id(n)] for n in (*gathers, split, merge))
+    _rewrite(graph, swap, drop)
     return len(plans)

@@ -1,4 +1,5 @@
-"""Lookups over an ONNX graph that the INT8 passes share: who reads a tensor, the initializers by name."""
+"""Lookups over an ONNX graph that the INT8 passes share: who reads a tensor, who writes it, the initializers
+by name."""
 from __future__ import annotations
 
 
@@ -9,6 +10,11 @@ def consumers(graph) -> dict:
         for i in n.input:
             out.setdefault(i, []).append(n)
     return out
+
+
+def producers(graph) -> dict:
+    """tensor name -> the node that writes it."""
+    return {o: n for n in graph.node for o in n.output}
 
 
 def initializers(graph) -> dict:

@@ -7,6 +7,8 @@ of the error the bar allows (a cosine mean of 0.990 under a bar of 0.995 is 1.0;
 """
 from __future__ import annotations
 
+from .graph_index import producers
+
 
 def failing(metrics: dict, gates: dict) -> list[str]:
     """The gated metrics below their bar (a metric that is absent does not count)."""
@@ -34,7 +36,7 @@ def target_outputs(manifest, metrics: list[str]) -> list[str]:
 
 def ancestors(model, outputs: list[str]) -> set[str]:
     """Names of every node the given graph outputs depend on."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
     seen: set[str] = set()
     stack = [producer[o] for o in outputs if o in producer]
     while stack:

@@ -46,14 +46,17 @@ def add_arguments(p) -> None:
     p.add_argument("--percentile", type=percent, default=99.999, help="percentile calibration's percentile")
     p.add_argument("--smooth-alpha", type=probability, help="override the SmoothQuant migration strength (0..1)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
+    from clipscan.runtime.backends.ort_cpu import ATTENTION_ONNXRUNTIME_TEXT  # no onnxruntime import
+
     fuse = p.add_mutually_exclusive_group()
     fuse.add_argument("--fuse-attention", action="store_true", default=None,
                       help="run each layer's attention as one ONNX Attention node (opset 23, read by onnxruntime "
-                           ">= 1.23): the default for --target cpu with the smooth, matmul and dynamic recipes when "
-                           "the installed onnxruntime runs it; given explicitly, an error where it cannot run")
+                           f">= {ATTENTION_ONNXRUNTIME_TEXT}): the default for --target cpu with the smooth, matmul and "
+                           "dynamic recipes when the installed onnxruntime runs it; given explicitly, an error where "
+                           "it cannot run")
     fuse.add_argument("--no-fuse-attention", dest="fuse_attention", action="store_false", default=None,
-                      help="keep the attention products explicit (an opset-18 artifact that onnxruntime < 1.23 "
-                           "runs too)")
+                      help="keep the attention products explicit (an opset-18 artifact that onnxruntime < "
+                           f"{ATTENTION_ONNXRUNTIME_TEXT} runs too)")
     p.add_argument("--search", action="store_true",
                    help="accuracy-aware search: while the INT8 bar fails on --val-images (against the FP32 "
                         "graph), keep the layers adding the most error in float and quantize again")
@@ -98,8 +101,10 @@ def print_written(outcome, output: str, target: str) -> None:
             step = outcome.search_history[kept]
             print(f"warning: the INT8 model written runs at {step['speedup_vs_fp32']:.2f}x the FP32 graph's speed on "
                   "this CPU: it is slower than FP32 (keep the FP32 artifact unless its size matters more)")
-    fused = (f", attention fused in {calibration['fused_attention']} layer(s): opset 23, onnxruntime >= 1.23"
-             if calibration.get("fused_attention") else "")
+    from clipscan.runtime.backends.ort_cpu import ATTENTION_ONNXRUNTIME_TEXT
+
+    fused = (f", attention fused in {calibration['fused_attention']} layer(s): opset 23, onnxruntime >= "
+             f"{ATTENTION_ONNXRUNTIME_TEXT}" if calibration.get("fused_attention") else "")
     print(f"wrote {output} (INT8 {calibration['recipe']}, target {target}{fused}, "
           f"{calibration['calibration_set']['n_images']} calibration image(s), "
           f"{Path(output).stat().st_size / 1e6:.1f} MB)")

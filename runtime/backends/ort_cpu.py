@@ -54,6 +54,7 @@ class OrtCpuBackend:
 
 
 ATTENTION_ONNXRUNTIME = (1, 23)   # the first onnxruntime that runs ONNX's Attention node (opset 23)
+ATTENTION_ONNXRUNTIME_TEXT = ".".join(map(str, ATTENTION_ONNXRUNTIME))
 
 
 def runs_attention(ort_version: str) -> bool | None:
@@ -68,8 +69,8 @@ def too_old_hint(opset: int | None, ort_version: str) -> str:
     """What to do when an artifact's opset is newer than this onnxruntime reads (a cpu-target INT8 artifact
     with fused attention, `calibrate`'s default, is opset 23: ONNX's Attention node)."""
     if opset and opset >= 23 and runs_attention(ort_version) is False:
-        return (f" (the artifact is ONNX opset {opset}; onnxruntime {ort_version} is older than 1.23, "
-                "the first to run it: pip install -U onnxruntime)")
+        return (f" (the artifact is ONNX opset {opset}; onnxruntime {ort_version} is older than "
+                f"{ATTENTION_ONNXRUNTIME_TEXT}, the first to run it: pip install -U onnxruntime)")
     return ""
 
 
