@@ -76,3 +76,19 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
     api = (site / "reference" / "python-api" / "index.html").read_text()
     assert "scan_bytes" in api and "ClipscanError" in api
 
+
+
+def _user_docs():
+    return [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def test_user_docs_carry_no_issue_numbers_or_status_log():
+    pattern = re.compile(r"#1[0-9]\b|Status")
+    for path in _user_docs():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(REPO)}:{number}: {line}"
+
+
+def test_readme_is_short():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) < 250, f"README.md has {len(lines)} lines; the details belong in docs/"

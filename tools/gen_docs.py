@@ -212,8 +212,8 @@ def _help_text(action: argparse.Action, prog: str) -> str:
 
 
 def _value(action: argparse.Action) -> str:
-    if action.nargs == 0:
-        return ""
+    if action.nargs == 0 or (not action.option_strings and action.nargs is None and action.choices is None):
+        return ""  # a flag, or a plain positional (its name is in the first column)
     if action.choices is not None:
         return " | ".join(f"`{c}`" for c in action.choices)  # _cell escapes the pipes
     metavar = action.metavar or (action.dest.upper() if action.option_strings else action.dest)
