@@ -169,6 +169,44 @@ def other_gates() -> str:
     return table(["bar", "value"], rows)
 
 
+def ray_defaults() -> str:
+    """`clipscan scan --engine ray`: clipscan.distributed's DEFAULTS."""
+    from clipscan.distributed import DEFAULTS
+
+    rows = [[_code(name), "see below" if value is None else _number(value)] for name, value in DEFAULTS.items()]
+    return table(["setting", "default"], rows)
+
+
+def manifest_values() -> str:
+    """The values the manifest's enumerated fields may take (runtime/manifest.py's tuples)."""
+    from clipscan.runtime import manifest as m
+
+    rows = [
+        ["`schema_version`", m.SUPPORTED_SCHEMA_VERSIONS],
+        ["`precision`", m.PRECISIONS],
+        ["`preprocess.exif_orientation`", m.EXIF_POLICIES],
+        ["`preprocess.bit_depth`", m.BIT_DEPTH_POLICIES],
+        ["`preprocess.resize.mode`", m.RESIZE_MODES],
+        ["`preprocess.resize.interpolation`", m.INTERPOLATIONS],
+        ["`preprocess.crop.mode`", m.CROP_MODES],
+        ["`preprocess.convert.alpha`", m.ALPHA_POLICIES],
+        ["`preprocess.convert.when`", m.CONVERT_WHEN],
+        ["`heads[].task`", m.HEAD_TASKS],
+        ["`decision.ensemble`", m.ENSEMBLE_RULES],
+    ]
+    return table(["field", "values"], [[f, ", ".join(f"`{v}`" for v in values)] for f, values in rows])
+
+
+def demo_contract() -> str:
+    """The services' tensors for the bundled demo model (runtime.contract's specs from its manifest)."""
+    from clipscan.runtime import contract, load_artifact
+
+    manifest = load_artifact(None).manifest
+    rows = [["input", _code(s.name), s.datatype, _code(s.shape())] for s in contract.input_specs(manifest)]
+    rows += [["output", _code(s.name), s.datatype, _code(s.shape())] for s in contract.output_specs(manifest)]
+    return table(["", "tensor", "datatype", "shape (-1: the batch)"], rows)
+
+
 # table name -> (function that renders it, the page that holds it between markers)
 TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "head-formats": (head_formats, "guides/export.md"),
@@ -179,6 +217,9 @@ TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "int8-recipes": (int8_recipes, "guides/int8.md"),
     "fidelity-bars": (fidelity_bars, "guides/verify.md"),
     "other-gates": (other_gates, "guides/verify.md"),
+    "ray-defaults": (ray_defaults, "guides/ray.md"),
+    "manifest-values": (manifest_values, "reference/manifest.md"),
+    "demo-contract": (demo_contract, "reference/tensor-contract.md"),
 }
 
 
@@ -227,7 +268,7 @@ def _value(action: argparse.Action) -> str:
 
 def _default(action: argparse.Action) -> str:
     default = action.default
-    if action.nargs == 0 or default is None or default is argparse.SUPPRESS or default == []:
+    if action.nargs == 0 or default is None or default is argparse.SUPPRESS or default in ([], ""):
         return ""
     return f"`{default}`"
 
