@@ -45,7 +45,7 @@ def amx_status() -> dict:
     import ctypes
     import platform
 
-    from clipscan.runtime.machine import cpu_info
+    from clipscan.measure.machine import cpu_info
 
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return {"usable": False, "why": f"not Linux x86-64 ({platform.system()} {platform.machine()})"}

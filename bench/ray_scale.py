@@ -17,7 +17,7 @@ from pathlib import Path
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.machine import describe_cpu
+from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images

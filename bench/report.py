@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from clipscan.runtime.atomic import write_text
-from clipscan.runtime.machine import cpu_info, describe_cpu, tool_versions
+from clipscan.measure.machine import cpu_info, describe_cpu, tool_versions
 
 from .config import BenchConfig
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.machine import describe_cpu
+from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.scanner import Scanner
 
 from .images import synthetic_images

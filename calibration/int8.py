@@ -28,7 +28,7 @@ import numpy as np
 
 from clipscan.export.onnx_writer import attach_manifest, save_model
 from clipscan.runtime.artifact import file_sha256, load_artifact
-from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
+from clipscan.measure.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 from clipscan.runtime.timing import timed_turn
 

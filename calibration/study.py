@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     recipes = {k: int8.RECIPES[k] for k in args.recipes.split(",") if k}
     rows = run_recipes(built["onnx"], calib, val, recipes, work, target=args.target,
                        search_from=None if args.no_search else "smooth", cache=work / "cache")
-    from clipscan.runtime.machine import describe_cpu
+    from clipscan.measure.machine import describe_cpu
 
     print(f"speeds measured on {describe_cpu()}")
     print(table(rows))

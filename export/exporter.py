@@ -10,7 +10,7 @@ import numpy as np
 
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
-from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
+from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.metrics import cosine_rows
 from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
