@@ -9,7 +9,7 @@ profiled batch size, so a machine whose speed drifts (a shared VM: +-25% within 
 moves the ceilings and the artifacts alike and each artifact's share of them stays meaningful.
 
 `integer_path` reads which kernels ran from the int8/fp32 ratio of one runtime (see the
-INT8_FP32_PEAK_RATIO comment in `clipscan.runtime.thresholds`), and `amx_status` says whether this
+INT8_FP32_PEAK_RATIO comment in `clipscan.measure.thresholds`), and `amx_status` says whether this
 process could run AMX tiles at all: together they answer whether AMX is used where the CPU has it.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from clipscan.runtime.backends.base import BackendOptions
 from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
 from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
-from clipscan.runtime.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
+from clipscan.measure.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 
 # not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
 # AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph

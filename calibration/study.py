@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.metrics import compare_outputs
-from clipscan.runtime.thresholds import INT8_STRICT, meets
+from clipscan.measure.thresholds import INT8_STRICT, meets
 
 SMALL = {"embed_dim": 128, "quick_gelu": False,
          "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 32},

@@ -13,7 +13,7 @@ from clipscan.runtime.atomic import replacing
 from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.metrics import cosine_rows
-from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
+from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 
 from .backbone import BackboneInfo, load_backbone
 from .deps import require

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.metrics import cosine_rows
-from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
-from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
+from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
+from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
 
 from .deps import require
 from .errors import ExportCheckError

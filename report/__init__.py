@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from clipscan.runtime.atomic import write_text
-from clipscan.runtime.thresholds import REPORT_MAX_BYTES, REPORT_TOP_N
+from clipscan.runtime.defaults import REPORT_MAX_BYTES, REPORT_TOP_N
 
 from .page import render
 from .rows import Row, RowsError, RowsFile, read_rows

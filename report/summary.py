@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipscan.runtime.thresholds import REPORT_HIST_BINS, REPORT_MAX_FAILURES, REPORT_TABLE_BYTES
+from clipscan.runtime.defaults import REPORT_HIST_BINS, REPORT_MAX_FAILURES, REPORT_TABLE_BYTES
 
 from .rows import Row, RowsFile
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from clipscan.runtime.decode import load_image
 from clipscan.runtime.errors import ImageReadError
-from clipscan.runtime.thresholds import REPORT_THUMB_PX, REPORT_THUMB_QUALITY
+from clipscan.runtime.defaults import REPORT_THUMB_PX, REPORT_THUMB_QUALITY
 
 
 @dataclass
