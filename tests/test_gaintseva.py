@@ -172,7 +172,7 @@ def test_int8_keeps_the_probes_in_float_and_passes_the_gates_with_search(tmp_pat
     import onnx
 
     from clipscan.calibration import int8
-    from clipscan.calibration.study import write_image_sets
+    from .outlier_vit import write_image_sets
     from clipscan.cli import main
 
     from .conftest import TINY_CONFIG, seeded_clip
@@ -259,7 +259,7 @@ def test_the_bar_four_detectors_on_one_pass_fp32_and_int8(tmp_path):
     and each scan row carries every head's answer."""
     import json
 
-    from clipscan.calibration.study import write_image_sets
+    from .outlier_vit import write_image_sets
     from clipscan.cli import main
 
     from .conftest import TINY_CONFIG, seeded_clip

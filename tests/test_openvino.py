@@ -60,7 +60,7 @@ def test_an_int8_artifact_keeps_its_gates_on_openvino(tmp_path):
     agree with each other as closely as either does with the FP32 graph."""
     from clipscan.calibration import int8
     from clipscan.calibration.calib_data import load_calibration_set
-    from clipscan.calibration.study import build_outlier_model, write_image_sets
+    from .outlier_vit import build_outlier_model, write_image_sets
 
     from .test_calibrate import SMALL_CFG
 
