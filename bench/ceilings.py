@@ -24,9 +24,8 @@ from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
 from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
 from clipscan.measure.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 
-# not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
-# AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
-# itself achieved (162): a ceiling must not sit under the model it bounds
+# not a power of two: a 4 KiB row stride (n = 1024) makes rows collide in the cache sets, and the product
+# can then run slower than the model it is meant to bound; a ceiling must not sit under that model
 CEILING_N = 1536
 CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 CEILING_RUNTIMES = {"cpu": "onnxruntime", "openvino": "openvino"}   # bench backend -> runtime with a ceiling
@@ -98,9 +97,9 @@ def _square_product(kind: str, n: int, *, qdq: bool = False):
     """(onnx model, input) for the n^3 product: int8 as MatMulInteger (u8 x s8 -> int32), or with `qdq`
     in the QDQ form a runtime fuses into its own integer product, uint8 in and out (uint8 -> Dequantize ->
     MatMul with dequantized int8 weights -> Quantize -> uint8); fp32 as MatMul. The QDQ form keeps float
-    tensors out of its input and output: with a float input and output (9.4 MB each at 1536) OpenVINO's
-    AMX product (brgemm_avx512_amx_I8, 1.8 ms of node time) took 3.2 ms of wall time on a 2-core Xeon, and
-    its ratio to the fp32 product read as VNNI's."""
+    tensors out of its input and output: a float input and output (9.4 MB each at n = 1536) would be
+    converted on every run, and on a matrix engine (AMX) that copying costs more than the product itself,
+    so the int8/fp32 ratio would understate the integer path (an AMX product would read as VNNI's)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
