@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from clipscan.runtime.metrics import (  # noqa: F401
+from clipscan.runtime.fidelity_metrics import (  # noqa: F401
     cosine_rows,
     decisions,
     prob_to_logit,

@@ -21,7 +21,7 @@ import numpy as np
 
 from clipscan.export.onnx_writer import rewrite_manifest
 from clipscan.measure.machine import describe_cpu
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 from clipscan.measure.thresholds import INT8_STRICT, SEARCH_MIN_GAIN, meets
 
 from . import int8

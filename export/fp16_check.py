@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipscan.runtime.metrics import cosine_rows
+from clipscan.runtime.fidelity_metrics import cosine_rows
 from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
 from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
 

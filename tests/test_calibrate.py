@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 SMALL_CFG = {"embed_dim": 64, "quick_gelu": False,
              "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 32},

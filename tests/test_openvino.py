@@ -14,7 +14,7 @@ import pytest
 from clipscan.cli.args import BACKENDS
 from clipscan.runtime import Scanner
 from clipscan.runtime.backends import AUTO_CHAIN, registry
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from .conftest import REPO, SAMPLES, blocked_env, cosine
 

@@ -30,7 +30,7 @@ from clipscan.calibration.search import search
 from clipscan.measure.machine import describe_cpu
 from clipscan.measure.thresholds import INT8_STRICT, meets
 from clipscan.runtime.artifact import file_sha256
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 if __package__ in (None, ""):  # run as a script: the checkout's root holds tests/outlier_vit.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
