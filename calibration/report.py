@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clipscan.runtime.atomic import write_text
 
-from .fidelity import Gate
+from .fidelity_gates import Gate
 
 JSON_NAME = "report.json"
 HTML_NAME = "report.html"

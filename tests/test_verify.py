@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from clipscan.calibration import fidelity as F
+from clipscan.calibration import fidelity_gates as F
 from clipscan.calibration.verify import verify
 from clipscan.cli import main
 from clipscan.export import load_reference
