@@ -20,7 +20,7 @@ from .cold_start import cold_starts
 from .config import BenchConfig, check_config
 from .context import BenchContext, available_backends
 from .e2e import e2e_rows
-from .fidelity import artifact_fidelity, prepare_reference
+from .reference_fidelity import artifact_fidelity, prepare_reference
 from .images import benchmark_images
 from .model_timing import model_rows
 from .profile import profile_section
