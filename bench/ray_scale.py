@@ -21,7 +21,7 @@ from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images
-from .report import load_average
+from .results import load_average
 
 log = logging.getLogger("clipscan.bench")
 
