@@ -83,7 +83,7 @@ class VerifyReport:
         })
 
     def summary(self) -> str:
-        from .report import summary_table
+        from .fidelity_report import summary_table
 
         return summary_table(self)
 
@@ -354,7 +354,7 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
         method=METHOD, manifest_tools=dict(manifest.tools), plots_data=plots,
     )
     if report_dir is not None:
-        from .report import write_report
+        from .fidelity_report import write_report
 
         write_report(report, report_dir)
     return report
