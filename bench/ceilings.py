@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.measure.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 from clipscan.runtime.backends.base import BackendOptions
 from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
 from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
-from clipscan.measure.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 
 # not a power of two: a 4 KiB row stride (n = 1024) makes rows collide in the cache sets, and the product
 # can then run slower than the model it is meant to bound; a ceiling must not sit under that model

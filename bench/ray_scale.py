@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from clipscan.measure.machine import describe_cpu
 from clipscan.runtime import Scanner
 from clipscan.runtime.discover import iter_files
-from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images

@@ -12,8 +12,8 @@ import platform
 import time
 from pathlib import Path
 
-from clipscan.runtime.atomic import write_text
 from clipscan.measure.machine import cpu_info, describe_cpu, tool_versions
+from clipscan.runtime.atomic import write_text
 
 from .config import BenchConfig
 

@@ -22,15 +22,6 @@ from typing import Callable
 
 import numpy as np
 
-from clipscan.runtime.fidelity_metrics import (  # noqa: F401
-    cosine_rows,
-    decisions,
-    prob_to_logit,
-    rankdata,
-    sigmoid,
-    spearman,
-)
-from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
 from clipscan.measure.thresholds import (  # noqa: F401
     BARS,
     DEFAULT_MARGIN,
@@ -42,6 +33,15 @@ from clipscan.measure.thresholds import (  # noqa: F401
     Bars,
     bars_for,
 )
+from clipscan.runtime.fidelity_metrics import (  # noqa: F401
+    cosine_rows,
+    decisions,
+    prob_to_logit,
+    rankdata,
+    sigmoid,
+    spearman,
+)
+from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
 
 
 @dataclass

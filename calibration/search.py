@@ -21,8 +21,8 @@ import numpy as np
 
 from clipscan.export.onnx_writer import rewrite_manifest
 from clipscan.measure.machine import describe_cpu
-from clipscan.runtime.fidelity_metrics import compare_outputs
 from clipscan.measure.thresholds import INT8_STRICT, SEARCH_MIN_GAIN, meets
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from . import int8
 from . import search_targets as targets

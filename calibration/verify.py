@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 
 from clipscan.export.deps import require
+from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
-from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.progress import Progress
 
 from . import fidelity_gates

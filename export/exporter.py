@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
+from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
-from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
-from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.fidelity_metrics import cosine_rows
-from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
+from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 
 from .backbone import BackboneInfo, load_backbone
 from .deps import require

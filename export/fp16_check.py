@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipscan.runtime.fidelity_metrics import cosine_rows
 from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
 from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
+from clipscan.runtime.fidelity_metrics import cosine_rows
 
 from .deps import require
 from .errors import ExportCheckError
