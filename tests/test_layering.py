@@ -2,6 +2,7 @@
 
     runtime  <-  export  <-  calibration  <-  bench  <-  cli
     runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
+    report (its HTML toolkit, html_kit)  <-  calibration (the fidelity report page)
     runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
     measure (fidelity bars, machine description, timing; imports no other clipscan package)
              <-  export, calibration, bench, cli
@@ -37,7 +38,7 @@ DEPENDS = {
     RE: {RT},
     TR: {RT},
     DI: {RT},
-    CA: {RT, ME, EX},
+    CA: {RT, ME, EX, RE},  # RE: the HTML toolkit (report.html_kit) of the fidelity report page
     BE: {RT, ME, EX, CA, SE, DI},
     "clipscan.cli": {RT, ME, EX, CA, BE, SE, RE, TR, DI},
 }
