@@ -1,5 +1,5 @@
 """The HTML toolkit of clipscan's two self-contained pages: the scan report (`clipscan report`,
-clipscan.report.page) and the fidelity report of `clipscan verify` and `clipscan calibrate`
+clipscan.report.scan_page) and the fidelity report of `clipscan verify` and `clipscan calibrate`
 (clipscan.calibration.fidelity_report).
 
 Each page is one file that opens offline: its style inline, its images as data: URIs, its data as
