@@ -1,8 +1,9 @@
 """Defaults of the torch-free packages: what one report page holds, the Triton repository
 `clipscan triton` writes, and the HTTP client of `clipscan scan --server`.
 
-They are clipscan's choices (no protocol fixes them); the CLI flags take their defaults from here.
-The pass/fail bars of export, verify and calibrate are in clipscan.measure.thresholds.
+They are clipscan's choices (no protocol fixes them); `clipscan report --top` and the flags of
+`clipscan triton` take their defaults from here, RemoteScanner its keyword defaults. The pass/fail
+bars of export, verify and calibrate are not defaults: they are in clipscan.measure.thresholds.
 """
 from __future__ import annotations
 
