@@ -52,3 +52,24 @@ def test_a_page_keeps_its_data_in_a_real_browser(tmp_path):
 
 # a 1x1 transparent GIF
 GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+
+
+def test_the_scan_report_is_built_with_the_toolkit(tmp_path):
+    """A real `build_report` page: the shared style, and a row whose path tries to end the rows' JSON element
+    shown as text in the rows table, with no script run."""
+    from clipscan.report import build_report
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in [
+        {"path": HOSTILE[0], "p_generated": 0.9, "verdict": "generated", "backend": "onnxruntime-cpu"},
+        {"path": "<!--<script>.png", "error": "not_an_image: no", "backend": "onnxruntime-cpu"},
+    ]) + "\n")
+    build_report(rows, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert BASE_CSS in text and text.count("</script>") == 2
+    with browser_page() as p:
+        p.goto((tmp_path / "r.html").as_uri())
+        p.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        cells = p.eval_on_selector_all("#rows-table tbody tr td:first-child", "tds => tds.map(t => t.textContent)")
+        assert sorted(cells) == sorted([HOSTILE[0], "<!--<script>.png"])
+        assert p.evaluate("window.pwned") is None
