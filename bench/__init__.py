@@ -7,7 +7,7 @@ benchmark runs on a base install. `run_benchmark(BenchConfig(...))` returns a re
 """
 from .config import BenchConfig, parse_list
 from .plot import write_plot
-from .report import write_json
+from .results import write_json
 from .run import run_benchmark
 from .table import format_table
 

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from clipscan.calibration.draft_check import compare_draft_rows
+from clipscan.measure.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN
+from clipscan.measure.timing import time_loop
 from clipscan.runtime import Scanner, load_artifact
 from clipscan.runtime.decode import load_image
-from clipscan.runtime.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN
-from clipscan.runtime.timing import time_loop
 
 from .config import BenchConfig
 from .context import BenchContext

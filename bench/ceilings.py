@@ -9,7 +9,7 @@ profiled batch size, so a machine whose speed drifts (a shared VM: +-25% within 
 moves the ceilings and the artifacts alike and each artifact's share of them stays meaningful.
 
 `integer_path` reads which kernels ran from the int8/fp32 ratio of one runtime (see the
-INT8_FP32_PEAK_RATIO comment in `clipscan.runtime.thresholds`), and `amx_status` says whether this
+INT8_FP32_PEAK_RATIO comment in `clipscan.measure.thresholds`), and `amx_status` says whether this
 process could run AMX tiles at all: together they answer whether AMX is used where the CPU has it.
 """
 from __future__ import annotations
@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.measure.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 from clipscan.runtime.backends.base import BackendOptions
 from clipscan.runtime.backends.openvino_cpu import OpenVinoCpuBackend
 from clipscan.runtime.backends.ort_cpu import OrtCpuBackend
-from clipscan.runtime.thresholds import INT8_FP32_PEAK_RATIO, INT8_PATH_MATRIX_ABOVE, INT8_PATH_VNNI_ABOVE
 
-# not a power of two: at 1024 (a 4 KiB row stride) the fp32 product ran at 134-141 GOP/s on the 2-core
-# AMD EPYC (Zen 4) against 189-212 at 256, 384, 512, 768 and 1536, below what the FP32 ViT-B/32 graph
-# itself achieved (162): a ceiling must not sit under the model it bounds
+# not a power of two: a 4 KiB row stride (n = 1024) makes rows collide in the cache sets, and the product
+# can then run slower than the model it is meant to bound; a ceiling must not sit under that model
 CEILING_N = 1536
 CEILING_BACKEND = "gemm-ceiling"   # the Candidate backend name that marks a ceiling product in model rounds
 CEILING_RUNTIMES = {"cpu": "onnxruntime", "openvino": "openvino"}   # bench backend -> runtime with a ceiling
@@ -45,7 +44,7 @@ def amx_status() -> dict:
     import ctypes
     import platform
 
-    from clipscan.runtime.machine import cpu_info
+    from clipscan.measure.machine import cpu_info
 
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return {"usable": False, "why": f"not Linux x86-64 ({platform.system()} {platform.machine()})"}
@@ -98,9 +97,9 @@ def _square_product(kind: str, n: int, *, qdq: bool = False):
     """(onnx model, input) for the n^3 product: int8 as MatMulInteger (u8 x s8 -> int32), or with `qdq`
     in the QDQ form a runtime fuses into its own integer product, uint8 in and out (uint8 -> Dequantize ->
     MatMul with dequantized int8 weights -> Quantize -> uint8); fp32 as MatMul. The QDQ form keeps float
-    tensors out of its input and output: with a float input and output (9.4 MB each at 1536) OpenVINO's
-    AMX product (brgemm_avx512_amx_I8, 1.8 ms of node time) took 3.2 ms of wall time on a 2-core Xeon, and
-    its ratio to the fp32 product read as VNNI's."""
+    tensors out of its input and output: a float input and output (9.4 MB each at n = 1536) would be
+    converted on every run, and on a matrix engine (AMX) that copying costs more than the product itself,
+    so the int8/fp32 ratio would understate the integer path (an AMX product would read as VNNI's)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 from .candidates import Candidate, scanner_candidates, torch_candidate
 from .context import BenchContext
 from .interleave import time_interleaved
-from .report import result_row
+from .results import result_row
 from .torch_reference import plain_pipeline
 
 

@@ -4,7 +4,7 @@ Per batch size every candidate is loaded, warmed up and then timed in rounds wit
 rotated every round, so load from other processes falls on all of them alike. Each turn first
 runs untimed for `settle_seconds`, because ONNX Runtime's and OpenMP's worker threads keep
 spinning for tens of milliseconds after a call returns and would slow whichever candidate ran
-next, then timed for `block_seconds` (`clipscan.runtime.timing.timed_turn`).
+next, then timed for `block_seconds` (`clipscan.measure.timing.timed_turn`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from clipscan.runtime.timing import percentiles, timed_turn
+from clipscan.measure.timing import percentiles, timed_turn
 
 from .candidates import Candidate
 from .config import BenchConfig

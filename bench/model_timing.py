@@ -13,7 +13,7 @@ from .candidates import Candidate, scanner_candidates, torch_candidate
 from .ceilings import CEILING_BACKEND, ceiling_candidates, ceilings_from_rounds
 from .context import BenchContext
 from .interleave import time_interleaved
-from .report import result_row
+from .results import result_row
 
 
 def tile(x: np.ndarray, n: int) -> np.ndarray:

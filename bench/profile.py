@@ -99,7 +99,7 @@ def profile_lines(name: str, prof: dict, batch: int, gflops_per_image: float | N
 def profile_section(ctx) -> None:
     """The bench section: every artifact profiled at the largest batch size (random input of its own dtype),
     and the machine's GEMM ceilings measured in the same run."""
-    from clipscan.runtime.machine import cpu_info, describe_cpu
+    from clipscan.measure.machine import cpu_info, describe_cpu
 
     batch = max(ctx.cfg.batch_sizes)
     # measured with the model rows of this batch size when model mode ran; else here, on its own

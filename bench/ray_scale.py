@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from clipscan.measure.machine import describe_cpu
 from clipscan.runtime import Scanner
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.machine import describe_cpu
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images
-from .report import load_average
+from .results import load_average
 
 log = logging.getLogger("clipscan.bench")
 

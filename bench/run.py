@@ -20,11 +20,11 @@ from .cold_start import cold_starts
 from .config import BenchConfig, check_config
 from .context import BenchContext, available_backends
 from .e2e import e2e_rows
-from .fidelity import artifact_fidelity, prepare_reference
 from .images import benchmark_images
 from .model_timing import model_rows
 from .profile import profile_section
-from .report import add_gflops, add_ratios, load_average, machine_info, new_report
+from .reference_fidelity import artifact_fidelity, prepare_reference
+from .results import add_gflops, add_ratios, load_average, machine_info, new_report
 from .torch_reference import load_torch_reference, plain_transform
 
 log = logging.getLogger("clipscan.bench")

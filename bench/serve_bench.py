@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.machine import describe_cpu
 from clipscan.runtime.scanner import Scanner
 
 from .images import synthetic_images

@@ -1,9 +1,9 @@
 """clipscan.calibration: proof that an exported model is the trained model, and INT8 calibration.
 
 `clipscan verify` / `clipscan.calibration.verify.verify` compare an artifact with its PyTorch
-original under the fidelity gates (fidelity.py) and write a JSON and an HTML report (report.py).
-`clipscan calibrate` / `clipscan.calibration.calibrate_artifact` (pipeline.py) write an INT8 artifact
-and its fidelity report. Needs `clipscan[export]`; the runtime never imports this package.
+original under the fidelity gates (fidelity_gates.py) and write a JSON and an HTML report
+(fidelity_report.py). `clipscan calibrate` / `clipscan.calibration.calibrate_artifact` (pipeline.py)
+write an INT8 artifact and its fidelity report. Needs `clipscan[export]`; the runtime never imports this package.
 """
 
 __all__ = ["CalibrationOutcome", "calibrate_artifact"]

@@ -12,11 +12,10 @@ is never read by TensorRT, so `quantize_model` rewrites its attention into that 
 quantizing (`Recipe.fuse_attention`, by default wherever it fits: `fusion_applies`), and then
 into the node's 3-D form (`heads_in_channels`), which needs no head-split transposes; the attention
 products stay float either way (they are not weight products), and only the order of float operations
-changes. Measured on the outlier-injected ViT-B/32 (README, "Benchmark"): the 4-D node alone was
--5% to +6% per run on a 2-core AMD EPYC (Zen 4); on a 2-core Intel Xeon with AMX, where the integer
-products are so fast that the transposes were 10% of the INT8 graph's node time, the 3-D form made the
-INT8 graph 8-10% faster at batch 8. A layer whose intermediate products are read by anything else (a
-tap, a graph output) keeps its explicit products.
+changes. The 3-D form is the point: the head-split and head-merge transposes it removes are pure data
+movement, and where the integer products run fast (AMX) they are a real share of the graph's time.
+A layer whose intermediate products are read by anything else (a tap, a graph output) keeps its
+explicit products.
 """
 from __future__ import annotations
 
@@ -37,9 +36,9 @@ def fusion_fits(recipe, target: str) -> bool:
 
 def fusion_applies(recipe, target: str) -> tuple[bool, str]:
     """(whether this quantization fuses attention, why). By default (`fuse_attention` None) it does
-    wherever it fits and the installed onnxruntime runs the Attention node (>= 1.23): on the outlier-injected
-    ViT-B/32 it was 8-10% faster at batch 8 on a 2-core Intel Xeon with AMX and no slower on average on a
-    Zen 4 EPYC, with the same gates (README, "Benchmark")."""
+    wherever it fits and the installed onnxruntime runs the Attention node (>= 1.23): the fused node computes
+    the same function with fewer tensors and no transposes, so the gates do not move; `--no-fuse-attention`
+    keeps the explicit products (e.g. to compare both on a given machine with `clipscan bench`)."""
     if recipe.fuse_attention is not None:
         return bool(recipe.fuse_attention), "asked for" if recipe.fuse_attention else "turned off"
     if not fusion_fits(recipe, target):
@@ -172,8 +171,8 @@ def heads_in_channels(model) -> int:
         X -> Reshape(-1, T, 3, H, D) -> Transpose(2, 0, 3, 1, 4) -> Gather(axis 0, index 0 / 1 / 2)
           -> Attention(q, k, v) -> Transpose(0, 2, 1, 3) -> ...
 
-    The function is the same (the Attention kernel splits heads itself); on a 2-core Intel Xeon with
-    AMX the transposes were 10% of the INT8 graph's node time. Returns how many were rewritten."""
+    The function is the same (the Attention kernel splits heads itself), and the two transposes per layer,
+    pure data movement, are gone. Returns how many were rewritten."""
     import onnx
 
     graph = model.graph

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipscan.measure.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, DRAFT_MIN_IMAGES
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.decode import draft_request
-from clipscan.runtime.metrics import compare_outputs
-from clipscan.runtime.thresholds import DRAFT_MIN_AGREEMENT, DRAFT_MIN_COSINE_MEAN, DRAFT_MIN_IMAGES
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 log = logging.getLogger("clipscan.verify")
 

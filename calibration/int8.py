@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.export.onnx_writer import attach_manifest, save_model
+from clipscan.measure.machine import RUNTIME_TOOLS, tool_versions
+from clipscan.measure.timing import timed_turn
 from clipscan.runtime.artifact import file_sha256, load_artifact
-from clipscan.runtime.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
-from clipscan.runtime.timing import timed_turn
 
 from .attention_fusion import ATTENTION_OPSET, check_fusion_target, fuse_attention, fusion_applies, heads_in_channels
 from .calib_data import BatchReader, CalibrationSet, equal_batches

@@ -208,7 +208,7 @@ def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_imag
     from clipscan.export import load_reference
     from clipscan.export.onnx_writer import rewrite_manifest
 
-    from .report import write_report
+    from .fidelity_report import write_report
     from .verify import verify
 
     reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold,

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.export.onnx_writer import rewrite_manifest
-from clipscan.runtime.machine import describe_cpu
-from clipscan.runtime.metrics import compare_outputs
-from clipscan.runtime.thresholds import INT8_STRICT, SEARCH_MIN_GAIN, meets
+from clipscan.measure.machine import describe_cpu
+from clipscan.measure.thresholds import INT8_STRICT, SEARCH_MIN_GAIN, meets
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from . import int8
 from . import search_targets as targets

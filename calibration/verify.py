@@ -20,16 +20,16 @@ import numpy as np
 from PIL import Image
 
 from clipscan.export.deps import require
+from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
-from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.progress import Progress
 
-from . import fidelity
-from .fidelity import Gate
+from . import fidelity_gates
+from .fidelity_gates import Gate
 from .reference_input import LAUNDERINGS, ReferenceTransform
 from .verify_compare import Stream, aggregate, evaluate_stream, match_heads, plot_data, recipe_gate, report_rows
 
@@ -71,7 +71,7 @@ class VerifyReport:
         raise KeyError(f"no gate {name!r}; gates: {[g.name for g in self.gates]}")
 
     def to_dict(self) -> dict:
-        return fidelity.clean_json({
+        return fidelity_gates.clean_json({
             "format": "clipscan.verify", "version": 1, "passed": self.passed,
             "model": {"path": self.model, "sha256": self.sha256, "name": self.manifest_name,
                       "precision": self.precision, "tools": self.manifest_tools},
@@ -83,7 +83,7 @@ class VerifyReport:
         })
 
     def summary(self) -> str:
-        from .report import summary_table
+        from .fidelity_report import summary_table
 
         return summary_table(self)
 
@@ -154,7 +154,7 @@ class _Runner:
         stream.names.extend(p[0] for p in pending)
         stream.pixel_error.extend(p[3] for p in pending)
         if exp_emb is not None:
-            stream.cosine.extend(fidelity.cosine_rows(exp_emb, ref_emb).tolist())
+            stream.cosine.extend(fidelity_gates.cosine_rows(exp_emb, ref_emb).tolist())
         for target, src in ((stream.exp, exp_heads), (stream.ref, ref_heads)):
             for head, roles in src.items():
                 for role, values in roles.items():
@@ -215,7 +215,7 @@ def _given_sources(reference) -> tuple[tuple[str, str] | None, list[tuple[str, s
     return weights, heads
 
 
-def verify(model_path, reference, images, report_dir=None, *, margin: float = fidelity.DEFAULT_MARGIN,
+def verify(model_path, reference, images, report_dir=None, *, margin: float = fidelity_gates.DEFAULT_MARGIN,
            batch_size: int = 16, launder: bool | Iterable[str] = True, max_pixels: int = DEFAULT_MAX_PIXELS,
            all_files: bool = False, mean=None, std=None, progress: bool = False) -> VerifyReport:
     """Compare the artifact at `model_path` with `reference` (an `export.exporter.Reference`).
@@ -276,9 +276,9 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
             mean=None, std=None, progress=False):
     manifest = scanner.manifest
     precision = manifest.precision
-    fidelity.bars_for(precision)
+    fidelity_gates.bars_for(precision)
     weights, heads = _given_sources(reference)
-    gates: list[Gate] = [fidelity.sources_gate(manifest.sources, weights, heads)]
+    gates: list[Gate] = [fidelity_gates.sources_gate(manifest.sources, weights, heads)]
     pairs, heads_gate = match_heads(manifest, reference)
     gates.append(heads_gate)
     gates.append(recipe_gate(manifest, reference, mean, std))
@@ -305,11 +305,11 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
                          f"{(failed + clean.reference_failed)[:3]}")
 
     metrics, clean_gates = evaluate_stream(clean, pairs, precision, margin)
-    prep = fidelity.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),
+    prep = fidelity_gates.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),
                                 reference_failed=len(clean.reference_failed), note=transform.note)
     gates.append(prep)
     gates.extend(clean_gates)
-    gates.extend(fidelity.invariance_gates(runner.batch_max_abs, runner.inv_batch_n, runner.rerun_max_abs,
+    gates.extend(fidelity_gates.invariance_gates(runner.batch_max_abs, runner.inv_batch_n, runner.rerun_max_abs,
                                     runner.inv_rows, precision))
     metrics["invariants"] = {"batch_max_abs_diff": runner.batch_max_abs, "batch_n": runner.inv_batch_n,
                              "rerun_max_abs_diff": runner.rerun_max_abs, "rows_checked": runner.inv_rows}
@@ -324,12 +324,12 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
         m["rows"] = report_rows(stream, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
         robustness[v] = m
         for hname, hm in m["heads"].items():
-            if hm["task"] in fidelity.DECISION_TASKS and hname in metrics["heads"]:
+            if hm["task"] in fidelity_gates.DECISION_TASKS and hname in metrics["heads"]:
                 flipped = [(r["path"], r["heads"][hname]["ref_logit"]) for r in m["rows"]
                            if r["heads"].get(hname, {}).get("flip")]
-                gates.append(fidelity.robustness_gate(v, hname, metrics["heads"][hname]["agreement"], hm["agreement"],
-                                                      n=hm["n"], flipped=flipped))
-                gates.append(fidelity.robust_margin_gate(v, hname, hm["flips_outside_margin"], margin))
+                gates.append(fidelity_gates.robustness_gate(v, hname, metrics["heads"][hname]["agreement"],
+                                                            hm["agreement"], n=hm["n"], flipped=flipped))
+                gates.append(fidelity_gates.robust_margin_gate(v, hname, hm["flips_outside_margin"], margin))
 
     recipe = next((g for g in gates if g.name == "recipe"), None)
     if recipe is not None and recipe.passed is False:
@@ -350,17 +350,17 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
                                 "weights": reference.info.weights_path or reference.info.weights_file,
                                 "heads": [str(p) for p in reference.head_files],
                                 "activation": reference.info.activation},
-                  "bars": fidelity.bars_for(precision).__dict__},
+                  "bars": fidelity_gates.bars_for(precision).__dict__},
         method=METHOD, manifest_tools=dict(manifest.tools), plots_data=plots,
     )
     if report_dir is not None:
-        from .report import write_report
+        from .fidelity_report import write_report
 
         write_report(report, report_dir)
     return report
 
 
 def _primary(manifest, kind: str) -> str | None:
-    tasks = fidelity.DECISION_TASKS if kind == "decision" else ("quality",)
+    tasks = fidelity_gates.DECISION_TASKS if kind == "decision" else ("quality",)
     head = next((h for h in manifest.heads if h.task in tasks), None)
     return head.name if head is not None else None

@@ -12,8 +12,8 @@ import numpy as np
 
 from clipscan.runtime.postprocess import embedding_value, head_values
 
-from . import fidelity
-from .fidelity import Gate, HeadData
+from . import fidelity_gates
+from .fidelity_gates import Gate, HeadData
 
 
 @dataclass
@@ -98,7 +98,7 @@ def head_data(stream: Stream, pairs) -> list[HeadData]:
     for spec, ref_head in pairs:
         ref = {k: np.asarray(v) for k, v in stream.ref.get(spec.name, {}).items()}
         exp = {k: np.asarray(v) for k, v in stream.exp.get(spec.name, {}).items()}
-        decision = spec.task in fidelity.DECISION_TASKS
+        decision = spec.task in fidelity_gates.DECISION_TASKS
         out.append(HeadData(
             name=spec.name, task=spec.task, ref=ref, exp=exp,
             ref_threshold=float(getattr(ref_head, "threshold", spec.threshold)) if decision else None,
@@ -112,13 +112,13 @@ def evaluate_stream(stream: Stream, pairs, precision: str, margin: float, prefix
     errs = [e for e in stream.pixel_error if e is not None]
     metrics: dict = {"n_images": n, "preprocessing_max_error": max(errs) if errs else None,
                      "reference_failed": stream.reference_failed}
-    feat_metrics, gates = fidelity.feature_gates(stream.cosine, precision, prefix=prefix)
+    feat_metrics, gates = fidelity_gates.feature_gates(stream.cosine, precision, prefix=prefix)
     metrics["features"] = feat_metrics
     heads = {}
     for data in head_data(stream, pairs):
         if not n:
             continue
-        m, g = fidelity.evaluate_head(data, precision, margin=margin, prefix=prefix)
+        m, g = fidelity_gates.evaluate_head(data, precision, margin=margin, prefix=prefix)
         heads[data.name] = {"task": data.task, **m}
         gates.extend(g)
     metrics["heads"] = heads
@@ -128,17 +128,18 @@ def evaluate_stream(stream: Stream, pairs, precision: str, margin: float, prefix
 def report_rows(stream: Stream, pairs, margin: float, decision_head, quality_head) -> list[dict]:
     rows = []
     datas = {d.name: d for d in head_data(stream, pairs)}
-    decisions = {name: fidelity.head_decisions(d) for name, d in datas.items() if d.task in fidelity.DECISION_TASKS}
+    decisions = {name: fidelity_gates.head_decisions(d) for name, d in datas.items()
+                 if d.task in fidelity_gates.DECISION_TASKS}
     for i, name in enumerate(stream.names):
         row: dict = {"path": name, "cosine": stream.cosine[i] if i < len(stream.cosine) else None,
                      "pixel_error": stream.pixel_error[i], "heads": {}}
         flip_any = False
         for hname, d in datas.items():
-            if d.task in fidelity.DECISION_TASKS:
+            if d.task in fidelity_gates.DECISION_TASKS:
                 ref_dec, exp_dec = decisions[hname]
                 flip = bool(ref_dec[i] != exp_dec[i])
                 flip_any |= flip
-                distance = abs(float(d.ref["logit"][i]) - fidelity.prob_to_logit(d.ref_threshold))
+                distance = abs(float(d.ref["logit"][i]) - fidelity_gates.prob_to_logit(d.ref_threshold))
                 row["heads"][hname] = {"ref_logit": float(d.ref["logit"][i]), "logit": float(d.exp["logit"][i]),
                                        "ref_p": float(d.ref["probability"][i]), "p": float(d.exp["probability"][i]),
                                        "flip": flip, "outside_margin": bool(flip and distance > margin)}
@@ -158,12 +159,12 @@ def report_rows(stream: Stream, pairs, margin: float, decision_head, quality_hea
 def plot_data(stream: Stream, pairs) -> dict:
     data = {"cosine": list(stream.cosine), "heads": {}}
     for d in head_data(stream, pairs):
-        if d.task in fidelity.DECISION_TASKS and len(stream.names):
-            ref_dec, exp_dec = fidelity.head_decisions(d)
+        if d.task in fidelity_gates.DECISION_TASKS and len(stream.names):
+            ref_dec, exp_dec = fidelity_gates.head_decisions(d)
             data["heads"][d.name] = {"task": d.task, "ref": d.ref["logit"].tolist(), "exp": d.exp["logit"].tolist(),
                                      "flip": (ref_dec != exp_dec).tolist(),
-                                     "ref_threshold_logit": fidelity.prob_to_logit(d.ref_threshold),
-                                     "deployed_threshold_logit": fidelity.prob_to_logit(d.deployed_threshold)}
+                                     "ref_threshold_logit": fidelity_gates.prob_to_logit(d.ref_threshold),
+                                     "deployed_threshold_logit": fidelity_gates.prob_to_logit(d.deployed_threshold)}
         elif d.task == "quality" and len(stream.names):
             data["heads"][d.name] = {"task": d.task, "ref": d.ref["score"].tolist(), "exp": d.exp["score"].tolist()}
     return data

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.fidelity_metrics import spearman
 from clipscan.runtime.manifest import PreprocessSpec
-from clipscan.runtime.metrics import spearman
 
 from . import demo_data
 from .backbone import build_visual

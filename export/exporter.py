@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
+from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
-from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
+from clipscan.runtime.fidelity_metrics import cosine_rows
 from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
-from clipscan.runtime.metrics import cosine_rows
-from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 
 from .backbone import BackboneInfo, load_backbone
 from .deps import require
@@ -179,8 +179,9 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     """(lean?, why) for a requested graph style; 'lean' on a tower it cannot express is an error.
 
     "auto" is lean for FP32 (the graph ONNX Runtime CPU and INT8 calibration start from) and stock
-    for FP16: FP16 targets GPUs, whose compilers fuse the glue themselves (the README gives the
-    FP16 measurement behind this choice)."""
+    for FP16: FP16 targets GPUs, whose compilers fuse that glue themselves, and the lean graph's
+    reordered float16 operations round slightly differently from the PyTorch original (near-tied
+    quality scores can swap ranks), so FP16 keeps open_clip's own forward."""
     from .lean_blocks import lean_unsupported_reason
 
     if style not in GRAPH_STYLES:

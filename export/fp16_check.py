@@ -1,22 +1,22 @@
 """The checks of an FP16 export against the PyTorch FP32 model.
 
 `check_fp16` is the export-time fidelity gate (embedding cosine against the PyTorch FP32
-model, mean >= 0.9995 and worst >= 0.999, no NaN/inf), measured twice:
+model, bars in clipscan.measure.thresholds, no NaN/inf), computed twice:
 
 - by ONNX Runtime CPU on the written file. Its CPU provider has few float16 kernels: it
   wraps the ops it lacks in Casts to float32, folds the float16 weights back to float32
-  once, and drops the Cast pairs between neighbouring float32 ops. With onnxruntime 1.32 on
-  x86 no arithmetic op of this graph runs in float16 (`ort_cpu_precision` lists what does:
-  Reshape, Transpose, Split, Squeeze, ...), so this run measures the rounding of the weights
-  and of the few tensors that pass through those ops, not float16 arithmetic; it cannot see
-  a float16 overflow either (a LayerNorm output of 4e5 stays float32 on its way to MatMul);
+  once, and drops the Cast pairs between neighbouring float32 ops, so on x86 few or none of
+  this graph's arithmetic ops run in float16 (`ort_cpu_precision` lists the ones that do,
+  e.g. Reshape, Transpose, Split, Squeeze). This run therefore checks the rounding of the
+  weights and of the tensors that pass through those ops, not float16 arithmetic; nor can it
+  see a float16 overflow (a LayerNorm output of 4e5 stays float32 on its way to MatMul);
 - by the PyTorch tower itself run in float16 on the CPU (`emulate_half`): every op's output
   is a float16 tensor (PyTorch's CPU matmuls accumulate in float32, as most GPU float16 GEMM
   kernels do; one that accumulates in float16 would be worse), LayerNorm
   and the tail in float32 as in the graph. This is the stricter estimate, and the one that
   catches overflow.
 
-Neither is a GPU's float16 kernels (CUDA, TensorRT): those were not run here.
+Neither runs a GPU's float16 kernels (CUDA, TensorRT): this check does not stand for them.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipscan.runtime.metrics import cosine_rows
-from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
-from clipscan.runtime.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
+from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_MEAN as FP16_MIN_COSINE_MEAN
+from clipscan.measure.thresholds import EXPORT_FP16_MIN_COSINE_WORST as FP16_MIN_COSINE_WORST
+from clipscan.runtime.fidelity_metrics import cosine_rows
 
 from .deps import require
 from .errors import ExportCheckError
@@ -194,8 +194,8 @@ def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 
 
     - the written file in ONNX Runtime CPU, on all 28 images;
     - the PyTorch tower run in float16 (`emulate_half`) on the first `half_images` of them
-      (None: all; 0: skip). PyTorch's float16 matmul on a CPU is about 10x slower than its
-      float32 one, hence the subset.
+      (None: all; 0: skip). PyTorch's float16 matmul on a CPU is much slower than its float32
+      one, hence the subset.
 
     Raises ExportCheckError when either misses a gate; returns the measurements.
     """

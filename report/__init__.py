@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 
 from clipscan.runtime.atomic import write_text
-from clipscan.runtime.thresholds import REPORT_MAX_BYTES, REPORT_TOP_N
+from clipscan.runtime.defaults import REPORT_MAX_BYTES, REPORT_TOP_N
 
-from .page import render
+from .scan_page import render
 from .rows import Row, RowsError, RowsFile, read_rows
 from .summary import Summary, summarize
 from .thumbs import thumbnails

@@ -1,30 +1,7 @@
-"""The page's style and script, inlined into every report (no external assets: the file opens offline)."""
+"""The scan report's own style and script, inlined into every report (no external assets: the file opens
+offline); the style shared with the fidelity report is html_kit.BASE_CSS, which comes first."""
 
 CSS = """
-:root { --fg: #1d2430; --muted: #5b6573; --line: #d9dee5; --bg: #f6f7f9; --gen: #c0392b; --real: #2e7d32;
-        --fail: #8e44ad; --accent: #2c5d9e; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg);
-       margin: 0; padding: 0 24px 48px; }
-header { padding: 20px 0 8px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 0 0 10px; }
-.sub, .note { color: var(--muted); }
-.note { font-size: 13px; margin: 6px 0; }
-.warn { color: #9a5b00; }
-section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px; margin: 16px 0; }
-.flex { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
-dl.facts { display: grid; grid-template-columns: max-content auto; gap: 4px 16px; margin: 0; }
-dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
-table { border-collapse: collapse; }
-th, td { text-align: left; padding: 4px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
-th { font-weight: 600; background: #fafbfc; white-space: nowrap; }
-th.sort { cursor: pointer; user-select: none; }
-th.sort::after { content: " \\2195"; color: #aab; }
-th[aria-sort=ascending]::after { content: " \\2191"; color: var(--accent); }
-th[aria-sort=descending]::after { content: " \\2193"; color: var(--accent); }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.path { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; max-width: 520px; }
 td.msg { font-size: 12px; max-width: 560px; word-break: break-word; }
 .count-bar { display: inline-block; height: 10px; background: var(--accent); border-radius: 2px; vertical-align: middle; }

@@ -2,14 +2,14 @@
 the failures, and the table data within its byte budget."""
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from clipscan.runtime.thresholds import REPORT_HIST_BINS, REPORT_MAX_FAILURES, REPORT_TABLE_BYTES
+from clipscan.runtime.defaults import REPORT_HIST_BINS, REPORT_MAX_FAILURES, REPORT_TABLE_BYTES
 
+from .html_kit import script_json
 from .rows import Row, RowsFile
 
 FAILED = "failed"          # the verdict bucket of rows with an error
@@ -70,27 +70,23 @@ def most_likely_generated(rows: list[Row], n: int) -> list[Row]:
     return scored[:n]
 
 
-def compact_json(value) -> str:
-    """JSON as the page embeds it: ASCII only (names that are not UTF-8 survive), no spaces."""
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
-
-
 def _table_row(r: Row) -> list:
     return [r.path, r.p_generated, verdict_of(r), r.generator, r.quality, r.error_kind]
 
 
 def table_rows(rows: list[Row], budget: int = REPORT_TABLE_BYTES) -> tuple[list[list], bool]:
-    """Every row for the page's table while its JSON fits `budget` bytes; beyond that, rows in order of
-    p_generated (most likely generated first, failures after), as many as fit."""
+    """Every row for the page's table while its JSON, as the page embeds it (html_kit.script_json), fits
+    `budget` bytes; beyond that, rows in order of p_generated (most likely generated first, failures
+    after), as many as fit."""
     table = [_table_row(r) for r in rows]
-    size = len(compact_json(table))
+    size = len(script_json(table))
     if size <= budget:
         return table, True
     ranked = sorted(rows, key=lambda r: (r.p_generated is None, -(r.p_generated or 0.0), r.path))
     kept, used = [], 2
     for r in ranked:
         item = _table_row(r)
-        used += len(compact_json(item)) + 1
+        used += len(script_json(item)) + 1
         if used > budget:
             break
         kept.append(item)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from clipscan.runtime.decode import load_image
+from clipscan.runtime.defaults import REPORT_THUMB_PX, REPORT_THUMB_QUALITY
 from clipscan.runtime.errors import ImageReadError
-from clipscan.runtime.thresholds import REPORT_THUMB_PX, REPORT_THUMB_QUALITY
 
 
 @dataclass

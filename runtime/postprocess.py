@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import sigmoid
+from .fidelity_metrics import sigmoid
 from .results import ScanResult
 
 DECISION_TASKS = ("detection", "attribution")

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from . import thresholds as T
+from . import defaults as T
 from .contract import INPUT_IMAGE, tensors_to_results
 from .decode import read_bytes
 from .discover import WalkStats, iter_files

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from clipscan.bench import BenchConfig, format_table, run_benchmark, write_json, write_plot
-from clipscan.bench.report import add_ratios
+from clipscan.bench.results import add_ratios
+from clipscan.measure.timing import percentiles, time_loop
 from clipscan.runtime import Scanner, load_artifact
 from clipscan.runtime.decode import draft_request, load_image
-from clipscan.runtime.timing import percentiles, time_loop
 
 from .conftest import REPO, block_torch_env, jpeg_bytes, photo_images
 

@@ -9,8 +9,8 @@ import numpy as np
 from clipscan.bench.ceilings import gemm_ceilings, integer_path
 from clipscan.bench.profile import op_profile
 from clipscan.cli import main
+from clipscan.measure.machine import cpu_info
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.machine import cpu_info
 
 
 def test_profile_sums_node_time_by_kind_and_the_ceilings_are_measured(tmp_path, capsys):

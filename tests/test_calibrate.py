@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 SMALL_CFG = {"embed_dim": 64, "quick_gelu": False,
              "vision_cfg": {"image_size": 224, "layers": 2, "width": 128, "head_width": 32, "patch_size": 32},
@@ -15,7 +15,7 @@ SMALL_CFG = {"embed_dim": 64, "quick_gelu": False,
 
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory):
-    from clipscan.calibration.study import build_outlier_model, write_image_sets
+    from .outlier_vit import build_outlier_model, write_image_sets
 
     d = tmp_path_factory.mktemp("outlier_vit")
     built = build_outlier_model(d, SMALL_CFG, fit_images=16)
@@ -32,7 +32,7 @@ def test_outlier_injection_keeps_fp32_output():
     import open_clip
     import torch
 
-    from clipscan.calibration.outliers import inject_outliers
+    from .outlier_vit import inject_outliers
 
     torch.manual_seed(0)
     cfg = {k: v for k, v in SMALL_CFG.items() if k != "quick_gelu"}
@@ -149,7 +149,7 @@ def test_targets_cpu_and_tensorrt_formats(outlier_model, tmp_path):
 
 def test_recipes_on_outliers_stock_fails_smooth_passes(outlier_model, tmp_path):
     from clipscan.calibration import int8
-    from clipscan.calibration.study import run_recipes
+    from tools.int8_study import run_recipes
 
     recipes = {k: int8.RECIPES[k] for k in ("stock", "smooth")}
     rows = {r["recipe"]: r for r in run_recipes(outlier_model["onnx"], outlier_model["calib"], outlier_model["val"],
@@ -163,7 +163,7 @@ def test_recipes_on_outliers_stock_fails_smooth_passes(outlier_model, tmp_path):
     # speed next to fidelity, at batch 1 and 8, FP32 and INT8 timed in the same run
     for r in (smooth, stock, rows["fp32"]):
         assert r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0 and r["speedup_b8"] > 0
-    from clipscan.calibration.study import table
+    from tools.int8_study import table
 
     assert "x FP32 b8" in table(list(rows.values()))
 

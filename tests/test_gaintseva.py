@@ -172,10 +172,10 @@ def test_int8_keeps_the_probes_in_float_and_passes_the_gates_with_search(tmp_pat
     import onnx
 
     from clipscan.calibration import int8
-    from clipscan.calibration.study import write_image_sets
     from clipscan.cli import main
 
     from .conftest import TINY_CONFIG, seeded_clip
+    from .outlier_vit import write_image_sets
 
     f = seeded_clip(tmp_path, TINY_CONFIG, 7)
     heads_file, mask_file, _, _, _ = _probe_files(tmp_path, f["model"], [[1, 0], [1, 1]])
@@ -259,10 +259,10 @@ def test_the_bar_four_detectors_on_one_pass_fp32_and_int8(tmp_path):
     and each scan row carries every head's answer."""
     import json
 
-    from clipscan.calibration.study import write_image_sets
     from clipscan.cli import main
 
     from .conftest import TINY_CONFIG, seeded_clip
+    from .outlier_vit import write_image_sets
 
     f = seeded_clip(tmp_path, TINY_CONFIG, 7)
     g = torch.Generator().manual_seed(3)

@@ -2,11 +2,15 @@
 
     runtime  <-  export  <-  calibration  <-  bench  <-  cli
     runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
+    report (its HTML toolkit, html_kit)  <-  calibration (the fidelity report page)
     runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
+    measure (fidelity bars, machine description, timing; imports no other clipscan package)
+             <-  export, calibration, bench, cli
 
 The runtime (what `pip install clipscan` gives) imports nothing above it, nor torch, open_clip,
-onnx or matplotlib, and neither do the runtime-only packages; each package imports only the ones
-DEPENDS lists for it; nothing imports a private module
+onnx or matplotlib, and neither do the runtime-only packages; measure imports none of them
+either, and the runtime-only packages do not import measure (scanning judges nothing);
+each package imports only the ones DEPENDS lists for it; nothing imports a private module
 or a private name of another package; there is no import cycle; no package file is over 450 lines.
 """
 from __future__ import annotations
@@ -17,25 +21,30 @@ from pathlib import Path
 from .conftest import REPO
 
 # folder -> package, as pyproject.toml maps them
-PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "export": "clipscan.export",
+PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "measure": "clipscan.measure",
+            "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
             "report": "clipscan.report", "distributed": "clipscan.distributed",
             "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
-RT, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
-                                  "clipscan.serve", "clipscan.report", "clipscan.triton", "clipscan.distributed")
+RT, ME, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.measure", "clipscan.export",
+                                      "clipscan.calibration", "clipscan.bench", "clipscan.serve", "clipscan.report",
+                                      "clipscan.triton", "clipscan.distributed")
 DEPENDS = {
     RT: set(),
-    EX: {RT},
+    ME: set(),
+    EX: {RT, ME},
     SE: {RT},
     RE: {RT},
     TR: {RT},
     DI: {RT},
-    CA: {RT, EX},
-    BE: {RT, EX, CA, SE, DI},
-    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR, DI},
+    CA: {RT, ME, EX, RE},  # RE: the HTML toolkit (report.html_kit) of the fidelity report page
+    BE: {RT, ME, EX, CA, SE, DI},
+    "clipscan.cli": {RT, ME, EX, CA, BE, SE, RE, TR, DI},
 }
 RUNTIME_ONLY = {RT, SE, RE, TR, DI}  # what must work in an install without torch, onnx or matplotlib
+TORCH_FREE = RUNTIME_ONLY | {ME}     # measure is shared by the torch layers but needs no torch itself
+ABOVE_THE_RUNTIME = {EX, CA, BE, ME}  # what the runtime-only packages never import
 HEAVY = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "matplotlib", "scipy", "skimage")
 MAX_LINES = 450
 
@@ -107,7 +116,8 @@ def package_of(module: str) -> str:
 
 def test_the_graph_is_read():
     files, edges = graph()
-    assert {"clipscan.runtime.scanner", "clipscan.export.exporter", "clipscan.calibration.verify"} <= set(files)
+    assert {"clipscan.runtime.scanner", "clipscan.export.exporter", "clipscan.calibration.verify",
+            "clipscan.measure.machine"} <= set(files)
     assert any(t == "clipscan.runtime.decode" for t, _, _ in edges["clipscan.runtime.scanner"]), "relative imports"
     assert any(t == "torch" for t, _, _ in edges["clipscan.export.backbone"]), "lazy imports by name count too"
 
@@ -124,11 +134,20 @@ def test_each_layer_imports_only_layers_below_it():
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_runtime_never_imports_torch_or_build_tools():
+def test_the_runtime_and_measure_never_import_torch_or_build_tools():
     _, edges = graph()
-    wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) in RUNTIME_ONLY
+    wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) in TORCH_FREE
              for t, _, line in targets if t.split(".")[0] in HEAVY]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_runtime_never_imports_export_calibration_bench_or_measure():
+    """Stated on its own (DEPENDS says it too), so that widening DEPENDS cannot quietly break it."""
+    _, edges = graph()
+    wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) in RUNTIME_ONLY
+             for t, _, line in targets if layer_of(t) in ABOVE_THE_RUNTIME]
+    assert not wrong, "\n".join(wrong)
+    assert not any(ABOVE_THE_RUNTIME & DEPENDS[layer] for layer in RUNTIME_ONLY)
 
 
 def test_no_private_module_or_name_of_another_package():

@@ -14,7 +14,7 @@ import pytest
 from clipscan.cli.args import BACKENDS
 from clipscan.runtime import Scanner
 from clipscan.runtime.backends import AUTO_CHAIN, registry
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from .conftest import REPO, SAMPLES, blocked_env, cosine
 
@@ -60,8 +60,8 @@ def test_an_int8_artifact_keeps_its_gates_on_openvino(tmp_path):
     agree with each other as closely as either does with the FP32 graph."""
     from clipscan.calibration import int8
     from clipscan.calibration.calib_data import load_calibration_set
-    from clipscan.calibration.study import build_outlier_model, write_image_sets
 
+    from .outlier_vit import build_outlier_model, write_image_sets
     from .test_calibrate import SMALL_CFG
 
     built = build_outlier_model(tmp_path, SMALL_CFG, fit_images=16)

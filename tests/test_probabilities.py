@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.metrics import sigmoid
+from clipscan.runtime.fidelity_metrics import sigmoid
 
 from .conftest import REPO
 

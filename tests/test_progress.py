@@ -133,7 +133,7 @@ def test_a_scan_under_a_terminal_shows_a_moving_bar_and_its_summary(many_images,
 def report_of_the_rows(tmp_path, stdout: str) -> None:
     """The issue's bar, second half: `clipscan report` on these rows opens with thumbnails, histograms and
     the error table, in a file under 10 MB."""
-    from clipscan.runtime.thresholds import REPORT_MAX_BYTES, REPORT_TOP_N
+    from clipscan.runtime.defaults import REPORT_MAX_BYTES, REPORT_TOP_N
 
     from .browser import browser_page
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from clipscan.report import build_report, read_rows
-from clipscan.runtime.thresholds import REPORT_MAX_BYTES
+from clipscan.runtime.defaults import REPORT_MAX_BYTES
 
 from .browser import browser_page
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from clipscan.calibration import fidelity as F
+from clipscan.calibration import fidelity_gates as F
 from clipscan.calibration.verify import verify
 from clipscan.cli import main
 from clipscan.export import load_reference
+from clipscan.report.html_kit import BASE_CSS
 from clipscan.runtime import Scanner
 from clipscan.runtime.manifest import METADATA_KEY
 
@@ -106,6 +107,7 @@ def test_fp32_export_passes_and_reports(exported, tiny_model_files, verify_dir, 
     assert "table" in parser.tags and len(parser.images) >= 3
     assert all(src.startswith("data:image/png;base64,") for src in parser.images), "one self-contained file"
     assert "Worst 10 images" in page and "Method" in page and "class=\"PASS\"" in page
+    assert BASE_CSS in page, "built with the scan report's HTML toolkit"
 
 
 def test_python_api_on_few_images(exported, reference, image_dir):

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipscan.runtime import thresholds as T
+from clipscan.runtime import defaults as T
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.contract import DATATYPES, TensorSpec, output_specs
 from clipscan.runtime.errors import InvalidArgumentError

@@ -11,7 +11,7 @@ log = logging.getLogger("clipscan")
 
 
 def add_arguments(p) -> None:
-    from clipscan.runtime.thresholds import REPORT_TOP_N
+    from clipscan.runtime.defaults import REPORT_TOP_N
 
     p.description = ("Turn a scan's rows into one self-contained HTML page: the model and backend, counts by "
                      "verdict and error kind, score histograms, thumbnails of the most likely generated images, "

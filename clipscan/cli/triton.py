@@ -7,7 +7,7 @@ import signal
 import tempfile
 import time
 
-from clipscan.runtime import thresholds as T
+from clipscan.runtime import defaults as T
 
 from . import EXIT_OK, NOTICE
 from .args import BACKENDS, non_negative_int, positive_int

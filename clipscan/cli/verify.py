@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clipscan.runtime.thresholds import DEFAULT_MARGIN, DRAFT_MIN_IMAGES
+from clipscan.measure.thresholds import DEFAULT_MARGIN, DRAFT_MIN_IMAGES
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
 from .args import AS_GIVEN_TO_EXPORT, add_original_args, heads_from, non_negative, positive_int, probability

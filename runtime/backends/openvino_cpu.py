@@ -4,9 +4,8 @@ by OpenVINO's own CPU plugin, with float parts kept in float32.
 OpenVINO's CPU plugin would run float layers in bfloat16 by default on CPUs with AVX-512 BF16 or AMX;
 that is another arithmetic than the artifact was verified with, so this backend asks for f32
 (`INFERENCE_PRECISION_HINT`); INT8 (QDQ) artifacts keep their integer layers. It is never chosen by
-`auto`: it was faster than ONNX Runtime side by side on one CPU kind and slower on another (README,
-"Benchmark"), so it is there for `clipscan bench` to measure on the machine at hand and for users
-who choose it.
+`auto`: whether it beats ONNX Runtime depends on the CPU kind, so it is there for users who choose it
+and for `clipscan bench` to compare on the machine at hand.
 """
 from __future__ import annotations
 

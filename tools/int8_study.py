@@ -1,14 +1,18 @@
 """INT8 recipes on an outlier-injected CLIP ViT: fidelity against FP32 and speed, one table.
 
-    python -m clipscan.calibration.study                 # ViT-B/32 (slow: minutes on 2 cores)
-    python -m clipscan.calibration.study --small         # width 256, 4 layers (seconds)
+A research harness, not part of the package. From the root of a clipscan checkout, with
+clipscan[export,test] installed:
+
+    python tools/int8_study.py                 # ViT-B/32 (slow: minutes on 2 cores)
+    python tools/int8_study.py --small         # width 256, 4 layers (seconds)
+    python tools/int8_study.py --help          # recipes, target, image counts, --json
 
 Builds an open_clip ViT with seeded random weights, injects activation outliers (six channels of
-every LayerNorm scaled by 40, function-preserving: `outliers.inject_outliers`), fits a detector and
+every LayerNorm scaled by 40, function-preserving: tests/outlier_vit.py), fits a detector and
 a quality head on its embeddings, exports FP32 ONNX, writes calibration and validation image
 folders split by source photo, then quantizes with each recipe and measures, against the FP32
 ONNX graph on the validation images: embedding cosine mean/worst, decision agreement, quality
-SRCC, and ORT CPU median latency FP32 vs INT8 in the same run. Needs clipscan[export,test].
+SRCC, and ORT CPU median latency FP32 vs INT8 in the same run.
 """
 from __future__ import annotations
 
@@ -20,14 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from clipscan.runtime.metrics import compare_outputs
-from clipscan.runtime.thresholds import INT8_STRICT, meets
+from clipscan.calibration import int8
+from clipscan.calibration.calib_data import load_calibration_set
+from clipscan.calibration.search import search
+from clipscan.measure.machine import describe_cpu
+from clipscan.measure.thresholds import INT8_STRICT, meets
+from clipscan.runtime.artifact import file_sha256
+from clipscan.runtime.fidelity_metrics import compare_outputs
+
+if __package__ in (None, ""):  # run as a script: the checkout's root holds tests/outlier_vit.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.outlier_vit import build_outlier_model, write_image_sets  # noqa: E402
 
 SMALL = {"embed_dim": 128, "quick_gelu": False,
          "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 32},
          "text_cfg": {"context_length": 16, "vocab_size": 500, "width": 32, "heads": 2, "layers": 1}}
-CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
-VAL_PHOTOS = ("retina", "camera", "coins", "chelsea", "motorcycle_left")
 
 
 def vit_b32_config() -> dict:
@@ -37,76 +48,9 @@ def vit_b32_config() -> dict:
     return cfg
 
 
-def build_outlier_model(workdir, cfg: dict | None = None, *, n_channels: int = 6, factor: float = 40.0,
-                        seed: int = 7, fit_images: int = 24) -> dict:
-    """Config, checkpoint, heads and FP32 ONNX export of a seeded open_clip ViT with injected outliers."""
-    import open_clip
-    import torch
-
-    from clipscan.export import demo_data, export_model
-    from clipscan.export.fit import fit_detector, fit_quality
-    from clipscan.export.heads import save_heads
-
-    from .outliers import inject_outliers
-
-    d = Path(workdir)
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = dict(cfg or SMALL)
-    (d / "config.json").write_text(json.dumps(cfg))
-    torch.manual_seed(seed)
-    quick = bool(cfg.get("quick_gelu", False))
-    model = open_clip.model.CLIP(**{k: v for k, v in cfg.items() if k not in ("quick_gelu", "custom_text")},
-                                 quick_gelu=quick).eval()
-    injected = inject_outliers(model.visual, n_channels=n_channels, factor=factor, seed=seed)
-    torch.save({"state_dict": model.state_dict()}, str(d / "weights.pt"))
-    images, labels = demo_data.detector_set(fit_images // 2, seed=3)
-    q_images, q_scores = demo_data.quality_set(fit_images, seed=4)
-    pp = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
-    with torch.no_grad():
-        emb = torch.nn.functional.normalize(model.encode_image(torch.stack([pp(i) for i in images])), dim=-1)
-        q_emb = torch.nn.functional.normalize(model.encode_image(torch.stack([pp(i) for i in q_images])), dim=-1)
-    detector = fit_detector(emb, torch.tensor(labels))
-    quality = fit_quality(q_emb, torch.tensor(q_scores), hidden=32, steps=300)
-    save_heads(d / "heads.pt", detector, quality)
-    report = export_model(str(d / "config.json"), d / "weights.pt", d / "heads.pt", d / "fp32.onnx",
-                          name="outlier-vit")
-    return {"config": d / "config.json", "weights": d / "weights.pt", "heads": d / "heads.pt",
-            "onnx": report.path, "injected": injected}
-
-
-def write_image_sets(workdir, n_calib: int = 32, n_val: int = 48, seed: int = 0) -> tuple[Path, Path]:
-    """Calibration and validation folders, disjoint by source photo and render seed; photos, renders
-    and distorted copies (so the detector and the quality head see a spread)."""
-    from clipscan.export import demo_data
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for kind, photos, n, seed_base in (("calib", CALIB_PHOTOS, n_calib, 200_000), ("val", VAL_PHOTOS, n_val, 300_000)):
-        folder = Path(workdir) / kind
-        (folder / "sub").mkdir(parents=True, exist_ok=True)
-        srcs = [demo_data.photo(p) for p in photos]
-        for i in range(n):
-            if i % 3 == 2:
-                img = demo_data.render(seed_base + i)
-            else:
-                img = demo_data.augment(srcs[i % len(srcs)], rng)
-            if i % 4 == 3:
-                img = demo_data.distort(img, ("blur", "jpeg", "noise")[i % 3], 1 + i % 4)
-            target = folder / ("sub" if i % 2 else "") / f"{kind}_{i:03d}.{'png' if i % 5 == 0 else 'jpg'}"
-            img.convert("RGB").save(target)
-        out.append(folder)
-    return out[0], out[1]
-
-
 def run_recipes(fp32_path, calib_dir, val_dir, recipes: dict, workdir, *, target: str = "cpu",
                 search_from: str | None = "smooth", latency_batches: tuple = (1, 8), runs: int = 5,
                 progress: bool = True, cache=None) -> list[dict]:
-    from clipscan.runtime.artifact import file_sha256
-
-    from . import int8
-    from .calib_data import load_calibration_set
-    from .search import search
-
     manifest = int8.manifest_of(fp32_path)
     sha = file_sha256(fp32_path)
     cset = load_calibration_set(manifest, sha, [calib_dir], cache=cache, progress=progress)
@@ -165,9 +109,7 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     import logging
 
-    from . import int8
-
-    p = argparse.ArgumentParser(prog="python -m clipscan.calibration.study", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/int8_study.py", description=__doc__.split("\n")[0])
     p.add_argument("--small", action="store_true", help="width 256, 4 layers instead of ViT-B/32")
     p.add_argument("--workdir", default="./int8-study")
     p.add_argument("--n-calib", type=int, default=64)
@@ -188,8 +130,6 @@ def main(argv=None) -> int:
     recipes = {k: int8.RECIPES[k] for k in args.recipes.split(",") if k}
     rows = run_recipes(built["onnx"], calib, val, recipes, work, target=args.target,
                        search_from=None if args.no_search else "smooth", cache=work / "cache")
-    from clipscan.runtime.machine import describe_cpu
-
     print(f"speeds measured on {describe_cpu()}")
     print(table(rows))
     for r in rows:

@@ -3,7 +3,8 @@
 Export's own checks, `clipscan verify`'s gates, `clipscan calibrate`'s INT8 bar and search, the
 draft-decoding check and the benchmark's fidelity columns all read their numbers from here.
 The fidelity protocol fixes the per-precision bars (BARS); where clipscan chose a number itself,
-the comment says so.
+the comment says so. The defaults of the report page, the Triton repository and the remote
+client are not bars: they are in clipscan.runtime.defaults.
 """
 from __future__ import annotations
 
@@ -48,15 +49,6 @@ DRAFT_MIN_AGREEMENT = 0.995
 DRAFT_MIN_COSINE_MEAN = 0.999
 DRAFT_MIN_IMAGES = 200         # fewer images cannot show 0.5% disagreement
 
-# -- clipscan report: what one page holds (clipscan's choices) ---------------------------------------
-REPORT_MAX_BYTES = 10_000_000   # a report page stays under this (tested with 50,000 rows); larger: a warning
-REPORT_TABLE_BYTES = 6_000_000  # the rows table's embedded data; beyond it the most likely generated rows stay
-REPORT_TOP_N = 60               # thumbnails: the N most likely generated images (the only images embedded)
-REPORT_THUMB_PX = 160           # longest side of a thumbnail, JPEG quality REPORT_THUMB_QUALITY
-REPORT_THUMB_QUALITY = 75
-REPORT_MAX_FAILURES = 5_000     # failed files listed one by one (the counts by error kind cover all)
-REPORT_HIST_BINS = 20
-
 
 def bars_for(precision: str) -> Bars:
     if precision not in BARS:
@@ -67,21 +59,12 @@ def bars_for(precision: str) -> Bars:
 def meets(metrics: dict, bars: dict) -> bool:
     """Every bar in `bars` ({metric: minimum}) met by `metrics`; a metric that is absent does not count."""
     return all(metrics.get(k, 1.0) >= v for k, v in bars.items())
+
+
 # -- clipscan calibrate --search: a round must cut the remaining shortfall (the failing gates' distance to
 # their bars, in units of each bar's allowed error) by this fraction to go on; else the search stops and
 # keeps its best round (clipscan's)
 SEARCH_MIN_GAIN = 0.05
-
-# -- serving: the Triton repository `clipscan triton` writes, and the client (`scan --server`) -- clipscan's --
-TRITON_MAX_BATCH = 16                 # max_batch_size of every generated model
-TRITON_QUEUE_DELAY_US = 2000          # dynamic_batching.max_queue_delay_microseconds: wait 2 ms to fill a batch
-TRITON_INSTANCES = 1                  # instance_group count per device
-CLIENT_BATCH = 8                      # images per inference request
-CLIENT_CONCURRENCY = 2                # requests in flight (one keep-alive connection per worker thread)
-CLIENT_TIMEOUT_S = 120.0              # one request's socket timeout
-CLIENT_RETRIES = 5                    # retries of a request answered 503 (or a dropped connection), ...
-CLIENT_BACKOFF_S = 0.2                # ... after 0.2, 0.4, 0.8, ... s (doubling, capped at CLIENT_BACKOFF_MAX_S)
-CLIENT_BACKOFF_MAX_S = 5.0
 
 # -- clipscan bench --profile: which integer GEMM path a runtime's measured rates show ----------------
 # Per cycle, one x86-64 core's peak int8 operations over its peak fp32 FMA FLOPs (ISA facts, the same on

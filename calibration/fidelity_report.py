@@ -1,20 +1,20 @@
-"""Write a verify report: report.json (every number) and report.html (one self-contained page).
+"""Write the fidelity report of verify and calibrate: report.json (every number) and report.html (one
+self-contained page, built with the scan report's HTML toolkit, clipscan.report.html_kit).
 
-Plots are drawn with matplotlib's Agg canvas (no pyplot, no display) and embedded as base64
-PNG; without matplotlib the page is written without them and says so.
+Plots are drawn with matplotlib's Agg canvas (no pyplot, no display) and embedded as PNG data: URIs;
+without matplotlib the page is written without them and says so.
 """
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import math
 from pathlib import Path
 
+from clipscan.report.html_kit import data_uri, esc, figure, image, page, table
 from clipscan.runtime.atomic import write_text
 
-from .fidelity import Gate
+from .fidelity_gates import Gate
 
 JSON_NAME = "report.json"
 HTML_NAME = "report.html"
@@ -92,10 +92,11 @@ def _figure(w=5.2, h=3.6):
 
 
 def _png(fig) -> str:
+    """The figure as a PNG data: URI."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return data_uri("image/png", buf.getvalue())
 
 
 def _finite(values):
@@ -181,7 +182,7 @@ def plot_quality(name: str, d: dict) -> str:
 
 
 def plots(report) -> tuple[list[tuple[str, str]], str]:
-    """[(caption, base64 png)], and a note when plots could not be drawn."""
+    """[(caption, PNG data: URI)], and a note when plots could not be drawn."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -201,128 +202,120 @@ def plots(report) -> tuple[list[tuple[str, str]], str]:
 
 # -- HTML -------------------------------------------------------------------------------------------
 
+# this page's rules, after the toolkit's BASE_CSS: gate results, the verdict, the plots
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.88em}td,th{border:1px solid #ddd;padding:.25em .55em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.PASS{background:#d9f2d9;color:#135e13;font-weight:600}.FAIL{background:#f9d6d5;color:#8c1b13;font-weight:600}
-.N\\/A,.NA{background:#eeeeee;color:#555}
-.verdict{font-size:1.3em;padding:.5em 1em;display:inline-block;border-radius:4px}
-figure{display:inline-block;margin:.5em 1em .5em 0;max-width:540px}figcaption{font-size:.8em;color:#555}
-code{font-size:.9em}.note{color:#555;font-size:.85em}
+.PASS { background: #d9f2d9; color: #135e13; font-weight: 600; }
+.FAIL { background: #f9d6d5; color: #8c1b13; font-weight: 600; }
+.NA { background: #eeeeee; color: var(--muted); }
+.verdict { font-size: 18px; padding: 6px 14px; display: inline-block; border-radius: 4px; }
+figure.plot { display: inline-block; margin: 8px 16px 8px 0; max-width: 540px; vertical-align: top; }
+figure.plot img { max-width: 100%; }
+figure.plot figcaption { font-size: 12px; color: var(--muted); }
 """
-
-
-def _html(v) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _table(headers, rows, num_cols=()) -> str:
-    head = "".join(f"<th>{_html(h)}</th>" for h in headers)
-    body = []
-    for r in rows:
-        cells = []
-        for i, c in enumerate(r):
-            if isinstance(c, tuple):  # (text, css class)
-                cells.append(f'<td class="{_html(c[1])}">{_html(c[0])}</td>')
-            else:
-                cells.append(f'<td class="num">{_html(c)}</td>' if i in num_cols else f"<td>{_html(c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _status_cls(status: str) -> str:
     return "NA" if status == "N/A" else status
 
 
-def render_html(report) -> str:
-    m = report.metrics
-    verdict = "PASS" if report.passed else "FAIL"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>clipscan verify: {_html(report.manifest_name)} {verdict}</title><style>{CSS}</style></head><body>",
-             f"<h1>clipscan verify: {_html(report.manifest_name)}</h1>",
-             f"<p><span class='verdict {verdict}'>{verdict}</span> "
-             f"{len(report.failed_gates())} of {len(report.gates)} gate(s) failed</p>"]
-    info = [("artifact", report.model), ("sha256", report.sha256), ("precision", report.precision),
-            ("images compared", m.get("n_images")), ("files found", m.get("n_files_found")),
-            ("files that could not be decoded", len(report.failed_files)),
-            ("reference", json.dumps(report.settings.get("reference"))),
-            ("reference transform", report.settings.get("reference_transform")),
-            ("backend", report.settings.get("backend")), ("margin (logit)", report.settings.get("margin"))]
-    parts.append(_table(["", ""], [(k, fmt(v) if not isinstance(v, str) else v) for k, v in info]))
+def _section(title: str, *content: str) -> str:
+    return f"<section><h2>{esc(title)}</h2>{''.join(content)}</section>"
 
-    parts.append("<h2>Gates</h2>")
-    parts.append(_table(["group", "gate", "value", "bar", "result", "note"],
-                        [(g.group, g.name, fmt(g.value), _bar(g), (g.status, _status_cls(g.status)), g.note)
-                         for g in report.gates], num_cols=(2,)))
 
+def _facts(pairs) -> str:
+    dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs)
+    return f'<dl class="facts">{dl}</dl>'
+
+
+def _plots_section(report) -> str:
     figs, note = plots(report)
-    parts.append("<h2>Plots</h2>")
-    if note:
-        parts.append(f"<p class='note'>{_html(note)}</p>")
-    for caption, png in figs:
-        parts.append(f"<figure><img alt='{_html(caption)}' src='data:image/png;base64,{png}' style='max-width:100%'>"
-                     f"<figcaption>{_html(caption)}</figcaption></figure>")
+    parts = [f'<p class="note">{esc(note)}</p>'] if note else []
+    parts += [figure(image(uri, caption), esc(caption), attrs='class="plot"') for caption, uri in figs]
+    return _section("Plots", *parts)
 
-    parts.append("<h2>Heads</h2>")
-    head_rows = []
+
+def _heads_section(m: dict) -> str:
+    rows = []
     for name, h in m.get("heads", {}).items():
         if h["task"] == "quality":
-            head_rows.append((name, h["task"], f"SRCC {fmt(h.get('srcc'))}, max |diff| {fmt(h.get('max_abs_diff'))}"))
+            rows.append((name, h["task"], f"SRCC {fmt(h.get('srcc'))}, max |diff| {fmt(h.get('max_abs_diff'))}"))
         else:
-            head_rows.append((name, h["task"],
-                              f"agreement {fmt(h['agreement'])} ({h['flips']} flip(s), {h['flips_outside_margin']} "
-                              f"outside the margin); threshold deployed {fmt(h['deployed_threshold'])}, reference "
-                              f"{fmt(h['ref_threshold'])}; max |logit diff| {fmt(h['logit_max_abs_diff'])}, "
-                              f"max |p diff| {fmt(h['p_max_abs_diff'])}"))
-    parts.append(_table(["head", "task", "clean images"], head_rows))
+            rows.append((name, h["task"],
+                         f"agreement {fmt(h['agreement'])} ({h['flips']} flip(s), {h['flips_outside_margin']} "
+                         f"outside the margin); threshold deployed {fmt(h['deployed_threshold'])}, reference "
+                         f"{fmt(h['ref_threshold'])}; max |logit diff| {fmt(h['logit_max_abs_diff'])}, "
+                         f"max |p diff| {fmt(h['p_max_abs_diff'])}"))
+    return _section("Heads", table(["head", "task", "clean images"], rows))
 
-    if report.robustness:
-        parts.append("<h2>Robustness (laundered copies)</h2>")
-        rob_rows = []
-        for v, r in report.robustness.items():
-            per_head = []
-            for name, h in r.get("heads", {}).items():
-                if h["task"] == "quality":
-                    per_head.append(f"{name}: SRCC {fmt(h.get('srcc'))}")
-                else:
-                    per_head.append(f"{name}: agreement {fmt(h['agreement'])}, {h['flips']} flip(s)")
-            f = r.get("features", {})
-            rob_rows.append((v, r.get("description", ""), r.get("n_images"), fmt(r.get("preprocessing_max_error")),
-                             fmt(f.get("cosine_mean")), fmt(f.get("cosine_worst")), "; ".join(per_head)))
-        parts.append(_table(["laundering", "what", "images", "pixel error", "cosine mean", "cosine worst", "heads"],
-                            rob_rows, num_cols=(2, 3, 4, 5)))
 
-    parts.append("<h2>Worst 10 images by embedding cosine</h2>")
+def _robustness_section(report) -> str:
+    if not report.robustness:
+        return ""
+    rows = []
+    for v, r in report.robustness.items():
+        per_head = []
+        for name, h in r.get("heads", {}).items():
+            if h["task"] == "quality":
+                per_head.append(f"{name}: SRCC {fmt(h.get('srcc'))}")
+            else:
+                per_head.append(f"{name}: agreement {fmt(h['agreement'])}, {h['flips']} flip(s)")
+        f = r.get("features", {})
+        rows.append((v, r.get("description", ""), fmt(r.get("n_images")), fmt(r.get("preprocessing_max_error")),
+                     fmt(f.get("cosine_mean")), fmt(f.get("cosine_worst")), "; ".join(per_head)))
+    return _section("Robustness (laundered copies)",
+                    table(["laundering", "what", "images", "pixel error", "cosine mean", "cosine worst", "heads"],
+                          rows, num_cols=(2, 3, 4, 5)))
+
+
+def _images_sections(report) -> str:
     worst = sorted((r for r in report.rows if r.get("cosine") is not None), key=lambda r: r["cosine"])[:10]
-    parts.append(_table(["path", "cosine", "pixel error", "ref logit", "logit", "ref p", "p", "ref quality",
-                         "quality", "flip"],
-                        [(r["path"], fmt(r["cosine"]), fmt(r.get("pixel_error")), fmt(r.get("ref_logit")),
-                          fmt(r.get("logit")), fmt(r.get("ref_p")), fmt(r.get("p")), fmt(r.get("ref_quality")),
-                          fmt(r.get("quality")), ("yes", "FAIL") if r.get("flip") else "no") for r in worst],
-                        num_cols=(1, 2, 3, 4, 5, 6, 7, 8)))
+    parts = [_section("Worst 10 images by embedding cosine", table(
+        ["path", "cosine", "pixel error", "ref logit", "logit", "ref p", "p", "ref quality", "quality", "flip"],
+        [(r["path"], fmt(r["cosine"]), fmt(r.get("pixel_error")), fmt(r.get("ref_logit")), fmt(r.get("logit")),
+          fmt(r.get("ref_p")), fmt(r.get("p")), fmt(r.get("ref_quality")), fmt(r.get("quality")),
+          ("yes", "FAIL") if r.get("flip") else "no") for r in worst],
+        num_cols=(1, 2, 3, 4, 5, 6, 7, 8)))]
     flipped = [r for r in report.rows if r.get("flip")]
     if flipped:
-        parts.append(f"<h2>Images whose decision changed ({len(flipped)})</h2>")
         rows = []
         for r in flipped[:200]:
             for name, h in r["heads"].items():
                 if h.get("flip"):
                     rows.append((r["path"], name, fmt(h["ref_logit"]), fmt(h["logit"]), fmt(h["ref_p"]), fmt(h["p"]),
                                  ("yes", "FAIL") if h["outside_margin"] else "no"))
-        parts.append(_table(["path", "head", "ref logit", "logit", "ref p", "p", "outside margin"], rows,
-                            num_cols=(2, 3, 4, 5)))
+        parts.append(_section(f"Images whose decision changed ({len(flipped)})",
+                              table(["path", "head", "ref logit", "logit", "ref p", "p", "outside margin"], rows,
+                                    num_cols=(2, 3, 4, 5))))
     if report.failed_files:
-        parts.append(f"<h2>Files that could not be decoded ({len(report.failed_files)})</h2>")
-        parts.append(_table(["path", "error"], [(f["path"], f["error"]) for f in report.failed_files]))
+        parts.append(_section(f"Files that could not be decoded ({len(report.failed_files)})",
+                              table(["path", "error"], [(f["path"], f["error"]) for f in report.failed_files])))
+    return "".join(parts)
 
-    parts.append("<h2>Method</h2><ol>" + "".join(f"<li>{_html(t)}</li>" for t in report.method) + "</ol>")
-    bars = report.settings.get("bars", {})
-    parts.append(f"<p class='note'>Bars for {_html(report.precision)}: {_html(json.dumps(bars))}</p>")
-    parts.append("<h2>Versions</h2>")
-    parts.append(_table(["package", "now (verify)", "at export (manifest)"],
-                        [(k, report.versions.get(k, "-"), report.manifest_tools.get(k, "-"))
-                         for k in sorted(set(report.versions) | set(report.manifest_tools))]))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+
+def render_html(report) -> str:
+    m = report.metrics
+    verdict = "PASS" if report.passed else "FAIL"
+    info = [("artifact", report.model), ("sha256", report.sha256), ("precision", report.precision),
+            ("images compared", m.get("n_images")), ("files found", m.get("n_files_found")),
+            ("files that could not be decoded", len(report.failed_files)),
+            ("reference", json.dumps(report.settings.get("reference"))),
+            ("reference transform", report.settings.get("reference_transform")),
+            ("backend", report.settings.get("backend")), ("margin (logit)", report.settings.get("margin"))]
+    header = (f"<header><h1>clipscan verify: {esc(report.manifest_name)}</h1>"
+              f"<p><span class='verdict {verdict}'>{verdict}</span> "
+              f"{len(report.failed_gates())} of {len(report.gates)} gate(s) failed</p></header>")
+    gates = table(["group", "gate", "value", "bar", "result", "note"],
+                  [(g.group, g.name, fmt(g.value), _bar(g), (g.status, _status_cls(g.status)), g.note)
+                   for g in report.gates], num_cols=(2,))
+    bars = json.dumps(report.settings.get("bars", {}))
+    method = ("<ol>" + "".join(f"<li>{esc(t)}</li>" for t in report.method) + "</ol>"
+              f"<p class='note'>Bars for {esc(report.precision)}: {esc(bars)}</p>")
+    versions = table(["package", "now (verify)", "at export (manifest)"],
+                     [(k, report.versions.get(k, "-"), report.manifest_tools.get(k, "-"))
+                      for k in sorted(set(report.versions) | set(report.manifest_tools))])
+    body = "".join([
+        header,
+        _section("Artifact", _facts((k, v if isinstance(v, str) else fmt(v)) for k, v in info)),
+        _section("Gates", gates), _plots_section(report), _heads_section(m), _robustness_section(report),
+        _images_sections(report), _section("Method", method), _section("Versions", versions)])
+    return page(f"clipscan verify: {report.manifest_name} {verdict}", body, css=CSS)

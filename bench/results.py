@@ -1,4 +1,4 @@
-"""The benchmark's report: its skeleton, one row per measurement, ratios, GFLOP/s, the machine, JSON.
+"""The benchmark's results document: its skeleton, one row per measurement, ratios, GFLOP/s, the machine, JSON.
 
 Ratios are always between rows of the same run: against the reference row (PyTorch when given,
 else the FP32 artifact on the CPU backend) and, for reduced-precision rows, against the FP32
@@ -12,8 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from clipscan.measure.machine import cpu_info, describe_cpu, tool_versions
 from clipscan.runtime.atomic import write_text
-from clipscan.runtime.machine import cpu_info, describe_cpu, tool_versions
 
 from .config import BenchConfig
 

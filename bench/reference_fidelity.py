@@ -2,7 +2,7 @@
 
 The reference is the PyTorch original when given, else the first FP32 artifact on ONNX Runtime's
 CPU backend. Both sides see the same preprocessed tensors (decoded once, by the runtime), and the
-comparison is `clipscan.runtime.metrics.compare_outputs`, the one every fidelity check uses.
+comparison is `clipscan.runtime.fidelity_metrics.compare_outputs`, the one every fidelity check uses.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime import Scanner
-from clipscan.runtime.metrics import compare_outputs
+from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from .context import BenchContext
 

@@ -1,6 +1,6 @@
 """Fidelity metrics and gates: does an exported artifact reproduce its PyTorch original?
 
-The bars are the fidelity protocol's (numbers in clipscan.runtime.thresholds):
+The bars are the fidelity protocol's (numbers in clipscan.measure.thresholds):
 
 - preprocessing parity: max error <= 1 in 0..255 pixel units;
 - features: per-image embedding cosine, mean (and worst for FP16/INT8) above a bar per precision;
@@ -22,16 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from clipscan.runtime.metrics import (  # noqa: F401
-    cosine_rows,
-    decisions,
-    prob_to_logit,
-    rankdata,
-    sigmoid,
-    spearman,
-)
-from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
-from clipscan.runtime.thresholds import (  # noqa: F401
+from clipscan.measure.thresholds import (  # noqa: F401
     BARS,
     DEFAULT_MARGIN,
     MIN_SRCC_IMAGES,
@@ -42,6 +33,15 @@ from clipscan.runtime.thresholds import (  # noqa: F401
     Bars,
     bars_for,
 )
+from clipscan.runtime.fidelity_metrics import (  # noqa: F401
+    cosine_rows,
+    decisions,
+    prob_to_logit,
+    rankdata,
+    sigmoid,
+    spearman,
+)
+from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
 
 
 @dataclass

@@ -1,29 +1,18 @@
 """One self-contained HTML page from a Summary: inline style, script, SVG histograms and JPEG thumbnails."""
 from __future__ import annotations
 
-import html
 import os
 import time
 
 from clipscan.version import __version__
 
 from .assets import CSS, JS
+from .html_kit import esc, page, script_json
 from .rows import RowsFile
-from .summary import Histogram, Summary, compact_json
+from .summary import Histogram, Summary
 from .thumbs import Thumb
 
 MAX_MESSAGE = 300  # characters of an error message shown in the failures table
-
-
-def display(text: str | None) -> str:
-    """Text for the page: names that are not valid UTF-8 (lone surrogates) shown with a replacement mark."""
-    if text is None:
-        return ""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def esc(text) -> str:
-    return html.escape(display(text if isinstance(text, str) or text is None else str(text)))
 
 
 def fnum(v: float | None, digits: int = 4) -> str:
@@ -169,22 +158,15 @@ def _rows_section(s: Summary) -> str:
             f'<span id="rows-range"></span><button id="rows-next">next</button></div></section>')
 
 
-def table_json(table: list[list]) -> str:
-    """The rows' data for the page's script; `</` escaped so no path can end the <script> element."""
-    return compact_json(table).replace("</", "<\\/")
-
-
 def render(data: RowsFile, s: Summary, thumbs: list[Thumb], *, top_n: int, title: str | None = None) -> str:
     name = os.path.basename(data.path)
     title = title or f"clipscan report: {name}"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     verdicts = ", ".join(f"{n:,} {v}" for v, n in s.by_verdict.items())
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1"><title>{esc(title)}</title><style>{CSS}</style></head>'
-            f'<body><header><h1>{esc(title)}</h1><p class="sub">{esc(data.path)}: {s.rows:,} rows ({esc(verdicts)}); '
-            f'written {when} by clipscan {__version__}</p></header>'
-            f'{_model_section(data, s)}{_counts_section(data, s)}{_histogram_section(s)}{_top_section(s, thumbs, top_n)}'
-            f'{_failures_section(s)}{_rows_section(s)}'
-            f'<script type="application/json" id="rows-data">{table_json(s.table)}</script>'
-            f'<script>{JS}</script></body></html>')
+    return page(title, f'<header><h1>{esc(title)}</h1><p class="sub">{esc(data.path)}: {s.rows:,} rows '
+                f'({esc(verdicts)}); written {when} by clipscan {__version__}</p></header>'
+                f'{_model_section(data, s)}{_counts_section(data, s)}{_histogram_section(s)}'
+                f'{_top_section(s, thumbs, top_n)}{_failures_section(s)}{_rows_section(s)}'
+                f'<script type="application/json" id="rows-data">{script_json(s.table)}</script>',
+                css=CSS, script=JS)
 
