@@ -131,7 +131,7 @@ def int8_recipes() -> str:
 
 def _thresholds():
     """The module that holds every pass/fail bar (it may move to another package: change this line)."""
-    return importlib.import_module("clipscan.runtime.thresholds")
+    return importlib.import_module("clipscan.measure.thresholds")
 
 
 def fidelity_bars() -> str:
