@@ -1,13 +1,14 @@
-"""The ASGI layer in front of every route: the concurrent-request limit (503 JSON), bearer-token auth, the body-size limit (413 from Content-Length
-before reading the body, and while reading a body sent without one), in-flight requests, request latency
-and a structured (JSON) access log line per request."""
+"""The ASGI layer in front of every route: the Host and Origin checks (403: DNS rebinding, cross-site
+posts), the in-flight request limit (503 JSON; health probes are always answered), bearer-token auth, the
+body-size limit (413 from Content-Length before reading the body, and while reading a body sent without
+one), in-flight requests, request latency and a structured (JSON) access log line per request."""
 from __future__ import annotations
 
 import json
 import logging
 import time
 
-from .auth import authorized, is_open
+from .auth import authorized, host_allowed, is_health, is_open, origin_allowed
 from .errors import HTTPError, error_response
 
 access_log = logging.getLogger("clipscan.serve.access")
@@ -23,6 +24,11 @@ def _endpoint(path: str) -> str:
         tail = path.rstrip("/").rsplit("/", 1)[-1]
         return f"/v2/models/*/{tail}" if tail in ("infer", "ready", "config") else "/v2/models/*"
     return path if path in ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready") else "other"
+
+
+def _header(headers: dict, name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 class ServiceMiddleware:
@@ -58,10 +64,21 @@ class ServiceMiddleware:
         self.active += 1
         try:
             response = None
-            if self.active > state.limits.max_connections and not is_open(path):
+            host = _header(headers, b"host")
+            if not host_allowed(host, state.allow_hosts):
+                response = error_response(403, f"Host {host!r} is not one this service answers to (IP addresses "
+                                               "and localhost are; a name must be allowed with --allow-host)")
+                metrics.errors.labels("forbidden").inc()
+            elif scope["method"] not in ("GET", "HEAD") and not origin_allowed(
+                    _header(headers, b"origin"), host, state.allow_hosts):
+                response = error_response(403, f"requests from pages of origin {_header(headers, b'origin')!r} "
+                                               "are refused (a page of another site; allow its host with "
+                                               "--allow-host)")
+                metrics.errors.labels("forbidden").inc()
+            elif self.active > state.limits.max_in_flight and not is_health(path):
                 response = error_response(503, f"too many requests at once (the limit is "
-                                               f"{state.limits.max_connections}); retry shortly", {"Retry-After": "1"})
-                metrics.errors.labels("too_many_connections").inc()
+                                               f"{state.limits.max_in_flight}); retry shortly", {"Retry-After": "1"})
+                metrics.errors.labels("too_many_requests").inc()
             elif state.token and not is_open(path) and not authorized(headers.get(b"authorization"), state.token):
                 response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                           {"WWW-Authenticate": "Bearer"})

@@ -111,9 +111,9 @@ def test_bearer_token_auth(scanner):
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer s3cret"})[0] == 200
 
 
-def test_past_max_connections_is_a_json_503_and_health_stays_open(scanner):
+def test_past_max_in_flight_is_a_json_503_and_health_stays_open(scanner):
     release = threading.Event()
-    state = ServiceState(scanner, Limits(max_connections=1, max_delay_ms=0))
+    state = ServiceState(scanner, Limits(max_in_flight=1, max_delay_ms=0))
     image = sample_files()[0].read_bytes()
     with thread_server(state) as url:
         _hook(scanner, lambda: release.wait(30))
