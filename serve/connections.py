@@ -18,8 +18,24 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger("clipscan.serve")
 
 
+def _connection_cap(wanted: int) -> int:
+    """`wanted`, lowered to what the process's file-descriptor limit leaves room for (a few are the
+    listening socket, the model, logs): past that, accept() itself would fail."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return wanted
+    room = soft - 64 if soft != resource.RLIM_INFINITY else wanted
+    if wanted > room:
+        log.warning("--max-open-connections %d is past what the file-descriptor limit (%d) allows: using %d",
+                    wanted, soft, max(room, 1))
+    return max(1, min(wanted, room))
+
+
 def _guarded_protocol(limits) -> type:
-    header_timeout, cap = limits.header_timeout_s, limits.max_open_connections
+    header_timeout, cap = limits.header_timeout_s, _connection_cap(limits.max_open_connections)
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport) -> None:

@@ -4,7 +4,7 @@ docs' limits table (`limits_table()`) are all built from it."""
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
 from clipscan.runtime.errors import InvalidArgumentError
@@ -65,11 +65,6 @@ def flag(name: str) -> str:
 def limit_fields():
     """The fields of Limits, in order, each with .name, .type ('int' or 'float'), .default and .metadata."""
     return fields(Limits)
-
-
-def default(name: str):
-    f = next(f for f in fields(Limits) if f.name == name)
-    return f.default if f.default is not MISSING else None
 
 
 def limits_table() -> list[tuple[str, object, str]]:
