@@ -24,6 +24,10 @@ def _limit(default, meaning: str, low: float = 1, low_open: bool = False):
 class Limits:
     max_body_bytes: int = _limit(64 * 2**20, "request body in bytes: 413 from Content-Length before the body "
                                              "is read, and while reading a body sent without one")
+    max_buffered_bytes: int = _limit(256 * 2**20, "request-body bytes held by all requests at once (503 with "
+                                                   "Retry-After when a new body would pass it)")
+    body_timeout_s: float = _limit(30.0, "seconds a client has to send a whole request body (408 after it)",
+                                   low=0, low_open=True)
     max_json_bytes: int = _limit(8 * 2**20, "JSON part of an inference request in bytes (413 before it is "
                                             "parsed); send more through the binary tensor extension")
     max_pixels: int = _limit(min(DEFAULT_MAX_PIXELS, 64_000_000),
@@ -56,6 +60,9 @@ class Limits:
                 kind = "an integer" if f.type == "int" else "a number"
                 raise LimitError(f"limit {f.name} ({flag(f.name)}) must be {kind} {'>' if low_open else '>='} "
                                  f"{low:g}, got {v!r}")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise LimitError(f"--max-buffered-bytes ({self.max_buffered_bytes}) must be at least --max-body-bytes "
+                             f"({self.max_body_bytes}), or no body of the largest size could ever be read")
 
 
 def flag(name: str) -> str:

@@ -1,9 +1,11 @@
 """The ASGI layer in front of every route: the Host and Origin checks (403: DNS rebinding, cross-site
 posts), the in-flight request limit (503 JSON; health probes are always answered), bearer-token auth, the
-body-size limit (413 from Content-Length before reading the body, and while reading a body sent without
-one), in-flight requests, request latency and a structured (JSON) access log line per request."""
+body limits (413 from Content-Length before reading the body, and while reading a body sent without one;
+408 for a body that does not arrive in time; 503 when the bodies held at once would pass their budget),
+in-flight requests, request latency and a structured (JSON) access log line per request."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,8 +16,8 @@ from .errors import HTTPError, error_response
 access_log = logging.getLogger("clipscan.serve.access")
 
 
-class BodyTooLarge(HTTPError):
-    pass
+class BodyError(HTTPError):
+    """A body refused while it is read (it may be raised outside the routes, e.g. while parsing a form)."""
 
 
 def _endpoint(path: str) -> str:
@@ -35,6 +37,17 @@ class ServiceMiddleware:
     def __init__(self, app, state):
         self.app, self.state = app, state
         self.active = 0
+        self.buffered = 0  # bytes of request bodies held by the requests being answered
+
+    def _hold(self, n: int, body: dict) -> None:
+        """Count `n` more body bytes of one request against the budget, or refuse them (503)."""
+        budget = self.state.limits.max_buffered_bytes
+        if self.buffered + n > budget:
+            raise BodyError(503, f"the server holds {self.buffered} bytes of request bodies and this one would pass "
+                                 f"its budget of {budget}; retry shortly", {"Retry-After": "1", "Connection": "close"},
+                            kind="bodies_over_budget")
+        self.buffered += n
+        body["held"] += n
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -48,15 +61,31 @@ class ServiceMiddleware:
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
             await send(message)
 
+        lim = state.limits
+        body_deadline = time.monotonic() + lim.body_timeout_s
+        body = {"done": False, "held": 0}  # held: bytes counted against the buffered-bodies budget
+
         async def receive_wrapper():
-            message = await receive()
+            if body["done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(body_deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                raise BodyError(408, f"the request body did not arrive within {lim.body_timeout_s:g} s; send it "
+                                     "faster or in smaller requests", {"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received["n"] += len(message.get("body", b""))
+                body["done"] = not message.get("more_body", False)
                 if received["n"] > limit:
-                    raise BodyTooLarge(413, f"the request body is over the limit of {limit} bytes")
+                    raise BodyError(413, f"the request body is over the limit of {limit} bytes",
+                                    {"Connection": "close"})
+                if received["n"] > body["held"]:  # a body sent without Content-Length: counted as it comes
+                    self._hold(received["n"] - body["held"], body)
+            else:
+                body["done"] = True
             return message
 
         metrics = state.metrics
@@ -94,15 +123,23 @@ class ServiceMiddleware:
                         response = error_response(413, f"the request body ({int(length)} bytes) is over the limit "
                                                        f"of {limit} bytes", {"Connection": "close"})
                         metrics.errors.labels("too_large").inc()
+                    elif length is not None:
+                        try:
+                            self._hold(int(length), body)
+                        except BodyError as e:
+                            response = error_response(e.status, e.message, e.headers)
+                            metrics.errors.labels(e.kind).inc()
             if response is not None:
                 await response(scope, receive, send_wrapper)
             else:
                 try:
                     await self.app(scope, receive_wrapper, send_wrapper)
-                except BodyTooLarge as e:  # raised outside the routes' handlers (e.g. while parsing a form)
-                    metrics.errors.labels("too_large").inc()
-                    await error_response(413, e.message, {"Connection": "close"})(scope, receive, send_wrapper)
+                except BodyError as e:  # raised outside the routes' handlers (e.g. while parsing a form)
+                    metrics.errors.labels(e.kind).inc()
+                    if not status.get("started"):
+                        await error_response(e.status, e.message, e.headers)(scope, receive, send_wrapper)
         finally:
+            self.buffered -= body["held"]
             self.active -= 1
             metrics.in_flight.dec()
             seconds = time.perf_counter() - start

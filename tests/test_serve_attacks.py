@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
@@ -29,6 +30,7 @@ from .serve_servers import cli_server, metric, multipart, request, sample_files
 pytestmark = pytest.mark.slow
 
 HEADER_TIMEOUT_S = 3
+BODY_TIMEOUT_S = 3
 MAX_OPEN = 150
 GB = 2**30
 JPEG = {"Content-Type": "image/jpeg"}
@@ -38,7 +40,7 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture(scope="module")
 def server():
     with cli_server("--header-timeout-s", str(HEADER_TIMEOUT_S), "--max-open-connections", str(MAX_OPEN),
-                    "--timeout-s", "10", "--name", "detector") as (url, proc):
+                    "--body-timeout-s", str(BODY_TIMEOUT_S), "--timeout-s", "10", "--name", "detector") as (url, proc):
         yield url, proc
 
 
@@ -256,3 +258,61 @@ def test_binary_bytes_element_lengths_are_read_no_further_than_the_shape():
     with pytest.raises(WireError, match="more than the 1 elements"):
         decode_bytes_elements(data, "tensor 'image'", 1)
     assert time.perf_counter() - start < 0.1
+
+
+def _raw_answer(sock: socket.socket, wait: float) -> bytes:
+    sock.settimeout(wait)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out
+
+
+def test_slow_bodies_are_cut_off_and_no_one_else_waits(server):
+    """Forty clients send a request head and ten bytes of a 1 MB body, then nothing: each is answered 408
+    after the body timeout and closed, and the in-flight slots they held are free again."""
+    url, proc = server
+    addr = _port(url)
+    with good_clients(url, proc.pid):
+        socks = []
+        for _ in range(40):
+            s = socket.create_connection(addr, timeout=5)
+            s.sendall(b"POST /v1/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                      b"Content-Length: 1000000\r\n\r\n" + b"\xff" * 10)
+            socks.append(s)
+        answers = [_raw_answer(s, BODY_TIMEOUT_S + 3) for s in socks]
+        for s in socks:
+            s.close()
+    assert all(a.startswith(b"HTTP/1.1 408") and b"did not arrive within" in a for a in answers), answers[:2]
+
+
+def test_concurrent_large_bodies_stay_within_the_buffered_budget(server):
+    """Eight clients send 60 MB bodies at once (480 MB, past the 256 MB budget of bodies held at once):
+    those that fit are read (and refused as the malformed tensors they are), the others are 503 with
+    Retry-After at once, and the server's RSS stays under 1 GB."""
+    url, proc = server
+    addr = _port(url)
+    size = 60 * 2**20
+    chunk = b"\0" * 2**20
+
+    def send() -> bytes:
+        with socket.create_connection(addr, timeout=30) as s:
+            s.sendall(b"POST /v2/models/detector/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: 2\r\n"
+                      b"Content-Length: %d\r\n\r\n{}" % size)
+            try:
+                for _ in range(60):
+                    s.sendall(chunk)
+            except OSError:  # refused: the server answered and closed before the body was sent
+                pass
+            return _raw_answer(s, 20)
+
+    with good_clients(url, proc.pid):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: send(), range(8)))
+    codes = sorted(a[9:12] for a in answers)
+    assert codes.count(b"503") >= 4 and set(codes) <= {b"400", b"408", b"503"}, codes  # 408: slower than 3 s
+    assert all(b"retry-after: 1" in a.lower() for a in answers if a[9:12] == b"503")
