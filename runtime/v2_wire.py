@@ -162,6 +162,8 @@ def decode_message(body: bytes, header_length: int | None, key: str, max_element
                 raise WireError(f"tensor {entry.get('name')!r}: binary_data_size {size!r} runs past the body's "
                                 f"{len(body) - offset} remaining bytes")
             raw, offset = body[offset:offset + size], offset + size
+        if isinstance(entry, dict) and entry.get("name") in tensors:
+            raise WireError(f"tensor {entry['name']!r} appears more than once in '{key}'")
         arr = tensor_from_entry(entry, raw, max_elements)
         tensors[entry["name"]] = arr
     if offset != len(body):

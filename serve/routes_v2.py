@@ -154,6 +154,9 @@ def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
         return list(specs.values()), default_binary
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
         raise HTTPError(400, "'outputs' must be a list of objects with a 'name'")
+    names = [o["name"] for o in asked]
+    if len(set(names)) != len(names):
+        raise HTTPError(400, f"'outputs' names an output more than once; ask for each of {sorted(specs)} once")
     chosen, binary = [], set()
     for o in asked:
         if o["name"] not in specs:
