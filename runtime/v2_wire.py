@@ -18,6 +18,7 @@ from .contract import DATATYPES, NUMPY_DTYPES
 from .errors import InvalidArgumentError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 32  # numpy's limit on an array's dimensions
 
 
 class WireError(InvalidArgumentError):
@@ -58,7 +59,9 @@ def decode_bytes_elements(buf: memoryview | bytes, where: str, count: int | None
 def _count(shape) -> int:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise WireError(f"shape must be a list of non-negative integers, got {shape!r}")
+        raise WireError(f"shape must be a list of non-negative integers, got {shape!r:.80}")
+    if len(shape) > MAX_RANK:
+        raise WireError(f"shape has {len(shape)} dimensions; a tensor has at most {MAX_RANK}")
     return math.prod(shape)  # Python ints: no wrap-around
 
 

@@ -168,6 +168,7 @@ def _hostile_bodies():
          JSON, 413),
         ("2.5M empty strings declared", json.dumps({"inputs": [_image_entry([2_500_000], data=[""] * 2_500_000)]}).encode(),
          JSON, 413),
+        ("a shape of 100 dimensions", json.dumps({"inputs": [_image_entry([0] * 100, data=[])]}).encode(), JSON, 400),
         ("50k-deep JSON", b'{"inputs":' + b"[" * 50_000 + b"]" * 50_000 + b"}", JSON, 400),
         ("5,000-digit integer", b'{"inputs":[], "id": ' + b"9" * 5000 + b"}", JSON, 400),
         ("input parameters a string", json.dumps({"inputs": [{**good_input, "parameters": "x"}]}).encode(), JSON, 400),
