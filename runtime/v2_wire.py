@@ -94,6 +94,8 @@ def tensor_from_entry(entry: dict, raw: memoryview | None, max_elements: int | N
     if not isinstance(name, str):
         raise WireError("a tensor has no 'name'")
     datatype, shape = entry.get("datatype"), entry.get("shape")
+    if not isinstance(datatype, str):
+        raise WireError(f"{where} has no 'datatype' string (got {datatype!r:.40})")
     n = _count(shape)
     if max_elements is not None and n > max_elements:
         raise WireTooLarge(f"{where} has shape {shape}: {n} elements, over the {max_elements} accepted")
@@ -165,7 +167,7 @@ def decode_message(body: bytes, header_length: int | None, key: str, max_element
                 raise WireError(f"tensor {entry.get('name')!r}: binary_data_size {size!r} runs past the body's "
                                 f"{len(body) - offset} remaining bytes")
             raw, offset = body[offset:offset + size], offset + size
-        if isinstance(entry, dict) and entry.get("name") in tensors:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"] in tensors:
             raise WireError(f"tensor {entry['name']!r} appears more than once in '{key}'")
         arr = tensor_from_entry(entry, raw, max_elements)
         tensors[entry["name"]] = arr

@@ -148,8 +148,11 @@ def _items(state, tensors: dict) -> list[tuple[str, object]]:
 def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
     specs = {s.name: s for s in state.outputs}
     asked = header.get("outputs")
-    params = header.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    params = header.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise HTTPError(400, f"the request's 'parameters' must be an object, got {params!r:.40}")
+    default_binary = bool(params.get("binary_data_output", False))
     if asked is None:
         return list(specs.values()), default_binary
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):

@@ -172,6 +172,8 @@ def _hostile_bodies():
         ("50k-deep JSON", b'{"inputs":' + b"[" * 50_000 + b"]" * 50_000 + b"}", JSON, 400),
         ("5,000-digit integer", b'{"inputs":[], "id": ' + b"9" * 5000 + b"}", JSON, 400),
         ("input parameters a string", json.dumps({"inputs": [{**good_input, "parameters": "x"}]}).encode(), JSON, 400),
+        ("request parameters a string", json.dumps({"inputs": [good_input], "parameters": "x"}).encode(), JSON, 400),
+        ("datatype an object", json.dumps({"inputs": [{**good_input, "datatype": {}}]}).encode(), JSON, 400),
         ("output parameters a string", json.dumps({"inputs": [good_input],
                                                    "outputs": [{"name": "verdict", "parameters": "x"}]}).encode(),
          JSON, 400),
