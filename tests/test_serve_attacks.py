@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import random
 import socket
 import struct
 import threading
@@ -322,3 +323,56 @@ def test_concurrent_large_bodies_stay_within_the_buffered_budget(server):
     codes = sorted(a[9:12] for a in answers)
     assert codes.count(b"503") >= 4 and set(codes) <= {b"400", b"408", b"503"}, codes  # 408: slower than 3 s
     assert all(b"retry-after: 1" in a.lower() for a in answers if a[9:12] == b"503")
+
+
+_ODD_VALUES = [None, True, 0, -1, 1.5, "x", [], {}, [1], {"a": 1}, 2**70, 2**32, [2**31, 3, 224, 224],
+               "BYTES", "FP32", "image", "pixels"]
+
+
+def _mutated(o, rng):
+    """`o` with one value somewhere in it replaced by an odd one, or removed."""
+    if isinstance(o, dict) and o and rng.random() < 0.75:
+        k, o = rng.choice(sorted(o)), dict(o)
+        r = rng.random()
+        if r < 0.3:
+            o[k] = rng.choice(_ODD_VALUES)
+        elif r < 0.4:
+            del o[k]
+        else:
+            o[k] = _mutated(o[k], rng)
+        return o
+    if isinstance(o, list) and o and rng.random() < 0.75:
+        o, i = list(o), rng.randrange(len(o))
+        o[i] = _mutated(o[i], rng) if rng.random() < 0.6 else rng.choice(_ODD_VALUES)
+        return o
+    return rng.choice(_ODD_VALUES)
+
+
+def test_mutated_inference_requests_are_never_a_5xx(server):
+    """600 seeded mutations of valid JSON and binary inference requests: each is answered 200 or a 4xx
+    with a JSON error, never a 5xx."""
+    url, _ = server
+    rng = random.Random(29)
+    image = sample_files()[0].read_bytes()
+    pixels = np.zeros((1, 3, 224, 224), np.float32).tobytes()
+    json_request = {"id": "r", "parameters": {"binary_data_output": False},
+                    "inputs": [_image_entry([1], data=[image.decode("latin-1")])],
+                    "outputs": [{"name": "verdict", "parameters": {"binary_data": False}}]}
+    binary_requests = [
+        ({"inputs": [_image_entry([1], parameters={"binary_data_size": len(image) + 4})],
+          "outputs": [{"name": "p_generated", "parameters": {"binary_data": True}}]},
+         struct.pack("<I", len(image)) + image),
+        ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, 224, 224],
+                      "parameters": {"binary_data_size": len(pixels)}}], "parameters": {"binary_data_output": True}},
+         pixels)]
+    answers = {}
+    for i in range(600):
+        if i % 2:
+            body, headers = json.dumps(_mutated(json_request, rng)).encode(), JSON
+        else:
+            header, raw = binary_requests[i % 4 // 2]
+            body, headers = _binary_body(_mutated(header, rng), raw)
+        status, _, answer = request(url + "/v2/models/detector/infer", body, headers)
+        answers[status] = answers.get(status, 0) + 1
+        assert status == 200 or (400 <= status < 500 and json.loads(answer)["error"]), (status, body[:300], answer)
+    assert answers.get(200, 0) > 20 and sum(n for s, n in answers.items() if s != 200) > 300, answers
