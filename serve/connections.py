@@ -95,7 +95,8 @@ def _guarded_protocol(limits) -> type:
 
 def uvicorn_config(app, limits, host: str = "127.0.0.1", port: int = 0, **extra) -> uvicorn.Config:
     """uvicorn's configuration for the service's `app` under `limits`: no uvicorn concurrency limit (it
-    counts idle connections and answers plain-text 503s), the guarded protocol, no server header."""
-    return uvicorn.Config(app, host=host, port=port, http=_guarded_protocol(limits), limit_concurrency=None,
-                          timeout_keep_alive=limits.keep_alive_s, access_log=False, log_config=None,
-                          lifespan="on", server_header=False, **extra)
+    counts idle connections and answers plain-text 503s), the guarded protocol, no WebSocket upgrades (the
+    service has no WebSocket endpoint), no server header."""
+    return uvicorn.Config(app, host=host, port=port, http=_guarded_protocol(limits), ws="none",
+                          limit_concurrency=None, timeout_keep_alive=limits.keep_alive_s, access_log=False,
+                          log_config=None, lifespan="on", server_header=False, **extra)
