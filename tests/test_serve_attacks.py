@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 HEADER_TIMEOUT_S = 3
 BODY_TIMEOUT_S = 3
+KEEP_ALIVE_S = 2
 MAX_OPEN = 150
 GB = 2**30
 JPEG = {"Content-Type": "image/jpeg"}
@@ -41,7 +42,8 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture(scope="module")
 def server():
     with cli_server("--header-timeout-s", str(HEADER_TIMEOUT_S), "--max-open-connections", str(MAX_OPEN),
-                    "--body-timeout-s", str(BODY_TIMEOUT_S), "--timeout-s", "10", "--name", "detector") as (url, proc):
+                    "--body-timeout-s", str(BODY_TIMEOUT_S), "--keep-alive-s", str(KEEP_ALIVE_S), "--timeout-s", "10",
+                    "--name", "detector") as (url, proc):
         yield url, proc
 
 
@@ -133,6 +135,26 @@ def test_idle_sockets_and_slow_heads_starve_no_one(server):
     assert not still_open, f"{len(still_open)} of {len(idle) + 1} connections that sent no complete head stayed open"
     assert dribbled < (HEADER_TIMEOUT_S + 1.5) / 0.3, "the slow head was not cut off"
     assert len(during) >= 5, "the good clients were not heard during the attack"
+
+
+def test_kept_alive_connections_are_closed_when_idle_or_slow(server):
+    """After an answer, a kept-alive connection that sends nothing is closed after the keep-alive time; one
+    that starts its next request head and never finishes it, after the header timeout."""
+    url, _ = server
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    quiet, partial = (socket.create_connection(_port(url), timeout=5) for _ in range(2))
+    for s in (quiet, partial):
+        s.sendall(head)
+        answer = b""
+        while not answer.endswith(b'{"live":true}'):  # the head and the body may come in two pieces
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+    partial.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+    start = time.monotonic()
+    assert _closed_by_peer(quiet, KEEP_ALIVE_S + 2) and time.monotonic() - start >= KEEP_ALIVE_S - 0.5
+    assert _closed_by_peer(partial, HEADER_TIMEOUT_S + 2) and time.monotonic() - start >= HEADER_TIMEOUT_S - 0.5
+    quiet.close()
+    partial.close()
 
 
 def _binary_body(header: dict, raw: bytes) -> tuple[bytes, dict]:
