@@ -84,7 +84,9 @@ class Batcher:
 
     async def scan(self, items: list[tuple[str, object]]) -> list[ScanResult]:
         lim = self.limits
-        pixels = request_pixels((src for _, src in items), lim.max_pixels)
+        # the headers are read off the event loop too: a crafted header may take a parser a while
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            None, request_pixels, [src for _, src in items], lim.max_pixels)
         if pixels > lim.max_request_pixels:
             raise OverPixelBudget(f"the request's images hold {pixels / 1e6:.0f} MP together (from their headers); "
                                   f"one request may decode up to {lim.max_request_pixels / 1e6:.0f} MP: send "
