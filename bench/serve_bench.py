@@ -75,8 +75,8 @@ def _start_server(cfg: ServeBenchConfig, batching: bool) -> tuple[subprocess.Pop
     args = [sys.executable, "-c", "import sys; from clipscan.cli import main; sys.exit(main())", "serve",
             *([cfg.model] if cfg.model else []), "--host", "127.0.0.1", "--port", "0",
             "--max-batch", str(cfg.max_batch if batching else 1),
-            "--max-delay-ms", str(cfg.max_delay_ms if batching else 0), "--max-body-mb", str(MAX_BODY_MB),
-            "--max-queue", "4096", "--max-connections", "512", "--workers", str(cfg.workers),
+            "--max-delay-ms", str(cfg.max_delay_ms if batching else 0), "--max-body-bytes", str(MAX_BODY_MB * 2**20),
+            "--max-queue", "4096", "--max-in-flight", "512", "--decode-workers", str(cfg.workers),
             *([] if cfg.spin else ["--no-spin"]), *cfg.extra_server_args]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
     lines = []

@@ -18,10 +18,15 @@ from .contract import DATATYPES, NUMPY_DTYPES
 from .errors import InvalidArgumentError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_RANK = 32  # numpy's limit on an array's dimensions
 
 
 class WireError(InvalidArgumentError):
     """A request or response body that does not follow the protocol (a client's mistake: HTTP 400)."""
+
+
+class WireTooLarge(WireError):
+    """A tensor whose declared shape holds more elements than the reader accepts (HTTP 413)."""
 
 
 def encode_bytes_elements(elements) -> bytes:
@@ -32,10 +37,14 @@ def encode_bytes_elements(elements) -> bytes:
     return b"".join(parts)
 
 
-def decode_bytes_elements(buf: memoryview | bytes, where: str) -> list[bytes]:
+def decode_bytes_elements(buf: memoryview | bytes, where: str, count: int | None = None) -> list[bytes]:
+    """The elements of binary BYTES data; with `count`, more than `count` elements is an error (found after
+    element count + 1, not after reading them all)."""
     buf = memoryview(buf)
     out, i = [], 0
     while i < len(buf):
+        if count is not None and len(out) == count:
+            raise WireError(f"{where}: the binary BYTES data holds more than the {count} elements its shape says")
         if i + 4 > len(buf):
             raise WireError(f"{where}: BYTES data ends inside an element's 4-byte length")
         (n,) = struct.unpack_from("<I", buf, i)
@@ -50,21 +59,34 @@ def decode_bytes_elements(buf: memoryview | bytes, where: str) -> list[bytes]:
 def _count(shape) -> int:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise WireError(f"shape must be a list of non-negative integers, got {shape!r}")
-    return int(np.prod(shape)) if shape else 1
+        raise WireError(f"shape must be a list of non-negative integers, got {shape!r:.80}")
+    if len(shape) > MAX_RANK:
+        raise WireError(f"shape has {len(shape)} dimensions; a tensor has at most {MAX_RANK}")
+    return math.prod(shape)  # Python ints: no wrap-around
 
 
-def _flatten(data):
-    if isinstance(data, list):
-        out = []
-        for d in data:
-            out.extend(_flatten(d)) if isinstance(d, list) else out.append(d)
-        return out
-    return [data]
+def _flatten(data, depth: int, where: str) -> list:
+    """`data` as a flat list; nested at most `depth` lists deep (the tensor's rank)."""
+    if not isinstance(data, list):
+        return [data]
+    out, stack = [], [(iter(data), 1)]
+    while stack:
+        items, level = stack[-1]
+        for d in items:
+            if isinstance(d, list):
+                if level >= max(depth, 1):
+                    raise WireError(f"{where}: data is nested deeper than its shape's {depth} dimensions")
+                stack.append((iter(d), level + 1))
+                break
+            out.append(d)
+        else:
+            stack.pop()
+    return out
 
 
-def tensor_from_entry(entry: dict, raw: memoryview | None) -> np.ndarray:
-    """One tensor from its header entry (name, shape, datatype, data) and its binary part, if any."""
+def tensor_from_entry(entry: dict, raw: memoryview | None, max_elements: int | None = None) -> np.ndarray:
+    """One tensor from its header entry (name, shape, datatype, data) and its binary part, if any; a shape of
+    more than `max_elements` elements is refused (WireTooLarge) before its data is read."""
     if not isinstance(entry, dict):
         raise WireError(f"each tensor must be a JSON object, got {type(entry).__name__}")
     name = entry.get("name")
@@ -72,15 +94,19 @@ def tensor_from_entry(entry: dict, raw: memoryview | None) -> np.ndarray:
     if not isinstance(name, str):
         raise WireError("a tensor has no 'name'")
     datatype, shape = entry.get("datatype"), entry.get("shape")
+    if not isinstance(datatype, str):
+        raise WireError(f"{where} has no 'datatype' string (got {datatype!r:.40})")
     n = _count(shape)
+    if max_elements is not None and n > max_elements:
+        raise WireTooLarge(f"{where} has shape {shape}: {n} elements, over the {max_elements} accepted")
     if datatype == "BYTES":
         if raw is not None:
-            elements = decode_bytes_elements(raw, where)
+            elements = decode_bytes_elements(raw, where, n)
         else:
             data = entry.get("data")
             if data is None:
                 raise WireError(f"{where} has neither 'data' nor parameters.binary_data_size")
-            elements = [d.encode("utf-8") if isinstance(d, str) else d for d in _flatten(data)]
+            elements = [d.encode("utf-8") if isinstance(d, str) else d for d in _flatten(data, len(shape), where)]
             if not all(isinstance(e, bytes) for e in elements):
                 raise WireError(f"{where}: BYTES data in JSON must be strings")
         if len(elements) != n:
@@ -99,7 +125,7 @@ def tensor_from_entry(entry: dict, raw: memoryview | None) -> np.ndarray:
     data = entry.get("data")
     if data is None:
         raise WireError(f"{where} has neither 'data' nor parameters.binary_data_size")
-    flat = _flatten(data)
+    flat = _flatten(data, len(shape), where)
     if len(flat) != n:
         raise WireError(f"{where} has shape {shape} ({n} elements) but {len(flat)} values of data")
     try:
@@ -108,8 +134,10 @@ def tensor_from_entry(entry: dict, raw: memoryview | None) -> np.ndarray:
         raise WireError(f"{where}: data is not {datatype}: {e}") from None
 
 
-def decode_message(body: bytes, header_length: int | None, key: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(header, {name: array}) of a request (key "inputs") or response (key "outputs") body."""
+def decode_message(body: bytes, header_length: int | None, key: str, max_elements: int | None = None
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header, {name: array}) of a request (key "inputs") or response (key "outputs") body; a tensor of more
+    than `max_elements` elements is refused from its declared shape (WireTooLarge)."""
     body = memoryview(body)
     if header_length is None:
         header_length = len(body)
@@ -117,7 +145,9 @@ def decode_message(body: bytes, header_length: int | None, key: str) -> tuple[di
         raise WireError(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
     try:
         header = json.loads(bytes(body[:header_length]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise WireError("the JSON header is not valid JSON: it is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, bad UTF-8, an integer of more digits than Python converts
         raise WireError(f"the JSON header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise WireError(f"the JSON header must be an object, got {type(header).__name__}")
@@ -126,14 +156,20 @@ def decode_message(body: bytes, header_length: int | None, key: str) -> tuple[di
         raise WireError(f"the JSON header has no '{key}' list")
     tensors, offset = {}, header_length
     for entry in entries:
-        size = ((entry.get("parameters") or {}) if isinstance(entry, dict) else {}).get("binary_data_size")
+        params = entry.get("parameters") if isinstance(entry, dict) else None
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise WireError(f"tensor {entry.get('name')!r}: 'parameters' must be an object, got {params!r:.40}")
+        size = params.get("binary_data_size")
         raw = None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(body):
                 raise WireError(f"tensor {entry.get('name')!r}: binary_data_size {size!r} runs past the body's "
                                 f"{len(body) - offset} remaining bytes")
             raw, offset = body[offset:offset + size], offset + size
-        arr = tensor_from_entry(entry, raw)
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"] in tensors:
+            raise WireError(f"tensor {entry['name']!r} appears more than once in '{key}'")
+        arr = tensor_from_entry(entry, raw, max_elements)
         tensors[entry["name"]] = arr
     if offset != len(body):
         raise WireError(f"{len(body) - offset} bytes follow the last binary tensor")

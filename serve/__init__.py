@@ -2,11 +2,11 @@
 Inference Protocol (KServe v2, as Triton does over HTTP), with a plain REST endpoint, dynamic batching across
 requests, limits, Prometheus metrics and an upload page. Runtime-only: it uses the Scanner, never torch.
 
-The limits (`Limits`, `DEFAULTS`) import without the extra; the app and server (starlette, uvicorn,
+The limits (`Limits`, `limits_table`) import without the extra; the app and server (starlette, uvicorn,
 prometheus-client) are imported when first used."""
 from __future__ import annotations
 
-from .limits import DEFAULTS, Limits, limits_table
+from .limits import Limits, limits_table
 
 SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client", "multipart")
 
@@ -21,4 +21,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULTS", "SERVE_MODULES", "Limits", "ServiceState", "create_app", "limits_table", "serve"]
+__all__ = ["SERVE_MODULES", "Limits", "ServiceState", "create_app", "limits_table", "serve"]

@@ -17,12 +17,12 @@ from starlette.routing import Route
 from clipscan.runtime.contract import input_specs, output_specs
 
 from . import routes_rest, routes_v2
-from .batcher import Batcher, QueueFull, RequestTimeout
+from .batcher import Batcher, OverPixelBudget, QueueFull, RequestTimeout
 from .errors import HTTPError, error_response
 from .limits import Limits
-from .metrics import Metrics
+from .service_metrics import Metrics
 from .middleware import ServiceMiddleware
-from .page import page_html
+from .upload_page import page_html
 
 log = logging.getLogger("clipscan.serve")
 
@@ -30,8 +30,10 @@ log = logging.getLogger("clipscan.serve")
 class ServiceState:
     """What the routes share: the scanner, its batcher, limits, metrics, the model's name and readiness."""
 
-    def __init__(self, scanner, limits: Limits, name: str | None = None, token: str | None = None):
+    def __init__(self, scanner, limits: Limits, name: str | None = None, token: str | None = None,
+                 allow_hosts=()):
         self.scanner, self.limits, self.token = scanner, limits, token
+        self.allow_hosts = tuple(h.lower() for h in allow_hosts)  # Host names accepted besides IPs and localhost
         self.model_name = name or scanner.manifest.name
         self.sha256 = scanner.artifact.sha256()
         self.inputs, self.outputs = input_specs(scanner.manifest), output_specs(scanner.manifest)
@@ -61,6 +63,8 @@ class ServiceState:
             raise HTTPError(503, str(e), {"Retry-After": "1"}, kind="queue_full") from None
         except RequestTimeout as e:
             raise HTTPError(504, str(e)) from None
+        except OverPixelBudget as e:
+            raise HTTPError(413, str(e)) from None
         finally:
             self.metrics.queued.set(self.batcher.queued)
         self.metrics.results(results)

@@ -1,5 +1,5 @@
-"""Dynamic batching across requests: images of concurrent requests are decoded in a thread pool (off the
-event loop), then merged into one inference batch by the inference thread, within a window (`max_delay_ms`)
+"""Dynamic batching across requests: images of concurrent requests are decoded by decode threads (off the
+event loop, shared fairly between requests: `fair_decode`), then merged into one inference batch by the inference thread, within a window (`max_delay_ms`)
 and up to `max_batch` model-input rows; the window is cut short when no other image is queued or being
 decoded, so a lone request does not wait for company that is not coming. The queue is bounded in images: a request that does not fit is
 refused at once (QueueFull -> 503); a request that times out cancels its images still waiting and frees
@@ -11,13 +11,15 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clipscan.runtime.errors import ImageReadError
 from clipscan.runtime.results import ScanResult
+
+from .fair_decode import FairDecoder, request_pixels
 
 log = logging.getLogger("clipscan.serve")
 
@@ -28,6 +30,10 @@ class QueueFull(Exception):
 
 class RequestTimeout(Exception):
     """A request was not answered within the service's timeout (HTTP 504)."""
+
+
+class OverPixelBudget(Exception):
+    """A request's images would decode to more pixels than one request may (HTTP 413)."""
 
 
 @dataclass
@@ -43,7 +49,7 @@ class Batcher:
 
     def __init__(self, scanner, limits, metrics=None):
         self.scanner, self.limits, self.metrics = scanner, limits, metrics
-        self.pool = ThreadPoolExecutor(limits.decode_workers, thread_name_prefix="clipscan-serve-decode")
+        self.decoder = FairDecoder(limits.decode_workers)
         self._jobs: queue.Queue = queue.Queue()
         self._slots = 0
         self._decoding = 0   # admitted images not yet queued for inference (being decoded)
@@ -77,12 +83,20 @@ class Batcher:
         return self.scanner.prepare(source)
 
     async def scan(self, items: list[tuple[str, object]]) -> list[ScanResult]:
+        lim = self.limits
+        # the headers are read off the event loop too: a crafted header may take a parser a while
+        pixels = await asyncio.get_running_loop().run_in_executor(
+            None, request_pixels, [src for _, src in items], lim.max_pixels)
+        if pixels > lim.max_request_pixels:
+            raise OverPixelBudget(f"the request's images hold {pixels / 1e6:.0f} MP together (from their headers); "
+                                  f"one request may decode up to {lim.max_request_pixels / 1e6:.0f} MP: send "
+                                  "fewer or smaller images per request")
         self._admit(len(items))
-        state = {"held": len(items), "futures": []}
+        state = {"held": len(items), "futures": [], "decoding": []}
         try:
             return await asyncio.wait_for(self._scan(items, state), self.limits.timeout_s)
         except asyncio.TimeoutError:
-            for f in state["futures"]:
+            for f in state["decoding"] + state["futures"]:
                 f.cancel()
             raise RequestTimeout(f"no answer within the service's timeout of {self.limits.timeout_s:g} s "
                                  "(the server is overloaded); retry later or send fewer images") from None
@@ -90,10 +104,11 @@ class Batcher:
             self._release(state["held"])
 
     async def _scan(self, items, state) -> list[ScanResult]:
-        loop = asyncio.get_running_loop()
+        key = object()  # this request's own queue in the decoder
         try:
-            prepared = await asyncio.gather(*(loop.run_in_executor(self.pool, self._prepare, src)
-                                              for _, src in items))
+            decoding = [self.decoder.submit(key, self._prepare, src) for _, src in items]
+            state["decoding"] = decoding  # a timeout cancels the images not yet decoded
+            prepared = await asyncio.gather(*(asyncio.wrap_future(f) for f in decoding))
         except BaseException:  # cancelled (timeout) or failed: these images will not be queued
             self._decoded(len(items))
             raise
@@ -154,4 +169,4 @@ class Batcher:
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=30)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.close()

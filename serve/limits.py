@@ -1,51 +1,79 @@
-"""The service's limits and their defaults, as data in one place (the CLI's flags, the README's table and
-the model configuration `/v2/models/{name}/config` all read them from here)."""
+"""The service's limits, as one dataclass: each field carries its flag, default and meaning, and the CLI's
+flags (`clipscan serve --help`), `Limits(...)` from the parsed flags, `/v2/models/{name}/config` and the
+docs' limits table (`limits_table()`) are all built from it."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+from clipscan.runtime.errors import InvalidArgumentError
 
-# name -> (default, what it bounds); clipscan chose these numbers
-DEFAULTS = {
-    "max_body_bytes": (64 * 1024 * 1024, "request body, bytes (413 from Content-Length, before reading it)"),
-    "max_pixels": (min(DEFAULT_MAX_PIXELS, 64_000_000), "decoded pixels of one image (bombs: 'too_large' error)"),
-    "max_images": (64, "images per request (413 beyond)"),
-    "max_batch": (32, "images merged into one inference batch"),
-    "max_delay_ms": (5.0, "how long the batcher waits for more images to fill a batch"),
-    "max_queue": (256, "images waiting for inference (503 with Retry-After when full)"),
-    "timeout_s": (30.0, "per-request timeout (504, its queue slots freed)"),
-    "max_connections": (128, "requests answered at once (503 JSON with Retry-After beyond)"),
-    "decode_workers": (2, "decoding threads"),
-}
-CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
-                 "application/octet-stream")
-# the inference endpoint: JSON, the binary extension, and what `curl -d` sends by default
-V2_CONTENT_TYPES = ("application/json", "application/octet-stream", "application/x-www-form-urlencoded")
+
+class LimitError(InvalidArgumentError):
+    """A limit set to a value the service cannot run with."""
+
+
+def _limit(default, meaning: str, low: float = 1, low_open: bool = False):
+    """A Limits field: its flag is `--` + the field name with dashes; `low` is the smallest value allowed
+    (`low_open`: the value must be greater than `low`)."""
+    return field(default=default, metadata={"meaning": meaning, "low": low, "low_open": low_open})
 
 
 @dataclass
 class Limits:
-    max_body_bytes: int = DEFAULTS["max_body_bytes"][0]
-    max_pixels: int = DEFAULTS["max_pixels"][0]
-    max_images: int = DEFAULTS["max_images"][0]
-    max_batch: int = DEFAULTS["max_batch"][0]
-    max_delay_ms: float = DEFAULTS["max_delay_ms"][0]
-    max_queue: int = DEFAULTS["max_queue"][0]
-    timeout_s: float = DEFAULTS["timeout_s"][0]
-    max_connections: int = DEFAULTS["max_connections"][0]
-    decode_workers: int = DEFAULTS["decode_workers"][0]
+    max_body_bytes: int = _limit(64 * 2**20, "request body in bytes: 413 from Content-Length before the body "
+                                             "is read, and while reading a body sent without one")
+    max_buffered_bytes: int = _limit(256 * 2**20, "request-body bytes held by all requests at once (503 with "
+                                                   "Retry-After when a new body would pass it)")
+    body_timeout_s: float = _limit(30.0, "seconds a client has to send a whole request body (408 after it)",
+                                   low=0, low_open=True)
+    max_json_bytes: int = _limit(8 * 2**20, "JSON part of an inference request in bytes (413 before it is "
+                                            "parsed); send more through the binary tensor extension")
+    max_pixels: int = _limit(min(DEFAULT_MAX_PIXELS, 64_000_000),
+                             "pixels of one image, from its header before decoding (a 'too_large' error)")
+    max_request_pixels: int = _limit(1_024_000_000, "pixels of all images of one request, from their headers "
+                                                    "before any is decoded (413 beyond)")
+    max_images: int = _limit(64, "images per request (413 beyond)")
+    max_batch: int = _limit(32, "images merged into one inference batch (1: no dynamic batching)")
+    max_delay_ms: float = _limit(5.0, "how long the batcher waits for more images to fill a batch, ms", low=0)
+    max_queue: int = _limit(256, "images waiting for inference (503 with Retry-After when full)")
+    timeout_s: float = _limit(30.0, "per-request timeout in seconds (504, its queue slots freed)", low=0,
+                              low_open=True)
+    max_in_flight: int = _limit(128, "requests answered at once (503 with Retry-After beyond; health probes "
+                                     "are always answered)")
+    max_open_connections: int = _limit(1000, "open TCP connections; past it the longest-idle ones are closed "
+                                             "(a new one is refused only when none is idle)")
+    header_timeout_s: float = _limit(10.0, "seconds a connection has to send a complete request head "
+                                           "(closed after it)", low=0, low_open=True)
+    keep_alive_s: float = _limit(15.0, "seconds an idle keep-alive connection stays open", low=0, low_open=True)
+    decode_workers: int = _limit(2, "image-decoding threads (one request never holds them all when there are "
+                                    "two or more)")
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-            low, what = {"max_delay_ms": (0, ">= 0"), "timeout_s": (0, "> 0")}.get(f.name, (1, ">= 1"))
-            if not ok or v < low or (f.name == "timeout_s" and v == 0):
-                raise ValueError(f"limit {f.name} must be a number {what}, got {v!r}")
+            low, low_open = f.metadata["low"], f.metadata["low_open"]
+            ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > low if low_open else v >= low) and (f.type != "int" or float(v).is_integer()))
+            if not ok:
+                kind = "an integer" if f.type == "int" else "a number"
+                raise LimitError(f"limit {f.name} ({flag(f.name)}) must be {kind} {'>' if low_open else '>='} "
+                                 f"{low:g}, got {v!r}")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise LimitError(f"--max-buffered-bytes ({self.max_buffered_bytes}) must be at least --max-body-bytes "
+                             f"({self.max_body_bytes}), or no body of the largest size could ever be read")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def limit_fields():
+    """The fields of Limits, in order, each with .name, .type ('int' or 'float'), .default and .metadata."""
+    return fields(Limits)
 
 
 def limits_table() -> list[tuple[str, object, str]]:
-    """(name, default, meaning) rows, for help texts and the README."""
-    return [(k, v, what) for k, (v, what) in DEFAULTS.items()]
+    """(flag, default, meaning) rows: the docs' limits table and the CLI's help are built from them."""
+    return [(flag(f.name), f.default, f.metadata["meaning"]) for f in fields(Limits)]

@@ -1,20 +1,23 @@
-"""The ASGI layer in front of every route: the concurrent-request limit (503 JSON), bearer-token auth, the body-size limit (413 from Content-Length
-before reading the body, and while reading a body sent without one), in-flight requests, request latency
-and a structured (JSON) access log line per request."""
+"""The ASGI layer in front of every route: the Host and Origin checks (403: DNS rebinding, cross-site
+posts), the in-flight request limit (503 JSON; health probes are always answered), bearer-token auth, the
+body limits (413 from Content-Length before reading the body, and while reading a body sent without one;
+408 for a body that does not arrive in time; 503 when the bodies held at once would pass their budget),
+in-flight requests, request latency and a structured (JSON) access log line per request."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
-from .auth import authorized, is_open
+from .auth import authorized, host_allowed, is_health, is_open, origin_allowed
 from .errors import HTTPError, error_response
 
 access_log = logging.getLogger("clipscan.serve.access")
 
 
-class BodyTooLarge(HTTPError):
-    pass
+class BodyError(HTTPError):
+    """A body refused while it is read (it may be raised outside the routes, e.g. while parsing a form)."""
 
 
 def _endpoint(path: str) -> str:
@@ -25,10 +28,26 @@ def _endpoint(path: str) -> str:
     return path if path in ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready") else "other"
 
 
+def _header(headers: dict, name: bytes) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
 class ServiceMiddleware:
     def __init__(self, app, state):
         self.app, self.state = app, state
         self.active = 0
+        self.buffered = 0  # bytes of request bodies held by the requests being answered
+
+    def _hold(self, n: int, body: dict) -> None:
+        """Count `n` more body bytes of one request against the budget, or refuse them (503)."""
+        budget = self.state.limits.max_buffered_bytes
+        if self.buffered + n > budget:
+            raise BodyError(503, f"the server holds {self.buffered} bytes of request bodies and this one would pass "
+                                 f"its budget of {budget}; retry shortly", {"Retry-After": "1", "Connection": "close"},
+                            kind="bodies_over_budget")
+        self.buffered += n
+        body["held"] += n
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -42,15 +61,31 @@ class ServiceMiddleware:
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
             await send(message)
 
+        lim = state.limits
+        body_deadline = time.monotonic() + lim.body_timeout_s
+        body = {"done": False, "held": 0}  # held: bytes counted against the buffered-bodies budget
+
         async def receive_wrapper():
-            message = await receive()
+            if body["done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(body_deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                raise BodyError(408, f"the request body did not arrive within {lim.body_timeout_s:g} s; send it "
+                                     "faster or in smaller requests", {"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received["n"] += len(message.get("body", b""))
+                body["done"] = not message.get("more_body", False)
                 if received["n"] > limit:
-                    raise BodyTooLarge(413, f"the request body is over the limit of {limit} bytes")
+                    raise BodyError(413, f"the request body is over the limit of {limit} bytes",
+                                    {"Connection": "close"})
+                if received["n"] > body["held"]:  # a body sent without Content-Length: counted as it comes
+                    self._hold(received["n"] - body["held"], body)
+            else:
+                body["done"] = True
             return message
 
         metrics = state.metrics
@@ -58,10 +93,21 @@ class ServiceMiddleware:
         self.active += 1
         try:
             response = None
-            if self.active > state.limits.max_connections and not is_open(path):
+            host = _header(headers, b"host")
+            if not host_allowed(host, state.allow_hosts):
+                response = error_response(403, f"Host {host!r} is not one this service answers to (IP addresses "
+                                               "and localhost are; a name must be allowed with --allow-host)")
+                metrics.errors.labels("forbidden").inc()
+            elif scope["method"] not in ("GET", "HEAD") and not origin_allowed(
+                    _header(headers, b"origin"), host, state.allow_hosts):
+                response = error_response(403, f"requests from pages of origin {_header(headers, b'origin')!r} "
+                                               "are refused (a page of another site; allow its host with "
+                                               "--allow-host)")
+                metrics.errors.labels("forbidden").inc()
+            elif self.active > state.limits.max_in_flight and not is_health(path):
                 response = error_response(503, f"too many requests at once (the limit is "
-                                               f"{state.limits.max_connections}); retry shortly", {"Retry-After": "1"})
-                metrics.errors.labels("too_many_connections").inc()
+                                               f"{state.limits.max_in_flight}); retry shortly", {"Retry-After": "1"})
+                metrics.errors.labels("too_many_requests").inc()
             elif state.token and not is_open(path) and not authorized(headers.get(b"authorization"), state.token):
                 response = error_response(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
                                           {"WWW-Authenticate": "Bearer"})
@@ -77,15 +123,23 @@ class ServiceMiddleware:
                         response = error_response(413, f"the request body ({int(length)} bytes) is over the limit "
                                                        f"of {limit} bytes", {"Connection": "close"})
                         metrics.errors.labels("too_large").inc()
+                    elif length is not None:
+                        try:
+                            self._hold(int(length), body)
+                        except BodyError as e:
+                            response = error_response(e.status, e.message, e.headers)
+                            metrics.errors.labels(e.kind).inc()
             if response is not None:
                 await response(scope, receive, send_wrapper)
             else:
                 try:
                     await self.app(scope, receive_wrapper, send_wrapper)
-                except BodyTooLarge as e:  # raised outside the routes' handlers (e.g. while parsing a form)
-                    metrics.errors.labels("too_large").inc()
-                    await error_response(413, e.message, {"Connection": "close"})(scope, receive, send_wrapper)
+                except BodyError as e:  # raised outside the routes' handlers (e.g. while parsing a form)
+                    metrics.errors.labels(e.kind).inc()
+                    if not status.get("started"):
+                        await error_response(e.status, e.message, e.headers)(scope, receive, send_wrapper)
         finally:
+            self.buffered -= body["held"]
             self.active -= 1
             metrics.in_flight.dec()
             seconds = time.perf_counter() - start

@@ -10,7 +10,9 @@ from starlette.responses import JSONResponse
 from clipscan.runtime.results import columns_for
 
 from .errors import HTTPError
-from .limits import CONTENT_TYPES
+
+CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+                 "application/octet-stream")
 
 
 def _name(request: Request) -> str:

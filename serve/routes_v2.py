@@ -3,17 +3,25 @@ health, Triton's model-configuration extension, and inference with JSON tensors 
 extension. The tensors are `clipscan.runtime.contract`'s."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from clipscan.runtime.contract import DATATYPES, INPUT_IMAGE, INPUT_PIXELS, results_to_tensors
 from clipscan.runtime.results import model_identity
-from clipscan.runtime.v2_wire import HEADER_LENGTH, WireError, decode_message, encode_message, entry_for
+from clipscan.runtime.v2_wire import (HEADER_LENGTH, WireError, WireTooLarge, decode_message, encode_message,
+                                      entry_for)
 from clipscan.version import __version__
 
+from .auth import authorized
 from .errors import HTTPError
-from .limits import V2_CONTENT_TYPES
+
+# JSON tensors, or the binary tensor extension (tritonclient sends no content type at all); never a browser
+# form's types, which a page of another site may post without asking
+V2_CONTENT_TYPES = ("application/json", "application/octet-stream")
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "health", "metadata"]
 VERSION = "1"
@@ -24,7 +32,11 @@ def _model(request: Request):
     name = request.path_params["model"]
     version = request.path_params.get("version")
     if name != state.model_name:
-        raise HTTPError(404, f"unknown model {name!r}; this server serves {state.model_name!r}")
+        # the real name only to clients that may use it: health paths answer without the token
+        known = state.token is None or authorized(request.headers.get("authorization", "").encode("latin-1"),
+                                                  state.token)
+        raise HTTPError(404, f"unknown model {name!r}" + (f"; this server serves {state.model_name!r}" if known
+                                                          else ""))
     if version not in (None, "", VERSION):
         raise HTTPError(404, f"unknown version {version!r} of model {name!r}; it has version {VERSION}")
     return state
@@ -123,6 +135,8 @@ def _items(state, tensors: dict) -> list[tuple[str, object]]:
             got = "BYTES" if arr.dtype == object else DATATYPES.get(arr.dtype.name, arr.dtype.name)
             raise HTTPError(400, f"input {INPUT_PIXELS!r} must be {spec.datatype} with shape "
                                  f"{spec.shape(-1)}, got {got} {list(arr.shape)}")
+        if not np.isfinite(arr).all():
+            raise HTTPError(400, f"input {INPUT_PIXELS!r} holds NaN or infinite values; send finite pixels")
         items = [(f"{INPUT_PIXELS}[{i}]", arr[i:i + 1]) for i in range(len(arr))]
     if not items:
         raise HTTPError(400, "the request has no images (shape [0])")
@@ -134,32 +148,56 @@ def _items(state, tensors: dict) -> list[tuple[str, object]]:
 def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
     specs = {s.name: s for s in state.outputs}
     asked = header.get("outputs")
-    params = header.get("parameters") or {}
-    default_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    params = header.get("parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise HTTPError(400, f"the request's 'parameters' must be an object, got {params!r:.40}")
+    default_binary = bool(params.get("binary_data_output", False))
     if asked is None:
         return list(specs.values()), default_binary
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
         raise HTTPError(400, "'outputs' must be a list of objects with a 'name'")
+    names = [o["name"] for o in asked]
+    if len(set(names)) != len(names):
+        raise HTTPError(400, f"'outputs' names an output more than once; ask for each of {sorted(specs)} once")
     chosen, binary = [], set()
     for o in asked:
         if o["name"] not in specs:
             raise HTTPError(400, f"unknown output {o['name']!r}; outputs are {sorted(specs)}")
         chosen.append(specs[o["name"]])
-        if (o.get("parameters") or {}).get("binary_data", default_binary):
+        params = o.get("parameters")
+        params = {} if params is None else params
+        if not isinstance(params, dict):
+            raise HTTPError(400, f"output {o['name']!r}: 'parameters' must be an object, got {params!r:.40}")
+        if params.get("binary_data", default_binary):
             binary.add(o["name"])
     return chosen, binary
 
 
+def _max_elements(state) -> int:
+    """The most elements one input tensor of an acceptable request holds: max_images images of the largest
+    per-image input (pixels: C*H*W values)."""
+    return state.limits.max_images * max(math.prod(s.dims) for s in state.inputs)
+
+
 async def infer(request: Request):
     state = _model(request)
+    lim = state.limits
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in V2_CONTENT_TYPES:
         raise HTTPError(415, f"content type {ctype!r} is not accepted here; send JSON (application/json) or the "
                              "binary tensor extension (application/octet-stream)")
     header_length = _header_length(request)
     body = await request.body()
+    json_length = len(body) if header_length is None else header_length
+    if json_length > lim.max_json_bytes:
+        raise HTTPError(413, f"the JSON part of the request is {json_length} bytes, over the limit of "
+                             f"{lim.max_json_bytes}; send tensors through the binary tensor extension")
     try:
-        header, tensors = decode_message(body, header_length, "inputs")
+        # off the event loop: other clients (health probes too) are answered while a body is decoded
+        header, tensors = await run_in_threadpool(decode_message, body, header_length, "inputs", _max_elements(state))
+    except WireTooLarge as e:
+        raise HTTPError(413, f"{e}; one request holds at most {lim.max_images} images") from None
     except WireError as e:
         raise HTTPError(400, str(e)) from None
     items = _items(state, tensors)

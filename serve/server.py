@@ -9,6 +9,7 @@ import threading
 import uvicorn
 
 from .app import ServiceState, create_app
+from .connections import uvicorn_config
 
 log = logging.getLogger("clipscan.serve")
 
@@ -29,11 +30,8 @@ def serve(state: ServiceState, host: str = "127.0.0.1", port: int = 8000, on_rea
           graceful_timeout_s: float | None = 30.0) -> None:
     """Serve `state` (already warmed up) until SIGTERM/SIGINT; `on_ready(host, port)` once listening
     (port 0 picks a free one)."""
-    app = create_app(state)
-    # the app answers past max_connections with a JSON 503 itself; uvicorn's own (plain-text) limit is a backstop
-    config = uvicorn.Config(app, host=host, port=port, limit_concurrency=2 * state.limits.max_connections + 8,
-                            access_log=False, log_config=None, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=30)
+    config = uvicorn_config(create_app(state), state.limits, host=host, port=port,
+                            timeout_graceful_shutdown=graceful_timeout_s)
 
     def ready(h, p):
         log.log(25, "ready: model %s (sha256 %s...) on backend %s at http://%s:%s", state.model_name,

@@ -77,10 +77,10 @@ def thread_server(state):
     import uvicorn
 
     from clipscan.serve import create_app
+    from clipscan.serve.connections import uvicorn_config
 
     state.warm_up()
-    config = uvicorn.Config(create_app(state), host="127.0.0.1", port=0, log_config=None, access_log=False,
-                            limit_concurrency=2 * state.limits.max_connections + 8, lifespan="on")
+    config = uvicorn_config(create_app(state), state.limits)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

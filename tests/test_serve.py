@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server():
-    with cli_server("--max-pixels", str(BOMB_PIXELS), "--max-body-mb", "4", "--max-images", "8",
+    with cli_server("--max-pixels", str(BOMB_PIXELS), "--max-body-bytes", str(4 * 2**20), "--max-images", "8",
                     "--name", "detector") as (url, proc):
         yield url, proc
 
@@ -162,6 +162,8 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("what,path,body,headers,status,words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
 def test_malformed_requests_are_4xx_json_errors(server, what, path, body, headers, status, words):
     url, _ = server
+    if path.endswith("/infer") and "Content-Type" not in headers:
+        headers = {**headers, "Content-Type": "application/json"}  # urllib would send a form's type
     got, got_headers, answer = request(url + path, body, headers, method="POST" if body is not None else "GET")
     assert got == status, answer
     assert got_headers["content-type"] == "application/json"
@@ -173,7 +175,7 @@ def test_an_oversized_body_is_413_before_it_is_sent(server):
     url, _ = server
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /v1/scan HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        sock.sendall(b"POST /v1/scan HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                      b"Content-Length: %d\r\n\r\n" % (5 * 2**20))
         head = b""
         while True:  # the server closes the connection after its answer
@@ -207,7 +209,7 @@ def test_a_bad_image_never_fails_the_others_and_the_server_counts_it(server):
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0():
     big = sample_files()[0].read_bytes()
-    with cli_server("--max-images", "64", "--workers", "1") as (url, proc):
+    with cli_server("--max-images", "64", "--decode-workers", "1") as (url, proc):
         body, ctype = multipart([(f"{i}.jpg", big) for i in range(64)])
         answer = {}
         t = threading.Thread(target=lambda: answer.update(r=request(url + "/v1/scan", body, {"Content-Type": ctype})))

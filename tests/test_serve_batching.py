@@ -109,11 +109,20 @@ def test_bearer_token_auth(scanner):
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer wrong"})[0] == 401
         assert request(url + "/metrics")[0] == 401
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer s3cret"})[0] == 200
+        # the upload page is public (it asks for the token) and names no model; the API stays closed
+        status, _, page = request(url + "/")
+        assert status == 200 and b'id="token"' in page and state.model_name.encode() not in page
+        # a wrong model name is not answered with the real one unless the client holds the token
+        for path in ("/v2/models/guess/ready", "/v2/models/guess/versions/1/ready"):
+            status, _, body = request(url + path)
+            assert status == 404 and state.model_name not in json.loads(body)["error"]
+            status, _, body = request(url + path, headers={"Authorization": "Bearer s3cret"})
+            assert status == 404 and repr(state.model_name) in json.loads(body)["error"]
 
 
-def test_past_max_connections_is_a_json_503_and_health_stays_open(scanner):
+def test_past_max_in_flight_is_a_json_503_and_health_stays_open(scanner):
     release = threading.Event()
-    state = ServiceState(scanner, Limits(max_connections=1, max_delay_ms=0))
+    state = ServiceState(scanner, Limits(max_in_flight=1, max_delay_ms=0))
     image = sample_files()[0].read_bytes()
     with thread_server(state) as url:
         _hook(scanner, lambda: release.wait(30))

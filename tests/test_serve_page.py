@@ -1,6 +1,7 @@
 """The upload page in a real headless chromium (Debian's, driven by Playwright): real photos and a broken
 file go through the page's file chooser; each card shows its verdict, p_generated bar and quality, or its
-error; the screenshot is saved and is not blank."""
+error; the screenshot is saved and is not blank. With a token set, the page still loads in the browser
+(it is public and names no model), and its script sends the token the user types."""
 from __future__ import annotations
 
 import json
@@ -47,3 +48,21 @@ def test_upload_page_shows_verdicts_and_errors(tmp_path):
             page.screenshot(path=str(shot), full_page=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500, "the screenshot looks blank"
+
+
+def test_with_a_token_the_page_loads_and_sends_the_typed_token(tmp_path):
+    photo = sample_files()[0]
+    with Scanner() as scanner, thread_server(ServiceState(scanner, Limits(), token="s3cret")) as url:
+        want = scanner.scan_bytes(photo.read_bytes())
+        with browser_page() as page:
+            response = page.goto(url + "/")
+            assert response.status == 200 and "clipscan-demo" not in page.content()
+            page.set_input_files("#files", [str(photo)])  # no token typed: the API refuses
+            page.wait_for_function("document.querySelectorAll('.card[data-verdict]').length == 1", timeout=30000)
+            assert "bearer token" in page.locator(".card").inner_text()
+            page.fill("#token", "s3cret")
+            page.set_input_files("#files", [str(photo)])
+            page.wait_for_function("document.querySelectorAll('.card[data-verdict]').length == 2", timeout=30000)
+            card = page.locator(".card").nth(1)
+            assert card.get_attribute("data-verdict") == want.verdict
+            assert f"p_generated {want.p_generated:.3f}" in card.inner_text()

@@ -75,5 +75,8 @@ TOKEN_FIELD = ('<p><label>Bearer token <input id="token" type="password" autocom
 
 
 def page_html(model: str, backend: str, needs_token: bool) -> str:
+    """The page; with a token set it is still public, so it names neither the model nor the backend."""
+    if needs_token:
+        model, backend = "(not shown without the token)", "(not shown)"
     return (PAGE.replace("__MODEL__", html.escape(model)).replace("__BACKEND__", html.escape(backend))
             .replace("__TOKEN__", TOKEN_FIELD if needs_token else ""))
