@@ -84,7 +84,7 @@ def serve_limits() -> str:
     from clipscan.serve.limits import limits_table
 
     rows = [[_code(name), _number(default), what] for name, default, what in limits_table()]
-    return table(["limit", "default", "what it bounds"], rows)
+    return table(["flag", "default", "what it bounds"], rows)
 
 
 def _cli_choice_rows(command: str, flag: str) -> tuple[list, object, str]:
