@@ -5,6 +5,7 @@ Options say how (backend, batch size, decoding, threads) and where rows go (stdo
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,7 +18,18 @@ from .scan_ray import add_ray_arguments, run_if_ray
 log = logging.getLogger("clipscan")
 
 
+def image_formats_arg(value: str) -> tuple[str, ...]:
+    from clipscan.runtime.image_formats import parse_image_formats
+
+    try:
+        return parse_image_formats(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p) -> None:
+    from clipscan.runtime.image_formats import format_choices
+
     p.description = "Scan files and folders; writes one line per input as results arrive."
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="image files and/or folders; - reads one image from standard input")
@@ -44,6 +56,9 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, help="decode/preprocess threads (default: min(4, cores))")
     p.add_argument("--threshold", type=probability, help="override the manifest's decision threshold (probability)")
     p.add_argument("--max-pixels", type=positive_int, help="refuse images larger than this many pixels (default 179 M)")
+    p.add_argument("--image-formats", type=image_formats_arg, metavar="NAMES",
+                   help="comma-separated image formats to decode, 'default' for the default set (marked *): "
+                        f"{format_choices()}; a file of another format is an unsupported_format error row")
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
@@ -144,7 +159,8 @@ def _inputs_to_count(paths: list[str], args, done):
 
 # local-only options that client mode refuses rather than ignores (the server decides these)
 LOCAL_ONLY = {"model": "--model", "threshold": "--threshold", "max_pixels": "--max-pixels", "max_batch": "--max-batch",
-              "cache_dir": "--cache-dir", "threads": "--threads", "workers": "--workers"}
+              "cache_dir": "--cache-dir", "threads": "--threads", "workers": "--workers",
+              "image_formats": "--image-formats"}
 
 
 def _remote_scanner(args):
@@ -196,7 +212,7 @@ def run(args) -> int:
                           batch_size=args.batch_size, threads=args.threads, workers=args.workers,
                           threshold=args.threshold, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
                           max_batch=args.max_batch, cache_dir=args.cache_dir, device_id=args.device,
-                          decode=args.decode, spin=not args.no_spin)
+                          decode=args.decode, spin=not args.no_spin, image_formats=args.image_formats)
         m = scanner.manifest
         log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
                  scanner.backend_name, scanner.decode_reason)
