@@ -170,8 +170,9 @@ def _rows_section(s: Summary) -> str:
 
 
 def table_json(table: list[list]) -> str:
-    """The rows' data for the page's script; `</` escaped so no path can end the <script> element."""
-    return compact_json(table).replace("</", "<\\/")
+    """The rows' data for the page's script, with every `<` written as the JSON escape \\u003c: no path can
+    end the <script> element (`</script`) or switch the parser into its escaped states (`<!--`, `<script`)."""
+    return compact_json(table).replace("<", "\\u003c")
 
 
 def render(data: RowsFile, s: Summary, thumbs: list[Thumb], *, top_n: int, title: str | None = None) -> str:
