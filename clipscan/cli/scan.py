@@ -83,6 +83,7 @@ def _already_done(args) -> tuple[set[str], str]:
     """(inputs --output already has a row for, file mode): refuses to overwrite a non-empty --output
     unless --resume (append, skipping those inputs) or --overwrite."""
     from clipscan.runtime.results import completed_paths
+    from clipscan.runtime.resume import recorded_model
 
     if args.resume and not args.output:
         raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
@@ -92,8 +93,13 @@ def _already_done(args) -> tuple[set[str], str]:
         parent = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(parent):
             raise ValueError(f"--output {args.output}: the folder {parent} does not exist; create it first")
+    if args.output and args.resume and os.path.islink(args.output):
+        # rows are never written through a link (see open_output), so they cannot be appended through one
+        raise ValueError(f"--output {args.output} is a symbolic link (to {os.readlink(args.output)}); --resume "
+                         "does not append through links: pass the file it points to as -o")
     if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
         if args.resume:
+            recorded_model(args.output)  # a damaged model record is refused before the rows are touched
             previous = completed_paths(args.output, args.format)
             log.log(NOTICE, "resuming: %d input(s) already in %s are skipped", len(previous), args.output)
             return previous | {os.path.abspath(p) for p in previous}, "a"
@@ -113,6 +119,20 @@ def output_format(args) -> str:
         raise ValueError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
                          f"{by_extension} file; drop -f, or name the file *.{args.format}")
     return args.format or by_extension or "jsonl"
+
+
+def open_output(path: str, mode: str, errors: str):
+    """The results file, opened to write ("w") or append ("a") without following a symbolic link: a link
+    at `path` (allowed only with --overwrite) is removed first, so the new file replaces the link, not its
+    target; O_NOFOLLOW refuses a link that appears in between."""
+    if mode == "w" and os.path.islink(path):
+        os.unlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "w" else os.O_APPEND) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        raise ValueError(f"--output {path} cannot be opened to write ({e.strerror or e})") from None
+    return os.fdopen(fd, mode, encoding="utf-8", errors=errors, newline="")
 
 
 def _inputs(args) -> list[str]:
@@ -227,7 +247,7 @@ def run(args) -> int:
             scanner.close()
             raise
     if args.output:
-        out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
+        out = open_output(args.output, mode, OUTPUT_ERRORS)
     else:
         out = sys.stdout
         if hasattr(out, "reconfigure"):
