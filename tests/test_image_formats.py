@@ -5,6 +5,7 @@ subprocesses scan a folder and bytes on standard input.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -123,3 +124,23 @@ def test_the_registry_is_the_one_source():
     help_text = " ".join(parser.format_help().split())
     assert all(f.name in help_text for f in FORMATS)
     assert format_choices().split(", ")[0] == "jpeg*"
+
+
+def test_an_eps_upload_to_the_service_never_runs_ghostscript(tmp_path, fake_gs, monkeypatch):
+    """The issue's attack: an EPS body sent as image/jpeg to a real `clipscan serve` on loopback, raw and in a
+    multipart batch beside a good JPEG."""
+    from .serve_servers import cli_server, multipart, request
+
+    env, log = fake_gs
+    monkeypatch.setenv("PATH", env["PATH"])  # the server subprocess inherits the stand-in gs
+    eps = _eps_bytes(tmp_path)
+    good = io.BytesIO()
+    Image.new("RGB", (40, 30), "green").save(good, "JPEG")
+    with cli_server() as (url, _proc):
+        status, _, body = request(url + "/v1/scan?name=photo.jpg", eps, {"Content-Type": "image/jpeg"})
+        assert status == 422 and json.loads(body)["rows"][0]["error_kind"] == "unsupported_format", (status, body)
+        data, ctype = multipart([("a.jpg", eps), ("b.jpg", good.getvalue())])
+        status, _, body = request(url + "/v1/scan", data, {"Content-Type": ctype})
+        rows = json.loads(body)
+        assert status == 200 and rows[0]["error_kind"] == "unsupported_format" and rows[1]["error"] is None, rows
+    assert not log.exists(), f"Ghostscript ran: {log.read_text()}"
