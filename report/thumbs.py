@@ -26,7 +26,8 @@ class Thumb:
     problem: str = ""      # why not (not found, could not be decoded)
 
 
-OUTSIDE = "not shown: the path is outside the images root and the rows file's folder (not read)"
+OUTSIDE = ("not shown: the path leads outside the images root and the rows file's folder, so it was not read "
+           "(pass --images-root DIR, a folder holding the images)")
 MAX_LINKS = 40  # symbolic links followed while resolving one path (as the kernel's limit)
 
 
