@@ -39,7 +39,7 @@ def model_mismatch(output: str | os.PathLike, recorded: dict, identity: dict) ->
 
 
 _JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list"}
-IDENTITY_TEXT = ("name", "sha256", "precision", "file", "server", "server_model")
+IDENTITY_TEXT = ("name", "sha256")  # what decides whether two models are the same: text (a sha256 may be null)
 
 
 def recorded_model(output: str | os.PathLike) -> dict | None:
@@ -62,8 +62,8 @@ def recorded_model(output: str | os.PathLike) -> dict | None:
 
 
 def check_same_model(output: str | os.PathLike, identity: dict, fmt: str, *, appending: bool) -> None:
-    """Raise ValueError (ResultsFileError for a damaged record) when appending rows of `identity` to a file of another model; record the model
-    of a new file (the sidecar)."""
+    """Raise ValueError when appending rows of `identity` to a file of another model (ResultsFileError when
+    its record is damaged); record the model of a new file (the sidecar)."""
     if appending:
         recorded = recorded_model(output)
         if recorded is None:

@@ -122,9 +122,11 @@ def output_format(args) -> str:
 
 
 def open_output(path: str, mode: str, errors: str):
-    """The results file, opened to write ("w") or append ("a") without following a symbolic link: a link
-    at `path` (allowed only with --overwrite) is removed first, so the new file replaces the link, not its
-    target; O_NOFOLLOW refuses a link that appears in between."""
+    """The results file, opened to write ("w") or append ("a") without following a symbolic link, as report
+    and export never do: to write, a link at `path` (a dangling one, or one --overwrite replaces) is removed
+    first, so the new file takes the link's place and its target is neither created nor truncated;
+    O_NOFOLLOW refuses a link that appears in between (appending to a link is refused before, in
+    _already_done)."""
     if mode == "w" and os.path.islink(path):
         os.unlink(path)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "w" else os.O_APPEND) | getattr(os, "O_NOFOLLOW", 0)
