@@ -64,8 +64,10 @@ def _number(value, name: str):
         raise NotARow(f"{name} is {type(value).__name__}, not a number")
     try:
         v = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise NotARow(f"{name} is an integer of {len(str(value))} digits, not a score") from None
     except ValueError:
-        raise NotARow(f"{name} {value!r} is not a number") from None
+        raise NotARow(f"{name} {str(value)[:40]!r} is not a number") from None
     if not math.isfinite(v):
         return None  # the writers write non-finite values as null; treat any that slipped through alike
     if name == "p_generated" and not 0.0 <= v <= 1.0:
@@ -73,12 +75,23 @@ def _number(value, name: str):
     return v
 
 
-def _text(value):
-    return None if value is None or value == "" else str(value)
-
-
 def to_row(record) -> Row:
     """One row from a decoded JSON object or CSV record; NotARow says why it is not one."""
+    try:
+        return _to_row(record)
+    except RecursionError:  # a field holding JSON nested hundreds deep
+        raise NotARow("a field holds JSON nested too deeply") from None
+
+
+def _text(value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list)):
+        raise NotARow(f"a text field holds a JSON {'object' if isinstance(value, dict) else 'list'}")
+    return str(value)
+
+
+def _to_row(record) -> Row:
     if not isinstance(record, dict):
         raise NotARow(f"a JSON {type(record).__name__}, not an object")
     path = record.get("path")
@@ -97,7 +110,7 @@ def _jsonl_records(f):
         f.seek(0)
         try:
             whole = json.load(f)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             whole = None  # one list per line, or a damaged file: read line by line below
         if isinstance(whole, list):
             for n, record in enumerate(whole, 1):  # an indented list: its items are counted as lines
@@ -109,8 +122,11 @@ def _jsonl_records(f):
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield n, None, f"not JSON ({e.msg})"
+        except RecursionError:
+            yield n, None, "JSON nested too deeply to be a row"
+            continue
+        except ValueError as e:  # not JSON, or an integer of thousands of digits
+            yield n, None, f"not JSON ({e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(';')[0]})"
             continue
         for record in value if isinstance(value, list) else [value]:
             yield n, record, None

@@ -15,6 +15,7 @@ from typing import BinaryIO, Union
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
+from .image_formats import DEFAULT_IMAGE_FORMATS, identify_refused, parse_image_formats, pillow_formats, registered_name
 
 # Pillow refuses images over 2 x MAX_IMAGE_PIXELS (about 179 MP) as decompression bombs.
 # clipscan applies its own limit, checked from the header before any pixel is decoded.
@@ -112,8 +113,29 @@ def draft_request(resize_mode: str, resize_size) -> tuple[int, int] | None:
     return (m, m)
 
 
+def _unidentified(fh, allowed: tuple[str, ...], names: tuple[str, ...]) -> ImageReadError:
+    """Why Pillow, limited to the allowed formats, found none: a known format that is not allowed
+    (named from its signature only), or not an image at all."""
+    try:
+        fh.seek(0)
+        prefix = fh.read(16)
+    except (OSError, ValueError):
+        prefix = b""
+    refused = identify_refused(prefix, allowed) if prefix else None
+    if refused is not None:
+        name = registered_name(refused)
+        fix = (f"enable it with --image-formats {','.join(names + (name,))} / image_formats=... if the file is "
+               "trusted" if name else "clipscan never decodes it (Pillow would hand it to another program or has "
+               "no real decoder for it); convert it to PNG or JPEG")
+        return ImageReadError("unsupported_format", f"the file is {refused}, not one of the allowed image formats "
+                                                    f"({', '.join(names)}); {fix}")
+    return ImageReadError("not_an_image", f"not an image of an allowed format ({', '.join(names)}): not an image, "
+                                          "another format, or a damaged header")
+
+
 def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: str = "apply",
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+               draft_size: tuple[int, int] | None = None,
+               image_formats: tuple[str, ...] | str | None = DEFAULT_IMAGE_FORMATS) -> Image.Image:
     """Decode the first frame of an image fully into memory.
 
     `exif_orientation="apply"` rotates/flips the pixels as the EXIF Orientation tag
@@ -121,14 +143,17 @@ def load_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_ori
     `draft_size` (opt-in, None = exact decoding): for JPEG files, decode at the smallest
     DCT scale whose output is still at least this size (PIL's `Image.draft`); other
     formats decode exactly. See `draft_request`.
+    `image_formats`: the registry names (runtime/image_formats.py) Pillow may try, default the safe set;
+    a file of any other format is an `unsupported_format` error and reaches no other plugin.
     """
+    names = parse_image_formats(image_formats)
+    allowed = pillow_formats(names)
     fh, owned = _open(source)
     try:
         try:
-            im = Image.open(fh)
+            im = Image.open(fh, formats=allowed)
         except UnidentifiedImageError:
-            raise ImageReadError("not_an_image", "cannot identify an image format Pillow reads "
-                                 "(not an image, an unsupported format, or a damaged header)") from None
+            raise _unidentified(fh, allowed, names) from None
         except Image.DecompressionBombError as e:
             raise _bomb(e, max_pixels) from None
         with im:

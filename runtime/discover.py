@@ -2,36 +2,26 @@
 
 Files given explicitly are always scanned (a bad one gets an error row), and
 folders given explicitly are always walked. Folders are walked recursively in
-sorted order; inside them, files whose extension marks an image are scanned
-(including formats Pillow may not read, so they are reported instead of silently
-ignored) and hidden entries are skipped. A directory found inside a folder whose
+sorted order; inside them, files whose extension marks an image format of the
+registry (runtime/image_formats.py: enabled or not, and camera formats no plugin
+reads, so they are reported instead of silently ignored) are scanned and hidden
+entries are skipped. A directory found inside a folder whose
 name ends like an image ("x.jpg/") is reported, not entered: it is almost always
 a broken upload or copy. Directory symlinks are followed once: a loop cannot make
 the walk run forever.
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-# Formats cameras and phones write that Pillow may lack a plugin for: scanned so
-# the user sees an error row rather than a silently missing file.
-_EXTRA_IMAGE_EXTENSIONS = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef",
-                           ".arw", ".raf", ".orf", ".rw2", ".jfif", ".jpe"}
+from .image_formats import walk_extensions
 
 
 def image_extensions() -> frozenset[str]:
-    return _known_image_extensions()
-
-
-@functools.lru_cache(maxsize=1)
-def _known_image_extensions() -> frozenset[str]:
-    from PIL import Image
-
-    Image.init()
-    return frozenset(e.lower() for e in Image.registered_extensions()) | _EXTRA_IMAGE_EXTENSIONS
+    """The extensions a folder walk scans (derived from the image-format registry)."""
+    return walk_extensions()
 
 
 @dataclass
@@ -84,7 +74,7 @@ def _walk(top: str, exts, stats: WalkStats, seen: set) -> Iterator[str]:
             is_dir = False
         ext = os.path.splitext(entry.name)[1].lower()
         if is_dir:
-            if ext in _known_image_extensions():
+            if ext in image_extensions():
                 yield entry.path  # the decoder reports it as a directory
             else:
                 yield from _walk(entry.path, exts, stats, seen)

@@ -54,6 +54,11 @@ class ImageReadError(ClipscanError):
         return f"{self.kind}: {self.args[0]}"
 
 
+class ResultsFileError(ClipscanError, ValueError):
+    """A results file (or its model record) that a resumed scan would append to cannot be read safely:
+    nothing has been cut or appended when this is raised."""
+
+
 class ServerError(ClipscanError):
     """An inference server (`clipscan serve`, Triton) cannot be used: unreachable, not an Open Inference
     Protocol server, no such model, or the token refused."""

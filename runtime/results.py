@@ -11,6 +11,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .errors import ResultsFileError
+
 # `logit` is the decision head's logit (p_generated = sigmoid(logit), in float64): it orders images
 # exactly where p_generated, written with 7 significant digits, saturates at 1.0 (logit above ~16)
 COLUMNS = ("path", "p_generated", "logit", "verdict", "quality", "error_kind", "error", "backend")
@@ -182,28 +184,44 @@ def csv_columns(path: str) -> tuple[str, ...] | None:
     return tuple(header) if header and header[0] == "path" else None
 
 
+def _complete_lines(f):
+    """The lines of a results file that end with a newline: a half-written last line is not a row yet."""
+    for line in f:
+        if line.endswith("\n"):
+            yield line
+
+
 def completed_paths(path: str, fmt: str) -> set[str]:
     """Paths that already have a row in a results file (any row: result or error).
 
-    A half-written last line is removed first so that appending goes on cleanly.
+    Every complete line is read and checked first (ResultsFileError, the file untouched, when one cannot be
+    read); only then is a half-written last line removed, so that appending goes on cleanly.
     """
-    drop_partial_line(path)
     done: set[str] = set()
+    fix = "the file is left as it was: resume with the --format it was written in, or write to a new file (-o)"
     with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         if fmt == "csv":
-            rows = csv.DictReader(f)
-            if rows.fieldnames and "path" not in rows.fieldnames:
-                raise ValueError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames})")
-            done.update(r["path"] for r in rows if r.get("path"))
+            rows = csv.DictReader(_complete_lines(f))
+            try:
+                if rows.fieldnames and "path" not in rows.fieldnames:
+                    raise ResultsFileError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames}); {fix}")
+                done.update(r["path"] for r in rows if isinstance(r.get("path"), str) and r["path"])
+            except csv.Error as e:
+                raise ResultsFileError(f"{path} line {rows.line_num} is not a CSV row clipscan can read ({e}); "
+                                       f"{fix}") from None
         else:
-            for n, line in enumerate(f, 1):
+            for n, line in enumerate(_complete_lines(f), 1):
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{path} line {n} is not JSON: is it a clipscan JSONL file? "
-                                     "(resume with the --format it was written in)") from None
+                except RecursionError:
+                    raise ResultsFileError(f"{path} line {n} is JSON nested too deeply to be a clipscan row; "
+                                           f"{fix}") from None
+                except ValueError as e:  # not JSON, or an integer of thousands of digits
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+                    raise ResultsFileError(f"{path} line {n} is not a clipscan JSONL row ({why}); {fix}") from None
                 if isinstance(row, dict) and isinstance(row.get("path"), str):
                     done.add(row["path"])
+    drop_partial_line(path)
     return done
 
 
@@ -239,7 +257,8 @@ def read_sidecar(output: str | os.PathLike) -> dict | None:
             data = json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be read: {e}; "
-                         "delete it to resume anyway") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or an integer of 4,300+ digits
+        why = "JSON nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise ResultsFileError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be "
+                               f"read: {why}; delete it to resume anyway") from None
     return data if isinstance(data, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .errors import ResultsFileError
 from .results import read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger("clipscan")
@@ -37,11 +38,34 @@ def model_mismatch(output: str | os.PathLike, recorded: dict, identity: dict) ->
             "models must not mix: write to a new file (another -o), or pass --overwrite to replace it")
 
 
+_JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", list: "list"}
+IDENTITY_TEXT = ("name", "sha256")  # what decides whether two models are the same: text (a sha256 may be null)
+
+
+def recorded_model(output: str | os.PathLike) -> dict | None:
+    """The model a results file's sidecar records, None when it has no sidecar; ResultsFileError (before
+    anything is cut or appended) when the sidecar is not a record clipscan wrote."""
+    record = read_sidecar(output)
+    if record is None and not os.path.exists(sidecar_path(output)):
+        return None
+    model = record.get("model") if isinstance(record, dict) else None
+    bad = [k for k in IDENTITY_TEXT if isinstance(model, dict) and not isinstance(model.get(k), (str, type(None)))]
+    if not isinstance(model, dict) or bad or not isinstance(model.get("name"), str):
+        what = ("it is not a JSON object" if record is None else
+                "it names no model" if model is None else
+                f"its model is a JSON {_JSON_TYPES.get(type(model), type(model).__name__)}, not an object"
+                if not isinstance(model, dict) else
+                f"its model's {', '.join(bad) or 'name'} is not text")
+        raise ResultsFileError(f"{sidecar_path(output)} is not the record of the model that wrote {output} "
+                               f"({what}); nothing was changed: delete it to resume anyway, or write to a new file")
+    return model
+
+
 def check_same_model(output: str | os.PathLike, identity: dict, fmt: str, *, appending: bool) -> None:
-    """Raise ValueError when appending rows of `identity` to a file of another model; record the model
-    of a new file (the sidecar)."""
+    """Raise ValueError when appending rows of `identity` to a file of another model (ResultsFileError when
+    its record is damaged); record the model of a new file (the sidecar)."""
     if appending:
-        recorded = (read_sidecar(output) or {}).get("model")
+        recorded = recorded_model(output)
         if recorded is None:
             log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", output,
                         sidecar_path(output), identity["name"], (identity.get("sha256") or "")[:12] or "no sha256")

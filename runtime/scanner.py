@@ -22,6 +22,7 @@ from .backends import BackendOptions, create_backend
 from .decode import DEFAULT_MAX_PIXELS, allow_pixels, draft_request, load_image
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, InvalidArgumentError, ModelError, ScannerClosedError
+from .image_formats import parse_image_formats
 from .postprocess import image_result
 from .preprocess import Preprocessor
 from .results import ScanResult
@@ -44,9 +45,11 @@ class Scanner:
                  workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  threshold: float | None = None, max_batch: int | None = None, cache_dir: str | None = None,
                  device_id: int = 0, decode: str = "auto", spin: bool = True,
+                 image_formats: str | tuple[str, ...] | None = None,
                  observer: Callable[[str, float, float], None] | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.image_formats = parse_image_formats(image_formats)  # registry names; None = the safe default set
         self.artifact: Artifact = load_artifact(model)
         self.manifest = self.artifact.manifest
         self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
@@ -198,7 +201,7 @@ class Scanner:
             else:
                 image = load_image(source, max_pixels=self.max_pixels,
                                    exif_orientation=self.manifest.preprocess.exif_orientation,
-                                   draft_size=self._draft_size)
+                                   draft_size=self._draft_size, image_formats=self.image_formats)
             return self.preprocessor.batch(image)
         except ImageReadError as e:
             return e

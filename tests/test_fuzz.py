@@ -21,7 +21,7 @@ from clipscan.runtime.preprocess import Preprocessor
 
 EXAMPLES = int(os.environ.get("CLIPSCAN_FUZZ_EXAMPLES", "120"))
 KINDS = {"not_found", "unreadable", "is_directory", "empty", "not_an_image", "truncated", "corrupt", "too_large",
-         "bad_input"}
+         "bad_input", "unsupported_format"}
 PRE = Preprocessor(PreprocessSpec(), InputSpec("pixels", (224, 224)))
 
 

@@ -127,18 +127,19 @@ def test_a_scan_under_a_terminal_shows_a_moving_bar_and_its_summary(many_images,
         assert "|" in text and "█" in text, "tqdm's bar"
     check_rows(stdout)
     if not block_tqdm:
-        report_of_the_rows(tmp_path, stdout)
+        report_of_the_rows(tmp_path, stdout, many_images)
 
 
-def report_of_the_rows(tmp_path, stdout: str) -> None:
+def report_of_the_rows(tmp_path, stdout: str, images_root) -> None:
     """The issue's bar, second half: `clipscan report` on these rows opens with thumbnails, histograms and
-    the error table, in a file under 10 MB."""
+    the error table, in a file under 10 MB (the rows name absolute paths: --images-root lets it read them)."""
     from clipscan.runtime.defaults import REPORT_MAX_BYTES, REPORT_TOP_N
 
     from .browser import browser_page
 
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "clipscan", "report", str(tmp_path / "stdout.jsonl"), "-o", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "report", str(tmp_path / "stdout.jsonl"), "-o", str(out),
+                           "--images-root", str(images_root)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size < REPORT_MAX_BYTES

@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
                      "the failed files, every row (sortable and filterable).")
     p.add_argument("rows", metavar="ROWS", help="the results file (JSONL or CSV) that `clipscan scan -o` wrote")
     p.add_argument("--images-root", metavar="DIR",
-                   help="folder the row paths are relative to (default: the current folder, then the rows file's)")
+                   help="folder the row paths are relative to (default: the current folder); images are read "
+                        "only inside it and the rows file's folder, never through a path or link leading out")
     p.add_argument("--top", type=positive_int, default=REPORT_TOP_N, metavar="N",
                    help="thumbnails of the N most likely generated images (default %(default)s)")
     p.add_argument("--title", help="the page's title (default: clipscan report: ROWS)")

@@ -5,6 +5,7 @@ Options say how (backend, batch size, decoding, threads) and where rows go (stdo
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,7 +18,18 @@ from .scan_ray import add_ray_arguments, run_if_ray
 log = logging.getLogger("clipscan")
 
 
+def image_formats_arg(value: str) -> tuple[str, ...]:
+    from clipscan.runtime.image_formats import parse_image_formats
+
+    try:
+        return parse_image_formats(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(p) -> None:
+    from clipscan.runtime.image_formats import format_choices
+
     p.description = "Scan files and folders; writes one line per input as results arrive."
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="image files and/or folders; - reads one image from standard input")
@@ -44,6 +56,9 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, help="decode/preprocess threads (default: min(4, cores))")
     p.add_argument("--threshold", type=probability, help="override the manifest's decision threshold (probability)")
     p.add_argument("--max-pixels", type=positive_int, help="refuse images larger than this many pixels (default 179 M)")
+    p.add_argument("--image-formats", type=image_formats_arg, metavar="NAMES",
+                   help="comma-separated image formats to decode, 'default' for the default set (marked *): "
+                        f"{format_choices()}; a file of another format is an unsupported_format error row")
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")
@@ -68,6 +83,7 @@ def _already_done(args) -> tuple[set[str], str]:
     """(inputs --output already has a row for, file mode): refuses to overwrite a non-empty --output
     unless --resume (append, skipping those inputs) or --overwrite."""
     from clipscan.runtime.results import completed_paths
+    from clipscan.runtime.resume import recorded_model
 
     if args.resume and not args.output:
         raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
@@ -77,8 +93,13 @@ def _already_done(args) -> tuple[set[str], str]:
         parent = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(parent):
             raise ValueError(f"--output {args.output}: the folder {parent} does not exist; create it first")
+    if args.output and args.resume and os.path.islink(args.output):
+        # rows are never written through a link (see open_output), so they cannot be appended through one
+        raise ValueError(f"--output {args.output} is a symbolic link (to {os.readlink(args.output)}); --resume "
+                         "does not append through links: pass the file it points to as -o")
     if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
         if args.resume:
+            recorded_model(args.output)  # a damaged model record is refused before the rows are touched
             previous = completed_paths(args.output, args.format)
             log.log(NOTICE, "resuming: %d input(s) already in %s are skipped", len(previous), args.output)
             return previous | {os.path.abspath(p) for p in previous}, "a"
@@ -98,6 +119,22 @@ def output_format(args) -> str:
         raise ValueError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
                          f"{by_extension} file; drop -f, or name the file *.{args.format}")
     return args.format or by_extension or "jsonl"
+
+
+def open_output(path: str, mode: str, errors: str):
+    """The results file, opened to write ("w") or append ("a") without following a symbolic link, as report
+    and export never do: to write, a link at `path` (a dangling one, or one --overwrite replaces) is removed
+    first, so the new file takes the link's place and its target is neither created nor truncated;
+    O_NOFOLLOW refuses a link that appears in between (appending to a link is refused before, in
+    _already_done)."""
+    if mode == "w" and os.path.islink(path):
+        os.unlink(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "w" else os.O_APPEND) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        raise ValueError(f"--output {path} cannot be opened to write ({e.strerror or e})") from None
+    return os.fdopen(fd, mode, encoding="utf-8", errors=errors, newline="")
 
 
 def _inputs(args) -> list[str]:
@@ -144,7 +181,8 @@ def _inputs_to_count(paths: list[str], args, done):
 
 # local-only options that client mode refuses rather than ignores (the server decides these)
 LOCAL_ONLY = {"model": "--model", "threshold": "--threshold", "max_pixels": "--max-pixels", "max_batch": "--max-batch",
-              "cache_dir": "--cache-dir", "threads": "--threads", "workers": "--workers"}
+              "cache_dir": "--cache-dir", "threads": "--threads", "workers": "--workers",
+              "image_formats": "--image-formats"}
 
 
 def _remote_scanner(args):
@@ -196,7 +234,7 @@ def run(args) -> int:
                           batch_size=args.batch_size, threads=args.threads, workers=args.workers,
                           threshold=args.threshold, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
                           max_batch=args.max_batch, cache_dir=args.cache_dir, device_id=args.device,
-                          decode=args.decode, spin=not args.no_spin)
+                          decode=args.decode, spin=not args.no_spin, image_formats=args.image_formats)
         m = scanner.manifest
         log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
                  scanner.backend_name, scanner.decode_reason)
@@ -211,7 +249,7 @@ def run(args) -> int:
             scanner.close()
             raise
     if args.output:
-        out = open(args.output, mode, encoding="utf-8", errors=OUTPUT_ERRORS, newline="")
+        out = open_output(args.output, mode, OUTPUT_ERRORS)
     else:
         out = sys.stdout
         if hasattr(out, "reconfigure"):

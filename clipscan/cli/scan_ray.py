@@ -49,7 +49,7 @@ def run_if_ray(args, paths: list[str]) -> int | None:
                "threads": args.threads, "workers": args.workers, "threshold": args.threshold,
                "max_pixels": args.max_pixels or DEFAULT_MAX_PIXELS, "max_batch": args.max_batch,
                "cache_dir": args.cache_dir, "device_id": args.device, "decode": args.decode,
-               "spin": not args.no_spin}
+               "spin": not args.no_spin, "image_formats": args.image_formats}
     spec = RayScan(paths=paths, output=args.output, fmt=args.format, model=args.model, scanner_options=options,
                    all_files=args.all_files, with_embedding=args.with_embedding, resume=args.resume,
                    overwrite=args.overwrite, address=args.ray_address, actors=args.actors,
