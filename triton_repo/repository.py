@@ -28,7 +28,7 @@ from clipscan.version import __version__
 from . import configs, shim
 from .ensemble_steps import check_one_row_per_image
 from .pbtxt import to_pbtxt
-from .plans import Plan
+from .plans import Plan, plans_by_generation
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan", "python")
@@ -220,7 +220,7 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     if opts.graph == "onnx":
         shutil.copy2(artifact.path, folder / "1" / "model.onnx")
     elif opts.graph == "plan":
-        cc = {p.compute_capability: p.file_name for p in opts.plans}
+        cc = {c: p.file_name for c, p in plans_by_generation(opts.plans).items()}
         for p in opts.plans:
             p.check_for(artifact, opts.max_batch)
             shutil.copy2(p.path, folder / "1" / p.file_name)

@@ -1,0 +1,289 @@
+"""The GPU policy that a CPU can decide: library lists per backend, the GPU probe, TF32 and placement,
+the INT8 target TensorRT takes, engine-cache writes, and stdout purity with onnxruntime-gpu installed.
+
+The onnxruntime-gpu tests run the real wheel (its provider libraries, its fallback banner) in a
+subprocess, on this machine that has no GPU: every GPU backend must be reported unavailable with its
+missing pieces, and `clipscan scan` must write nothing but rows on stdout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+from clipscan.runtime import BackendError
+from clipscan.runtime.artifact import load_artifact
+from clipscan.runtime.backends import gpu_libs, ort_gpu
+from clipscan.runtime.backends.base import BackendOptions, tf32_tag
+from clipscan.runtime.backends.engine_cache import BatchProfile, EngineCache, EngineKey, write_atomic
+from clipscan.runtime.backends.int8_target import refuse_cpu_target_int8
+from clipscan.runtime.backends.tensorrt_native import tf32_flags
+
+from .conftest import SAMPLES
+from .ort_gpu_wheel import ort_gpu_dir, with_ort_gpu  # noqa: F401 - ort_gpu_dir is a fixture
+
+GPU_HERE = gpu_libs.visible_gpu()
+no_gpu_here = pytest.mark.skipif(GPU_HERE, reason="this machine shows an NVIDIA GPU: the no-GPU answers do not apply")
+SYSTEM_LIBS = {"libdl.so.2", "librt.so.1", "libpthread.so.0", "libstdc++.so.6", "libm.so.6", "libgcc_s.so.1",
+               "libc.so.6", "ld-linux-x86-64.so.2"}
+
+
+# -- library lists and the GPU probe --------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) is needed to read the wheel's links")
+def test_library_lists_are_what_the_provider_libraries_link(ort_gpu_dir):
+    """The table is data; this holds it to the real onnxruntime-gpu wheel's provider libraries."""
+    capi = ort_gpu_dir / "onnxruntime" / "capi"
+    info = (capi / "build_and_package_info.py").read_text()
+    cuda = int(re.search(r"cuda_version = '(\d+)", info).group(1))
+    for backend, lib in (("cuda", "libonnxruntime_providers_cuda.so"),
+                         ("ort-tensorrt", "libonnxruntime_providers_tensorrt.so")):
+        out = subprocess.run(["readelf", "-d", str(capi / lib)], capture_output=True, text=True, check=True).stdout
+        needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)) - SYSTEM_LIBS - {"libcuda.so.1"}
+        listed = {soname for soname, _ in gpu_libs.libraries_for(backend, cuda)}
+        # cuDNN is linked by the TensorRT EP and opened at run time by the CUDA EP: listed for both
+        assert needed <= listed and listed - needed <= {"libcudnn.so.9"}, (backend, needed, listed)
+    assert {pip for _, pip in gpu_libs.libraries_for("cuda", cuda)} == {gpu_libs.ORT_GPU_LIBS_PIP}
+
+
+def test_missing_libraries_are_named_with_their_install_command():
+    needed = [("libc.so.6", "pip install libc"), ("libclipscan-absent.so.7", "pip install a"),
+              ("libclipscan-absent.so.8", "pip install a"), ("libclipscan-other.so.1", "pip install b")]
+    missing = gpu_libs.missing_libraries(needed)
+    assert [s for s, _ in missing] == ["libclipscan-absent.so.7", "libclipscan-absent.so.8", "libclipscan-other.so.1"]
+    assert gpu_libs.describe_missing(missing) == ("missing libclipscan-absent.so.7, libclipscan-absent.so.8: install "
+                                                  "with pip install a; missing libclipscan-other.so.1: install with "
+                                                  "pip install b")
+    assert gpu_libs.libraries_for("cuda", 12)[0] == ("libcublasLt.so.12", gpu_libs.ORT_GPU_LIBS_PIP)
+
+
+@no_gpu_here
+def test_the_gpu_probe_says_there_is_no_driver_here():
+    probe = gpu_libs.nvidia_gpu()
+    assert probe.devices == 0 and "no NVIDIA GPU driver" in probe.problem and "libcuda.so.1" in probe.problem
+
+
+def test_an_old_driver_is_named_with_the_version_it_needs():
+    probe = gpu_libs.GpuProbe(1, 12080, None)
+    assert probe.driver_problem(13, "onnxruntime-gpu 1.31.1") == (
+        "the NVIDIA driver supports CUDA up to 12.8; onnxruntime-gpu 1.31.1 is built for CUDA 13, which needs "
+        "driver 580 or later: update the driver")
+    assert probe.driver_problem(12, "x") is None and gpu_libs.GpuProbe(1, 13000, None).driver_problem(13, "x") is None
+
+
+# -- precision and placement policy ------------------------------------------------------------------------
+
+def test_tf32_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("CLIPSCAN_TF32", raising=False)
+    off = BackendOptions()
+    assert off.tf32 is False and tf32_tag(off) == "[tf32=off]"
+    assert ort_gpu.cuda_ep_options(off) == {"device_id": 0, "use_tf32": 0}
+    assert ort_gpu.cuda_ep_options(BackendOptions(tf32=True, device_id=1)) == {"device_id": 1, "use_tf32": 1}
+    monkeypatch.setenv("CLIPSCAN_TF32", "1")
+    assert BackendOptions().tf32 is True and tf32_tag(BackendOptions()) == "[tf32=on]"
+
+    class BuilderFlag:   # TensorRT 10 and 11 both have it, on by default
+        TF32 = "TF32"
+
+    trt = types.SimpleNamespace(BuilderFlag=BuilderFlag)
+    assert tf32_flags(trt, tf32=False) == ["TF32"] and tf32_flags(trt, tf32=True) == []
+    assert tf32_flags(types.SimpleNamespace(BuilderFlag=type("Old", (), {})), tf32=False) == []
+
+
+def test_the_tensorrt_ep_turns_tf32_off_through_nvidias_override(monkeypatch):
+    monkeypatch.delenv(ort_gpu.TF32_OVERRIDE_ENV, raising=False)
+    ort_gpu.tensorrt_ep_tf32(BackendOptions(tf32=False))
+    assert os.environ[ort_gpu.TF32_OVERRIDE_ENV] == "0"
+    with pytest.raises(BackendError, match="NVIDIA_TF32_OVERRIDE=0 is set"):
+        ort_gpu.tensorrt_ep_tf32(BackendOptions(tf32=True))
+
+
+def test_gpu_sessions_refuse_partial_cpu_placement_unless_opted_in(monkeypatch, caplog):
+    import onnxruntime as ort
+
+    monkeypatch.delenv("CLIPSCAN_ALLOW_CPU_PLACEMENT", raising=False)
+    so = ort.SessionOptions()
+    ort_gpu.apply_placement_policy(so, ort_gpu.CUDA_EP, BackendOptions())
+    assert so.get_session_config_entry(ort_gpu.PLACEMENT_KEY) == "1"
+    caplog.set_level(logging.WARNING, logger="clipscan.backends")
+    opted = ort.SessionOptions()
+    monkeypatch.setenv("CLIPSCAN_ALLOW_CPU_PLACEMENT", "1")
+    ort_gpu.apply_placement_policy(opted, ort_gpu.TRT_EP, BackendOptions())
+    with pytest.raises(Exception, match="does not have configuration"):
+        opted.get_session_config_entry(ort_gpu.PLACEMENT_KEY)
+    assert "may run on the CPU (allow_cpu_placement is on)" in caplog.text
+
+
+# -- INT8: what TensorRT gets -----------------------------------------------------------------------------
+
+def _int8_manifest(target):
+    manifest = load_artifact(None).manifest
+    return dataclasses.replace(manifest, precision="int8", calibration={"target": target} if target else None)
+
+
+@pytest.mark.parametrize("target", ["cpu", None])
+def test_a_cpu_target_int8_artifact_is_refused_for_tensorrt(target, tmp_path):
+    from clipscan.runtime.backends import tensorrt_native
+
+    manifest = _int8_manifest(target)
+    for backend, create in (("tensorrt", tensorrt_native.create), ("ort-tensorrt", ort_gpu.create_tensorrt_ep)):
+        with pytest.raises(BackendError, match=f"backend '{backend}' runs TensorRT.*--target tensorrt"):
+            create(tmp_path / "model.onnx", BackendOptions(cache_dir=str(tmp_path)), manifest)
+    refuse_cpu_target_int8(_int8_manifest("tensorrt"), "tensorrt")   # the TensorRT target passes
+    refuse_cpu_target_int8(load_artifact(None).manifest, "tensorrt")  # and so does a float artifact
+
+
+# -- engine cache ------------------------------------------------------------------------------------------
+
+def _key(**changes) -> EngineKey:
+    base = dict(onnx_sha256="a" * 64, precision="fp32", profile=BatchProfile(1, 8, 16), tensorrt_version="10.13.3",
+                gpu_name="NVIDIA H100", compute_capability="9.0", cuda_version="13")
+    return EngineKey(**{**base, **changes})
+
+
+def test_tf32_and_tensorrts_cuda_are_part_of_the_engine_key():
+    assert _key().digest() != _key(tf32="on").digest() != _key(cuda_version="12").digest()
+    assert _key().to_dict()["tf32"] == "off"
+
+
+def test_concurrent_cold_builders_never_share_a_temporary_file(tmp_path):
+    cache, key = EngineCache(tmp_path), _key()
+    plans = [bytes([i]) * 200_000 for i in range(8)]
+    threads = [threading.Thread(target=cache.store, args=("model", key, p)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in cache.paths("model", key))
+    loaded = cache.load("model", key)
+    assert loaded is None or loaded in plans, "a plan and its sidecar match, or the plan is rebuilt"
+    cache.store("model", key, plans[3])
+    assert cache.load("model", key) == plans[3]
+    assert json.loads(cache.paths("model", key)[1].read_text())["version_compatible"] is False
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "timing-abc.cache"
+    write_atomic(target, b"old")
+
+    def fail(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_plans_of_two_tensorrt_versions_are_refused(tmp_path):
+    from clipscan.triton.plans import Plan, plans_by_generation
+
+    plans = []
+    for cc, version in (("8.9", "10.13.3"), ("9.0", "11.4.0")):
+        path = tmp_path / f"m-{cc}.plan"
+        path.write_bytes(b"plan")
+        key = {**_key(compute_capability=cc, tensorrt_version=version).to_dict()}
+        path.with_suffix(".json").write_text(json.dumps({"key": key}))
+        plans.append(Plan.from_file(path))
+    with pytest.raises(ValueError, match="TensorRT 10.13.3.*11.4.0.*one TensorRT"):
+        plans_by_generation(plans)
+
+
+# -- stdout purity ---------------------------------------------------------------------------------------
+
+QUIET_PROGRAM = r"""
+import os, sys
+from clipscan.runtime.backends.quiet import stdout_to_stderr
+print("row 1")
+with stdout_to_stderr():
+    print("python noise")
+    os.write(1, b"native noise\n")
+print("row 2")
+with stdout_to_stderr(discard=True):
+    os.write(1, b"dropped\n")
+print("row 3")
+"""
+
+
+def test_stdout_to_stderr_moves_python_and_native_writes():
+    proc = subprocess.run([sys.executable, "-c", QUIET_PROGRAM], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["row 1", "row 2", "row 3"]
+    assert proc.stderr.splitlines() == ["python noise", "native noise"]
+
+
+SCAN_WITH_GPU_SESSIONS = r"""
+import sys
+from clipscan.cli import main
+from clipscan.runtime.backends import ort_gpu
+ort_gpu.provider_unavailable_reason = lambda provider: None   # make auto create both GPU EP sessions for real
+sys.exit(main(["scan", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_onnxruntime_gpu_on_a_cpu_machine(ort_gpu_dir):
+    """The bar, with the real onnxruntime-gpu wheel: no GPU backend is called available, each names what it
+    lacks with the install command; a scan writes only rows on stdout even when ORT prints its banner."""
+    env = with_ort_gpu(ort_gpu_dir)
+    backends = subprocess.run([sys.executable, "-m", "clipscan", "backends"], capture_output=True, text=True,
+                              env=env, timeout=300)
+    assert backends.returncode == 0, backends.stderr[-3000:]
+    lines = {line.split()[0]: line for line in backends.stdout.splitlines() if line.startswith("  ")}
+    for name in ("tensorrt", "ort-tensorrt", "cuda"):
+        assert "unavailable:" in lines[name], lines[name]
+        if not GPU_HERE:
+            assert "no NVIDIA GPU driver" in lines[name], lines[name]
+    assert "missing libcublasLt.so.13, libcublas.so.13, libcurand.so.10" in lines["cuda"]
+    assert "install with pip install 'onnxruntime-gpu[cuda,cudnn]'" in lines["cuda"]
+    assert "libnvinfer.so.10, libnvonnxparser.so.10: install with pip install 'tensorrt-cu13>=10.13,<11'" \
+        in lines["ort-tensorrt"]
+    assert "pip install 'clipscan[tensorrt]'" in lines["tensorrt"]
+
+    scan = subprocess.run([sys.executable, "-m", "clipscan", "scan", str(SAMPLES)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert scan.returncode == 0, scan.stderr[-3000:]
+    rows = [json.loads(line) for line in scan.stdout.splitlines()]
+    assert len(rows) == len(list(SAMPLES.iterdir())) and {r["backend"] for r in rows} == {"onnxruntime-cpu"}
+
+    forced = subprocess.run([sys.executable, "-c", SCAN_WITH_GPU_SESSIONS, str(SAMPLES)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "EP Error" in forced.stderr, "ORT printed its fallback banner (on stderr, where it was sent)"
+    rows = [json.loads(line) for line in forced.stdout.splitlines()]   # every stdout line is a row
+    assert len(rows) == len(list(SAMPLES.iterdir())) and {r["backend"] for r in rows} == {"onnxruntime-cpu"}
+    # the CPU fallback ORT attempted is an error, never a session that quietly runs on the CPU
+    assert "backend ort-tensorrt skipped" in forced.stderr and "backend cuda skipped" in forced.stderr
+    assert "fallback to CPU EP has been explicitly disabled" in forced.stderr
+
+
+FAKE_TENSORRT = "__version__ = '11.4.0.106'\n"
+
+
+@pytest.mark.slow
+def test_the_tensorrt_ep_refuses_another_tensorrt_major(ort_gpu_dir, tmp_path):
+    """onnxruntime-gpu's TensorRT EP links TensorRT 10: an installed TensorRT 11 is refused in one sentence that
+    names what to install. (A stand-in `tensorrt` module with TensorRT 11's version: the real one needs a GPU.)"""
+    fake = tmp_path / "fake_trt"
+    (fake / "tensorrt").mkdir(parents=True)
+    (fake / "tensorrt" / "__init__.py").write_text(FAKE_TENSORRT)
+    env = with_ort_gpu(ort_gpu_dir)
+    env["PYTHONPATH"] = f"{ort_gpu_dir}{os.pathsep}{fake}"
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "backends"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("  ort-tensorrt"))
+    assert ("TensorRT EP links TensorRT 10 (libnvinfer.so.10) but the installed tensorrt is 11.4.0.106: "
+            "pip install 'tensorrt-cu13>=10.13,<11' for this backend, or use --backend tensorrt") in line
+    assert "missing libnvinfer.so.10" not in line, "the mismatch is said once"
