@@ -199,9 +199,9 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     manifest = artifact.manifest
     check_one_row_per_image(manifest)
     pre, graph, post = f"{name}_preprocess", f"{name}_graph", f"{name}_postprocess"
-    g_inputs, g_outputs = graph_tensors(artifact.path)
+    g_inputs, all_outputs = graph_tensors(artifact.path)
     wanted = set(manifest.output_names())
-    g_outputs = [(s, d) for s, d in g_outputs if s.name in wanted]
+    g_outputs = [(s, d) for s, d in all_outputs if s.name in wanted]
     h, w = manifest.input.size
     pixels = TensorSpec("pixels", DATATYPES[manifest.input.dtype], (3, h, w))
     error = TensorSpec("error", "BYTES", ())
@@ -235,7 +235,9 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
         writer.config(folder, configs.graph_model(graph, g_inputs, g_outputs, platform=platform,
                                                   max_batch=opts.max_batch, queue_delay_us=opts.queue_delay_us,
                                                   count=opts.instances, precision=opts.precision or manifest.precision,
-                                                  cc_model_filenames=cc))
+                                                  cc_model_filenames=cc,
+                                                  extra_outputs=[o for o in all_outputs if o not in g_outputs]
+                                                  if opts.graph == "plan" else None))
 
     folder = writer.folder(post)
     _python_files(folder, artifact, "PostprocessModel", site_dirs, python)

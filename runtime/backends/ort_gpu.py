@@ -84,6 +84,13 @@ def tensorrt_major_problem(ort_version: str) -> str | None:
             f"--backend tensorrt, which runs TensorRT {gpu_libs.major(trt.__version__)} itself")
 
 
+def tensorrt_ep_precision(precision: str) -> dict:
+    """The TensorRT EP's precision switches for an artifact of `precision`, here and in Triton's configs.
+    Precision is in the graph (FP16 weights, or Q/DQ nodes for INT8): FP16 is never switched on, so TensorRT
+    does not lower the LayerNorm, Softmax and tail an FP16 export kept in FP32; INT8 is on for Q/DQ graphs."""
+    return {"trt_fp16_enable": False, "trt_int8_enable": precision == "int8"}
+
+
 def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: str, options: BackendOptions) -> dict:
     """TensorRT EP settings: caches under clipscan's cache folder, an explicit batch profile, precision from the graph."""
     # engines built with and without TF32 differ: they never share a cache folder
@@ -97,9 +104,7 @@ def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: s
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache),
         "trt_max_workspace_size": options.workspace_bytes,
-        # precision is in the graph: FP16 weights or Q/DQ nodes; never let TensorRT lower FP32 layers itself
-        "trt_fp16_enable": False,
-        "trt_int8_enable": precision == "int8",
+        **tensorrt_ep_precision(precision),
         "trt_profile_min_shapes": shapes["min"],
         "trt_profile_opt_shapes": shapes["opt"],
         "trt_profile_max_shapes": shapes["max"],
