@@ -287,3 +287,23 @@ def test_the_tensorrt_ep_refuses_another_tensorrt_major(ort_gpu_dir, tmp_path):
     assert ("TensorRT EP links TensorRT 10 (libnvinfer.so.10) but the installed tensorrt is 11.4.0.106: "
             "pip install 'tensorrt-cu13>=10.13,<11' for this backend, or use --backend tensorrt") in line
     assert "missing libnvinfer.so.10" not in line, "the mismatch is said once"
+
+
+# -- the extras and the docs say what the tables say ------------------------------------------------------
+
+def test_extras_and_docs_state_the_gpu_facts_of_the_tables():
+    import tomllib
+
+    from .conftest import REPO
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    requirement = re.compile(r"'([^']+)'")
+    assert requirement.search(gpu_libs.ORT_GPU_LIBS_PIP).group(1) in " ".join(extras["gpu"]).replace(">=1.31", "")
+    assert requirement.search(gpu_libs.TENSORRT_10_PIP).group(1) in extras["tensorrt"]
+    page = (REPO / "docs" / "guides" / "backends.md").read_text()
+    cuda = ort_gpu.DEFAULT_CUDA_MAJOR
+    assert f"**CUDA {cuda}**" in page and f"**{gpu_libs.MIN_DRIVER[cuda]}** branch" in page
+    for backend in ("cuda", "ort-tensorrt"):
+        for soname, _ in gpu_libs.libraries_for(backend, cuda):
+            assert f"`{soname}`" in page, soname
+    assert f"TensorRT **{gpu_libs.ORT_TRT_EP_TENSORRT_MAJOR}**" in page
