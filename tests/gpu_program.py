@@ -92,6 +92,7 @@ def main(spec_path: str) -> int:
     result["reference"] = reference
     first, scanner = scan(spec["models"]["fp32"], backend, spec)
     result["fp32"] = first
+    result["first_log"] = list(log.messages)
     result["settings"] = settings(scanner, spec)
     result["batches"] = batches(scanner, spec)
     scanner.close()

@@ -124,8 +124,10 @@ def test_gpu_backend(backend, status, artifacts, photos, tmp_path):
         assert s["provider_options"]["CUDAExecutionProvider"]["use_tf32"] == "0"
     if backend == "ort-tensorrt":
         assert s["providers"][0] == "TensorrtExecutionProvider" and s["NVIDIA_TF32_OVERRIDE"] == "0"
-    if backend != "tensorrt":
+    if backend == "ort-tensorrt":
         assert s["disable_cpu_ep_fallback"] == "1", "no node may run on the CPU"
+    if backend == "cuda":   # started, so its profiled warm-up found no compute node on the CPU
+        assert not any("run on the CPU" in m for m in r["first_log"]), r["first_log"]
     # fidelity per precision (INT8 only in its TensorRT-target form, and only on the TensorRT backends)
     for precision in ("fp32", "fp16") + (("int8",) if backend != "cuda" else ()):
         agree(r[precision], r["reference"], precision)

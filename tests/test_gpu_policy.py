@@ -23,7 +23,7 @@ import pytest
 
 from clipscan.runtime import BackendError
 from clipscan.runtime.artifact import load_artifact
-from clipscan.runtime.backends import gpu_libs, ort_gpu
+from clipscan.runtime.backends import gpu_libs, ort_gpu, placement
 from clipscan.runtime.backends.base import BackendOptions, tf32_tag
 from clipscan.runtime.backends.engine_cache import BatchProfile, EngineCache, EngineKey, write_atomic
 from clipscan.runtime.backends.int8_target import refuse_cpu_target_int8
@@ -109,20 +109,59 @@ def test_the_tensorrt_ep_turns_tf32_off_through_nvidias_override(monkeypatch):
         ort_gpu.tensorrt_ep_tf32(BackendOptions(tf32=True))
 
 
-def test_gpu_sessions_refuse_partial_cpu_placement_unless_opted_in(monkeypatch, caplog):
+def test_the_tensorrt_ep_session_forbids_cpu_fallback_unless_opted_in(monkeypatch, caplog):
     import onnxruntime as ort
 
     monkeypatch.delenv("CLIPSCAN_ALLOW_CPU_PLACEMENT", raising=False)
     so = ort.SessionOptions()
-    ort_gpu.apply_placement_policy(so, ort_gpu.CUDA_EP, BackendOptions())
-    assert so.get_session_config_entry(ort_gpu.PLACEMENT_KEY) == "1"
+    placement.forbid_cpu_fallback(so, ort_gpu.TRT_EP, BackendOptions().allow_cpu_placement)
+    assert so.get_session_config_entry(placement.PLACEMENT_KEY) == "1"
     caplog.set_level(logging.WARNING, logger="clipscan.backends")
-    opted = ort.SessionOptions()
     monkeypatch.setenv("CLIPSCAN_ALLOW_CPU_PLACEMENT", "1")
-    ort_gpu.apply_placement_policy(opted, ort_gpu.TRT_EP, BackendOptions())
+    opted = ort.SessionOptions()
+    placement.forbid_cpu_fallback(opted, ort_gpu.TRT_EP, BackendOptions().allow_cpu_placement)
     with pytest.raises(Exception, match="does not have configuration"):
-        opted.get_session_config_entry(ort_gpu.PLACEMENT_KEY)
+        opted.get_session_config_entry(placement.PLACEMENT_KEY)
     assert "may run on the CPU (allow_cpu_placement is on)" in caplog.text
+
+
+def _profiled_cpu_session():
+    """A real session whose profile says every node ran on the CPU: what a CUDA EP session that left its
+    compute to the CPU would report."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    folder = placement.start_profile(so)
+    session = ort.InferenceSession(str(load_artifact(None).path), so, providers=["CPUExecutionProvider"])
+    return session, folder
+
+
+def test_compute_left_on_the_cpu_is_refused_but_shape_computations_are_not(caplog):
+    session, folder = _profiled_cpu_session()
+    try:
+        with pytest.raises(BackendError, match=r"CUDAExecutionProvider left \d+ compute node\(s\) of this graph to "
+                                               r"the CPU \(.*Conv .*CLIPSCAN_ALLOW_CPU_PLACEMENT=1"):
+            placement.check_compute_placement(session, ort_gpu.CUDA_EP, allow=False)
+    finally:
+        shutil.rmtree(folder)
+    session, folder = _profiled_cpu_session()
+    try:
+        session.run(None, placement.warmup_feeds(session))
+        events = json.loads(Path(session.end_profiling()).read_text())
+    finally:
+        shutil.rmtree(folder)
+    flagged = placement.cpu_compute_nodes(events, ort_gpu.CUDA_EP)
+    ops = {n.split()[0] for n in flagged}
+    assert {"Conv", "Gemm", "LayerNormalization", "Softmax"} <= ops
+    assert "Shape" not in ops, "int64 shape computations stay on the CPU on purpose"
+    assert placement.cpu_compute_nodes(events, "CPUExecutionProvider") == []
+    caplog.set_level(logging.WARNING, logger="clipscan.backends")
+    session, folder = _profiled_cpu_session()
+    try:
+        placement.check_compute_placement(session, ort_gpu.CUDA_EP, allow=True)
+    finally:
+        shutil.rmtree(folder)
+    assert "node(s) run on the CPU (allow_cpu_placement is on)" in caplog.text
 
 
 # -- INT8: what TensorRT gets -----------------------------------------------------------------------------
@@ -264,8 +303,9 @@ def test_onnxruntime_gpu_on_a_cpu_machine(ort_gpu_dir):
     rows = [json.loads(line) for line in forced.stdout.splitlines()]   # every stdout line is a row
     assert len(rows) == len(list(SAMPLES.iterdir())) and {r["backend"] for r in rows} == {"onnxruntime-cpu"}
     # the CPU fallback ORT attempted is an error, never a session that quietly runs on the CPU
-    assert "backend ort-tensorrt skipped" in forced.stderr and "backend cuda skipped" in forced.stderr
-    assert "fallback to CPU EP has been explicitly disabled" in forced.stderr
+    assert "backend ort-tensorrt skipped" in forced.stderr and "but also disabled fallback to" in forced.stderr
+    assert "backend cuda skipped: asked ONNX Runtime for CUDAExecutionProvider; the session came back on " \
+        "['CPUExecutionProvider']" in forced.stderr
 
 
 FAKE_TENSORRT = "__version__ = '11.4.0.106'\n"

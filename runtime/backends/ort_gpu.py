@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import logging
 import os
+import shutil
 
 import numpy as np
 
 from ..errors import BackendError
-from . import gpu_libs
+from . import gpu_libs, placement
 from .base import BackendOptions, tf32_tag
 from .engine_cache import BatchProfile
 from .quiet import stdout_to_stderr
 
 TRT_EP, CUDA_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider"
-log = logging.getLogger("clipscan.backends")
 
 
 def onnxruntime_flavour_problem() -> str | None:
@@ -121,10 +120,24 @@ class OrtGpuBackend:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        apply_placement_policy(so, provider, options)
+        profile_dir = None
+        if provider == TRT_EP:
+            placement.forbid_cpu_fallback(so, provider, bool(options.allow_cpu_placement))
+        else:
+            profile_dir = placement.start_profile(so)
         if provider_options.get("trt_engine_cache_path"):
             Path(provider_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         gpu_libs.preload_onnxruntime_libraries()
+        try:
+            self._start(ort, model_path, so, provider, provider_options, profile_dir, options)
+        finally:
+            if profile_dir is not None:
+                shutil.rmtree(profile_dir, ignore_errors=True)
+        self.name = name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _start(self, ort, model_path: Path, so, provider: str, provider_options: dict, profile_dir, options) -> None:
         try:
             # ONNX Runtime prints its "EP Error ... Falling back" banner on stdout: keep stdout for rows
             with stdout_to_stderr():
@@ -136,27 +149,14 @@ class OrtGpuBackend:
             raise BackendError(f"asked ONNX Runtime for {provider}; the session came back on {actual} "
                                "(its CUDA/TensorRT libraries did not load: `clipscan backends` names what is "
                                "missing)")
-        self.name = name
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        if profile_dir is not None:   # the CUDA EP: where did each node run?
+            placement.check_compute_placement(self.session, provider, bool(options.allow_cpu_placement))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def close(self) -> None:
         self.session = None
-
-
-PLACEMENT_KEY = "session.disable_cpu_ep_fallback"
-
-
-def apply_placement_policy(so, provider: str, options: BackendOptions) -> None:
-    """No silent partial CPU placement: nodes the GPU provider cannot take make session creation fail, unless
-    the caller opted in (allow_cpu_placement, CLIPSCAN_ALLOW_CPU_PLACEMENT=1), which is logged."""
-    if options.allow_cpu_placement:
-        log.warning("%s: nodes it cannot take may run on the CPU (allow_cpu_placement is on)", provider)
-        return
-    so.add_session_config_entry(PLACEMENT_KEY, "1")
 
 
 def cuda_ep_options(options: BackendOptions) -> dict:
