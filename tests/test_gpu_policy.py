@@ -183,6 +183,28 @@ def test_a_cpu_target_int8_artifact_is_refused_for_tensorrt(target, tmp_path):
     refuse_cpu_target_int8(load_artifact(None).manifest, "tensorrt")  # and so does a float artifact
 
 
+@pytest.mark.slow
+def test_the_calibration_target_is_read_from_real_int8_artifacts(tmp_path):
+    """`clipscan calibrate --target X` writes what the refusal reads (the demo model, 32 images)."""
+    from clipscan.cli import main
+    from clipscan.export import demo_data
+    from clipscan.runtime.backends import tensorrt_native
+
+    images, _ = demo_data.detector_set(32, seed=13)
+    (tmp_path / "images").mkdir()
+    for i, img in enumerate(images):
+        img.save(tmp_path / "images" / f"{i:03d}.png")
+    made = {}
+    for target in ("cpu", "tensorrt"):
+        made[target] = tmp_path / f"int8_{target}.onnx"
+        assert main(["calibrate", str(load_artifact(None).path), "--images", str(tmp_path / "images"), "-o",
+                     str(made[target]), "--target", target, "--no-progress", "--no-cache"]) == 0
+    cpu_target = load_artifact(made["cpu"])
+    with pytest.raises(BackendError, match="calibrated for target 'cpu'.*--target tensorrt"):
+        tensorrt_native.create(cpu_target.path, BackendOptions(cache_dir=str(tmp_path)), cpu_target.manifest)
+    refuse_cpu_target_int8(load_artifact(made["tensorrt"]).manifest, "tensorrt")
+
+
 # -- engine cache ------------------------------------------------------------------------------------------
 
 def _key(**changes) -> EngineKey:

@@ -190,6 +190,7 @@ def create_tensorrt_ep(model_path: Path, options: BackendOptions, manifest=None)
     from .int8_target import refuse_cpu_target_int8
 
     refuse_cpu_target_int8(manifest, "ort-tensorrt")
+    gpu_libs.tensorrt_module()   # a pip-installed TensorRT 10 puts its libraries in reach when imported
     chw = (3, *manifest.input.size)
     opts = tensorrt_ep_options(manifest.input.name, chw, manifest.precision, options)
     tensorrt_ep_tf32(options)
