@@ -7,10 +7,9 @@ is an error, which the fallback chain logs and the user can see.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 

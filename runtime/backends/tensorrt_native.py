@@ -19,8 +19,7 @@ import numpy as np
 
 from ..artifact import file_sha256
 from ..errors import BackendError
-from .base import BackendOptions
-from .base import tf32_tag
+from .base import BackendOptions, tf32_tag
 from .engine_cache import BatchProfile, EngineCache, EngineKey, write_atomic
 
 log = logging.getLogger("clipscan.backends.tensorrt")
