@@ -19,6 +19,7 @@ import threading
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clipscan.runtime import BackendError
@@ -369,3 +370,111 @@ def test_extras_and_docs_state_the_gpu_facts_of_the_tables():
         for soname, _ in gpu_libs.libraries_for(backend, cuda):
             assert f"`{soname}`" in page, soname
     assert f"TensorRT **{gpu_libs.ORT_TRT_EP_TENSORRT_MAJOR}**" in page
+
+
+# -- TensorRT's own runtime: device and memory handling (stand-ins for tensorrt and the CUDA runtime) -------
+
+class _FakeCudart:
+    """Records the CUDA runtime calls TensorrtBackend makes; host allocations are real memory (the backend
+    views them with numpy); the device allocation number `fail_malloc_at` fails."""
+
+    def __init__(self, fail_malloc_at: int | None = None):
+        import ctypes
+
+        self.ctypes, self.calls, self.buffers, self.mallocs, self.fail_at = ctypes, [], {}, 0, fail_malloc_at
+
+    def cudaSetDevice(self, i):
+        self.calls.append(("setdevice", i))
+        return (0,)
+
+    def cudaStreamCreate(self):
+        self.calls.append(("stream",))
+        return (0, 77)
+
+    def cudaMallocHost(self, n):
+        buf = self.ctypes.create_string_buffer(n)
+        ptr = self.ctypes.addressof(buf)
+        self.buffers[ptr] = buf
+        self.calls.append(("mallochost", ptr))
+        return (0, ptr)
+
+    def cudaMalloc(self, n):
+        self.mallocs += 1
+        if self.mallocs == self.fail_at:
+            return (2, None)   # cudaErrorMemoryAllocation
+        self.calls.append(("malloc", 1000 + self.mallocs))
+        return (0, 1000 + self.mallocs)
+
+    def cudaFreeHost(self, ptr):
+        self.calls.append(("freehost", ptr))
+
+    def cudaFree(self, ptr):
+        self.calls.append(("free", ptr))
+
+    def cudaStreamDestroy(self, s):
+        self.calls.append(("streamdestroy", s))
+
+
+def _fake_tensorrt():
+    class Engine:
+        num_io_tensors = 2
+        names = ["pixels", "p_generated"]
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "pixels" else "out"
+
+        def get_tensor_shape(self, name):
+            return (-1, 3, 224, 224) if name == "pixels" else (-1,)
+
+        def get_tensor_dtype(self, name):
+            return "f32"
+
+        def create_execution_context(self):
+            return types.SimpleNamespace(set_tensor_address=lambda name, ptr: None)
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, plan):
+            return Engine()
+
+    return types.SimpleNamespace(__version__="10.13.3.9", Logger=type("L", (), {"WARNING": 1, "__init__":
+                                 lambda self, level: None}), Runtime=Runtime,
+                                 TensorIOMode=types.SimpleNamespace(INPUT="in"), nptype=lambda dtype: np.float32)
+
+
+@pytest.mark.parametrize("fail_malloc_at", [None, 2])
+def test_the_tensorrt_backend_uses_its_device_and_frees_a_failed_start(fail_malloc_at, tmp_path, monkeypatch, caplog):
+    from clipscan.runtime.artifact import file_sha256
+    from clipscan.runtime.backends import cuda_device, tensorrt_native
+
+    artifact = load_artifact(None)
+    fake_trt, cudart = _fake_tensorrt(), _FakeCudart(fail_malloc_at)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    monkeypatch.setattr(cuda_device, "_cudart", lambda: cudart)
+    monkeypatch.setattr(cuda_device, "cuda_device", lambda i: cuda_device.CudaDevice(i, "NVIDIA H100", "9.0", "13.0",
+                                                                                      "13.0"))
+    options = BackendOptions(batch_size=8, max_batch=16, device_id=1, cache_dir=str(tmp_path))
+    key = EngineKey(onnx_sha256=file_sha256(artifact.path), precision=artifact.manifest.precision,
+                    profile=BatchProfile(1, 8, 16), tensorrt_version="10.13.3.9", gpu_name="NVIDIA H100",
+                    compute_capability="9.0", cuda_version="not-from-pip", tf32="off")
+    EngineCache(tmp_path / "tensorrt").store(artifact.path.stem, key, b"a cached plan")
+    caplog.set_level(logging.INFO, logger="clipscan.backends")
+    if fail_malloc_at is None:
+        backend = tensorrt_native.create(artifact.path, options, artifact.manifest)
+        assert backend.plan_from_cache and backend.name == "tensorrt[tf32=off]"
+        assert "loaded the cached TensorRT engine" in caplog.text, "the cached plan was used, not rebuilt"
+        backend.close()
+    else:
+        with pytest.raises(BackendError, match="TensorRT could not start: RuntimeError: CUDA call failed"):
+            tensorrt_native.create(artifact.path, options, artifact.manifest)
+    calls = cudart.calls
+    assert calls[0] == ("setdevice", 1), "device 1 is made current before anything is created"
+    allocated = {c[1] for c in calls if c[0] in ("mallochost", "malloc")}
+    freed = {c[1] for c in calls if c[0] in ("freehost", "free")}
+    assert allocated and freed == allocated, "every host and device buffer is freed (on close, or a failed start)"
+    assert ("streamdestroy", 77) in calls
