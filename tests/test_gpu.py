@@ -111,9 +111,10 @@ def agree(got: dict, ref: dict, precision: str) -> None:
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_backend(backend, status, artifacts, photos, tmp_path):
+def test_gpu_backend(backend, status, request, tmp_path):
     if status[backend] is not None:
         pytest.skip(f"{backend} cannot run here: {status[backend]}")
+    artifacts, photos = request.getfixturevalue("artifacts"), request.getfixturevalue("photos")  # built only if needed
     r = run_program(backend, artifacts, photos, tmp_path)
     assert r["torch_loaded"] is False
     # what ran, and its TF32 and placement policy
@@ -152,9 +153,10 @@ def test_gpu_backend(backend, status, artifacts, photos, tmp_path):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_torch_free_cli_scan_writes_only_rows(backend, status, artifacts, photos, tmp_path):
+def test_torch_free_cli_scan_writes_only_rows(backend, status, request, tmp_path):
     if status[backend] is not None:
         pytest.skip(f"{backend} cannot run here: {status[backend]}")
+    artifacts, photos = request.getfixturevalue("artifacts"), request.getfixturevalue("photos")
     proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", "--backend", backend, "--model",
                            artifacts["fp32"], str(photos)], capture_output=True, text=True,
                           env=block_torch_env(tmp_path), timeout=900)
