@@ -16,7 +16,8 @@ Stages, each timed and bounded by what is left of the budget (default 8 minutes)
                 products and a transformer block (LayerNorm, Softmax, GELU), TF32 on and off
   gpu_tests     pytest -m gpu on tests/test_gpu.py and tests/test_gpu_policy.py
   bench         `clipscan bench` (model-only) on every GPU backend that can run here, and the CPU
-                backend for reference, on the demo model
+                backend for reference: the demo model (FP32) and its INT8 calibrated here for TensorRT
+                (an FP16 artifact needs `clipscan export` and the PyTorch model: said, not run)
 
 Every stage that cannot run says why (no GPU, no torch CUDA, no GPU backend, no pytest, out of time).
 Results go to OUT_DIR/results.json and OUT_DIR/gpu_check.log; with no NVIDIA GPU visible (or
@@ -36,6 +37,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DEMO_MODEL = REPO / "runtime" / "models" / "demo.onnx"
 GPU_BACKENDS = ("tensorrt", "ort-tensorrt", "cuda")
 
 
@@ -242,15 +244,26 @@ class Check:
                        f"backends: {reasons}")
         if not reachable:
             raise Skip(f"no GPU backend can run here: {reasons}")
+        models, precisions = [str(DEMO_MODEL)], {"fp32": "the demo model"}
+        int8 = self.out / "demo_int8_tensorrt.onnx"
+        proc = self.run([sys.executable, "-m", "clipscan", "calibrate", str(DEMO_MODEL), "--images",
+                         str(REPO / "samples"), "-o", str(int8), "--target", "tensorrt", "--no-progress",
+                         "--no-cache", "--overwrite"], 120)
+        if proc.returncode == 0:
+            models.append(str(int8))
+            precisions["int8"] = "the demo model calibrated here for TensorRT (on the 4 sample images)"
+        else:
+            precisions["int8"] = f"not run: calibration failed ({proc.stderr.strip()[-300:]})"
+        precisions["fp16"] = "not run: an FP16 artifact is made by `clipscan export` from the PyTorch model"
         runs = {}
         for backend in [*reachable, "cpu"]:
             target = self.out / f"bench_{backend}.json"
             proc = self.run([sys.executable, "-m", "clipscan", "bench", "--backends", backend, "--mode", "model",
-                             "--batch-sizes", "1,8,32", "--max-seconds", "10", "--no-cold-start", "--json",
-                             str(target)], min(self.left() - 20, 150))
+                             "--batch-sizes", "1,8,32", "--max-seconds", "5", "--no-cold-start", "--json",
+                             str(target), *models], min(self.left() - 20, 150))
             runs[backend] = {"returncode": proc.returncode, "table": proc.stdout[-3000:],
                              "json": str(target) if target.exists() else None}
-        return {"backends": runs, "not_reachable": reasons}
+        return {"backends": runs, "precisions": precisions, "not_reachable": reasons}
 
 
 def main(argv=None) -> int:
