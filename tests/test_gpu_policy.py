@@ -41,13 +41,17 @@ SYSTEM_LIBS = {"libdl.so.2", "librt.so.1", "libpthread.so.0", "libstdc++.so.6", 
 
 # -- library lists and the GPU probe --------------------------------------------------------------------
 
+def _wheel_cuda_major(target: Path) -> int:
+    info = (target / "onnxruntime" / "capi" / "build_and_package_info.py").read_text()
+    return int(re.search(r"cuda_version = '(\d+)", info).group(1))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) is needed to read the wheel's links")
 def test_library_lists_are_what_the_provider_libraries_link(ort_gpu_dir):
     """The table is data; this holds it to the real onnxruntime-gpu wheel's provider libraries."""
     capi = ort_gpu_dir / "onnxruntime" / "capi"
-    info = (capi / "build_and_package_info.py").read_text()
-    cuda = int(re.search(r"cuda_version = '(\d+)", info).group(1))
+    cuda = _wheel_cuda_major(ort_gpu_dir)
     for backend, lib in (("cuda", "libonnxruntime_providers_cuda.so"),
                          ("ort-tensorrt", "libonnxruntime_providers_tensorrt.so")):
         out = subprocess.run(["readelf", "-d", str(capi / lib)], capture_output=True, text=True, check=True).stdout
@@ -307,7 +311,8 @@ def test_onnxruntime_gpu_on_a_cpu_machine(ort_gpu_dir):
         assert "unavailable:" in lines[name], lines[name]
         if not GPU_HERE:
             assert "no NVIDIA GPU driver" in lines[name], lines[name]
-    assert "missing libcublasLt.so.13, libcublas.so.13, libcurand.so.10" in lines["cuda"]
+    cuda = _wheel_cuda_major(ort_gpu_dir)
+    assert f"missing libcublasLt.so.{cuda}, libcublas.so.{cuda}, libcurand.so.10" in lines["cuda"]
     assert "install with pip install 'onnxruntime-gpu[cuda,cudnn]'" in lines["cuda"]
     assert "libnvinfer.so.10, libnvonnxparser.so.10: install with pip install 'tensorrt-cu13>=10.13,<11'" \
         in lines["ort-tensorrt"]
