@@ -78,7 +78,8 @@ def test_gpu_ensemble_with_the_tensorrt_accelerator(tmp_path):
     graph = cfgs["clipscan-demo_graph"]
     assert graph.platform == "onnxruntime_onnx" and (tmp_path / "clipscan-demo_graph" / "1" / "model.onnx").is_file()
     acc = graph.optimization.execution_accelerators.gpu_execution_accelerator[0]
-    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    # an FP16 graph carries its precision: TensorRT's FP16 lowering stays off, as in the runtime (test_triton_gpu.py)
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP32"
     assert [(g.kind, g.count) for g in graph.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 2)]
     assert graph.model_warmup[0].inputs["pixels"].zero_data
     ensemble = cfgs["clipscan-demo"]

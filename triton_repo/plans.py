@@ -61,6 +61,14 @@ class Plan:
 
 
 def plans_by_generation(plans: list[Plan]) -> dict[str, Plan]:
+    """Plans by compute capability. They must all come from one TensorRT version: a plan loads only in the
+    TensorRT build that made it (clipscan builds no VERSION_COMPATIBLE plans; the sidecar records
+    version_compatible: false), and one Triton runs one TensorRT."""
+    versions = sorted({p.tensorrt_version for p in plans})
+    if len(versions) > 1:
+        raise InvalidArgumentError(f"the --plan files come from TensorRT {' and '.join(versions)}; a plan loads only "
+                                   "in the TensorRT version that built it and one Triton runs one TensorRT: build "
+                                   "every plan with the TensorRT of the Triton release that will serve them")
     out: dict[str, Plan] = {}
     for p in plans:
         if p.compute_capability in out:

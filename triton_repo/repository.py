@@ -28,7 +28,7 @@ from clipscan.version import __version__
 from . import configs, shim
 from .ensemble_steps import check_one_row_per_image
 from .pbtxt import to_pbtxt
-from .plans import Plan
+from .plans import Plan, plans_by_generation
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan", "python")
@@ -199,9 +199,9 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     manifest = artifact.manifest
     check_one_row_per_image(manifest)
     pre, graph, post = f"{name}_preprocess", f"{name}_graph", f"{name}_postprocess"
-    g_inputs, g_outputs = graph_tensors(artifact.path)
+    g_inputs, all_outputs = graph_tensors(artifact.path)
     wanted = set(manifest.output_names())
-    g_outputs = [(s, d) for s, d in g_outputs if s.name in wanted]
+    g_outputs = [(s, d) for s, d in all_outputs if s.name in wanted]
     h, w = manifest.input.size
     pixels = TensorSpec("pixels", DATATYPES[manifest.input.dtype], (3, h, w))
     error = TensorSpec("error", "BYTES", ())
@@ -220,7 +220,7 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     if opts.graph == "onnx":
         shutil.copy2(artifact.path, folder / "1" / "model.onnx")
     elif opts.graph == "plan":
-        cc = {p.compute_capability: p.file_name for p in opts.plans}
+        cc = {c: p.file_name for c, p in plans_by_generation(opts.plans).items()}
         for p in opts.plans:
             p.check_for(artifact, opts.max_batch)
             shutil.copy2(p.path, folder / "1" / p.file_name)
@@ -235,7 +235,9 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
         writer.config(folder, configs.graph_model(graph, g_inputs, g_outputs, platform=platform,
                                                   max_batch=opts.max_batch, queue_delay_us=opts.queue_delay_us,
                                                   count=opts.instances, precision=opts.precision or manifest.precision,
-                                                  cc_model_filenames=cc))
+                                                  cc_model_filenames=cc,
+                                                  extra_outputs=[o for o in all_outputs if o not in g_outputs]
+                                                  if opts.graph == "plan" else None))
 
     folder = writer.folder(post)
     _python_files(folder, artifact, "PostprocessModel", site_dirs, python)

@@ -20,6 +20,7 @@ def run(args) -> int:
     problem = onnxruntime_flavour_problem()
     if problem:
         print(f"warning: {problem}")
-    print("'available' means the package and device are present; whether a GPU session really runs on the GPU "
-          "is checked when it starts (a scan logs the backend that ran)")
+    print("'available' means the package, an NVIDIA GPU with a driver for the build's CUDA, and the libraries the "
+          "backend links are present; whether a GPU session really runs on the GPU is checked again when it starts "
+          "(a scan logs the backend that ran, and each row records it)")
     return EXIT_OK

@@ -20,14 +20,15 @@ log = logging.getLogger("clipscan.backends")
 
 def registry() -> dict[str, BackendEntry]:
     # the modules are cheap: onnxruntime, tensorrt and cuda-python are imported only when probed or created
-    from . import openvino_cpu, ort_cpu, ort_gpu, tensorrt_native
+    from . import gpu_libs, openvino_cpu, ort_cpu, ort_gpu, tensorrt_native
 
     entries = [
-        BackendEntry("tensorrt", "TensorRT runtime, engine cache", "pip install 'clipscan[tensorrt]' (and a CUDA GPU)",
+        BackendEntry("tensorrt", "TensorRT runtime, engine cache", f"{gpu_libs.TENSORRT_PIP} (and a CUDA GPU)",
                      tensorrt_native.unavailable_reason, tensorrt_native.create),
-        BackendEntry("ort-tensorrt", "ONNX Runtime, TensorrtExecutionProvider", "pip install 'clipscan[gpu]'",
+        BackendEntry("ort-tensorrt", "ONNX Runtime, TensorrtExecutionProvider",
+                     f"pip install 'clipscan[gpu]' and {gpu_libs.TENSORRT_10_PIP} (and a CUDA GPU)",
                      lambda: ort_gpu.provider_unavailable_reason(ort_gpu.TRT_EP), ort_gpu.create_tensorrt_ep),
-        BackendEntry("cuda", "ONNX Runtime, CUDAExecutionProvider", "pip install 'clipscan[gpu]'",
+        BackendEntry("cuda", "ONNX Runtime, CUDAExecutionProvider", "pip install 'clipscan[gpu]' (and a CUDA GPU)",
                      lambda: ort_gpu.provider_unavailable_reason(ort_gpu.CUDA_EP), ort_gpu.create_cuda),
         BackendEntry("cpu", "ONNX Runtime, CPUExecutionProvider",
                      "pip install clipscan (onnxruntime is a base dependency)",

@@ -5,6 +5,7 @@ A backend owns one loaded model. `run` takes {input_name: array} and returns
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
@@ -32,12 +33,27 @@ class BackendOptions:
     workspace_bytes: int = 2 << 30  # TensorRT builder workspace
     spin: bool = True               # CPU worker threads spin-wait between calls (lowest latency when inference is
                                     # all the process does; off leaves the cores to concurrent decoding)
+    # GPU precision and placement policy (None: from the environment, see GPU_POLICY_ENV; off unless asked)
+    tf32: bool | None = None        # TF32 matrix products in FP32 layers (TensorRT, the CUDA EP); off keeps FP32 FP32
+    allow_cpu_placement: bool | None = None  # let ONNX Runtime put nodes a GPU EP cannot take on the CPU
 
     def __post_init__(self):
         if not self.cache_dir:
             from .engine_cache import DEFAULT_CACHE_DIR
 
             object.__setattr__(self, "cache_dir", str(DEFAULT_CACHE_DIR))
+        for field_name, env in GPU_POLICY_ENV.items():
+            if getattr(self, field_name) is None:
+                object.__setattr__(self, field_name, os.environ.get(env, "0").strip().lower() in ("1", "true", "yes"))
+
+
+def tf32_tag(options: BackendOptions) -> str:
+    """What a GPU backend's name (and so every result row) records about TF32, e.g. 'tensorrt[tf32=off]'."""
+    return f"[tf32={'on' if options.tf32 else 'off'}]"
+
+
+# BackendOptions field -> the environment variable that turns it on when the caller leaves it unset
+GPU_POLICY_ENV = {"tf32": "CLIPSCAN_TF32", "allow_cpu_placement": "CLIPSCAN_ALLOW_CPU_PLACEMENT"}
 
 
 @dataclass(frozen=True)

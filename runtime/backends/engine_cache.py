@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,8 +49,9 @@ class EngineKey:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
-    cuda_version: str
-    builder: str = "clipscan-trt/1"   # bump when the build recipe (flags, workspace policy) changes
+    cuda_version: str                 # the CUDA TensorRT itself was built for (not cuda-python's)
+    tf32: str = "off"                 # TF32 in FP32 layers ("on" only when asked): it changes the plan's numbers
+    builder: str = "clipscan-trt/2"   # bump when the build recipe (flags, workspace policy) changes
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -88,11 +90,27 @@ class EngineCache:
         return data
 
     def store(self, name: str, key: EngineKey, plan_bytes: bytes) -> Path:
+        """Write the plan, then its sidecar, each whole or not at all (concurrent builders of one key each
+        write their own temporary file; the last rename wins, and both plans are valid for the key)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         plan, sidecar = self.paths(name, key)
-        tmp = plan.with_suffix(".plan.tmp")
-        tmp.write_bytes(plan_bytes)
-        tmp.replace(plan)
-        sidecar.write_text(json.dumps({"key": key.to_dict(), "bytes": len(plan_bytes),
-                                       "sha256": hashlib.sha256(plan_bytes).hexdigest()}, indent=1))
+        write_atomic(plan, plan_bytes)
+        # version_compatible: plans are built for exactly the TensorRT that made them (no VERSION_COMPATIBLE
+        # flag), so a consumer (Triton's tensorrt backend) must run that same TensorRT version
+        record = {"key": key.to_dict(), "bytes": len(plan_bytes), "sha256": hashlib.sha256(plan_bytes).hexdigest(),
+                  "version_compatible": False}
+        write_atomic(sidecar, json.dumps(record, indent=1).encode())
         return plan
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a uniquely named temporary file in the same folder, renamed over `path`
+    only when complete: readers see the old file or the new one, and concurrent writers never share a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -7,13 +7,17 @@ is an error, which the fallback chain logs and the user can see.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError
-from .base import BackendOptions
+from . import gpu_libs, placement
+from .base import BackendOptions, tf32_tag
 from .engine_cache import BatchProfile
+from .quiet import stdout_to_stderr
 
 TRT_EP, CUDA_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider"
 
@@ -34,7 +38,12 @@ def onnxruntime_flavour_problem() -> str | None:
     return None
 
 
+BACKEND_OF = {TRT_EP: "ort-tensorrt", CUDA_EP: "cuda"}
+
+
 def provider_unavailable_reason(provider: str) -> str | None:
+    """Why `provider` cannot run here, naming every missing piece (provider, GPU, driver, library) with its fix;
+    None when it can be tried. A provider compiled into onnxruntime-gpu is not enough."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -43,12 +52,47 @@ def provider_unavailable_reason(provider: str) -> str | None:
     if provider not in available:
         return (f"this onnxruntime build ({ort.__version__}) has no {provider} (it has {available}); "
                 "install the GPU build: pip install 'clipscan[gpu]'")
-    return None
+    pieces = []
+    gpu = gpu_libs.nvidia_gpu()
+    cuda = gpu_libs.onnxruntime_cuda_major() or DEFAULT_CUDA_MAJOR
+    pieces.append(gpu.problem or gpu.driver_problem(cuda, f"onnxruntime-gpu {ort.__version__}"))
+    gpu_libs.preload_onnxruntime_libraries()
+    needed = gpu_libs.libraries_for(BACKEND_OF[provider], cuda)
+    if provider == TRT_EP:
+        mismatch = tensorrt_major_problem(ort.__version__)
+        if mismatch:
+            pieces.append(mismatch)
+            needed = [(lib, pip) for lib, pip in needed if pip != gpu_libs.TENSORRT_10_PIP]
+    pieces.append(gpu_libs.describe_missing(gpu_libs.missing_libraries(needed)))
+    return "; ".join(p for p in pieces if p) or None
+
+
+DEFAULT_CUDA_MAJOR = 13   # what onnxruntime-gpu targets when its build information does not say
+
+
+def tensorrt_major_problem(ort_version: str) -> str | None:
+    """The ONNX Runtime TensorRT EP links one TensorRT major; a pip-installed tensorrt of another major is
+    refused in one sentence naming what to install (importing the right one puts its libraries in reach)."""
+    trt, _ = gpu_libs.tensorrt_module()
+    want = gpu_libs.ORT_TRT_EP_TENSORRT_MAJOR
+    if trt is None or gpu_libs.major(trt.__version__) == want:
+        return None
+    return (f"onnxruntime-gpu {ort_version}'s TensorRT EP links TensorRT {want} (libnvinfer.so.{want}) but the "
+            f"installed tensorrt is {trt.__version__}: {gpu_libs.TENSORRT_10_PIP} for this backend, or use "
+            f"--backend tensorrt, which runs TensorRT {gpu_libs.major(trt.__version__)} itself")
+
+
+def tensorrt_ep_precision(precision: str) -> dict:
+    """The TensorRT EP's precision switches for an artifact of `precision`, here and in Triton's configs.
+    Precision is in the graph (FP16 weights, or Q/DQ nodes for INT8): FP16 is never switched on, so TensorRT
+    does not lower the LayerNorm, Softmax and tail an FP16 export kept in FP32; INT8 is on for Q/DQ graphs."""
+    return {"trt_fp16_enable": False, "trt_int8_enable": precision == "int8"}
 
 
 def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: str, options: BackendOptions) -> dict:
     """TensorRT EP settings: caches under clipscan's cache folder, an explicit batch profile, precision from the graph."""
-    cache = Path(options.cache_dir) / "ort-tensorrt"
+    # engines built with and without TF32 differ: they never share a cache folder
+    cache = Path(options.cache_dir) / "ort-tensorrt" / f"tf32-{'on' if options.tf32 else 'off'}"
     profile = BatchProfile.for_batch_size(options.batch_size, options.max_batch)
     shapes = {k: f"{input_name}:" + "x".join(str(d) for d in v) for k, v in profile.shapes(chw).items()}
     return {
@@ -58,9 +102,7 @@ def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: s
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache),
         "trt_max_workspace_size": options.workspace_bytes,
-        # precision is in the graph: FP16 weights or Q/DQ nodes; never let TensorRT lower FP32 layers itself
-        "trt_fp16_enable": False,
-        "trt_int8_enable": precision == "int8",
+        **tensorrt_ep_precision(precision),
         "trt_profile_min_shapes": shapes["min"],
         "trt_profile_opt_shapes": shapes["opt"],
         "trt_profile_max_shapes": shapes["max"],
@@ -77,20 +119,37 @@ class OrtGpuBackend:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        profile_dir = None
+        if provider == TRT_EP:
+            placement.forbid_cpu_fallback(so, provider, bool(options.allow_cpu_placement))
+        else:
+            profile_dir = placement.start_profile(so)
         if provider_options.get("trt_engine_cache_path"):
             Path(provider_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        gpu_libs.preload_onnxruntime_libraries()
         try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=[(provider, provider_options)])
+            self._start(ort, model_path, so, provider, provider_options, profile_dir, options)
+        finally:
+            if profile_dir is not None:
+                shutil.rmtree(profile_dir, ignore_errors=True)
+        self.name = name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _start(self, ort, model_path: Path, so, provider: str, provider_options: dict, profile_dir, options) -> None:
+        try:
+            # ONNX Runtime prints its "EP Error ... Falling back" banner on stdout: keep stdout for rows
+            with stdout_to_stderr():
+                self.session = ort.InferenceSession(str(model_path), so, providers=[(provider, provider_options)])
         except Exception as e:
             raise BackendError(f"ONNX Runtime could not create a {provider} session for {model_path}: {e}") from e
         actual = self.session.get_providers()
         if not actual or actual[0] != provider:
             raise BackendError(f"asked ONNX Runtime for {provider}; the session came back on {actual} "
-                               "(its CUDA/TensorRT libraries did not load: check the CUDA, cuDNN and TensorRT "
-                               "versions this onnxruntime-gpu needs)")
-        self.name = name
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+                               "(its CUDA/TensorRT libraries did not load: `clipscan backends` names what is "
+                               "missing)")
+        if profile_dir is not None:   # the CUDA EP: where did each node run?
+            placement.check_compute_placement(self.session, provider, bool(options.allow_cpu_placement))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
@@ -99,13 +158,39 @@ class OrtGpuBackend:
         self.session = None
 
 
+def cuda_ep_options(options: BackendOptions) -> dict:
+    return {"device_id": options.device_id, "use_tf32": int(bool(options.tf32))}
+
+
+TF32_OVERRIDE_ENV = "NVIDIA_TF32_OVERRIDE"
+
+
+def tensorrt_ep_tf32(options: BackendOptions) -> None:
+    """The ONNX Runtime TensorRT EP has no TF32 option; NVIDIA's libraries (TensorRT, cuBLAS, cuDNN) read
+    NVIDIA_TF32_OVERRIDE=0 and then never use TF32. It is process-wide, so it is set only to turn TF32 off,
+    and an existing setting of the user's is refused when it contradicts the asked policy."""
+    current = os.environ.get(TF32_OVERRIDE_ENV)
+    if options.tf32:
+        if current == "0":
+            raise BackendError(f"TF32 was asked for, but {TF32_OVERRIDE_ENV}=0 is set in the environment and "
+                               "forbids it: unset it, or leave TF32 off")
+        return
+    os.environ[TF32_OVERRIDE_ENV] = "0"
+
+
 def create_cuda(model_path: Path, options: BackendOptions, manifest=None) -> OrtGpuBackend:
-    return OrtGpuBackend(model_path, CUDA_EP, {"device_id": options.device_id}, "onnxruntime-cuda", options)
+    return OrtGpuBackend(model_path, CUDA_EP, cuda_ep_options(options), "onnxruntime-cuda" + tf32_tag(options),
+                         options)
 
 
 def create_tensorrt_ep(model_path: Path, options: BackendOptions, manifest=None) -> OrtGpuBackend:
     if manifest is None:
         raise BackendError("the ONNX Runtime TensorRT backend needs the model's manifest (input name and size)")
+    from .int8_target import refuse_cpu_target_int8
+
+    refuse_cpu_target_int8(manifest, "ort-tensorrt")
+    gpu_libs.tensorrt_module()   # a pip-installed TensorRT 10 puts its libraries in reach when imported
     chw = (3, *manifest.input.size)
     opts = tensorrt_ep_options(manifest.input.name, chw, manifest.precision, options)
-    return OrtGpuBackend(model_path, TRT_EP, opts, "onnxruntime-tensorrt", options)
+    tensorrt_ep_tf32(options)
+    return OrtGpuBackend(model_path, TRT_EP, opts, "onnxruntime-tensorrt" + tf32_tag(options), options)

@@ -19,22 +19,28 @@ import numpy as np
 
 from ..artifact import file_sha256
 from ..errors import BackendError
-from .base import BackendOptions
-from .engine_cache import BatchProfile, EngineCache, EngineKey
+from .base import BackendOptions, tf32_tag
+from .engine_cache import BatchProfile, EngineCache, EngineKey, write_atomic
 
 log = logging.getLogger("clipscan.backends.tensorrt")
 
 
 def unavailable_reason() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as e:
-        return f"the tensorrt package is not installed ({e}); pip install 'clipscan[tensorrt]'"
-    except Exception as e:  # its shared libraries can fail to load
-        return f"tensorrt cannot be imported ({type(e).__name__}: {e})"
-    from .cuda_device import cuda_unavailable_reason
+    """Why TensorRT's own runtime cannot run here (every missing piece, with its fix), or None."""
+    from . import gpu_libs
 
-    return cuda_unavailable_reason()
+    trt, problem = gpu_libs.tensorrt_module()
+    pieces = [f"{problem}; {gpu_libs.TENSORRT_PIP}" if problem else None]
+    gpu = gpu_libs.nvidia_gpu()
+    pieces.append(gpu.problem)
+    if trt is not None and gpu.problem is None:
+        cuda = gpu_libs.tensorrt_cuda_major(trt.__version__)
+        pieces.append(gpu.driver_problem(cuda, f"TensorRT {trt.__version__}") if cuda else None)
+    if not any(pieces):
+        from .cuda_device import cuda_unavailable_reason
+
+        pieces.append(cuda_unavailable_reason())
+    return "; ".join(p for p in pieces if p) or None
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,6 @@ def legacy_precision_flags(trt, precision: str) -> list:
 
 
 class TensorrtBackend:
-    name = "tensorrt"
-
     def __init__(self, model_path: Path, options: BackendOptions, manifest):
         import tensorrt as trt
 
@@ -86,20 +90,27 @@ class TensorrtBackend:
 
         self.trt = trt
         self.cudart = cuda_device._cudart()
+        self.device_id = options.device_id
         self.device = cuda_device.cuda_device(options.device_id)
+        self._use_device()   # the engine, stream and buffers below belong to this device
+        self.name = "tensorrt" + tf32_tag(options)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.profile = BatchProfile.for_batch_size(options.batch_size, options.max_batch)
         chw = (3, *manifest.input.size)
         key = EngineKey(onnx_sha256=file_sha256(model_path), precision=manifest.precision, profile=self.profile,
                         tensorrt_version=trt.__version__, gpu_name=self.device.name,
-                        compute_capability=self.device.compute_capability, cuda_version=self.device.cuda_runtime)
+                        compute_capability=self.device.compute_capability, cuda_version=tensorrt_cuda(trt),
+                        tf32="on" if options.tf32 else "off")
         cache = EngineCache(Path(options.cache_dir) / "tensorrt")
         plan = cache.load(model_path.stem, key)
+        self.plan_path, self.plan_from_cache = cache.paths(model_path.stem, key)[0], plan is not None
         if plan is None:
             log.info("building a TensorRT %s engine for %s (profile %s); cached for next time",
                      trt.__version__, model_path.name, self.profile)
             plan = self._build(model_path, manifest, chw, cache, key, options)
-            cache.store(model_path.stem, key, plan)
+            self.plan_path = cache.store(model_path.stem, key, plan)
+        else:
+            log.info("loaded the cached TensorRT engine %s", self.plan_path)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
         if self.engine is None:
             raise BackendError(f"TensorRT could not deserialize the engine for {model_path}")
@@ -107,8 +118,19 @@ class TensorrtBackend:
         self.tensors = self._io_tensors()
         self.input_names = [t.name for t in self.tensors if t.is_input]
         self.output_names = [t.name for t in self.tensors if not t.is_input]
-        self.stream = cuda_device.check(self.cudart.cudaStreamCreate())
-        self._alloc()
+        self.host, self.device_ptrs, self.stream = {}, {}, None
+        try:
+            self.stream = cuda_device.check(self.cudart.cudaStreamCreate())
+            self._alloc()
+        except BaseException:
+            self.close()   # a failed start frees what it allocated (pinned host and device memory, the stream)
+            raise
+
+    def _use_device(self) -> None:
+        """Make this backend's GPU current in the calling thread (CUDA's current device is per thread)."""
+        from .cuda_device import check
+
+        check(self.cudart.cudaSetDevice(self.device_id))
 
     def _build(self, model_path: Path, manifest, chw, cache: EngineCache, key: EngineKey,
                options: BackendOptions) -> bytes:
@@ -123,6 +145,8 @@ class TensorrtBackend:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
         for flag in legacy_precision_flags(trt, manifest.precision):
             config.set_flag(flag)
+        for flag in tf32_flags(trt, options.tf32):
+            config.clear_flag(flag)
         profile = builder.create_optimization_profile()
         shapes = self.profile.shapes(chw)
         profile.set_shape(manifest.input.name, shapes["min"], shapes["opt"], shapes["max"])
@@ -134,7 +158,7 @@ class TensorrtBackend:
         if plan is None:
             raise BackendError(f"TensorRT failed to build an engine for {model_path} (see its log above)")
         timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
         return bytes(plan)
 
     def _io_tensors(self) -> list[IoTensor]:
@@ -166,6 +190,7 @@ class TensorrtBackend:
         from .cuda_device import check
 
         cudart = self.cudart
+        self._use_device()
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         batch = next(iter(feeds.values())).shape[0]
         if not self.profile.min <= batch <= self.profile.max:
@@ -195,6 +220,8 @@ class TensorrtBackend:
         cudart = getattr(self, "cudart", None)
         if cudart is None:
             return
+        if getattr(self, "device_id", None) is not None:
+            cudart.cudaSetDevice(self.device_id)
         for ptr, _ in getattr(self, "host", {}).values():
             cudart.cudaFreeHost(ptr)
         for ptr in getattr(self, "device_ptrs", {}).values():
@@ -202,6 +229,7 @@ class TensorrtBackend:
         if getattr(self, "stream", None) is not None:
             cudart.cudaStreamDestroy(self.stream)
         self.host, self.device_ptrs, self.stream = {}, {}, None
+        self.context = self.engine = None   # the engine's own device memory goes with them
 
 
 def _handle(stream) -> int:
@@ -210,9 +238,26 @@ def _handle(stream) -> int:
     return int(stream)
 
 
+def tf32_flags(trt, tf32: bool) -> list:
+    """Builder flags to clear: TF32 (on by default in TensorRT) unless asked for, so FP32 layers compute in FP32."""
+    flag = getattr(trt.BuilderFlag, "TF32", None)
+    return [] if tf32 or flag is None else [flag]
+
+
+def tensorrt_cuda(trt) -> str:
+    """The CUDA major TensorRT itself was built for (its pip distribution says), for the engine key."""
+    from .gpu_libs import tensorrt_cuda_major
+
+    major = tensorrt_cuda_major(trt.__version__)
+    return str(major) if major is not None else "not-from-pip"
+
+
 def create(model_path: Path, options: BackendOptions, manifest=None) -> TensorrtBackend:
     if manifest is None:
         raise BackendError("the TensorRT backend needs the model's manifest (input name, size, precision)")
+    from .int8_target import refuse_cpu_target_int8
+
+    refuse_cpu_target_int8(manifest, "tensorrt")
     try:
         return TensorrtBackend(model_path, options, manifest)
     except BackendError:

@@ -1,0 +1,32 @@
+"""Which INT8 artifact TensorRT can take: the one calibrated for it.
+
+`clipscan calibrate` writes INT8 for one target, recorded in the manifest (calibration.target).
+The cpu target is asymmetric QDQ (non-zero zero points) and, by default, fuses attention into
+ONNX's Attention node: TensorRT refuses both ("Non-zero zero point is not supported"). So a
+TensorRT backend refuses such an artifact up front, with the command that makes the right one,
+instead of failing deep in its parser (or, under `auto`, quietly falling back to the CPU).
+"""
+from __future__ import annotations
+
+from ..errors import BackendError
+
+TENSORRT_TARGET = "tensorrt"
+
+
+def calibration_target(manifest) -> str | None:
+    calibration = getattr(manifest, "calibration", None) or {}
+    return calibration.get("target") if isinstance(calibration, dict) else None
+
+
+def refuse_cpu_target_int8(manifest, backend: str) -> None:
+    """Raise for an INT8 artifact that was not calibrated for TensorRT; FP32/FP16 artifacts pass."""
+    if getattr(manifest, "precision", None) != "int8":
+        return
+    target = calibration_target(manifest)
+    if target == TENSORRT_TARGET:
+        return
+    recorded = f"was calibrated for target {target!r}" if target else "does not record its calibration target"
+    raise BackendError(f"backend {backend!r} runs TensorRT, and this INT8 artifact {recorded} (asymmetric QDQ "
+                       "and fused attention, which TensorRT refuses); make a TensorRT one from the FP32 artifact: "
+                       "clipscan calibrate FP32_MODEL --images DIR -o OUTPUT --target tensorrt, or scan this one "
+                       "with --backend cpu")
