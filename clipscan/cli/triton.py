@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
                    help="a TensorRT plan built by clipscan's tensorrt backend (its .json sidecar next to it names "
                         "the GPU generation); one per compute capability, repeatable")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                   help="the TensorRT accelerator's precision (default: the artifact's)")
+                   help="the artifact precision the TensorRT accelerator is configured for (default: the artifact's); precision lives in the graph, so fp16 never switches TensorRT's own FP16 lowering on (the FP32-kept LayerNorm, Softmax and tail stay FP32, as in the runtime)")
     p.add_argument("--queue-delay-us", type=non_negative_int, default=T.TRITON_QUEUE_DELAY_US,
                    help=f"dynamic batching: how long Triton waits to fill a batch (default {T.TRITON_QUEUE_DELAY_US} us)")
     p.add_argument("--backend", choices=BACKENDS,
