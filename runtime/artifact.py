@@ -89,7 +89,8 @@ def check_external_data(path: Path) -> None:
     try:
         entries = external_data_locations(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise ModelError(f"{path} is not a readable ONNX file ({e}); pass the .onnx file written by `clipscan export`") from e
+        raise ModelError(f"{path} is not a readable ONNX file ({e}); pass the .onnx file written by "
+                         "`clipscan export`") from e
     folder = path.parent
     for name, location in entries:
         problem = _location_problem(folder, location)

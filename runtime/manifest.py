@@ -396,8 +396,8 @@ class Manifest:
             head_names = [h.name for h in specs]
             repeated = sorted({n for n in head_names if head_names.count(n) > 1})
             if repeated:
-                raise ManifestError(f"manifest heads share the name(s) {repeated} (heads: {head_names}); every head needs "
-                                    "its own name: re-export naming them, e.g. --head fake_a=univfd:A "
+                raise ManifestError(f"manifest heads share the name(s) {repeated} (heads: {head_names}); every head "
+                                    "needs its own name: re-export naming them, e.g. --head fake_a=univfd:A "
                                     "--head fake_b=univfd:B")
             input_spec = InputSpec.from_dict(need(d, "input", "manifest", dict))
             preprocess = PreprocessSpec.from_dict(need(d, "preprocess", "manifest", dict))
