@@ -115,6 +115,11 @@ def _drop(path: str):
     return edit
 
 
+def LIMIT(key: str) -> str:  # noqa: N802 - reads like the table it quotes
+    from clipscan.runtime.manifest import MANIFEST_LIMITS
+    return str(MANIFEST_LIMITS[key].value)
+
+
 def _tiny_png(tmp_path):
     from PIL import Image
     path = tmp_path / "small.png"
@@ -135,37 +140,37 @@ def test_a_huge_resize_is_refused_before_any_pixel_is_made(tmp_path, capsys):
     assert "preprocess.resize.size" in err and "[60000, 60000]" in err and str(limit) in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "rows.jsonl").exists()
-    with pytest.raises(ManifestError, match=r"preprocess\.resize\.size' is \[60000, 60000\], over .* 4096"):
+    with pytest.raises(ManifestError, match=rf"preprocess\.resize\.size' is \[60000, 60000\], over .* {LIMIT('image_side')}"):
         Scanner(model)
 
 
 @pytest.mark.parametrize("edit, words", [
-    (_set("preprocess.resize.size", 4097), ["preprocess.resize.size", "4097", "4096"]),
-    (_set("preprocess.crop.size", [5000, 224]), ["preprocess.crop.size", "5000", "4096"]),
-    (_set("input.size", [224, 99999]), ["input.size", "99999", "4096"]),
+    (_set("preprocess.resize.size", 4097), ["preprocess.resize.size", "4097", LIMIT("image_side")]),
+    (_set("preprocess.crop.size", [5000, 224]), ["preprocess.crop.size", "5000", LIMIT("image_side")]),
+    (_set("input.size", [224, 99999]), ["input.size", "99999", LIMIT("image_side")]),
     (lambda d: (_set("input.size", [4096, 4096])(d), _set("preprocess.crop.size", [4096, 4096])(d),
                 _set("preprocess.crop.mode", "sliding")(d), _set("preprocess.crop.stride", 64)(d),
                 _set("preprocess.crop.max_per_axis", 2)(d), _set("preprocess.crop.aggregate", "mean")(d)),
-     ["input.size", "model pixels per image", str(1 << 24)]),
+     ["input.size", "model pixels per image", LIMIT("pixels_per_image")]),
     (lambda d: (_set("preprocess.crop.mode", "sliding")(d), _set("preprocess.crop.stride", 64)(d),
                 _set("preprocess.crop.max_per_axis", 1000)(d), _set("preprocess.crop.aggregate", "mean")(d)),
-     ["preprocess.crop.max_per_axis", "1000", "16"]),
+     ["preprocess.crop.max_per_axis", "1000", LIMIT("windows_per_axis")]),
     (lambda d: (_set("preprocess.crop.mode", "sliding")(d), _set("preprocess.crop.stride", 10**6)(d),
                 _set("preprocess.crop.max_per_axis", 2)(d), _set("preprocess.crop.aggregate", "mean")(d)),
-     ["preprocess.crop.stride", "1000000", "4096"]),
-    (_set("embedding.dim", 10**9), ["embedding.dim", "1000000000", "65536"]),
+     ["preprocess.crop.stride", "1000000", LIMIT("image_side")]),
+    (_set("embedding.dim", 10**9), ["embedding.dim", "1000000000", LIMIT("embedding_dim")]),
     (lambda d: d["heads"].extend(dict(d["heads"][1], name=f"q{i}") for i in range(70)),
-     ["manifest field 'heads' has 72 entries", "64"]),
+     ["manifest field 'heads' has 72 entries", LIMIT("heads")]),
     (lambda d: d["heads"][0].update(task="attribution", labels=[f"g{i}" for i in range(2000)],
                                     outputs=dict(d["heads"][0]["outputs"], class_probs="p_generated")),
-     ["heads[0].labels' has 2000 entries", "1024"]),
-    (_set("name", "n" * 300), ["manifest.name", "300 characters", "256"]),
-    (_set("heads.0.labels", ["real", "x" * 1000]), ["heads[0].labels[1]", "1000 characters", "256"]),
-    (_set("description", "d" * 100_000), ["description", "100000 characters", "65536"]),
-    (_set("opset", 10**6), ["opset", "1000000", "64"]),
+     ["heads[0].labels' has 2000 entries", LIMIT("labels")]),
+    (_set("name", "n" * 300), ["manifest.name", "300 characters", LIMIT("name_chars")]),
+    (_set("heads.0.labels", ["real", "x" * 1000]), ["heads[0].labels[1]", "1000 characters", LIMIT("name_chars")]),
+    (_set("description", "d" * 100_000), ["description", "100000 characters", LIMIT("text_chars")]),
+    (_set("opset", 10**6), ["opset", "1000000", LIMIT("opset")]),
     (_set("preprocess.crop.size", [200, 200]), ["preprocess.crop.size", "[200, 200]", "input.size"]),
     (_set("preprocess.crop.mode", "none"), ["preprocess.crop.mode", "'shortest'", "squash"]),
-    (_set("backbone.config", json.loads("[" * 40 + "]" * 40)), ["nests", "32"]),
+    (_set("backbone.config", json.loads("[" * 40 + "]" * 40)), ["nests", LIMIT("json_depth")]),
     (_set("input.normalize.std", [0.2, float("nan"), 0.3]), ["input.normalize.std[1]", "finite", "nan"]),
 ])
 def test_every_size_and_count_is_bounded(tmp_path, edit, words):
@@ -179,8 +184,8 @@ def test_every_size_and_count_is_bounded(tmp_path, edit, words):
 
 def test_manifest_text_itself_is_bounded(tmp_path):
     text = load_artifact(DEMO_MODEL).header.metadata[METADATA_KEY]
-    with pytest.raises(ManifestError, match=r"over clipscan's limit of 4194304"):
-        Manifest.from_json(text[:-1] + " " * (4 << 20) + "}")
+    with pytest.raises(ManifestError, match=f"over clipscan's limit of {LIMIT('manifest_chars')}"):
+        Manifest.from_json(text[:-1] + " " * int(LIMIT("manifest_chars")) + "}")
     with pytest.raises(ManifestError, match="nests too deeply"):
         Manifest.from_json("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ManifestError, match="not valid JSON"):
@@ -190,7 +195,6 @@ def test_manifest_text_itself_is_bounded(tmp_path):
 def test_limits_are_one_table():
     """The limits are data (the docs read them); the messages quote the same values."""
     from clipscan.runtime.manifest import MANIFEST_LIMITS
-    assert MANIFEST_LIMITS["image_side"].value == 4096
     for key, lim in MANIFEST_LIMITS.items():
         assert isinstance(lim.value, int) and lim.value > 0 and lim.applies_to, key
 
