@@ -158,9 +158,10 @@ def use_manifest(d: dict) -> None:
         return
     assert Manifest.from_json(m.to_json()) == m
     output_specs(m)
-    m.output_names(), m.decision_head(), m.draft_decoding_record()
-    for src in m.sources.values():
-        src.get("file")
+    assert len(m.output_names()) >= len(m.heads)
+    assert m.decision_head() is None or m.decision_head() in m.heads
+    assert m.draft_decoding_record() is None or isinstance(m.draft_decoding_record(), dict)
+    assert all(isinstance(src, dict) for src in m.sources.values())
     start = time.monotonic()
     pre = Preprocessor(m.preprocess, m.input)
     x = pre.batch(Image.new("RGB", (640, 3), (10, 20, 30)))
