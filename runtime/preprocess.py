@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .errors import ImageReadError
 from .manifest import InputSpec, PreprocessSpec
 
 _RESAMPLE = {
@@ -169,6 +170,10 @@ class Preprocessor:
         crop_h, crop_w = spec.crop_size
         if spec.crop_mode == "center" and new_w * new_h > _RESIZE_PIXELS_MAX:
             img = _resize_crop(img, new_w, new_h, crop_h, crop_w, self._resample, spec.pad_fill)
+        elif new_w * new_h > _RESIZE_PIXELS_MAX:   # sliding or no crop: every resized pixel would be used
+            raise ImageReadError("too_large", f"this {img.width}x{img.height} image resized as the model's recipe "
+                                 f"says ({spec.resize_mode} to {list(spec.resize_size)}) would be {new_w}x{new_h} "
+                                 f"pixels, over the {_RESIZE_PIXELS_MAX} clipscan resizes to")
         elif (new_w, new_h) != img.size:
             img = img.resize((new_w, new_h), self._resample)
         if spec.crop_mode == "center" and img.size != (crop_w, crop_h):

@@ -267,3 +267,16 @@ def test_a_thin_strip_is_resized_only_where_the_crop_keeps_it(tmp_path, capsys, 
     region = np.asarray(pre.geometry(img), np.int16)
     assert region.shape == whole.shape == (224, 224, 3)
     assert np.abs(region - whole).mean() < 2.0   # the same filter; PIL may order its two passes differently
+
+
+def test_a_resize_too_large_to_crop_from_is_one_image_error():
+    """Sliding crops use the whole resized image: a strip that would become billions of pixels is refused for
+    itself (its row says too_large), not resized."""
+    from clipscan.runtime.errors import ImageReadError
+
+    spec = PreprocessSpec(resize_mode="shortest", resize_size=(224, 224), crop_mode="sliding", stride=64,
+                          max_per_axis=4)
+    pre = Preprocessor(spec, InputSpec("pixels", (224, 224)))
+    with pytest.raises(ImageReadError, match=r"too_large: this 1x20000 image .* 224x4480000 pixels"):
+        pre.batch(Image.new("RGB", (1, 20000)))
+    assert pre.batch(Image.new("RGB", (300, 900))).shape[0] > 1   # a photo still gives its windows
