@@ -125,6 +125,8 @@ class Ledger:
         if state is not None:
             self.size, self.last = state["size"], state["last"]
             self._check_recoverable()      # before anything is created, cut or deleted
+        elif self._pending():              # a run writes its ledger before its first shard
+            raise self._refuse(f"is missing while {len(self._pending())} committed shard(s) wait in {self.shards}")
         self.shards.mkdir(parents=True, exist_ok=True)
         if state is None:
             if self.output.exists():

@@ -248,3 +248,16 @@ def test_the_ray_scan_refuses_a_tampered_ledger_in_one_sentence(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("clipscan scan: error: ") and "Traceback" not in err, err
     assert "is not a clipscan Ray-scan ledger (it holds 'true')" in errors[0]
     assert _snapshot(out) == before
+
+
+def test_shards_without_a_ledger_are_not_appended(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    ledger = Ledger(out)
+    ledger.start_new(b"")
+    committed(ledger, 1)
+    (state_folder(out) / "state.json").unlink()
+    (ledger.shards / f"{7:012d}.rows").write_bytes(b'{"path": "planted"}\n')
+    before = _snapshot(out)
+    with pytest.raises(ResumeStateError, match="is missing while 1 committed shard"):
+        Ledger(out).resume()
+    assert _snapshot(out) == before
