@@ -17,7 +17,7 @@ from typing import Any
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .deps import not_a_checkpoint, require
+from .deps import load_state_dict, require
 
 torch = require("torch")
 open_clip = require("open_clip")
@@ -81,12 +81,7 @@ def build_visual(cfg: dict, quick_gelu: bool):
 
 
 def _visual_state_dict(weights: Path) -> dict:
-    try:
-        state = open_clip.factory.load_state_dict(str(weights), device="cpu", weights_only=True)
-    except Exception as e:
-        raise not_a_checkpoint(weights, "backbone checkpoint", e) from None
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"{weights} holds no state dict")
+    state = load_state_dict(weights, "backbone checkpoint")
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     if visual:
         return visual

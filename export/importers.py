@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 from .deps import load_torch_file, require
 from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
@@ -121,7 +123,11 @@ def import_captions(path: Path, backbone) -> Imported:
 
     if not path.is_file():
         raise FileNotFoundError(f"captions file {path} does not exist")
-    spec = json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidArgumentError(f"{path} is not a captions JSON file ({type(e).__name__}: {e}); --head captions: "
+                                   "takes {\"classes\": [{\"label\", \"caption\"}, ...]}") from None
     classes = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(classes, list) or len(classes) < 2 or not all("label" in c and "caption" in c for c in classes):
         raise ValueError(f"{path}: expected {{'classes': [{{'label', 'caption'}}, ...]}} with the real class first "

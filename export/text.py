@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backbone import read_arch_config
-from .deps import not_a_checkpoint, require
+from .deps import load_state_dict, require
 
 torch = require("torch")
 open_clip = require("open_clip")
@@ -66,10 +66,7 @@ def load_text_encoder(arch: str, weights: str | Path, *, quick_gelu: bool | None
     if "hf_model_name" in (cfg.get("text_cfg") or {}):
         raise ValueError(f"{bid} has a Hugging Face text tower; prompt heads support CLIP text towers only")
     model = open_clip.model.CLIP(**model_cfg, quick_gelu=use_quick)
-    try:
-        state = open_clip.factory.load_state_dict(str(weights), device="cpu", weights_only=True)
-    except Exception as e:
-        raise not_a_checkpoint(weights, "CLIP checkpoint (with its text tower)", e) from None
+    state = load_state_dict(weights, "CLIP checkpoint (with its text tower)")
     text_keys = [k for k in model.state_dict() if not k.startswith("visual.")]
     missing = [k for k in text_keys if k not in state]
     if missing:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import ModelError
 from .manifest import METADATA_KEY, Manifest
-from .onnx_meta import OnnxHeader, read_onnx_header
+from .onnx_meta import OnnxHeader, external_data_locations, read_onnx_header
 
 DEMO_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
 
@@ -60,4 +61,40 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
             f"keys present: {present}). Export the model with `clipscan export` so the runtime knows its "
             "preprocessing, heads and thresholds."
         )
+    check_external_data(path)
     return Artifact(path, Manifest.from_json(text, origin=str(path)), header)
+
+
+def _location_problem(folder: Path, location: str) -> str | None:
+    """Why an external-data `location` is not a file inside `folder`, or None when it is."""
+    if not location:
+        return "an empty location"
+    if any(ord(c) < 32 or ord(c) == 127 for c in location):
+        return "a location with control characters"
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).anchor:
+        return "an absolute path"
+    if ".." in re.split(r"[\\/]", location):
+        return "a path that climbs out of the model's folder"
+    target = (folder / location).resolve()
+    if not target.is_relative_to(folder):
+        return f"a link that leads out of the model's folder (to {target})"
+    if not target.is_file():
+        return "a file that does not exist"
+    return None
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse a model whose tensors keep data anywhere but in files of its own folder (`path` resolved),
+    before any ONNX reader opens it: a crafted location could otherwise read any file the user can."""
+    try:
+        entries = external_data_locations(path)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise ModelError(f"{path} is not a readable ONNX file ({e}); pass the .onnx file written by "
+                         "`clipscan export`") from e
+    folder = path.parent
+    for name, location in entries:
+        problem = _location_problem(folder, location)
+        if problem:
+            raise ModelError(f"{path}: tensor {name!r} keeps its data in {location!r}, {problem}; external data must "
+                             f"be a file in the model's own folder ({folder}): re-export the model or put its data "
+                             "file next to it")

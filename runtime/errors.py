@@ -62,3 +62,13 @@ class ResultsFileError(ClipscanError, ValueError):
 class ServerError(ClipscanError):
     """An inference server (`clipscan serve`, Triton) cannot be used: unreachable, not an Open Inference
     Protocol server, no such model, or the token refused."""
+
+
+class UnsafeFileError(ClipscanError):
+    """A file would have to be trusted beyond what clipscan allows: a checkpoint that holds more than tensors
+    and plain values (a pickle that builds objects or runs code), or a torch too old to load one safely."""
+
+
+class ResumeStateError(ClipscanError, ValueError):
+    """What `--resume` would continue from (a Ray scan's ledger, a resume sidecar) is unreadable or does not
+    fit the output it describes: nothing is cut or deleted, and the message says how to start again."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ManifestError
+from .manifest_checks import (MANIFEST_LIMITS, bounded, count, finite, json_depth_ok, limit, names, need,
+                              objects, optional, size, text)
 
 METADATA_KEY = "clipscan.manifest"
 FORMAT = "clipscan.manifest"
@@ -34,36 +36,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _need(obj: dict, key: str, where: str, types, choices=None):
-    if not isinstance(obj, dict) or key not in obj:
-        raise ManifestError(f"manifest field '{where}.{key}' is missing")
-    value = obj[key]
-    if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
-        raise ManifestError(
-            f"manifest field '{where}.{key}' should be {_type_names(types)}, found {type(value).__name__} {value!r}"
-        )
-    if choices is not None and value not in choices:
-        raise ManifestError(f"manifest field '{where}.{key}' is {value!r}; expected one of {list(choices)}")
-    return value
-
-
-def _as_tuple(types):
-    return types if isinstance(types, tuple) else (types,)
-
-
-def _type_names(types) -> str:
-    return " or ".join(t.__name__ for t in _as_tuple(types))
-
-
-def _size(value, where: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ManifestError(f"manifest field '{where}' should be [height, width] of positive integers, found {value!r}")
-    return int(value[0]), int(value[1])
 
 
 @dataclass(frozen=True)
@@ -89,25 +61,28 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
         w = "input"
-        name = _need(d, "name", w, str)
-        layout = _need(d, "layout", w, str, ("NCHW",))
-        dtype = _need(d, "dtype", w, str, ("float32", "uint8"))
-        color = _need(d, "color", w, str, ("RGB",))
-        size = _size(_need(d, "size", w, (list, int)), "input.size")
-        norm = _need(d, "normalize", w, (dict, str))
+        name = need(d, "name", w, str)
+        layout = need(d, "layout", w, str, ("NCHW",))
+        dtype = need(d, "dtype", w, str, ("float32", "uint8"))
+        color = need(d, "color", w, str, ("RGB",))
+        side = size(need(d, "size", w, (list, int)), "input.size")
+        norm = need(d, "normalize", w, (dict, str))
         if dtype == "uint8" and norm != "folded":
             raise ManifestError("manifest field 'input.normalize' must be 'folded' when input.dtype is uint8")
         if norm == "folded":
-            return cls(name, size, layout, dtype, color, None, None)
+            return cls(name, side, layout, dtype, color, None, None)
         if not isinstance(norm, dict):
             raise ManifestError(f"manifest field 'input.normalize' is {norm!r}; expected 'folded' or {{mean, std}}")
         stats = []
         for key in ("mean", "std"):
-            v = _need(norm, key, "input.normalize", list)
-            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or key == "std" and min(v) <= 0:
-                raise ManifestError(f"manifest field 'input.normalize.{key}' should be 3 numbers (std > 0), found {v!r}")
-            stats.append(tuple(float(x) for x in v))
-        return cls(name, size, layout, dtype, color, stats[0], stats[1])
+            v = need(norm, key, "input.normalize", list)
+            if len(v) != 3:
+                raise ManifestError(f"manifest field 'input.normalize.{key}' should be 3 numbers, found {v!r}")
+            v = [finite(x, f"input.normalize.{key}[{i}]") for i, x in enumerate(v)]
+            if key == "std" and min(v) <= 0:
+                raise ManifestError(f"manifest field 'input.normalize.std' should be 3 numbers > 0, found {v!r}")
+            stats.append(tuple(v))
+        return cls(name, side, layout, dtype, color, stats[0], stats[1])
 
 
 @dataclass(frozen=True)
@@ -163,33 +138,32 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
         w = "preprocess"
-        resize = _need(d, "resize", w, dict)
-        crop = _need(d, "crop", w, dict)
-        convert = _need(d, "convert", w, dict)
-        pad_fill = _need(crop, "pad_fill", "preprocess.crop", int)
+        resize = need(d, "resize", w, dict)
+        crop = need(d, "crop", w, dict)
+        convert = need(d, "convert", w, dict)
+        pad_fill = need(crop, "pad_fill", "preprocess.crop", int)
         if not 0 <= pad_fill <= 255:
             raise ManifestError(f"manifest field 'preprocess.crop.pad_fill' should be 0..255, found {pad_fill}")
-        crop_mode = _need(crop, "mode", "preprocess.crop", str, CROP_MODES)
+        crop_mode = need(crop, "mode", "preprocess.crop", str, CROP_MODES)
         sliding = {}
         if crop_mode == "sliding":
-            _need(crop, "aggregate", "preprocess.crop", str, ("mean",))
+            need(crop, "aggregate", "preprocess.crop", str, ("mean",))
             for key in ("stride", "max_per_axis"):
-                value = _need(crop, key, "preprocess.crop", int)
-                if value < 1:
-                    raise ManifestError(f"manifest field 'preprocess.crop.{key}' should be >= 1, found {value}")
-                sliding[key] = value
+                value = need(crop, key, "preprocess.crop", int)
+                sliding[key] = bounded(value, f"preprocess.crop.{key}",
+                                       "image_side" if key == "stride" else "windows_per_axis")
         return cls(
-            resize_mode=_need(resize, "mode", "preprocess.resize", str, RESIZE_MODES),
-            resize_size=_size(_need(resize, "size", "preprocess.resize", (list, int)), "preprocess.resize.size"),
-            interpolation=_need(resize, "interpolation", "preprocess.resize", str, INTERPOLATIONS),
+            resize_mode=need(resize, "mode", "preprocess.resize", str, RESIZE_MODES),
+            resize_size=size(need(resize, "size", "preprocess.resize", (list, int)), "preprocess.resize.size"),
+            interpolation=need(resize, "interpolation", "preprocess.resize", str, INTERPOLATIONS),
             crop_mode=crop_mode,
-            crop_size=_size(_need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
+            crop_size=size(need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
             pad_fill=pad_fill,
-            exif_orientation=_need(d, "exif_orientation", w, str, EXIF_POLICIES),
-            alpha=_need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
-            convert_when=_need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),
-            frame=_need(d, "frame", w, str, ("first",)),
-            bit_depth=_need(d, "bit_depth", w, str, BIT_DEPTH_POLICIES),
+            exif_orientation=need(d, "exif_orientation", w, str, EXIF_POLICIES),
+            alpha=need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
+            convert_when=need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),
+            frame=need(d, "frame", w, str, ("first",)),
+            bit_depth=need(d, "bit_depth", w, str, BIT_DEPTH_POLICIES),
             **sliding,
         )
 
@@ -231,29 +205,60 @@ class HeadSpec:
     @classmethod
     def from_dict(cls, d: dict, index: int) -> "HeadSpec":
         w = f"heads[{index}]"
-        task = _need(d, "task", w, str, HEAD_TASKS)
-        outputs = _need(d, "outputs", w, dict)
+        task = need(d, "task", w, str, HEAD_TASKS)
+        outputs = names(need(d, "outputs", w, dict), f"{w}.outputs")
         needed = {"detection": ("logit", "probability"), "quality": ("score",),
                   "attribution": ("logit", "probability", "class_probs")}[task]
         for role in needed:
-            _need(outputs, role, f"{w}.outputs", str)
-        details = d.get("details")
-        if details is not None and not isinstance(details, dict):
-            raise ManifestError(f"manifest field '{w}.details' should be an object, found {type(details).__name__}")
-        head = cls(name=_need(d, "name", w, str), task=task, outputs=dict(outputs),
-                   description=str(d.get("description", "")), details=details)
+            need(outputs, role, f"{w}.outputs", str)
+        details = optional(d, "details", w, dict)
+        head = cls(name=need(d, "name", w, str), task=task, outputs=outputs,
+                   description=text(optional(d, "description", w, str, ""), f"{w}.description"), details=details)
         if task in ("detection", "attribution"):
-            labels = _need(d, "labels", w, list)
+            labels = need(d, "labels", w, list)
+            count(labels, f"{w}.labels", "labels")
             if task == "detection" and len(labels) != 2 or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
                 want = "[negative, positive]" if task == "detection" else "[real, generator, ...]"
                 raise ManifestError(f"manifest field '{w}.labels' should be {want} strings, found {labels!r}")
-            threshold = float(_need(d, "threshold", w, (int, float)))
+            for i, label in enumerate(labels):
+                text(label, f"{w}.labels[{i}]", "name_chars")
+            threshold = finite(need(d, "threshold", w, (int, float)), f"{w}.threshold")
             if not 0.0 <= threshold <= 1.0:
                 raise ManifestError(f"manifest field '{w}.threshold' is a probability threshold in [0, 1], found {threshold}")
             return cls(head.name, task, head.outputs, tuple(labels), threshold, None, head.description, details)
-        scale = _need(d, "scale", w, dict)
-        _need(scale, "kind", f"{w}.scale", str)
+        scale = need(d, "scale", w, dict)
+        need(scale, "kind", f"{w}.scale", str)
+        for key in ("min", "max"):
+            if key in scale:
+                finite(scale[key], f"{w}.scale.{key}")
         return cls(head.name, task, head.outputs, (), None, dict(scale), head.description, details)
+
+
+def _fits(input_spec: InputSpec, pre: PreprocessSpec) -> None:
+    """The crop is the model input, and what one image becomes stays within the pixels_per_image limit."""
+    if pre.crop_mode == "none" and (pre.resize_mode != "squash" or pre.resize_size != input_spec.size):
+        raise ManifestError(f"manifest field 'preprocess.crop.mode' is 'none' with resize {pre.resize_mode!r} to "
+                            f"{list(pre.resize_size)}; without a crop only a 'squash' resize to 'input.size' "
+                            f"{list(input_spec.size)} gives every image the size the model takes")
+    if pre.crop_mode != "none" and pre.crop_size != input_spec.size:
+        raise ManifestError(f"manifest field 'preprocess.crop.size' is {list(pre.crop_size)} but 'input.size' is "
+                            f"{list(input_spec.size)}; the crop is what the model takes, so they must be equal")
+    windows = pre.max_per_axis ** 2 if pre.crop_mode == "sliding" else 1
+    pixels = input_spec.size[0] * input_spec.size[1] * windows
+    if pixels > limit("pixels_per_image"):
+        raise ManifestError(f"manifest fields 'input.size' {list(input_spec.size)} x {windows} crop(s) per image make "
+                            f"{pixels} model pixels per image, over clipscan's limit of {limit('pixels_per_image')} "
+                            f"({MANIFEST_LIMITS['pixels_per_image'].applies_to}); re-export the model within it")
+
+
+def _embedding(d) -> dict | None:
+    """The manifest's `embedding` ({output, dim, normalized}), or None when the model exports none."""
+    if d is None:
+        return None
+    need(d, "output", "embedding", str)
+    bounded(need(d, "dim", "embedding", int), "embedding.dim", "embedding_dim")
+    optional(d, "normalized", "embedding", bool)
+    return d
 
 
 def _decision(d, heads) -> dict | None:
@@ -354,11 +359,15 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str, origin: str = "the model") -> "Manifest":
+    def from_json(cls, source: str, origin: str = "the model") -> "Manifest":
+        if len(source) > limit("manifest_chars"):
+            raise ManifestError(f"the manifest in {origin} is {len(source)} characters long, over clipscan's limit of "
+                                f"{limit('manifest_chars')}; re-export the model with `clipscan export`")
         try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"the manifest in {origin} is not valid JSON ({e}); re-export the model with `clipscan export`") from e
+            d = json.loads(source)
+        except (ValueError, RecursionError) as e:   # ValueError: bad JSON or an integer of too many digits
+            why = "nests too deeply" if isinstance(e, RecursionError) else f"is not valid JSON ({e})"
+            raise ManifestError(f"the manifest in {origin} {why}; re-export the model with `clipscan export`") from None
         return cls.from_dict(d, origin)
 
     @classmethod
@@ -376,36 +385,39 @@ class Manifest:
                 f"version(s) {list(SUPPORTED_SCHEMA_VERSIONS)}. To use it, {fix}."
             )
         try:
-            heads = _need(d, "heads", "manifest", list)
+            json_depth_ok(d)
+            heads = need(d, "heads", "manifest", list)
             if not heads:
                 raise ManifestError("manifest field 'heads' is empty: a model needs at least one head")
-            embedding = d.get("embedding")
-            if embedding is not None:
-                _need(embedding, "output", "embedding", str)
-            precision = _need(d, "precision", "manifest", str, PRECISIONS)
+            count(heads, "heads", "heads")
+            embedding = _embedding(d.get("embedding"))
+            precision = need(d, "precision", "manifest", str, PRECISIONS)
             specs = tuple(HeadSpec.from_dict(h, i) for i, h in enumerate(heads))
-            names = [h.name for h in specs]
-            repeated = sorted({n for n in names if names.count(n) > 1})
+            head_names = [h.name for h in specs]
+            repeated = sorted({n for n in head_names if head_names.count(n) > 1})
             if repeated:
-                raise ManifestError(f"manifest heads share the name(s) {repeated} (heads: {names}); every head needs "
-                                    "its own name: re-export naming them, e.g. --head fake_a=univfd:A "
+                raise ManifestError(f"manifest heads share the name(s) {repeated} (heads: {head_names}); every head "
+                                    "needs its own name: re-export naming them, e.g. --head fake_a=univfd:A "
                                     "--head fake_b=univfd:B")
+            input_spec = InputSpec.from_dict(need(d, "input", "manifest", dict))
+            preprocess = PreprocessSpec.from_dict(need(d, "preprocess", "manifest", dict))
+            _fits(input_spec, preprocess)
             return cls(
-                name=_need(d, "name", "manifest", str),
-                description=str(d.get("description", "")),
-                input=InputSpec.from_dict(_need(d, "input", "manifest", dict)),
-                preprocess=PreprocessSpec.from_dict(_need(d, "preprocess", "manifest", dict)),
+                name=need(d, "name", "manifest", str),
+                description=text(optional(d, "description", "manifest", str, ""), "description"),
+                input=input_spec,
+                preprocess=preprocess,
                 heads=specs,
-                backbone=_need(d, "backbone", "manifest", dict),
+                backbone=need(d, "backbone", "manifest", dict),
                 embedding=embedding,
                 precision=precision,
-                opset=int(_need(d, "opset", "manifest", int)),
-                tools=dict(d.get("tools") or {}),
-                sources=dict(d.get("sources") or {}),
-                calibration=d.get("calibration"),
-                decoding=d.get("decoding") if isinstance(d.get("decoding"), dict) else None,
+                opset=bounded(need(d, "opset", "manifest", int), "opset", "opset"),
+                tools=names(optional(d, "tools", "manifest", dict, {}), "tools"),
+                sources=objects(optional(d, "sources", "manifest", dict, {}), "sources"),
+                calibration=optional(d, "calibration", "manifest", dict),
+                decoding=optional(d, "decoding", "manifest", dict),
                 decision=_decision(d.get("decision"), specs),
-                created_utc=str(d.get("created_utc", "")),
+                created_utc=text(optional(d, "created_utc", "manifest", str, ""), "created_utc"),
                 schema_version=version,
             )
         except ManifestError as e:

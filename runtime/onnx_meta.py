@@ -1,8 +1,9 @@
-"""Read the top-level fields of an ONNX file without loading its graph.
+"""Read the top-level fields of an ONNX file, and where its tensors keep external data, without onnx.
 
 `clipscan info` and the manifest check must be fast even for a 1 GB model and must
 not need the `onnx` package: the file is memory-mapped and only the ModelProto
-fields we need are decoded from the protobuf wire format; the graph is skipped.
+fields we need are decoded from the protobuf wire format; the header skips the graph,
+and the external-data walk skips every tensor's bytes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from pathlib import Path
 
 # ModelProto field numbers (onnx/onnx.proto3)
 _IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT, _METADATA_PROPS = 1, 2, 3, 8, 14
+_MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
+# Where tensors live in a model, as (message kind -> {field number: kind of the message it holds}).
+# A "tensor" is a TensorProto: its name is field 8 and its external_data entries field 13.
+_HOLDS = {
+    "model": {_MODEL_GRAPH: "graph", _MODEL_FUNCTIONS: "function"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},              # node, initializer, sparse_initializer
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},                          # values, indices
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA = 8, 13
 
 
 @dataclass
@@ -88,3 +101,33 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
                     else:
                         header.metadata[str(pair.get(1, ""))] = str(pair.get(2, ""))
     return header
+
+
+def external_data_locations(path: str | Path) -> list[tuple[str, str]]:
+    """(tensor name, `location`) of every tensor in the model that keeps its data in another file:
+    initializers, sparse initializers and attribute tensors, in the main graph, subgraphs and functions.
+    An explicit stack, not recursion, so a deeply nested file cannot exhaust Python's stack."""
+    found: list[tuple[str, str]] = []
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            raise ValueError("the file is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            stack = [("model", 0, len(buf))]
+            while stack:
+                kind, start, end = stack.pop()
+                if kind == "tensor":
+                    name, locations = "", []   # every `location` entry: a reader may take the first or the last
+                    for number, wire, value in _fields(buf, start, end):
+                        if number == _TENSOR_NAME and wire == 2:
+                            name = _text(buf, value)
+                        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
+                            entry = {n: _text(buf, v) for n, w, v in _fields(buf, *value) if w == 2}
+                            if entry.get(1) == "location":
+                                locations.append(entry.get(2, ""))
+                    found += [(name, location) for location in locations]
+                    continue
+                holds = _HOLDS[kind]
+                for number, wire, value in _fields(buf, start, end):
+                    if wire == 2 and number in holds:
+                        stack.append((holds[number], *value))
+    return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .errors import ImageReadError
 from .manifest import InputSpec, PreprocessSpec
 
 _RESAMPLE = {
@@ -123,6 +124,26 @@ def _fill_value(img: Image.Image, fill: int):
     return fill if bands == 1 else tuple([fill] * bands)
 
 
+# A centre crop of a resize larger than this many pixels resizes only the source region the crop keeps. No
+# photo gets near it (a 10:1 panorama resized to a 224 short side is 0.5 M pixels); a 1x20000-pixel strip,
+# whose full resize would be 224x4480000 pixels (about 100 s and 4 GB), does. PIL may then run the two resize
+# passes in the other order, so such an image's pixels can differ by a few levels from a full resize.
+_RESIZE_PIXELS_MAX = 1 << 24
+
+
+def _resize_crop(img: Image.Image, new_w: int, new_h: int, crop_h: int, crop_w: int, resample, fill: int):
+    """resize to (new_w, new_h) then the centre crop, computing only the kept pixels: PIL's resize of a
+    source box centres each output pixel's filter where the full resize does, reading source pixels outside
+    the box for the filter's support as the full resize does."""
+    left, top, right, bottom = crop_box(new_w, new_h, crop_h, crop_w)
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, new_w), min(bottom, new_h)
+    sx, sy = img.width / new_w, img.height / new_h
+    part = img.resize((x1 - x0, y1 - y0), resample, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+    if (x0, y0, x1, y1) == (left, top, right, bottom):
+        return part
+    return _pad_crop(part, (left - x0, top - y0, right - x0, bottom - y0), fill)
+
+
 class Preprocessor:
     """Turns decoded PIL images into model input arrays, as the manifest says."""
 
@@ -146,9 +167,15 @@ class Preprocessor:
         if spec.convert_when == "decode" and img.mode != "RGB":
             img = img.convert("RGB")
         new_w, new_h = resized_size(img.width, img.height, spec)
-        if (new_w, new_h) != img.size:
-            img = img.resize((new_w, new_h), self._resample)
         crop_h, crop_w = spec.crop_size
+        if spec.crop_mode == "center" and new_w * new_h > _RESIZE_PIXELS_MAX:
+            img = _resize_crop(img, new_w, new_h, crop_h, crop_w, self._resample, spec.pad_fill)
+        elif new_w * new_h > _RESIZE_PIXELS_MAX:   # sliding or no crop: every resized pixel would be used
+            raise ImageReadError("too_large", f"this {img.width}x{img.height} image resized as the model's recipe "
+                                 f"says ({spec.resize_mode} to {list(spec.resize_size)}) would be {new_w}x{new_h} "
+                                 f"pixels, over the {_RESIZE_PIXELS_MAX} clipscan resizes to")
+        elif (new_w, new_h) != img.size:
+            img = img.resize((new_w, new_h), self._resample)
         if spec.crop_mode == "center" and img.size != (crop_w, crop_h):
             img = _pad_crop(img, crop_box(img.width, img.height, crop_h, crop_w), spec.pad_fill)
         elif spec.crop_mode == "sliding" and (img.width < crop_w or img.height < crop_h):

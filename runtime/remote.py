@@ -29,6 +29,7 @@ from .contract import INPUT_IMAGE, tensors_to_results
 from .decode import read_bytes
 from .discover import WalkStats, iter_files
 from .errors import ImageReadError, InvalidArgumentError, ScannerClosedError, ServerError
+from .model_name import check_model_name
 from .results import ATTRIBUTION_COLUMNS, COLUMNS, ScanResult
 from .v2_wire import HEADER_LENGTH, WireError, decode_message, encode_message, entry_for
 
@@ -65,6 +66,8 @@ class RemoteScanner:
         for what, v in (("batch_size", batch_size), ("concurrency", concurrency)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{what} must be an integer >= 1, got {v!r}")
+        if model is not None:
+            check_model_name(model, "--server-model")
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidArgumentError(f"--server {url!r} is not an http(s) URL; e.g. http://127.0.0.1:8000")
@@ -81,7 +84,7 @@ class RemoteScanner:
         self._executor: ThreadPoolExecutor | None = None
         self.walk_stats = WalkStats()
         self.server = self._server_info()
-        self.model = model or self._only_model()
+        self.model = model if model is not None else self._only_model()
         self.metadata = self._model_metadata()
         self.identity = self._identity()
         self.server_backend = self._probe_backend()

@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from clipscan.runtime.contract import input_specs, output_specs
+from clipscan.runtime.model_name import check_model_name, model_name_for
 
 from . import routes_rest, routes_v2
 from .batcher import Batcher, OverPixelBudget, QueueFull, RequestTimeout
@@ -34,7 +35,7 @@ class ServiceState:
                  allow_hosts=()):
         self.scanner, self.limits, self.token = scanner, limits, token
         self.allow_hosts = tuple(h.lower() for h in allow_hosts)  # Host names accepted besides IPs and localhost
-        self.model_name = name or scanner.manifest.name
+        self.model_name = check_model_name(name) if name is not None else model_name_for(scanner.manifest.name)
         self.sha256 = scanner.artifact.sha256()
         self.inputs, self.outputs = input_specs(scanner.manifest), output_specs(scanner.manifest)
         self.metrics = Metrics(self.model_name, self.sha256, scanner.backend_name)

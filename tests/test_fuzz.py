@@ -93,3 +93,82 @@ def test_mutated_files_decode_or_fail_cleanly(blob):
 @given(st.binary(max_size=2048))
 def test_random_bytes_fail_cleanly(blob):
     decode_and_preprocess(blob)
+
+
+# ---- manifests: any mutation of a valid manifest is read or refused in one ManifestError sentence ----
+
+def _demo_manifest() -> dict:
+    import json
+
+    from clipscan.runtime.artifact import load_artifact
+    from clipscan.runtime.manifest import METADATA_KEY
+    return json.loads(load_artifact().header.metadata[METADATA_KEY])
+
+
+DEMO_MANIFEST = _demo_manifest()
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+MANIFEST_PATHS = [p for p in _paths(DEMO_MANIFEST) if p]
+ODD_VALUES = [None, True, False, 0, -1, 1, 3, 2**31, 10**30, 0.5, -0.0, float("nan"), float("inf"), "", "x",
+              "folded", "sliding", "none", "squash", "longest", "uint8", "detection", "attribution", "quality",
+              "y" * 300, [], [1], [224, 224], [60000, 60000], ["a", "b"], [None],
+              {}, {"a": 1}, {"output": "embedding"}, [[[[1]]]]]
+
+
+@st.composite
+def mutated_manifest(draw) -> dict:
+    import copy
+    d = copy.deepcopy(DEMO_MANIFEST)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(MANIFEST_PATHS))
+        parent = d
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            if draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
+        except (KeyError, IndexError, TypeError):   # an earlier mutation changed the shape above this path
+            pass
+    return d
+
+
+def use_manifest(d: dict) -> None:
+    """What scan, info, serve and triton do with a manifest, in-process: parse, then read every field."""
+    import json
+
+    from clipscan.runtime.contract import output_specs
+    from clipscan.runtime.errors import ManifestError
+    from clipscan.runtime.manifest import Manifest
+    try:
+        m = Manifest.from_json(json.dumps(d), origin="fuzzed.onnx")
+    except ManifestError as e:
+        assert str(e).startswith("fuzzed.onnx") and "\n" not in str(e), e
+        return
+    assert Manifest.from_json(m.to_json()) == m
+    output_specs(m)
+    assert len(m.output_names()) >= len(m.heads)
+    assert m.decision_head() is None or m.decision_head() in m.heads
+    assert m.draft_decoding_record() is None or isinstance(m.draft_decoding_record(), dict)
+    assert all(isinstance(src, dict) for src in m.sources.values())
+    start = time.monotonic()
+    pre = Preprocessor(m.preprocess, m.input)
+    x = pre.batch(Image.new("RGB", (640, 3), (10, 20, 30)))
+    assert x.shape[-2:] == m.input.size and time.monotonic() - start < 20
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_manifest())
+def test_mutated_manifests_are_read_or_refused_in_one_sentence(d):
+    use_manifest(d)

@@ -243,3 +243,40 @@ def test_transparency_policy_drops_alpha_like_pil():
     pre = Preprocessor(PreprocessSpec(resize_mode="squash", resize_size=(4, 4), crop_mode="none", crop_size=(4, 4)),
                        InputSpec("pixels", (4, 4), dtype="uint8", mean=None, std=None))
     assert pre(rgba)[:, 0, 0].tolist() == [10, 200, 30]
+
+
+def test_a_thin_strip_is_resized_only_where_the_crop_keeps_it(tmp_path, capsys, monkeypatch):
+    """A 1x20000 PNG (a few KB) resized to a 224 short side would be 224x4480000 pixels (100 s, 4 GB); the centre
+    crop's region alone is resized, in seconds, and a strip small enough to resize whole agrees with that."""
+    import time
+
+    import clipscan.runtime.preprocess as prep
+    from clipscan.cli import main
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20000, 1, 3), np.uint8)).save(strip)
+    start = time.monotonic()
+    assert main(["scan", "-q", str(strip)]) == 0
+    assert time.monotonic() - start < 30
+    assert '"error": null' in capsys.readouterr().out
+
+    pre = Preprocessor(PreprocessSpec(), InputSpec("pixels", (224, 224)))
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (2000, 20, 3), np.uint8))
+    whole = np.asarray(pre.geometry(img), np.int16)              # 224x22400: resized whole
+    monkeypatch.setattr(prep, "_RESIZE_PIXELS_MAX", 224 * 224)
+    region = np.asarray(pre.geometry(img), np.int16)
+    assert region.shape == whole.shape == (224, 224, 3)
+    assert np.abs(region - whole).mean() < 2.0   # the same filter; PIL may order its two passes differently
+
+
+def test_a_resize_too_large_to_crop_from_is_one_image_error():
+    """Sliding crops use the whole resized image: a strip that would become billions of pixels is refused for
+    itself (its row says too_large), not resized."""
+    from clipscan.runtime.errors import ImageReadError
+
+    spec = PreprocessSpec(resize_mode="shortest", resize_size=(224, 224), crop_mode="sliding", stride=64,
+                          max_per_axis=4)
+    pre = Preprocessor(spec, InputSpec("pixels", (224, 224)))
+    with pytest.raises(ImageReadError, match=r"too_large: this 1x20000 image .* 224x4480000 pixels"):
+        pre.batch(Image.new("RGB", (1, 20000)))
+    assert pre.batch(Image.new("RGB", (300, 900))).shape[0] > 1   # a photo still gives its windows

@@ -15,6 +15,7 @@ import pytest
 
 from clipscan.distributed import Ledger, state_folder
 from clipscan.distributed.cluster import parse_address
+from clipscan.runtime.errors import ResumeStateError
 
 HEADER = b"path,p_generated\n"
 
@@ -162,3 +163,101 @@ def test_a_backend_that_cannot_run_here_is_refused_before_ray_starts(tmp_path):
     proc = _clipscan([str(SAMPLES), "--engine", "ray", "--backend", absent, "-o", str(out)])
     assert proc.returncode == 2 and f"backend {absent!r} was requested but cannot start" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists() and not state_folder(out).exists()
+
+
+def _snapshot(out) -> dict:
+    """Every file of the output and its state folder, with its bytes."""
+    files = {out: out.read_bytes()} if out.exists() else {}
+    folder = state_folder(out)
+    if folder.exists():
+        files.update({p: p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+    return files
+
+
+def _tampered_runs(tmp_path):
+    """(name, output, edit of the ledger folder) for ledgers a resume must refuse."""
+    def killed_after_state(out):
+        # a run killed after block 2's ledger update: shard 2 is still there, and the output ends with it
+        ledger = Ledger(out)
+        ledger.start_new(HEADER)
+        committed(ledger, 2)
+        (ledger.shards / f"{2:012d}.rows").write_bytes(block(1))
+        return ledger
+
+    def state(out, text):
+        (state_folder(out) / "state.json").write_text(text)
+
+    return [
+        ("size_only", lambda out: state(out, '{"size": 0}')),
+        ("true", lambda out: state(out, "true")),
+        ("size_zero", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": 0, "last": 2}')),
+        ("size_bool", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": true, "last": 2}')),
+        ("last_negative", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": 5, "last": -1}')),
+        ("size_header", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": %d, "last": 2}' % len(HEADER))),
+        ("last_huge", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": %d, "last": 999999999}'
+                                        % out.stat().st_size)),
+        ("last_low", lambda out: state(out, '{"clipscan_ray_ledger": 1, "size": %d, "last": 0}'
+                                       % out.stat().st_size)),
+        ("nested", lambda out: state(out, "[" * 100000 + "]" * 100000)),
+        ("not_json", lambda out: state(out, "{size: 3")),
+    ], killed_after_state
+
+
+@pytest.mark.parametrize("case", ["size_only", "true", "size_zero", "size_bool", "last_negative", "size_header",
+                                  "last_huge", "last_low", "nested", "not_json"])
+def test_a_tampered_ledger_is_refused_and_nothing_is_cut_or_deleted(tmp_path, case):
+    out = tmp_path / "rows.csv"
+    edits, killed_after_state = _tampered_runs(tmp_path)
+    killed_after_state(out)
+    dict(edits)[case](out)
+    before = _snapshot(out)
+    assert len([p for p in before if p.name.endswith(".rows")]) == 1
+    with pytest.raises(ResumeStateError) as info:
+        Ledger(out).resume()
+    message = str(info.value)
+    assert "start again with --overwrite" in message and "\n" not in message, message
+    assert _snapshot(out) == before, "a refused resume must not change any file"
+
+
+def test_bytes_past_the_ledger_that_are_not_the_next_block_are_not_cut(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    ledger = Ledger(out)
+    ledger.start_new(b"")
+    committed(ledger, 2)
+    with open(out, "ab") as f:       # something else appended to the output since: not a torn commit
+        f.write(b'{"path": "added by hand"}\n')
+    before = _snapshot(out)
+    with pytest.raises(ResumeStateError, match="not the start of the block being committed"):
+        Ledger(out).resume()
+    assert _snapshot(out) == before
+
+
+def test_the_ray_scan_refuses_a_tampered_ledger_in_one_sentence(tmp_path):
+    """Through the command: scan --engine ray --resume with a ledger of `true` exits 2 before Ray starts."""
+    out = tmp_path / "rows.csv"
+    ledger = Ledger(out)
+    ledger.start_new(HEADER)
+    committed(ledger, 2)
+    (state_folder(out) / "state.json").write_text("true")
+    before = _snapshot(out)
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "scan", "-q", "--engine", "ray", "--resume", "-o", str(out),
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("clipscan scan: error: ") and "Traceback" not in err, err
+    assert "is not a clipscan Ray-scan ledger (it holds 'true')" in errors[0]
+    assert _snapshot(out) == before
+
+
+def test_shards_without_a_ledger_are_not_appended(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    ledger = Ledger(out)
+    ledger.start_new(b"")
+    committed(ledger, 1)
+    (state_folder(out) / "state.json").unlink()
+    (ledger.shards / f"{7:012d}.rows").write_bytes(b'{"path": "planted"}\n')
+    before = _snapshot(out)
+    with pytest.raises(ResumeStateError, match="is missing while 1 committed shard"):
+        Ledger(out).resume()
+    assert _snapshot(out) == before

@@ -192,7 +192,7 @@ def test_cli_writes_the_repository_and_refuses_mistakes(tmp_path, capsys):
     assert parse_config((tmp_path / "det" / "config.pbtxt").read_text()).max_batch_size == 4
     cases = [(["--repo", str(tmp_path), "--name", "det"], "already exists; pass --overwrite"),
              (["--repo", str(tmp_path), "--layout", "ensemble", "--graph", "onnx"], "use --kind gpu"),
-             (["--repo", str(tmp_path), "--name", "a/b"], "a Triton model name is"),
+             (["--repo", str(tmp_path), "--name", "a/b"], "is not a model name clipscan can serve"),
              (["--repo", str(tmp_path), "--kind", "gpu", "--graph", "plan", "--name", "p"], "needs at least one --plan"),
              (["--repo", str(tmp_path), "--plan", str(tmp_path / "none.plan")], "does not exist"),
              (["--repo", str(tmp_path / "det" / "config.pbtxt")], "is a file")]
@@ -204,3 +204,35 @@ def test_cli_writes_the_repository_and_refuses_mistakes(tmp_path, capsys):
     assert main(["triton", "--repo", str(tmp_path), "--name", "det", "--max-batch", "2", "--overwrite"]) == 0
     assert parse_config((tmp_path / "det" / "config.pbtxt").read_text()).max_batch_size == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+BAD_NAMES = ["abc\n", "a/b", "..", "a b", "", "-x", "x" * 129, "caf\u00e9", "a\x00b", "..\\x"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_every_command_that_takes_a_model_name_refuses_a_bad_one(tmp_path, capsys, name):
+    """triton --name, serve --name and scan --server-model share one rule (Triton's), before anything is
+    written, listened on or connected to."""
+    from clipscan.runtime.model_name import MODEL_NAME_RULE
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    runs = {"triton": ["triton", "--repo", str(tmp_path / "repo"), f"--name={name}"],
+            "serve": ["serve", f"--name={name}", "--port", "9"],
+            "scan": ["scan", "--server", "http://127.0.0.1:9", f"--server-model={name}", str(image)]}
+    for command, argv in runs.items():
+        capsys.readouterr()
+        assert main(argv) == 2, (command, name)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"clipscan {command}: error: ") and f"{name!r} is not a model name" in err, err
+        assert MODEL_NAME_RULE in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_manifest_name_outside_the_rule_is_made_to_fit(tmp_path):
+    from clipscan.runtime.model_name import check_model_name, model_name_for
+
+    assert model_name_for("clipscan-demo") == "clipscan-demo"
+    assert model_name_for("my model/v2\n") == "my_model_v2_"
+    assert model_name_for("_private") == "m_private" and model_name_for("") == "m"
+    assert check_model_name("ViT-B.32_det") == "ViT-B.32_det"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from clipscan.runtime import defaults as T
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.contract import DATATYPES, TensorSpec, output_specs
 from clipscan.runtime.errors import InvalidArgumentError
+from clipscan.runtime.model_name import check_model_name, model_name_for
 from clipscan.runtime.results import model_identity
 from clipscan.runtime.v2_wire import encode_bytes_elements
 from clipscan.version import __version__
@@ -30,7 +30,6 @@ from .ensemble_steps import check_one_row_per_image
 from .pbtxt import to_pbtxt
 from .plans import Plan, plans_by_generation
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan", "python")
 
 
@@ -67,6 +66,8 @@ class Repository:
 
 
 def _check(opts: RepositoryOptions) -> None:
+    if opts.name is not None:
+        check_model_name(opts.name)
     if opts.kind not in KINDS:
         raise InvalidArgumentError(f"--kind {opts.kind!r}: expected one of {KINDS}")
     if opts.layout not in LAYOUTS:
@@ -150,10 +151,7 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
     _check(opts)
     artifact = load_artifact(model)
     manifest = artifact.manifest
-    name = opts.name or re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
-    if not NAME.match(name):
-        raise InvalidArgumentError(f"--name {name!r}: a Triton model name is letters, digits, '_', '.', '-' "
-                                   "(starting with a letter or digit)")
+    name = opts.name if opts.name is not None else model_name_for(manifest.name)
     root = Path(repo)
     if root.exists() and not root.is_dir():
         raise InvalidArgumentError(f"--repo {root} is a file; name a folder (it is created if missing)")
