@@ -3,6 +3,7 @@
     runtime  <-  export  <-  calibration  <-  bench  <-  cli
     runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
     runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
+    runtime, report  <-  evaluation (metrics from scikit-learn and scipy, its extra; no torch, no onnx)  <-  cli
 
 The runtime (what `pip install clipscan` gives) imports nothing above it, nor torch, open_clip,
 onnx or matplotlib, and neither do the runtime-only packages; each package imports only the ones
@@ -20,10 +21,12 @@ from .conftest import REPO
 PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
             "report": "clipscan.report", "distributed": "clipscan.distributed",
-            "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
+            "triton_repo": "clipscan.triton",  # not triton/: that name would shadow the `triton` package torch imports
+            "evaluation": "clipscan.evaluation"}
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
 RT, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.export", "clipscan.calibration", "clipscan.bench",
                                   "clipscan.serve", "clipscan.report", "clipscan.triton", "clipscan.distributed")
+EV = "clipscan.evaluation"
 DEPENDS = {
     RT: set(),
     EX: {RT},
@@ -31,12 +34,15 @@ DEPENDS = {
     RE: {RT},
     TR: {RT},
     DI: {RT},
+    EV: {RT, RE},
     CA: {RT, EX},
     BE: {RT, EX, CA, SE, DI},
-    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR, DI},
+    "clipscan.cli": {RT, EX, CA, BE, SE, RE, TR, DI, EV},
 }
 RUNTIME_ONLY = {RT, SE, RE, TR, DI}  # what must work in an install without torch, onnx or matplotlib
 HEAVY = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "matplotlib", "scipy", "skimage")
+# the evaluation package is the runtime plus the `evaluate` extra (scikit-learn, scipy): nothing else heavy
+EVALUATION_EXTRA = ("sklearn", "scipy")
 MAX_LINES = 450
 
 
@@ -128,6 +134,13 @@ def test_the_runtime_never_imports_torch_or_build_tools():
     _, edges = graph()
     wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) in RUNTIME_ONLY
              for t, _, line in targets if t.split(".")[0] in HEAVY]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_evaluation_needs_only_the_runtime_and_its_extra():
+    _, edges = graph()
+    wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) == EV
+             for t, _, line in targets if t.split(".")[0] in HEAVY and t.split(".")[0] not in EVALUATION_EXTRA]
     assert not wrong, "\n".join(wrong)
 
 
