@@ -1,0 +1,206 @@
+"""`clipscan evaluate`: metrics equal scikit-learn's on the scores a plain Scanner scan gives, failed files are
+counted, the page opens in a browser with its curves, artifacts and the PyTorch original side by side."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+
+from clipscan.cli import main
+from clipscan.runtime import Scanner
+from clipscan.runtime.artifact import DEMO_MODEL
+
+from .browser import browser_page
+
+BROKEN = b"\xff\xd8\xff\xe0 not really a JPEG"
+
+
+def launder(img: Image.Image, quality: int = 70) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def make_set(root: Path, n: int, seed: int, *, generated: bool = True, laundered: bool = True) -> Path:
+    """root/real: scikit-image photo crops; root/renders and root/renders_jpeg70: procedural renders, clean
+    and JPEG-laundered (laundered real crops join root/real). Seeded: the same call gives the same files."""
+    from clipscan.export import demo_data
+
+    rng = np.random.default_rng(seed)
+    photos = [demo_data.photo(p) for p in (*demo_data.TRAIN_PHOTOS, *demo_data.SAMPLE_PHOTOS)]
+    for d in ("real", "renders", "renders_jpeg70"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        real = demo_data.augment(photos[i % len(photos)], rng)
+        (launder(real) if laundered and i % 3 == 2 else real).save(root / "real" / f"photo_{i:03d}.png")
+        if generated:
+            render = demo_data.render(seed * 10_000 + i)
+            target = ("renders_jpeg70" if laundered and i % 2 else "renders")
+            (launder(render) if target == "renders_jpeg70" else render).save(root / target / f"render_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    root = make_set(tmp_path_factory.mktemp("labelled"), 40, seed=5)
+    (root / "real" / "broken.jpg").write_bytes(BROKEN)
+    return root
+
+
+def folder_args(root: Path) -> list[str]:
+    return ["--real", str(root / "real"), "--generated", f"render={root / 'renders'}",
+            "--generated", str(root / "renders_jpeg70")]
+
+
+def plain_scores(model, paths: list[str]) -> dict[str, object]:
+    with Scanner(model, backend="cpu") as s:
+        return {r.path: r for r in s.scan_many((p, p) for p in paths)}
+
+
+def run_evaluate(tmp_path, *args) -> tuple[int, dict]:
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", *args, "--json", str(out), "--bootstrap", "50", "--backend", "cpu", "-q"])
+    return rc, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_auc_and_ap_equal_scikit_learn_and_failed_files_count(labelled, tmp_path, capsys):
+    rc, doc = run_evaluate(tmp_path, str(DEMO_MODEL), *folder_args(labelled))
+    assert rc == 1, "a failed file makes the exit code 1"
+    printed = capsys.readouterr().out
+    result = doc["models"][0]
+    real = sorted(str(p) for p in (labelled / "real").iterdir())
+    gen = {g: sorted(str(p) for p in (labelled / d).iterdir()) for g, d in (("render", "renders"),
+                                                                           ("renders_jpeg70", "renders_jpeg70"))}
+    scored = plain_scores(DEMO_MODEL, real + gen["render"] + gen["renders_jpeg70"])
+    broken = str(labelled / "real" / "broken.jpg")
+    assert not scored[broken].ok
+    assert result["files"] == len(scored) == 81 and result["scanned"] == 80
+    assert [f["path"] for f in result["failed"]] == [broken] and broken in printed
+
+    ok = [p for p in scored if scored[p].ok]
+    y = np.array([0 if p in real else 1 for p in ok])
+    logit = np.array([scored[p].logit for p in ok])
+    head = result["heads"]["detector"]
+    assert head["auc"] == pytest.approx(roc_auc_score(y, logit), abs=1e-12)
+    assert head["ap"] == pytest.approx(average_precision_score(y, logit), abs=1e-12)
+    assert f"{head['auc']:.4f}" in printed and f"{head['ap']:.4f}" in printed
+    assert 0.5 < head["auc"] <= 1.0
+    # the failed real file is in the denominator as a wrong answer, never dropped
+    y_all = np.array([0 if p in real else 1 for p in scored])
+    said = np.array([(scored[p].verdict == "generated") if scored[p].ok else 1 - y_all[i]
+                     for i, p in enumerate(scored)], int)
+    assert head["files"] == 81 and head["failed"] == head["failed_real"] == 1
+    assert head["accuracy"] == pytest.approx(float((said == y_all).mean()))
+    assert head["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_all, said))
+    assert np.array(head["confusion"]["matrix"]).sum() == 80
+    for g, paths in gen.items():  # per generator: real against that generator only
+        sel = [p for p in ok if p in real or p in paths]
+        yg = np.array([0 if p in real else 1 for p in sel])
+        assert head["generators"][g]["auc"] == pytest.approx(roc_auc_score(yg, [scored[p].logit for p in sel]))
+        assert head["generators"][g]["files"] == len(paths)
+    for key in ("auc", "ap", "accuracy", "tpr_at_fpr_0.05"):
+        low, high = head["ci"][key]
+        assert low <= head[key] + 1e-12 and head[key] <= high + 1e-12 or key == "tpr_at_fpr_0.05"
+    # seeded: the same run gives the same intervals
+    rc2, again = run_evaluate(tmp_path, str(DEMO_MODEL), *folder_args(labelled))
+    assert again["models"][0]["heads"]["detector"]["ci"] == head["ci"]
+
+
+def test_a_labels_file_with_mos_gives_quality_correlations(labelled, tmp_path):
+    rows = ["path,label,generator,mos"]
+    files = sorted((labelled / "real").glob("photo_*.png"))[:12] + sorted((labelled / "renders").glob("*.png"))[:6]
+    for i, p in enumerate(files):
+        label = "real" if "photo" in p.name else "generated"
+        rows.append(f"{p.relative_to(labelled)},{label},{'' if label == 'real' else 'render'},{1 + i % 5}")
+    (labelled / "labels.csv").write_text("\n".join(rows) + "\n")
+    rc, doc = run_evaluate(tmp_path, str(DEMO_MODEL), "--labels", str(labelled / "labels.csv"))
+    assert rc == 0
+    scored = plain_scores(DEMO_MODEL, [str(p) for p in files])
+    mos = [1 + i % 5 for i in range(len(files))]
+    quality = [scored[str(p)].quality for p in files]
+    q = doc["models"][0]["heads"]["quality"]
+    assert q["files"] == len(files) and q["failed"] == 0
+    assert q["srcc"] == pytest.approx(spearmanr(mos, quality).statistic)
+    assert q["plcc"] == pytest.approx(pearsonr(mos, quality).statistic)
+    assert doc["counts"] == {"files": 18, "real": 12, "generated": 6, "with_mos": 18}
+
+
+def test_user_mistakes_are_one_line_errors(labelled, tmp_path, capsys):
+    assert main(["evaluate", str(DEMO_MODEL), "--labels", "x.csv", "--real", str(labelled / "real")]) == 2
+    assert "either --labels" in capsys.readouterr().err
+    assert main(["evaluate", str(DEMO_MODEL), "--real", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.png,maybe\n")
+    assert main(["evaluate", str(DEMO_MODEL), "--labels", str(bad)]) == 2
+    assert "label 'maybe'" in capsys.readouterr().err
+    assert main(["evaluate", str(DEMO_MODEL), "--real", str(labelled / "real"), "--reference"]) == 2
+    assert "--reference needs" in capsys.readouterr().err
+
+
+def test_compare_prints_the_differences_and_the_page_has_its_curves(labelled, tmp_path, capsys):
+    from clipscan.evaluation import set_threshold
+
+    strict = tmp_path / "strict.onnx"  # same graph, a threshold for 5% FPR on other real images
+    other = make_set(tmp_path / "other", 70, seed=11, generated=False)
+    set_threshold(str(DEMO_MODEL), [str(other / "real")], 0.05, output=strict, backend="cpu")
+    copy = tmp_path / "copy.onnx"
+    shutil.copyfile(DEMO_MODEL, copy)
+    page = tmp_path / "eval.html"
+    rc, doc = run_evaluate(tmp_path, str(DEMO_MODEL), *folder_args(labelled), "--compare", str(copy), str(strict),
+                           "--html", str(page))
+    printed = capsys.readouterr().out
+    assert [m["model"] for m in doc["models"]] == ["demo.onnx", "copy.onnx", "strict.onnx"]
+    diffs = {(d["head"], d["metric"]): d["minus_first"] for d in doc["differences"]}
+    assert diffs[("detector", "auc")] == [0.0, 0.0, 0.0], "the same graph ranks the same"
+    assert diffs[("detector", "accuracy")][1] == 0.0
+    t_strict = doc["models"][2]["heads"]["detector"]["threshold"]
+    assert t_strict != 0.5
+    assert "every model on the same 81 files" in printed and "- demo.onnx" in printed
+
+    with browser_page() as tab:
+        tab.goto(page.as_uri())
+        assert tab.title().startswith("clipscan evaluate")
+        for kind in ("roc", "pr"):
+            lines = tab.locator(f"svg.curve.{kind} polyline")
+            assert lines.count() == 3
+            points = lines.first.get_attribute("points").split()
+            assert len(points) >= 4, f"{kind} curve has its points"
+            if kind == "roc":  # from (0, 0) to (1, 1) in the plot's pixels
+                assert (points[0], points[-1]) == ("36.0,264.0", "304.0,36.0")
+        bars = tab.locator("svg.hist rect.bar")
+        assert bars.count() == 40 and sum(int(b.get_attribute("data-count")) for b in bars.all()) == 80
+        assert tab.locator("#metrics-table tbody tr").count() == len(doc["differences"])
+        assert "broken.jpg" in tab.locator("#failures").inner_text()
+
+
+def test_jsonl_labels_and_an_unknown_model_file(labelled, tmp_path, capsys):
+    lines = [json.dumps({"path": str(p), "label": 0}) for p in sorted((labelled / "real").glob("photo_00*.png"))]
+    lines += [json.dumps({"path": str(p), "label": "fake", "generator": "r"})
+              for p in sorted((labelled / "renders").glob("*.png"))[:5]]
+    (tmp_path / "l.jsonl").write_text("\n".join(lines))
+    rc, doc = run_evaluate(tmp_path, str(DEMO_MODEL), "--labels", str(tmp_path / "l.jsonl"))
+    assert rc == 0 and doc["models"][0]["heads"]["detector"]["generators"]["r"]["files"] == 5
+    assert main(["evaluate", str(tmp_path / "none.onnx"), "--labels", str(tmp_path / "l.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_pytorch_reference_and_the_fp32_artifact_agree(exported, tiny_model_files, labelled, tmp_path):
+    rc, doc = run_evaluate(tmp_path, str(exported.path), *folder_args(labelled), "--reference",
+                           "--arch", str(tiny_model_files["config"]), "--weights", str(tiny_model_files["weights"]),
+                           "--heads", str(tiny_model_files["heads"]))
+    fp32, torch_ = doc["models"]
+    assert torch_["model"] == "pytorch" and [f["path"] for f in torch_["failed"]] == [f["path"] for f in fp32["failed"]]
+    for name, head in fp32["heads"].items():
+        if head["task"] == "quality":
+            continue
+        assert abs(head["auc"] - torch_["heads"][name]["auc"]) <= 1e-4
+        assert abs(head["ap"] - torch_["heads"][name]["ap"]) <= 1e-4
