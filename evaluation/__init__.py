@@ -116,7 +116,8 @@ def set_threshold(model, real: list[str], fpr: float, *, generated: list[str] = 
 
 def threshold_text(r: ThresholdResult) -> str:
     lines = [f"target false-positive rate {r.fpr:g} on {r.record['real_files_given']} real files "
-             f"({r.record['real_files_failed']} failed and are not counted; content hash {r.record['files_sha256'][:16]})"]
+             f"({r.record['real_files_failed']} failed and are not counted; content hash "
+             f"{r.record['files_sha256'][:16]})"]
     for name, c in r.chosen["heads"].items():
         lo, hi = c["ci95"]
         lines.append(f"  head {name}: threshold {r.previous[name]:.6g} -> {c['threshold']:.6g}; "

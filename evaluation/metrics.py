@@ -24,7 +24,7 @@ HIST_BINS = 20
 DECISION_ROW = "decision"  # the entry for the row's verdict when the manifest's ensemble rule makes it
 
 
-def _sk():
+def sklearn_metrics():
     """scikit-learn's metrics, or the error naming the extra that brings them."""
     try:
         from sklearn import metrics
@@ -35,7 +35,7 @@ def _sk():
     return metrics
 
 
-def _stats():
+def scipy_stats():
     try:
         from scipy import stats
     except ImportError:
@@ -53,21 +53,21 @@ def tpr_at(y: np.ndarray, score: np.ndarray, fpr_target: float) -> float | None:
     """The highest true-positive rate of any threshold whose false-positive rate is <= fpr_target."""
     if len(set(y.tolist())) < 2:
         return None
-    fpr, tpr, _ = _sk().roc_curve(y, score, drop_intermediate=False)
+    fpr, tpr, _ = sklearn_metrics().roc_curve(y, score, drop_intermediate=False)
     return float(tpr[fpr <= fpr_target + 1e-12].max())
 
 
 def _ranking(y: np.ndarray, score: np.ndarray) -> dict:
     if len(set(y.tolist())) < 2:
         return {"auc": None, "ap": None, **{f"tpr_at_fpr_{p:g}": None for p in FPR_POINTS}}
-    m = _sk()
+    m = sklearn_metrics()
     return {"auc": float(m.roc_auc_score(y, score)), "ap": float(m.average_precision_score(y, score)),
             **{f"tpr_at_fpr_{p:g}": tpr_at(y, score, p) for p in FPR_POINTS}}
 
 
 def _decided(y_all: np.ndarray, pred_all: np.ndarray) -> dict:
     """Accuracy and balanced accuracy over every labelled file (failed files carry the wrong answer)."""
-    m = _sk()
+    m = sklearn_metrics()
     out = {"accuracy": float(m.accuracy_score(y_all, pred_all))}
     out["balanced_accuracy"] = (float(m.balanced_accuracy_score(y_all, pred_all)) if len(set(y_all.tolist())) > 1
                                 else None)
@@ -104,7 +104,7 @@ def _thin(xs, ys) -> list[list[float]]:
 def _curves(y: np.ndarray, score: np.ndarray, p: np.ndarray) -> dict:
     out: dict = {"roc": [], "pr": []}
     if len(set(y.tolist())) == 2:
-        m = _sk()
+        m = sklearn_metrics()
         fpr, tpr, _ = m.roc_curve(y, score)
         precision, recall, _ = m.precision_recall_curve(y, score)
         out = {"roc": _thin(fpr, tpr), "pr": _thin(recall[::-1], precision[::-1])}
@@ -136,7 +136,8 @@ def decision_metrics(labelled: LabelledSet, answers: list, negative: str, thresh
            "failed_real": int((~ok & (y == REAL)).sum()), "failed_generated": int((~ok & (y == GENERATED)).sum())}
     everything = np.arange(len(idx))
     out.update(one(everything))
-    cm = _sk().confusion_matrix(y[ok], said[ok], labels=[REAL, GENERATED]) if ok.any() else np.zeros((2, 2), int)
+    cm = (sklearn_metrics().confusion_matrix(y[ok], said[ok], labels=[REAL, GENERATED]) if ok.any()
+          else np.zeros((2, 2), int))
     out["confusion"] = {"rows": "true real, true generated", "columns": "said real, said generated",
                         "matrix": cm.tolist()}
     out["detection_rate"] = _f(said[ok & (y == GENERATED)].sum() / max(1, (y == GENERATED).sum()))
@@ -177,7 +178,7 @@ def attribution_metrics(labelled: LabelledSet, answers: list, labels: tuple[str,
         truth.append(true)
         said.append(a.get("generator") or labels[0] if a["verdict"] == "generated" else labels[0])
     names = list(labels) + (["(failed)"] if failed else [])
-    m = _sk()
+    m = sklearn_metrics()
     out = {"files": len(truth), "failed": failed, "unknown_to_head": unknown, "labels": names}
     if truth:
         out["top1"] = float(m.accuracy_score(truth, said))
@@ -196,7 +197,7 @@ def quality_metrics(labelled: LabelledSet, answers: list, *, n_boot: int, seed: 
         return out
     mos = np.array([labelled.items[i].mos for i in ok], np.float64)
     score = np.array([answers[i]["score"] for i in ok], np.float64)
-    st = _stats()
+    st = scipy_stats()
 
     def one(sel):
         if np.ptp(mos[sel]) == 0 or np.ptp(score[sel]) == 0:

@@ -34,9 +34,9 @@ class ThresholdError(InvalidArgumentError):
 
 
 def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> list[float]:
-    from scipy.stats import binomtest
+    from .metrics import scipy_stats
 
-    ci = binomtest(k, n).proportion_ci(confidence, method="exact")
+    ci = scipy_stats().binomtest(k, n).proportion_ci(confidence, method="exact")
     return [float(ci.low), float(ci.high)]
 
 

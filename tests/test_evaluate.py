@@ -175,6 +175,7 @@ def test_compare_prints_the_differences_and_the_page_has_its_curves(labelled, tm
             assert len(points) >= 4, f"{kind} curve has its points"
             if kind == "roc":  # from (0, 0) to (1, 1) in the plot's pixels
                 assert (points[0], points[-1]) == ("36.0,264.0", "304.0,36.0")
+        assert tab.locator("svg.hist line.threshold").count() == 1
         bars = tab.locator("svg.hist rect.bar")
         assert bars.count() == 40 and sum(int(b.get_attribute("data-count")) for b in bars.all()) == 80
         assert tab.locator("#metrics-table tbody tr").count() == len(doc["differences"])

@@ -142,3 +142,24 @@ def test_several_heads_get_one_threshold_each_and_the_rule_is_reapplied(sets, tm
         assert max(per_head) <= said
     held = np.array([r.p_generated for r in rows])
     assert np.isfinite(held).all()
+
+
+def test_threshold_and_evaluate_run_without_torch_or_onnx_and_say_when_scikit_learn_is_missing(sets, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import block_torch_env, blocked_env
+
+    real = str(sets["pick"] / "real")
+    cmd = [sys.executable, "-m", "clipscan", "threshold", str(DEMO_MODEL), "--real", real, "--fpr", "0.05",
+           "--backend", "cpu", "-q", "-o", str(tmp_path / "t.onnx")]
+    done = subprocess.run(cmd, env=block_torch_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_artifact(tmp_path / "t.onnx").manifest.head("detection").details["threshold_choice"]
+    evaluate = [sys.executable, "-m", "clipscan", "evaluate", str(tmp_path / "t.onnx"), "--real", real,
+                "--generated", str(sets["pick"] / "renders"), "--bootstrap", "20", "--backend", "cpu", "-q"]
+    done = subprocess.run(evaluate, env=block_torch_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "AUC" in done.stdout, done.stderr
+    no_extra = blocked_env(tmp_path, ("sklearn", "scipy"), "this process simulates an install without the extra")
+    done = subprocess.run(evaluate, env=no_extra, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "pip install 'clipscan[evaluate]'" in done.stderr, done.stderr
