@@ -31,10 +31,12 @@ log = logging.getLogger("clipscan.evaluate")
 
 
 def evaluate(models: list, labelled: LabelledSet, *, scored: list[Scored] = (), backend: str = "auto",
-             batch_size: int = 16, n_boot: int = 1000, seed: int = 0, progress: bool = False) -> list[dict]:
+             batch_size: int = 16, decode: str = "auto", n_boot: int = 1000, seed: int = 0,
+             progress: bool = False) -> list[dict]:
     """Every model in `models` (artifact paths, None for the demo model) scanned on `labelled`, then the
     already scored `scored` (e.g. the PyTorch original): one metrics dict per model, in that order."""
-    runs = [scan_set(m, labelled, backend=backend, batch_size=batch_size, progress=progress) for m in models]
+    runs = [scan_set(m, labelled, backend=backend, batch_size=batch_size, decode=decode, progress=progress)
+            for m in models]
     names = [r.name for r in runs]
     for r in runs:  # two files of the same name in different folders: tell them apart in tables
         if names.count(r.name) > 1:

@@ -194,14 +194,24 @@ def test_jsonl_labels_and_an_unknown_model_file(labelled, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_pytorch_reference_and_the_fp32_artifact_agree(exported, tiny_model_files, labelled, tmp_path):
-    rc, doc = run_evaluate(tmp_path, str(exported.path), *folder_args(labelled), "--reference",
+def test_the_pytorch_reference_and_the_fp32_artifact_agree_and_int8_differences_show(exported, tiny_model_files,
+                                                                                     labelled, tmp_path, capsys):
+    int8 = tmp_path / "int8.onnx"
+    assert main(["calibrate", str(exported.path), "--images", str(labelled / "real"), "-o", str(int8), "-q"]) in (0, 1)
+    capsys.readouterr()
+    rc, doc = run_evaluate(tmp_path, str(exported.path), *folder_args(labelled), "--compare", str(int8), "--reference",
                            "--arch", str(tiny_model_files["config"]), "--weights", str(tiny_model_files["weights"]),
                            "--heads", str(tiny_model_files["heads"]))
-    fp32, torch_ = doc["models"]
-    assert torch_["model"] == "pytorch" and [f["path"] for f in torch_["failed"]] == [f["path"] for f in fp32["failed"]]
-    for name, head in fp32["heads"].items():
-        if head["task"] == "quality":
-            continue
-        assert abs(head["auc"] - torch_["heads"][name]["auc"]) <= 1e-4
-        assert abs(head["ap"] - torch_["heads"][name]["ap"]) <= 1e-4
+    printed = capsys.readouterr().out
+    fp32, quantized, torch_ = doc["models"]
+    assert quantized["identity"]["precision"] == "int8" and torch_["model"] == "pytorch"
+    assert [f["path"] for f in torch_["failed"]] == [f["path"] for f in fp32["failed"]]
+    decision = [n for n, h in fp32["heads"].items() if h["task"] != "quality"]
+    assert decision
+    for name in decision:
+        assert abs(fp32["heads"][name]["auc"] - torch_["heads"][name]["auc"]) <= 1e-4
+        assert abs(fp32["heads"][name]["ap"] - torch_["heads"][name]["ap"]) <= 1e-4
+    diffs = {(d["head"], d["metric"]): d for d in doc["differences"]}
+    auc, head = diffs[(decision[0], "auc")], decision[0]
+    assert auc["minus_first"][1] == pytest.approx(quantized["heads"][head]["auc"] - fp32["heads"][head]["auc"])
+    assert f"{auc['minus_first'][1]:+.4f}" in printed and "int8.onnx" in printed and "pytorch" in printed

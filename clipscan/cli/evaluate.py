@@ -93,7 +93,8 @@ def run(args) -> int:
             check_output(path, overwrite=True)
     scored = [_reference(args, labelled)] if args.reference else []
     results = evaluate([args.model, *args.compare], labelled, scored=scored, backend=args.backend,
-                       batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed, progress=not args.quiet)
+                       batch_size=args.batch_size, decode=args.decode, n_boot=args.bootstrap, seed=args.seed,
+                       progress=not args.quiet)
     print(text_report(results))
     write_outputs(results, labelled, json_path=args.json, html_path=args.html)
     for what, path in (("JSON", args.json), ("page", args.html)):
