@@ -49,20 +49,15 @@ def _f(v) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 
 
-def tpr_at(y: np.ndarray, score: np.ndarray, fpr_target: float) -> float | None:
-    """The highest true-positive rate of any threshold whose false-positive rate is <= fpr_target."""
-    if len(set(y.tolist())) < 2:
-        return None
-    fpr, tpr, _ = sklearn_metrics().roc_curve(y, score, drop_intermediate=False)
-    return float(tpr[fpr <= fpr_target + 1e-12].max())
-
-
 def _ranking(y: np.ndarray, score: np.ndarray) -> dict:
+    """AUC, average precision, and at each FPR_POINTS rate the highest true-positive rate of any threshold
+    whose false-positive rate is at most that (sklearn's ROC curve, every threshold kept)."""
     if len(set(y.tolist())) < 2:
         return {"auc": None, "ap": None, **{f"tpr_at_fpr_{p:g}": None for p in FPR_POINTS}}
     m = sklearn_metrics()
+    fpr, tpr, _ = m.roc_curve(y, score, drop_intermediate=False)
     return {"auc": float(m.roc_auc_score(y, score)), "ap": float(m.average_precision_score(y, score)),
-            **{f"tpr_at_fpr_{p:g}": tpr_at(y, score, p) for p in FPR_POINTS}}
+            **{f"tpr_at_fpr_{p:g}": float(tpr[fpr <= p + 1e-12].max()) for p in FPR_POINTS}}
 
 
 def _decided(y_all: np.ndarray, pred_all: np.ndarray) -> dict:

@@ -43,9 +43,10 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> list[floa
 def check_size(n: int, fpr: float) -> None:
     need = math.ceil(MIN_EXPECTED / fpr - 1e-9)
     if n < need:
+        lowest = f", or ask for a rate of at least {MIN_EXPECTED / n:.3g}" if n else ""
         raise ThresholdError(f"a false-positive rate of {fpr:g} needs at least {need} real images (so that "
                              f"{MIN_EXPECTED} false positives are expected); --real holds {n} that scanned. Add real "
-                             f"images, or ask for a rate of at least {MIN_EXPECTED / n:.3g}")
+                             f"images{lowest}")
 
 
 def cut(p_desc: np.ndarray, k: int) -> float:

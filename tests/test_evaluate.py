@@ -193,6 +193,51 @@ def test_jsonl_labels_and_an_unknown_model_file(labelled, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_every_decision_head_the_ensemble_row_and_an_attribution_head(labelled, tmp_path):
+    """The demo graph read as two decision heads under the "any" rule: its detector, and an attribution head
+    whose class probabilities are the embedding's 128 values (labels real, g0 .. g126): every head is
+    evaluated, the row's decision too, and top-1 is the head's own answer against the true source."""
+    from dataclasses import replace
+
+    from sklearn.metrics import accuracy_score
+
+    from clipscan.evaluation.onnx_write import write_with_manifest
+    from clipscan.runtime import load_artifact
+    from clipscan.runtime.manifest import HeadSpec
+
+    manifest = load_artifact(DEMO_MODEL).manifest
+    det = manifest.head("detection")
+    labels = ("real", *(f"g{i}" for i in range(manifest.embedding["dim"] - 1)))
+    attr = HeadSpec("attr", "attribution", {**det.outputs, "class_probs": manifest.embedding["output"]}, labels, 0.4)
+    model = write_with_manifest(DEMO_MODEL, tmp_path / "two.onnx",
+                                replace(manifest, heads=(*manifest.heads, attr),
+                                        decision={"ensemble": "any"}).to_json())
+    real = sorted(str(p) for p in (labelled / "real").iterdir())
+    renders = sorted(str(p) for p in (labelled / "renders").iterdir())
+    rc, doc = run_evaluate(tmp_path, str(model), "--real", str(labelled / "real"), "--generated",
+                           f"g3={labelled / 'renders'}", "--generated", str(labelled / "renders_jpeg70"))
+    heads = doc["models"][0]["heads"]
+    assert set(heads) == {"detector", "quality", "attr", "decision"} and heads["decision"]["task"] == "ensemble (any)"
+    scored = plain_scores(model, real + renders)
+    truth, said = [], []
+    for p, r in scored.items():
+        truth.append("real" if p in real else "g3")
+        said.append("(failed)" if not r.ok else r.heads["attr"]["generator"] if r.heads["attr"]["verdict"] ==
+                    "generated" else "real")
+    a = heads["attr"]["attribution"]
+    assert a["top1"] == pytest.approx(accuracy_score(truth, said)) and a["failed"] == 1
+    assert a["unknown_to_head"] == len(list((labelled / "renders_jpeg70").iterdir()))
+    assert np.array(a["confusion"]).sum() == len(truth) and a["labels"][-1] == "(failed)"
+    laundered = sorted(str(p) for p in (labelled / "renders_jpeg70").iterdir())
+    every = {**scored, **plain_scores(model, laundered)}
+    y = np.array([0 if p in real else 1 for p in every])
+    rows = np.array([r.verdict == "generated" if r.ok else 1 - y[i] for i, r in enumerate(every.values())], int)
+    assert heads["decision"]["accuracy"] == pytest.approx(float((rows == y).mean()))
+    ok = np.array([r.ok for r in every.values()])
+    assert heads["decision"]["auc"] == pytest.approx(roc_auc_score(y[ok], [r.logit for r in every.values() if r.ok]))
+    assert heads["attr"]["threshold"] == 0.4 and heads["decision"]["threshold"] is None
+
+
 @pytest.mark.slow
 def test_the_pytorch_reference_and_the_fp32_artifact_agree_and_int8_differences_show(exported, tiny_model_files,
                                                                                      labelled, tmp_path, capsys):
