@@ -182,6 +182,22 @@ def test_compare_prints_the_differences_and_the_page_has_its_curves(labelled, tm
         assert "broken.jpg" in tab.locator("#failures").inner_text()
 
 
+def test_the_guide_and_the_help_name_every_metric(capsys):
+    from clipscan.evaluation.metrics import FPR_POINTS
+    from clipscan.evaluation.tables import DECISION_KEYS, QUALITY_KEYS, TITLES
+
+    from .conftest import REPO
+
+    guide = (REPO / "docs" / "guides" / "evaluate.md").read_text()
+    table = {line.split("|")[1].strip() for line in guide.splitlines() if line.startswith("| ")}
+    assert {TITLES[k] for k in DECISION_KEYS} <= table
+    assert all(k.upper() in guide for k in QUALITY_KEYS)
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{100 * r:g}%" in help_text for r in FPR_POINTS) and "%%" not in help_text
+
+
 def test_jsonl_labels_and_an_unknown_model_file(labelled, tmp_path, capsys):
     lines = [json.dumps({"path": str(p), "label": 0}) for p in sorted((labelled / "real").glob("photo_00*.png"))]
     lines += [json.dumps({"path": str(p), "label": "fake", "generator": "r"})

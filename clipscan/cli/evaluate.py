@@ -27,8 +27,11 @@ def add_scan_args(p) -> None:
 
 
 def add_arguments(p) -> None:
+    from clipscan.evaluation.metrics import FPR_POINTS
+
+    rates = " and ".join(f"{100 * r:g}%" for r in FPR_POINTS)
     p.description = ("Scan a labelled set with the artifact and report, per head: AUC, average precision, "
-                     "accuracy and balanced accuracy at the artifact's threshold, true-positive rate at 1%% and 5%% "
+                     f"accuracy and balanced accuracy at the artifact's threshold, true-positive rate at {rates} "
                      "false-positive rate, per-generator results, the confusion matrix and bootstrap confidence "
                      "intervals (detection and attribution heads; attribution adds top-1 and the confusion between "
                      "generators); SRCC and PLCC against MOS labels (quality heads). --compare and --reference put "
