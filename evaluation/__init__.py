@@ -14,9 +14,11 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.atomic import write_text
 
 from .collect import Scored, scan_set
@@ -83,6 +85,8 @@ def set_threshold(model, real: list[str], fpr: float, *, generated: list[str] = 
     the new artifact written to `output` (never over `model`) when given."""
     if not 0.0 < fpr < 1.0:
         raise ThresholdError(f"--fpr is a false-positive rate in (0, 1), e.g. 0.01; got {fpr}")
+    if output is not None and Path(output).resolve() == load_artifact(model).path:
+        raise ThresholdError(f"-o {output} is the model itself; the input is never overwritten: name a new file")
     real_set = from_folders(list(real), [])
     real_scored = scan_set(model, real_set, backend=backend, batch_size=batch_size, progress=progress)
     manifest = real_scored.manifest
@@ -108,8 +112,6 @@ def set_threshold(model, real: list[str], fpr: float, *, generated: list[str] = 
     previous = {h.name: h.threshold for h in decision_heads}
     if output is not None:
         source = real_scored.identity["file"]
-        if os.path.abspath(output) == os.path.abspath(source):
-            raise ThresholdError(f"-o {output} is the model itself; the input is never overwritten: name a new file")
         updated = new_manifest(manifest, chosen, record)
         write_with_manifest(source, output, updated.to_json())
     return ThresholdResult(None if output is None else os.fspath(output), fpr, chosen, detection, failed, record,

@@ -66,7 +66,7 @@ def plain_scores(model, paths: list[str]) -> dict[str, object]:
 
 def run_evaluate(tmp_path, *args) -> tuple[int, dict]:
     out = tmp_path / "eval.json"
-    rc = main(["evaluate", *args, "--json", str(out), "--bootstrap", "50", "--backend", "cpu", "-q"])
+    rc = main(["evaluate", *args, "--json", str(out), "--overwrite", "--bootstrap", "50", "--backend", "cpu", "-q"])
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
 
@@ -143,6 +143,10 @@ def test_user_mistakes_are_one_line_errors(labelled, tmp_path, capsys):
     assert "label 'maybe'" in capsys.readouterr().err
     assert main(["evaluate", str(DEMO_MODEL), "--real", str(labelled / "real"), "--reference"]) == 2
     assert "--reference needs" in capsys.readouterr().err
+    kept = tmp_path / "kept.html"
+    kept.write_text("mine")
+    assert main(["evaluate", str(DEMO_MODEL), "--real", str(labelled / "real"), "--html", str(kept)]) == 2
+    assert "already exists" in capsys.readouterr().err and kept.read_text() == "mine"
 
 
 def test_compare_prints_the_differences_and_the_page_has_its_curves(labelled, tmp_path, capsys):

@@ -7,7 +7,7 @@ metrics as a wrong answer); 2: the evaluation could not run.
 from __future__ import annotations
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
-from .args import BACKENDS, add_original_args, heads_from, non_negative_int, positive_int
+from .args import BACKENDS, add_original_args, check_output, heads_from, non_negative_int, positive_int
 
 AS_GIVEN = ", as given to export (with --reference)"
 
@@ -57,6 +57,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default 0)")
     p.add_argument("--json", metavar="OUT", help="write every metric, curve and failed file as JSON")
     p.add_argument("--html", metavar="OUT", help="write a self-contained HTML page (curves, histograms, tables)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --html file")
 
 
 def _labelled(args):
@@ -91,9 +92,7 @@ def run(args) -> int:
     labelled = _labelled(args)
     for path in (args.json, args.html):
         if path:
-            from .args import check_output
-
-            check_output(path, overwrite=True)
+            check_output(path, args.overwrite)
     scored = [_reference(args, labelled)] if args.reference else []
     results = evaluate([args.model, *args.compare], labelled, scored=scored, backend=args.backend,
                        batch_size=args.batch_size, decode=args.decode, n_boot=args.bootstrap, seed=args.seed,
