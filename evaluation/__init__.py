@@ -11,7 +11,6 @@ Needs the `evaluate` extra (scikit-learn, which brings scipy) besides the runtim
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from .onnx_write import write_with_manifest
 from .page import render
 from .tables import compare_table, differences, model_table
 from .threshold import ThresholdError, choice_record, choose, detection_rates, new_manifest
-
-log = logging.getLogger("clipscan.evaluate")
 
 
 def evaluate(models: list, labelled: LabelledSet, *, scored: list[Scored] = (), backend: str = "auto",
