@@ -76,6 +76,8 @@ def differences(results: list[dict]) -> list[dict]:
     base = results[0]
     out = []
     for name, h in base["heads"].items():
+        if h["task"] == "quality" and not h["files"]:
+            continue  # no MOS labels: nothing to compare
         keys = QUALITY_KEYS if h["task"] == "quality" else DECISION_KEYS
         for k in keys:
             values = [r["heads"].get(name, {}).get(k) for r in results]
@@ -87,13 +89,13 @@ def differences(results: list[dict]) -> list[dict]:
 def compare_table(results: list[dict]) -> str:
     """Metric by metric, every model's value and its difference from the first model."""
     names = [r["model"] for r in results]
-    width = max(12, *(len(n) + 2 for n in names))
-    head = f"{'head':14}{'metric':24}" + "".join(f"{n:>{width}}" for n in names)
-    head += "".join(f"{'- ' + names[0][:width - 4]:>{width}}" for _ in names[1:])
+    width = max(12, len(names[0]) + 4, *(len(n) + 2 for n in names))
+    head = f"{'head':14}{'metric':32}" + "".join(f"{n:>{width}}" for n in names)
+    head += "".join(f"{'- ' + names[0]:>{width}}" for _ in names[1:])
     lines = [f"every model on the same {results[0]['files']} files; failed: "
              + ", ".join(f"{r['model']} {len(r['failed'])}" for r in results), head]
     for d in differences(results):
-        row = f"{d['head'][:13]:14}{TITLES[d['metric']][:23]:24}" + "".join(f"{num(v):>{width}}" for v in d["values"])
+        row = f"{d['head'][:13]:14}{TITLES[d['metric']]:32}" + "".join(f"{num(v):>{width}}" for v in d["values"])
         row += "".join(f"{'n/a' if x is None else f'{x:+.4f}':>{width}}" for x in d["minus_first"][1:])
         lines.append(row)
     return "\n".join(lines)
