@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from clipscan.runtime.atomic import replacing
+from clipscan.runtime.errors import InvalidArgumentError, ModelError
 from clipscan.runtime.manifest import METADATA_KEY
 
 METADATA_PROPS = 14   # ModelProto.metadata_props (onnx/onnx.proto3)
@@ -35,7 +36,7 @@ def decode_varint(buf, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
-            raise ValueError("a malformed varint in the ONNX file")
+            raise ModelError("a malformed varint in the ONNX file: it is damaged; export it again")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -62,9 +63,10 @@ def records(buf, start: int, end: int):
         elif wire == 5:
             value, pos = pos, pos + 4
         else:
-            raise ValueError(f"an unsupported protobuf wire type {wire} in the ONNX file")
+            raise ModelError(f"an unsupported protobuf wire type {wire} in the ONNX file: it is damaged; "
+                             "export it again")
         if pos > end:
-            raise ValueError("a protobuf record runs past the end of the ONNX file")
+            raise ModelError("a protobuf record runs past the end of the ONNX file: it is truncated; export it again")
         yield number, wire, first, value, pos
 
 
@@ -88,7 +90,7 @@ def write_with_manifest(source: str | os.PathLike, target: str | os.PathLike, ma
     """Copy the ONNX file `source` to `target` with `manifest_json` as its clipscan manifest."""
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
-        raise ValueError(f"the new artifact would overwrite its source {source}; write it to another file")
+        raise InvalidArgumentError(f"the new artifact would overwrite its source {source}; write it to another file")
     with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf, replacing(target) as tmp:
         with open(tmp, "wb") as out:
             for number, wire, first, value, end in records(buf, 0, len(buf)):

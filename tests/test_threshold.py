@@ -163,3 +163,13 @@ def test_threshold_and_evaluate_run_without_torch_or_onnx_and_say_when_scikit_le
     no_extra = blocked_env(tmp_path, ("sklearn", "scipy"), "this process simulates an install without the extra")
     done = subprocess.run(evaluate, env=no_extra, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "pip install 'clipscan[evaluate]'" in done.stderr, done.stderr
+
+
+def test_a_truncated_model_is_a_model_error_and_nothing_is_left(tmp_path):
+    from clipscan.runtime.errors import ModelError
+
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(DEMO_MODEL.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="truncated"):
+        write_with_manifest(cut, tmp_path / "out.onnx", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.onnx"]

@@ -75,7 +75,10 @@ def _reference(args, labelled):
     from clipscan.export import load_reference
 
     if not (args.arch and args.weights):
-        raise ValueError("--reference needs the original's files: --arch, --weights and --heads/--head" + AS_GIVEN)
+        from clipscan.runtime.errors import InvalidArgumentError
+
+        raise InvalidArgumentError("--reference needs the original's files: --arch, --weights and --heads/--head"
+                                   + AS_GIVEN)
     heads = heads_from(args, required=True, as_given=AS_GIVEN)
     reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu,
                                resize_mode=args.resize_mode)
