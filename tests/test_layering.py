@@ -6,6 +6,7 @@
     runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
     measure (fidelity bars, machine description, timing; imports no other clipscan package)
              <-  export, calibration, bench, cli
+    runtime, report  <-  evaluation (metrics from scikit-learn and scipy, its extra; no torch, no onnx)  <-  cli
 
 The runtime (what `pip install clipscan` gives) imports nothing above it, nor torch, open_clip,
 onnx or matplotlib, and neither do the runtime-only packages; measure imports none of them
@@ -25,11 +26,13 @@ PACKAGES = {"clipscan": "clipscan", "runtime": "clipscan.runtime", "measure": "c
             "export": "clipscan.export",
             "calibration": "clipscan.calibration", "bench": "clipscan.bench", "serve": "clipscan.serve",
             "report": "clipscan.report", "distributed": "clipscan.distributed",
-            "triton_repo": "clipscan.triton"}  # not triton/: that name would shadow the `triton` package torch imports
+            "triton_repo": "clipscan.triton",  # not triton/: that name would shadow the `triton` package torch imports
+            "evaluation": "clipscan.evaluation"}
 # package -> the clipscan packages it may import (besides itself and the top-level clipscan.version)
 RT, ME, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.measure", "clipscan.export",
                                       "clipscan.calibration", "clipscan.bench", "clipscan.serve", "clipscan.report",
                                       "clipscan.triton", "clipscan.distributed")
+EV = "clipscan.evaluation"
 DEPENDS = {
     RT: set(),
     ME: set(),
@@ -38,14 +41,17 @@ DEPENDS = {
     RE: {RT},
     TR: {RT},
     DI: {RT},
+    EV: {RT, RE},
     CA: {RT, ME, EX, RE},  # RE: the HTML toolkit (report.html_kit) of the fidelity report page
     BE: {RT, ME, EX, CA, SE, DI},
-    "clipscan.cli": {RT, ME, EX, CA, BE, SE, RE, TR, DI},
+    "clipscan.cli": {RT, ME, EX, CA, BE, SE, RE, TR, DI, EV},
 }
 RUNTIME_ONLY = {RT, SE, RE, TR, DI}  # what must work in an install without torch, onnx or matplotlib
 TORCH_FREE = RUNTIME_ONLY | {ME}     # measure is shared by the torch layers but needs no torch itself
 ABOVE_THE_RUNTIME = {EX, CA, BE, ME}  # what the runtime-only packages never import
 HEAVY = ("torch", "torchvision", "open_clip", "onnx", "onnxscript", "matplotlib", "scipy", "skimage")
+# the evaluation package is the runtime plus the `evaluate` extra (scikit-learn, scipy): nothing else heavy
+EVALUATION_EXTRA = ("sklearn", "scipy")
 MAX_LINES = 450
 
 
@@ -148,6 +154,13 @@ def test_the_runtime_never_imports_export_calibration_bench_or_measure():
              for t, _, line in targets if layer_of(t) in ABOVE_THE_RUNTIME]
     assert not wrong, "\n".join(wrong)
     assert not any(ABOVE_THE_RUNTIME & DEPENDS[layer] for layer in RUNTIME_ONLY)
+
+
+def test_evaluation_needs_only_the_runtime_and_its_extra():
+    _, edges = graph()
+    wrong = [f"{m}:{line} imports {t}" for m, targets in edges.items() if layer_of(m) == EV
+             for t, _, line in targets if t.split(".")[0] in HEAVY and t.split(".")[0] not in EVALUATION_EXTRA]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_no_private_module_or_name_of_another_package():

@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
     "report": ("clipscan.cli.report", "turn a scan's rows into one self-contained HTML page a reviewer can look at"),
     "triton": ("clipscan.cli.triton", "write a Triton Inference Server model repository for an artifact"),
+    "evaluate": ("clipscan.cli.evaluate",
+                 "metrics of artifacts (and the PyTorch original) on labelled images (needs clipscan[evaluate])"),
+    "threshold": ("clipscan.cli.threshold",
+                  "set thresholds for a target false-positive rate on real images (needs clipscan[evaluate])"),
 }
 
 
