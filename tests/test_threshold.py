@@ -16,7 +16,7 @@ from clipscan.evaluation.labels import content_hash
 from clipscan.evaluation.onnx_write import write_with_manifest
 from clipscan.runtime import Scanner, load_artifact
 from clipscan.runtime.artifact import DEMO_MODEL, file_sha256
-from clipscan.runtime.metrics import sigmoid
+from clipscan.runtime.fidelity_metrics import sigmoid
 
 from .test_evaluate import make_set
 
