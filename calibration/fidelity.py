@@ -30,7 +30,6 @@ from clipscan.runtime.metrics import (  # noqa: F401
     sigmoid,
     spearman,
 )
-from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
 from clipscan.runtime.thresholds import (  # noqa: F401
     BARS,
     DEFAULT_MARGIN,

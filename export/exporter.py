@@ -16,6 +16,7 @@ from clipscan.runtime.metrics import cosine_rows
 from clipscan.runtime.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 
 from .backbone import BackboneInfo, load_backbone
+from .choices import EXPORT_PRECISIONS, GRAPH_STYLES
 from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
@@ -26,9 +27,6 @@ from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manife
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
-
-EXPORT_PRECISIONS = ("fp32", "fp16")
-GRAPH_STYLES = ("auto", "lean", "stock")
 
 
 @dataclass

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .manifest import DECISION_TASKS
 from .metrics import sigmoid
 from .results import ScanResult
-
-DECISION_TASKS = ("detection", "attribution")
 
 
 def head_values(spec, outputs: dict, rows: slice) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import EXIT_OK
-from .args import BACKENDS, add_no_spin, non_negative, non_negative_int, positive, positive_int
+from .args import BACKENDS, add_decode, add_no_spin, non_negative, non_negative_int, positive, positive_int
 
 
 def add_arguments(p) -> None:
@@ -31,8 +31,7 @@ def add_arguments(p) -> None:
                    help="inference backend (default auto: the best that starts; `clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--threads", type=positive_int, help="inference threads (default: the backend decides)")
-    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
-                   help="JPEG decoding, as for `clipscan scan` (default auto)")
+    add_decode(p)
     p.add_argument("--max-batch", type=positive_int, default=d("max_batch"),
                    help=f"images merged into one inference batch (default {d('max_batch')}; 1 = no dynamic batching)")
     p.add_argument("--max-delay-ms", type=non_negative, default=d("max_delay_ms"),

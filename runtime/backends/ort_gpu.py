@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BackendError
 from .base import BackendOptions
 from .engine_cache import BatchProfile
+from .ort_cpu import OrtSessionBackend
 
 TRT_EP, CUDA_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider"
 
@@ -67,36 +66,17 @@ def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: s
     }
 
 
-class OrtGpuBackend:
+class OrtGpuBackend(OrtSessionBackend):
     """One ONNX Runtime session on one GPU provider; refuses to run if ORT put it on the CPU."""
 
     def __init__(self, model_path: Path, provider: str, provider_options: dict, name: str,
                  options: BackendOptions = BackendOptions()):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         if provider_options.get("trt_engine_cache_path"):
             Path(provider_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
-        try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=[(provider, provider_options)])
-        except Exception as e:
-            raise BackendError(f"ONNX Runtime could not create a {provider} session for {model_path}: {e}") from e
-        actual = self.session.get_providers()
-        if not actual or actual[0] != provider:
-            raise BackendError(f"asked ONNX Runtime for {provider}; the session came back on {actual} "
-                               "(its CUDA/TensorRT libraries did not load: check the CUDA, cuDNN and TensorRT "
-                               "versions this onnxruntime-gpu needs)")
-        self.name = name
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-
-    def close(self) -> None:
-        self.session = None
+        # the CPU threads and spinning of `options` are the CPU backend's; a GPU session keeps ORT's defaults
+        super().__init__(model_path, provider, provider_options, name=name,
+                         mismatch_hint=" (its CUDA/TensorRT libraries did not load: check the CUDA, cuDNN and "
+                                       "TensorRT versions this onnxruntime-gpu needs)")
 
 
 def create_cuda(model_path: Path, options: BackendOptions, manifest=None) -> OrtGpuBackend:
