@@ -110,7 +110,8 @@ def test_no_command_types_out_a_list_of_choices():
     copies = []
     for path in sorted((REPO / "clipscan" / "cli").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.keyword) and node.arg == "choices" and isinstance(node.value, (ast.Tuple, ast.List)):
+            literal = isinstance(node, ast.keyword) and isinstance(getattr(node, "value", None), (ast.Tuple, ast.List))
+            if literal and node.arg == "choices":
                 copies.append(f"{path.name}:{node.value.lineno}")
     assert copies == []
 

@@ -59,7 +59,8 @@ def add_original_args(p, *, required: bool, as_given: str = "") -> None:
                    help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
     p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
-    p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH", help=head_formats_help() + as_given)
+    p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH",
+                   help=head_formats_help() + as_given)
     p.add_argument("--resize-mode", choices=tuple(RESIZE_MODES),
                    help="one resize for every head (published heads set their authors' own; heads that differ "
                         "cannot share a pass unless this chooses one): " + choices_help(RESIZE_MODES) + as_given)
