@@ -117,11 +117,15 @@ def test_no_command_types_out_a_list_of_choices():
 
 
 def test_the_runtime_takes_every_decode_mode_the_cli_offers():
+    """The Scanner and Triton's ensemble preprocess take every mode and decide it the same way."""
     from clipscan.runtime import Scanner
     from clipscan.runtime.errors import InvalidArgumentError
+    from clipscan.triton.ensemble_steps import Preparer
 
     for mode in DECODE_MODES:
         with Scanner(decode=mode) as scanner:
             assert scanner.decode in ("exact", "draft")
-    with pytest.raises(InvalidArgumentError, match=re.escape(", ".join(map(repr, DECODE_MODES)))):
-        Scanner(decode="fast")
+            assert Preparer(scanner.manifest, mode).draft_size == scanner.draft_size
+    for make in (lambda: Scanner(decode="fast"), lambda: Preparer(scanner.manifest, "fast")):
+        with pytest.raises(InvalidArgumentError, match=re.escape(", ".join(map(repr, DECODE_MODES)))):
+            make()

@@ -27,8 +27,6 @@ class OrtSessionBackend:
     another provider than the one asked for is an error. The CPU backend below and ort_gpu's CUDA and
     TensorRT-EP backends are this class with their provider."""
 
-    name = "onnxruntime"
-
     def __init__(self, model_path: Path, provider: str, provider_options: dict | None = None, *, name: str,
                  threads: int | None = None, spin: bool = True, opset: int | None = None,
                  mismatch_hint: str = ""):
