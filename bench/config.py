@@ -8,8 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODES = ("model", "e2e", "both")
-DECODES = ("exact", "draft")
+from clipscan.runtime.scanner import DECODE_MODES
+
+# --mode -> what is timed
+MODES = {
+    "model": "inference on preprocessed batches in memory",
+    "e2e": "read, decode, preprocess, infer and postprocess through the Scanner",
+    "both": "model, then e2e",
+}
+# the e2e runs time one decoding each: the Scanner's modes but "auto" (the artifact's pick of the two)
+DECODES = {name: text for name, text in DECODE_MODES.items() if name != "auto"}
 
 
 def parse_list(text: str, cast=str) -> list:
@@ -62,9 +70,9 @@ class BenchConfig:
 def check_config(cfg: BenchConfig) -> None:
     """Raise ValueError / FileNotFoundError for settings that cannot run."""
     if cfg.mode not in MODES:
-        raise ValueError(f"mode must be model, e2e or both, got {cfg.mode!r}")
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.decode not in DECODES:
-        raise ValueError(f"decode must be exact or draft, got {cfg.decode!r}")
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
     if any(b < 1 for b in cfg.batch_sizes):
         raise ValueError("batch sizes must be >= 1")
     for m in cfg.models:

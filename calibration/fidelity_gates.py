@@ -41,7 +41,6 @@ from clipscan.runtime.fidelity_metrics import (  # noqa: F401
     sigmoid,
     spearman,
 )
-from clipscan.runtime.postprocess import DECISION_TASKS  # noqa: F401
 
 
 @dataclass

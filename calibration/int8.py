@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,50 +36,9 @@ from .attention_fusion import ATTENTION_OPSET, check_fusion_target, fuse_attenti
 from .calib_data import BatchReader, CalibrationSet, equal_batches
 from .graph_index import consumers, initializers
 from .qdq_rewrites import shape_reads_source
+from .recipes import METHODS, RECIPES, TARGETS, Recipe
 
 log = logging.getLogger("clipscan.calibrate")
-
-TARGETS = ("cpu", "tensorrt")
-METHODS = ("minmax", "percentile", "entropy", "dynamic")
-PASS_THROUGH = ("Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Flatten")
-
-
-@dataclass
-class Recipe:
-    method: str = "minmax"
-    ops: str = "all"                 # "all" or "matmul"
-    keep_tail_float: bool = False    # projection, normalisation and heads after the last LayerNorm in float
-    smooth_alpha: float | None = None
-    percentile: float = 99.999
-    exclude: list = field(default_factory=list)
-    name: str = ""
-    # attention as one opset-23 node (attention_fusion): None = wherever it can run (fusion_applies), True =
-    # asked for (an error where it cannot run), False = never
-    fuse_attention: bool | None = None
-
-    def label(self) -> str:
-        if self.name:
-            return self.name + {True: "+fused-attention", False: "+explicit-attention"}.get(self.fuse_attention, "")
-        parts = [self.method, self.ops]
-        if self.smooth_alpha is not None:
-            parts.append(f"smooth{self.smooth_alpha:g}")
-        if self.keep_tail_float:
-            parts.append("tailfp32")
-        if self.exclude:
-            parts.append(f"excl{len(self.exclude)}")
-        if self.fuse_attention is not None:
-            parts.append("fused-attention" if self.fuse_attention else "explicit-attention")
-        return "+".join(parts)
-
-
-RECIPES = {
-    "stock": Recipe("minmax", "all", name="stock"),
-    "percentile": Recipe("percentile", "all", name="percentile"),
-    "matmul": Recipe("minmax", "matmul", name="matmul"),
-    "dynamic": Recipe("dynamic", "matmul", name="dynamic"),
-    "smooth": Recipe("percentile", "matmul", keep_tail_float=True, smooth_alpha=0.5, name="smooth"),
-}
-
 
 def _onnx():
     import onnx

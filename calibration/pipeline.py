@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .recipes import DEFAULT_RECIPE, DEFAULT_TARGET, Recipe
+
 if TYPE_CHECKING:
-    from .int8 import QuantResult, Recipe
+    from .int8 import QuantResult
     from .verify import VerifyReport
 
 log = logging.getLogger("clipscan.calibrate")
@@ -35,11 +37,6 @@ class CalibrationOutcome:
     def passed(self) -> bool | None:
         """True: every fidelity gate passed; False: one failed; None: no fidelity report was run."""
         return None if self.report is None else self.report.passed
-
-    @property
-    def exit_status(self) -> int:
-        """0: written (and every fidelity gate passed); 1: a fidelity gate failed."""
-        return 1 if self.passed is False else 0
 
 
 def _as_list(paths) -> list:
@@ -81,8 +78,9 @@ def check_disjoint(images: list, val_images: list, *, allow_overlap: bool = Fals
     log.warning("%s", msg)
 
 
-def build_recipe(recipe: str | Recipe = "smooth", *, method: str | None = None, percentile: float | None = None,
-                 smooth_alpha: float | None = None, exclude=(), fuse_attention: bool | None = None) -> Recipe:
+def build_recipe(recipe: str | Recipe = DEFAULT_RECIPE, *, method: str | None = None,
+                 percentile: float | None = None, smooth_alpha: float | None = None, exclude=(),
+                 fuse_attention: bool | None = None) -> Recipe:
     """A named recipe (`int8.RECIPES`) or a `Recipe`, with the options that override it; the result is
     unnamed, so its label spells out what it does (e.g. percentile+matmul+smooth0.5+tailfp32)."""
     from . import int8
@@ -117,7 +115,7 @@ def fidelity_record(report: VerifyReport, report_dir, val_images: list) -> dict:
     }
 
 
-def calibrate_artifact(model, images, output, *, target: str = "cpu", recipe: str | Recipe = "smooth",
+def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, recipe: str | Recipe = DEFAULT_RECIPE,
                        method: str | None = None, percentile: float | None = None,
                        smooth_alpha: float | None = None, exclude=(), fuse_attention: bool | None = None,
                        search: bool = False, val_images=(),

@@ -26,6 +26,7 @@ from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
 from clipscan.runtime.errors import ImageReadError, ModelError
+from clipscan.runtime.manifest import DECISION_TASKS
 from clipscan.runtime.progress import Progress
 
 from . import fidelity_gates
@@ -324,7 +325,7 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
         m["rows"] = report_rows(stream, pairs, margin, _primary(manifest, "decision"), _primary(manifest, "quality"))
         robustness[v] = m
         for hname, hm in m["heads"].items():
-            if hm["task"] in fidelity_gates.DECISION_TASKS and hname in metrics["heads"]:
+            if hm["task"] in DECISION_TASKS and hname in metrics["heads"]:
                 flipped = [(r["path"], r["heads"][hname]["ref_logit"]) for r in m["rows"]
                            if r["heads"].get(hname, {}).get("flip")]
                 gates.append(fidelity_gates.robustness_gate(v, hname, metrics["heads"][hname]["agreement"],
@@ -361,6 +362,6 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
 
 
 def _primary(manifest, kind: str) -> str | None:
-    tasks = fidelity_gates.DECISION_TASKS if kind == "decision" else ("quality",)
+    tasks = DECISION_TASKS if kind == "decision" else ("quality",)
     head = next((h for h in manifest.heads if h.task in tasks), None)
     return head.name if head is not None else None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clipscan.runtime.manifest import DECISION_TASKS
 from clipscan.runtime.postprocess import embedding_value, head_values
 
 from . import fidelity_gates
@@ -98,7 +99,7 @@ def head_data(stream: Stream, pairs) -> list[HeadData]:
     for spec, ref_head in pairs:
         ref = {k: np.asarray(v) for k, v in stream.ref.get(spec.name, {}).items()}
         exp = {k: np.asarray(v) for k, v in stream.exp.get(spec.name, {}).items()}
-        decision = spec.task in fidelity_gates.DECISION_TASKS
+        decision = spec.task in DECISION_TASKS
         out.append(HeadData(
             name=spec.name, task=spec.task, ref=ref, exp=exp,
             ref_threshold=float(getattr(ref_head, "threshold", spec.threshold)) if decision else None,
@@ -128,14 +129,13 @@ def evaluate_stream(stream: Stream, pairs, precision: str, margin: float, prefix
 def report_rows(stream: Stream, pairs, margin: float, decision_head, quality_head) -> list[dict]:
     rows = []
     datas = {d.name: d for d in head_data(stream, pairs)}
-    decisions = {name: fidelity_gates.head_decisions(d) for name, d in datas.items()
-                 if d.task in fidelity_gates.DECISION_TASKS}
+    decisions = {name: fidelity_gates.head_decisions(d) for name, d in datas.items() if d.task in DECISION_TASKS}
     for i, name in enumerate(stream.names):
         row: dict = {"path": name, "cosine": stream.cosine[i] if i < len(stream.cosine) else None,
                      "pixel_error": stream.pixel_error[i], "heads": {}}
         flip_any = False
         for hname, d in datas.items():
-            if d.task in fidelity_gates.DECISION_TASKS:
+            if d.task in DECISION_TASKS:
                 ref_dec, exp_dec = decisions[hname]
                 flip = bool(ref_dec[i] != exp_dec[i])
                 flip_any |= flip
@@ -159,7 +159,7 @@ def report_rows(stream: Stream, pairs, margin: float, decision_head, quality_hea
 def plot_data(stream: Stream, pairs) -> dict:
     data = {"cosine": list(stream.cosine), "heads": {}}
     for d in head_data(stream, pairs):
-        if d.task in fidelity_gates.DECISION_TASKS and len(stream.names):
+        if d.task in DECISION_TASKS and len(stream.names):
             ref_dec, exp_dec = fidelity_gates.head_decisions(d)
             data["heads"][d.name] = {"task": d.task, "ref": d.ref["logit"].tolist(), "exp": d.exp["logit"].tolist(),
                                      "flip": (ref_dec != exp_dec).tolist(),

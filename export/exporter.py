@@ -13,9 +13,10 @@ from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSIN
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
 from clipscan.runtime.fidelity_metrics import cosine_rows
-from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
+from clipscan.runtime.manifest import RESIZE_MODES, InputSpec, Manifest, PreprocessSpec
 
 from .backbone import BackboneInfo, load_backbone
+from .choices import EXPORT_PRECISIONS, GRAPH_STYLES
 from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
@@ -26,9 +27,6 @@ from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manife
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
-
-EXPORT_PRECISIONS = ("fp32", "fp16")
-GRAPH_STYLES = ("auto", "lean", "stock")
 
 
 @dataclass
@@ -43,7 +41,7 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     pp = info.preprocess
     size = tuple(info.image_size)
     mode = pp.get("resize_mode", "shortest")
-    if mode not in ("shortest", "longest", "squash", "none"):
+    if mode not in RESIZE_MODES:
         raise ValueError(f"unsupported resize_mode {mode!r}")
     crop = pp.get("crop_mode", "none" if mode == "squash" else "center")
     sliding = {"stride": int(pp.get("stride", 64)), "max_per_axis": int(pp.get("max_per_axis", 8))}
@@ -165,7 +163,7 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
     `clipscan.export.lean_blocks` (same function, less glue, faster in ONNX Runtime), "stock" traces
     open_clip's own forward, "auto" (default) is lean when every block supports it. `primary` names
     the decision head a row's p_generated/logit/verdict come from (default: the first); `ensemble`
-    ("mean_logit", "any", "all") decides from every decision head instead (recorded as
+    (a rule of `clipscan.runtime.manifest.ENSEMBLE_RULES`) decides from every decision head instead (recorded as
     manifest.decision; every head's own answer is in every row either way).
     """
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clipscan.runtime.errors import InvalidArgumentError
 
+from .choices import HEAD_FORMATS
 from .deps import load_torch_file, require
 from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
@@ -212,16 +213,9 @@ def import_agiqa_fu(path: Path, backbone) -> Imported:
                     source=path, visual_prompts=sd[prompts[0]].float())
 
 
-IMPORTERS = {
-    "clipscan": import_clipscan,
-    "gaintseva-mask": import_gaintseva_mask,
-    "gaintseva-heads": import_gaintseva_heads,
-    "agiqa-fu": import_agiqa_fu,
-    "univfd": import_univfd,
-    "cozzolino": import_cozzolino,
-    "captions": import_captions,
-    "agiqa-tang": import_agiqa_tang,
-}
+# format -> its importer: import_<format, "-" as "_"> for every format of choices.HEAD_FORMATS (a format
+# without its function fails here, at import)
+IMPORTERS = {name: globals()["import_" + name.replace("-", "_")] for name in HEAD_FORMATS}
 
 
 HEAD_NAME = re.compile(r"[A-Za-z][\w-]*")

@@ -70,13 +70,6 @@ def decisions(p, threshold: float) -> np.ndarray:
     return np.asarray(p, dtype=np.float64).ravel() >= float(threshold)
 
 
-def flips_beyond_margin(ref_logit, ref_p, got_p, threshold: float, margin: float) -> np.ndarray:
-    """Indices of changed decisions whose reference logit lies more than `margin` from the threshold's logit."""
-    flipped = decisions(ref_p, threshold) != decisions(got_p, threshold)
-    far = np.abs(np.asarray(ref_logit, dtype=np.float64).ravel() - prob_to_logit(threshold)) > margin
-    return np.flatnonzero(flipped & far)
-
-
 def _column(outputs: dict, name: str | None):
     if name is None or name not in outputs:
         return None

@@ -21,7 +21,13 @@ FORMAT = "clipscan.manifest"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
-RESIZE_MODES = ("shortest", "longest", "squash", "none")
+# resize step of the preprocessing -> what it does (runtime.preprocess.resized_size)
+RESIZE_MODES = {
+    "shortest": "scale the shorter side to the target, keeping the aspect ratio (then crop)",
+    "longest": "scale the longer side to the target, keeping the aspect ratio (then crop or pad)",
+    "squash": "scale both sides to the target, changing the aspect ratio",
+    "none": "the crop reads the image at its own size (no resize)",
+}
 CROP_MODES = ("center", "sliding", "none")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 EXIF_POLICIES = ("apply", "ignore")
@@ -29,9 +35,19 @@ ALPHA_POLICIES = ("drop",)
 BIT_DEPTH_POLICIES = ("rescale", "clip")
 CONVERT_WHEN = ("decode", "after_crop")
 HEAD_TASKS = ("detection", "quality", "attribution")
-DECISION_TASKS = ("detection", "attribution")
-ENSEMBLE_RULES = ("mean_logit", "any", "all")   # over every decision head; see runtime.postprocess.decide
-PRECISIONS = ("fp32", "fp16", "int8")
+DECISION_TASKS = ("detection", "attribution")   # heads that decide real vs generated (runtime.postprocess)
+# the row's decision over every decision head -> its rule (runtime.postprocess.decide)
+ENSEMBLE_RULES = {
+    "mean_logit": "p = sigmoid(mean of the heads' logits), generated when p >= the ensemble threshold",
+    "any": "generated when any head says so, each at its own threshold",
+    "all": "generated when every head says so, each at its own threshold",
+}
+# the artifact's arithmetic -> what it means
+PRECISIONS = {
+    "fp32": "float32 weights and compute",
+    "fp16": "float16 weights and compute; LayerNorm/Softmax, the heads and the outputs in float32",
+    "int8": "INT8 QDQ (quantize/dequantize pairs), written by clipscan calibrate",
+}
 
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -214,7 +230,7 @@ class HeadSpec:
         details = optional(d, "details", w, dict)
         head = cls(name=need(d, "name", w, str), task=task, outputs=outputs,
                    description=text(optional(d, "description", w, str, ""), f"{w}.description"), details=details)
-        if task in ("detection", "attribution"):
+        if task in DECISION_TASKS:
             labels = need(d, "labels", w, list)
             count(labels, f"{w}.labels", "labels")
             if task == "detection" and len(labels) != 2 or len(labels) < 2 or not all(isinstance(x, str) for x in labels):

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .fidelity_metrics import sigmoid
+from .manifest import DECISION_TASKS
 from .results import ScanResult
-
-DECISION_TASKS = ("detection", "attribution")
 
 
 def head_values(spec, outputs: dict, rows: slice) -> dict:

@@ -27,10 +27,11 @@ import numpy as np
 from . import defaults as T
 from .contract import INPUT_IMAGE, tensors_to_results
 from .decode import read_bytes
-from .discover import WalkStats, iter_files
+from .discover import WalkStats
 from .errors import ImageReadError, InvalidArgumentError, ScannerClosedError, ServerError
 from .model_name import check_model_name
 from .results import ATTRIBUTION_COLUMNS, COLUMNS, ScanResult
+from .scanner import path_sources
 from .v2_wire import HEADER_LENGTH, WireError, decode_message, encode_message, entry_for
 
 RETRY_STATUS = (503,)
@@ -321,13 +322,8 @@ class RemoteScanner:
              skip: Container[str] = ()) -> Iterator[ScanResult]:
         """Scan files and folders (recursively) on the server; results in input order, as Scanner.scan."""
         self._check_open()
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
         self.walk_stats = WalkStats()
-        files = iter_files(paths, all_files=all_files, stats=self.walk_stats)
-        if skip:
-            files = (p for p in files if not (isinstance(p, str) and (p in skip or os.path.abspath(p) in skip)))
-        return self._scan_sources((str(p), p) for p in files)
+        return self._scan_sources(path_sources(paths, all_files=all_files, skip=skip, stats=self.walk_stats))
 
     def scan_bytes(self, data: bytes, name: str = "<bytes>") -> ScanResult:
         """Scan one encoded image held in memory."""

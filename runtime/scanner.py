@@ -29,6 +29,44 @@ from .results import ScanResult
 
 log = logging.getLogger("clipscan.scan")
 
+# decode= (and every --decode) -> what it does; "draft" changes pixels, so it is used only when asked for
+# or, under "auto", when the artifact records that it passed its gates
+DECODE_MODES = {
+    "auto": "draft only if the artifact records a passing draft check (clipscan verify --draft-check "
+            "--record-draft), else exact",
+    "exact": "full-size decoding",
+    "draft": "JPEGs decoded at a reduced DCT scale that still covers the resize target (faster on camera images)",
+}
+
+
+def resolve_decode(manifest, decode: str) -> tuple[str, str]:
+    """("exact" or "draft", why) for `decode`, one of DECODE_MODES: "auto" is draft only where the artifact
+    records a passing draft-vs-exact check on its owner's images (`clipscan verify --draft-check
+    --record-draft`). The Scanner and Triton's ensemble preprocess both decide through this."""
+    if decode not in DECODE_MODES:
+        raise InvalidArgumentError(f"decode must be one of {', '.join(map(repr, DECODE_MODES))}, got {decode!r}")
+    if decode != "auto":
+        return decode, f"{decode}: asked for"
+    record = manifest.draft_decoding_record()
+    if record and record.get("passed") is True:
+        return "draft", (f"draft: the artifact records draft decoding passing its gates on "
+                         f"{record.get('n_affected')} images (agreement {record.get('agreement')})")
+    return "exact", ("exact: the artifact records no passing draft-decoding check" if not record
+                     else "exact: the artifact's draft-decoding check did not pass")
+
+
+def path_sources(paths: Iterable[str | os.PathLike] | str | os.PathLike, *, all_files: bool = False,
+                 skip: Container[str] = (), stats: WalkStats | None = None) -> Iterator[tuple[str, object]]:
+    """(name, path) for every file of `paths`, folders walked recursively into `stats`, in a stable order;
+    paths in `skip` (as they would appear in results, or absolute) are left out, which is how a scan
+    resumes. Scanner.scan and RemoteScanner.scan both read their inputs through this."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = iter_files(paths, all_files=all_files, stats=stats)
+    if skip:
+        files = (p for p in files if not (isinstance(p, str) and (p in skip or os.path.abspath(p) in skip)))
+    return ((str(p), p) for p in files)
+
 
 class Scanner:
     """Scan images with an exported clipscan model.
@@ -53,28 +91,12 @@ class Scanner:
         self.artifact: Artifact = load_artifact(model)
         self.manifest = self.artifact.manifest
         self.preprocessor = Preprocessor(self.manifest.preprocess, self.manifest.input)
-        if decode not in ("auto", "exact", "draft"):
-            raise InvalidArgumentError(f"decode must be 'auto', 'exact' or 'draft', got {decode!r}")
         # "draft": JPEGs are decoded at a reduced DCT scale that still keeps both sides >= the resize target;
-        # it changes pixels, so it is used only when asked for, or under "auto" (the default) when the artifact
-        # records a passing draft-vs-exact check on its owner's images (`clipscan verify --draft-check
-        # --record-draft`); otherwise decoding is exact
+        # it changes pixels, so it is used only when asked for or when the artifact records that it passed
         self.decode_requested = decode
-        if decode == "auto":
-            record = self.manifest.draft_decoding_record()
-            if record and record.get("passed") is True:
-                decode = "draft"
-                self.decode_reason = (f"draft: the artifact records draft decoding passing its gates on "
-                                      f"{record.get('n_affected')} images (agreement {record.get('agreement')})")
-            else:
-                decode = "exact"
-                self.decode_reason = ("exact: the artifact records no passing draft-decoding check"
-                                      if not record else "exact: the artifact's draft-decoding check did not pass")
-        else:
-            self.decode_reason = f"{decode}: asked for"
-        self.decode = decode
+        self.decode, self.decode_reason = resolve_decode(self.manifest, decode)
         self._draft_size = (draft_request(self.manifest.preprocess.resize_mode, self.manifest.preprocess.resize_size)
-                            if decode == "draft" else None)
+                            if self.decode == "draft" else None)
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
@@ -147,13 +169,8 @@ class Scanner:
         that is how a scan resumes.
         """
         self._check_open()
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
         self.walk_stats = WalkStats()
-        files = iter_files(paths, all_files=all_files, stats=self.walk_stats)
-        if skip:
-            files = (p for p in files if not (isinstance(p, str) and (p in skip or os.path.abspath(p) in skip)))
-        return self._scan_sources((str(p), p) for p in files)
+        return self._scan_sources(path_sources(paths, all_files=all_files, skip=skip, stats=self.walk_stats))
 
     def scan_image(self, image: Image.Image, name: str = "<image>") -> ScanResult:
         """Scan one already decoded PIL image."""

@@ -140,6 +140,13 @@ def test_tensorrt_plan_ensemble_names_a_plan_per_gpu_generation(tmp_path):
         write_repository(None, tmp_path / "repo2", RepositoryOptions(kind="gpu", graph="plan",
                                                                      plans=[Plan.from_file(plans[1].path)]))
     assert not (tmp_path / "repo2" / "clipscan-demo").exists()  # nothing half-written
+    # two plans for one GPU generation: Triton would load one of them, so the writer refuses both
+    key.update(onnx_sha256=demo.sha256(), compute_capability="8.9")
+    plans[1].path.with_suffix(".json").write_text(json.dumps({"key": key}))
+    with pytest.raises(ValueError, match="two --plan files for compute capability 8.9"):
+        write_repository(None, tmp_path / "repo3", RepositoryOptions(kind="gpu", graph="plan",
+                                                                     plans=[plans[0], Plan.from_file(plans[1].path)]))
+    assert not (tmp_path / "repo3").exists() or not any((tmp_path / "repo3").iterdir())
 
 
 def test_every_config_roundtrips_through_the_schema(tmp_path):

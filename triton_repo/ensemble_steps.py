@@ -20,6 +20,7 @@ from clipscan.runtime.errors import ImageReadError, InvalidArgumentError
 from clipscan.runtime.postprocess import image_result
 from clipscan.runtime.preprocess import Preprocessor
 from clipscan.runtime.results import ScanResult
+from clipscan.runtime.scanner import resolve_decode
 
 
 def check_one_row_per_image(manifest) -> None:
@@ -29,14 +30,6 @@ def check_one_row_per_image(manifest) -> None:
                                    "--layout python (the whole scan inside Triton's python backend)")
 
 
-def resolved_decode(manifest, decode: str) -> str:
-    """'auto' -> 'draft' only with the artifact's passing draft-decoding record, as the Scanner decides."""
-    if decode != "auto":
-        return decode
-    record = manifest.draft_decoding_record()
-    return "draft" if record and record.get("passed") is True else "exact"
-
-
 class Preparer:
     def __init__(self, manifest, decode: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
         check_one_row_per_image(manifest)
@@ -44,7 +37,7 @@ class Preparer:
         self.preprocessor = Preprocessor(manifest.preprocess, manifest.input)
         pre = manifest.preprocess
         self.draft_size = (draft_request(pre.resize_mode, pre.resize_size)
-                           if resolved_decode(manifest, decode) == "draft" else None)
+                           if resolve_decode(manifest, decode)[0] == "draft" else None)
         self.max_pixels = max_pixels
 
     @classmethod

@@ -30,7 +30,18 @@ from .ensemble_steps import check_one_row_per_image
 from .pbtxt import to_pbtxt
 from .plans import Plan, plans_by_generation
 
-KINDS, LAYOUTS, GRAPHS = ("cpu", "gpu"), ("python", "ensemble"), ("onnx", "plan", "python")
+# --kind, --layout and --graph -> what each means (the CLI's choices and help read these)
+KINDS = {"cpu": "the model runs on the CPU", "gpu": "the model runs on a GPU"}
+LAYOUTS = {
+    "python": "the whole scan in one python-backend model (the default for --kind cpu)",
+    "ensemble": "python preprocess -> the graph on onnxruntime_onnx/tensorrt_plan -> python postprocess "
+                "(the default for --kind gpu)",
+}
+GRAPHS = {
+    "onnx": "ONNX Runtime with the TensorRT accelerator (the default for --kind gpu)",
+    "plan": "TensorRT plans from clipscan's engine cache, see --plan",
+    "python": "clipscan's backends in a python model (the default, and the only choice, for --kind cpu)",
+}
 
 
 @dataclass
@@ -69,11 +80,11 @@ def _check(opts: RepositoryOptions) -> None:
     if opts.name is not None:
         check_model_name(opts.name)
     if opts.kind not in KINDS:
-        raise InvalidArgumentError(f"--kind {opts.kind!r}: expected one of {KINDS}")
+        raise InvalidArgumentError(f"--kind {opts.kind!r}: expected one of {list(KINDS)}")
     if opts.layout not in LAYOUTS:
-        raise InvalidArgumentError(f"--layout {opts.layout!r}: expected one of {LAYOUTS}")
+        raise InvalidArgumentError(f"--layout {opts.layout!r}: expected one of {list(LAYOUTS)}")
     if opts.graph not in GRAPHS:
-        raise InvalidArgumentError(f"--graph {opts.graph!r}: expected one of {GRAPHS}")
+        raise InvalidArgumentError(f"--graph {opts.graph!r}: expected one of {list(GRAPHS)}")
     if opts.layout == "ensemble" and opts.kind != "gpu" and opts.graph != "python":
         raise InvalidArgumentError(f"--graph {opts.graph} runs the ensemble's graph step on the GPU (onnxruntime_onnx "
                                    "with TensorRT, or tensorrt_plan): use --kind gpu, or --graph python (or --layout "
@@ -81,6 +92,7 @@ def _check(opts: RepositoryOptions) -> None:
     if opts.graph == "plan" and not opts.plans:
         raise InvalidArgumentError("--graph plan needs at least one --plan FILE (a TensorRT plan from clipscan's "
                                    "engine cache, with its .json sidecar)")
+    plans_by_generation(opts.plans)  # one plan per GPU generation: a second one for the same is refused
     for what in ("max_batch", "instances"):
         if getattr(opts, what) < 1:
             raise InvalidArgumentError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(opts, what)}")

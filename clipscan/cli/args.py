@@ -2,36 +2,68 @@
 
 - the files of the PyTorch original (--arch/--weights/--heads/--head/--quick-gelu/--gelu): export,
   verify and calibrate; `heads_from(args)` turns --heads/--head into the list the libraries take;
-- --no-spin (ONNX Runtime's CPU worker threads): scan and bench.
+- --no-spin (ONNX Runtime's CPU worker threads): scan and bench;
+- `choices_help`: the help text of an option whose values come from a registry (name -> one-line
+  description), so that no command keeps its own copy of a list the code defines once.
 """
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+
+from clipscan.runtime.backends import backend_choices
 
 NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls instead of spinning: faster when "
                 "decoding large images competes for the cores (e.g. 12 MP JPEGs with --decode draft), "
                 "slower for small images (see the README)")
 
-HEAD_FORMATS_HELP = ("a head in a published format: univfd:FILE, cozzolino:FILE, agiqa-tang:FILE, agiqa-fu:FILE, "
-                     "captions:FILE, clipscan:FILE; repeatable (several heads share one backbone pass); NAME= in "
-                     "front names the head everywhere (outputs, verify's gates and plots), e.g. "
-                     "fake_a=univfd:FILE")
-
 AS_GIVEN_TO_EXPORT = ", as given to export"
-# --backend values: auto and every backend of clipscan.runtime.backends.registry() (a test keeps them equal)
-BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu", "openvino")
+# --backend values: auto, then every backend of clipscan.runtime.backends.registry()
+BACKENDS = tuple(backend_choices())
+
+
+def choices_help(registry: Mapping[str, str], default: str | None = None) -> str:
+    """'a: what a does; b (default): what b does' for every entry of a registry, in its order."""
+    return "; ".join(f"{name}{' (default)' if name == default else ''}: {text}" for name, text in registry.items())
+
+
+def backend_help(default: str | None = "auto") -> str:
+    """--backend's help: every backend with its summary (`clipscan backends` says which can run here)."""
+    return (choices_help(backend_choices(), default) + ". A backend named explicitly that cannot start is an "
+            "error, never a fallback (`clipscan backends` lists them with their status)")
+
+
+def add_decode(p, modes: Mapping[str, str] | None = None, default: str = "auto") -> None:
+    """--decode: `modes` (default: every mode of the Scanner's DECODE_MODES), each with its description."""
+    from clipscan.runtime.scanner import DECODE_MODES
+
+    modes = DECODE_MODES if modes is None else modes
+    p.add_argument("--decode", choices=tuple(modes), default=default,
+                   help="JPEG decoding: " + choices_help(modes, default))
+
+
+def head_formats_help() -> str:
+    """--head's help, with the formats of clipscan.export.choices.HEAD_FORMATS (torch-free)."""
+    from clipscan.export.choices import HEAD_FORMATS
+
+    return (f"a head as [NAME=]FORMAT:FILE, FORMAT one of {', '.join(HEAD_FORMATS)} (a bare FILE is a clipscan "
+            "heads file); repeatable (several heads share one backbone pass); NAME= in front names the head "
+            "everywhere (outputs, verify's gates and plots), e.g. fake_a=univfd:FILE")
 
 
 def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     """--arch/--weights/--heads/--head/--quick-gelu/--gelu: the files of the PyTorch original."""
+    from clipscan.runtime.manifest import RESIZE_MODES
+
     p.add_argument("--arch", required=required,
                    help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
     p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
-    p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
-    p.add_argument("--resize-mode", choices=("shortest", "longest", "squash", "none"),
+    p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH",
+                   help=head_formats_help() + as_given)
+    p.add_argument("--resize-mode", choices=tuple(RESIZE_MODES),
                    help="one resize for every head (published heads set their authors' own; heads that differ "
-                        "cannot share a pass unless this chooses one)" + as_given)
+                        "cannot share a pass unless this chooses one): " + choices_help(RESIZE_MODES) + as_given)
     act = p.add_mutually_exclusive_group()
     act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
                      help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")

@@ -6,10 +6,12 @@ asked for. Speed is reported, never judged: exit 0 unless the benchmark could no
 from __future__ import annotations
 
 from . import EXIT_OK
-from .args import add_no_spin, non_negative, non_negative_int, positive, positive_int
+from .args import add_decode, add_no_spin, choices_help, non_negative, non_negative_int, positive, positive_int
 
 
 def add_arguments(p) -> None:
+    from clipscan.bench.config import DECODES, MODES, BenchConfig
+
     p.description = ("Time every artifact on every available backend (model-only: inference on "
                      "preprocessed batches in memory; e2e: read, decode, preprocess, infer, "
                      "postprocess through the Scanner), next to PyTorch eager FP32 when "
@@ -21,7 +23,8 @@ def add_arguments(p) -> None:
                         "one (default: the demo model)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
-    p.add_argument("--mode", choices=("model", "e2e", "both"), default="both", help="default both")
+    p.add_argument("--mode", choices=tuple(MODES), default=BenchConfig.mode,
+                   help=choices_help(MODES, BenchConfig.mode))
     p.add_argument("--images", metavar="DIR", help="benchmark images (default: 16 synthetic 640x480 JPEGs)")
     p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write throughput against batch size as a PNG")
@@ -30,8 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--torch-heads", action="append", default=[], metavar="H",
                    help="heads file or FORMAT:PATH, as given to export (repeatable)")
     add_no_spin(p)
-    p.add_argument("--decode", choices=("exact", "draft"), default="exact",
-                   help="decoding for the e2e ONNX Runtime runs (default exact; draft = reduced-size JPEG decoding)")
+    add_decode(p, DECODES, BenchConfig.decode)  # the decoding of the e2e ONNX Runtime runs
     p.add_argument("--camera", type=non_negative_int, default=0, metavar="N",
                    help="also benchmark N camera-sized (12 MP) JPEGs: decode exact vs draft, e2e vs the plain "
                         "pipeline, draft fidelity")

@@ -15,6 +15,7 @@ from .args import (
     add_original_args,
     add_output,
     check_output,
+    choices_help,
     heads_from,
     percent,
     positive_int,
@@ -25,6 +26,8 @@ log = logging.getLogger("clipscan")
 
 
 def add_arguments(p) -> None:
+    from clipscan.calibration.recipes import DEFAULT_RECIPE, DEFAULT_TARGET, METHODS, RECIPE_HELP, TARGETS, Recipe
+
     p.description = ("Calibrate an FP32 artifact on a folder of images (preprocessed as its manifest "
                      "says) and write an INT8 QDQ artifact whose manifest records the calibration. "
                      "With --arch/--weights/--heads and --val-images, the fidelity report of "
@@ -34,16 +37,14 @@ def add_arguments(p) -> None:
     p.add_argument("--images", required=True, action="append", metavar="DIR",
                    help="calibration images: folder (walked recursively) or file; repeatable")
     add_output(p, "the INT8 .onnx file to write")
-    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu",
-                   help="cpu (default): uint8 activations, int8 per-channel weights; tensorrt: symmetric int8 "
-                        "activations and weights with dedicated Q/DQ pairs")
-    p.add_argument("--recipe", choices=("smooth", "stock", "percentile", "matmul", "dynamic"), default="smooth",
-                   help="smooth (default): SmoothQuant rescaling of LayerNorm->MatMul pairs, percentile "
-                        "calibration, MatMul/Gemm/Conv only, projection and heads in float; stock: min-max, "
-                        "every op; percentile; matmul: min-max, MatMul/Gemm/Conv only; dynamic: weights only")
-    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "dynamic"),
-                   help="override the recipe's calibration method")
-    p.add_argument("--percentile", type=percent, default=99.999, help="percentile calibration's percentile")
+    p.add_argument("--target", choices=tuple(TARGETS), default=DEFAULT_TARGET,
+                   help=choices_help(TARGETS, DEFAULT_TARGET))
+    p.add_argument("--recipe", choices=tuple(RECIPE_HELP), default=DEFAULT_RECIPE,
+                   help=choices_help(RECIPE_HELP, DEFAULT_RECIPE))
+    p.add_argument("--method", choices=tuple(METHODS),
+                   help="override the recipe's calibration method: " + choices_help(METHODS))
+    p.add_argument("--percentile", type=percent, default=Recipe.percentile,
+                   help=f"percentile calibration's percentile (default {Recipe.percentile:g})")
     p.add_argument("--smooth-alpha", type=probability, help="override the SmoothQuant migration strength (0..1)")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep this node in float (repeatable)")
     from clipscan.runtime.backends.ort_cpu import ATTENTION_ONNXRUNTIME_TEXT  # no onnxruntime import

@@ -7,7 +7,7 @@ metrics as a wrong answer); 2: the evaluation could not run.
 from __future__ import annotations
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
-from .args import BACKENDS, add_original_args, check_output, heads_from, non_negative_int, positive_int
+from .args import BACKENDS, add_decode, add_original_args, check_output, heads_from, non_negative_int, positive_int
 
 AS_GIVEN = ", as given to export (with --reference)"
 
@@ -50,8 +50,7 @@ def add_arguments(p) -> None:
                         "(needs clipscan[export])")
     add_original_args(p, required=False, as_given=AS_GIVEN)
     add_scan_args(p)
-    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
-                   help="JPEG decoding, as `clipscan scan --decode` (default auto)")
+    add_decode(p)
     p.add_argument("--bootstrap", type=non_negative_int, default=1000, metavar="N",
                    help="bootstrap resamples for the confidence intervals (default 1000; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default 0)")

@@ -6,10 +6,13 @@ check against PyTorch.
 from __future__ import annotations
 
 from . import EXIT_OK
-from .args import add_original_args, add_output, check_output, heads_from, probability
+from .args import add_original_args, add_output, check_output, choices_help, heads_from, probability
 
 
 def add_arguments(p) -> None:
+    from clipscan.export.choices import EXPORT_PRECISIONS, GRAPH_STYLES
+    from clipscan.runtime.manifest import ENSEMBLE_RULES
+
     p.description = ("Load an open_clip image tower from a local checkpoint and clipscan heads, and "
                      "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
                      "with its manifest inside. Nothing is downloaded.")
@@ -26,18 +29,16 @@ def add_arguments(p) -> None:
     decision = p.add_mutually_exclusive_group()
     decision.add_argument("--primary", metavar="HEAD",
                           help="the decision head whose p_generated/logit/verdict a row reports (default: the first)")
-    decision.add_argument("--ensemble", choices=("mean_logit", "any", "all"),
-                          help="the row's verdict from a rule over every decision head instead: mean_logit "
-                               "(p = sigmoid(mean logit) >= --ensemble-threshold), any or all heads saying generated")
+    decision.add_argument("--ensemble", choices=tuple(ENSEMBLE_RULES),
+                          help="the row's verdict from a rule over every decision head instead: "
+                               + choices_help(ENSEMBLE_RULES) + " (the ensemble threshold is --ensemble-threshold)")
     p.add_argument("--ensemble-threshold", type=probability, default=0.5,
                    help="threshold of --ensemble mean_logit (default 0.5)")
-    p.add_argument("--graph", choices=("auto", "lean", "stock"), default="auto",
-                   help="lean: transformer blocks written export-friendly (same function, 2-D Gemms, fewer "
-                        "Transposes; faster in ONNX Runtime, INT8 especially); stock: open_clip's own forward as "
-                        "traced; auto (default): lean when every block is open_clip's standard block")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                   help="fp32 (default) or fp16: float16 weights and compute, LayerNorm/Softmax and the heads in "
-                        "float32, float32 outputs; refused unless it passes the FP16 fidelity gates")
+    p.add_argument("--graph", choices=tuple(GRAPH_STYLES), default="auto",
+                   help="how the transformer blocks are written: " + choices_help(GRAPH_STYLES, "auto"))
+    p.add_argument("--precision", choices=tuple(EXPORT_PRECISIONS), default="fp32",
+                   help=choices_help(EXPORT_PRECISIONS, "fp32") + " (fp16 is refused unless it passes the FP16 "
+                        "fidelity gates; INT8 comes from clipscan calibrate)")
 
 
 def run(args) -> int:

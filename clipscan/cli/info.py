@@ -13,6 +13,8 @@ def add_arguments(p) -> None:
 
 def describe_manifest(artifact) -> str:
     """The manifest of `artifact` (a `clipscan.runtime.Artifact`), one aspect per line."""
+    from clipscan.runtime.manifest import DECISION_TASKS
+
     m = artifact.manifest
     lines = [
         f"model        {m.name}" + ("  [bundled demo model: not a real detector]" if artifact.is_demo else ""),
@@ -33,7 +35,7 @@ def describe_manifest(artifact) -> str:
                  f"RGB (alpha {p.alpha})")
     for h in m.heads:
         outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
-        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task in ("detection", "attribution")
+        extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task in DECISION_TASKS
                  else f"scale={h.scale}")
         lines.append(f"head         {h.name} ({h.task}): {outs}; {extra}")
     if m.embedding:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
-from .args import BACKENDS, add_no_spin, non_negative_int, positive_int, probability
+from .args import BACKENDS, add_decode, add_no_spin, backend_help, non_negative_int, positive_int, probability
 from .scan_ray import add_ray_arguments, run_if_ray
 
 log = logging.getLogger("clipscan")
@@ -29,6 +29,7 @@ def image_formats_arg(value: str) -> tuple[str, ...]:
 
 def add_arguments(p) -> None:
     from clipscan.runtime.image_formats import format_choices
+    from clipscan.runtime.results import WRITERS
 
     p.description = "Scan files and folders; writes one line per input as results arrive."
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -42,12 +43,11 @@ def add_arguments(p) -> None:
     again.add_argument("--resume", action="store_true",
                        help="continue an interrupted scan: skip inputs that already have a row in --output")
     again.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("-f", "--format", choices=("jsonl", "csv"),
-                   help="output format (default: from the --output extension, .csv or .jsonl; jsonl on stdout)")
+    p.add_argument("-f", "--format", choices=tuple(WRITERS),
+                   help=f"output format, one of {', '.join(WRITERS)} (default: from the --output extension, .csv "
+                        "or .jsonl; jsonl on stdout)")
     p.add_argument("-b", "--batch-size", type=positive_int, default=16, help="images per inference batch (default 16)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto (default) tries tensorrt, ort-tensorrt, cuda, cpu in order and logs why it skips "
-                        "each (openvino only when named); a named backend that cannot start is an error (`clipscan backends` lists them)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help=backend_help("auto"))
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--max-batch", type=positive_int, help="GPU engines: largest batch the engine accepts (default: --batch-size)")
     p.add_argument("--cache-dir", help="GPU engine and timing caches (default: $CLIPSCAN_CACHE_DIR or ~/.cache/clipscan)")
@@ -72,10 +72,7 @@ def add_arguments(p) -> None:
     remote.add_argument("--token-file", metavar="FILE", help="a file holding the bearer token --server asks for")
     remote.add_argument("--concurrency", type=positive_int,
                         help="requests in flight to --server (default 2; -b images each)")
-    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
-                   help="exact: full-size decoding; draft: JPEGs decoded at a reduced DCT scale that still covers "
-                        "the resize target (faster on camera images); auto (default): draft only if the artifact "
-                        "records a passing draft check (clipscan verify --draft-check --record-draft), else exact")
+    add_decode(p)
     add_ray_arguments(p)
 
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 import logging
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
-from .args import non_negative, positive_int
+from .args import choices_help, non_negative, positive_int
 
 log = logging.getLogger("clipscan")
+
+# --engine -> who scans
+ENGINES = {
+    "local": "this process scans",
+    "ray": "Ray Data spreads the files over a pool of actors, one Scanner each, exactly once and resumable "
+           "(needs --output)",
+}
 
 
 def add_ray_arguments(p) -> None:
     from clipscan.distributed import DEFAULTS
 
     g = p.add_argument_group("distributed scanning on Ray (needs clipscan[ray])")
-    g.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local (default): this process scans; ray: Ray Data spreads the files over a pool of "
-                        "actors, one Scanner each, exactly once and resumable (needs --output)")
+    g.add_argument("--engine", choices=tuple(ENGINES), default="local", help=choices_help(ENGINES, "local"))
     g.add_argument("--ray-address", metavar="ADDR",
                    help="join this Ray cluster (HOST:PORT of its head, ray://HOST:PORT or auto); default: start "
                         "Ray on this machine, on loopback only")

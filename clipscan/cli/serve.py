@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import EXIT_OK
-from .args import BACKENDS, add_no_spin, non_negative_int, positive_int
+from .args import BACKENDS, add_decode, add_no_spin, non_negative_int, positive_int
 
 
 def _limit_type(f):
@@ -54,8 +54,7 @@ def add_arguments(p) -> None:
                    help="inference backend (default auto: the best that starts; `clipscan backends` lists them)")
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--threads", type=positive_int, help="inference threads (default: the backend decides)")
-    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto",
-                   help="JPEG decoding, as for `clipscan scan` (default auto)")
+    add_decode(p)
     g = p.add_argument_group("limits")
     for f in limit_fields():
         g.add_argument(flag(f.name), dest=f.name, type=_limit_type(f), default=f.default, metavar="N",

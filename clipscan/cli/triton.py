@@ -10,12 +10,15 @@ import time
 from clipscan.runtime import defaults as T
 
 from . import EXIT_OK, NOTICE
-from .args import BACKENDS, non_negative_int, positive_int
+from .args import BACKENDS, add_decode, backend_help, choices_help, non_negative_int, positive_int
 
 log = logging.getLogger("clipscan")
 
 
 def add_arguments(p) -> None:
+    from clipscan.runtime.manifest import PRECISIONS
+    from clipscan.triton.repository import GRAPHS, KINDS, LAYOUTS
+
     p.description = ("Write a Triton model repository (DIR/NAME/config.pbtxt, DIR/NAME/1/...) whose models run "
                      "clipscan.runtime in Triton's python backend and speak clipscan's tensor contract; "
                      "`clipscan scan --server URL` talks to it.")
@@ -26,27 +29,24 @@ def add_arguments(p) -> None:
                    help=f"max_batch_size of each model (default {T.TRITON_MAX_BATCH})")
     p.add_argument("--instances", type=positive_int, default=T.TRITON_INSTANCES,
                    help=f"instances per device (default {T.TRITON_INSTANCES})")
-    p.add_argument("--kind", choices=("cpu", "gpu"), default="cpu", help="where the model runs (default cpu)")
-    p.add_argument("--layout", choices=("python", "ensemble"),
-                   help="python: the whole scan in one python-backend model (default for --kind cpu); ensemble: "
-                        "python preprocess -> the graph on onnxruntime_onnx/tensorrt_plan -> python postprocess "
-                        "(default for --kind gpu)")
-    p.add_argument("--graph", choices=("onnx", "plan", "python"),
-                   help="the ensemble's graph step: onnx (ONNX Runtime with the TensorRT accelerator; the default "
-                        "for --kind gpu), plan (TensorRT plans from clipscan's engine cache, see --plan) or python "
-                        "(clipscan's backends in a python model; the default, and the only choice, for --kind cpu)")
+    p.add_argument("--kind", choices=tuple(KINDS), default="cpu",
+                   help="where the model runs: " + choices_help(KINDS, "cpu"))
+    p.add_argument("--layout", choices=tuple(LAYOUTS), help=choices_help(LAYOUTS))
+    p.add_argument("--graph", choices=tuple(GRAPHS), help="the ensemble's graph step: " + choices_help(GRAPHS))
     p.add_argument("--plan", action="append", default=[], metavar="FILE",
                    help="a TensorRT plan built by clipscan's tensorrt backend (its .json sidecar next to it names "
                         "the GPU generation); one per compute capability, repeatable")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                   help="the artifact precision the TensorRT accelerator is configured for (default: the artifact's); precision lives in the graph, so fp16 never switches TensorRT's own FP16 lowering on (the FP32-kept LayerNorm, Softmax and tail stay FP32, as in the runtime)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="the artifact precision the TensorRT accelerator is configured for (default: the artifact's; precision lives "
+                        "in the graph, so fp16 never switches TensorRT's own FP16 lowering on): " + choices_help(PRECISIONS))
     p.add_argument("--queue-delay-us", type=non_negative_int, default=T.TRITON_QUEUE_DELAY_US,
                    help=f"dynamic batching: how long Triton waits to fill a batch (default {T.TRITON_QUEUE_DELAY_US} us)")
     p.add_argument("--backend", choices=BACKENDS,
-                   help="python layout: the runtime backend inside Triton (default cpu for --kind cpu, auto for gpu)")
+                   help="python layout: the runtime backend inside Triton (default cpu for --kind cpu, auto for gpu): "
+                        + backend_help(None))
     p.add_argument("--workers", type=positive_int, help="decode threads per instance (default: min(4, cores))")
     p.add_argument("--threads", type=positive_int, help="inference threads per instance (default: the backend's)")
-    p.add_argument("--decode", choices=("auto", "exact", "draft"), default="auto", help="as for clipscan scan")
+    add_decode(p)
     p.add_argument("--site-dir", action="append", default=[], metavar="DIR",
                    help="site-packages folder where the Triton host's Python finds clipscan (default: this "
                         "environment's); repeatable")

@@ -40,6 +40,12 @@ def registry() -> dict[str, BackendEntry]:
 
 
 AUTO_CHAIN = ("tensorrt", "ort-tensorrt", "cuda", "cpu")
+AUTO_SUMMARY = f"tries {', '.join(AUTO_CHAIN)} in order, logging why it skips each (the others only when named)"
+
+
+def backend_choices() -> dict[str, str]:
+    """What `backend=` (and every --backend) takes, each with its one-line summary: auto, then registry()."""
+    return {"auto": AUTO_SUMMARY, **{name: entry.summary for name, entry in registry().items()}}
 
 
 def backend_status() -> list[tuple[str, str, str | None]]:
@@ -51,7 +57,7 @@ def create_backend(model_path: Path, requested: str = "auto", *, fallback: bool 
                    options: BackendOptions | None = None, manifest=None) -> Backend:
     entries = registry()
     if requested != "auto" and requested not in entries:
-        raise BackendError(f"unknown backend {requested!r}; known backends: {['auto', *entries]} "
+        raise BackendError(f"unknown backend {requested!r}; known backends: {list(backend_choices())} "
                            "(`clipscan backends` lists them with their status)")
     options = options or BackendOptions()
     chain = AUTO_CHAIN if requested == "auto" else (requested,)
@@ -81,4 +87,5 @@ def create_backend(model_path: Path, requested: str = "auto", *, fallback: bool 
     raise BackendError("no backend could run the model; tried " + "; ".join(failures))
 
 
-__all__ = ["Backend", "BackendOptions", "backend_status", "create_backend", "registry", "AUTO_CHAIN"]
+__all__ = ["Backend", "BackendOptions", "backend_choices", "backend_status", "create_backend", "registry",
+           "AUTO_CHAIN", "AUTO_SUMMARY"]

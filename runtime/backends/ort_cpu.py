@@ -21,36 +21,63 @@ def unavailable_reason() -> str | None:
     return None
 
 
-class OrtCpuBackend:
-    name = "onnxruntime-cpu"
+class OrtSessionBackend:
+    """One ONNX Runtime session on exactly one execution provider, checked with get_providers() afterwards:
+    ONNX Runtime moves a session to the CPU when a GPU provider's libraries fail to load, and a session on
+    another provider than the one asked for is an error. The CPU backend below and ort_gpu's CUDA and
+    TensorRT-EP backends are this class with their provider."""
 
-    def __init__(self, model_path: Path, options: BackendOptions = BackendOptions(), opset: int | None = None):
+    def __init__(self, model_path: Path, provider: str, provider_options: dict | None = None, *, name: str,
+                 threads: int | None = None, spin: bool = True, opset: int | None = None,
+                 mismatch_hint: str = ""):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        if options.threads:
-            so.intra_op_num_threads = int(options.threads)
-        if not options.spin:
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._configure(so, provider)
+        providers = [provider] if provider_options is None else [(provider, provider_options)]
         try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=[PROVIDER])
+            self.session = self._create_session(ort, str(model_path), so, providers)
         except Exception as e:  # onnxruntime raises its own exception types
             hint = too_old_hint(opset, ort.__version__)
-            raise BackendError(f"ONNX Runtime could not load {model_path}: {e}{hint}") from e
-        providers = self.session.get_providers()
-        if providers[:1] != [PROVIDER]:
-            raise BackendError(f"asked ONNX Runtime for {PROVIDER}, the session runs on {providers}")
+            raise BackendError(f"ONNX Runtime could not create a {provider} session for {model_path}: {e}{hint}") from e
+        actual = self.session.get_providers()
+        if actual[:1] != [provider]:
+            raise BackendError(f"asked ONNX Runtime for {provider}; the session came back on {actual}{mismatch_hint}")
+        self._check_session(provider)
+        self.name = name
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ort_version = ort.__version__
+
+    # hooks for the GPU backends (ort_gpu): session options, how the session is created, a check once it runs
+    def _configure(self, so, provider: str) -> None:
+        pass
+
+    def _create_session(self, ort, model_path: str, so, providers: list):
+        return ort.InferenceSession(model_path, so, providers=providers)
+
+    def _check_session(self, provider: str) -> None:
+        pass
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def close(self) -> None:
         self.session = None
+
+
+class OrtCpuBackend(OrtSessionBackend):
+    name = "onnxruntime-cpu"
+
+    def __init__(self, model_path: Path, options: BackendOptions = BackendOptions(), opset: int | None = None):
+        super().__init__(model_path, PROVIDER, name=self.name, threads=options.threads, spin=options.spin,
+                         opset=opset)
 
 
 ATTENTION_ONNXRUNTIME = (1, 23)   # the first onnxruntime that runs ONNX's Attention node (opset 23)

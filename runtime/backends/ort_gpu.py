@@ -11,13 +11,12 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import BackendError
 from . import gpu_libs, placement
 from .base import BackendOptions, tf32_tag
 from .engine_cache import BatchProfile
 from .quiet import stdout_to_stderr
+from .ort_cpu import OrtSessionBackend
 
 TRT_EP, CUDA_EP = "TensorrtExecutionProvider", "CUDAExecutionProvider"
 
@@ -109,53 +108,39 @@ def tensorrt_ep_options(input_name: str, chw: tuple[int, int, int], precision: s
     }
 
 
-class OrtGpuBackend:
+class OrtGpuBackend(OrtSessionBackend):
     """One ONNX Runtime session on one GPU provider; refuses to run if ORT put it on the CPU."""
 
     def __init__(self, model_path: Path, provider: str, provider_options: dict, name: str,
                  options: BackendOptions = BackendOptions()):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        profile_dir = None
-        if provider == TRT_EP:
-            placement.forbid_cpu_fallback(so, provider, bool(options.allow_cpu_placement))
-        else:
-            profile_dir = placement.start_profile(so)
         if provider_options.get("trt_engine_cache_path"):
             Path(provider_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        self._allow_cpu_placement = bool(options.allow_cpu_placement)
+        self._profile_dir = None
         gpu_libs.preload_onnxruntime_libraries()
         try:
-            self._start(ort, model_path, so, provider, provider_options, profile_dir, options)
+            # the CPU threads and spinning of `options` are the CPU backend's; a GPU session keeps ORT's defaults
+            super().__init__(model_path, provider, provider_options, name=name,
+                             mismatch_hint=" (its CUDA/TensorRT libraries did not load: `clipscan backends` names "
+                                           "what is missing)")
         finally:
-            if profile_dir is not None:
-                shutil.rmtree(profile_dir, ignore_errors=True)
-        self.name = name
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+            if self._profile_dir is not None:
+                shutil.rmtree(self._profile_dir, ignore_errors=True)
 
-    def _start(self, ort, model_path: Path, so, provider: str, provider_options: dict, profile_dir, options) -> None:
-        try:
-            # ONNX Runtime prints its "EP Error ... Falling back" banner on stdout: keep stdout for rows
-            with stdout_to_stderr():
-                self.session = ort.InferenceSession(str(model_path), so, providers=[(provider, provider_options)])
-        except Exception as e:
-            raise BackendError(f"ONNX Runtime could not create a {provider} session for {model_path}: {e}") from e
-        actual = self.session.get_providers()
-        if not actual or actual[0] != provider:
-            raise BackendError(f"asked ONNX Runtime for {provider}; the session came back on {actual} "
-                               "(its CUDA/TensorRT libraries did not load: `clipscan backends` names what is "
-                               "missing)")
-        if profile_dir is not None:   # the CUDA EP: where did each node run?
-            placement.check_compute_placement(self.session, provider, bool(options.allow_cpu_placement))
+    def _configure(self, so, provider: str) -> None:
+        if provider == TRT_EP:   # nodes TensorRT cannot take must not go to the CPU quietly
+            placement.forbid_cpu_fallback(so, provider, self._allow_cpu_placement)
+        else:                    # the CUDA EP: a profiled warm-up says where each node ran
+            self._profile_dir = placement.start_profile(so)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+    def _create_session(self, ort, model_path: str, so, providers: list):
+        # ONNX Runtime prints its "EP Error ... Falling back" banner on stdout: keep stdout for rows
+        with stdout_to_stderr():
+            return ort.InferenceSession(model_path, so, providers=providers)
 
-    def close(self) -> None:
-        self.session = None
+    def _check_session(self, provider: str) -> None:
+        if self._profile_dir is not None:
+            placement.check_compute_placement(self.session, provider, self._allow_cpu_placement)
 
 
 def cuda_ep_options(options: BackendOptions) -> dict:
