@@ -3,7 +3,6 @@ behind the batcher; the Open Inference Protocol routes, `/v1/scan`, `/metrics` a
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 
 import numpy as np
@@ -46,9 +45,8 @@ class ServiceState:
         """Inference through the whole path (decode, batch, backend) before the service says it is ready: one
         image, then the largest batch the batcher can form, so the backend's memory (ONNX Runtime's arena
         grows to the largest batch it has run) is at its working size before the first request."""
-        buf = io.BytesIO()
-        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, "PNG")
-        pixels = self.scanner.prepare(buf.getvalue())
+        # a decoded image: the warm-up does not depend on which encoded formats --image-formats allows
+        pixels = self.scanner.prepare(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)))
         largest = max(1, -(-self.limits.max_batch // max(1, len(pixels))))  # images that fill max_batch rows
         for n in (1, largest):
             for result in self.scanner.scan_prepared([(f"warm-up-{i}", pixels) for i in range(n)]):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipscan.runtime.errors import ImageReadError
+from clipscan.runtime.image_formats import pillow_formats
 from clipscan.runtime.results import ScanResult
 
 from .fair_decode import FairDecoder, request_pixels
@@ -86,7 +87,7 @@ class Batcher:
         lim = self.limits
         # the headers are read off the event loop too: a crafted header may take a parser a while
         pixels = await asyncio.get_running_loop().run_in_executor(
-            None, request_pixels, [src for _, src in items], lim.max_pixels)
+            None, request_pixels, [src for _, src in items], lim.max_pixels, pillow_formats(self.scanner.image_formats))
         if pixels > lim.max_request_pixels:
             raise OverPixelBudget(f"the request's images hold {pixels / 1e6:.0f} MP together (from their headers); "
                                   f"one request may decode up to {lim.max_request_pixels / 1e6:.0f} MP: send "

@@ -13,20 +13,21 @@ from concurrent.futures import Future
 from PIL import Image
 
 
-def header_pixels(data: bytes, max_pixels: int) -> int:
-    """An encoded image's pixel count from its header (nothing is decoded); 0 when the header cannot be read
-    or is over `max_pixels` (that image fails on its own with its own error and is never decoded)."""
+def header_pixels(data: bytes, max_pixels: int, formats: tuple[str, ...] | None = None) -> int:
+    """An encoded image's pixel count from its header (nothing is decoded); 0 when the header cannot be read,
+    is of a format outside `formats` (Pillow format ids: only those plugins look at it), or is over
+    `max_pixels` (that image fails on its own with its own error and is never decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=formats) as im:
             w, h = im.size
     except Exception:  # noqa: BLE001 -- any unreadable header: the decoder reports it for that image
         return 0
     return w * h if 0 < w * h <= max_pixels else 0
 
 
-def request_pixels(sources, max_pixels: int) -> int:
+def request_pixels(sources, max_pixels: int, formats: tuple[str, ...] | None = None) -> int:
     """Pixels the encoded images among `sources` will decode to (arrays are already decoded: 0)."""
-    return sum(header_pixels(s, max_pixels) for s in sources if isinstance(s, (bytes, bytearray)))
+    return sum(header_pixels(s, max_pixels, formats) for s in sources if isinstance(s, (bytes, bytearray)))
 
 
 class FairDecoder:

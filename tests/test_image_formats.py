@@ -144,3 +144,25 @@ def test_an_eps_upload_to_the_service_never_runs_ghostscript(tmp_path, fake_gs, 
         rows = json.loads(body)
         assert status == 200 and rows[0]["error_kind"] == "unsupported_format" and rows[1]["error"] is None, rows
     assert not log.exists(), f"Ghostscript ran: {log.read_text()}"
+
+
+def test_serve_image_formats_narrows_what_the_service_decodes():
+    """`clipscan serve --image-formats jpeg`: a PNG upload is that image's unsupported_format error (its header
+    is not even read for the pixel budget), a JPEG beside it is answered."""
+    from .serve_servers import cli_server, multipart, request
+
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (40, 30), "blue").save(png, "PNG")
+    Image.new("RGB", (40, 30), "green").save(jpeg, "JPEG")
+    with cli_server("--image-formats", "jpeg") as (url, _proc):
+        data, ctype = multipart([("a.png", png.getvalue()), ("b.jpg", jpeg.getvalue())])
+        status, _, body = request(url + "/v1/scan", data, {"Content-Type": ctype})
+        rows = json.loads(body)
+        assert status == 200, (status, body)
+        assert rows[0]["error_kind"] == "unsupported_format" and rows[1]["error"] is None, rows
+
+
+def test_serve_refuses_an_unknown_image_format_name():
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "serve", "--image-formats", "jpeg,eps"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "eps" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -122,3 +122,21 @@ def check_output(path: str, overwrite: bool) -> None:
         raise ValueError(f"--output {path}: the folder {parent} does not exist; create it first")
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"--output {path} already exists; pass --overwrite to replace it, or choose another name")
+
+
+def image_formats_arg(value: str) -> tuple[str, ...]:
+    from clipscan.runtime.image_formats import parse_image_formats
+
+    try:
+        return parse_image_formats(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_image_formats(p) -> None:
+    """--image-formats: the image formats decoded, from the runtime's registry (scan and serve)."""
+    from clipscan.runtime.image_formats import format_choices
+
+    p.add_argument("--image-formats", type=image_formats_arg, metavar="NAMES",
+                   help="comma-separated image formats to decode, 'default' for the default set (marked *): "
+                        f"{format_choices()}; a file of another format is an unsupported_format error")

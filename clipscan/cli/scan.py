@@ -12,23 +12,14 @@ import sys
 import time
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
-from .args import BACKENDS, add_decode, add_no_spin, backend_help, non_negative_int, positive_int, probability
+from .args import (BACKENDS, add_decode, add_image_formats, add_no_spin, backend_help, non_negative_int, positive_int,
+                   probability)
 from .scan_ray import add_ray_arguments, run_if_ray
 
 log = logging.getLogger("clipscan")
 
 
-def image_formats_arg(value: str) -> tuple[str, ...]:
-    from clipscan.runtime.image_formats import parse_image_formats
-
-    try:
-        return parse_image_formats(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_arguments(p) -> None:
-    from clipscan.runtime.image_formats import format_choices
     from clipscan.runtime.results import WRITERS
 
     p.description = "Scan files and folders; writes one line per input as results arrive."
@@ -56,9 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, help="decode/preprocess threads (default: min(4, cores))")
     p.add_argument("--threshold", type=probability, help="override the manifest's decision threshold (probability)")
     p.add_argument("--max-pixels", type=positive_int, help="refuse images larger than this many pixels (default 179 M)")
-    p.add_argument("--image-formats", type=image_formats_arg, metavar="NAMES",
-                   help="comma-separated image formats to decode, 'default' for the default set (marked *): "
-                        f"{format_choices()}; a file of another format is an unsupported_format error row")
+    add_image_formats(p)
     p.add_argument("--all-files", action="store_true",
                    help="in folders, scan every file, not only those with an image extension")
     p.add_argument("--with-embedding", action="store_true", help="add the image embedding to each JSONL row")

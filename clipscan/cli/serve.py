@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from . import EXIT_OK
-from .args import BACKENDS, add_decode, add_no_spin, non_negative_int, positive_int
+from .args import BACKENDS, add_decode, add_image_formats, add_no_spin, non_negative_int, positive_int
 
 
 def _limit_type(f):
@@ -55,6 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-fallback", action="store_true", help="with auto: stop at the first backend that fails")
     p.add_argument("--threads", type=positive_int, help="inference threads (default: the backend decides)")
     add_decode(p)
+    add_image_formats(p)
     g = p.add_argument_group("limits")
     for f in limit_fields():
         g.add_argument(flag(f.name), dest=f.name, type=_limit_type(f), default=f.default, metavar="N",
@@ -92,7 +93,7 @@ def run(args) -> int:
         logging.getLogger("clipscan.serve.access").setLevel(logging.WARNING)
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, threads=args.threads,
                       batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode,
-                      spin=not args.no_spin)
+                      spin=not args.no_spin, image_formats=args.image_formats)
     try:
         state = ServiceState(scanner, limits, name=args.name, token=token, allow_hosts=args.allow_host)
         state.warm_up()
