@@ -54,15 +54,16 @@ def verdict(spec, p: float, threshold: float, class_probs=None) -> tuple[str, st
 
 
 def head_answers(manifest, outputs: dict, rows: slice, threshold: float | None = None) -> dict[str, dict]:
-    """Every head's own answer for one image: {name: {"p_generated", "logit", "verdict"[, "generator"]}} for
-    decision heads (at `threshold` if given, else each head's own), {name: {"score"}} for quality heads."""
+    """Every head's own answer for one image: {name: {"p_generated", "logit", "verdict", "threshold"
+    [, "generator"]}} for decision heads (at `threshold` if given, else each head's own, which the row states),
+    {name: {"score"}} for quality heads."""
     out: dict[str, dict] = {}
     for spec in manifest.heads:
         values = head_values(spec, outputs, rows)
         if spec.task in DECISION_TASKS:
             t = spec.threshold if threshold is None else threshold
             v, generator = verdict(spec, values["probability"], t, values.get("class_probs"))
-            entry = {"p_generated": values["probability"], "logit": values["logit"], "verdict": v}
+            entry = {"p_generated": values["probability"], "logit": values["logit"], "verdict": v, "threshold": t}
             if spec.task == "attribution":
                 entry["generator"] = generator
             out[spec.name] = entry

@@ -41,8 +41,9 @@ def error_kind(error: str | None) -> str | None:
 
 
 # what each head answers (ScanResult.heads[name]); CSV has one column per head field, `<head>_<field>`
-HEAD_FIELDS = {"detection": ("p_generated", "logit", "verdict"),
-               "attribution": ("p_generated", "logit", "verdict", "generator"),
+# a decision head's answer states the threshold it was decided at (the manifest's, or --threshold's)
+HEAD_FIELDS = {"detection": ("p_generated", "logit", "verdict", "threshold"),
+               "attribution": ("p_generated", "logit", "verdict", "threshold", "generator"),
                "quality": ("score",)}
 
 
@@ -66,7 +67,7 @@ class ScanResult:
     generator: str | None = None          # attribution models only: the most probable generator
     backend: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
-    # every head's own answer: {name: {"p_generated", "logit", "verdict"[, "generator"]} or {"score"}}
+    # every head's own answer: {name: {"p_generated", "logit", "verdict", "threshold"[, "generator"]} or {"score"}}
     heads: dict[str, dict[str, Any]] | None = None
 
     @property

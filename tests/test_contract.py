@@ -27,7 +27,8 @@ def test_results_survive_the_contract_and_the_wire(demo_results, binary):
     assert results[-1].error and all(r.ok for r in results[:-1])
     specs = output_specs(manifest)
     assert [s.name for s in specs] == ["p_generated", "logit", "verdict", "quality", "embedding", "error", "backend",
-                                       "detector.p_generated", "detector.logit", "detector.verdict", "quality.score"]
+                                       "detector.p_generated", "detector.logit", "detector.verdict", "detector.threshold",
+                                       "quality.score"]
     tensors = results_to_tensors(results, specs)
     body, hlen = encode_message({"model_name": "demo"}, "outputs",
                                 [(entry_for(s.name, tensors[s.name], s.datatype), tensors[s.name]) for s in specs],
@@ -43,6 +44,9 @@ def test_results_survive_the_contract_and_the_wire(demo_results, binary):
             assert ra["verdict"] == rb["verdict"] and ra["backend"] == rb["backend"]
             assert abs(ra["p_generated"] - rb["p_generated"]) < 1e-6 and abs(ra["quality"] - rb["quality"]) < 1e-5
             assert np.allclose(ra["embedding"], rb["embedding"], atol=1e-6)
+            # each decision head states the threshold it decided at, across the wire too
+            assert ra["heads"]["detector"]["threshold"] == manifest.decision_heads()[0].threshold
+            assert abs(rb["heads"]["detector"]["threshold"] - ra["heads"]["detector"]["threshold"]) < 1e-6
         else:
             assert ra == rb  # the error text and kind, no values
 

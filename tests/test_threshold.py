@@ -61,8 +61,9 @@ def test_five_percent_on_one_real_set_holds_on_another(sets, tmp_path, capsys):
     false_positives = sum(r["verdict"] == "generated" for r in rows)
     lo, hi = binom.interval(0.99, N, 0.05)
     assert lo <= false_positives <= hi, (false_positives, (lo, hi))
-    # the rows carry the new threshold: every verdict is p_generated >= t, with p from the row's logit
+    # the rows carry the new threshold: each states it, and every verdict is p_generated >= t
     for r in rows:
+        assert abs(r["heads"]["detector"]["threshold"] - t) < 1e-6, r["heads"]  # rows keep 7 digits
         assert (r["verdict"] == "generated") == (float(sigmoid(r["logit"])) >= t) or abs(r["p_generated"] - t) < 1e-6
     with Scanner(out, backend="cpu") as s, Scanner(DEMO_MODEL, backend="cpu") as original:
         assert s.threshold == t and original.threshold == 0.5

@@ -21,7 +21,8 @@ from .conftest import SAMPLES
 from .triton_helpers import model_config_pb2, parse_config
 
 CONTRACT = ["p_generated", "logit", "verdict", "quality", "embedding", "error", "backend",
-            "detector.p_generated", "detector.logit", "detector.verdict", "quality.score"]   # + every head's answer
+            "detector.p_generated", "detector.logit", "detector.verdict", "detector.threshold",
+            "quality.score"]   # + every head's answer
 
 
 def configs(repo) -> dict:
