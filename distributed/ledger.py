@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from clipscan.runtime.atomic import replacing, write_text
+from clipscan.runtime.errors import RowsError
 from clipscan.runtime.results import drop_partial_line
 
 from .defaults import STATE_SUFFIX
@@ -62,11 +63,11 @@ class Ledger:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise ValueError(f"{self.state_file} (the ledger of the Ray scan writing {self.output}) cannot be "
-                             f"read: {e}; start again with --overwrite") from None
+            raise RowsError(f"{self.state_file} (the ledger of the Ray scan writing {self.output}) cannot be "
+                            f"read: {e}; start again with --overwrite") from None
         if not (isinstance(data, dict) and isinstance(data.get("size"), int) and isinstance(data.get("last"), int)):
-            raise ValueError(f"{self.state_file} is not a clipscan Ray-scan ledger; "  # noqa: TRY004
-                             "start again with --overwrite")
+            raise RowsError(f"{self.state_file} is not a clipscan Ray-scan ledger; "  # noqa: TRY004
+                            "start again with --overwrite")
         return data
 
     def _write_state(self) -> None:
@@ -120,8 +121,8 @@ class Ledger:
     def recover(self) -> None:
         actual = self.output.stat().st_size if self.output.exists() else -1
         if actual < self.size:
-            raise ValueError(f"{self.output} holds {max(actual, 0)} bytes, fewer than the {self.size} its Ray scan "
-                             f"recorded in {self.state_file}: it was changed since; start again with --overwrite")
+            raise RowsError(f"{self.output} holds {max(actual, 0)} bytes, fewer than the {self.size} its Ray scan "
+                            f"recorded in {self.state_file}: it was changed since; start again with --overwrite")
         if actual > self.size:  # an append the ledger does not account for: it is redone from its shard
             with open(self.output, "rb+") as f:
                 f.truncate(self.size)

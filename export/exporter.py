@@ -10,6 +10,7 @@ import numpy as np
 
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
+from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.manifest import InputSpec, Manifest, PreprocessSpec
 from clipscan.runtime.metrics import cosine_rows
@@ -44,7 +45,8 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     size = tuple(info.image_size)
     mode = pp.get("resize_mode", "shortest")
     if mode not in ("shortest", "longest", "squash", "none"):
-        raise ValueError(f"unsupported resize_mode {mode!r}")
+        raise CheckpointError(f"the architecture's preprocess_cfg has resize_mode {mode!r}; clipscan supports "
+                              "shortest, longest, squash and none")
     crop = pp.get("crop_mode", "none" if mode == "squash" else "center")
     sliding = {"stride": int(pp.get("stride", 64)), "max_per_axis": int(pp.get("max_per_axis", 8))}
     return PreprocessSpec(
@@ -184,7 +186,7 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     from .lean_blocks import lean_unsupported_reason
 
     if style not in GRAPH_STYLES:
-        raise ValueError(f"graph style {style!r} is not one of {list(GRAPH_STYLES)}")
+        raise InvalidArgumentError(f"graph style {style!r} is not one of {list(GRAPH_STYLES)}")
     if style == "stock":
         return False, "asked for open_clip's own block forward"
     if style == "auto" and precision != "fp32":
@@ -193,7 +195,7 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     if why is None:
         return True, "every block is open_clip's standard ResidualAttentionBlock"
     if style == "lean":
-        raise ValueError(f"--graph lean was asked for, but {why}; use --graph stock (or auto)")
+        raise InvalidArgumentError(f"--graph lean was asked for, but {why}; use --graph stock (or auto)")
     return False, f"lean graph not possible: {why}"
 
 
@@ -221,7 +223,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
 
     if precision not in EXPORT_PRECISIONS:
         hint = " (INT8 artifacts come from clipscan.calibration, not from export)" if precision == "int8" else ""
-        raise ValueError(f"precision {precision!r} is not one export writes; choose one of {list(EXPORT_PRECISIONS)}{hint}")
+        raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
+                                   f"{list(EXPORT_PRECISIONS)}{hint}")
 
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
@@ -238,8 +241,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                               head_files=list(head_files), mean=mean, std=std, precision=precision)
     manifest.backbone["graph"] = "lean" if lean else "stock"
     if primary is not None and ensemble is not None:
-        raise ValueError("--primary and --ensemble are alternatives: the row's verdict comes from one head or "
-                         "from a rule over all of them")
+        raise InvalidArgumentError("--primary and --ensemble are alternatives: the row's verdict comes from one head "
+                                   "or from a rule over all of them")
     if primary is not None:
         manifest = replace(manifest, decision={"primary": primary})
     elif ensemble is not None:

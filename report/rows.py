@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from clipscan.runtime.errors import RowsError
 from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
 FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
@@ -49,11 +50,7 @@ class RowsFile:
     sidecar_note: str = ""                      # why there is none, or why it could not be read
 
 
-class RowsError(ValueError):
-    """The file holds no rows a report can show (a ValueError: the CLI prints it as one sentence)."""
-
-
-class NotARow(ValueError):
+class NotARow(RowsError):
     """One line or record is not a clipscan row; its message says why (the line is skipped and counted)."""
 
 

@@ -1,6 +1,13 @@
-"""One exception hierarchy for clipscan.
+"""One exception hierarchy for clipscan: every error clipscan raises on purpose is a ClipscanError.
 
-Every message says what was asked, what exists, and how to fix it.
+A ClipscanError means the user (or the Python code calling clipscan) asked for something clipscan cannot
+do; its message says what was asked, what exists, and how to fix it, and the CLI prints it as one line
+with exit code 2. Any other exception escaping clipscan is a bug in clipscan, and the CLI says so.
+Some classes also derive from the built-in exception Python callers expect (ValueError,
+FileNotFoundError, RuntimeError), so `except ValueError` around a call keeps working.
+
+This module is the lowest layer: every package (runtime, export, calibration, bench, serve, report,
+triton, distributed, cli) imports its errors from here.
 """
 from __future__ import annotations
 
@@ -11,6 +18,29 @@ class ClipscanError(Exception):
 
 class InvalidArgumentError(ClipscanError, ValueError):
     """An argument clipscan cannot use (a wrong value or type); also a ValueError, as Python code expects."""
+
+
+class InputNotFoundError(ClipscanError, FileNotFoundError):
+    """A file or folder named as input (model, images, weights, heads, rows) does not exist."""
+
+
+class CheckpointError(ClipscanError, ValueError):
+    """A checkpoint, head file, captions file or architecture config that clipscan cannot read or that does
+    not fit the chosen backbone (wrong keys, wrong shapes, wrong format)."""
+
+
+class ExportCheckError(ClipscanError, RuntimeError):
+    """The written graph does not reproduce the PyTorch model within the gates (the file is removed)."""
+
+
+class CalibrationError(ClipscanError, ValueError):
+    """The inputs of calibrate or verify cannot give a result: no readable images, a model of the wrong
+    precision, a recipe the target cannot run."""
+
+
+class RowsError(ClipscanError, ValueError):
+    """A results file (scan rows, its model record, a Ray-scan ledger) that clipscan cannot use: not rows,
+    unreadable, or changed since it was written."""
 
 
 class ScannerClosedError(ClipscanError, RuntimeError):

@@ -11,6 +11,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .errors import InvalidArgumentError, RowsError
+
 # `logit` is the decision head's logit (p_generated = sigmoid(logit), in float64): it orders images
 # exactly where p_generated, written with 7 significant digits, saturates at 1.0 (logit above ~16)
 COLUMNS = ("path", "p_generated", "logit", "verdict", "quality", "error_kind", "error", "backend")
@@ -133,7 +135,7 @@ class CsvWriter:
     def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
                  columns: tuple[str, ...] = COLUMNS):
         if with_embedding:
-            raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+            raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
         self.stream, self.columns = stream, columns
         self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
         if header:  # not when appending to a resumed file
@@ -193,15 +195,16 @@ def completed_paths(path: str, fmt: str) -> set[str]:
         if fmt == "csv":
             rows = csv.DictReader(f)
             if rows.fieldnames and "path" not in rows.fieldnames:
-                raise ValueError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames})")
+                raise RowsError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames}, without a path "
+                                "column); resume with the --format it was written in, or write to a new file")
             done.update(r["path"] for r in rows if r.get("path"))
         else:
             for n, line in enumerate(f, 1):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    raise ValueError(f"{path} line {n} is not JSON: is it a clipscan JSONL file? "
-                                     "(resume with the --format it was written in)") from None
+                    raise RowsError(f"{path} line {n} is not JSON: is it a clipscan JSONL file? "
+                                    "(resume with the --format it was written in)") from None
                 if isinstance(row, dict) and isinstance(row.get("path"), str):
                     done.add(row["path"])
     return done
@@ -240,6 +243,6 @@ def read_sidecar(output: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be read: {e}; "
-                         "delete it to resume anyway") from None
+        raise RowsError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be read: {e}; "
+                        "delete it to resume anyway") from None
     return data if isinstance(data, dict) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .errors import RowsError
 from .results import read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger("clipscan")
@@ -38,7 +39,7 @@ def model_mismatch(output: str | os.PathLike, recorded: dict, identity: dict) ->
 
 
 def check_same_model(output: str | os.PathLike, identity: dict, fmt: str, *, appending: bool) -> None:
-    """Raise ValueError when appending rows of `identity` to a file of another model; record the model
+    """Raise RowsError when appending rows of `identity` to a file of another model; record the model
     of a new file (the sidecar)."""
     if appending:
         recorded = (read_sidecar(output) or {}).get("model")
@@ -46,7 +47,7 @@ def check_same_model(output: str | os.PathLike, identity: dict, fmt: str, *, app
             log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", output,
                         sidecar_path(output), identity["name"], (identity.get("sha256") or "")[:12] or "no sha256")
         elif not same_model(recorded, identity):
-            raise ValueError(model_mismatch(output, recorded, identity))
+            raise RowsError(model_mismatch(output, recorded, identity))
         else:
             return
     write_sidecar(output, identity, fmt)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class Bars:
@@ -60,7 +62,7 @@ REPORT_HIST_BINS = 20
 
 def bars_for(precision: str) -> Bars:
     if precision not in BARS:
-        raise ValueError(f"no fidelity bars for precision {precision!r}; known: {sorted(BARS)}")
+        raise InvalidArgumentError(f"no fidelity bars for precision {precision!r}; known: {sorted(BARS)}")
     return BARS[precision]
 
 

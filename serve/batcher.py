@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipscan.runtime.errors import ImageReadError
+from clipscan.runtime.errors import ClipscanError, ImageReadError
 from clipscan.runtime.results import ScanResult
 
 log = logging.getLogger("clipscan.serve")
 
 
-class QueueFull(Exception):
+class QueueFull(ClipscanError):
     """The batcher's queue has no room for a request's images (HTTP 503 with Retry-After)."""
 
 
-class RequestTimeout(Exception):
+class RequestTimeout(ClipscanError):
     """A request was not answered within the service's timeout (HTTP 504)."""
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from clipscan.runtime.errors import ClipscanError
 
-class HTTPError(Exception):
+
+class HTTPError(ClipscanError):
     def __init__(self, status: int, message: str, headers: dict | None = None, kind: str | None = None, **extra):
         super().__init__(message)
         self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
