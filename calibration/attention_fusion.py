@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from clipscan.runtime.errors import InvalidArgumentError
+
 from .graph_index import consumers, initializers, producers
 
 ATTENTION_OPSET = 23

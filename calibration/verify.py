@@ -24,8 +24,13 @@ from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.errors import (CalibrationError, ImageReadError, InputNotFoundError, InvalidArgumentError,
-                                     ModelError)
+from clipscan.runtime.errors import (
+    CalibrationError,
+    ImageReadError,
+    InputNotFoundError,
+    InvalidArgumentError,
+    ModelError,
+)
 from clipscan.runtime.machine import EXPORT_TOOLS, tool_versions
 from clipscan.runtime.progress import Progress
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
+
 from .deps import require
 
 log = logging.getLogger("clipscan.export")

@@ -21,6 +21,7 @@ import hashlib
 from pathlib import Path
 
 from clipscan.runtime.errors import CheckpointError, InputNotFoundError
+
 from .deps import load_torch_file, require
 from .heads import DetectorHead
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
+
 from .deps import require
 
 torch = require("torch")

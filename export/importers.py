@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
+
 from .deps import load_torch_file, require
 from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads

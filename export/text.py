@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipscan.runtime.errors import CheckpointError
+
 from .backbone import read_arch_config
 from .deps import not_a_checkpoint, require
 

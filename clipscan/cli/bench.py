@@ -6,6 +6,7 @@ asked for. Speed is reported, never judged: exit 0 unless the benchmark could no
 from __future__ import annotations
 
 from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_OK
 from .args import add_no_spin, non_negative, non_negative_int, positive, positive_int
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import add_output, check_output, positive_int
 

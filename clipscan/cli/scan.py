@@ -11,6 +11,7 @@ import sys
 import time
 
 from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import BACKENDS, add_no_spin, non_negative_int, positive_int, probability
 from .scan_ray import add_ray_arguments, run_if_ray

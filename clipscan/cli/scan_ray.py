@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import non_negative, positive_int
 
