@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from clipscan.runtime.errors import RowsError
+from clipscan.runtime.errors import InputNotFoundError, RowsError
 from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
 FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
@@ -137,7 +137,7 @@ def read_rows(path: str | os.PathLike) -> RowsFile:
     if os.path.isdir(path):
         raise RowsError(f"{path} is a folder; pass the JSONL (or CSV) file that `clipscan scan -o` wrote")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"rows file {path} does not exist; pass the file that `clipscan scan -o` wrote")
+        raise InputNotFoundError(f"rows file {path} does not exist; pass the file that `clipscan scan -o` wrote")
     out = RowsFile(path=path, rows=[], lines=0)
     with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         records = _csv_records(f) if _looks_like_csv(path) else _jsonl_records(f)

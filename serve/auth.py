@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
@@ -12,9 +14,9 @@ def read_token(path: str) -> str:
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as e:
-        raise ValueError(f"--token-file {path}: cannot read it ({e.strerror or e})") from None
+        raise InvalidArgumentError(f"--token-file {path}: cannot read it ({e.strerror or e})") from None
     if not token:
-        raise ValueError(f"--token-file {path} is empty; put the bearer token in it")
+        raise InvalidArgumentError(f"--token-file {path} is empty; put the bearer token in it")
     return token
 
 

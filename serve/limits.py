@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields
 
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+from clipscan.runtime.errors import InvalidArgumentError
 
 # name -> (default, what it bounds); clipscan chose these numbers
 DEFAULTS = {
@@ -43,7 +44,7 @@ class Limits:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
             low, what = {"max_delay_ms": (0, ">= 0"), "timeout_s": (0, "> 0")}.get(f.name, (1, ">= 1"))
             if not ok or v < low or (f.name == "timeout_s" and v == 0):
-                raise ValueError(f"limit {f.name} must be a number {what}, got {v!r}")
+                raise InvalidArgumentError(f"limit {f.name} must be a number {what}, got {v!r}")
 
 
 def limits_table() -> list[tuple[str, object, str]]:

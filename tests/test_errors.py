@@ -29,9 +29,6 @@ from .test_layering import PACKAGES
 BUILTIN_EXCEPTIONS = {n for n in dir(builtins) if isinstance(getattr(builtins, n), type)
                       and issubclass(getattr(builtins, n), BaseException)}
 BARE = ("ValueError", "FileNotFoundError")  # what a user mistake used to raise, and what a bug raises too
-# Folders whose raises other branches convert (serve, report): strict, so the mark fails once it is not needed.
-CONVERTED_ELSEWHERE = {"serve": "serve's own errors are converted on branch serve",
-                       "report": "report's errors are converted on branch hostile"}
 
 
 def _sources(folder: str) -> list[tuple[str, Path, ast.Module]]:
@@ -94,9 +91,7 @@ def bare_errors(folder: str) -> list[str]:
     return sorted(set(hits))
 
 
-@pytest.mark.parametrize("folder", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=CONVERTED_ELSEWHERE[f]))
-    if f in CONVERTED_ELSEWHERE else f for f in PACKAGES])
+@pytest.mark.parametrize("folder", list(PACKAGES))
 def test_no_bare_value_or_file_not_found_error_is_built(folder):
     hits = bare_errors(folder)
     assert not hits, ("a user mistake raises a ClipscanError subclass (clipscan.runtime.errors); an internal "
