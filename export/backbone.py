@@ -48,7 +48,11 @@ def read_arch_config(arch: str) -> tuple[str, dict]:
         if not p.is_file():
             raise InputNotFoundError(f"architecture config {p} does not exist; pass an open_clip model name or "
                                      "the path of an existing model-config .json")
-        cfg = json.loads(p.read_text())
+        try:
+            cfg = json.loads(p.read_text())
+        except ValueError as e:  # not JSON, or not text
+            raise CheckpointError(f"{p} is not a JSON model config ({e}); pass an open_clip model-config "
+                                  ".json") from None
         if "vision_cfg" not in cfg or "embed_dim" not in cfg:
             raise CheckpointError(f"{p} is not an open_clip model config: it needs 'embed_dim' and 'vision_cfg' "
                                   f"(found keys {sorted(cfg)})")

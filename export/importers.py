@@ -124,7 +124,11 @@ def import_captions(path: Path, backbone) -> Imported:
 
     if not path.is_file():
         raise InputNotFoundError(f"captions file {path} does not exist; pass the path of an existing captions .json")
-    spec = json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not text
+        raise CheckpointError(f"{path} is not a JSON captions file ({e}); see clipscan.export.importers for its "
+                              "format") from None
     classes = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(classes, list) or len(classes) < 2 or not all("label" in c and "caption" in c for c in classes):
         raise CheckpointError(f"{path}: expected {{'classes': [{{'label', 'caption'}}, ...]}} with the real class "

@@ -6,8 +6,9 @@ with exit code 2. Any other exception escaping clipscan is a bug in clipscan, an
 Some classes also derive from the built-in exception Python callers expect (ValueError,
 FileNotFoundError, RuntimeError), so `except ValueError` around a call keeps working.
 
-This module is the lowest layer: every package (runtime, export, calibration, bench, serve, report,
-triton, distributed, cli) imports its errors from here.
+This module is the lowest layer and imports nothing: every package (runtime, export, calibration, bench,
+serve, report, triton, distributed, cli) raises these classes or its own subclasses of them (WireError,
+HTTPError, TritonServerError...); tests/test_errors.py holds every package to it.
 """
 from __future__ import annotations
 
