@@ -65,7 +65,7 @@ class BenchConfig:
 
 
 def check_config(cfg: BenchConfig) -> None:
-    """Raise ValueError / FileNotFoundError for settings that cannot run."""
+    """Raise InvalidArgumentError / InputNotFoundError for settings that cannot run."""
     if cfg.mode not in MODES:
         raise InvalidArgumentError(f"mode must be model, e2e or both, got {cfg.mode!r}")
     if cfg.decode not in DECODES:

@@ -57,7 +57,7 @@ def fusion_applies(recipe, target: str) -> tuple[bool, str]:
 
 
 def check_fusion_target(recipe, target: str) -> None:
-    """Fused attention asked for where it does not fit (`fusion_fits`): a ValueError that says so."""
+    """Fused attention asked for where it does not fit (`fusion_fits`): an InvalidArgumentError that says so."""
     if recipe.fuse_attention and not fusion_fits(recipe, target):
         raise InvalidArgumentError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu "
                                    "target graph with a recipe that quantizes only weight products (smooth, matmul, "

@@ -52,7 +52,7 @@ class Address:
 
 
 def parse_address(text: str | None) -> Address:
-    """Check --ray-address; a malformed one is a ValueError with one sentence."""
+    """Check --ray-address; a malformed one is an InvalidArgumentError with one sentence."""
     if text is None or text == "local":
         return Address(None)
     if text == "auto":
@@ -131,6 +131,7 @@ def default_actors(ray, cpus_per_actor: float, gpus_per_actor: float) -> int:
     if gpus_per_actor > 0:
         gpus = resources.get("GPU", 0)
         if gpus < gpus_per_actor:
-            raise InvalidArgumentError(f"--gpus-per-actor {gpus_per_actor}: the Ray cluster has {gpus:g} GPU(s)")
+            raise InvalidArgumentError(f"--gpus-per-actor {gpus_per_actor}: the Ray cluster has {gpus:g} GPU(s); "
+                                       "pass a share that fits them, or 0 for CPU actors")
         return max(1, int(gpus // gpus_per_actor))
     return max(1, int(resources.get("CPU", 1) // cpus_per_actor))

@@ -63,7 +63,7 @@ class RayScanReport:
 
 
 def check_spec(spec: RayScan) -> None:
-    """Usage errors, before anything starts (one sentence each, ValueError)."""
+    """Usage errors, before anything starts (one sentence each, InvalidArgumentError)."""
     if not spec.output:
         raise InvalidArgumentError("--engine ray needs --output FILE: the driver commits every finished block to it")
     if "-" in spec.paths:
@@ -75,7 +75,8 @@ def check_spec(spec: RayScan) -> None:
     if spec.block_size < 1:
         raise InvalidArgumentError(f"--block-size must be an integer >= 1, got {spec.block_size!r}")
     if not spec.gpus_per_actor >= 0 or not spec.cpus_per_actor > 0:
-        raise InvalidArgumentError("--gpus-per-actor must be >= 0 and CPUs per actor > 0")
+        raise InvalidArgumentError(f"--gpus-per-actor must be >= 0 and CPUs per actor > 0, got "
+                                   f"{spec.gpus_per_actor!r} and {spec.cpus_per_actor!r}")
     if spec.with_embedding and spec.fmt == "csv":
         raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
     if os.path.isdir(spec.output):

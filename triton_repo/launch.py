@@ -98,7 +98,7 @@ def free_ports(n: int) -> list[int]:
 
 def busy_ports(host: str, ports) -> list[int]:
     """The ones of `ports` that something on `host` already holds (a bind with SO_REUSEADDR fails there, as
-    tritonserver's own would). A port or host that cannot be bound for another reason is a ValueError."""
+    tritonserver's own would). A port or host that cannot be bound for another reason is an InvalidArgumentError."""
     busy = []
     for port in ports:
         if not 0 < port < 65536:
@@ -109,7 +109,8 @@ def busy_ports(host: str, ports) -> list[int]:
                 s.bind((host, port))
             except OSError as e:
                 if e.errno != errno.EADDRINUSE:
-                    raise InvalidArgumentError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+                    raise InvalidArgumentError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass a --host "
+                                               "this machine has, and ports >= 1024 unless run as root") from e
                 busy.append(port)
     return busy
 
