@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipscan.runtime.errors import InputNotFoundError, InvalidArgumentError
 from clipscan.runtime.scanner import DECODE_MODES
 
 # --mode -> what is timed
@@ -24,8 +25,11 @@ def parse_list(text: str, cast=str) -> list:
     """'1, 8,32' -> [1, 8, 32] with `cast`; an empty list is an error."""
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
-        raise ValueError(f"empty list: {text!r}")
-    return [cast(t) for t in items]
+        raise InvalidArgumentError(f"empty list: {text!r}; give one or more values separated by commas")
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise InvalidArgumentError(f"{text!r}: every item must be a {cast.__name__}") from None
 
 
 @dataclass
@@ -68,17 +72,17 @@ class BenchConfig:
 
 
 def check_config(cfg: BenchConfig) -> None:
-    """Raise ValueError / FileNotFoundError for settings that cannot run."""
+    """Raise InvalidArgumentError / InputNotFoundError for settings that cannot run."""
     if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+        raise InvalidArgumentError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.decode not in DECODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
+        raise InvalidArgumentError(f"decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
     if any(b < 1 for b in cfg.batch_sizes):
-        raise ValueError("batch sizes must be >= 1")
+        raise InvalidArgumentError(f"batch sizes must be >= 1, got {list(cfg.batch_sizes)}")
     for m in cfg.models:
         if not Path(m).is_file():
-            raise FileNotFoundError(f"model file {m} does not exist")
+            raise InputNotFoundError(f"model file {m} does not exist; pass the .onnx file written by `clipscan export`")
     if cfg.images and not Path(cfg.images).exists():
-        raise FileNotFoundError(f"image folder {cfg.images} does not exist")
+        raise InputNotFoundError(f"image folder {cfg.images} does not exist; pass an existing folder (or no --images)")
     if cfg.wants_torch and not (cfg.torch_arch and cfg.torch_weights and cfg.torch_heads):
-        raise ValueError("the PyTorch reference needs --torch-arch, --torch-weights and --torch-heads")
+        raise InvalidArgumentError("the PyTorch reference needs --torch-arch, --torch-weights and --torch-heads")

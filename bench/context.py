@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.backends import backend_status
+from clipscan.runtime.errors import InvalidArgumentError
 
 from .config import BenchConfig
 from .torch_reference import TorchReference
@@ -21,7 +22,7 @@ def available_backends(requested: list[str] | None) -> tuple[list[str], list[dic
     if requested:
         unknown = [b for b in requested if b not in {n for n, _, _ in status}]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; known: {[n for n, _, _ in status]}")
+            raise InvalidArgumentError(f"unknown backend(s) {unknown}; known: {[n for n, _, _ in status]}")
         skipped = [s for s in skipped if s["backend"] in requested]
         names = [b for b in requested if b in names]
     return names, skipped

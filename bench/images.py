@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clipscan.runtime.discover import iter_files
+from clipscan.runtime.errors import InvalidArgumentError
 
 from .config import BenchConfig
 
@@ -28,7 +29,8 @@ def benchmark_images(cfg: BenchConfig, tmp: Path) -> tuple[list[Path], str]:
     if cfg.images:
         paths = [Path(p) for p in iter_files([cfg.images])]
         if not paths:
-            raise ValueError(f"no image files found in {cfg.images}")
+            raise InvalidArgumentError(f"no image files found in {cfg.images}; pass a folder of images (or no "
+                                       "--images for synthetic ones)")
         return paths, f"{cfg.images} ({len(paths)} files)"
     folder = tmp / "images"
     paths = synthetic_images(folder, SYNTHETIC_COUNT)

@@ -18,6 +18,7 @@ from pathlib import Path
 from clipscan.measure.machine import describe_cpu
 from clipscan.runtime import Scanner
 from clipscan.runtime.discover import iter_files
+from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images
@@ -60,7 +61,8 @@ def ray_benchmark(model: str | None = None, images: str | None = None, *, files:
     if images:
         paths = [str(p) for p in iter_files([images])]
         if not paths:
-            raise ValueError(f"no image files found in {images}")
+            raise InvalidArgumentError(f"no image files found in {images}; pass a folder of images (or no "
+                                       "--images for synthetic ones)")
         what = f"{images} ({len(paths)} files)"
     else:
         paths = [str(p) for p in synthetic_images(tmp / "images", files)]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime import Scanner
+from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.fidelity_metrics import compare_outputs
 
 from .context import BenchContext
@@ -30,7 +31,8 @@ def prepared_inputs(scanner: Scanner, paths: list[Path]) -> tuple[np.ndarray, li
         else:
             bad.append({"path": str(p), "error": str(x)})
     if not rows:
-        raise ValueError("none of the benchmark images could be decoded")
+        raise InvalidArgumentError(f"none of the {len(paths)} benchmark image(s) could be decoded (first: "
+                                   f"{bad[0]['error'] if bad else '-'}); pass --images with JPEG/PNG/WebP files")
     return np.concatenate(rows), names, bad
 
 
@@ -82,7 +84,9 @@ def prepare_artifact_inputs(ctx: BenchContext, source: str) -> None:
             with Scanner(model, backend="cpu", decode="exact") as sc:
                 x, names, _ = prepared_inputs(sc, [Path(n) for n in ctx.names])
             if names != ctx.names:
-                raise ValueError(f"{Path(model).name} decodes other benchmark images than {Path(source).name}")
+                raise InvalidArgumentError(f"{Path(model).name} decodes other benchmark images than "
+                                           f"{Path(source).name} ({len(names)} vs {len(ctx.names)}); benchmark "
+                                           "with images both can read, or the two models separately")
             by_recipe[recipe] = x
         ctx.inputs[model] = by_recipe[recipe]
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipscan.runtime import load_artifact
+from clipscan.runtime.errors import BackendError
 from clipscan.runtime.progress import Progress
 
 from .camera import camera_benchmark
@@ -35,7 +36,7 @@ def _start(cfg: BenchConfig) -> BenchContext:
     check_config(cfg)
     backends, skipped = available_backends(cfg.backends)
     if not backends:
-        raise ValueError(f"no requested backend is available here: {skipped}")
+        raise BackendError(f"no requested backend is available here: {skipped}; see `clipscan backends`")
     tmp = Path(tempfile.mkdtemp(prefix="clipscan-bench-"))
     try:
         paths, images_desc = benchmark_images(cfg, tmp)

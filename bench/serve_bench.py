@@ -24,6 +24,7 @@ from pathlib import Path
 
 from clipscan.measure.machine import describe_cpu
 from clipscan.runtime.discover import iter_files
+from clipscan.runtime.errors import InvalidArgumentError, ServerError
 from clipscan.runtime.scanner import Scanner
 
 from .images import synthetic_images
@@ -55,7 +56,8 @@ def _images(cfg: ServeBenchConfig, tmp: Path) -> tuple[list[Path], str]:
     if cfg.images:
         paths = [Path(p) for p in iter_files([cfg.images])]
         if not paths:
-            raise ValueError(f"no image files found in {cfg.images}")
+            raise InvalidArgumentError(f"no image files found in {cfg.images}; pass a folder of images (or no "
+                                       "--images for synthetic ones)")
         return paths, f"{cfg.images} ({len(paths)} files)"
     return synthetic_images(tmp / "images", 16), "16 synthetic 640x480 JPEGs"
 
@@ -86,7 +88,8 @@ def _start_server(cfg: ServeBenchConfig, batching: bool) -> tuple[subprocess.Pop
         if m:
             return proc, f"http://{m.group(1)}:{m.group(2)}"
     proc.wait()
-    raise RuntimeError("the server did not start:\n" + "".join(lines))
+    raise ServerError("the server did not start (its output follows); check the model and the port:\n"
+                      + "".join(lines))
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 from .graph_index import consumers, initializers, producers
 
 ATTENTION_OPSET = 23
@@ -54,12 +56,13 @@ def fusion_applies(recipe, target: str) -> tuple[bool, str]:
 
 
 def check_fusion_target(recipe, target: str) -> None:
-    """Fused attention asked for where it does not fit (`fusion_fits`): a ValueError that says so."""
+    """Fused attention asked for where it does not fit (`fusion_fits`): an InvalidArgumentError that says so."""
     if recipe.fuse_attention and not fusion_fits(recipe, target):
-        raise ValueError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu target graph "
-                         f"with a recipe that quantizes only weight products (smooth, matmul, dynamic), not --target "
-                         f"{target} with {recipe.label()} (TensorRT before 10.14 cannot read the Attention node); "
-                         "drop --fuse-attention or change the target/recipe")
+        raise InvalidArgumentError(f"--fuse-attention is for --target cpu: fused attention runs only in a cpu "
+                                   "target graph with a recipe that quantizes only weight products (smooth, matmul, "
+                                   f"dynamic), not --target {target} with {recipe.label()} (TensorRT before 10.14 "
+                                   "cannot read the Attention node); drop --fuse-attention or change the "
+                                   "target/recipe")
 
 
 def _single(readers: dict, name: str, outputs: set) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from clipscan.runtime.decode import load_image
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.errors import ImageReadError
+from clipscan.runtime.errors import CalibrationError, ImageReadError, InputNotFoundError, InvalidArgumentError
 from clipscan.runtime.preprocess import Preprocessor
 from clipscan.runtime.progress import Progress
 
@@ -39,7 +39,7 @@ def list_images(folders) -> list[str]:
     paths = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
     for p in paths:
         if not Path(p).exists():
-            raise FileNotFoundError(f"image folder/file {p} does not exist")
+            raise InputNotFoundError(f"image folder/file {p} does not exist; pass an existing folder of images")
     return [os.path.abspath(f) for f in iter_files(paths)]
 
 
@@ -81,7 +81,7 @@ def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: in
     if max_images:
         files = files[:max_images]
     if not files:
-        raise ValueError(f"no image files found under {folders}")
+        raise CalibrationError(f"no image files found under {folders}; pass folders that hold JPEG/PNG/WebP images")
     key_src = json.dumps({"format": CACHE_FORMAT, "model": model_sha256, "images": image_set_hash(files),
                           "preprocess": manifest.preprocess.to_dict(), "input": manifest.input.to_dict(),
                           "max_images": max_images}, sort_keys=True)
@@ -111,7 +111,7 @@ def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: in
                 failed.append({"path": f, "error": f"{type(e).__name__}: {e}"})
                 bar.update(errors=1)
     if not rows:
-        raise ValueError(f"none of the {len(files)} file(s) under {folders} could be read: {failed[:3]}")
+        raise CalibrationError(f"none of the {len(files)} file(s) under {folders} could be read: {failed[:3]}")
     tensors = np.stack(rows)
     cset = CalibrationSet(tensors, used, failed, content_hash(used), path, False)
     if path is not None:
@@ -128,7 +128,7 @@ def equal_batches(tensors: np.ndarray, batch_size: int) -> list[np.ndarray]:
     (cycling), so every row is seen and the histogram calibrators get homogeneous shapes."""
     n = len(tensors)
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     batch_size = min(batch_size, n)
     out = []
     for start in range(0, n, batch_size):

@@ -30,6 +30,7 @@ from clipscan.export.onnx_writer import attach_manifest, save_model
 from clipscan.measure.machine import RUNTIME_TOOLS, tool_versions
 from clipscan.measure.timing import timed_turn
 from clipscan.runtime.artifact import file_sha256, load_artifact
+from clipscan.runtime.errors import CalibrationError, InvalidArgumentError
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
 from .attention_fusion import ATTENTION_OPSET, check_fusion_target, fuse_attention, fusion_applies, heads_in_channels
@@ -235,17 +236,18 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
 
     onnx = _onnx()
     if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+        raise InvalidArgumentError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
     if recipe.method not in METHODS:
-        raise ValueError(f"unknown method {recipe.method!r}; choose one of {list(METHODS)}")
+        raise InvalidArgumentError(f"unknown method {recipe.method!r}; choose one of {list(METHODS)}")
     if recipe.method == "dynamic" and target == "tensorrt":
-        raise ValueError("dynamic quantization has no Q/DQ activations: TensorRT needs a static (calibrated) method")
+        raise CalibrationError("dynamic quantization has no Q/DQ activations: TensorRT needs a static (calibrated) "
+                               "method")
     model = copy.deepcopy(src_model)
     facts: dict = {"recipe": asdict(recipe), "label": recipe.label()}
     if recipe.smooth_alpha is not None:
         facts["smoothquant"] = smooth_quant(model, cset.tensors, input_name, recipe.smooth_alpha, batch_size)
     if recipe.ops not in ("all", "matmul"):
-        raise ValueError(f"ops must be 'all' or 'matmul', got {recipe.ops!r}")
+        raise InvalidArgumentError(f"ops must be 'all' or 'matmul', got {recipe.ops!r}")
     check_fusion_target(recipe, target)
     # uint8 CPU graphs are never TensorRT's: ONNX Runtime's Attention kernel may run their attention
     fuse, why = fusion_applies(recipe, target)
@@ -313,10 +315,12 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
     onnx = _onnx()
     artifact = load_artifact(model_path)
     if artifact.manifest.precision != "fp32":
-        raise ValueError(f"{model_path} is {artifact.manifest.precision}; INT8 calibration starts from an FP32 export")
+        raise CalibrationError(f"{model_path} is {artifact.manifest.precision}; INT8 calibration starts from an FP32 "
+                               "export: pass the model `clipscan export --precision fp32` wrote")
     out_path = Path(out_path)
     if out_path.resolve() == artifact.path:
-        raise ValueError("the output must not overwrite the FP32 model")
+        raise InvalidArgumentError(f"the output {out_path} is the FP32 model itself; write the INT8 model to another "
+                                   "file")
     model = onnx.load(str(artifact.path))
     start = time.perf_counter()
     quantized, facts = quantize_model(model, cset, recipe, target, input_name=artifact.manifest.input.name,

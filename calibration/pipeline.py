@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipscan.runtime.errors import CalibrationError, InputNotFoundError, InvalidArgumentError
 from .recipes import DEFAULT_RECIPE, DEFAULT_TARGET, Recipe
 
 if TYPE_CHECKING:
@@ -50,17 +51,18 @@ def check_inputs(model, images: list, val_images: list, *, batch_size: int, sear
     """Refuse, before any work, what cannot run: a batch size under 1, a missing model or image folder,
     a fidelity report without the PyTorch original, a search without validation images."""
     if batch_size < 1:
-        raise ValueError("--batch-size must be >= 1")
+        raise InvalidArgumentError(f"--batch-size must be >= 1, got {batch_size}")
     if not Path(model).is_file():
-        raise FileNotFoundError(f"model file {model} does not exist")
+        raise InputNotFoundError(f"model file {model} does not exist; pass the FP32 .onnx file written by "
+                                 "`clipscan export`")
     for folder in images + val_images:
         if not Path(folder).exists():
-            raise FileNotFoundError(f"image folder {folder} does not exist")
+            raise InputNotFoundError(f"image folder {folder} does not exist; pass an existing folder of images")
     if val_images and not (arch and weights and heads):
-        raise ValueError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights and "
-                         "--heads/--head, as given to export")
+        raise InvalidArgumentError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights "
+                                   "and --heads/--head, as given to export")
     if search and not val_images:
-        raise ValueError("--search needs --val-images to measure the error on")
+        raise InvalidArgumentError("--search needs --val-images to measure the error on")
 
 
 def check_disjoint(images: list, val_images: list, *, allow_overlap: bool = False) -> None:
@@ -74,7 +76,7 @@ def check_disjoint(images: list, val_images: list, *, allow_overlap: bool = Fals
     msg = (f"{len(both)} validation image(s) are also calibration images (same content), e.g. "
            f"{both[0]}: the fidelity report would flatter the INT8 model")
     if not allow_overlap:
-        raise ValueError(msg + "; use disjoint folders (or --allow-overlap)")
+        raise CalibrationError(msg + "; use disjoint folders (or --allow-overlap)")
     log.warning("%s", msg)
 
 
@@ -87,7 +89,7 @@ def build_recipe(recipe: str | Recipe = DEFAULT_RECIPE, *, method: str | None = 
 
     if isinstance(recipe, str):
         if recipe not in int8.RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; known: {list(int8.RECIPES)}")
+            raise InvalidArgumentError(f"unknown recipe {recipe!r}; known: {list(int8.RECIPES)}")
         recipe = int8.RECIPES[recipe]
     changes = {"name": "", "exclude": list(recipe.exclude) + list(exclude)}
     if percentile is not None:
@@ -164,7 +166,7 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
     # (quantized, searched, verified, its manifest final): an interrupted run leaves nothing at `output`.
     output = Path(output)
     if output.resolve() == artifact.path.resolve():
-        raise ValueError(f"-o {output} is the FP32 model itself: the INT8 model must go to another file")
+        raise InvalidArgumentError(f"-o {output} is the FP32 model itself: the INT8 model must go to another file")
     work = output.with_name(f".{output.name}.calibrating-{os.getpid()}.onnx")
     try:
         outcome = _calibrate_to(work, model, cset, recipe, target, search=search, val_images=val_images,

@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 
 from clipscan.export.deps import require
 from clipscan.runtime.decode import load_image
+from clipscan.runtime.errors import ManifestError
 from clipscan.runtime.preprocess import to_8bit
 
 torch = require("torch", "clipscan verify")
@@ -84,8 +85,8 @@ class ReferenceTransform:
         if inp.folded:
             norm = manifest.backbone.get("normalization_folded") or {}
             if "mean" not in norm or "std" not in norm:
-                raise ValueError("the manifest's input is folded uint8 but backbone.normalization_folded "
-                                 "gives no mean/std: cannot build the reference input")
+                raise ManifestError("the manifest's input is folded uint8 but backbone.normalization_folded "
+                                    "gives no mean/std: cannot build the reference input; export the artifact again")
             self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
         else:
             self.mean, self.std = tuple(inp.mean), tuple(inp.std)

@@ -25,7 +25,13 @@ from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
 from clipscan.runtime.discover import iter_files
-from clipscan.runtime.errors import ImageReadError, ModelError
+from clipscan.runtime.errors import (
+    CalibrationError,
+    ImageReadError,
+    InputNotFoundError,
+    InvalidArgumentError,
+    ModelError,
+)
 from clipscan.runtime.manifest import DECISION_TASKS
 from clipscan.runtime.progress import Progress
 
@@ -122,7 +128,8 @@ class _Runner:
             if self.transform.available:
                 ref_in, raw = self.transform(img)
                 if ref_in.shape[1:] != rt.shape[1:]:
-                    raise ValueError(f"reference tensor {ref_in.shape} vs runtime {rt.shape}")
+                    raise CalibrationError(f"the PyTorch reference makes a tensor of {ref_in.shape}, the artifact "
+                                           f"{rt.shape}: pass the --arch the artifact was exported from")
                 err = self.transform.pixel_error(rt, ref_in, raw)
             else:
                 ref_in, err = self.transform.from_runtime(rt), None
@@ -146,8 +153,9 @@ class _Runner:
         try:
             ref_out = self.reference_outputs(x_ref)
         except Exception as e:
-            raise ValueError(f"the PyTorch reference failed on a batch of {len(x_ref)} row(s): "
-                             f"{type(e).__name__}: {e}") from e
+            # not a mistake clipscan can name (the checkpoints loaded and fit): a bug, shown with its cause
+            raise RuntimeError(f"the PyTorch reference failed on a batch of {len(x_ref)} row(s): "
+                               f"{type(e).__name__}: {e}") from e
         if check_invariants and self.inv_rows < INVARIANCE_ROWS:
             self._invariants(x_rt, exp_out)
         exp_heads, exp_emb = aggregate(exp_out, counts, self.pairs, self.embedding)
@@ -228,17 +236,18 @@ def verify(model_path, reference, images, report_dir=None, *, margin: float = fi
     `progress`: a progress bar on stderr when it is a terminal.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
     if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+        raise InvalidArgumentError(f"margin must be >= 0, got {margin}")
     variants = list(LAUNDERINGS) if launder is True else ([] if launder is False else list(launder))
     unknown = [v for v in variants if v not in LAUNDERINGS]
     if unknown:
-        raise ValueError(f"unknown laundering {unknown}; known: {list(LAUNDERINGS)}")
+        raise InvalidArgumentError(f"unknown laundering {unknown}; known: {list(LAUNDERINGS)}")
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise FileNotFoundError(f"image folder/file {', '.join(missing)} does not exist")
+        raise InputNotFoundError(f"image folder/file {', '.join(missing)} does not exist; pass existing image "
+                                 "folders or files")
 
     scanner = Scanner(model_path, backend="cpu", fallback=False, batch_size=batch_size, max_pixels=max_pixels,
                       decode="exact")
@@ -300,10 +309,11 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
     for s in laundered.values():
         runner.flush(s)
     if found == 0:
-        raise ValueError(f"no image files found under {[str(p) for p in paths]}")
+        raise CalibrationError(f"no image files found under {[str(p) for p in paths]}; pass folders that hold "
+                               "JPEG/PNG/WebP images")
     if not clean.names:
-        raise ValueError(f"none of the {found} file(s) under {[str(p) for p in paths]} could be compared: "
-                         f"{(failed + clean.reference_failed)[:3]}")
+        raise CalibrationError(f"none of the {found} file(s) under {[str(p) for p in paths]} could be compared: "
+                               f"{(failed + clean.reference_failed)[:3]}")
 
     metrics, clean_gates = evaluate_stream(clean, pairs, precision, margin)
     prep = fidelity_gates.preprocessing_gate(metrics["preprocessing_max_error"], len(clean.names),

@@ -10,7 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from clipscan.runtime.errors import BackendError, MissingExtraError
+from clipscan.runtime.errors import BackendError, InvalidArgumentError, MissingExtraError
 
 from .defaults import DEFAULTS
 
@@ -52,7 +52,7 @@ class Address:
 
 
 def parse_address(text: str | None) -> Address:
-    """Check --ray-address; a malformed one is a ValueError with one sentence."""
+    """Check --ray-address; a malformed one is an InvalidArgumentError with one sentence."""
     if text is None or text == "local":
         return Address(None)
     if text == "auto":
@@ -62,13 +62,14 @@ def parse_address(text: str | None) -> Address:
     host = host.strip("[]")
     hint = "give HOST:PORT of the cluster's head (e.g. 10.0.0.5:6379), ray://HOST:10001, auto, or leave it out"
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--ray-address {text!r} is not an address Ray can join: {hint}")
+        raise InvalidArgumentError(f"--ray-address {text!r} is not an address Ray can join: {hint}")
     if host not in ("localhost",):
         try:
             ipaddress.ip_address(host)
         except ValueError:
             if not all(part and all(c.isalnum() or c == "-" for c in part) for part in host.split(".")):
-                raise ValueError(f"--ray-address {text!r}: {host!r} is not a host name or IP address; {hint}") from None
+                raise InvalidArgumentError(f"--ray-address {text!r}: {host!r} is not a host name or IP address; "
+                                           f"{hint}") from None
     return Address(text, host, int(port))
 
 
@@ -80,8 +81,9 @@ def check_reachable(address: Address, timeout: float | None = None) -> None:
     try:
         socket.create_connection((address.host, address.port), timeout=timeout).close()
     except OSError as e:
-        raise ValueError(f"--ray-address {address.text}: nothing answers at {address.host}:{address.port} "
-                         f"({e.strerror or e}); start the cluster (`ray start --head`) or check the address") from None
+        raise InvalidArgumentError(f"--ray-address {address.text}: nothing answers at {address.host}:{address.port} "
+                                   f"({e.strerror or e}); start the cluster (`ray start --head`) or check the "
+                                   "address") from None
 
 
 def prepare(address: Address, *, verbose: bool = False):
@@ -129,6 +131,7 @@ def default_actors(ray, cpus_per_actor: float, gpus_per_actor: float) -> int:
     if gpus_per_actor > 0:
         gpus = resources.get("GPU", 0)
         if gpus < gpus_per_actor:
-            raise ValueError(f"--gpus-per-actor {gpus_per_actor}: the Ray cluster has {gpus:g} GPU(s)")
+            raise InvalidArgumentError(f"--gpus-per-actor {gpus_per_actor}: the Ray cluster has {gpus:g} GPU(s); "
+                                       "pass a share that fits them, or 0 for CPU actors")
         return max(1, int(gpus // gpus_per_actor))
     return max(1, int(resources.get("CPU", 1) // cpus_per_actor))

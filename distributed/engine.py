@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from clipscan.runtime import load_artifact
 from clipscan.runtime.discover import WalkStats, iter_files
-from clipscan.runtime.errors import BackendError
+from clipscan.runtime.errors import BackendError, InvalidArgumentError
 from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, completed_paths, csv_columns, model_identity
 from clipscan.runtime.resume import check_same_model
 
@@ -63,26 +63,27 @@ class RayScanReport:
 
 
 def check_spec(spec: RayScan) -> None:
-    """Usage errors, before anything starts (one sentence each, ValueError)."""
+    """Usage errors, before anything starts (one sentence each, InvalidArgumentError)."""
     if not spec.output:
-        raise ValueError("--engine ray needs --output FILE: the driver commits every finished block to it")
+        raise InvalidArgumentError("--engine ray needs --output FILE: the driver commits every finished block to it")
     if "-" in spec.paths:
-        raise ValueError("--engine ray cannot read an image from standard input (-): the actors read files; "
-                         "save it to a file, or scan it without --engine ray")
+        raise InvalidArgumentError("--engine ray cannot read an image from standard input (-): the actors read files; "
+                                   "save it to a file, or scan it without --engine ray")
     if spec.actors is not None and (isinstance(spec.actors, bool) or not isinstance(spec.actors, int)
                                     or spec.actors < 1):
-        raise ValueError(f"--actors must be an integer >= 1, got {spec.actors!r}")
+        raise InvalidArgumentError(f"--actors must be an integer >= 1, got {spec.actors!r}")
     if spec.block_size < 1:
-        raise ValueError(f"--block-size must be an integer >= 1, got {spec.block_size!r}")
+        raise InvalidArgumentError(f"--block-size must be an integer >= 1, got {spec.block_size!r}")
     if not spec.gpus_per_actor >= 0 or not spec.cpus_per_actor > 0:
-        raise ValueError("--gpus-per-actor must be >= 0 and CPUs per actor > 0")
+        raise InvalidArgumentError(f"--gpus-per-actor must be >= 0 and CPUs per actor > 0, got "
+                                   f"{spec.gpus_per_actor!r} and {spec.cpus_per_actor!r}")
     if spec.with_embedding and spec.fmt == "csv":
-        raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+        raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
     if os.path.isdir(spec.output):
-        raise ValueError(f"--output {spec.output} is a folder; name the results file to write inside it")
+        raise InvalidArgumentError(f"--output {spec.output} is a folder; name the results file to write inside it")
     parent = os.path.dirname(os.path.abspath(spec.output))
     if not os.path.isdir(parent):
-        raise ValueError(f"--output {spec.output}: the folder {parent} does not exist; create it first")
+        raise InvalidArgumentError(f"--output {spec.output}: the folder {parent} does not exist; create it first")
     parse_address(spec.address)
 
 
@@ -135,8 +136,8 @@ def _check_output(spec: RayScan, ledger: Ledger, identity: dict) -> bool:
     if not spec.resume:
         if (exists or ledger.has_work()) and not spec.overwrite:
             what = spec.output if exists else f"{ledger.folder} (a killed Ray scan's state)"
-            raise ValueError(f"{what} already exists; pass --resume to continue the scan that wrote it, "
-                             "or --overwrite to replace it")
+            raise InvalidArgumentError(f"{what} already exists; pass --resume to continue the scan that wrote it, "
+                                       "or --overwrite to replace it")
         return False
     appending = exists or ledger.has_work()
     if appending:

@@ -14,7 +14,7 @@ shards are appended in order. So every committed block is in the output once, an
 The ledger and shards are files anyone can edit, so `resume` checks they describe exactly such a kill before
 it cuts or deletes anything: the bytes past "size" must be the start of shard last+1, a shard at or below
 "last" must be shard "last" itself and already end the output, and no shard may lie beyond last+1. Anything
-else is refused in one sentence (ResumeStateError) with the output and the state folder untouched.
+else is refused in one sentence (RowsError) with the output and the state folder untouched.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from clipscan.runtime.atomic import replacing, write_text
-from clipscan.runtime.errors import ResumeStateError
+from clipscan.runtime.errors import RowsError
 from clipscan.runtime.results import drop_partial_line
 
 from .defaults import STATE_SUFFIX
@@ -63,8 +63,8 @@ class Ledger:
     def exists(self) -> bool:
         return self.folder.exists()
 
-    def _refuse(self, why: str) -> ResumeStateError:
-        return ResumeStateError(f"{self.state_file} (the ledger of the Ray scan writing {self.output}) {why}; "
+    def _refuse(self, why: str) -> RowsError:
+        return RowsError(f"{self.state_file} (the ledger of the Ray scan writing {self.output}) {why}; "
                                 "nothing was changed: start again with --overwrite")
 
     def _read_state(self) -> dict | None:
@@ -143,7 +143,7 @@ class Ledger:
         """Refuse a ledger that does not describe a kill in the middle of a commit (see the module docstring)."""
         actual = self.output.stat().st_size if self.output.exists() else -1
         if actual < self.size:
-            raise ResumeStateError(f"{self.output} holds {max(actual, 0)} bytes, fewer than the {self.size} its Ray "
+            raise RowsError(f"{self.output} holds {max(actual, 0)} bytes, fewer than the {self.size} its Ray "
                                    f"scan recorded in {self.state_file}: it was changed since; nothing was changed: "
                                    "start again with --overwrite")
         pending = dict(self._pending())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clipscan.runtime.artifact import file_sha256
+from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
 from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .deps import load_state_dict, require
@@ -45,18 +46,23 @@ def read_arch_config(arch: str) -> tuple[str, dict]:
     p = Path(arch)
     if p.suffix == ".json":
         if not p.is_file():
-            raise FileNotFoundError(f"architecture config {p} does not exist")
-        cfg = json.loads(p.read_text())
+            raise InputNotFoundError(f"architecture config {p} does not exist; pass an open_clip model name or "
+                                     "the path of an existing model-config .json")
+        try:
+            cfg = json.loads(p.read_text())
+        except ValueError as e:  # not JSON, or not text
+            raise CheckpointError(f"{p} is not a JSON model config ({e}); pass an open_clip model-config "
+                                  ".json") from None
         if "vision_cfg" not in cfg or "embed_dim" not in cfg:
-            raise ValueError(f"{p} is not an open_clip model config: it needs 'embed_dim' and 'vision_cfg' "
-                             f"(found keys {sorted(cfg)})")
+            raise CheckpointError(f"{p} is not an open_clip model config: it needs 'embed_dim' and 'vision_cfg' "
+                                  f"(found keys {sorted(cfg)})")
         return f"open_clip-config:{p.stem}", cfg
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         known = open_clip.list_models()
         close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
-        raise ValueError(f"unknown open_clip architecture {arch!r}; close names: {close or known[:8]}. "
-                         "Pass a model name from open_clip.list_models() or the path of a model-config .json")
+        raise InvalidArgumentError(f"unknown open_clip architecture {arch!r}; close names: {close or known[:8]}. "
+                                   "Pass a model name from open_clip.list_models() or the path of a model-config .json")
     return f"open_clip:{arch}", dict(cfg)
 
 
@@ -74,8 +80,8 @@ def build_visual(cfg: dict, quick_gelu: bool):
     known = {f.name for f in dataclasses.fields(open_clip.model.CLIPVisionCfg)}
     unknown = sorted(set(cfg.get("vision_cfg") or {}) - known)
     if unknown:
-        raise ValueError(f"the model config's vision_cfg has key(s) {unknown} that open_clip "
-                         f"{open_clip.__version__} does not know; known keys: {sorted(known)}")
+        raise CheckpointError(f"the model config's vision_cfg has key(s) {unknown} that open_clip "
+                              f"{open_clip.__version__} does not know; known keys: {sorted(known)}")
     vision_cfg = open_clip.model.CLIPVisionCfg(**cfg["vision_cfg"])
     return open_clip.model._build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
 
@@ -87,7 +93,7 @@ def _visual_state_dict(weights: Path) -> dict:
         return visual
     if "conv1.weight" in state or "trunk.patch_embed.proj.weight" in state:
         return dict(state)  # already an image-tower-only state dict
-    raise ValueError(f"{weights} has no image-tower weights (no 'visual.*' keys); first keys: {list(state)[:6]}")
+    raise CheckpointError(f"{weights} has no image-tower weights (no 'visual.*' keys); first keys: {list(state)[:6]}")
 
 
 def _tower_shape(state: dict) -> dict | None:
@@ -132,8 +138,8 @@ def _check_shapes(visual, state: dict, weights: Path, bid: str) -> None:
             hint = (f"architectures whose shapes fit these weights: {', '.join(fits)}" if fits else
                     f"no open_clip model name fits; write a model-config JSON with vision_cfg {shape}" if shape
                     else "check --arch")
-            raise ValueError(f"{weights} does not match architecture {bid}: tensor {key!r} is "
-                             f"{list(state[key].shape)} in the weights but {list(tensor.shape)} in {bid}; {hint}")
+            raise CheckpointError(f"{weights} does not match architecture {bid}: tensor {key!r} is "
+                                  f"{list(state[key].shape)} in the weights but {list(tensor.shape)} in {bid}; {hint}")
 
 
 def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = None):
@@ -143,14 +149,15 @@ def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = N
     visual = build_visual(cfg, use_quick)
     weights = Path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"backbone weights {weights} do not exist (clipscan never downloads weights: "
-                                "pass a local open_clip/OpenAI CLIP checkpoint file)")
+        raise InputNotFoundError(f"backbone weights {weights} do not exist (clipscan never downloads weights: "
+                                 "pass a local open_clip/OpenAI CLIP checkpoint file)")
     state = _visual_state_dict(weights)
     _check_shapes(visual, state, weights, bid)
     result = visual.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{weights} does not match architecture {bid}: missing {result.missing_keys[:6]}, "
-                         f"unexpected {result.unexpected_keys[:6]}. Check --arch (and its width/layers/patch size)")
+        raise CheckpointError(f"{weights} does not match architecture {bid}: missing {result.missing_keys[:6]}, "
+                              f"unexpected {result.unexpected_keys[:6]}. Check --arch (and its width/layers/patch "
+                              "size)")
     visual.eval()
     image_size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     info = BackboneInfo(

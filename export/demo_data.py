@@ -137,7 +137,7 @@ def distort(img: Image.Image, kind: str, level: int) -> Image.Image:
         rng = np.random.default_rng(level)
         arr = np.asarray(img, np.float64) + rng.normal(0, sigma, (img.height, img.width, 3))
         return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
-    raise ValueError(f"unknown distortion {kind!r}")
+    raise AssertionError(f"unknown distortion {kind!r}")
 
 
 def detector_set(n_per_class: int, seed: int = 0) -> tuple[list[Image.Image], list[int]]:

@@ -7,7 +7,7 @@ import pickle
 import re
 from pathlib import Path
 
-from clipscan.runtime.errors import InvalidArgumentError, MissingExtraError, UnsafeFileError
+from clipscan.runtime.errors import CheckpointError, MissingExtraError, UnsafeFileError
 
 # torch.load(weights_only=True) is safe to rely on from 2.6: an explicit weights_only=True is then never
 # overridden by TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, and older releases had unpickler escapes of their own.
@@ -21,12 +21,12 @@ def require(module: str, feature: str = "clipscan export", extra: str = "export"
         raise MissingExtraError(feature, module.split(".")[0], extra) from e
 
 
-def not_a_checkpoint(path, what: str, error: Exception) -> InvalidArgumentError:
+def not_a_checkpoint(path, what: str, error: Exception) -> CheckpointError:
     """The error for a file torch cannot load as `what` (a JSON or text file, a truncated download...)."""
     detail = str(error).splitlines()[0] if str(error) else ""
     detail = f": {detail}" if detail and len(detail) < 160 else ""
-    return InvalidArgumentError(f"{path} is not a {what} PyTorch can load ({type(error).__name__}{detail}); pass "
-                                "the .pt/.pth/.bin/.safetensors file it was saved as")
+    return CheckpointError(f"{path} is not a {what} PyTorch can load ({type(error).__name__}{detail}); pass "
+                           "the .pt/.pth/.bin/.safetensors file it was saved as")
 
 
 def _torch():
@@ -61,7 +61,7 @@ def load_torch_file(path, what: str):
     """The tensors and plain values saved in `path`, loaded onto the CPU: a .safetensors file through
     safetensors, any other file through torch.load(weights_only=True) alone. There is no fallback to a full
     unpickling: a file the restricted loader refuses is refused (UnsafeFileError), one that is no checkpoint
-    at all is an InvalidArgumentError."""
+    at all is a CheckpointError."""
     path = Path(path)
     torch = _torch()
     if path.suffix.lower() == ".safetensors":
@@ -91,8 +91,8 @@ def load_state_dict(path, what: str) -> dict:
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not data:
-        raise InvalidArgumentError(f"{path} holds no state dict (found {type(data).__name__}); pass the {what} "
-                                   "saved with torch.save(model.state_dict(), ...) or as .safetensors")
+        raise CheckpointError(f"{path} holds no state dict (found {type(data).__name__}); pass the {what} "
+                              "saved with torch.save(model.state_dict(), ...) or as .safetensors")
     if next(iter(data)).startswith("module."):
         data = {k[len("module."):] if k.startswith("module.") else k: v for k, v in data.items()}
     return data

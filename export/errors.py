@@ -1,6 +1,6 @@
-"""Errors of the export stage."""
+"""Errors of the export stage; defined with the rest of the hierarchy in clipscan.runtime.errors."""
 from __future__ import annotations
 
+from clipscan.runtime.errors import ExportCheckError
 
-class ExportCheckError(RuntimeError):
-    """The written graph does not reproduce the PyTorch model (the file is removed)."""
+__all__ = ["ExportCheckError"]

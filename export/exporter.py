@@ -12,6 +12,7 @@ from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
 from clipscan.measure.thresholds import EXPORT_FP32_MIN_COSINE as FP32_MIN_COSINE
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
+from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 from clipscan.runtime.fidelity_metrics import cosine_rows
 from clipscan.runtime.manifest import RESIZE_MODES, InputSpec, Manifest, PreprocessSpec
 
@@ -42,7 +43,8 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     size = tuple(info.image_size)
     mode = pp.get("resize_mode", "shortest")
     if mode not in RESIZE_MODES:
-        raise ValueError(f"unsupported resize_mode {mode!r}")
+        raise CheckpointError(f"the architecture's preprocess_cfg has resize_mode {mode!r}; clipscan supports "
+                              f"{', '.join(RESIZE_MODES)}")
     crop = pp.get("crop_mode", "none" if mode == "squash" else "center")
     sliding = {"stride": int(pp.get("stride", 64)), "max_per_axis": int(pp.get("max_per_axis", 8))}
     return PreprocessSpec(
@@ -183,7 +185,7 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     from .lean_blocks import lean_unsupported_reason
 
     if style not in GRAPH_STYLES:
-        raise ValueError(f"graph style {style!r} is not one of {list(GRAPH_STYLES)}")
+        raise InvalidArgumentError(f"graph style {style!r} is not one of {list(GRAPH_STYLES)}")
     if style == "stock":
         return False, "asked for open_clip's own block forward"
     if style == "auto" and precision != "fp32":
@@ -192,7 +194,7 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
     if why is None:
         return True, "every block is open_clip's standard ResidualAttentionBlock"
     if style == "lean":
-        raise ValueError(f"--graph lean was asked for, but {why}; use --graph stock (or auto)")
+        raise InvalidArgumentError(f"--graph lean was asked for, but {why}; use --graph stock (or auto)")
     return False, f"lean graph not possible: {why}"
 
 
@@ -220,7 +222,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
 
     if precision not in EXPORT_PRECISIONS:
         hint = " (INT8 artifacts come from clipscan.calibration, not from export)" if precision == "int8" else ""
-        raise ValueError(f"precision {precision!r} is not one export writes; choose one of {list(EXPORT_PRECISIONS)}{hint}")
+        raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
+                                   f"{list(EXPORT_PRECISIONS)}{hint}")
 
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
@@ -237,8 +240,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                               head_files=list(head_files), mean=mean, std=std, precision=precision)
     manifest.backbone["graph"] = "lean" if lean else "stock"
     if primary is not None and ensemble is not None:
-        raise ValueError("--primary and --ensemble are alternatives: the row's verdict comes from one head or "
-                         "from a rule over all of them")
+        raise InvalidArgumentError("--primary and --ensemble are alternatives: the row's verdict comes from one head "
+                                   "or from a rule over all of them")
     if primary is not None:
         manifest = replace(manifest, decision={"primary": primary})
     elif ensemble is not None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
+
 from .deps import require
 
 log = logging.getLogger("clipscan.export")
@@ -151,8 +153,8 @@ def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OP
     for node in g.node:
         for attr in node.attribute:
             if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise ValueError(f"cannot convert {node.op_type} node {node.name!r} to FP16: graphs with "
-                                 "subgraphs (If/Loop/Scan) are not supported")
+                raise InvalidArgumentError(f"cannot convert {node.op_type} node {node.name!r} to FP16: graphs with "
+                                           "subgraphs (If/Loop/Scan) are not supported")
     _lift_constants(g)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     elem = {v.name: v.type.tensor_type.elem_type
@@ -187,7 +189,7 @@ def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OP
         op = node.op_type
         in_tail = index in tail
         if node.domain not in ("", "ai.onnx"):
-            raise ValueError(f"cannot convert node {node.name!r} of domain {node.domain!r} to FP16")
+            raise InvalidArgumentError(f"cannot convert node {node.name!r} of domain {node.domain!r} to FP16")
         if op in SHAPE_OPS:
             new_nodes.append(node)
             continue
@@ -239,9 +241,9 @@ def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OP
         arr = numpy_helper.to_array(t)
         big = np.isfinite(arr) & (np.abs(arr) > FP16_MAX)
         if big.any():
-            raise ValueError(f"weight {name!r} has {int(big.sum())} values beyond float16's range "
-                             f"(max |x| = {float(np.abs(arr[big]).max()):.4g} > {FP16_MAX:.0f}); "
-                             "this model cannot be exported as FP16 as it is")
+            raise CheckpointError(f"weight {name!r} has {int(big.sum())} values beyond float16's range "
+                                  f"(max |x| = {float(np.abs(arr[big]).max()):.4g} > {FP16_MAX:.0f}); "
+                                  "this model cannot be exported as FP16 as it is")
         half = arr.astype(np.float16)
         flushed += int(((arr != 0) & (half == 0)).sum())
         subnormal += int(((half != 0) & (np.abs(half) < np.finfo(np.float16).tiny)).sum())

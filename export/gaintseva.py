@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from clipscan.runtime.errors import CheckpointError, InputNotFoundError
+
 from .deps import load_torch_file, require
 from .heads import DetectorHead
 
@@ -28,12 +30,12 @@ torch = require("torch")
 
 def _load(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"head file {path} does not exist")
+        raise InputNotFoundError(f"head file {path} does not exist; pass the path of the downloaded head file")
     data = load_torch_file(path, what)
     if not isinstance(data, dict) or "weight" not in data or "bias" not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path} is not a {what} (a dict with 'weight' and 'bias'; found {keys}); see "
-                         "clipscan.export.gaintseva for the file format")
+        raise CheckpointError(f"{path} is not a {what} (a dict with 'weight' and 'bias'; found {keys}); see "
+                              "clipscan.export.gaintseva for the file format")
     return data
 
 
@@ -41,8 +43,8 @@ def _probe(data: dict, path: Path, dim: int) -> tuple:
     w = torch.as_tensor(data["weight"], dtype=torch.float64).reshape(1, -1)
     b = torch.as_tensor(data["bias"], dtype=torch.float64).reshape(-1)
     if w.shape[1] != dim or b.numel() != 1:
-        raise ValueError(f"{path}: the probe has weight {tuple(w.shape)} and bias {tuple(b.shape)}; this backbone "
-                         f"needs weight (1, {dim}) and one bias. Check --arch and the selected heads")
+        raise CheckpointError(f"{path}: the probe has weight {tuple(w.shape)} and bias {tuple(b.shape)}; this backbone "
+                              f"needs weight (1, {dim}) and one bias. Check --arch and the selected heads")
     return w, b
 
 
@@ -57,13 +59,13 @@ def removal_projection(data: dict, path: Path, dim: int) -> tuple:
     if "mask" in data:
         keep = torch.as_tensor(data["mask"]).reshape(-1).to(torch.float64)
         if keep.numel() != dim or not torch.all((keep == 0) | (keep == 1)):
-            raise ValueError(f"{path}: 'mask' must hold {dim} values of 0 (removed) or 1 (kept)")
+            raise CheckpointError(f"{path}: 'mask' must hold {dim} values of 0 (removed) or 1 (kept)")
         removed = [int(i) for i in torch.nonzero(keep == 0).reshape(-1)]
         return torch.diag(keep), {"removed": "coordinates", "coordinates": removed}
     if "removed" in data:
         idx = [int(i) for i in torch.as_tensor(data["removed"]).reshape(-1)]
         if any(not 0 <= i < dim for i in idx):
-            raise ValueError(f"{path}: 'removed' coordinates must lie in 0..{dim - 1}")
+            raise CheckpointError(f"{path}: 'removed' coordinates must lie in 0..{dim - 1}")
         keep = torch.ones(dim, dtype=torch.float64)
         keep[idx] = 0
         return torch.diag(keep), {"removed": "coordinates", "coordinates": sorted(set(idx))}
@@ -71,11 +73,11 @@ def removal_projection(data: dict, path: Path, dim: int) -> tuple:
         u = torch.as_tensor(data["directions"], dtype=torch.float64)
         u = u.reshape(1, -1) if u.ndim == 1 else u
         if u.ndim != 2 or u.shape[1] != dim:
-            raise ValueError(f"{path}: 'directions' must be (K, {dim}), found {tuple(u.shape)}")
+            raise CheckpointError(f"{path}: 'directions' must be (K, {dim}), found {tuple(u.shape)}")
         proj = torch.eye(dim, dtype=torch.float64) - u.T @ torch.linalg.pinv(u @ u.T) @ u
         digest = hashlib.sha256(u.to(torch.float32).numpy().tobytes()).hexdigest()
         return proj, {"removed": "directions", "count": int(u.shape[0]), "directions_sha256": digest}
-    raise ValueError(f"{path}: a gaintseva-mask file needs 'mask', 'removed' or 'directions'")
+    raise CheckpointError(f"{path}: a gaintseva-mask file needs 'mask', 'removed' or 'directions'")
 
 
 def mask_probe(path: Path, backbone) -> DetectorHead:
@@ -84,7 +86,7 @@ def mask_probe(path: Path, backbone) -> DetectorHead:
     dim = backbone.embed_dim
     feature = data.get("feature", "embedding")
     if feature not in ("embedding", "proj"):
-        raise ValueError(f"{path}: 'feature' is {feature!r}; expected 'embedding' or 'proj'")
+        raise CheckpointError(f"{path}: 'feature' is {feature!r}; expected 'embedding' or 'proj'")
     w, b = _probe(data, path, dim)
     proj, details = removal_projection(data, path, dim)
     what = "L2-normalised projected embedding" if feature == "embedding" else "projected embedding"
@@ -111,14 +113,14 @@ def heads_probe(path: Path, backbone) -> DetectorHead:
     taps = data.get("heads")
     if not isinstance(taps, (list, tuple)) or not taps or not all(
             isinstance(t, (list, tuple)) and len(t) == 2 for t in taps):
-        raise ValueError(f"{path}: 'heads' must be a non-empty list of [layer, head] pairs")
+        raise CheckpointError(f"{path}: 'heads' must be a non-empty list of [layer, head] pairs")
     taps = [(int(t[0]), int(t[1])) for t in taps]
     layers, n_heads = _heads_of(backbone)
     bad = [t for t in taps if not (0 <= t[0] < layers and 0 <= t[1] < n_heads)]
     if bad:
-        raise ValueError(f"{path}: heads {bad} do not exist in this tower ({layers} layers of {n_heads} heads)")
+        raise CheckpointError(f"{path}: heads {bad} do not exist in this tower ({layers} layers of {n_heads} heads)")
     if len(set(taps)) != len(taps):
-        raise ValueError(f"{path}: 'heads' names a (layer, head) pair twice")
+        raise CheckpointError(f"{path}: 'heads' names a (layer, head) pair twice")
     dim = backbone.embed_dim * len(taps)
     w, b = _probe(data, path, dim)
     head = _detector(data, dim, "attn_heads", "gaintseva_heads",

@@ -1,6 +1,8 @@
 """One module, one backbone pass, every head: what gets written to ONNX."""
 from __future__ import annotations
 
+from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
+
 from .deps import require
 
 torch = require("torch")
@@ -18,8 +20,8 @@ def set_visual_prompts(visual, prompts) -> None:
     layers = len(visual.transformer.resblocks)
     width = visual.transformer.width
     if prompts.ndim != 3 or prompts.shape[0] != layers or prompts.shape[2] != width:
-        raise ValueError(f"visual prompts of shape {tuple(prompts.shape)} do not fit a tower of {layers} layers "
-                         f"and width {width} (expected ({layers}, n_prompts, {width}))")
+        raise CheckpointError(f"visual prompts of shape {tuple(prompts.shape)} do not fit a tower of {layers} layers "
+                              f"and width {width} (expected ({layers}, n_prompts, {width}))")
     visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
 
 
@@ -38,8 +40,9 @@ class TappedVisual(torch.nn.Module):
         super().__init__()
         for needed in ("_embeds", "transformer", "_pool"):
             if not hasattr(visual, needed):
-                raise TypeError(f"{type(visual).__name__} is not an open_clip VisionTransformer this clipscan knows "
-                                f"(no {needed}); timm or ConvNeXt towers are not supported yet")
+                raise InvalidArgumentError(f"{type(visual).__name__} is not an open_clip VisionTransformer this "
+                                           f"clipscan knows (no {needed}); timm or ConvNeXt towers are not supported "
+                                           "yet")
         self.visual = visual
         self.lean = bool(lean)
         self.fused_attention = bool(fused_attention)
@@ -48,7 +51,8 @@ class TappedVisual(torch.nn.Module):
 
             why = lean_unsupported_reason(visual.transformer)
             if why:
-                raise ValueError(f"the lean graph cannot express this tower: {why}; export with --graph stock")
+                raise InvalidArgumentError(f"the lean graph cannot express this tower: {why}; export with --graph "
+                                           "stock")
 
     def _block(self, block, x):
         if self.lean:
@@ -72,7 +76,7 @@ class TappedVisual(torch.nn.Module):
         ln_post): the same pass as forward, with the inputs of the `layers` blocks kept for head taps."""
         v = self.visual
         if getattr(v, PROMPTS_ATTR, None) is not None:
-            raise ValueError("attention-head taps and deep visual prompts cannot share a tower")
+            raise InvalidArgumentError("attention-head taps and deep visual prompts cannot share a tower")
         x = v._embeds(x)
         seen = {}
         for i, block in enumerate(v.transformer.resblocks):
@@ -108,7 +112,7 @@ def fold_normalization(visual, mean, std) -> None:
     """
     conv = visual.conv1
     if conv.padding not in ((0, 0), 0, "valid"):
-        raise ValueError(f"cannot fold normalisation into a padded patch embedding (padding={conv.padding})")
+        raise InvalidArgumentError(f"cannot fold normalisation into a padded patch embedding (padding={conv.padding})")
     mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     w = conv.weight.detach().double()
@@ -133,11 +137,12 @@ class ScanGraph(torch.nn.Module):
                  fused_attention: bool = False):
         super().__init__()
         if not heads:
-            raise ValueError("a ScanGraph needs at least one head")
+            raise InvalidArgumentError("a ScanGraph needs at least one head")
         names = [n for h in heads for n in h.output_names] + [OUT_EMBEDDING]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"two heads write the same graph outputs {dupes}: give them distinct output names")
+            raise InvalidArgumentError(f"two heads write the same graph outputs {dupes}: give them distinct output "
+                                       "names")
         self.tower = TappedVisual(visual, lean=lean, fused_attention=fused_attention)
         self.heads = torch.nn.ModuleList(heads)
         self.takes_uint8 = takes_uint8
@@ -147,7 +152,7 @@ class ScanGraph(torch.nn.Module):
 
             why = tap_unsupported_reason(visual, taps)
             if why:
-                raise ValueError(f"the attention-head probe cannot read this tower: {why}")
+                raise InvalidArgumentError(f"the attention-head probe cannot read this tower: {why}")
 
     @property
     def visual(self):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
 from clipscan.runtime.manifest import HeadSpec
 
 from .deps import load_torch_file, require
@@ -44,7 +45,7 @@ FEATURES = {
 
 def _check_feature(feature: str) -> str:
     if feature not in FEATURES:
-        raise ValueError(f"unknown feature {feature!r}; heads can read {sorted(FEATURES)}")
+        raise InvalidArgumentError(f"unknown feature {feature!r}; heads can read {sorted(FEATURES)}")
     return feature
 
 
@@ -88,7 +89,7 @@ class QualityHead(nn.Module):
                  description: str = ""):
         super().__init__()
         if len(dims) < 2 or dims[-1] != 1:
-            raise ValueError(f"quality head dims must run from the feature size to 1, got {dims}")
+            raise CheckpointError(f"quality head dims must run from the feature size to 1, got {dims}")
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
@@ -99,7 +100,7 @@ class QualityHead(nn.Module):
         self.scale = dict(scale or {"kind": "mos", "min": 1.0, "max": 5.0})
         self.bounded = bool(bounded)
         if self.bounded and not float(self.scale["min"]) < float(self.scale["max"]):
-            raise ValueError(f"a bounded quality head needs scale min < max, got {self.scale}")
+            raise CheckpointError(f"a bounded quality head needs scale min < max, got {self.scale}")
         self.feature = _check_feature(feature)
         self.name = name
         self.output_names = [output]
@@ -136,7 +137,8 @@ class AttributionHead(nn.Module):
         super().__init__()
         text_features = torch.as_tensor(text_features, dtype=torch.float32)
         if text_features.ndim != 2 or len(labels) != text_features.shape[0] or len(labels) < 2:
-            raise ValueError(f"need one text embedding per label (real first): {text_features.shape} vs {list(labels)}")
+            raise CheckpointError(f"need one text embedding per label (real first): {text_features.shape} vs "
+                                  f"{list(labels)}")
         self.register_buffer("text", torch.nn.functional.normalize(text_features, dim=-1) * float(logit_scale))
         self.labels = tuple(labels)
         self.threshold = float(threshold)
@@ -169,7 +171,7 @@ class PromptQualityHead(nn.Module):
         super().__init__()
         text_features = torch.as_tensor(text_features, dtype=torch.float32)
         if tuple(text_features.shape[:1]) != (2,):
-            raise ValueError(f"need two text embeddings (good, bad), got shape {tuple(text_features.shape)}")
+            raise CheckpointError(f"need two text embeddings (good, bad), got shape {tuple(text_features.shape)}")
         self.register_buffer("text", torch.nn.functional.normalize(text_features, dim=-1) * float(logit_scale))
         self.logit_scale = float(logit_scale)
         self.scale = {"kind": "probability", "min": 0.0, "max": 1.0}
@@ -198,7 +200,7 @@ class CustomHead(nn.Module):
                  outputs: list[str] | None = None, description: str = ""):
         super().__init__()
         if task not in ("detection", "quality"):
-            raise ValueError(f"task must be 'detection' or 'quality', got {task!r}")
+            raise InvalidArgumentError(f"task must be 'detection' or 'quality', got {task!r}")
         self.module = module.eval()
         self.task = task
         self.feature = _check_feature(feature)
@@ -241,21 +243,23 @@ def load_heads(path: str | Path, embed_dim: int) -> list:
     """Read a clipscan heads file and check it fits an embedding of `embed_dim`; returns its heads."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"heads file {path} does not exist")
+        raise InputNotFoundError(f"heads file {path} does not exist; pass the path of an existing clipscan heads file")
     data = load_torch_file(path, "clipscan heads file")
     if not isinstance(data, dict) or data.get("format") != HEADS_FORMAT:
-        raise ValueError(f"{path} is not a clipscan heads file (expected a dict with format={HEADS_FORMAT!r}; "
-                         f"found {type(data).__name__} with keys {sorted(data)[:8] if isinstance(data, dict) else '-'}). "
-                         "For a published format, name it: --head univfd:FILE, --head cozzolino:FILE, ...")
+        raise CheckpointError(f"{path} is not a clipscan heads file (expected a dict with format={HEADS_FORMAT!r}; "
+                              f"found {type(data).__name__} with keys "
+                              f"{sorted(data)[:8] if isinstance(data, dict) else '-'}). For a published format, name "
+                              "it: --head univfd:FILE, --head cozzolino:FILE, ...")
     if data.get("version") != HEADS_VERSION:
-        raise ValueError(f"{path} is heads file version {data.get('version')!r}; this clipscan reads {HEADS_VERSION}")
+        raise CheckpointError(f"{path} is heads file version {data.get('version')!r}; this clipscan reads "
+                              f"{HEADS_VERSION}")
     heads: list = []
     if "detector" in data:
         d = data["detector"]
         w, b = d["weight"], d["bias"]
         if tuple(w.shape) != (1, embed_dim) or tuple(b.shape) != (1,):
-            raise ValueError(f"{path}: detector weight {tuple(w.shape)} / bias {tuple(b.shape)} do not fit "
-                             f"an embedding of {embed_dim} (expected (1, {embed_dim}) and (1,))")
+            raise CheckpointError(f"{path}: detector weight {tuple(w.shape)} / bias {tuple(b.shape)} do not fit "
+                                  f"an embedding of {embed_dim} (expected (1, {embed_dim}) and (1,))")
         detector = DetectorHead(embed_dim, d.get("labels", ("real", "generated")), d.get("threshold", 0.5))
         detector.linear.load_state_dict({"weight": w.float(), "bias": b.float()})
         heads.append(detector)
@@ -264,11 +268,12 @@ def load_heads(path: str | Path, embed_dim: int) -> list:
         layers = q["layers"]
         dims = [int(layers[0]["weight"].shape[1])] + [int(layer["weight"].shape[0]) for layer in layers]
         if dims[0] != embed_dim:
-            raise ValueError(f"{path}: the quality head takes {dims[0]} features, the backbone gives {embed_dim}")
+            raise CheckpointError(f"{path}: the quality head takes {dims[0]} features, the backbone gives {embed_dim}")
         quality = QualityHead(dims, q.get("activation", "relu"), q.get("scale"), bool(q.get("bounded", False)))
         for m, layer in zip(quality.linears(), layers):
             m.load_state_dict({"weight": layer["weight"].float(), "bias": layer["bias"].float()})
         heads.append(quality)
     if not heads:
-        raise ValueError(f"{path} holds neither a 'detector' nor a 'quality' head")
+        raise CheckpointError(f"{path} holds neither a 'detector' nor a 'quality' head; write the heads file "
+                              "with at least one of them")
     return heads

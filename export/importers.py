@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipscan.runtime.errors import InvalidArgumentError
+from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
 
 from .choices import HEAD_FORMATS
 from .deps import load_torch_file, require
@@ -34,14 +34,14 @@ class Imported:
 
 def _state_dict(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"head file {path} does not exist")
+        raise InputNotFoundError(f"head file {path} does not exist; pass the path of the downloaded head file")
     data = load_torch_file(path, "head checkpoint")  # onto the CPU: released files were saved on CUDA
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not all(hasattr(v, "shape") for v in data.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (found {type(data).__name__})")
+        raise CheckpointError(f"{path} is not a state dict of tensors (found {type(data).__name__})")
     return data
 
 
@@ -51,12 +51,13 @@ def _single_linear(path: Path, in_features: int, what: str) -> tuple:
     weights = [k for k, v in sd.items() if k.endswith("weight") and tuple(v.shape) == (1, in_features)]
     if len(weights) != 1:
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
-        raise ValueError(f"{path}: expected one {what} Linear({in_features}, 1) weight of shape (1, {in_features}); "
-                         f"found {shapes}. Check that the backbone (--arch) is the one this head was trained on")
+        raise CheckpointError(f"{path}: expected one {what} Linear({in_features}, 1) weight of shape (1, "
+                              f"{in_features}); found {shapes}. Check that the backbone (--arch) is the one this head "
+                              "was trained on")
     wkey = weights[0]
     bkey = wkey[: -len("weight")] + "bias"
     if bkey not in sd or tuple(sd[bkey].shape) != (1,):
-        raise ValueError(f"{path}: {wkey} has no matching bias of shape (1,) under {bkey!r}")
+        raise CheckpointError(f"{path}: {wkey} has no matching bias of shape (1,) under {bkey!r}")
     return sd[wkey].float(), sd[bkey].float()
 
 
@@ -123,16 +124,16 @@ def import_captions(path: Path, backbone) -> Imported:
     import json
 
     if not path.is_file():
-        raise FileNotFoundError(f"captions file {path} does not exist")
+        raise InputNotFoundError(f"captions file {path} does not exist; pass the path of an existing captions .json")
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidArgumentError(f"{path} is not a captions JSON file ({type(e).__name__}: {e}); --head captions: "
-                                   "takes {\"classes\": [{\"label\", \"caption\"}, ...]}") from None
+        raise CheckpointError(f"{path} is not a captions JSON file ({type(e).__name__}: {e}); --head captions: "
+                              "takes {\"classes\": [{\"label\", \"caption\"}, ...]}") from None
     classes = spec.get("classes") if isinstance(spec, dict) else None
     if not isinstance(classes, list) or len(classes) < 2 or not all("label" in c and "caption" in c for c in classes):
-        raise ValueError(f"{path}: expected {{'classes': [{{'label', 'caption'}}, ...]}} with the real class first "
-                         "and at least one generator")
+        raise CheckpointError(f"{path}: expected {{'classes': [{{'label', 'caption'}}, ...]}} with the real class "
+                              "first and at least one generator")
     encoder = _text_encoder(backbone)
     text = encoder.encode([c["caption"] for c in classes])
     scale = float(spec.get("logit_scale", encoder.logit_scale))
@@ -157,21 +158,21 @@ def import_agiqa_tang(path: Path, backbone) -> Imported:
     sd = _state_dict(path)
     ctx_keys = [k for k in sd if k.endswith("ctx") and sd[k].ndim == 2]
     if len(ctx_keys) != 1:
-        raise ValueError(f"{path}: expected one learned prompt context (a 2-D tensor under a key ending in 'ctx'), "
-                         f"found {ctx_keys or list(sd)[:8]}")
+        raise CheckpointError(f"{path}: expected one learned prompt context (a 2-D tensor under a key ending in "
+                              f"'ctx'), found {ctx_keys or list(sd)[:8]}")
     words = AGIQA_QUALITY_WORDS
     dim = backbone.embed_dim
     k = len(words)
     firsts = [key for key, v in sd.items() if key.endswith("weight") and v.ndim == 2 and v.shape[1] == dim * (1 + k)]
     if len(firsts) != 1:
-        raise ValueError(f"{path}: expected one Linear({dim * (1 + k)}, H) over [image, {k} text features]; "
-                         f"found shapes { {key: tuple(v.shape) for key, v in sd.items()} }")
+        raise CheckpointError(f"{path}: expected one Linear({dim * (1 + k)}, H) over [image, {k} text features]; "
+                              f"found shapes { {key: tuple(v.shape) for key, v in sd.items()} }")
     w1 = sd[firsts[0]].float()
     b1 = sd[firsts[0][:-len("weight")] + "bias"].float()
     hidden = w1.shape[0]
     seconds = [key for key, v in sd.items() if key.endswith("weight") and tuple(v.shape) == (1, hidden)]
     if len(seconds) != 1:
-        raise ValueError(f"{path}: expected one Linear({hidden}, 1) after the first layer")
+        raise CheckpointError(f"{path}: expected one Linear({hidden}, 1) after the first layer")
     w2, b2 = sd[seconds[0]].float(), sd[seconds[0][:-len("weight")] + "bias"].float()
     text = _text_encoder(backbone).encode_with_context(sd[ctx_keys[0]].float(), list(words))
     folded_bias = b1 + sum(w1[:, dim * (1 + i): dim * (2 + i)] @ text[i] for i in range(k))
@@ -199,9 +200,9 @@ def import_agiqa_fu(path: Path, backbone) -> Imported:
     prompts = [k for k, v in sd.items() if v.ndim == 3 and k.rstrip("s").endswith("prompt")]
     ctx = [k for k, v in sd.items() if k.endswith("ctx") and v.ndim == 2]
     if len(prompts) != 1 or len(ctx) != 1:
-        raise ValueError(f"{path}: expected one deep visual prompt tensor (layers, n, width) under a key ending in "
-                         f"'prompt(s)' and one learned text context under a key ending in 'ctx'; "
-                         f"found { {k: tuple(v.shape) for k, v in sd.items()} }")
+        raise CheckpointError(f"{path}: expected one deep visual prompt tensor (layers, n, width) under a key ending "
+                              "in 'prompt(s)' and one learned text context under a key ending in 'ctx'; found "
+                              f"{ {k: tuple(v.shape) for k, v in sd.items()} }")
     encoder = _text_encoder(backbone)
     text = encoder.encode_with_context(sd[ctx[0]].float(), ["good photo", "bad photo"])
     head = PromptQualityHead(text, encoder.logit_scale, name="agiqa",
@@ -230,14 +231,14 @@ def parse_named_head_arg(text: str) -> tuple[str | None, str, Path]:
     elif HEAD_NAME.fullmatch(name):
         text = rest
     else:
-        raise ValueError(f"head name {name!r} is not a name: use letters, digits, _ and - (starting with a letter), "
-                         "as in --head fake_a=univfd:PATH")
+        raise InvalidArgumentError(f"head name {name!r} is not a name: use letters, digits, _ and - (starting with a "
+                                   "letter), as in --head fake_a=univfd:PATH")
     fmt, sep, rest = text.partition(":")
     if sep and fmt in IMPORTERS:
         return name, fmt, Path(rest)
     if sep and re.fullmatch(r"[A-Za-z][\w-]*", fmt) and not Path(text).exists():
-        raise ValueError(f"unknown head format {fmt!r}; known formats: {sorted(IMPORTERS)} "
-                         "(use [NAME=]FORMAT:PATH)")
+        raise InvalidArgumentError(f"unknown head format {fmt!r}; known formats: {sorted(IMPORTERS)} "
+                                   "(use [NAME=]FORMAT:PATH)")
     return name, "clipscan", Path(text)
 
 
@@ -258,8 +259,9 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
             got = IMPORTERS[fmt](path, backbone)
             if name is not None:
                 if len(got.heads) != 1:
-                    raise ValueError(f"--head {item}: a NAME= names one head, but {path} holds {len(got.heads)} "
-                                     f"({', '.join(h.name for h in got.heads)}); name them inside the heads file")
+                    raise InvalidArgumentError(f"--head {item}: a NAME= names one head, but {path} holds "
+                                               f"{len(got.heads)} ({', '.join(h.name for h in got.heads)}); name them "
+                                               "inside the heads file")
                 got.heads[0].name = name
         for key, value in got.preprocess.items():
             if key == "resize_mode" and resize_mode is not None:
@@ -269,7 +271,7 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
                                 [h.name for h in got.heads], value, resize_mode, resize_mode)
                 continue
             if key in merged.preprocess and merged.preprocess[key] != value:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the heads need different preprocessing ({key}: {merged.preprocess[key]!r} vs {value!r}), so "
                     "they cannot share one backbone pass: export them as separate artifacts, or choose one "
                     "recipe for all with --resize-mode")
@@ -278,10 +280,11 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
         merged.source = merged.source or got.source
         if got.visual_prompts is not None:
             if merged.visual_prompts is not None:
-                raise ValueError("two heads bring their own deep visual prompts: export them as separate artifacts")
+                raise InvalidArgumentError("two heads bring their own deep visual prompts: export them as separate "
+                                           "artifacts")
             if len(items) > 1:
-                raise ValueError("a head with deep visual prompts changes the backbone pass, so no other head can "
-                                 "share it: export it as its own artifact")
+                raise InvalidArgumentError("a head with deep visual prompts changes the backbone pass, so no other "
+                                           "head can share it: export it as its own artifact")
             merged.visual_prompts = got.visual_prompts
     if resize_mode is not None:
         merged.preprocess["resize_mode"] = resize_mode
@@ -312,7 +315,7 @@ def _distinct_output_names(heads) -> None:
         if taken & set(names):
             names = [f"{head.name}_{n}" for n in names]
             if taken & set(names):
-                raise ValueError(f"heads {head.name!r} and another write the same outputs {sorted(taken & set(names))}: "
-                                 "give the heads distinct names")
+                raise InvalidArgumentError(f"heads {head.name!r} and another write the same outputs "
+                                           f"{sorted(taken & set(names))}: give the heads distinct names")
             head.output_names = names
         taken |= set(names)

@@ -9,6 +9,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from clipscan.runtime.atomic import replacing
+from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
 from .deps import require
@@ -21,11 +22,13 @@ def to_onnx(module, example, input_name: str, output_names: list[str], opset: in
     """Export with the dynamo exporter; the batch axis is dynamic. Returns an onnx.ModelProto."""
     torch = require("torch")
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: clipscan needs >= {MIN_OPSET} so LayerNorm stays one node")
+        raise InvalidArgumentError(f"opset {opset} is too old: clipscan needs >= {MIN_OPSET} so LayerNorm stays one "
+                                   "node; pass --opset 18 (the default)")
     newest = require("onnx").defs.onnx_opset_version()
     if opset > newest:
-        raise ValueError(f"--opset {opset} is newer than the installed onnx {require('onnx').__version__} knows "
-                         f"(up to {newest}); use {MIN_OPSET}..{newest} (18, the default, runs everywhere)")
+        raise InvalidArgumentError(f"--opset {opset} is newer than the installed onnx {require('onnx').__version__} "
+                                   f"knows (up to {newest}); use {MIN_OPSET}..{newest} (18, the default, runs "
+                                   "everywhere)")
     batch = torch.export.Dim("batch", min=1, max=4096)
     for noisy in ("onnx_ir", "onnxscript"):  # their optimisers log every pass at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipscan.runtime.errors import CheckpointError
+
 from .backbone import read_arch_config
 from .deps import load_state_dict, require
 
@@ -47,7 +49,7 @@ class TextEncoder:
         m = self.model
         n_ctx = int(ctx.shape[0])
         if ctx.shape[1] != self.width:
-            raise ValueError(f"learned context has width {ctx.shape[1]}, the text tower {self.width}")
+            raise CheckpointError(f"learned context has width {ctx.shape[1]}, the text tower {self.width}")
         tokens = self.tokens([" ".join(["X"] * n_ctx) + " " + w + "." for w in words])
         emb = m.token_embedding(tokens)
         emb = torch.cat([emb[:, :1], ctx.to(emb.dtype).expand(len(words), -1, -1), emb[:, 1 + n_ctx:]], dim=1)
@@ -64,14 +66,14 @@ def load_text_encoder(arch: str, weights: str | Path, *, quick_gelu: bool | None
     use_quick = bool(cfg.get("quick_gelu", False)) if quick_gelu is None else bool(quick_gelu)
     model_cfg = {k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
     if "hf_model_name" in (cfg.get("text_cfg") or {}):
-        raise ValueError(f"{bid} has a Hugging Face text tower; prompt heads support CLIP text towers only")
+        raise CheckpointError(f"{bid} has a Hugging Face text tower; prompt heads support CLIP text towers only")
     model = open_clip.model.CLIP(**model_cfg, quick_gelu=use_quick)
     state = load_state_dict(weights, "CLIP checkpoint (with its text tower)")
     text_keys = [k for k in model.state_dict() if not k.startswith("visual.")]
     missing = [k for k in text_keys if k not in state]
     if missing:
-        raise ValueError(f"{weights} has no text tower ({len(missing)} text keys missing, e.g. {missing[:3]}): "
-                         "prompt-based heads need the full CLIP checkpoint, not the image tower alone")
+        raise CheckpointError(f"{weights} has no text tower ({len(missing)} text keys missing, e.g. {missing[:3]}): "
+                              "prompt-based heads need the full CLIP checkpoint, not the image tower alone")
     model.load_state_dict({k: state[k] for k in text_keys}, strict=False)
     context = int(cfg["text_cfg"].get("context_length", 77))
     return TextEncoder(model, open_clip.tokenizer.SimpleTokenizer(context_length=context))

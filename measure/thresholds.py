@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class Bars:
@@ -52,7 +54,7 @@ DRAFT_MIN_IMAGES = 200         # fewer images cannot show 0.5% disagreement
 
 def bars_for(precision: str) -> Bars:
     if precision not in BARS:
-        raise ValueError(f"no fidelity bars for precision {precision!r}; known: {sorted(BARS)}")
+        raise InvalidArgumentError(f"no fidelity bars for precision {precision!r}; known: {sorted(BARS)}")
     return BARS[precision]
 
 

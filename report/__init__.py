@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from clipscan.runtime.atomic import write_text
 from clipscan.runtime.defaults import REPORT_MAX_BYTES, REPORT_TOP_N
+from clipscan.runtime.errors import InputNotFoundError
 
 from .scan_page import render
 from .rows import Row, RowsError, RowsFile, read_rows
@@ -36,8 +37,8 @@ def build_report(rows_path: str | os.PathLike, output: str | os.PathLike, *, ima
                  top: int = REPORT_TOP_N, title: str | None = None) -> ReportResult:
     """Read `rows_path`, write the page to `output` (atomically), and say what it holds."""
     if images_root is not None and not os.path.isdir(images_root):
-        raise FileNotFoundError(f"--images-root {images_root} is not a folder; pass the folder the scan ran in "
-                                "(the row paths are relative to it)")
+        raise InputNotFoundError(f"--images-root {images_root} is not a folder; pass the folder the scan ran in "
+                                 "(the row paths are relative to it)")
     data = read_rows(rows_path)
     summary = summarize(data, top=top)
     thumbs = thumbnails([r.path for r in summary.top], images_root,

@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from clipscan.runtime.errors import InputNotFoundError, RowsError
 from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
 FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
@@ -49,11 +50,7 @@ class RowsFile:
     sidecar_note: str = ""                      # why there is none, or why it could not be read
 
 
-class RowsError(ValueError):
-    """The file holds no rows a report can show (a ValueError: the CLI prints it as one sentence)."""
-
-
-class NotARow(ValueError):
+class NotARow(RowsError):
     """One line or record is not a clipscan row; its message says why (the line is skipped and counted)."""
 
 
@@ -156,7 +153,7 @@ def read_rows(path: str | os.PathLike) -> RowsFile:
     if os.path.isdir(path):
         raise RowsError(f"{path} is a folder; pass the JSONL (or CSV) file that `clipscan scan -o` wrote")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"rows file {path} does not exist; pass the file that `clipscan scan -o` wrote")
+        raise InputNotFoundError(f"rows file {path} does not exist; pass the file that `clipscan scan -o` wrote")
     out = RowsFile(path=path, rows=[], lines=0)
     with open(path, encoding="utf-8", errors=OUTPUT_ERRORS, newline="") as f:
         records = _csv_records(f) if _looks_like_csv(path) else _jsonl_records(f)

@@ -51,7 +51,7 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
         raise ModelError(f"model path {path} is a directory{hint}: pass the .onnx file itself")
     try:
         header = read_onnx_header(path)
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ModelError, ValueError, OSError) as e:  # ValueError: also UnicodeDecodeError
         raise ModelError(f"{path} is not a readable ONNX file ({e}); pass the .onnx file written by `clipscan export`") from e
     text = header.metadata.get(METADATA_KEY)
     if text is None:
@@ -88,7 +88,7 @@ def check_external_data(path: Path) -> None:
     before any ONNX reader opens it: a crafted location could otherwise read any file the user can."""
     try:
         entries = external_data_locations(path)
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ModelError, ValueError, UnicodeDecodeError, OSError) as e:  # ModelError: not a protobuf file
         raise ModelError(f"{path} is not a readable ONNX file ({e}); pass the .onnx file written by "
                          "`clipscan export`") from e
     folder = path.parent

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InvalidArgumentError
 from .results import HEAD_FIELDS, ScanResult
 
 INPUT_IMAGE = "image"
@@ -121,7 +122,8 @@ def tensors_to_results(tensors: dict[str, np.ndarray], paths: list[str]) -> list
     n = len(paths)
     for name, arr in tensors.items():
         if len(arr) != n:
-            raise ValueError(f"output {name!r} has {len(arr)} elements for {n} images")
+            raise InvalidArgumentError(f"output {name!r} has {len(arr)} elements for {n} images: the model (or the "
+                                       "server) does not follow clipscan's tensor contract of one row per image")
     results = []
     for i, path in enumerate(paths):
         r = ScanResult(path=path)

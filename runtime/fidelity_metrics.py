@@ -39,7 +39,7 @@ def spearman(a, b) -> float:
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
     ra, rb = rankdata(a), rankdata(b)
     if len(ra) != len(rb):
-        raise ValueError(f"spearman needs equal lengths, got {len(ra)} and {len(rb)}")
+        raise AssertionError(f"spearman needs equal lengths, got {len(ra)} and {len(rb)}")  # callers pair rows
     if len(ra) < 2:
         return float("nan")
     ra -= ra.mean()

@@ -11,6 +11,8 @@ import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ModelError
+
 # ModelProto field numbers (onnx/onnx.proto3)
 _IR_VERSION, _PRODUCER_NAME, _PRODUCER_VERSION, _OPSET_IMPORT, _METADATA_PROPS = 1, 2, 3, 8, 14
 _MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
@@ -40,7 +42,7 @@ def _varint(buf, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(buf):
-            raise ValueError("truncated varint")
+            raise ModelError("truncated varint")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -48,7 +50,7 @@ def _varint(buf, pos: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise ValueError("varint too long")
+            raise ModelError("varint too long")
 
 
 def _fields(buf, start: int, end: int):
@@ -68,9 +70,9 @@ def _fields(buf, start: int, end: int):
         elif wire == 5:
             value, pos = None, pos + 4
         else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
+            raise ModelError(f"unsupported protobuf wire type {wire}")
         if pos > end:
-            raise ValueError("field runs past the end of the message")
+            raise ModelError("field runs past the end of the message")
         yield number, wire, value
 
 
@@ -83,7 +85,7 @@ def read_onnx_header(path: str | Path) -> OnnxHeader:
     header = OnnxHeader()
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
-            raise ValueError("the file is empty")
+            raise ModelError("the file is empty (0 bytes)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             for number, wire, value in _fields(buf, 0, len(buf)):
                 if number == _IR_VERSION and wire == 0:
@@ -110,7 +112,7 @@ def external_data_locations(path: str | Path) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
-            raise ValueError("the file is empty")
+            raise ModelError("the file is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             stack = [("model", 0, len(buf))]
             while stack:

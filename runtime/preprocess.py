@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError
+from .errors import ImageReadError, InvalidArgumentError, ManifestError
 from .manifest import InputSpec, PreprocessSpec
 
 _RESAMPLE = {
@@ -151,7 +151,8 @@ class Preprocessor:
         self.spec = spec
         self.input = input_spec
         if spec.crop_mode in ("center", "sliding") and tuple(spec.crop_size) != tuple(input_spec.size):
-            raise ValueError(f"crop size {spec.crop_size} differs from the model input size {input_spec.size}")
+            raise ManifestError(f"the manifest's crop size {spec.crop_size} differs from its model input size "
+                                f"{input_spec.size}: the artifact is inconsistent; export it again")
         self._resample = _RESAMPLE[spec.interpolation]
         if input_spec.folded:
             self._mean = self._std = None
@@ -186,8 +187,9 @@ class Preprocessor:
         if img.mode != "RGB":
             img = img.convert("RGB")
         if spec.crop_mode != "sliding" and img.size != (self.input.size[1], self.input.size[0]):
-            raise ValueError(f"preprocessing produced {img.width}x{img.height}, the model takes "
-                             f"{self.input.size[1]}x{self.input.size[0]}: the manifest's resize/crop do not fit its input")
+            raise ManifestError(f"preprocessing produced {img.width}x{img.height}, the model takes "
+                                f"{self.input.size[1]}x{self.input.size[0]}: the manifest's resize/crop do not fit its "
+                                "input; export the artifact again")
         return img
 
     def _tensor(self, rgb_hwc: np.ndarray) -> np.ndarray:
@@ -217,5 +219,5 @@ class Preprocessor:
     def __call__(self, img: Image.Image) -> np.ndarray:
         """One CHW array (single-crop recipes)."""
         if self.spec.crop_mode == "sliding":
-            raise ValueError("this recipe cuts several sliding crops per image: use Preprocessor.batch()")
+            raise InvalidArgumentError("this recipe cuts several sliding crops per image: use Preprocessor.batch()")
         return self.batch(img)[0]

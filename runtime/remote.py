@@ -367,7 +367,7 @@ class RemoteScanner:
         self.close()
 
 
-class _Rejected(Exception):
+class _Rejected(ServerError):  # the server answered a request with an error status
     def __init__(self, status: int, message: str):
         self.status = status
         super().__init__(f"HTTP {status}: {message}")

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import ResultsFileError
+from .errors import InvalidArgumentError, RowsError
 
 # `logit` is the decision head's logit (p_generated = sigmoid(logit), in float64): it orders images
 # exactly where p_generated, written with 7 significant digits, saturates at 1.0 (logit above ~16)
@@ -136,7 +136,7 @@ class CsvWriter:
     def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
                  columns: tuple[str, ...] = COLUMNS):
         if with_embedding:
-            raise ValueError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+            raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
         self.stream, self.columns = stream, columns
         self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
         if header:  # not when appending to a resumed file
@@ -195,7 +195,7 @@ def _complete_lines(f):
 def completed_paths(path: str, fmt: str) -> set[str]:
     """Paths that already have a row in a results file (any row: result or error).
 
-    Every complete line is read and checked first (ResultsFileError, the file untouched, when one cannot be
+    Every complete line is read and checked first (RowsError, the file untouched, when one cannot be
     read); only then is a half-written last line removed, so that appending goes on cleanly.
     """
     done: set[str] = set()
@@ -205,21 +205,21 @@ def completed_paths(path: str, fmt: str) -> set[str]:
             rows = csv.DictReader(_complete_lines(f))
             try:
                 if rows.fieldnames and "path" not in rows.fieldnames:
-                    raise ResultsFileError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames}); {fix}")
+                    raise RowsError(f"{path} is not a clipscan CSV (its header is {rows.fieldnames}); {fix}")
                 done.update(r["path"] for r in rows if isinstance(r.get("path"), str) and r["path"])
             except csv.Error as e:
-                raise ResultsFileError(f"{path} line {rows.line_num} is not a CSV row clipscan can read ({e}); "
+                raise RowsError(f"{path} line {rows.line_num} is not a CSV row clipscan can read ({e}); "
                                        f"{fix}") from None
         else:
             for n, line in enumerate(_complete_lines(f), 1):
                 try:
                     row = json.loads(line)
                 except RecursionError:
-                    raise ResultsFileError(f"{path} line {n} is JSON nested too deeply to be a clipscan row; "
+                    raise RowsError(f"{path} line {n} is JSON nested too deeply to be a clipscan row; "
                                            f"{fix}") from None
                 except ValueError as e:  # not JSON, or an integer of thousands of digits
                     why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
-                    raise ResultsFileError(f"{path} line {n} is not a clipscan JSONL row ({why}); {fix}") from None
+                    raise RowsError(f"{path} line {n} is not a clipscan JSONL row ({why}); {fix}") from None
                 if isinstance(row, dict) and isinstance(row.get("path"), str):
                     done.add(row["path"])
     drop_partial_line(path)
@@ -260,6 +260,6 @@ def read_sidecar(output: str | os.PathLike) -> dict | None:
         return None
     except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or an integer of 4,300+ digits
         why = "JSON nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
-        raise ResultsFileError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be "
+        raise RowsError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be "
                                f"read: {why}; delete it to resume anyway") from None
     return data if isinstance(data, dict) else None

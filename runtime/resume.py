@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import ResultsFileError
+from .errors import RowsError
 from .results import read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger("clipscan")
@@ -43,7 +43,7 @@ IDENTITY_TEXT = ("name", "sha256")  # what decides whether two models are the sa
 
 
 def recorded_model(output: str | os.PathLike) -> dict | None:
-    """The model a results file's sidecar records, None when it has no sidecar; ResultsFileError (before
+    """The model a results file's sidecar records, None when it has no sidecar; RowsError (before
     anything is cut or appended) when the sidecar is not a record clipscan wrote."""
     record = read_sidecar(output)
     if record is None and not os.path.exists(sidecar_path(output)):
@@ -56,21 +56,21 @@ def recorded_model(output: str | os.PathLike) -> dict | None:
                 f"its model is a JSON {_JSON_TYPES.get(type(model), type(model).__name__)}, not an object"
                 if not isinstance(model, dict) else
                 f"its model's {', '.join(bad) or 'name'} is not text")
-        raise ResultsFileError(f"{sidecar_path(output)} is not the record of the model that wrote {output} "
+        raise RowsError(f"{sidecar_path(output)} is not the record of the model that wrote {output} "
                                f"({what}); nothing was changed: delete it to resume anyway, or write to a new file")
     return model
 
 
 def check_same_model(output: str | os.PathLike, identity: dict, fmt: str, *, appending: bool) -> None:
-    """Raise ValueError when appending rows of `identity` to a file of another model (ResultsFileError when
-    its record is damaged); record the model of a new file (the sidecar)."""
+    """Raise RowsError when appending rows of `identity` to a file of another model, or when its record is
+    damaged; record the model of a new file (the sidecar)."""
     if appending:
         recorded = recorded_model(output)
         if recorded is None:
             log.warning("%s has no record of the model that wrote it (%s): resuming with %s (%s)", output,
                         sidecar_path(output), identity["name"], (identity.get("sha256") or "")[:12] or "no sha256")
         elif not same_model(recorded, identity):
-            raise ValueError(model_mismatch(output, recorded, identity))
+            raise RowsError(model_mismatch(output, recorded, identity))
         else:
             return
     write_sidecar(output, identity, fmt)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipscan.runtime.errors import ImageReadError
+from clipscan.runtime.errors import ClipscanError, ImageReadError
 from clipscan.runtime.image_formats import pillow_formats
 from clipscan.runtime.results import ScanResult
 
@@ -25,15 +25,15 @@ from .fair_decode import FairDecoder, request_pixels
 log = logging.getLogger("clipscan.serve")
 
 
-class QueueFull(Exception):
+class QueueFull(ClipscanError):
     """The batcher's queue has no room for a request's images (HTTP 503 with Retry-After)."""
 
 
-class RequestTimeout(Exception):
+class RequestTimeout(ClipscanError):
     """A request was not answered within the service's timeout (HTTP 504)."""
 
 
-class OverPixelBudget(Exception):
+class OverPixelBudget(ClipscanError):
     """A request's images would decode to more pixels than one request may (HTTP 413)."""
 
 

@@ -4,7 +4,7 @@
     runtime  <-  serve, report, triton (runtime-only services on top of the Scanner)  <-  bench, cli
     report (its HTML toolkit, html_kit)  <-  calibration (the fidelity report page)
     runtime  <-  distributed (batch scanning on Ray; ray itself is an extra)  <-  bench, cli
-    measure (fidelity bars, machine description, timing; imports no other clipscan package)
+    measure (fidelity bars, machine description, timing; imports only the runtime's errors)
              <-  export, calibration, bench, cli
     runtime, report  <-  evaluation (metrics from scikit-learn and scipy, its extra; no torch, no onnx)  <-  cli
 
@@ -35,7 +35,7 @@ RT, ME, EX, CA, BE, SE, RE, TR, DI = ("clipscan.runtime", "clipscan.measure", "c
 EV = "clipscan.evaluation"
 DEPENDS = {
     RT: set(),
-    ME: set(),
+    ME: {RT},  # the runtime's error classes only
     EX: {RT, ME},
     SE: {RT},
     RE: {RT},

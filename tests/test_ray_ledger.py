@@ -15,7 +15,7 @@ import pytest
 
 from clipscan.distributed import Ledger, state_folder
 from clipscan.distributed.cluster import parse_address
-from clipscan.runtime.errors import ResumeStateError
+from clipscan.runtime.errors import RowsError
 
 HEADER = b"path,p_generated\n"
 
@@ -212,7 +212,7 @@ def test_a_tampered_ledger_is_refused_and_nothing_is_cut_or_deleted(tmp_path, ca
     dict(edits)[case](out)
     before = _snapshot(out)
     assert len([p for p in before if p.name.endswith(".rows")]) == 1
-    with pytest.raises(ResumeStateError) as info:
+    with pytest.raises(RowsError) as info:
         Ledger(out).resume()
     message = str(info.value)
     assert "start again with --overwrite" in message and "\n" not in message, message
@@ -227,7 +227,7 @@ def test_bytes_past_the_ledger_that_are_not_the_next_block_are_not_cut(tmp_path)
     with open(out, "ab") as f:       # something else appended to the output since: not a torn commit
         f.write(b'{"path": "added by hand"}\n')
     before = _snapshot(out)
-    with pytest.raises(ResumeStateError, match="not the start of the block being committed"):
+    with pytest.raises(RowsError, match="not the start of the block being committed"):
         Ledger(out).resume()
     assert _snapshot(out) == before
 
@@ -258,6 +258,6 @@ def test_shards_without_a_ledger_are_not_appended(tmp_path):
     (state_folder(out) / "state.json").unlink()
     (ledger.shards / f"{7:012d}.rows").write_bytes(b'{"path": "planted"}\n')
     before = _snapshot(out)
-    with pytest.raises(ResumeStateError, match="is missing while 1 committed shard"):
+    with pytest.raises(RowsError, match="is missing while 1 committed shard"):
         Ledger(out).resume()
     assert _snapshot(out) == before

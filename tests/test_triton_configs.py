@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from google.protobuf.json_format import MessageToDict
 
 from clipscan.cli import main
-from clipscan.runtime import Scanner
+from clipscan.runtime import BackendError, Scanner
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.contract import output_specs
 from clipscan.triton import Plan, RepositoryOptions, write_repository
@@ -190,7 +190,7 @@ def test_numpy_2_is_refused_unless_allowed(monkeypatch):
     import clipscan.triton.numpy_check as nc
 
     monkeypatch.setattr(nc.np, "__version__", "2.4.6")
-    with pytest.raises(RuntimeError, match="pybind11 < 2.12"):
+    with pytest.raises(BackendError, match="pybind11 < 2.12"):
         check_numpy(False)
     check_numpy(True)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipscan.runtime.errors import BackendError
+
 NUMPY2_HINT = ("install numpy<2 in the environment the model uses (pip install 'numpy<2'; nvidia-pytriton "
                "itself requires it), or, for a Triton whose python backend is built with pybind11 >= 2.12, "
                "write the repository with `clipscan triton --allow-numpy2`")
@@ -24,5 +26,5 @@ def numpy_major(version: str | None = None) -> int:
 def check_numpy(allow_numpy2: bool) -> None:
     """Refuse to load under numpy 2 unless allowed: the stub would return wrong or empty tensors."""
     if numpy_major() >= 2 and not allow_numpy2:
-        raise RuntimeError(f"clipscan's Triton model runs with numpy {np.__version__}, but this python backend "
+        raise BackendError(f"clipscan's Triton model runs with numpy {np.__version__}, but this python backend "
                            f"stub (pybind11 < 2.12) cannot exchange numpy 2 arrays correctly: {NUMPY2_HINT}")

@@ -35,6 +35,7 @@ def _scalar(value) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid text-format string (escapes included)
+    # clipscan builds every config itself: another type here is a bug in clipscan, not a user mistake
     raise TypeError(f"cannot write {type(value).__name__} {value!r} in a pbtxt config")
 
 

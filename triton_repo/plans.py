@@ -41,7 +41,7 @@ class Plan:
             key = json.loads(sidecar.read_text(encoding="utf-8"))["key"]
             cc = str(key["compute_capability"])
             if not re.fullmatch(r"\d+\.\d+", cc):
-                raise ValueError(f"compute capability {cc!r}")
+                raise InvalidArgumentError(f"compute capability {cc!r}")
             return cls(path, cc, key["onnx_sha256"], key["precision"], int(key["profile"]["max"]),
                        key["tensorrt_version"])
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clipscan.runtime.contract import INPUT_IMAGE, output_specs, results_to_tensors
+from clipscan.runtime.errors import InvalidArgumentError
 
 from .numpy_check import check_numpy
 
@@ -44,7 +45,8 @@ def as_triton(arr: np.ndarray) -> np.ndarray:
 def request_images(pb_utils, request) -> list[bytes]:
     tensor = pb_utils.get_input_tensor_by_name(request, INPUT_IMAGE)
     if tensor is None:
-        raise ValueError(f"the request has no '{INPUT_IMAGE}' input (BYTES, one encoded image file per element)")
+        raise InvalidArgumentError(f"the request has no '{INPUT_IMAGE}' input (BYTES, one encoded image file per "
+                                   "element)")
     return [bytes(b) for b in tensor.as_numpy().reshape(-1)]
 
 

@@ -5,20 +5,33 @@ Each command lives in its own module (clipscan/cli/<command>.py, with `add_argum
 export, verify, bench or calibrate code.
 
 Exit codes: 0 every input scanned; 1 at least one input failed (its row says why) or nothing was
-found to scan; 2 the command could not start (bad arguments, model or backend).
+found to scan; 2 the command could not start (bad arguments, model or backend); 130 interrupted.
+
+Errors: what the user asked for and clipscan cannot do (a clipscan.runtime.errors.ClipscanError), and
+what the machine refuses (a full disk, a permission denied, a closed stdout), are one line on stderr and
+exit code 2. Any other exception is a bug in clipscan: its full traceback goes to stderr, then one line
+that starts "clipscan COMMAND: internal error" and says it is a bug and how to report it, and the exit
+code is 1. Exit code 1 is thus shared with "an input failed"; the two tell apart on stderr: a failed
+input prints no traceback and no "internal error" line (its row says why it failed).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
+import traceback
 
 from clipscan import __version__
 
 EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BUG = 1  # the same code as EXIT_ITEM_FAILED (a script tests for 0); stderr tells them apart
 EXIT_INTERRUPTED = 130
+# OSErrors without a file name that still come from the machine, not from clipscan: a full disk or quota,
+# a read-only file system, an I/O error, a closed or broken stdout/stderr
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EPIPE, errno.EBADF})
 
 # command -> (module with add_arguments/run, one-line help for `clipscan --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -91,9 +104,17 @@ def _silence_stdout_if_broken(error: OSError) -> None:
             pass
 
 
+def bug_line(command: str) -> str:
+    """The line printed under the traceback of an unexpected exception."""
+    return (f"clipscan {command}: internal error: the exception above is a bug in clipscan {__version__}, not a "
+            "mistake in the command (its exit code 1 means this bug here, not a failed input). Please report it "
+            "to the clipscan maintainers with this traceback, the command line and `clipscan --version`")
+
+
 def run_command(command: str, run, args: argparse.Namespace) -> int:
-    """Run a command; errors clipscan expects (bad arguments, models, backends) become a one-line message
-    and exit code 2, never a traceback."""
+    """Run a command. A ClipscanError (what was asked cannot be done) and an error of the machine (disk,
+    permissions, stdout) become a one-line message and exit code 2; any other exception is a bug: its
+    traceback and `bug_line` on stderr, exit code 1."""
     from clipscan.runtime.errors import ClipscanError
 
     try:
@@ -101,13 +122,16 @@ def run_command(command: str, run, args: argparse.Namespace) -> int:
     except ClipscanError as e:
         print(f"clipscan {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, ValueError) as e:
-        print(f"clipscan {command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:  # the reader of stdout went away (`| head`): not an error
         _silence_stdout_if_broken(OSError())
         return EXIT_OK
-    except OSError as e:  # a full disk, a folder where a file was meant, a closed or full stdout
+    except OSError as e:
+        # The machine refused a read or a write: a full disk, a permission denied, a folder where a file was
+        # meant (the error names the file), or a full or closed stdout. clipscan cannot fix these and the
+        # user can, from the one line; a traceback would only hide the file name. An OSError that names no
+        # file and is none of these (a socket error clipscan should have explained) is a bug, below.
+        if getattr(e, "filename", None) is None and e.errno not in ENVIRONMENT_ERRNOS:
+            return _bug(command)
         _silence_stdout_if_broken(e)
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"clipscan {command}: error: could not read or write{where}: {e.strerror or e}", file=sys.stderr)
@@ -117,6 +141,15 @@ def run_command(command: str, run, args: argparse.Namespace) -> int:
                 "nothing half-written was left at the output")
         print(f"clipscan {command}: interrupted; {done}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001  anything else is a bug in clipscan: say so, with its traceback
+        return _bug(command)
+
+
+def _bug(command: str) -> int:
+    """Print the exception being handled with its traceback, then `bug_line`; the exit code of a bug."""
+    traceback.print_exc(file=sys.stderr)
+    print(bug_line(command), file=sys.stderr)
+    return EXIT_BUG
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from clipscan.runtime.backends import backend_choices
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls instead of spinning: faster when "
                 "decoding large images competes for the cores (e.g. 12 MP JPEGs with --decode draft), "
                 "slower for small images (see the README)")
@@ -74,7 +76,8 @@ def heads_from(args: argparse.Namespace, *, required: bool = False, as_given: st
     """--heads FILE then every --head FORMAT:PATH, as one list; `required`: none at all is an error."""
     heads = ([args.heads] if args.heads else []) + list(args.head)
     if required and not heads:
-        raise ValueError("no head given: pass --heads FILE (clipscan format) and/or --head [NAME=]FORMAT:PATH" + as_given)
+        raise InvalidArgumentError("no head given: pass --heads FILE (clipscan format) and/or --head "
+                                   "[NAME=]FORMAT:PATH" + as_given)
     return heads
 
 
@@ -116,12 +119,13 @@ def check_output(path: str, overwrite: bool) -> None:
     import os
 
     if os.path.isdir(path):
-        raise ValueError(f"--output {path} is a folder; name the file to write inside it")
+        raise InvalidArgumentError(f"--output {path} is a folder; name the file to write inside it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise ValueError(f"--output {path}: the folder {parent} does not exist; create it first")
+        raise InvalidArgumentError(f"--output {path}: the folder {parent} does not exist; create it first")
     if os.path.exists(path) and not overwrite:
-        raise ValueError(f"--output {path} already exists; pass --overwrite to replace it, or choose another name")
+        raise InvalidArgumentError(f"--output {path} already exists; pass --overwrite to replace it, or choose "
+                                   "another name")
 
 
 def image_formats_arg(value: str) -> tuple[str, ...]:

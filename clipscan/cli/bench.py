@@ -5,6 +5,8 @@ asked for. Speed is reported, never judged: exit 0 unless the benchmark could no
 """
 from __future__ import annotations
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_OK
 from .args import add_decode, add_no_spin, choices_help, non_negative, non_negative_int, positive, positive_int
 
@@ -90,11 +92,12 @@ def run_serve(args) -> int:
 
     check_extra()
     if len(args.models) > 1:
-        raise ValueError("--serve benchmarks one model at a time; name one MODEL (or none for the demo model)")
+        raise InvalidArgumentError("--serve benchmarks one model at a time; name one MODEL (or none for the "
+                                   "demo model)")
     modes = tuple(parse_list(args.serve_modes))
     unknown = set(modes) - {"batching", "batch-1"}
     if unknown:
-        raise ValueError(f"--serve-modes: unknown {sorted(unknown)}; choose from batching, batch-1")
+        raise InvalidArgumentError(f"--serve-modes: unknown {sorted(unknown)}; choose from batching, batch-1")
     cfg = ServeBenchConfig(model=args.models[0] if args.models else None, images=args.images,
                            concurrency=tuple(parse_list(args.concurrency, int)), requests=args.requests,
                            max_seconds=args.level_seconds, bad_every=args.bad_every, max_batch=args.serve_max_batch,
@@ -111,13 +114,13 @@ def run_serve(args) -> int:
 
 def run(args) -> int:
     if args.serve and args.ray:
-        raise ValueError("--serve and --ray are two different benchmarks; run one at a time")
+        raise InvalidArgumentError("--serve and --ray are two different benchmarks; run one at a time")
     if args.serve:
         return run_serve(args)
     if args.ray:
         return _run_ray(args)
     if not args.models:
-        raise ValueError("name at least one MODEL to benchmark (or pass --serve or --ray)")
+        raise InvalidArgumentError("name at least one MODEL to benchmark (or pass --serve or --ray)")
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
@@ -145,7 +148,7 @@ def _run_ray(args) -> int:
     from clipscan.bench.ray_scale import format_ray_table, ray_benchmark
 
     if len(args.models) > 1:
-        raise ValueError("--ray benchmarks one artifact; give at most one MODEL")
+        raise InvalidArgumentError("--ray benchmarks one artifact; give at most one MODEL")
     report = ray_benchmark(args.models[0] if args.models else None, args.images, files=args.ray_files,
                            actors=parse_list(args.ray_actors, int))
     print(format_ray_table(report))

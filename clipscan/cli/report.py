@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import add_output, check_output, positive_int
 
@@ -30,7 +32,7 @@ def run(args) -> int:
     from clipscan.report import build_report
 
     if not args.output.lower().endswith((".html", ".htm")):
-        raise ValueError(f"-o {args.output}: the report is an HTML page; name it *.html")
+        raise InvalidArgumentError(f"-o {args.output}: the report is an HTML page; name it *.html")
     check_output(args.output, args.overwrite)
     result = build_report(args.rows, args.output, images_root=args.images_root, top=args.top, title=args.title)
     data, s = result.rows, result.summary

@@ -5,11 +5,12 @@ Options say how (backend, batch size, decoding, threads) and where rows go (stdo
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
+
+from clipscan.runtime.errors import InvalidArgumentError
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import (BACKENDS, add_decode, add_image_formats, add_no_spin, backend_help, non_negative_int, positive_int,
@@ -72,17 +73,17 @@ def _already_done(args) -> tuple[set[str], str]:
     from clipscan.runtime.resume import recorded_model
 
     if args.resume and not args.output:
-        raise ValueError("--resume needs --output FILE: the file whose rows say what is already done")
+        raise InvalidArgumentError("--resume needs --output FILE: the file whose rows say what is already done")
     if args.output:
         if os.path.isdir(args.output):
-            raise ValueError(f"--output {args.output} is a folder; name the results file to write inside it")
+            raise InvalidArgumentError(f"--output {args.output} is a folder; name the results file to write inside it")
         parent = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(parent):
-            raise ValueError(f"--output {args.output}: the folder {parent} does not exist; create it first")
+            raise InvalidArgumentError(f"--output {args.output}: the folder {parent} does not exist; create it first")
     if args.output and args.resume and os.path.islink(args.output):
         # rows are never written through a link (see open_output), so they cannot be appended through one
-        raise ValueError(f"--output {args.output} is a symbolic link (to {os.readlink(args.output)}); --resume "
-                         "does not append through links: pass the file it points to as -o")
+        raise InvalidArgumentError(f"--output {args.output} is a symbolic link (to {os.readlink(args.output)}); "
+                                   "--resume does not append through links: pass the file it points to as -o")
     if args.output and os.path.exists(args.output) and os.path.getsize(args.output) > 0:
         if args.resume:
             recorded_model(args.output)  # a damaged model record is refused before the rows are touched
@@ -90,8 +91,8 @@ def _already_done(args) -> tuple[set[str], str]:
             log.log(NOTICE, "resuming: %d input(s) already in %s are skipped", len(previous), args.output)
             return previous | {os.path.abspath(p) for p in previous}, "a"
         if not args.overwrite:
-            raise ValueError(f"{args.output} already exists; pass --resume to continue the scan that wrote it, "
-                             "or --overwrite to replace it")
+            raise InvalidArgumentError(f"{args.output} already exists; pass --resume to continue the scan that wrote "
+                                       "it, or --overwrite to replace it")
     return set(), "w"
 
 
@@ -102,8 +103,8 @@ def output_format(args) -> str:
     """-f as given, else the --output extension's format, else jsonl; -f that contradicts the extension is refused."""
     by_extension = OUTPUT_EXTENSIONS.get(os.path.splitext(args.output or "")[1].lower())
     if args.format and by_extension and args.format != by_extension:
-        raise ValueError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
-                         f"{by_extension} file; drop -f, or name the file *.{args.format}")
+        raise InvalidArgumentError(f"-f {args.format} was asked for, but --output {args.output} is named like a "
+                                   f"{by_extension} file; drop -f, or name the file *.{args.format}")
     return args.format or by_extension or "jsonl"
 
 
@@ -119,7 +120,7 @@ def open_output(path: str, mode: str, errors: str):
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as e:
-        raise ValueError(f"--output {path} cannot be opened to write ({e.strerror or e})") from None
+        raise InvalidArgumentError(f"--output {path} cannot be opened to write ({e.strerror or e})") from None
     return os.fdopen(fd, mode, encoding="utf-8", errors=errors, newline="")
 
 
@@ -128,15 +129,15 @@ def _inputs(args) -> list[str]:
     paths = list(args.paths)
     if args.from_list:
         if args.from_list == "-" and "-" in paths:
-            raise ValueError("standard input cannot be both an image (PATH -) and the list (--from-list -)")
+            raise InvalidArgumentError("standard input cannot be both an image (PATH -) and the list (--from-list -)")
         with (sys.stdin if args.from_list == "-" else open(args.from_list, encoding="utf-8",
                                                              errors="surrogateescape")) as f:
             paths += [line.rstrip("\r\n") for line in f if line.strip()]
     if not paths:
-        raise ValueError("nothing to scan: give image files or folders, - for an image on standard input, "
-                         "or --from-list FILE")
+        raise InvalidArgumentError("nothing to scan: give image files or folders, - for an image on standard input, "
+                                   "or --from-list FILE")
     if paths.count("-") > 1:
-        raise ValueError("- (an image on standard input) can be given once")
+        raise InvalidArgumentError("- (an image on standard input) can be given once")
     return paths
 
 
@@ -179,17 +180,17 @@ def _remote_scanner(args):
                              ("--no-fallback", args.no_fallback), ("--no-spin", args.no_spin), ("--device", args.device))
               if v]
     if given:
-        raise ValueError(f"{', '.join(given)} set(s) how a local scan runs; with --server the server's model and "
-                         "settings are used: drop them, or drop --server to scan here")
+        raise InvalidArgumentError(f"{', '.join(given)} set(s) how a local scan runs; with --server the server's "
+                                   "model and settings are used: drop them, or drop --server to scan here")
     token = None
     if args.token_file:
         try:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
         except OSError as e:
-            raise ValueError(f"--token-file {args.token_file} cannot be read ({e.strerror or e})") from None
+            raise InvalidArgumentError(f"--token-file {args.token_file} cannot be read ({e.strerror or e})") from None
         if not token:
-            raise ValueError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
+            raise InvalidArgumentError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
     return RemoteScanner(args.server, args.server_model, token=token, batch_size=args.batch_size,
                          **({"concurrency": args.concurrency} if args.concurrency else {}))
 
@@ -209,7 +210,7 @@ def run(args) -> int:
     client_only = [f for f, v in (("--server-model", args.server_model), ("--token-file", args.token_file),
                                   ("--concurrency", args.concurrency)) if v is not None]
     if client_only and not args.server:
-        raise ValueError(f"{', '.join(client_only)} only mean something with --server URL (client mode)")
+        raise InvalidArgumentError(f"{', '.join(client_only)} only mean something with --server URL (client mode)")
     if args.server:
         scanner = _remote_scanner(args)
         identity, columns = scanner.identity, scanner.columns_for(args.format)

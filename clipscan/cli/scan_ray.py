@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from clipscan.runtime.errors import InvalidArgumentError
+
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import choices_help, non_negative, positive_int
 
@@ -45,7 +47,7 @@ def run_if_ray(args, paths: list[str]) -> int | None:
                                                    ("--block-size", args.block_size, DEFAULTS["block_size"]))
                  if value != default]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to --engine ray; add --engine ray, or drop them")
+            raise InvalidArgumentError(f"{', '.join(given)} only apply to --engine ray; add --engine ray, or drop them")
         return None
     from clipscan.distributed import RayScan, check_spec, scan_on_ray
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS

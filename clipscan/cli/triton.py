@@ -8,6 +8,7 @@ import tempfile
 import time
 
 from clipscan.runtime import defaults as T
+from clipscan.runtime.errors import InvalidArgumentError
 
 from . import EXIT_OK, NOTICE
 from .args import BACKENDS, add_decode, backend_help, choices_help, non_negative_int, positive_int
@@ -74,13 +75,13 @@ def start_ports(args) -> tuple[int, int, int]:
 
     ports = (args.http_port, args.grpc_port or args.http_port + 1, args.metrics_port or args.http_port + 2)
     if len(set(ports)) < 3:
-        raise ValueError(f"--start needs three different ports, got HTTP {ports[0]}, gRPC {ports[1]} and metrics "
-                         f"{ports[2]}: pass different --http-port/--grpc-port/--metrics-port")
+        raise InvalidArgumentError(f"--start needs three different ports, got HTTP {ports[0]}, gRPC {ports[1]} and "
+                                   f"metrics {ports[2]}: pass different --http-port/--grpc-port/--metrics-port")
     busy = busy_ports(args.host, ports)
     if busy:
         named = ", ".join(f"{kind} {port}" for kind, port in zip(("HTTP", "gRPC", "metrics"), ports) if port in busy)
-        raise ValueError(f"--start: {named} on {args.host} already in use (another server?); stop it or pass free "
-                         "ports with --http-port/--grpc-port/--metrics-port")
+        raise InvalidArgumentError(f"--start: {named} on {args.host} already in use (another server?); stop it or "
+                                   "pass free ports with --http-port/--grpc-port/--metrics-port")
     return ports
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import BackendError, MissingExtraError
+
 
 @dataclass(frozen=True)
 class CudaDevice:
@@ -20,7 +22,7 @@ def _cudart():
         try:
             from cuda import cudart  # older cuda-python
         except ImportError as e:
-            raise RuntimeError("cuda-python is not installed (pip install 'clipscan[tensorrt]')") from e
+            raise MissingExtraError("TensorRT's native backend", "cuda-python", "tensorrt") from e
     return cudart
 
 
@@ -28,7 +30,7 @@ def check(result):
     """cuda-python returns (error, value...): raise on error, give the value(s)."""
     err, *values = result
     if int(err) != 0:
-        raise RuntimeError(f"CUDA call failed: {err}")
+        raise BackendError(f"a CUDA call failed: {err}; check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -36,7 +38,8 @@ def cuda_device(index: int = 0) -> CudaDevice:
     cudart = _cudart()
     count = check(cudart.cudaGetDeviceCount())
     if count <= index:
-        raise RuntimeError(f"CUDA device {index} requested, {count} present")
+        fix = f"pick one of 0..{count - 1}" if count else "run on a machine with an NVIDIA GPU, or choose a CPU backend"
+        raise BackendError(f"CUDA device {index} was asked for, but {count} CUDA device(s) are visible; {fix}")
     props = check(cudart.cudaGetDeviceProperties(index))
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return CudaDevice(index, name, f"{props.major}.{props.minor}", _version(check(cudart.cudaRuntimeGetVersion())),

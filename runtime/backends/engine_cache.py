@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import InvalidArgumentError
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("CLIPSCAN_CACHE_DIR") or Path.home() / ".cache" / "clipscan")
 
 
@@ -29,7 +31,8 @@ class BatchProfile:
 
     def __post_init__(self):
         if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+            raise InvalidArgumentError("a TensorRT batch profile needs 1 <= min <= opt <= max, got "
+                                       f"{self.min}/{self.opt}/{self.max}; pass a batch size >= 1")
 
     @classmethod
     def for_batch_size(cls, batch_size: int, max_batch: int | None = None) -> "BatchProfile":

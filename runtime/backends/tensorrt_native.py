@@ -58,7 +58,8 @@ class IoTensor:
         """Bytes of this tensor at `batch` (buffers are sized for the profile's max batch)."""
         dims = self.shape_for(batch)
         if any(d < 0 for d in dims):
-            raise ValueError(f"{self.name}: only the batch axis may be dynamic, shape is {self.shape}")
+            raise BackendError(f"{self.name}: only the batch axis may be dynamic, shape is {self.shape}: the TensorRT "
+                               "backend sizes its buffers before it runs; export the model with fixed image sizes")
         return int(np.prod(dims, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
