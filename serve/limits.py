@@ -24,7 +24,9 @@ def _limit(default, meaning: str, low: float = 1, low_open: bool = False):
 class Limits:
     max_body_bytes: int = _limit(64 * 2**20, "request body in bytes: 413 from Content-Length before the body "
                                              "is read, and while reading a body sent without one")
-    max_buffered_bytes: int = _limit(256 * 2**20, "request-body bytes held by all requests at once (503 with "
+    # two largest bodies at once: with their copies while parsing and the decoded images, the service stays
+    # well under 1 GB of memory however many clients send large bodies together
+    max_buffered_bytes: int = _limit(128 * 2**20, "request-body bytes held by all requests at once (503 with "
                                                    "Retry-After when a new body would pass it)")
     body_timeout_s: float = _limit(30.0, "seconds a client has to send a whole request body (408 after it)",
                                    low=0, low_open=True)

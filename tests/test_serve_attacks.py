@@ -319,7 +319,7 @@ def test_slow_bodies_are_cut_off_and_no_one_else_waits(server):
 
 
 def test_concurrent_large_bodies_stay_within_the_buffered_budget(server):
-    """Eight clients send 60 MB bodies at once (480 MB, past the 256 MB budget of bodies held at once):
+    """Eight clients send 60 MB bodies at once (480 MB, past the 128 MB budget of bodies held at once):
     those that fit are read (and refused as the malformed tensors they are), the others are 503 with
     Retry-After at once, and the server's RSS stays under 1 GB."""
     url, proc = server
