@@ -102,7 +102,10 @@ def import_cozzolino(path: Path, backbone) -> Imported:
 
 
 def _text_encoder(backbone):
+    from .hf_clip import refuse_text_tower
     from .text import load_text_encoder
+
+    refuse_text_tower(backbone, "this head")
 
     return load_text_encoder(backbone.arch, backbone.weights_path,
                              quick_gelu=backbone.activation == "quick_gelu")

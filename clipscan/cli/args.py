@@ -24,9 +24,10 @@ BACKENDS = ("auto", "tensorrt", "ort-tensorrt", "cuda", "cpu", "openvino")
 
 def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     """--arch/--weights/--heads/--head/--quick-gelu/--gelu: the files of the PyTorch original."""
-    p.add_argument("--arch", required=required,
-                   help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
-    p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
+    p.add_argument("--arch", help="open_clip model name (e.g. ViT-B-32) or a model-config .json; required unless "
+                                  "--weights is a Hugging Face CLIP folder, whose config.json says it" + as_given)
+    p.add_argument("--weights", required=required,
+                   help="local backbone checkpoint (.pt/.bin/.safetensors) or a Hugging Face CLIP folder" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH", help=HEAD_FORMATS_HELP + as_given)
     p.add_argument("--resize-mode", choices=("shortest", "longest", "squash", "none"),
