@@ -59,9 +59,9 @@ def check_inputs(model, images: list, val_images: list, *, batch_size: int, sear
     for folder in images + val_images:
         if not Path(folder).exists():
             raise FileNotFoundError(f"image folder {folder} does not exist")
-    if val_images and not (arch and weights and heads):
-        raise ValueError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights and "
-                         "--heads/--head, as given to export")
+    if val_images and not (weights and heads):   # --arch: checked by the loader (a Hugging Face folder has none)
+        raise ValueError("the fidelity report (--val-images) needs the PyTorch original: --weights, --heads/--head "
+                         "and --arch (unless --weights is a Hugging Face CLIP folder), as given to export")
     if search and not val_images:
         raise ValueError("--search needs --val-images to measure the error on")
 

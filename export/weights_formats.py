@@ -26,5 +26,5 @@ WEIGHTS_FORMAT_CHOICES = (AUTO, *WEIGHTS_FORMATS)
 
 WEIGHTS_FORMAT_HELP = ("format of --weights: " + "; ".join(f"{name}: {what}" for name, (what, _) in
                                                            WEIGHTS_FORMATS.items())
-                       + f"; {AUTO} (default): {HF} for a folder or a file whose tensors are named vision_model.*, "
-                       f"{OPEN_CLIP} otherwise")
+                       + f"; {AUTO} (default): {HF} for a folder or a file holding a transformers CLIP image tower "
+                       f"(a tensor named ...embeddings.patch_embedding.weight), {OPEN_CLIP} otherwise")
