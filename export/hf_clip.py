@@ -59,7 +59,7 @@ class HFCheckpointError(InvalidArgumentError):
 
 # -- files ------------------------------------------------------------------------------------------
 
-def _load_file(path: Path) -> dict:
+def load_weights_file(path: Path) -> dict:
     """One weights file: safetensors directly, a pickle with torch.load(weights_only=True) only."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -94,7 +94,7 @@ def _load_sharded(index: Path) -> dict:
         shard = index.parent / name
         if Path(name).name != name or not shard.is_file():
             raise HFCheckpointError(f"{index} names shard {name!r}, which is not a file in {index.parent}")
-        state.update(_load_file(shard))
+        state.update(load_weights_file(shard))
     missing = [k for k in weight_map if k not in state]
     if missing:
         raise HFCheckpointError(f"{index} lists tensor {missing[0]!r} ({len(missing)} in all), which its shard "
@@ -127,10 +127,10 @@ def weight_files(folder: Path) -> list[Path]:
 def _load_state(weights: Path) -> dict:
     if weights.is_dir():
         main = weight_files(weights)[0]
-        return _load_sharded(main) if main.name.endswith(".index.json") else _load_file(main)
+        return _load_sharded(main) if main.name.endswith(".index.json") else load_weights_file(main)
     if weights.name.endswith(".index.json"):
         return _load_sharded(weights)
-    return _load_file(weights)
+    return load_weights_file(weights)
 
 
 def _fingerprint(files: list[Path]) -> tuple[str, int]:
@@ -154,7 +154,7 @@ def _keys_of(path: Path) -> list[str]:
     try:
         return list(torch.load(str(path), map_location="cpu", weights_only=True, mmap=True))
     except Exception:
-        return list(_load_file(path))
+        return list(load_weights_file(path))
 
 
 def detect_format(weights: Path) -> str:
@@ -393,7 +393,11 @@ def load_hf_backbone(weights: str | Path, arch: str | None = None, *, quick_gelu
                  f"; {head} are C2P-CLIP's classifier, read by --head c2p-clip:FILE" if head else "")
     image_size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     image_size = tuple(int(s) for s in image_size)
-    pp_file = (weights if weights.is_dir() else weights.parent) / "preprocessor_config.json"
+    # next to the weights (a folder, or a file in one), else next to an --arch config.json
+    homes = [weights] if weights.is_dir() else [weights.parent] + ([Path(arch).parent] if arch and
+                                                                    arch.endswith(".json") else [])
+    pp_file = next((h / "preprocessor_config.json" for h in homes if (h / "preprocessor_config.json").is_file()),
+                   homes[0] / "preprocessor_config.json")
     if pp_file.is_file():
         preprocess = hf_preprocess(json.loads(pp_file.read_text()), image_size, pp_file)
     else:

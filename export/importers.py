@@ -101,6 +101,21 @@ def import_cozzolino(path: Path, backbone) -> Imported:
     return Imported([head], preprocess={"resize_mode": "shortest"}, source=path)
 
 
+def import_c2p_clip(path: Path, backbone) -> Imported:
+    """C2P-CLIP (Tan et al. 2024): Linear(D, 1) on the L2-normalised projected embedding of a fine-tuned HF CLIP tower.
+
+    One checkpoint holds the tower (model.vision_model.*, model.visual_projection.weight) and the
+    classifier (model.fc.*): give the same file to --weights (with --arch: the tower's transformers
+    config.json or an open_clip model name, e.g. ViT-L-14-quickgelu) and to --head c2p-clip:FILE.
+    Test-time preprocessing: short side to 224 bilinear, centre crop 224, CLIP mean/std; sigmoid > 0.5
+    is generated.
+    """
+    from .hf_heads import c2p_clip_head
+
+    head, preprocess = c2p_clip_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def _text_encoder(backbone):
     from .hf_clip import refuse_text_tower
     from .text import load_text_encoder
@@ -218,6 +233,7 @@ IMPORTERS = {
     "cozzolino": import_cozzolino,
     "captions": import_captions,
     "agiqa-tang": import_agiqa_tang,
+    "c2p-clip": import_c2p_clip,
 }
 
 

@@ -97,7 +97,8 @@ def cozzolino_file(folder, model, width: int, photos):
     _, pooled = hf_features(model, probe)
     llr = torch.nn.functional.normalize(torch.from_numpy(pooled), dim=-1) @ w.T
     path = folder.parent / f"{folder.name}_head.pth"
-    torch.save({"fc.weight": w, "fc.bias": -llr.median().reshape(1)}, str(path))
+    mid = llr.flatten().sort().values[len(photos) // 2 - 1: len(photos) // 2 + 1].mean()   # none on the threshold
+    torch.save({"fc.weight": w, "fc.bias": -mid.reshape(1)}, str(path))
     return path
 
 

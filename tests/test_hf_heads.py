@@ -1,0 +1,118 @@
+"""Heads published on Hugging Face CLIP towers, written in their authors' checkpoint layout, exported through
+the CLI, scanned with the runtime and compared with the authors' inference re-expressed here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from clipscan.cli import main
+from clipscan.runtime import Scanner
+
+from .conftest import cosine, photo_images
+
+transformers = pytest.importorskip("transformers", reason="transformers is the reference of these tests (test extra)")
+
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+VISION = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu"}
+TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "vocab_size": 49408, "max_position_embeddings": 16}
+PROJ = 48
+
+
+class C2PReference(torch.nn.Module):
+    """C2P-CLIP's model as its inference.py builds it: a CLIPModel without its text side, plus model.fc."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.model = clip
+        del self.model.text_model, self.model.text_projection, self.model.logit_scale
+        self.model.fc = torch.nn.Linear(PROJ, 1)
+
+    def forward(self, img):
+        pooled = self.model.vision_model(pixel_values=img).pooler_output
+        emb = self.model.visual_projection(pooled)
+        emb = emb / emb.norm(p=2, dim=-1, keepdim=True)
+        return self.model.fc(emb), emb
+
+
+def c2p_transform():
+    """data.py: Resize(loadSize) (torchvision's default bilinear), CenterCrop(cropSize), ToTensor, Normalize."""
+    return T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def load_rgb(path):
+    with open(path, "rb") as f:   # their pil_loader: convert("RGB"), no EXIF handling (the photos have none)
+        return Image.open(f).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("c2p_photos")
+    for name, img in photo_images():
+        img.save(d / f"{name}.jpg", quality=92)
+        img.crop((5, 9, img.width - 41, img.height // 2 + 3)).save(d / f"{name}_wide.png")
+    return sorted(d.iterdir())
+
+
+@pytest.fixture(scope="module")
+def c2p(tmp_path_factory, photos):
+    """A C2P-CLIP checkpoint in the released layout (torch.save of the whole state dict), its config, reference."""
+    d = tmp_path_factory.mktemp("c2p")
+    torch.manual_seed(31)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=TEXT, vision_config=VISION,
+                                                          projection_dim=PROJ)).eval()
+    clip.config.save_pretrained(str(d))          # the tower's config, as --arch
+    model = C2PReference(clip).eval()
+    torch.nn.init.normal_(model.model.fc.weight, 0.0, 3.0)
+    x = torch.stack([c2p_transform()(load_rgb(p)) for p in photos])
+    with torch.no_grad():
+        logit, _ = model(x)
+        mid = logit.flatten().sort().values[len(photos) // 2 - 1: len(photos) // 2 + 1].mean()
+        model.model.fc.bias.copy_(model.model.fc.bias - mid)   # half the photos each side, none on the threshold
+    torch.save(model.state_dict(), str(d / "C2P_CLIP_release.pth"))
+    assert {k.split(".")[1] for k in model.state_dict()} == {"vision_model", "visual_projection", "fc"}
+    return {"file": d / "C2P_CLIP_release.pth", "config": d / "config.json", "model": model}
+
+
+def reference(model, photos):
+    x = torch.stack([c2p_transform()(load_rgb(p)) for p in photos])
+    with torch.no_grad():
+        logit, emb = model(x)
+    return torch.sigmoid(logit).squeeze(1).numpy(), emb.numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_c2p_clip_export_matches_the_authors_inference(c2p, photos, tmp_path, precision):
+    out = tmp_path / f"c2p_{precision}.onnx"
+    assert main(["export", "--weights", str(c2p["file"]), "--arch", str(c2p["config"]),
+                 "--head", f"c2p-clip:{c2p['file']}", "--precision", precision, "-o", str(out)]) == 0
+    with Scanner(out) as scanner:
+        results = list(scanner.scan(photos))
+        manifest = scanner.manifest
+    assert manifest.preprocess.interpolation == "bilinear" and manifest.preprocess.resize_mode == "shortest"
+    assert manifest.heads[0].name == "c2p_clip" and manifest.backbone["activation"] == "quick_gelu"
+    p_ref, emb_ref = reference(c2p["model"], photos)
+    p = np.array([r.p_generated for r in results])
+    emb = np.stack([r.embedding for r in results])
+    if precision == "fp32":
+        assert cosine(emb, emb_ref).min() >= 0.99999
+        np.testing.assert_allclose(p, p_ref, atol=1e-4)
+    else:   # the export itself refuses an FP16 file that fails the FP16 gates; here: against the authors' code
+        assert cosine(emb, emb_ref).min() >= 0.999
+    assert [r.verdict == "generated" for r in results] == list(p_ref > 0.5)
+    assert 0 < (p_ref > 0.5).sum() < len(photos)
+
+
+def test_c2p_clip_head_of_another_width_is_refused(c2p, tmp_path, capsys):
+    sd = torch.load(str(c2p["file"]), weights_only=True)
+    sd["model.fc.weight"] = torch.zeros(1, PROJ + 1)
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, str(bad))
+    rc = main(["export", "--weights", str(c2p["file"]), "--arch", str(c2p["config"]),
+               "--head", f"c2p-clip:{bad}", "-o", str(tmp_path / "x.onnx")])
+    assert rc == 2 and "model.fc.weight is [1, 49]" in capsys.readouterr().err
