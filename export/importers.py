@@ -116,6 +116,23 @@ def import_c2p_clip(path: Path, backbone) -> Imported:
     return Imported([head], preprocess=preprocess, source=path)
 
 
+def import_laion_aesthetic(path: Path, backbone) -> Imported:
+    """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
+
+    The released .pth (or .safetensors) state dict of its nn.Sequential (layers.0/2/4/6/7, Linear layers
+    with dropout between and no activation) becomes one exact Linear; the output is a quality score on
+    the predictor's own 1-10 scale, not a probability. Preprocessing as clip.load's: short side to 224
+    bicubic, centre crop, CLIP mean/std. Published for OpenAI CLIP ViT-L/14 (ViT-L-14-quickgelu).
+    """
+    from .aesthetic import laion_aesthetic_head
+    from .hf_clip import load_weights_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"aesthetic predictor file {path} does not exist")
+    head, preprocess = laion_aesthetic_head(load_weights_file(path), path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def _text_encoder(backbone):
     from .hf_clip import refuse_text_tower
     from .text import load_text_encoder
@@ -234,6 +251,7 @@ IMPORTERS = {
     "captions": import_captions,
     "agiqa-tang": import_agiqa_tang,
     "c2p-clip": import_c2p_clip,
+    "laion-aesthetic": import_laion_aesthetic,
 }
 
 
