@@ -18,10 +18,11 @@ import re
 from pathlib import Path
 
 from clipscan.runtime.errors import InvalidArgumentError
-from clipscan.runtime.manifest import INTERPOLATIONS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .backbone import BackboneInfo, build_visual, load_backbone, read_arch_config
 from .deps import require
+from .hf_preprocess import HFCheckpointError, hf_preprocess
 from .weights_formats import AUTO, HF, OPEN_CLIP, WEIGHTS_FORMAT_CHOICES
 
 torch = require("torch")
@@ -34,10 +35,14 @@ HF_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "projection
                       "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
                       "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 ACTIVATIONS = {"quick_gelu": True, "gelu": False}            # hidden_act -> open_clip's quick_gelu flag
-PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 TOWER_MARK = "embeddings.patch_embedding.weight"   # finds the prefixes of a file's keys (see tower_prefix)
-# C2P-CLIP stores its classifier beside the tower: `--head c2p-clip:FILE` reads these (relative to the prefix)
+# C2P-CLIP stores its classifier beside the tower: `--head c2p-clip:FILE` reads these (after the outer prefix)
 C2P_HEAD_KEYS = ("fc.weight", "fc.bias")
+# heads stored beside a tower, read by a --head importer, not by the tower: C2P-CLIP's fc, Effort's head
+SIDE_HEADS = {"fc": "c2p-clip", "head": "effort"}
+# Effort stores each attention projection as a fixed main weight plus a trained SVD residual
+SVD_MAIN, SVD_RESIDUAL = "weight_main", ("U_residual", "S_residual", "V_residual")
+SVD_MAIN_FACTORS = ("U_r", "S_r", "V_r")
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
 _LAYER_MAP = {"layer_norm1.weight": "ln_1.weight", "layer_norm1.bias": "ln_1.bias",
               "layer_norm2.weight": "ln_2.weight", "layer_norm2.bias": "ln_2.bias",
@@ -51,10 +56,6 @@ _TOP_MAP = {"embeddings.class_embedding": "class_embedding", "embeddings.patch_e
             "pre_layrnorm.weight": "ln_pre.weight", "pre_layrnorm.bias": "ln_pre.bias",
             "post_layernorm.weight": "ln_post.weight", "post_layernorm.bias": "ln_post.bias"}
 _IGNORED = ("embeddings.position_ids",)           # an index buffer (0..N-1), not a weight
-
-
-class HFCheckpointError(InvalidArgumentError):
-    """A Hugging Face CLIP checkpoint clipscan cannot read as given (files, config or tensors)."""
 
 
 # -- files ------------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def detect_format(weights: Path) -> str:
     return HF if any(k.endswith(TOWER_MARK) for k in keys) else OPEN_CLIP
 
 
-# -- architecture and preprocessing -----------------------------------------------------------------
+# -- architecture -----------------------------------------------------------------
 
 def _hf_vision_config(cfg: dict, source) -> dict | None:
     """The vision part of a transformers CLIP config (CLIPConfig or CLIPVisionConfig), defaults filled in."""
@@ -207,55 +208,6 @@ def open_clip_config(vision: dict, embed_dim: int, source) -> tuple[dict, bool]:
     return {"embed_dim": int(embed_dim), "vision_cfg": vision_cfg, "quick_gelu": ACTIVATIONS[act]}, ACTIVATIONS[act]
 
 
-def _size_pair(value, what: str, source) -> tuple[int, int] | None:
-    if isinstance(value, int):
-        return value, value
-    if isinstance(value, dict) and "height" in value and "width" in value:
-        return int(value["height"]), int(value["width"])
-    if isinstance(value, dict) and "shortest_edge" in value:
-        return None
-    raise HFCheckpointError(f"{source}: {what} {value!r} is not a size clipscan reads (an int, "
-                            "{'shortest_edge': N} or {'height': H, 'width': W})")
-
-
-def hf_preprocess(pp: dict, image_size: tuple[int, int], source) -> dict:
-    """open_clip-style preprocess cfg (mean, std, interpolation, resize_mode) from a preprocessor_config."""
-    out = {"mean": list(pp.get("image_mean", OPENAI_CLIP_MEAN)), "std": list(pp.get("image_std", OPENAI_CLIP_STD)),
-           "fill_color": 0}
-    if not pp.get("do_normalize", True):
-        out["mean"], out["std"] = [0.0] * 3, [1.0] * 3
-    if pp.get("do_rescale", True) is False or abs(float(pp.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        raise HFCheckpointError(f"{source}: pixels must be scaled by 1/255 (do_rescale true, rescale_factor "
-                                f"1/255); found do_rescale {pp.get('do_rescale')}, "
-                                f"rescale_factor {pp.get('rescale_factor')}")
-    resample = pp.get("resample", 3)
-    if resample not in PIL_RESAMPLE or PIL_RESAMPLE[resample] not in INTERPOLATIONS:
-        raise HFCheckpointError(f"{source}: resample {resample!r} is not one of {sorted(PIL_RESAMPLE)} (PIL's codes)")
-    out["interpolation"] = PIL_RESAMPLE[resample]
-    crop = pp.get("crop_size", 224) if pp.get("do_center_crop", True) else None
-    crop = _size_pair(crop, "crop_size", source) if crop is not None else None
-    if crop is not None and tuple(crop) != tuple(image_size):
-        raise HFCheckpointError(f"{source}: crop_size {crop} differs from the tower's image_size {image_size}")
-    size = pp.get("size", {"shortest_edge": 224})
-    if not pp.get("do_resize", True):
-        out["resize_mode"] = "none"
-    elif isinstance(size, dict) and "shortest_edge" in size:
-        if crop is None or int(size["shortest_edge"]) != image_size[0]:
-            raise HFCheckpointError(f"{source}: resize shortest_edge {size['shortest_edge']} then crop {crop}: "
-                                    "clipscan "
-                                    f"resizes the short side to the crop size {image_size[0]} and crops it")
-        out["resize_mode"] = "shortest"
-    else:
-        pair = _size_pair(size, "size", source)
-        if tuple(pair) != tuple(image_size):
-            raise HFCheckpointError(f"{source}: resize to {pair} differs from the tower's image_size {image_size}")
-        out["resize_mode"] = "squash"
-    if out["resize_mode"] == "none" and crop is None:
-        raise HFCheckpointError(f"{source}: neither resize nor centre crop: images of other sizes would not fit "
-                                f"the tower's {image_size} input")
-    return out
-
-
 # -- tensors ----------------------------------------------------------------------------------------
 
 def tower_prefix(state: dict, source) -> tuple[str, str]:
@@ -279,6 +231,35 @@ def _is_text(rel: str) -> bool:
     return rel.startswith("text_model.") or rel in ("text_projection.weight", "logit_scale")
 
 
+def merge_svd(state: dict) -> dict:
+    """Dense `weight`s from Effort's SVD form: weight_main + U_residual @ diag(S_residual) @ V_residual.
+
+    Composed in float64 and rounded once. U_r/S_r/V_r are the factors weight_main was built from
+    (it holds their product), so they are dropped; a layer without residual keeps weight_main.
+    """
+    mains = [k[: -len(SVD_MAIN)] for k in state if k.endswith("." + SVD_MAIN)]
+    if not mains:
+        return state
+    parts = (SVD_MAIN, *SVD_RESIDUAL, *SVD_MAIN_FACTORS)
+    out = {k: v for k, v in state.items() if not any(k.startswith(m) and k[len(m):] in parts for m in mains)}
+    for m in mains:
+        main = state[m + SVD_MAIN]
+        u, s, v = (state.get(m + name) for name in SVD_RESIDUAL)
+        weight = main.double()
+        if u is not None and s is not None and v is not None:
+            weight = weight + u.double() @ torch.diag(s.double()) @ v.double()
+        out[m + "weight"] = weight.to(main.dtype)
+    return out
+
+
+def _side_head(key: str, tower: str) -> str | None:
+    """The --head format that reads a tensor stored beside the tower, if it is one."""
+    parts = key.split(".")
+    if not key.startswith(tower) and len(parts) >= 2 and parts[-1] in ("weight", "bias"):
+        return SIDE_HEADS.get(parts[-2])
+    return None
+
+
 def map_state(state: dict, prefixes: tuple[str, str], layers: int, source) -> tuple[dict, list[str]]:
     """open_clip VisionTransformer state dict from a transformers one; (mapped, keys ignored on purpose)."""
     tower, outer = prefixes
@@ -300,7 +281,7 @@ def map_state(state: dict, prefixes: tuple[str, str], layers: int, source) -> tu
                 qkv[(n, q.group(2), q.group(1))] = tensor
         elif orel == "visual_projection.weight":
             out["proj"] = tensor.t().contiguous()
-        elif rel in _IGNORED or (orel is not None and (_is_text(orel) or orel in C2P_HEAD_KEYS)):
+        elif rel in _IGNORED or (orel is not None and _is_text(orel)) or _side_head(key, tower):
             ignored.append(key)
         else:
             raise HFCheckpointError(f"{source}: tensor {key!r} is not one clipscan maps into a {layers}-layer "
@@ -364,7 +345,7 @@ def load_hf_backbone(weights: str | Path, arch: str | None = None, *, quick_gelu
     if not weights.exists():
         raise HFCheckpointError(f"backbone weights {weights} do not exist (clipscan never downloads weights)")
     files = weight_files(weights) if weights.is_dir() else _with_shards(weights)
-    state = _load_state(weights)
+    state = merge_svd(_load_state(weights))
     prefixes = tower_prefix(state, weights)
     proj = state.get(prefixes[1] + "visual_projection.weight")
     width = int(state[prefixes[0] + TOWER_MARK].shape[0])
@@ -388,9 +369,9 @@ def load_hf_backbone(weights: str | Path, arch: str | None = None, *, quick_gelu
     visual.eval()
     if ignored:
         text = sum(1 for k in ignored if _is_text(k[len(prefixes[1]):]))
-        head = [k for k in ignored if k[len(prefixes[1]):] in C2P_HEAD_KEYS]
+        heads = {k: _side_head(k, prefixes[0]) for k in ignored if _side_head(k, prefixes[0])}
         log.info("%s: %d text-tower tensors not used (image-only graph)%s", weights.name, text,
-                 f"; {head} are C2P-CLIP's classifier, read by --head c2p-clip:FILE" if head else "")
+                 "".join(f"; {k} is read by --head {fmt}:FILE" for k, fmt in heads.items()))
     image_size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     image_size = tuple(int(s) for s in image_size)
     # next to the weights (a folder, or a file in one), else next to an --arch config.json

@@ -116,6 +116,22 @@ def import_c2p_clip(path: Path, backbone) -> Imported:
     return Imported([head], preprocess=preprocess, source=path)
 
 
+def import_effort(path: Path, backbone) -> Imported:
+    """Effort (Yan et al. 2025): Linear(width, 2) on the pooled output of an SVD-fine-tuned HF CLIP tower.
+
+    One checkpoint (DeepfakeBench's, "module." prefix allowed) holds the tower under backbone.* with
+    each attention projection as weight_main plus an SVD residual (U_residual, S_residual, V_residual),
+    merged into dense weights at import, and the classifier head.*: give the same file to --weights (with
+    --arch: the tower's transformers config.json or an open_clip name such as ViT-L-14-quickgelu) and to
+    --head effort:FILE. p_generated is the softmax's fake class. Preprocessing as the demo's: the image
+    squashed to 224x224 (bilinear), CLIP mean/std.
+    """
+    from .hf_heads import effort_head
+
+    head, preprocess = effort_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def import_laion_aesthetic(path: Path, backbone) -> Imported:
     """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
 
@@ -252,6 +268,7 @@ IMPORTERS = {
     "agiqa-tang": import_agiqa_tang,
     "c2p-clip": import_c2p_clip,
     "laion-aesthetic": import_laion_aesthetic,
+    "effort": import_effort,
 }
 
 

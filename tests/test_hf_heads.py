@@ -116,3 +116,93 @@ def test_c2p_clip_head_of_another_width_is_refused(c2p, tmp_path, capsys):
     rc = main(["export", "--weights", str(c2p["file"]), "--arch", str(c2p["config"]),
                "--head", f"c2p-clip:{bad}", "-o", str(tmp_path / "x.onnx")])
     assert rc == 2 and "model.fc.weight is [1, 49]" in capsys.readouterr().err
+
+
+class SVDResidual(torch.nn.Module):
+    """Effort's SVDResidualLinear, re-expressed: a fixed main weight (top singular components) plus a trained
+    residual U diag(S) V built from the remaining ones."""
+
+    def __init__(self, linear, keep):
+        super().__init__()
+        u, s, vh = torch.linalg.svd(linear.weight.data, full_matrices=False)
+        self.weight_main = torch.nn.Parameter(u[:, :keep] @ torch.diag(s[:keep]) @ vh[:keep], requires_grad=False)
+        self.bias = torch.nn.Parameter(linear.bias.data.clone())
+        self.U_residual = torch.nn.Parameter(u[:, keep:].clone())
+        self.S_residual = torch.nn.Parameter(s[keep:].clone())
+        self.V_residual = torch.nn.Parameter(vh[keep:].clone())
+        self.U_r = torch.nn.Parameter(u[:, :keep].clone(), requires_grad=False)
+        self.S_r = torch.nn.Parameter(s[:keep].clone(), requires_grad=False)
+        self.V_r = torch.nn.Parameter(vh[:keep].clone(), requires_grad=False)
+
+    def forward(self, x):
+        weight = self.weight_main + self.U_residual @ torch.diag(self.S_residual) @ self.V_residual
+        return torch.nn.functional.linear(x, weight, self.bias)
+
+
+class EffortReference(torch.nn.Module):
+    """Effort's detector: the CLIP vision transformer with SVD attention projections, pooled output, head."""
+
+    def __init__(self, vision_model, width):
+        super().__init__()
+        for layer in vision_model.encoder.layers:
+            for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                setattr(layer.self_attn, name, SVDResidual(getattr(layer.self_attn, name), width - 1))
+        self.backbone = vision_model
+        self.head = torch.nn.Linear(width, 2)
+
+    def forward(self, img):
+        logits = self.head(self.backbone(pixel_values=img).pooler_output)
+        return torch.softmax(logits, dim=1)[:, 1]
+
+
+def effort_transform():
+    """The demo: the RGB image resized to 224x224 (bilinear), ToTensor, CLIP Normalize. (Its OpenCV resize
+    does not antialias; PIL's bilinear filter, which clipscan applies, does.)"""
+    return T.Compose([lambda im: im.resize((224, 224), Image.Resampling.BILINEAR), T.ToTensor(),
+                      T.Normalize(MEAN, STD)])
+
+
+@pytest.fixture(scope="module")
+def effort(tmp_path_factory, photos):
+    d = tmp_path_factory.mktemp("effort")
+    torch.manual_seed(51)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=TEXT, vision_config=VISION,
+                                                          projection_dim=PROJ)).eval()
+    clip.config.save_pretrained(str(d))
+    width = VISION["hidden_size"]
+    model = EffortReference(clip.vision_model, width).eval()
+    gen = torch.Generator().manual_seed(52)
+    with torch.no_grad():   # what fine-tuning changes: the residual factors
+        for m in model.modules():
+            if isinstance(m, SVDResidual):
+                m.S_residual.add_(0.5)
+                m.U_residual.add_(torch.randn(m.U_residual.shape, generator=gen) * 0.3)
+                m.V_residual.add_(torch.randn(m.V_residual.shape, generator=gen) * 0.3)
+        model.head.weight.normal_(0.0, 3.0, generator=gen)
+        x = torch.stack([effort_transform()(load_rgb(p)) for p in photos])
+        margin = model.head(model.backbone(pixel_values=x).pooler_output)
+        margin = (margin[:, 1] - margin[:, 0]).sort().values
+        model.head.bias[1] -= margin[len(photos) // 2 - 1: len(photos) // 2 + 1].mean()
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}   # DataParallel's prefix, as released
+    assert any(k.endswith("self_attn.q_proj.U_residual") for k in state) and "module.head.weight" in state
+    torch.save(state, str(d / "effort_clip_L14.pth"))
+    return {"file": d / "effort_clip_L14.pth", "config": d / "config.json", "model": model}
+
+
+@pytest.mark.slow
+def test_effort_export_matches_the_authors_inference(effort, photos, tmp_path):
+    out = tmp_path / "effort.onnx"
+    assert main(["export", "--weights", str(effort["file"]), "--arch", str(effort["config"]),
+                 "--head", f"effort:{effort['file']}", "-o", str(out)]) == 0
+    with Scanner(out) as scanner:
+        results = list(scanner.scan(photos))
+        manifest = scanner.manifest
+    assert manifest.preprocess.resize_mode == "squash" and manifest.preprocess.interpolation == "bilinear"
+    x = torch.stack([effort_transform()(load_rgb(p)) for p in photos])
+    with torch.no_grad():
+        p_ref = effort["model"](x).numpy()
+        pooled = effort["model"].backbone(pixel_values=x).pooler_output.numpy()
+    assert cosine(np.stack([r.embedding for r in results]), pooled).min() >= 0.99999
+    np.testing.assert_allclose([r.p_generated for r in results], p_ref, atol=1e-4)
+    assert [r.verdict == "generated" for r in results] == list(p_ref > 0.5)
+    assert 0 < (p_ref > 0.5).sum() < len(photos)
