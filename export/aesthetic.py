@@ -32,8 +32,8 @@ def laion_aesthetic_head(state: dict, path: Path, backbone) -> tuple[QualityHead
     dims = [int(state[found[0][1]].shape[1])] + [int(state[k].shape[0]) for _, k in found]
     if dims[0] != backbone.embed_dim or dims[-1] != 1:
         raise InvalidArgumentError(f"{path}: the predictor's layers run {' -> '.join(map(str, dims))}; it must "
-                                   f"start at the backbone's embedding size {backbone.embed_dim} and end at 1 (the published "
-                                   "one is 768 -> 1024 -> 128 -> 64 -> 16 -> 1 on ViT-L/14)")
+                                   f"start at the backbone's embedding size {backbone.embed_dim} and end at 1 "
+                                   "(the published one is 768 -> 1024 -> 128 -> 64 -> 16 -> 1 on ViT-L/14)")
     weight = torch.eye(dims[0], dtype=torch.float64)
     bias = torch.zeros(dims[0], dtype=torch.float64)
     for (_, key), (a, b) in zip(found, zip(dims[:-1], dims[1:])):
