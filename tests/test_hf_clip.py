@@ -218,3 +218,33 @@ def test_formats_are_detected(towers, tmp_path):
         assert detect_format(towers[name][0]) == "hf"
     assert detect_format(towers["laion"][0] / "pytorch_model.bin") == "hf"
     assert detect_format(towers["sharded"][0] / "model.safetensors.index.json") == "hf"
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_malicious_pickle_runs_nothing(towers, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    shutil.copy(towers["openai"][0] / "config.json", evil / "config.json")
+    state = dict(load_file(str(towers["openai"][0] / "model.safetensors")))
+    torch.save({**state, "extra": _Payload(marker)}, str(evil / "pytorch_model.bin"))
+    runs = [["--weights", str(evil), "--head", "cozzolino:x.pth"],
+            ["--weights", str(evil / "pytorch_model.bin"), "--weights-format", "hf", "--arch",
+             str(evil / "config.json"), "--head", "cozzolino:x.pth"]]
+    # each head on a tower it fits (Effort's reads a tower without projection)
+    runs += [["--weights", str(towers[tower][0]), "--head", f"{fmt}:{evil / 'pytorch_model.bin'}"]
+             for fmt, tower in (("c2p-clip", "openai"), ("effort", "sharded"), ("laion-aesthetic", "openai"))]
+    for args in runs:
+        assert main(["export", *args, "-o", str(tmp_path / "x.onnx")]) == 2, args
+        assert "weights_only=True" in capsys.readouterr().err, args
+        assert not marker.exists(), args
+    assert not (tmp_path / "x.onnx").exists()
