@@ -206,3 +206,32 @@ def test_effort_export_matches_the_authors_inference(effort, photos, tmp_path):
     np.testing.assert_allclose([r.p_generated for r in results], p_ref, atol=1e-4)
     assert [r.verdict == "generated" for r in results] == list(p_ref > 0.5)
     assert 0 < (p_ref > 0.5).sum() < len(photos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["c2p-clip", "laion-aesthetic"])
+def test_int8_on_a_hf_tower_passes_the_gates(c2p, tmp_path, monkeypatch, head):
+    """The INT8 path on a Hugging Face tower: calibrate reads the PyTorch original through the same loader."""
+    from clipscan.runtime import load_artifact
+
+    from .outlier_vit import write_image_sets
+    from .test_aesthetic import AestheticMLP
+
+    monkeypatch.setenv("CLIPSCAN_CACHE_DIR", str(tmp_path / "cache"))
+    calib, val = write_image_sets(tmp_path, n_calib=16, n_val=32)
+    fp32 = tmp_path / "fp32.onnx"
+    head_file = c2p["file"]
+    if head == "laion-aesthetic":
+        torch.manual_seed(61)
+        head_file = tmp_path / "aesthetic.pth"
+        torch.save(AestheticMLP(PROJ).state_dict(), str(head_file))
+    original = ["--weights", str(c2p["file"]), "--arch", str(c2p["config"]), "--head", f"{head}:{head_file}"]
+    assert main(["export", *original, "-o", str(fp32)]) == 0
+    out = tmp_path / "c2p_int8.onnx"
+    rc = main(["calibrate", str(fp32), "--images", str(calib), "-o", str(out), "--val-images", str(val),
+               *original, "--no-launder"])
+    fid = load_artifact(out).manifest.calibration["fidelity"]
+    gates = {g["name"]: g for g in fid["gates"]}
+    assert rc == 0 and fid["passed"], fid["failed_gates"]
+    gate = "agreement:c2p_clip" if head == "c2p-clip" else "srcc:laion_aesthetic"
+    assert {"cosine_mean", "cosine_worst", gate} <= set(gates) and gates[gate]["passed"]
