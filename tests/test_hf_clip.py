@@ -248,3 +248,9 @@ def test_a_malicious_pickle_runs_nothing(towers, tmp_path, capsys):
         assert "weights_only=True" in capsys.readouterr().err, args
         assert not marker.exists(), args
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_open_clip_checkpoint_without_arch_is_refused(tmp_path, capsys):
+    oc = seeded_clip(tmp_path, TINY_CONFIG, seed=2, heads_dim=TINY_CONFIG["embed_dim"])
+    rc = main(["export", "--weights", str(oc["weights"]), "--heads", str(oc["heads"]), "-o", str(tmp_path / "x.onnx")])
+    assert rc == 2 and "needs --arch" in capsys.readouterr().err
