@@ -254,3 +254,20 @@ def test_an_open_clip_checkpoint_without_arch_is_refused(tmp_path, capsys):
     oc = seeded_clip(tmp_path, TINY_CONFIG, seed=2, heads_dim=TINY_CONFIG["embed_dim"])
     rc = main(["export", "--weights", str(oc["weights"]), "--heads", str(oc["heads"]), "-o", str(tmp_path / "x.onnx")])
     assert rc == 2 and "needs --arch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_verify_reads_a_hf_folder_without_arch(towers, photos, tmp_path):
+    folder, model = towers["laion"]
+    head = cozzolino_file(folder, model, LAION["hidden_size"], photos)
+    out = tmp_path / "laion.onnx"
+    original = ["--weights", str(folder), "--head", f"cozzolino:{head}"]
+    assert main(["export", *original, "-o", str(out)]) == 0
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in photos:
+        shutil.copy(p, images / p.name)
+    report = tmp_path / "verify"
+    assert main(["verify", str(out), *original, "--images", str(images), "--report", str(report), "--no-launder"]) == 0
+    gates = {g["name"]: g for g in json.loads((report / "report.json").read_text())["gates"]}
+    assert gates["sources"]["passed"] and gates["preprocessing"]["passed"]
