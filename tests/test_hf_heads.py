@@ -235,3 +235,15 @@ def test_int8_on_a_hf_tower_passes_the_gates(c2p, tmp_path, monkeypatch, head):
     assert rc == 0 and fid["passed"], fid["failed_gates"]
     gate = "agreement:c2p_clip" if head == "c2p-clip" else "srcc:laion_aesthetic"
     assert {"cosine_mean", "cosine_worst", gate} <= set(gates) and gates[gate]["passed"]
+
+
+def test_every_head_format_is_named_in_the_help_and_the_docs():
+    from pathlib import Path
+
+    from clipscan.cli.args import HEAD_FORMATS_HELP
+    from clipscan.export.importers import IMPORTERS
+
+    table = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "export.md").read_text()
+    for fmt in IMPORTERS:
+        assert f"{fmt}:FILE" in HEAD_FORMATS_HELP, fmt
+        assert f"| `{fmt}` |" in table, fmt
