@@ -13,7 +13,8 @@ NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls inste
                 "slower for small images (see the README)")
 
 HEAD_FORMATS_HELP = ("a head in a published format: univfd:FILE, cozzolino:FILE, agiqa-tang:FILE, agiqa-fu:FILE, "
-                     "captions:FILE, c2p-clip:FILE, effort:FILE, laion-aesthetic:FILE, clipscan:FILE; repeatable (several heads share one backbone pass); NAME= in "
+                     "captions:FILE, gaintseva-mask:FILE, gaintseva-heads:FILE, c2p-clip:FILE, effort:FILE, "
+                     "laion-aesthetic:FILE, clipscan:FILE; repeatable (several heads share one backbone pass); NAME= in "
                      "front names the head everywhere (outputs, verify's gates and plots), e.g. "
                      "fake_a=univfd:FILE")
 
