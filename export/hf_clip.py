@@ -321,6 +321,9 @@ def _architecture(weights: Path, arch: str | None, quick_gelu, embed_dim: int) -
                 Path(arch) if arch and arch.endswith(".json") else None)
     if weights.is_dir() and not cfg_path.is_file():
         raise HFCheckpointError(f"{weights} has no config.json: pass the folder save_pretrained wrote")
+    if weights.is_dir() and arch:
+        raise HFCheckpointError(f"--arch {arch} was given, but {weights} is a Hugging Face folder whose config.json "
+                                "gives the architecture: leave --arch out")
     if cfg_path is not None:
         if not cfg_path.is_file():
             raise HFCheckpointError(f"architecture config {cfg_path} does not exist")

@@ -156,6 +156,8 @@ def test_single_file_with_arch_gives_the_folder_tower(towers, tmp_path):
         assert cosine(visual(x).numpy(), model(pixel_values=x).image_embeds.numpy()).min() >= 0.99999
     with pytest.raises(ValueError, match="single weights file: pass --arch"):
         load_hf_backbone(alone / "tower.safetensors")
+    with pytest.raises(ValueError, match="leave --arch out"):   # a folder's own config is the one fact
+        load_hf_backbone(folder, str(alone / "oc.json"))
 
 
 def _copy_with(towers, tmp_path, change):
