@@ -211,7 +211,7 @@ def test_effort_export_matches_the_authors_inference(effort, photos, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["c2p-clip", "laion-aesthetic"])
 def test_int8_on_a_hf_tower_passes_the_gates(c2p, tmp_path, monkeypatch, head):
-    """The INT8 path on a Hugging Face tower: calibrate reads the PyTorch original through the same loader."""
+    """The INT8 (and FP16) path on a Hugging Face tower: calibrate reads the original through the same loader."""
     from clipscan.runtime import load_artifact
 
     from .outlier_vit import write_image_sets
@@ -227,6 +227,8 @@ def test_int8_on_a_hf_tower_passes_the_gates(c2p, tmp_path, monkeypatch, head):
         torch.save(AestheticMLP(PROJ).state_dict(), str(head_file))
     original = ["--weights", str(c2p["file"]), "--arch", str(c2p["config"]), "--head", f"{head}:{head_file}"]
     assert main(["export", *original, "-o", str(fp32)]) == 0
+    if head == "laion-aesthetic":   # FP16 on the HF tower too (c2p-clip's is above): export refuses a failing file
+        assert main(["export", *original, "--precision", "fp16", "-o", str(tmp_path / "fp16.onnx")]) == 0
     out = tmp_path / "c2p_int8.onnx"
     rc = main(["calibrate", str(fp32), "--images", str(calib), "-o", str(out), "--val-images", str(val),
                *original, "--no-launder"])
