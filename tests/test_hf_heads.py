@@ -231,7 +231,7 @@ def test_int8_on_a_hf_tower_passes_the_gates(c2p, tmp_path, monkeypatch, head):
         assert main(["export", *original, "--precision", "fp16", "-o", str(tmp_path / "fp16.onnx")]) == 0
     out = tmp_path / "c2p_int8.onnx"
     rc = main(["calibrate", str(fp32), "--images", str(calib), "-o", str(out), "--val-images", str(val),
-               *original, "--no-launder"])
+               *original, "--no-launder", "--report", str(tmp_path / "report")])
     fid = load_artifact(out).manifest.calibration["fidelity"]
     gates = {g["name"]: g for g in fid["gates"]}
     assert rc == 0 and fid["passed"], fid["failed_gates"]
