@@ -58,9 +58,10 @@ def check_inputs(model, images: list, val_images: list, *, batch_size: int, sear
     for folder in images + val_images:
         if not Path(folder).exists():
             raise InputNotFoundError(f"image folder {folder} does not exist; pass an existing folder of images")
-    if val_images and not (arch and weights and heads):
-        raise InvalidArgumentError("the fidelity report (--val-images) needs the PyTorch original: --arch, --weights "
-                                   "and --heads/--head, as given to export")
+    if val_images and not (weights and heads):   # --arch: checked by the loader (a Hugging Face folder has none)
+        raise InvalidArgumentError("the fidelity report (--val-images) needs the PyTorch original: --weights, "
+                                   "--heads/--head and --arch (unless --weights is a Hugging Face CLIP folder), as "
+                                   "given to export")
     if search and not val_images:
         raise InvalidArgumentError("--search needs --val-images to measure the error on")
 

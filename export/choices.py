@@ -20,6 +20,12 @@ HEAD_FORMATS: dict[str, str] = {
     "agiqa-tang": "CLIP-AGIQA (Tang et al. 2024): learned prompt context and quality words, an MLP over "
                   "[image, texts]",
     "agiqa-fu": "CLIP-AGIQA (Fu et al.): deep visual prompts and learned 'good/bad photo' prompts",
+    "c2p-clip": "C2P-CLIP (Tan et al. 2024): Linear(D, 1) on the L2-normalised projected embedding of a "
+                "fine-tuned Hugging Face CLIP tower",
+    "effort": "Effort (Yan et al. 2025): Linear(width, 2) on the pooled output of an SVD-fine-tuned Hugging "
+              "Face CLIP tower (two-class softmax)",
+    "laion-aesthetic": "LAION improved aesthetic predictor: an MLP on the L2-normalised embedding, a score on "
+                       "its own 1-10 scale",
 }
 
 # --graph: how the transformer blocks are written into the graph

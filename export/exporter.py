@@ -16,13 +16,14 @@ from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 from clipscan.runtime.fidelity_metrics import cosine_rows
 from clipscan.runtime.manifest import RESIZE_MODES, InputSpec, Manifest, PreprocessSpec
 
-from .backbone import BackboneInfo, load_backbone
+from .backbone import BackboneInfo
 from .choices import EXPORT_PRECISIONS, GRAPH_STYLES
 from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
 from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
+from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 
@@ -128,11 +129,13 @@ class Reference:
         return ScanGraph(self.visual, self.heads).eval()
 
 
-def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | None = None,
-                   threshold: float | None = None, resize_mode: str | None = None) -> Reference:
+def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: bool | None = None,
+                   threshold: float | None = None, resize_mode: str | None = None,
+                   weights_format: str = "auto") -> Reference:
     """Load backbone and heads from local files as `export_model` does (used by export and verify).
-    `resize_mode`: one resize for every head, instead of each published head's own (see import_heads)."""
-    visual, info = load_backbone(arch, weights, quick_gelu=quick_gelu)
+    `resize_mode`: one resize for every head, instead of each published head's own (see import_heads).
+    `weights_format`: one of export.weights_formats (auto: detected from the file or folder)."""
+    visual, info = load_tower(arch, weights, quick_gelu=quick_gelu, weights_format=weights_format)
     items = heads if isinstance(heads, (list, tuple)) else [heads]
     imported = import_heads(items, info, resize_mode)
     if imported.preprocess:
@@ -147,12 +150,13 @@ def load_reference(arch: str, weights: str | Path, heads, *, quick_gelu: bool | 
     return Reference(visual, imported.heads, info, head_files)
 
 
-def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
+def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, *,
                  name: str | None = None, description: str = "", quick_gelu: bool | None = None,
                  opset: int = 18, mean=None, std=None, threshold: float | None = None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
-                 ensemble_threshold: float = 0.5, resize_mode: str | None = None) -> ExportReport:
+                 ensemble_threshold: float = 0.5, resize_mode: str | None = None,
+                 weights_format: str = "auto") -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
@@ -167,8 +171,12 @@ def export_model(arch: str, weights: str | Path, heads, out: str | Path, *,
     the decision head a row's p_generated/logit/verdict come from (default: the first); `ensemble`
     (a rule of `clipscan.runtime.manifest.ENSEMBLE_RULES`) decides from every decision head instead (recorded as
     manifest.decision; every head's own answer is in every row either way).
+ `weights_format` (see
+    `clipscan.export.weights_formats`): "hf" reads a Hugging Face transformers CLIP checkpoint, whose own
+    config gives the architecture (`arch` then only for a single weights file); "auto" detects it.
     """
-    ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode)
+    ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
+                         weights_format=weights_format)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
                         opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,

@@ -105,8 +105,59 @@ def import_cozzolino(path: Path, backbone) -> Imported:
     return Imported([head], preprocess={"resize_mode": "shortest"}, source=path)
 
 
+def import_c2p_clip(path: Path, backbone) -> Imported:
+    """C2P-CLIP (Tan et al. 2024): Linear(D, 1) on the L2-normalised projected embedding of a fine-tuned HF CLIP tower.
+
+    One checkpoint holds the tower (model.vision_model.*, model.visual_projection.weight) and the
+    classifier (model.fc.*): give the same file to --weights (with --arch: the tower's transformers
+    config.json or an open_clip model name, e.g. ViT-L-14-quickgelu) and to --head c2p-clip:FILE.
+    Test-time preprocessing: short side to 224 bilinear, centre crop 224, CLIP mean/std; sigmoid > 0.5
+    is generated.
+    """
+    from .hf_heads import c2p_clip_head
+
+    head, preprocess = c2p_clip_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
+def import_effort(path: Path, backbone) -> Imported:
+    """Effort (Yan et al. 2025): Linear(width, 2) on the pooled output of an SVD-fine-tuned HF CLIP tower.
+
+    One checkpoint (DeepfakeBench's, "module." prefix allowed) holds the tower under backbone.* with
+    each attention projection as weight_main plus an SVD residual (U_residual, S_residual, V_residual),
+    merged into dense weights at import, and the classifier head.*: give the same file to --weights (with
+    --arch: the tower's transformers config.json or an open_clip name such as ViT-L-14-quickgelu) and to
+    --head effort:FILE. p_generated is the softmax's fake class. Preprocessing as the demo's: the image
+    squashed to 224x224 (bilinear), CLIP mean/std.
+    """
+    from .hf_heads import effort_head
+
+    head, preprocess = effort_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
+def import_laion_aesthetic(path: Path, backbone) -> Imported:
+    """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
+
+    The released .pth (or .safetensors) state dict of its nn.Sequential (layers.0/2/4/6/7, Linear layers
+    with dropout between and no activation) becomes one exact Linear; the output is a quality score on
+    the predictor's own 1-10 scale, not a probability. Preprocessing as clip.load's: short side to 224
+    bicubic, centre crop, CLIP mean/std. Published for OpenAI CLIP ViT-L/14 (ViT-L-14-quickgelu).
+    """
+    from .aesthetic import laion_aesthetic_head
+    from .hf_clip import load_weights_file
+
+    if not path.is_file():
+        raise InputNotFoundError(f"aesthetic predictor file {path} does not exist; pass the predictor's .pth or .safetensors file")
+    head, preprocess = laion_aesthetic_head(load_weights_file(path), path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def _text_encoder(backbone):
+    from .hf_clip import refuse_text_tower
     from .text import load_text_encoder
+
+    refuse_text_tower(backbone, "this head")
 
     return load_text_encoder(backbone.arch, backbone.weights_path,
                              quick_gelu=backbone.activation == "quick_gelu")

@@ -50,7 +50,7 @@ BATTERY = [
     (["scan", "--nosuch-flag"], 2, "--nosuch-flag", None),
     (["bench", "{tmp}/missing.onnx"], 2, "missing.onnx", None),
     (["bench", "{tmp}/text.onnx", "--batch-sizes", "0"], 2, "batch", None),
-    (["export"], 2, "--arch", None),
+    (["export"], 2, "--weights", None),   # --arch is optional: a Hugging Face folder brings its config
     (["verify", "{tmp}/missing.onnx"], 2, "required", None),
     (["calibrate", "{tmp}/missing.onnx", "--images", "{samples}", "-o", "{tmp}/i8.onnx"], 2, "missing.onnx",
      "{tmp}/i8.onnx"),

@@ -68,6 +68,14 @@ def head_formats() -> str:
     return table(["format", "what it reads", "details"], rows)
 
 
+def weights_formats() -> str:
+    """`--weights-format`: export/weights_formats.py's table of backbone checkpoint formats."""
+    from clipscan.export.weights_formats import WEIGHTS_FORMATS
+
+    rows = [[_code(name), what, where] for name, (what, where) in WEIGHTS_FORMATS.items()]
+    return table(["`--weights-format`", "what `--weights` is", "architecture and preprocessing"], rows)
+
+
 def backends() -> str:
     """`--backend`: the backend registry (runtime/backends) and the order `auto` tries."""
     from clipscan.runtime.backends import AUTO_CHAIN, registry
@@ -210,6 +218,7 @@ def demo_contract() -> str:
 # table name -> (function that renders it, the page that holds it between markers)
 TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "head-formats": (head_formats, "guides/export.md"),
+    "weights-formats": (weights_formats, "guides/export.md"),
     "backends": (backends, "guides/backends.md"),
     "serve-limits": (serve_limits, "guides/serve.md"),
     "decode-modes": (decode_modes, "guides/scan.md"),

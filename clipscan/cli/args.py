@@ -57,9 +57,10 @@ def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     """--arch/--weights/--heads/--head/--quick-gelu/--gelu: the files of the PyTorch original."""
     from clipscan.runtime.manifest import RESIZE_MODES
 
-    p.add_argument("--arch", required=required,
-                   help="open_clip model name (e.g. ViT-B-32) or a model-config .json" + as_given)
-    p.add_argument("--weights", required=required, help="local backbone checkpoint (.pt/.bin/.safetensors)" + as_given)
+    p.add_argument("--arch", help="open_clip model name (e.g. ViT-B-32) or a model-config .json; required unless "
+                                  "--weights is a Hugging Face CLIP folder, whose config.json says it" + as_given)
+    p.add_argument("--weights", required=required,
+                   help="local backbone checkpoint (.pt/.bin/.safetensors) or a Hugging Face CLIP folder" + as_given)
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH",
                    help=head_formats_help() + as_given)

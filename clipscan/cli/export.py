@@ -1,4 +1,5 @@
-"""`clipscan export`: an open_clip backbone + heads (local files) -> one ONNX artifact with its manifest.
+"""`clipscan export`: an open_clip or Hugging Face CLIP backbone + heads (local files) -> one ONNX artifact
+with its manifest.
 
 Calls `clipscan.export.export_model` (needs clipscan[export]) and prints the file written and its
 check against PyTorch.
@@ -13,10 +14,14 @@ def add_arguments(p) -> None:
     from clipscan.export.choices import EXPORT_PRECISIONS, GRAPH_STYLES
     from clipscan.runtime.manifest import ENSEMBLE_RULES
 
-    p.description = ("Load an open_clip image tower from a local checkpoint and clipscan heads, and "
+    p.description = ("Load an open_clip or Hugging Face CLIP image tower from a local checkpoint and heads, and "
                      "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
                      "with its manifest inside. Nothing is downloaded.")
+    from clipscan.export.weights_formats import WEIGHTS_FORMAT_CHOICES, WEIGHTS_FORMAT_HELP
+
     add_original_args(p, required=True)
+    p.add_argument("--weights-format", choices=WEIGHTS_FORMAT_CHOICES, default=WEIGHTS_FORMAT_CHOICES[0],
+                   help=WEIGHTS_FORMAT_HELP)
     p.add_argument("--uint8-input", action="store_true",
                    help="fold mean/std into the patch embedding: the graph takes uint8 RGB (4x less input data)")
     add_output(p, "the .onnx file to write")
@@ -51,7 +56,7 @@ def run(args) -> int:
                           mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
                           precision=args.precision, graph=args.graph, primary=args.primary,
                           ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
-                          resize_mode=args.resize_mode)
+                          resize_mode=args.resize_mode, weights_format=args.weights_format)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")
