@@ -316,7 +316,9 @@ def cli_reference() -> str:
             "Every command takes `-v`/`--verbose` (say what was decided and why; `-vv` debug) and `-q`/`--quiet` "
             "(errors only), before or after the command name. Exit codes: `0` success, `1` some input or gate "
             "failed (the output says which), `2` the command could not run (a usage mistake, a missing file, "
-            "model or backend).", ""]
+            "model or backend, a full disk: one sentence on stderr), `130` interrupted. A bug in clipscan prints "
+            "its traceback and a line `clipscan COMMAND: internal error: ...` that says how to report it, and "
+            "exits 1 too: a failed input never prints a traceback.", ""]
     sections = [_command_section(name, one_line) for name, (_, one_line) in _commands().items()]
     return "\n".join(head) + "\n" + "\n".join(sections).rstrip() + "\n"
 
