@@ -21,7 +21,7 @@ from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .backbone import BackboneInfo, build_visual, load_backbone, read_arch_config
-from .deps import require
+from .deps import load_torch_file, require
 from .hf_preprocess import HFCheckpointError, hf_preprocess
 from .weights_formats import AUTO, HF, OPEN_CLIP, WEIGHTS_FORMAT_CHOICES
 
@@ -61,21 +61,9 @@ _IGNORED = ("embeddings.position_ids",)           # an index buffer (0..N-1), no
 # -- files ------------------------------------------------------------------------------------------
 
 def load_weights_file(path: Path) -> dict:
-    """One weights file: safetensors directly, a pickle with torch.load(weights_only=True) only."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:
-            raise HFCheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HFCheckpointError(f"{path} is not a weights file PyTorch loads with weights_only=True "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); clipscan "
-                                "never unpickles more than tensors: re-save it as .safetensors") from None
+    """One weights file, through the one loader of checkpoints (deps.load_torch_file: safetensors directly,
+    a pickle with torch.load(weights_only=True) only), then unwrapped the way training scripts wrap it."""
+    data = load_torch_file(path, "weights file")
     for key in ("state_dict", "model"):   # training scripts wrap the state dict
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

@@ -57,10 +57,10 @@ def effort_head(path: Path, backbone) -> tuple[DetectorHead, dict]:
     """
     if not path.is_file():
         raise HFCheckpointError(f"Effort checkpoint {path} does not exist")
+    state = load_weights_file(path)   # first: a file that is not plain tensors is refused as such
     if backbone.extra.get("hf", {}).get("projection", True):
         raise HFCheckpointError(f"{path}: Effort's head reads the pooled output of a tower without projection, and "
                                 "this backbone has one: give --weights the Effort checkpoint itself")
-    state = load_weights_file(path)
     width = backbone.width
     weights = [k for k, v in state.items() if k.split(".")[-2:] == ["head", "weight"]]
     if len(weights) != 1 or tuple(state[weights[0]].shape) != (2, width):

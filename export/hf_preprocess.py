@@ -6,13 +6,13 @@ tower's input size, another rescale factor) is refused rather than approximated.
 """
 from __future__ import annotations
 
-from clipscan.runtime.errors import InvalidArgumentError
+from clipscan.runtime.errors import CheckpointError
 from clipscan.runtime.manifest import INTERPOLATIONS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-class HFCheckpointError(InvalidArgumentError):
+class HFCheckpointError(CheckpointError):
     """A Hugging Face CLIP checkpoint clipscan cannot read as given (files, config or tensors)."""
 
 

@@ -124,11 +124,13 @@ def _fill_value(img: Image.Image, fill: int):
     return fill if bands == 1 else tuple([fill] * bands)
 
 
-# A centre crop of a resize larger than this many pixels resizes only the source region the crop keeps. No
-# photo gets near it (a 10:1 panorama resized to a 224 short side is 0.5 M pixels); a 1x20000-pixel strip,
-# whose full resize would be 224x4480000 pixels (about 100 s and 4 GB), does. PIL may then run the two resize
-# passes in the other order, so such an image's pixels can differ by a few levels from a full resize.
-_RESIZE_PIXELS_MAX = 1 << 24
+# A centre crop of a resize larger than this many pixels resizes only the source region the crop keeps. Up
+# to it the resize is the full one, pixel for pixel the reference transform's (a 4x3000 strip resizes to
+# 224x168000, 38 M pixels, about 110 MB for a moment); a 1x20000-pixel strip, whose full resize would be
+# 224x4480000 pixels (about 100 s and 4 GB), takes the cropped path. There PIL computes the kept region's
+# filter positions from the box, so a tall strip's pixels can differ by several levels from a full resize:
+# such images are far outside anything a detector was trained on, and the alternative is no answer at all.
+_RESIZE_PIXELS_MAX = 1 << 26
 
 
 def _resize_crop(img: Image.Image, new_w: int, new_h: int, crop_h: int, crop_w: int, resample, fill: int):

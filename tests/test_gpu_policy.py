@@ -475,7 +475,7 @@ def test_the_tensorrt_backend_uses_its_device_and_frees_a_failed_start(fail_mall
         assert "loaded the cached TensorRT engine" in caplog.text, "the cached plan was used, not rebuilt"
         backend.close()
     else:
-        with pytest.raises(BackendError, match="TensorRT could not start: RuntimeError: CUDA call failed"):
+        with pytest.raises(BackendError, match="a CUDA call failed"):
             tensorrt_native.create(artifact.path, options, artifact.manifest)
     calls = cudart.calls
     assert calls[0] == ("setdevice", 1), "device 1 is made current before anything is created"

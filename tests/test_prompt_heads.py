@@ -86,7 +86,7 @@ def test_caption_matching_attributes_generators(clip_files, image_dir, tmp_path)
     main(["scan", str(image_dir), "--model", str(out), "-f", "csv", "-o", str(rows_file)])
     header = rows_file.read_text().splitlines()[0].split(",")
     assert header[:9] == "path,p_generated,logit,verdict,generator,quality,error_kind,error,backend".split(",")
-    assert header[9:] == [f"captions_{f}" for f in ("p_generated", "logit", "verdict", "generator")], header
+    assert header[9:] == [f"captions_{f}" for f in ("p_generated", "logit", "verdict", "threshold", "generator")], header
 
 
 def test_agiqa_tang_folds_prompt_features_into_the_mlp(clip_files, image_dir, tmp_path):
