@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 from clipscan.runtime.atomic import replacing
-from clipscan.runtime.errors import InvalidArgumentError, ModelError
+from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.manifest import METADATA_KEY
+from clipscan.runtime.onnx_meta import records
 
 METADATA_PROPS = 14   # ModelProto.metadata_props (onnx/onnx.proto3)
 LENGTH_DELIMITED = 2
@@ -30,44 +31,6 @@ def encode_varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-
-
-def decode_varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ModelError("a malformed varint in the ONNX file: it is damaged; export it again")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def records(buf, start: int, end: int):
-    """(field number, wire type, record start, value start, record end) of every record in buf[start:end]."""
-    pos = start
-    while pos < end:
-        first = pos
-        key, pos = decode_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = decode_varint(buf, pos)
-            value = pos
-        elif wire == 1:
-            value, pos = pos, pos + 8
-        elif wire == LENGTH_DELIMITED:
-            length, value = decode_varint(buf, pos)
-            pos = value + length
-        elif wire == 5:
-            value, pos = pos, pos + 4
-        else:
-            raise ModelError(f"an unsupported protobuf wire type {wire} in the ONNX file: it is damaged; "
-                             "export it again")
-        if pos > end:
-            raise ModelError("a protobuf record runs past the end of the ONNX file: it is truncated; export it again")
-        yield number, wire, first, value, pos
 
 
 def _bytes_field(number: int, data: bytes) -> bytes:

@@ -28,7 +28,7 @@ def _decision_block(name: str, h: dict) -> list[str]:
     for k in DECISION_KEYS:
         lines.append(f"  {TITLES[k]:32}{num(h.get(k)):>8}{_ci(h.get('ci'), k)}")
     cm = h["confusion"]["matrix"]
-    lines.append(f"  confusion (scanned files)        said real  said generated")
+    lines.append("  confusion (scanned files)        said real  said generated")
     lines.append(f"    true real      {cm[0][0]:>24}{cm[0][1]:>16}")
     lines.append(f"    true generated {cm[1][0]:>24}{cm[1][1]:>16}")
     if h["failed"]:

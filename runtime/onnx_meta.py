@@ -38,42 +38,57 @@ class OnnxHeader:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
+def decode_varint(buf, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the protobuf varint at buf[pos]."""
     result = shift = 0
     while True:
-        if pos >= len(buf):
-            raise ModelError("truncated varint")
+        if pos >= len(buf) or shift > 63:
+            raise ModelError("a malformed varint in the ONNX file: it is damaged (or not an ONNX file); export it "
+                             "again")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
             return result, pos
         shift += 7
-        if shift > 63:
-            raise ModelError("varint too long")
+
+
+def records(buf, start: int, end: int):
+    """(field number, wire type, record start, value start, record end) of every protobuf record in
+    buf[start:end]: what a reader (below) and a writer that copies records (evaluation.onnx_write) share."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = decode_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = pos
+            _, pos = decode_varint(buf, pos)
+        elif wire == 1:
+            value, pos = pos, pos + 8
+        elif wire == 2:
+            length, value = decode_varint(buf, pos)
+            pos = value + length
+        elif wire == 5:
+            value, pos = pos, pos + 4
+        else:
+            raise ModelError(f"an unsupported protobuf wire type {wire} in the file: it is damaged, or not an ONNX "
+                             "file (a PyTorch checkpoint is turned into one by `clipscan export`)")
+        if pos > end:
+            raise ModelError("a protobuf record runs past the end of the ONNX file: it is truncated; export it again")
+        yield number, wire, first, value, pos
 
 
 def _fields(buf, start: int, end: int):
-    """Yield (field_number, wire_type, value) for one message; bytes fields as (start, end)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
+    """Yield (field_number, wire_type, value) for one message: varints decoded, bytes fields as (start, end),
+    fixed-size fields as None."""
+    for number, wire, _, value, stop in records(buf, start, end):
         if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = None, pos + 8
+            yield number, wire, decode_varint(buf, value)[0]
         elif wire == 2:
-            length, pos = _varint(buf, pos)
-            value = (pos, pos + length)
-            pos += length
-        elif wire == 5:
-            value, pos = None, pos + 4
+            yield number, wire, (value, stop)
         else:
-            raise ModelError(f"unsupported protobuf wire type {wire}")
-        if pos > end:
-            raise ModelError("field runs past the end of the message")
-        yield number, wire, value
+            yield number, wire, None
 
 
 def _text(buf, span) -> str:
