@@ -20,7 +20,7 @@ from clipscan.runtime import load_artifact
 from clipscan.runtime.discover import WalkStats, iter_files
 from clipscan.runtime.errors import BackendError, InvalidArgumentError
 from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, completed_paths, csv_columns, model_identity
-from clipscan.runtime.resume import check_same_model
+from clipscan.runtime.resume import check_same_model, row_settings
 
 from .cluster import connect, default_actors, parse_address, prepare
 from .defaults import DEFAULTS
@@ -130,7 +130,20 @@ def _header(spec: RayScan, columns: tuple) -> bytes:
     return text.getvalue().encode("utf-8", OUTPUT_ERRORS)
 
 
-def _check_output(spec: RayScan, ledger: Ledger, identity: dict) -> bool:
+def _settings(spec: RayScan, manifest) -> dict:
+    """The row settings of this scan (runtime.resume.row_settings), resolved as each actor's Scanner will."""
+    from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+    from clipscan.runtime.image_formats import parse_image_formats
+    from clipscan.runtime.scanner import resolve_decode
+
+    o = spec.scanner_options
+    return row_settings(spec.fmt, spec.with_embedding, threshold=o.get("threshold"),
+                        decode=resolve_decode(manifest, o.get("decode", "auto"))[0],
+                        max_pixels=o.get("max_pixels") or DEFAULT_MAX_PIXELS,
+                        image_formats=parse_image_formats(o.get("image_formats")))
+
+
+def _check_output(spec: RayScan, ledger: Ledger, identity: dict, settings: dict) -> bool:
     """--resume/--overwrite and the model, before Ray starts (refusals write nothing); True: append."""
     exists = os.path.exists(spec.output) and os.path.getsize(spec.output) > 0
     if not spec.resume:
@@ -141,15 +154,15 @@ def _check_output(spec: RayScan, ledger: Ledger, identity: dict) -> bool:
         return False
     appending = exists or ledger.has_work()
     if appending:
-        check_same_model(spec.output, identity, spec.fmt, appending=True)
+        check_same_model(spec.output, identity, spec.fmt, appending=True, settings=settings)
     return appending
 
 
-def _prepare_output(spec: RayScan, ledger: Ledger, identity: dict, columns: tuple, appending: bool
-                    ) -> tuple[set[str], tuple]:
+def _prepare_output(spec: RayScan, ledger: Ledger, identity: dict, settings: dict, columns: tuple,
+                    appending: bool) -> tuple[set[str], tuple]:
     """Start the output (sidecar, header, ledger) or recover it; (paths that have a row, CSV columns)."""
     if not appending:
-        check_same_model(spec.output, identity, spec.fmt, appending=False)  # records the model
+        check_same_model(spec.output, identity, spec.fmt, appending=False, settings=settings)  # records them
         ledger.start_new(_header(spec, columns))
         return set(), columns
     ledger.resume()
@@ -181,10 +194,11 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
         log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                     "detector's (pass --model to scan with an exported model)")
     ledger = Ledger(spec.output)
-    appending = _check_output(spec, ledger, identity)
+    settings = _settings(spec, artifact.manifest)
+    appending = _check_output(spec, ledger, identity, settings)
     ray, started = connect(address, verbose=spec.verbose)  # before the output is written: a failure leaves nothing
     try:
-        previous, columns = _prepare_output(spec, ledger, identity, columns, appending)
+        previous, columns = _prepare_output(spec, ledger, identity, settings, columns, appending)
         report.recovered_blocks, report.already_done = ledger.recovered_blocks, len(previous)
         todo = _todo(spec, previous | {os.path.abspath(p) for p in previous}, report.walk)
         if todo:

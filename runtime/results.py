@@ -242,14 +242,17 @@ def model_identity(artifact) -> dict:
     return {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
 
 
-def write_sidecar(output: str | os.PathLike, identity: dict, fmt: str) -> None:
-    """Record which model wrote `output` (atomically: a temp file renamed over the sidecar)."""
+def write_sidecar(output: str | os.PathLike, identity: dict, fmt: str, settings: dict | None = None) -> None:
+    """Record which model wrote `output`, and with which row settings (runtime.resume.row_settings),
+    atomically: a temp file renamed over the sidecar."""
     from clipscan.version import __version__
 
     from .atomic import write_text
 
-    write_text(sidecar_path(output), json.dumps({"clipscan_results": 1, "format": fmt, "model": identity,
-                                                 "clipscan": __version__}, indent=1))
+    record = {"clipscan_results": 1, "format": fmt, "model": identity, "clipscan": __version__}
+    if settings is not None:
+        record["settings"] = settings
+    write_text(sidecar_path(output), json.dumps(record, indent=1))
 
 
 def read_sidecar(output: str | os.PathLike) -> dict | None:

@@ -108,3 +108,40 @@ def test_a_row_with_a_400_digit_score_resumes_and_the_report_skips_it(scanned):
                  "line 5: not JSON (Exceeds the limit (4300 digits)", "line 6: a text field holds a JSON list"):
         assert said in page, said
     assert "4 line(s) of the rows file were not rows" in page and ": 2 rows (" in page
+
+
+def test_resume_with_other_row_settings_is_refused_naming_each(scanned):
+    """The record holds every setting that changes a row; a resume with other settings is one sentence naming
+    each (recorded and new value) and leaves rows and record as they were; the same flags resume, and a
+    file recorded before settings were kept resumes as it always did."""
+    from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
+
+    d, rows, record = scanned
+    sidecar = d / "out.jsonl.clipscan.json"
+    settings = json.loads(record)["settings"]
+    assert settings == {"--format": "jsonl", "--with-embedding": False, "--threshold": None, "--decode": "exact",
+                        "--max-pixels": DEFAULT_MAX_PIXELS, "--image-formats": settings["--image-formats"]}
+    assert "jpeg" in settings["--image-formats"].split(",")
+    for flags, said in (
+            (["--threshold", "0.99999999", "--max-pixels", "1000000"],
+             ["--threshold was the manifest's, now 0.99999999", f"--max-pixels was {DEFAULT_MAX_PIXELS}, now 1000000"]),
+            (["--with-embedding", "--decode", "draft", "--image-formats", "png"],
+             ["--with-embedding was off, now on", "--decode was exact, now draft",
+              f"--image-formats was {settings['--image-formats']}, now png"])):
+        proc = clipscan("scan", "imgs", "-o", "out.jsonl", "--resume", "-q", *flags, cwd=d)
+        one_sentence(proc, *said, "repeat the flags", "another -o")
+        assert "--format" not in proc.stderr  # only what differs is named
+        assert (d / "out.jsonl").read_bytes() == rows and sidecar.read_text() == record
+
+    proc = clipscan("scan", "imgs", "-o", "out.jsonl", "--resume", "-q", "--decode", "exact", cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(x)["path"] for x in (d / "out.jsonl").read_text().splitlines()] == \
+        ["imgs/0.png", "imgs/1.png", "imgs/2.png"]
+
+    old = json.loads(record)
+    del old["settings"]  # as written before settings were recorded: no settings to hold a resume to
+    sidecar.write_text(json.dumps(old))
+    (d / "out.jsonl").write_bytes(rows)
+    proc = clipscan("scan", "imgs", "-o", "out.jsonl", "--resume", "-q", "--threshold", "0.9", cwd=d)
+    assert proc.returncode == 0, proc.stderr
+    assert len((d / "out.jsonl").read_text().splitlines()) == 3

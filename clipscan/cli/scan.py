@@ -200,7 +200,7 @@ def run(args) -> int:
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
     from clipscan.runtime.progress import Progress, count_in_background
     from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns, model_identity
-    from clipscan.runtime.resume import check_same_model
+    from clipscan.runtime.resume import check_same_model, row_settings
 
     args.format = output_format(args)
     paths = _inputs(args)
@@ -214,6 +214,7 @@ def run(args) -> int:
     if args.server:
         scanner = _remote_scanner(args)
         identity, columns = scanner.identity, scanner.columns_for(args.format)
+        settings = row_settings(args.format, args.with_embedding)
         log.info("model %s on %s (sha256 %s)", identity["name"], scanner.backend_name,
                  (identity.get("sha256") or "not given by the server")[:12])
     else:
@@ -226,12 +227,15 @@ def run(args) -> int:
         log.info("model %s (%s, %s) on %s; decoding %s", m.name, m.backbone.get("id"), m.precision,
                  scanner.backend_name, scanner.decode_reason)
         identity, columns = model_identity(scanner.artifact), columns_for(scanner.manifest, args.format)
+        settings = row_settings(args.format, args.with_embedding, threshold=scanner.threshold_override,
+                                decode=scanner.decode, max_pixels=scanner.max_pixels,
+                                image_formats=scanner.image_formats)
         if scanner.artifact.is_demo:
             log.warning("using the bundled DEMO model: its scores show the pipeline works, they are not a real "
                         "detector's (pass --model to scan with an exported model)")
     if args.output:
         try:
-            check_same_model(args.output, identity, args.format, appending=mode == "a")
+            check_same_model(args.output, identity, args.format, appending=mode == "a", settings=settings)
         except ValueError:
             scanner.close()
             raise
