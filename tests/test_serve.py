@@ -279,3 +279,24 @@ def test_scan_server_against_clipscan_serve_gives_the_local_rows(server, tmp_pat
     sidecar = json.loads((tmp_path / "remote.jsonl.clipscan.json").read_text())["model"]
     assert sidecar["server_model"] == "detector"
     assert sidecar["sha256"] == json.loads((tmp_path / "local.jsonl.clipscan.json").read_text())["model"]["sha256"]
+
+
+def test_a_busy_port_is_refused_before_the_model_is_loaded(tmp_path):
+    """serve on a port something already listens on: exit 2 in one sentence naming the port, within seconds
+    (no model loaded or warmed up first), and never the raw [Errno 98]."""
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "clipscan", "serve", "--port", str(port),
+                            str(tmp_path / "not-loaded.onnx")],
+                           check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+        seconds = time.monotonic() - start
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and f"--port {port} on 127.0.0.1 is already in use" in err, err
+    assert "Errno" not in err and "not-loaded.onnx" not in err  # refused before the model was even looked at
+    assert seconds < 20, seconds

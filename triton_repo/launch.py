@@ -12,7 +12,6 @@ Every port is bound on 127.0.0.1 unless asked otherwise.
 """
 from __future__ import annotations
 
-import errno
 import importlib.util
 import os
 import shutil
@@ -94,25 +93,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def busy_ports(host: str, ports) -> list[int]:
-    """The ones of `ports` that something on `host` already holds (a bind with SO_REUSEADDR fails there, as
-    tritonserver's own would). A port or host that cannot be bound for another reason is an InvalidArgumentError."""
-    busy = []
-    for port in ports:
-        if not 0 < port < 65536:
-            raise InvalidArgumentError(f"port {port} is not a TCP port (1-65535)")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE:
-                    raise InvalidArgumentError(f"cannot listen on {host}:{port}: {e.strerror or e}; pass a --host "
-                                               "this machine has, and ports >= 1024 unless run as root") from e
-                busy.append(port)
-    return busy
 
 
 @dataclass

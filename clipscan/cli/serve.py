@@ -76,6 +76,17 @@ def check_extra() -> None:
                                     "serve")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a --port that something on --host already holds, before the model is loaded and warmed up."""
+    from clipscan.runtime.errors import InvalidArgumentError
+
+    from .ports import busy_ports
+
+    if port and busy_ports(host, [port]):
+        raise InvalidArgumentError(f"--port {port} on {host} is already in use (another server?); stop it, or "
+                                   "pass a free --port (0 picks one)")
+
+
 def run(args) -> int:
     import logging
 
@@ -91,6 +102,7 @@ def run(args) -> int:
         logging.getLogger("clipscan.serve.access").setLevel(logging.INFO)
     else:
         logging.getLogger("clipscan.serve.access").setLevel(logging.WARNING)
+    check_port(args.host, args.port)  # before the model is loaded and warmed up for nothing
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, threads=args.threads,
                       batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode,
                       spin=not args.no_spin, image_formats=args.image_formats)

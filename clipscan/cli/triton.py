@@ -71,7 +71,7 @@ def _interrupt(signum, frame):
 
 def start_ports(args) -> tuple[int, int, int]:
     """HTTP, gRPC and metrics ports for --start, checked free on --host before anything is written."""
-    from clipscan.triton.launch import busy_ports
+    from .ports import busy_ports
 
     ports = (args.http_port, args.grpc_port or args.http_port + 1, args.metrics_port or args.http_port + 2)
     if len(set(ports)) < 3:
