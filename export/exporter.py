@@ -169,8 +169,8 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
     `clipscan.export.lean_blocks` (same function, less glue, faster in ONNX Runtime), "stock" traces
     open_clip's own forward, "auto" (default) is lean when every block supports it. `primary` names
     the decision head a row's p_generated/logit/verdict come from (default: the first); `ensemble`
-    (a rule of `clipscan.runtime.manifest.ENSEMBLE_RULES`) decides from every decision head instead (recorded as
-    manifest.decision; every head's own answer is in every row either way).
+    (a rule of `clipscan.runtime.manifest.ENSEMBLE_RULES`) decides from every decision head instead (either
+    recorded as manifest.decision, the default primary too; every head's own answer is in every row either way).
  `weights_format` (see
     `clipscan.export.weights_formats`): "hf" reads a Hugging Face transformers CLIP checkpoint, whose own
     config gives the architecture (`arch` then only for a single weights file); "auto" detects it.
@@ -254,6 +254,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         manifest = replace(manifest, decision={"primary": primary})
     elif ensemble is not None:
         manifest = replace(manifest, decision={"ensemble": ensemble, "threshold": float(ensemble_threshold)})
+    elif manifest.decision_head() is not None:  # the default, recorded too: the manifest says who decides
+        manifest = replace(manifest, decision={"primary": manifest.decision_head().name})
     validate_manifest(manifest, "the manifest of this export (check --threshold, --mean, --std, --primary, "
                                 "--ensemble)")
     # counted on the lean form when possible: PyTorch's FLOP counter misses the fused attention kernel

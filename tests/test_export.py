@@ -50,6 +50,7 @@ def test_graph_structure(exported):
     assert not list(exported.path.parent.glob("*.data")), "weights must live inside the one .onnx file"
     manifest = json.loads({p.key: p.value for p in model.metadata_props}["clipscan.manifest"])
     assert manifest["precision"] == "fp32" and manifest["backbone"]["activation"] == "quick_gelu"
+    assert manifest["decision"] == {"primary": "detector"}  # the default primary is recorded too, as documented
     assert manifest["sources"]["backbone_weights"]["sha256"] == load_artifact(exported.path).manifest.sources[
         "backbone_weights"]["sha256"]
 
