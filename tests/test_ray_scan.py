@@ -262,6 +262,24 @@ def test_resume_with_another_model_is_refused_as_a_local_scan_refuses_it(folder,
     assert out.read_bytes() == before
 
 
+def test_resume_with_other_settings_is_refused_as_a_local_scan_refuses_it(folder, tmp_path):
+    """Ray records and checks the same row settings as a local scan: another --threshold is the same
+    sentence; the same settings resume on Ray what a local scan began."""
+    out = tmp_path / "rows.jsonl"
+    assert scan([str(corpus.Path(__file__).parent.parent / "samples"), "-o", str(out), "-q"]).returncode == 0
+    before = out.read_bytes()
+    local = scan([str(folder), "-o", str(out), "--resume", "--threshold", "0.9"])
+    ray = scan([str(folder), "-o", str(out), "--resume", "--threshold", "0.9", "--engine", "ray"])
+    assert local.returncode == ray.returncode == 2, (local.stderr, ray.stderr)
+    message = [line for line in local.stderr.splitlines() if "error:" in line]
+    assert message and message == [line for line in ray.stderr.splitlines() if "error:" in line]
+    assert "--threshold was the manifest's, now 0.9" in message[0]
+    assert out.read_bytes() == before
+    resumed = scan([str(folder), "-o", str(out), "--resume", "--engine", "ray", "-q"])
+    assert resumed.returncode == 1, resumed.stderr  # some files of the folder are broken on purpose
+    assert len(out.read_bytes()) > len(before)
+
+
 def test_an_output_is_not_replaced_without_resume_or_overwrite(folder, local_rows, tmp_path):
     out = tmp_path / "rows.jsonl"
     out.write_bytes(local_rows["jsonl"].read_bytes())
