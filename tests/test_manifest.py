@@ -13,6 +13,8 @@ from clipscan.runtime.artifact import DEMO_MODEL
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 from clipscan.runtime.onnx_meta import read_onnx_header
 
+from .triton_helpers import free_closed_port
+
 
 def rewrite_manifest(src, dst, edit):
     model = onnx.load(str(src))
@@ -225,19 +227,10 @@ MALFORMED = {
 def test_malformed_manifests_end_in_one_sentence(tmp_path, capsys, case, command):
     model = str(rewrite_manifest(DEMO_MODEL, tmp_path / f"{case}.onnx", MALFORMED[case]))
     argv = {"scan": ["scan", "-m", model, str(_tiny_png(tmp_path))], "info": ["info", model],
-            "serve": ["serve", model, "--port", _free_port()], "triton": ["triton", model, "--repo", str(tmp_path / "repo")]}
+            "serve": ["serve", model, "--port", str(free_closed_port())],
+            "triton": ["triton", model, "--repo", str(tmp_path / "repo")]}
     assert main(argv[command]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"clipscan {command}: error: {model}: manifest field"), err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "repo").exists()
-
-
-def _free_port() -> str:
-    """A port free on 127.0.0.1 now (serve checks its port before anything else, and a port below 1024 is
-    refused to a user that is not root)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from . import corpus
+from .triton_helpers import free_closed_port
 
 for _needed in ("ray", "psutil"):  # psutil reads the Ray processes' sockets; both are in the [test] extra
     if importlib.util.find_spec(_needed) is None:
@@ -380,14 +381,6 @@ def test_bench_ray_reports_files_per_second_for_local_and_each_actor_count(tmp_p
     assert report["same_row_count"] and report["cpu"] in proc.stdout and "files/s" in proc.stdout
 
 
-def _free_loopback_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray cluster head started the way an operator starts one (`ray start --head --block`), on loopback,
@@ -396,7 +389,7 @@ def ray_head(tmp_path_factory):
     home, temp = tmp_path_factory.mktemp("head_home"), Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short
     env = dict(ENV, HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(32))
-    port = _free_loopback_port()
+    port = free_closed_port()
     ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",

@@ -18,7 +18,7 @@ from clipscan.triton.ensemble_steps import Finisher, Preparer
 from clipscan.triton.numpy_check import check_numpy
 
 from .conftest import SAMPLES
-from .triton_helpers import model_config_pb2, parse_config
+from .triton_helpers import free_closed_port, model_config_pb2, parse_config
 
 CONTRACT = ["p_generated", "logit", "verdict", "quality", "embedding", "error", "backend",
             "detector.p_generated", "detector.logit", "detector.verdict", "detector.threshold",
@@ -226,7 +226,7 @@ def test_every_command_that_takes_a_model_name_refuses_a_bad_one(tmp_path, capsy
     image = tmp_path / "x.png"
     image.write_bytes(b"")
     runs = {"triton": ["triton", "--repo", str(tmp_path / "repo"), f"--name={name}"],
-            "serve": ["serve", f"--name={name}", "--port", _free_port()],
+            "serve": ["serve", f"--name={name}", "--port", str(free_closed_port())],
             "scan": ["scan", "--server", "http://127.0.0.1:9", f"--server-model={name}", str(image)]}
     for command, argv in runs.items():
         capsys.readouterr()
@@ -244,13 +244,3 @@ def test_a_manifest_name_outside_the_rule_is_made_to_fit(tmp_path):
     assert model_name_for("my model/v2\n") == "my_model_v2_"
     assert model_name_for("_private") == "m_private" and model_name_for("") == "m"
     assert check_model_name("ViT-B.32_det") == "ViT-B.32_det"
-
-
-def _free_port() -> str:
-    """A port free on 127.0.0.1 now (serve checks its port before anything else, and a port below 1024 is
-    refused to a user that is not root)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
