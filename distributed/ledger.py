@@ -144,8 +144,8 @@ class Ledger:
         actual = self.output.stat().st_size if self.output.exists() else -1
         if actual < self.size:
             raise RowsError(f"{self.output} holds {max(actual, 0)} bytes, fewer than the {self.size} its Ray "
-                                   f"scan recorded in {self.state_file}: it was changed since; nothing was changed: "
-                                   "start again with --overwrite")
+                            f"scan recorded in {self.state_file}: it was changed since; nothing was changed: "
+                            "start again with --overwrite")
         pending = dict(self._pending())
         stray = sorted(seq for seq in pending if seq < self.last or seq > self.last + 1)
         if stray:

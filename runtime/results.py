@@ -209,14 +209,14 @@ def completed_paths(path: str, fmt: str) -> set[str]:
                 done.update(r["path"] for r in rows if isinstance(r.get("path"), str) and r["path"])
             except csv.Error as e:
                 raise RowsError(f"{path} line {rows.line_num} is not a CSV row clipscan can read ({e}); "
-                                       f"{fix}") from None
+                                f"{fix}") from None
         else:
             for n, line in enumerate(_complete_lines(f), 1):
                 try:
                     row = json.loads(line)
                 except RecursionError:
                     raise RowsError(f"{path} line {n} is JSON nested too deeply to be a clipscan row; "
-                                           f"{fix}") from None
+                                    f"{fix}") from None
                 except ValueError as e:  # not JSON, or an integer of thousands of digits
                     why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
                     raise RowsError(f"{path} line {n} is not a clipscan JSONL row ({why}); {fix}") from None
@@ -264,5 +264,5 @@ def read_sidecar(output: str | os.PathLike) -> dict | None:
     except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, or an integer of 4,300+ digits
         why = "JSON nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
         raise RowsError(f"{sidecar_path(output)} (the record of which model wrote {output}) cannot be "
-                               f"read: {why}; delete it to resume anyway") from None
+                        f"read: {why}; delete it to resume anyway") from None
     return data if isinstance(data, dict) else None

@@ -97,7 +97,7 @@ def recorded_model(output: str | os.PathLike) -> dict | None:
                 if not isinstance(model, dict) else
                 f"its model's {', '.join(bad) or 'name'} is not text")
         raise RowsError(f"{sidecar_path(output)} is not the record of the model that wrote {output} "
-                               f"({what}); nothing was changed: delete it to resume anyway, or write to a new file")
+                        f"({what}); nothing was changed: delete it to resume anyway, or write to a new file")
     return model
 
 
