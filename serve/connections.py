@@ -1,8 +1,8 @@
 """The service's TCP connections under uvicorn, guarded against clients that hold sockets and send nothing:
 a connection must send a complete request head within `header_timeout_s` (from when it opens, or from the
 first byte of the next request on a kept-alive one) or it is closed; past `max_open_connections` the
-longest-idle connections are closed to make room (a new one is refused only when every open connection is
-answering a request). Request admission is the app's business (the in-flight limit in the middleware), so
+longest-idle connections are closed to make room (idle: no request being answered and no unread bytes
+waiting; a new one is refused only when none is idle). Request admission is the app's business (the in-flight limit in the middleware), so
 idle sockets never make the service answer 503.
 
 `uvicorn_config` is the one place the service's uvicorn configuration is written; `clipscan serve` and the
@@ -10,6 +10,7 @@ tests' in-process servers both use it."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import uvicorn
@@ -34,6 +35,22 @@ def _connection_cap(wanted: int) -> int:
     return max(1, min(wanted, room))
 
 
+def _bytes_waiting(transport) -> bool:
+    """Whether the client has sent bytes the event loop has not read yet: such a connection is not idle,
+    only not yet served (under a burst of new connections the loop accepts many before it reads any), and
+    closing it would reset a client whose request is already on its way."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with sock.dup() as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False  # already broken: as good a victim as any
+
+
 def _guarded_protocol(limits) -> type:
     header_timeout, cap = limits.header_timeout_s, _connection_cap(limits.max_open_connections)
 
@@ -43,8 +60,13 @@ def _guarded_protocol(limits) -> type:
             self.idle_since = time.monotonic()
             self.head_timer = None
             self._arm_head_timer()
-            if len(self.connections) > cap:
+            if self._open_count() > cap:
                 self._make_room()
+
+        def _open_count(self) -> int:
+            """Connections not already being closed (a closed one stays in the set until the loop reports
+            it lost)."""
+            return sum(not c.transport.is_closing() for c in self.connections)
 
         def busy(self) -> bool:
             """A request head has arrived and its response is not finished."""
@@ -81,10 +103,11 @@ def _guarded_protocol(limits) -> type:
 
         def _make_room(self) -> None:
             idle = sorted((c for c in self.connections if c is not self and not c.busy()
-                           and not c.transport.is_closing()), key=lambda c: c.idle_since)
-            excess = len(self.connections) - cap
+                           and not c.transport.is_closing() and not _bytes_waiting(c.transport)),
+                          key=lambda c: c.idle_since)
+            excess = self._open_count() - cap
             if not idle:
-                log.warning("%d connections are open, all answering requests: refusing a new one", cap)
+                log.warning("%d connections are open, none idle: refusing a new one", cap)
                 self.transport.close()
                 return
             for c in idle[:excess]:
