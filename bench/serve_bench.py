@@ -1,14 +1,16 @@
 """`clipscan bench --serve`: the service under load next to the offline Scanner, in one run.
 
 Starts `clipscan serve` on 127.0.0.1 (a subprocess), once with dynamic batching and once with batch-1
-serving, and for each concurrency of the sweep runs a bounded closed-loop load from a second process
+serving, and, with the `triton` mode (`--triton`), the real tritonserver on the repository `clipscan
+triton` writes (serve_triton); for each concurrency of the sweep runs a bounded closed-loop load from a second process
 (`serve_load`), with malformed uploads mixed in. It reports served throughput (good images answered per
 second of the level's wall time) and latency p50/p95/p99 of the good requests, next to the offline
 Scanner's throughput on the same model and images measured in the same run (median of passes before and
 after the served sweep, and one pass right before and after each level, as the machine's load drifts),
 plus the ratios; and checks every answer: each good request answered once with
-the offline row (p_generated within 1e-5, same verdict), each bad one a 4xx JSON error, no 5xx; the
-server's resident memory after warm-up and after each level. Everything is timed with decoding inside.
+the offline row (p_generated within 1e-5, same verdict), each bad one a 4xx JSON error (over Triton: the
+image's `error` element), no 5xx; the server's resident memory after warm-up and after each level, and for
+Triton where each request's time went (queue, compute) by the server's own statistics. Everything is timed with decoding inside.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,13 @@ from .serve_load import bad_uploads
 
 READY = re.compile(r"ready: .* at http://([\d.]+):(\d+)")
 MAX_BODY_MB = 8
+# --serve-modes (and --triton) -> what each serves
+SERVE_MODES = {
+    "batching": "clipscan serve with dynamic batching (--serve-max-batch, --serve-delay-ms)",
+    "batch-1": "clipscan serve, one image per inference",
+    "triton": "the real tritonserver (nvidia-pytriton's) on the repository `clipscan triton` writes for this "
+              "machine, one image per v2 infer request",
+}
 
 
 @dataclass
@@ -50,6 +60,7 @@ class ServeBenchConfig:
     workers: int = 2
     spin: bool = True                   # ONNX Runtime's spinning threads, offline and in the server alike
     extra_server_args: list = field(default_factory=list)
+    triton_knobs: dict = field(default_factory=dict)  # RepositoryOptions knobs for the triton mode (None: tuned)
 
 
 def _images(cfg: ServeBenchConfig, tmp: Path) -> tuple[list[Path], str]:
@@ -92,6 +103,28 @@ def _start_server(cfg: ServeBenchConfig, batching: bool) -> tuple[subprocess.Pop
                       + "".join(lines))
 
 
+@contextmanager
+def _server(cfg: ServeBenchConfig, mode: str, report: dict):
+    """(job fields, pid, stats reader) of the server of `mode`, stopped on exit (its exit code into `report`)."""
+    if mode == "triton":
+        from clipscan.triton.repository import RepositoryOptions
+
+        from .serve_triton import image_shape, model_stats, triton_server
+
+        with triton_server(cfg.model, RepositoryOptions(**cfg.triton_knobs)) as (server, model, knobs):
+            report["triton_knobs"] = knobs
+            yield ({"url": server.url, "protocol": "v2", "model": model, "image_shape": image_shape(server.url, model)},
+                   server.process.pid, lambda: model_stats(server.url, model))
+        report.setdefault("server_exit_codes", []).append(server.process.returncode)
+        return
+    proc, url = _start_server(cfg, mode == "batching")
+    try:
+        yield {"url": url}, proc.pid, None
+    finally:
+        proc.terminate()
+        report.setdefault("server_exit_codes", []).append(proc.wait(60))
+
+
 def _rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -132,6 +165,8 @@ def check_level(result: dict, expected: dict, requests: int) -> dict:
                 good_lat.append(a["latency_s"])
         elif 400 <= status < 500 and isinstance(a.get("answer"), dict) and isinstance(a["answer"].get("error"), str):
             bad_ok += 1
+        elif status == 200 and isinstance(a.get("answer"), list) and (a["answer"][0] or {}).get("error"):
+            bad_ok += 1  # over v2 a bad image is an answered request whose `error` element says why
         else:
             bad_wrong.append((a["kind"], status))
     n_good = len(good_lat)
@@ -157,33 +192,34 @@ def run_serve_bench(cfg: ServeBenchConfig, progress=print) -> dict:
             # long enough for the Scanner's decode/inference pipeline to reach its steady state
             reps = items * max(1, -(-cfg.offline_images // len(items)))
             near_reps = items * max(1, -(-64 // len(items)))
-            before = offline_throughput(scanner, reps, cfg.offline_passes)
+            first = offline_throughput(scanner, reps, cfg.offline_passes)
             report = {"cpu": describe_cpu(), "model": model_desc, "backend": backend, "images": described,
                       "requests_per_level": cfg.requests, "bad_every": cfg.bad_every, "levels": []}
             for mode in cfg.modes:
-                proc, url = _start_server(cfg, mode == "batching")
-                try:
-                    job = {"url": url, "good": [str(p) for p in paths], "bad": bad, "bad_every": cfg.bad_every,
+                with _server(cfg, mode, report) as (where, pid, stats):
+                    job = {**where, "good": [str(p) for p in paths], "bad": bad, "bad_every": cfg.bad_every,
                            "max_body_bytes": MAX_BODY_MB * 2**20, "max_seconds": cfg.max_seconds}
                     _load({**job, "concurrency": max(cfg.concurrency), "requests": 2 * max(cfg.concurrency)})
-                    rss0 = _rss_mb(proc.pid)
+                    rss0 = _rss_mb(pid)
                     for c in cfg.concurrency:
                         # the machine's load drifts: an offline pass right before and right after each level
                         near = offline_throughput(scanner, near_reps, 1)
+                        before = stats() if stats else None
                         res = check_level(_load({**job, "concurrency": c, "requests": cfg.requests}), expected,
                                           cfg.requests)
+                        if stats:
+                            from .serve_triton import stats_delta
+
+                            res["triton_stats"] = stats_delta(before, stats())
                         near += offline_throughput(scanner, near_reps, 1)
-                        res.update(mode=mode, concurrency=c, rss_after_warmup_mb=rss0, rss_mb=_rss_mb(proc.pid),
+                        res.update(mode=mode, concurrency=c, rss_after_warmup_mb=rss0, rss_mb=_rss_mb(pid),
                                    offline_near=near, ratio_vs_offline_near=res["images_per_s"] / statistics.mean(near))
                         report["levels"].append(res)
                         progress(f"  {mode:>8} c={c:<3} {res['images_per_s']:6.1f} img/s  p50 {res['p50_ms']:.0f} ms"
                                  f"  5xx {res['status_5xx']}  wrong {res['good_wrong'] + res['bad_wrong']}")
-                finally:
-                    proc.terminate()
-                    report.setdefault("server_exit_codes", []).append(proc.wait(60))
             after = offline_throughput(scanner, reps, cfg.offline_passes)
-        report["offline_images_per_s"] = statistics.median(before + after)
-        report["offline_passes"] = before + after
+        report["offline_images_per_s"] = statistics.median(first + after)
+        report["offline_passes"] = first + after
     off = report["offline_images_per_s"]
     for lv in report["levels"]:
         lv["ratio_vs_offline"] = lv["images_per_s"] / off if off else None
@@ -207,5 +243,16 @@ def format_serve_table(report: dict) -> str:
                      f"{lv['connection_errors']:>8} {lv['rss_mb'] or 0:7.0f}")
     lines.append("x offline: against the run's median offline rate; x near: against the mean of the offline passes "
                  "right before and after that level (the machine's load drifts)")
+    triton = [lv for lv in report["levels"] if lv.get("triton_stats")]
+    if triton:
+        lines.append(f"triton repository: {report.get('triton_knobs')}; tritonserver's statistics per level "
+                     "(ms per request, and per execution):")
+        lines.append(f"{'conc':>4} {'queue':>7} {'input':>7} {'infer':>7} {'output':>7} {'compute/exec':>12} "
+                     f"{'images/exec':>11}")
+        for lv in triton:
+            t = lv["triton_stats"]
+            lines.append(f"{lv['concurrency']:>4} {t['queue_ms_per_request']:7.1f} {t['compute_input_ms_per_request']:7.2f} "
+                         f"{t['compute_infer_ms_per_request']:7.1f} {t['compute_output_ms_per_request']:7.2f} "
+                         f"{t['compute_ms_per_execution']:12.1f} {t['images_per_execution']:11.1f}")
     lines.append(f"server exit codes after SIGTERM: {report.get('server_exit_codes')}")
     return "\n".join(lines)

@@ -1,18 +1,23 @@
 """The load generator of `clipscan bench --serve`, run as its own process (so its CPU use is not the
 server's): a bounded closed loop of `concurrency` keep-alive connections to a loopback server posting
-uploads to `/v1/scan`, each request's latency, status and answer recorded.
+uploads to `/v1/scan` (protocol "upload", `clipscan serve`), or one image per Open Inference Protocol
+request to `/v2/models/{model}/infer` (protocol "v2", what Triton's own clients send: the `image` BYTES
+tensor through the binary extension, the answer as JSON tensors), each request's latency, status and
+answer recorded.
 
     python -m clipscan.bench.serve_load < job.json > answers.json
 
 The job: {"url", "concurrency", "requests", "max_seconds", "good": [paths], "bad": {kind: path},
-"bad_every": k, "max_body_bytes"}; every k-th request is a malformed upload (truncated, garbage, a pixel
-bomb, a wrong content type, an oversized body, an empty body), the others cycle through the good images.
+"bad_every": k, "max_body_bytes", "protocol": "upload" | "v2", "model", "image_shape"}; every k-th request is a malformed upload (truncated, garbage, a pixel
+bomb, a wrong content type, an oversized body, an empty body; over v2 the ones with a body of their own:
+truncated, garbage, bomb, empty), the others cycle through the good images.
 """
 from __future__ import annotations
 
 import http.client
 import itertools
 import json
+import struct
 import sys
 import threading
 import time
@@ -20,6 +25,9 @@ import urllib.parse
 from pathlib import Path
 
 BAD_KINDS = ("truncated", "garbage", "bomb", "wrong_type", "oversized", "empty")
+# a v2 request has no content type of its own and the image is one tensor element among the body's bytes
+V2_BAD_KINDS = ("truncated", "garbage", "bomb", "empty")
+V2_OUTPUTS = ("p_generated", "verdict", "error")
 
 
 def bad_uploads(good_jpeg: bytes, folder: Path) -> dict[str, str]:
@@ -69,14 +77,55 @@ def _one(conn_box: list, netloc: tuple, kind: str, name: str, data: bytes, limit
         raise
 
 
+def _v2_body(data: bytes, shape: list[int]) -> tuple[bytes, int]:
+    """An infer request of one image: the BYTES element after the JSON header, outputs asked for as JSON."""
+    raw = struct.pack("<I", len(data)) + data
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape,
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": n, "parameters": {"binary_data": False}} for n in V2_OUTPUTS]},
+                      separators=(",", ":")).encode()
+    return head + raw, len(head)
+
+
+def _v2_row(answer) -> dict | None:
+    """The answer's one image as the row fields the bench checks (NaN and "" mean none, as the contract says)."""
+    try:
+        out = {o["name"]: o["data"][0] for o in answer["outputs"]}
+        p = out["p_generated"]
+        return {"p_generated": None if p is None or p != p else float(p), "verdict": out["verdict"] or None,
+                "error": out["error"] or None}
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _one_v2(conn_box: list, netloc: tuple, path: str, body: tuple[bytes, int]) -> tuple[int, bytes]:
+    if conn_box[0] is None:
+        conn_box[0] = http.client.HTTPConnection(*netloc, timeout=120)
+    conn = conn_box[0]
+    try:
+        conn.request("POST", path, body=body[0], headers={"Content-Type": "application/octet-stream",
+                                                          "Inference-Header-Content-Length": str(body[1])})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        conn_box[0] = None
+        raise
+
+
 def run_load(job: dict) -> dict:
     url = urllib.parse.urlsplit(job["url"])
     netloc = (url.hostname, url.port)
     good = [(Path(p).name, Path(p).read_bytes()) for p in job["good"]]
     bad = {k: Path(p).read_bytes() for k, p in job["bad"].items()}
     every = int(job.get("bad_every") or 0)
+    v2 = job.get("protocol", "upload") == "v2"
+    if v2:
+        shape = list(job.get("image_shape") or [1, 1])
+        path = "/v2/models/" + urllib.parse.quote(job["model"], safe="") + "/infer"
+        bodies = {d: _v2_body(d, shape) for d in {*[d for _, d in good], *bad.values()}}
     schedule = []
-    g, b = itertools.cycle(good), itertools.cycle(BAD_KINDS)
+    g, b = itertools.cycle(good), itertools.cycle(V2_BAD_KINDS if v2 else BAD_KINDS)
     for i in range(int(job["requests"])):
         if every and i % every == every - 1:
             kind = next(b)
@@ -99,7 +148,8 @@ def run_load(job: dict) -> dict:
             kind, name, data = schedule[i]
             t0 = time.perf_counter()
             try:
-                status, body = _one(box, netloc, kind, name, data, int(job["max_body_bytes"]))
+                status, body = (_one_v2(box, netloc, path, bodies[data]) if v2 else
+                                _one(box, netloc, kind, name, data, int(job["max_body_bytes"])))
             except (OSError, http.client.HTTPException) as e:
                 answers[i] = {"kind": kind, "name": name, "status": 0, "error": f"{type(e).__name__}: {e}",
                               "latency_s": time.perf_counter() - t0}
@@ -109,6 +159,8 @@ def run_load(job: dict) -> dict:
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
+            if v2 and status == 200:
+                parsed = [_v2_row(parsed)]
             answers[i] = {"kind": kind, "name": name, "status": status, "latency_s": latency, "answer": parsed}
 
     threads = [threading.Thread(target=worker) for _ in range(int(job["concurrency"]))]

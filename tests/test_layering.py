@@ -43,7 +43,7 @@ DEPENDS = {
     DI: {RT},
     EV: {RT, RE},
     CA: {RT, ME, EX, RE},  # RE: the HTML toolkit (report.html_kit) of the fidelity report page
-    BE: {RT, ME, EX, CA, SE, DI},
+    BE: {RT, ME, EX, CA, SE, DI, TR},  # TR: the Triton repository and server of `bench --serve --triton`
     "clipscan.cli": {RT, ME, EX, CA, BE, SE, RE, TR, DI, EV},
 }
 RUNTIME_ONLY = {RT, SE, RE, TR, DI}  # what must work in an install without torch, onnx or matplotlib

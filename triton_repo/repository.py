@@ -16,7 +16,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipscan.runtime import defaults as T
 from clipscan.runtime.artifact import load_artifact
 from clipscan.runtime.contract import DATATYPES, TensorSpec, output_specs
 from clipscan.runtime.errors import InvalidArgumentError
@@ -27,6 +26,7 @@ from clipscan.version import __version__
 
 from . import configs, shim
 from .ensemble_steps import check_one_row_per_image
+from .knobs import resolve_knobs
 from .pbtxt import to_pbtxt
 from .plans import Plan, plans_by_generation
 
@@ -54,12 +54,14 @@ class RepositoryOptions:
                                          # python model: the only one a CPU ensemble can use, and its default)
     plans: list[Plan] = field(default_factory=list)
     precision: str | None = None         # the TensorRT accelerator's precision (default: the artifact's)
-    max_batch: int = T.TRITON_MAX_BATCH
-    instances: int = T.TRITON_INSTANCES
-    queue_delay_us: int = T.TRITON_QUEUE_DELAY_US
-    backend: str | None = None           # the python model's Scanner backend (default: cpu on CPU, auto on GPU)
+    # the performance knobs (knobs.KNOBS): None is the value tuned for the host (knobs.tuned_knobs)
+    max_batch: int | None = None
+    instances: int | None = None
+    queue_delay_us: int | None = None
     workers: int | None = None
     threads: int | None = None
+    cores: int | None = None             # the Triton host's CPU cores the defaults are tuned for (default: ours)
+    backend: str | None = None           # the python model's Scanner backend (default: cpu on CPU, auto on GPU)
     decode: str = "auto"
     site_dirs: list[str] | None = None   # where model.py finds clipscan (default: this environment's)
     python: str | None = None            # the stub's Python version (default: this interpreter's)
@@ -93,8 +95,8 @@ def _check(opts: RepositoryOptions) -> None:
         raise InvalidArgumentError("--graph plan needs at least one --plan FILE (a TensorRT plan from clipscan's "
                                    "engine cache, with its .json sidecar)")
     plans_by_generation(opts.plans)  # one plan per GPU generation: a second one for the same is refused
-    for what in ("max_batch", "instances"):
-        if getattr(opts, what) < 1:
+    for what in ("max_batch", "instances", "threads", "workers", "cores"):
+        if getattr(opts, what) is not None and getattr(opts, what) < 1:
             raise InvalidArgumentError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(opts, what)}")
 
 
@@ -160,6 +162,7 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
         opts.layout = "ensemble" if opts.kind == "gpu" else "python"
     if opts.graph is None:
         opts.graph = "onnx" if opts.kind == "gpu" else "python"
+    resolve_knobs(opts)
     _check(opts)
     artifact = load_artifact(model)
     manifest = artifact.manifest

@@ -7,7 +7,6 @@ import signal
 import tempfile
 import time
 
-from clipscan.runtime import defaults as T
 from clipscan.runtime.errors import InvalidArgumentError
 
 from . import EXIT_OK, NOTICE
@@ -26,10 +25,6 @@ def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help="exported .onnx artifact (default: the demo model)")
     p.add_argument("--repo", required=True, metavar="DIR", help="the model repository folder (created if missing)")
     p.add_argument("--name", help="the model's name in Triton (default: the manifest's name)")
-    p.add_argument("--max-batch", type=positive_int, default=T.TRITON_MAX_BATCH,
-                   help=f"max_batch_size of each model (default {T.TRITON_MAX_BATCH})")
-    p.add_argument("--instances", type=positive_int, default=T.TRITON_INSTANCES,
-                   help=f"instances per device (default {T.TRITON_INSTANCES})")
     p.add_argument("--kind", choices=tuple(KINDS), default="cpu",
                    help="where the model runs: " + choices_help(KINDS, "cpu"))
     p.add_argument("--layout", choices=tuple(LAYOUTS), help=choices_help(LAYOUTS))
@@ -40,13 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", choices=tuple(PRECISIONS),
                    help="the artifact precision the TensorRT accelerator is configured for (default: the artifact's; precision lives "
                         "in the graph, so fp16 never switches TensorRT's own FP16 lowering on): " + choices_help(PRECISIONS))
-    p.add_argument("--queue-delay-us", type=non_negative_int, default=T.TRITON_QUEUE_DELAY_US,
-                   help=f"dynamic batching: how long Triton waits to fill a batch (default {T.TRITON_QUEUE_DELAY_US} us)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="python layout: the runtime backend inside Triton (default cpu for --kind cpu, auto for gpu): "
                         + backend_help(None))
-    p.add_argument("--workers", type=positive_int, help="decode threads per instance (default: min(4, cores))")
-    p.add_argument("--threads", type=positive_int, help="inference threads per instance (default: the backend's)")
+    add_knobs(p)
     add_decode(p)
     p.add_argument("--site-dir", action="append", default=[], metavar="DIR",
                    help="site-packages folder where the Triton host's Python finds clipscan (default: this "
@@ -63,6 +55,22 @@ def add_arguments(p) -> None:
     p.add_argument("--http-port", type=positive_int, default=8000, help="--start: HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=positive_int, help="--start: gRPC port (default: the HTTP port + 1)")
     p.add_argument("--metrics-port", type=positive_int, help="--start: metrics port (default: the HTTP port + 2)")
+
+
+def add_knobs(p) -> None:
+    """One flag per performance knob of clipscan.triton.knobs.KNOBS (its help and default rule from there)."""
+    from clipscan.triton.knobs import KNOBS
+
+    group = p.add_argument_group("performance knobs (default: tuned for the Triton host; docs/guides/triton.md)")
+    for knob in KNOBS:
+        group.add_argument(knob.flag, type=positive_int if knob.minimum >= 1 else non_negative_int,
+                           metavar="N", help=f"{knob.what} (default: {knob.default})")
+
+
+def knob_values(args) -> dict:
+    from clipscan.triton.knobs import KNOBS
+
+    return {k.name: getattr(args, k.name) for k in KNOBS}
 
 
 def _interrupt(signum, frame):
@@ -87,21 +95,21 @@ def start_ports(args) -> tuple[int, int, int]:
 
 def run(args) -> int:
     from clipscan.triton import Plan, RepositoryOptions, write_repository
+    from clipscan.triton.knobs import describe_knobs
     from clipscan.triton.numpy_check import NUMPY2_HINT, numpy_major
 
     ports = start_ports(args) if args.start else None
     opts = RepositoryOptions(name=args.name, kind=args.kind, layout=args.layout, graph=args.graph,
                              plans=[Plan.from_file(p) for p in args.plan], precision=args.precision,
-                             max_batch=args.max_batch, instances=args.instances, queue_delay_us=args.queue_delay_us,
-                             backend=args.backend, workers=args.workers, threads=args.threads, decode=args.decode,
+                             backend=args.backend, decode=args.decode, **knob_values(args),
                              site_dirs=args.site_dir or None, python=args.python, allow_numpy2=args.allow_numpy2,
                              overwrite=args.overwrite)
     repo = write_repository(args.model, args.repo, opts)
     for path in repo.config_files:
         log.info("wrote %s", path)
-    log.log(NOTICE, "wrote Triton model%s %s in %s for %s (sha256 %s...); clients call model %r",
+    log.log(NOTICE, "wrote Triton model%s %s in %s for %s (sha256 %s...); clients call model %r; %s",
             "s" if len(repo.models) > 1 else "", ", ".join(repo.models), repo.root, repo.identity["name"],
-            repo.identity["sha256"][:12], repo.entry)
+            repo.identity["sha256"][:12], repo.entry, describe_knobs(opts))
     if numpy_major() >= 2 and not args.allow_numpy2 and not args.site_dir:
         log.warning("this environment has numpy 2, which Triton 2.51's python backend stub cannot exchange arrays "
                     "with: the models will refuse to load; %s", NUMPY2_HINT)
