@@ -55,7 +55,7 @@ class ServeBenchConfig:
     max_batch: int = 32
     max_delay_ms: float = 5.0
     offline_passes: int = 2             # before and after the sweep each
-    offline_images: int = 192           # per offline pass (the per-level passes: 64)
+    offline_images: int = 192           # per offline pass (the passes next to each level: a third)
     modes: tuple[str, ...] = ("batching", "batch-1")
     workers: int = 2
     spin: bool = True                   # ONNX Runtime's spinning threads, offline and in the server alike
@@ -191,7 +191,7 @@ def run_serve_bench(cfg: ServeBenchConfig, progress=print) -> dict:
             expected = {r.path: r.to_row() for r in scanner.scan_many(items)}
             # long enough for the Scanner's decode/inference pipeline to reach its steady state
             reps = items * max(1, -(-cfg.offline_images // len(items)))
-            near_reps = items * max(1, -(-64 // len(items)))
+            near_reps = items * max(1, -(-(cfg.offline_images // 3) // len(items)))
             first = offline_throughput(scanner, reps, cfg.offline_passes)
             report = {"cpu": describe_cpu(), "model": model_desc, "backend": backend, "images": described,
                       "requests_per_level": cfg.requests, "bad_every": cfg.bad_every, "levels": []}

@@ -215,6 +215,13 @@ def demo_contract() -> str:
     return table(["", "tensor", "datatype", "shape (-1: the batch)"], rows)
 
 
+def triton_knobs() -> str:
+    """`clipscan triton`'s performance knobs (clipscan.triton.knobs.KNOBS)."""
+    from clipscan.triton.knobs import KNOBS
+
+    return table(["flag", "what it sets", "default"], [[_code(k.flag), k.what, k.default] for k in KNOBS])
+
+
 # table name -> (function that renders it, the page that holds it between markers)
 TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "head-formats": (head_formats, "guides/export.md"),
@@ -227,6 +234,7 @@ TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "fidelity-bars": (fidelity_bars, "guides/verify.md"),
     "other-gates": (other_gates, "guides/verify.md"),
     "ray-defaults": (ray_defaults, "guides/ray.md"),
+    "triton-knobs": (triton_knobs, "guides/triton.md"),
     "manifest-values": (manifest_values, "reference/manifest.md"),
     "demo-contract": (demo_contract, "reference/tensor-contract.md"),
 }

@@ -116,7 +116,11 @@ class ScanModel(_Model):
                  self.scanner.backend_name, kind, device)
 
     def run(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        results = list(self.scanner.scan_many((str(i), b) for i, b in enumerate(images)))
+        scanner = self.scanner
+        if scanner.workers == 1:  # decode here, then one inference: no thread pool per execution
+            results = scanner.scan_prepared([(str(i), scanner.prepare(b)) for i, b in enumerate(images)])
+        else:                     # the Scanner's pipeline: decoding threads ahead of inference
+            results = list(scanner.scan_many((str(i), b) for i, b in enumerate(images)))
         return results_to_tensors(results, self.specs)
 
     def finalize(self) -> None:

@@ -11,8 +11,13 @@ from . import EXIT_OK
 from .args import add_decode, add_no_spin, choices_help, non_negative, non_negative_int, positive, positive_int
 
 
+DEFAULT_MODES, TRITON_MODES = "batching,batch-1", "batching,triton"
+
+
 def add_arguments(p) -> None:
     from clipscan.bench.config import DECODES, MODES, BenchConfig
+    from clipscan.bench.serve_bench import SERVE_MODES, ServeBenchConfig
+    from clipscan.triton.knobs import KNOBS
 
     p.description = ("Time every artifact on every available backend (model-only: inference on "
                      "preprocessed batches in memory; e2e: read, decode, preprocess, infer, "
@@ -71,7 +76,20 @@ def add_arguments(p) -> None:
                        help="the server's --max-batch with batching (default 32)")
     serve.add_argument("--serve-delay-ms", type=non_negative, default=5.0,
                        help="the server's --max-delay-ms with batching (default 5)")
-    serve.add_argument("--serve-modes", default="batching,batch-1", help="default batching,batch-1")
+    serve.add_argument("--offline-images", type=positive_int, default=ServeBenchConfig.offline_images, metavar="N",
+                       help=f"images per pass of the offline Scanner before and after the sweep (default "
+                            f"{ServeBenchConfig.offline_images}; the passes next to each level: a third)")
+    serve.add_argument("--serve-modes", metavar="A,B",
+                       help=f"comma-separated, from: {choices_help(SERVE_MODES)} (default {DEFAULT_MODES}; with "
+                            f"--triton {TRITON_MODES})")
+    serve.add_argument("--triton", action="store_true",
+                       help="--serve with the real tritonserver too (needs clipscan[triton]): the repository "
+                            "`clipscan triton` writes for this machine, next to `clipscan serve` and the offline "
+                            "Scanner, with tritonserver's own statistics (queue and compute time per request)")
+    for knob in KNOBS:
+        serve.add_argument("--triton-" + knob.flag[2:], dest="triton_" + knob.name, metavar="N",
+                           type=positive_int if knob.minimum >= 1 else non_negative_int,
+                           help=f"--triton: the repository's {knob.flag} (default: as `clipscan triton`)")
     p.add_argument("--ray", action="store_true",
                    help="instead: files/s of a local scan and of Ray scans with --ray-actors actors, in one run "
                         "(needs clipscan[ray]; on --images or synthetic JPEGs)")
@@ -87,22 +105,29 @@ def run_serve(args) -> int:
     import json
 
     from clipscan.bench import parse_list
-    from clipscan.bench.serve_bench import ServeBenchConfig, format_serve_table, run_serve_bench
+    from clipscan.bench.serve_bench import SERVE_MODES, ServeBenchConfig, format_serve_table, run_serve_bench
     from clipscan.cli.serve import check_extra
+    from clipscan.triton.knobs import KNOBS
 
-    check_extra()
     if len(args.models) > 1:
         raise InvalidArgumentError("--serve benchmarks one model at a time; name one MODEL (or none for the "
                                    "demo model)")
-    modes = tuple(parse_list(args.serve_modes))
-    unknown = set(modes) - {"batching", "batch-1"}
+    modes = tuple(parse_list(args.serve_modes or (TRITON_MODES if args.triton else DEFAULT_MODES)))
+    unknown = set(modes) - set(SERVE_MODES)
     if unknown:
-        raise InvalidArgumentError(f"--serve-modes: unknown {sorted(unknown)}; choose from batching, batch-1")
+        raise InvalidArgumentError(f"--serve-modes: unknown {sorted(unknown)}; choose from {', '.join(SERVE_MODES)}")
+    if set(modes) - {"triton"}:
+        check_extra()
+    if "triton" in modes:
+        from clipscan.triton.launch import bundled_tritonserver
+
+        bundled_tritonserver()  # missing: one sentence naming the extra, before anything is measured
     cfg = ServeBenchConfig(model=args.models[0] if args.models else None, images=args.images,
                            concurrency=tuple(parse_list(args.concurrency, int)), requests=args.requests,
                            max_seconds=args.level_seconds, bad_every=args.bad_every, max_batch=args.serve_max_batch,
                            max_delay_ms=args.serve_delay_ms, modes=modes, workers=args.workers or 2,
-                           spin=not args.no_spin)
+                           spin=not args.no_spin, offline_images=args.offline_images,
+                           triton_knobs={k.name: getattr(args, "triton_" + k.name) for k in KNOBS})
     report = run_serve_bench(cfg)
     print(format_serve_table(report))
     if args.json:
@@ -113,9 +138,9 @@ def run_serve(args) -> int:
 
 
 def run(args) -> int:
-    if args.serve and args.ray:
+    if (args.serve or args.triton) and args.ray:
         raise InvalidArgumentError("--serve and --ray are two different benchmarks; run one at a time")
-    if args.serve:
+    if args.serve or args.triton:
         return run_serve(args)
     if args.ray:
         return _run_ray(args)
