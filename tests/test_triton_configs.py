@@ -244,3 +244,19 @@ def test_a_manifest_name_outside_the_rule_is_made_to_fit(tmp_path):
     assert model_name_for("my model/v2\n") == "my_model_v2_"
     assert model_name_for("_private") == "m_private" and model_name_for("") == "m"
     assert check_model_name("ViT-B.32_det") == "ViT-B.32_det"
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--cores", "2"], (2, "1", "1", 16, 2000)),                 # one single-threaded instance per core
+    (["--cores", "32"], (8, "4", "1", 16, 2000)),                # at most 8 instances; the cores become threads
+    (["--cores", "4", "--instances", "1", "--threads", "4", "--workers", "2", "--max-batch", "8",
+      "--queue-delay-us", "0"], (1, "4", "2", 8, 0)),            # every knob overridable
+    (["--kind", "gpu", "--layout", "python", "--cores", "16"], (1, None, None, 16, 2000)),
+])
+def test_performance_knobs_are_tuned_for_the_host_and_overridable(tmp_path, argv, want):
+    assert main(["triton", "--repo", str(tmp_path), *argv]) == 0
+    (_, cfg), = configs(tmp_path).items()
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    got = (cfg.instance_group[0].count, params.get("threads"), params.get("workers"), cfg.max_batch_size,
+           cfg.dynamic_batching.max_queue_delay_microseconds)
+    assert got == want
