@@ -125,14 +125,27 @@ def _server(cfg: ServeBenchConfig, mode: str, report: dict):
         report.setdefault("server_exit_codes", []).append(proc.wait(60))
 
 
-def _rss_mb(pid: int) -> float | None:
+def _children(pid: int) -> list[int]:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
     except OSError:
-        return None
-    return None
+        return []
+
+
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of `pid` and its descendants (tritonserver's python-backend stubs are its children)."""
+    total, found, todo = 0.0, False, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total, found = total + int(line.split()[1]) / 1024, True
+        except OSError:
+            continue
+        todo += _children(p)
+    return total if found else None
 
 
 def _load(job: dict) -> dict:
@@ -242,7 +255,8 @@ def format_serve_table(report: dict) -> str:
                      f"{lv['good_wrong'] + lv['bad_wrong']:>5} {lv['bad_4xx']:>7} {lv['status_5xx']:>4} "
                      f"{lv['connection_errors']:>8} {lv['rss_mb'] or 0:7.0f}")
     lines.append("x offline: against the run's median offline rate; x near: against the mean of the offline passes "
-                 "right before and after that level (the machine's load drifts)")
+                 "right before and after that level (the machine's load drifts); RSS: the server's processes "
+                 "(tritonserver's python-backend stubs included)")
     triton = [lv for lv in report["levels"] if lv.get("triton_stats")]
     if triton:
         lines.append(f"triton repository: {report.get('triton_knobs')}; tritonserver's statistics per level "
