@@ -248,9 +248,10 @@ def test_a_manifest_name_outside_the_rule_is_made_to_fit(tmp_path):
 
 @pytest.mark.parametrize("argv, want", [
     (["--cores", "2"], (2, "1", "1", 16, 2000)),                 # one single-threaded instance per core
-    (["--cores", "32"], (8, "4", "1", 16, 2000)),                # at most 8 instances; the cores become threads
+    (["--cores", "32"], (8, "4", "4", 16, 2000)),                # at most 8 instances; the cores become threads
     (["--cores", "4", "--instances", "1", "--threads", "4", "--workers", "2", "--max-batch", "8",
       "--queue-delay-us", "0"], (1, "4", "2", 8, 0)),            # every knob overridable
+    (["--cores", "2", "--instances", "1"], (1, "2", "2", 16, 2000)),  # the cores shared by fewer instances
     (["--kind", "gpu", "--layout", "python", "--cores", "16"], (1, None, None, 16, 2000)),
 ])
 def test_performance_knobs_are_tuned_for_the_host_and_overridable(tmp_path, argv, want):

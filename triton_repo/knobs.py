@@ -10,7 +10,8 @@ Triton host's CPU cores (`--cores`, default this machine's):
   another infers, every core stays busy, and no thread pool spins against the other process. Past 8
   cores the instances get more threads instead (each instance holds its own copy of the model).
 - Decoding runs in the instance's own thread (workers 1): a batch of a few images gains nothing from a
-  pool when the other instances already fill the cores.
+  pool when the other instances already fill the cores. With fewer instances than cores (--instances),
+  threads and decode workers share the cores among them, and decoding runs in a pool ahead of inference.
 - Batching: max_batch 16 with a 2 ms queue delay; under load the batch forms from the requests that
   queued while the instances were busy, so the delay only matters at low concurrency.
 
@@ -45,7 +46,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("threads", "ONNX Runtime intra-op threads per instance (model parameter `threads`)",
          "CPU: the cores over the instances (1 up to 8 cores); GPU: the backend's"),
     Knob("workers", "decode threads per instance (model parameter `workers`); 1 decodes in the instance's own "
-                    "thread", "CPU: 1; GPU: the Scanner's (min(4, cores))"),
+                    "thread", "CPU: 1 with an instance per core, else the cores over the instances (at most 4); "
+                              "GPU: the Scanner's (min(4, cores))"),
     Knob("max_batch", "max_batch_size: the most images one execution scans (and the Scanner's batch)",
          f"{T.TRITON_MAX_BATCH}"),
     Knob("queue_delay_us", "dynamic_batching max_queue_delay_microseconds: how long a request waits for others "
@@ -62,19 +64,22 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
-def tuned_knobs(kind: str, cores: int | None = None) -> dict[str, int | None]:
-    """The values `clipscan triton` writes for a `kind` ("cpu" or "gpu") model on a host with `cores` CPU cores."""
+def tuned_knobs(kind: str, cores: int | None = None, instances: int | None = None) -> dict[str, int | None]:
+    """The values `clipscan triton` writes for a `kind` ("cpu" or "gpu") model on a host with `cores` CPU cores
+    (threads and decode workers share the cores among `instances` when that is given)."""
     cores = max(1, cores or host_cores())
     common = {"max_batch": T.TRITON_MAX_BATCH, "queue_delay_us": T.TRITON_QUEUE_DELAY_US, "cores": cores}
     if kind != "cpu":
-        return {**common, "instances": T.TRITON_INSTANCES, "threads": None, "workers": None}
-    instances = min(cores, MAX_CPU_INSTANCES)
-    return {**common, "instances": instances, "threads": max(1, cores // instances), "workers": 1}
+        return {**common, "instances": instances or T.TRITON_INSTANCES, "threads": None, "workers": None}
+    instances = instances or min(cores, MAX_CPU_INSTANCES)
+    share = max(1, cores // instances)
+    # fewer instances than cores: each decodes in a pool ahead of its inference (the Scanner's pipeline)
+    return {**common, "instances": instances, "threads": share, "workers": 1 if share == 1 else min(4, share)}
 
 
 def resolve_knobs(opts) -> None:
     """Fill every knob of `opts` (RepositoryOptions) left at None with its tuned value, in place."""
-    tuned = tuned_knobs(opts.kind, opts.cores)
+    tuned = tuned_knobs(opts.kind, opts.cores, opts.instances)
     for knob in KNOBS:
         if getattr(opts, knob.name) is None:
             setattr(opts, knob.name, tuned[knob.name])
