@@ -129,3 +129,21 @@ def test_the_runtime_takes_every_decode_mode_the_cli_offers():
     for make in (lambda: Scanner(decode="fast"), lambda: Preparer(scanner.manifest, "fast")):
         with pytest.raises(InvalidArgumentError, match=re.escape(", ".join(map(repr, DECODE_MODES)))):
             make()
+
+
+def test_triton_knob_flags_are_the_knob_registry():
+    """`clipscan triton` has one flag per knob of clipscan.triton.knobs.KNOBS (help from the registry), and
+    `clipscan bench --triton` the same knobs prefixed; `--serve-modes` names every serve-bench mode."""
+    from clipscan.bench.serve_bench import SERVE_MODES
+    from clipscan.triton.knobs import KNOBS
+
+    knob_flags = {a.option_strings[0] for a in _command("triton")._actions
+                  if a.option_strings and a.dest in {k.name for k in KNOBS}}
+    assert knob_flags == {k.flag for k in KNOBS}
+    for knob in KNOBS:
+        _, text, _ = _option("triton", knob.flag)
+        assert knob.what in text and knob.default in text
+        action, _, _ = _option("bench", "--triton-" + knob.flag[2:])
+        assert action.dest == "triton_" + knob.name
+    _, text, _ = _option("bench", "--serve-modes")
+    assert all(f"{name}: {what}" in text for name, what in SERVE_MODES.items())
