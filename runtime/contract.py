@@ -7,7 +7,7 @@ Inputs (one of them per request):
 
 Outputs, one element per image (a model without the head has no such output):
 - `p_generated` FP32 `[N]`, `logit` FP32 `[N]`, `verdict` BYTES `[N]`   (the decision head)
-- `generator` BYTES `[N]`                                                (attribution heads)
+- `generator` BYTES `[N]`                                    (a model with an attribution head)
 - `quality` FP32 `[N]`                                                   (a quality head)
 - `embedding` FP32 `[N, D]`                                              (models that export one)
 - `error` BYTES `[N]`: b"" when the image scanned, else the same text `clipscan scan` writes
@@ -61,7 +61,7 @@ def output_specs(manifest) -> list[TensorSpec]:
     if decision is not None:
         specs += [TensorSpec("p_generated", "FP32", ()), TensorSpec("logit", "FP32", ()),
                   TensorSpec("verdict", "BYTES", ())]
-        if decision.task == "attribution":
+        if any(h.task == "attribution" for h in manifest.heads):  # the row's generator: postprocess.row_generator
             specs.append(TensorSpec("generator", "BYTES", ()))
     if manifest.head("quality") is not None:
         specs.append(TensorSpec("quality", "FP32", ()))

@@ -117,6 +117,7 @@ def create_app(state: ServiceState) -> Starlette:
         Route("/v1/scan", routes_rest.scan, methods=["POST"]),
         Route("/v2", routes_v2.server_metadata), Route("/v2/health/live", routes_v2.live),
         Route("/v2/health/ready", routes_v2.ready),
+        Route("/v2/repository/index", routes_v2.repository_index, methods=["POST"]),
     ]
     for base in (m, mv):
         routes += [Route(base, routes_v2.model_metadata), Route(base + "/ready", routes_v2.model_ready),

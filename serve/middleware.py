@@ -25,7 +25,8 @@ def _endpoint(path: str) -> str:
     if path.startswith("/v2/models/"):
         tail = path.rstrip("/").rsplit("/", 1)[-1]
         return f"/v2/models/*/{tail}" if tail in ("infer", "ready", "config") else "/v2/models/*"
-    return path if path in ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready") else "other"
+    known = ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready", "/v2/repository/index")
+    return path if path in known else "other"
 
 
 def _header(headers: dict, name: bytes) -> str | None:

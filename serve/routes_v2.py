@@ -3,6 +3,7 @@ health, Triton's model-configuration extension, and inference with JSON tensors 
 extension. The tensors are `clipscan.runtime.contract`'s."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -62,6 +63,25 @@ async def model_ready(request: Request):
 
 def _tensor(spec) -> dict:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape(-1)}
+
+
+async def repository_index(request: Request):
+    """Triton's `POST /v2/repository/index` (the model repository extension's listing; loading and unloading
+    are not offered): the one model served, so that a client finds it without being told its name. A JSON
+    body {"ready": true} lists only ready models, as Triton does; an empty body is accepted."""
+    state = request.app.state.service
+    body = await request.body()
+    try:
+        asked = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "the body of /v2/repository/index must be a JSON object such as {} or "
+                             '{"ready": true}') from None
+    if not isinstance(asked, dict):
+        raise HTTPError(400, f"the body of /v2/repository/index must be a JSON object, got {type(asked).__name__}")
+    if asked.get("ready") is True and not state.ready:
+        return JSONResponse([])
+    return JSONResponse([{"name": state.model_name, "version": VERSION,
+                          "state": "READY" if state.ready else "UNAVAILABLE"}])
 
 
 async def model_metadata(request: Request):

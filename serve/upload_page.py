@@ -1,5 +1,6 @@
 """The upload page at `/`: drag and drop (or choose) images; each shows its thumbnail, verdict, p_generated
-(with a bar), generator and quality, or its error. One self-contained HTML file: no build step, no
+(with a bar), generator and quality, then every head's own answer (verdict, p_generated and generator, or
+score), or its error. One self-contained HTML file: no build step, no
 external assets."""
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ h1{font-size:1.4rem;margin:0 0 .3rem} .sub{color:#5b6674;margin-bottom:1rem}
 .bar{height:12px;border-radius:6px;background:#e3e7ec;overflow:hidden;margin:.3rem 0}
 .bar>div{height:100%;background:linear-gradient(90deg,#1e8449,#f1c40f,#c0392b)}
 .error{color:#b03a2e;font-weight:600} .kv{font-size:.9rem}
+.heads{margin-top:.4rem;border-top:1px solid #e3e7ec;padding-top:.3rem} .head{font-size:.85rem;color:#3b4450}
+.head b{font-weight:600} .head .generated{color:#c0392b} .head .real{color:#1e8449}
 </style></head><body>
 <h1>clipscan &mdash; is this image AI-generated?</h1>
 <div class="sub">model <b>__MODEL__</b> on backend <b>__BACKEND__</b>; images are scanned here and not kept.</div>
@@ -63,6 +66,16 @@ async function scanOne(file) {
     card.append(el('div', 'kv p', 'p_generated ' + row.p_generated.toFixed(3)));
     if (row.generator) card.append(el('div', 'kv', 'generator ' + row.generator));
     if (row.quality !== null && row.quality !== undefined) card.append(el('div', 'kv', 'quality ' + row.quality.toFixed(2)));
+    const heads = el('div', 'heads');
+    for (const [name, a] of Object.entries(row.heads || {})) {
+      const line = el('div', 'head'); line.dataset.head = name; line.append(el('b', '', name + ': '));
+      if (a.verdict) { line.dataset.verdict = a.verdict; line.append(el('span', a.verdict, a.verdict)); }
+      if (a.p_generated !== null && a.p_generated !== undefined) line.append(' p ' + a.p_generated.toFixed(3));
+      if (a.generator) line.append(' generator ' + a.generator);
+      if (a.score !== null && a.score !== undefined) line.append('score ' + a.score.toFixed(2));
+      heads.append(line);
+    }
+    if (heads.childElementCount) card.append(heads);
   } else {
     card.dataset.verdict = 'error';
     card.append(el('div', 'error', 'error: ' + (row ? row.error : error)));
