@@ -64,7 +64,7 @@ class ScanResult:
     quality: float | None = None
     error: str | None = None
     logit: float | None = None
-    generator: str | None = None          # attribution models only: the most probable generator
+    generator: str | None = None          # models with an attribution head: postprocess.row_generator
     backend: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
     # every head's own answer: {name: {"p_generated", "logit", "verdict", "threshold"[, "generator"]} or {"score"}}

@@ -106,12 +106,7 @@ def test_scan_server_without_server_model_on_clipscan_serve(multi_head_model, lo
         paths = [r["path"] for r in local]
         assert main(["scan", "--server", url, *paths, "-o", str(tmp_path / "remote.jsonl")]) == 1
         remote = _rows(tmp_path / "remote.jsonl")
-        assert [r["path"] for r in remote] == paths
-        for a, b in zip(remote, local):
-            assert (a["verdict"], a["generator"], a["error_kind"]) == (b["verdict"], b["generator"], b["error_kind"])
-            for name in HEADS if b["heads"] else ():
-                for f, v in b["heads"][name].items():
-                    assert a["heads"][name][f] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), a
+        _same_rows(remote, local)
         with RemoteScanner(url) as client:
             assert client.model == "three-heads" and "generator" in client.columns_for("csv")
         rows = json.loads(request(url + "/v1/scan?name=p.jpg", photo, {"Content-Type": "image/jpeg"})[2])
@@ -138,7 +133,7 @@ def test_a_client_that_cannot_choose_says_why_and_reads_a_models_listing(capsys)
         def route(self, h, method, body):
             if h.path == "/v2/models/twin":   # a second clipscan model
                 h.path = "/v2/models/demo"
-            if h.path == "/v2/models" and method == "GET":
+            if h.path == "/v2/models" and method == "GET" and self.listed is not None:
                 names = json.dumps({"models": self.listed}).encode()
                 return h.reply(200, names, {"Content-Type": "application/json"})
             return super().route(h, method, body)
@@ -158,15 +153,12 @@ def test_a_client_that_cannot_choose_says_why_and_reads_a_models_listing(capsys)
         server.listed = []
         with pytest.raises(ServerError, match=r"it lists no model \(GET /v2/models lists none\)"):
             RemoteScanner(server.url)
-    finally:
-        server.close()
-    plain = FakeServer()   # neither listing: both answers are named
-    try:
+        server.listed = None   # neither listing: both answers are named
         with pytest.raises(ServerError, match=r"it lists no model \(POST /v2/repository/index answered HTTP 404 and "
                                               r"GET /v2/models HTTP 404\); pass --server-model NAME"):
-            RemoteScanner(plain.url)
+            RemoteScanner(server.url)
     finally:
-        plain.close()
+        server.close()
 
 
 @pytest.mark.slow
@@ -224,3 +216,34 @@ def test_csv_head_columns_round_trip(local_rows):
     row = to_row({"path": "x", "gaintseva_heads_p_generated": "0.5", "gaintseva_heads_verdict": "real",
                   "gaintseva_heads_threshold": "", "p_generated": "0.5", "error_kind": ""})
     assert row.heads == {"gaintseva_heads": {"p_generated": 0.5, "verdict": "real"}}
+
+
+def _same_rows(remote, local):
+    assert [r["path"] for r in remote] == [r["path"] for r in local]
+    for a, b in zip(remote, local):
+        assert (a["verdict"], a["generator"], a["error_kind"]) == (b["verdict"], b["generator"], b["error_kind"]), a
+        for name, answer in (b["heads"] or {}).items():
+            for f, v in answer.items():
+                assert a["heads"][name][f] == (pytest.approx(v, abs=1e-5) if isinstance(v, float) else v), a
+
+
+@pytest.mark.slow
+def test_a_real_tritonserver_gives_every_head_and_is_found_without_server_model(multi_head_model, local_rows,
+                                                                                 tmp_path):
+    from clipscan.triton.launch import start_tritonserver
+
+    from .triton_helpers import need_tritonserver
+
+    dist = need_tritonserver()
+    d, local = local_rows
+    assert main(["triton", "--repo", str(tmp_path / "repo"), str(multi_head_model), "--max-batch", "4"]) == 0
+    server = start_tritonserver(tmp_path / "repo", tmp_path / "work", dist=dist)
+    try:
+        server.wait_ready(timeout=90)
+        meta = json.loads(request(server.url + "/v2/models/three-heads")[2])
+        assert {"generator", "captions.generator", "cozzolino.verdict"} <= {o["name"] for o in meta["outputs"]}
+        assert main(["scan", "--server", server.url, *[r["path"] for r in local],
+                     "-o", str(tmp_path / "triton.jsonl")]) == 1
+    finally:
+        server.stop()
+    _same_rows(_rows(tmp_path / "triton.jsonl"), local)
