@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 from clipscan.runtime.errors import InputNotFoundError, RowsError
 from clipscan.runtime.manifest_checks import limit
-from clipscan.runtime.results import (HEAD_FIELDS, OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar,
-                                      sidecar_path)
+from clipscan.runtime.results import HEAD_FIELDS, OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
 FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
 NUMBERS = ("p_generated", "logit", "quality")

@@ -94,7 +94,7 @@ def test_the_report_shows_every_head_from_jsonl_and_csv(local_rows):
 
 
 def test_scan_server_without_server_model_on_clipscan_serve(multi_head_model, local_rows, tmp_path):
-    d, local = local_rows
+    _, local = local_rows
     photo, render = (SAMPLES / "photo_chelsea.jpg").read_bytes(), (SAMPLES / "render_001.png").read_bytes()
     with cli_server(str(multi_head_model), "--max-batch", "4") as (url, _):
         status, _, body = request(url + "/v2/repository/index", b"{}", {"Content-Type": "application/json"})
@@ -171,38 +171,38 @@ def test_the_upload_page_shows_every_head(multi_head_model, local_rows):
     d, local = local_rows
     want = {r["path"].rsplit("/", 1)[-1]: r for r in local if not r["error"]}
     build_report(d / "rows.jsonl", d / "report-jsonl.html")
-    with Scanner(multi_head_model) as scanner, thread_server(ServiceState(scanner, Limits())) as url:
-        with browser_page() as page:
-            page.goto(url + "/")
-            page.set_input_files("#files", [str(SAMPLES / n) for n in want])
-            page.wait_for_function(f"document.querySelectorAll('.card[data-verdict]').length == {len(want)}",
-                                   timeout=30000)
-            for name, row in want.items():
-                card = page.locator(f'.card[data-name="{name}"]')
-                assert card.get_attribute("data-verdict") == row["verdict"]
-                for head in HEADS:
-                    line = card.locator(f'.head[data-head="{head}"]')
-                    a = row["heads"][head]
-                    text = line.inner_text()
-                    if "score" in a:
-                        assert f"score {a['score']:.2f}" in text
-                        continue
-                    assert line.get_attribute("data-verdict") == a["verdict"]
-                    assert f"p {a['p_generated']:.3f}" in text
-                    assert (f"generator {a.get('generator')}" in text) == bool(a.get("generator")), text
-            # the report's table: one column per head, filterable by a head's generator
-            page.goto((d / "report-jsonl.html").as_uri())
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=30000)
-            heads = page.evaluate("[...document.querySelectorAll('#rows-table th.head')].map(th => th.textContent)")
-            assert heads == list(HEADS)
-            named = want["render_001.png"]
-            page.fill("#rows-filter", named["generator"])
-            cells = page.evaluate("[...document.querySelectorAll('#rows-table tbody tr')].map(tr => "
-                                  "[...tr.cells].map(c => c.textContent))")
-            assert len(cells) == 1 and cells[0][3] == named["generator"]
-            captions = named["heads"]["captions"]
-            assert cells[0][8] == f"generated {captions['p_generated']:.3f} {named['generator']}", cells
-            assert cells[0][9] == f"{named['heads']['quality']['score']:.4f}"
+    with Scanner(multi_head_model) as scanner, thread_server(ServiceState(scanner, Limits())) as url, \
+            browser_page() as page:
+        page.goto(url + "/")
+        page.set_input_files("#files", [str(SAMPLES / n) for n in want])
+        page.wait_for_function(f"document.querySelectorAll('.card[data-verdict]').length == {len(want)}",
+                               timeout=30000)
+        for name, row in want.items():
+            card = page.locator(f'.card[data-name="{name}"]')
+            assert card.get_attribute("data-verdict") == row["verdict"]
+            for head in HEADS:
+                line = card.locator(f'.head[data-head="{head}"]')
+                a = row["heads"][head]
+                text = line.inner_text()
+                if "score" in a:
+                    assert f"score {a['score']:.2f}" in text
+                    continue
+                assert line.get_attribute("data-verdict") == a["verdict"]
+                assert f"p {a['p_generated']:.3f}" in text
+                assert (f"generator {a.get('generator')}" in text) == bool(a.get("generator")), text
+        # the report's table: one column per head, filterable by a head's generator
+        page.goto((d / "report-jsonl.html").as_uri())
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=30000)
+        heads = page.evaluate("[...document.querySelectorAll('#rows-table th.head')].map(th => th.textContent)")
+        assert heads == list(HEADS)
+        named = want["render_001.png"]
+        page.fill("#rows-filter", named["generator"])
+        cells = page.evaluate("[...document.querySelectorAll('#rows-table tbody tr')].map(tr => "
+                              "[...tr.cells].map(c => c.textContent))")
+        assert len(cells) == 1 and cells[0][3] == named["generator"]
+        captions = named["heads"]["captions"]
+        assert cells[0][8] == f"generated {captions['p_generated']:.3f} {named['generator']}", cells
+        assert cells[0][9] == f"{named['heads']['quality']['score']:.4f}"
 
 
 def test_csv_head_columns_round_trip(local_rows):
@@ -235,7 +235,7 @@ def test_a_real_tritonserver_gives_every_head_and_is_found_without_server_model(
     from .triton_helpers import need_tritonserver
 
     dist = need_tritonserver()
-    d, local = local_rows
+    _, local = local_rows
     assert main(["triton", "--repo", str(tmp_path / "repo"), str(multi_head_model), "--max-batch", "4"]) == 0
     server = start_tritonserver(tmp_path / "repo", tmp_path / "work", dist=dist)
     try:
