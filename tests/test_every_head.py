@@ -99,6 +99,9 @@ def test_scan_server_without_server_model_on_clipscan_serve(multi_head_model, lo
     with cli_server(str(multi_head_model), "--max-batch", "4") as (url, _):
         status, _, body = request(url + "/v2/repository/index", b"{}", {"Content-Type": "application/json"})
         assert status == 200 and json.loads(body) == [{"name": "three-heads", "version": "1", "state": "READY"}]
+        assert json.loads(request(url + "/v2/repository/index", b'{"ready": true}')[2])[0]["state"] == "READY"
+        status, _, body = request(url + "/v2/repository/index", b"[1", {"Content-Type": "application/json"})
+        assert status == 400 and "JSON object" in json.loads(body)["error"]
         meta = json.loads(request(url + "/v2/models/three-heads")[2])
         outputs = {o["name"]: o["datatype"] for o in meta["outputs"]}
         assert outputs["generator"] == "BYTES" and outputs["captions.generator"] == "BYTES"
