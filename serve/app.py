@@ -40,6 +40,10 @@ class ServiceState:
         self.metrics = Metrics(self.model_name, self.sha256, scanner.backend_name)
         self.batcher = Batcher(scanner, limits, self.metrics)
         self.ready = False
+        # requests being answered and the request-message bytes they hold, over HTTP and gRPC together: one
+        # --max-in-flight and one --max-buffered-bytes for both protocols
+        self.active = 0
+        self.buffered = 0
 
     def warm_up(self) -> None:
         """Inference through the whole path (decode, batch, backend) before the service says it is ready: one

@@ -27,23 +27,29 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "health", "metadata"]
 VERSION = "1"
 
 
-def _model(request: Request):
-    state = request.app.state.service
-    name = request.path_params["model"]
-    version = request.path_params.get("version")
+def check_model(state, name: str, version: str | None, may_know: bool):
+    """`state` when `name` (and `version`, if given) is the model served, else HTTPError 404; the real name is
+    said only to a client that `may_know` it (health requests are answered without the token)."""
     if name != state.model_name:
-        # the real name only to clients that may use it: health paths answer without the token
-        known = state.token is None or authorized(request.headers.get("authorization", "").encode("latin-1"),
-                                                  state.token)
-        raise HTTPError(404, f"unknown model {name!r}" + (f"; this server serves {state.model_name!r}" if known
+        raise HTTPError(404, f"unknown model {name!r}" + (f"; this server serves {state.model_name!r}" if may_know
                                                           else ""))
     if version not in (None, "", VERSION):
         raise HTTPError(404, f"unknown version {version!r} of model {name!r}; it has version {VERSION}")
     return state
 
 
+def _model(request: Request):
+    state = request.app.state.service
+    known = state.token is None or authorized(request.headers.get("authorization", "").encode("latin-1"), state.token)
+    return check_model(state, request.path_params["model"], request.path_params.get("version"), known)
+
+
+def server_metadata_dict() -> dict:
+    return {"name": "clipscan", "version": __version__, "extensions": EXTENSIONS}
+
+
 async def server_metadata(request: Request):
-    return JSONResponse({"name": "clipscan", "version": __version__, "extensions": EXTENSIONS})
+    return JSONResponse(server_metadata_dict())
 
 
 async def live(request: Request):
@@ -64,11 +70,15 @@ def _tensor(spec) -> dict:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape(-1)}
 
 
+def model_metadata_dict(state) -> dict:
+    """The model's metadata (the HTTP answer; the gRPC answer is built from it)."""
+    return {"name": state.model_name, "versions": [VERSION], "platform": "clipscan_onnx",
+            "backend": state.scanner.backend_name, "sha256": state.sha256,
+            "inputs": [_tensor(s) for s in state.inputs], "outputs": [_tensor(s) for s in state.outputs]}
+
+
 async def model_metadata(request: Request):
-    state = _model(request)
-    return JSONResponse({"name": state.model_name, "versions": [VERSION], "platform": "clipscan_onnx",
-                         "backend": state.scanner.backend_name, "sha256": state.sha256,
-                         "inputs": [_tensor(s) for s in state.inputs], "outputs": [_tensor(s) for s in state.outputs]})
+    return JSONResponse(model_metadata_dict(_model(request)))
 
 
 def _config_type(datatype: str) -> str:
@@ -113,7 +123,7 @@ def _header_length(request: Request) -> int | None:
         raise HTTPError(400, f"{HEADER_LENGTH} {value!r} is not an integer") from None
 
 
-def _items(state, tensors: dict) -> list[tuple[str, object]]:
+def request_items(state, tensors: dict) -> list[tuple[str, object]]:
     unknown = sorted(set(tensors) - {INPUT_IMAGE, INPUT_PIXELS})
     if unknown:
         raise HTTPError(400, f"unknown input {unknown[0]!r}; inputs are {INPUT_IMAGE!r} (BYTES [N]) or "
@@ -145,7 +155,7 @@ def _items(state, tensors: dict) -> list[tuple[str, object]]:
     return items
 
 
-def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
+def requested_outputs(state, header: dict) -> tuple[list, set[str] | bool]:
     specs = {s.name: s for s in state.outputs}
     asked = header.get("outputs")
     params = header.get("parameters")
@@ -174,7 +184,7 @@ def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
     return chosen, binary
 
 
-def _max_elements(state) -> int:
+def max_elements(state) -> int:
     """The most elements one input tensor of an acceptable request holds: max_images images of the largest
     per-image input (pixels: C*H*W values)."""
     return state.limits.max_images * max(math.prod(s.dims) for s in state.inputs)
@@ -195,13 +205,13 @@ async def infer(request: Request):
                              f"{lim.max_json_bytes}; send tensors through the binary tensor extension")
     try:
         # off the event loop: other clients (health probes too) are answered while a body is decoded
-        header, tensors = await run_in_threadpool(decode_message, body, header_length, "inputs", _max_elements(state))
+        header, tensors = await run_in_threadpool(decode_message, body, header_length, "inputs", max_elements(state))
     except WireTooLarge as e:
         raise HTTPError(413, f"{e}; one request holds at most {lim.max_images} images") from None
     except WireError as e:
         raise HTTPError(400, str(e)) from None
-    items = _items(state, tensors)
-    chosen, binary = _requested(state, header)
+    items = request_items(state, tensors)
+    chosen, binary = requested_outputs(state, header)
     results = await state.scan(items)
     out = results_to_tensors(results, chosen)
     reply = {"model_name": state.model_name, "model_version": VERSION}
