@@ -15,7 +15,9 @@ from .connections import uvicorn_config
 log = logging.getLogger("clipscan.serve")
 
 
-class _Server(uvicorn.Server):
+class ServiceServer(uvicorn.Server):
+    """uvicorn with the gRPC endpoint beside it (when `grpc_port` is given) and a ready callback."""
+
     def __init__(self, config, on_ready, state=None, grpc_port: int | None = None, grace_s: float | None = None):
         super().__init__(config)
         self.on_ready, self.state, self.grpc_port, self.grace_s = on_ready, state, grpc_port, grace_s
@@ -61,7 +63,7 @@ def serve(state: ServiceState, host: str = "127.0.0.1", port: int = 8000, on_rea
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _stopped)
     try:
-        _Server(config, ready, state, grpc_port, graceful_timeout_s).run()
+        ServiceServer(config, ready, state, grpc_port, graceful_timeout_s).run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
