@@ -31,7 +31,8 @@ def server(tmp_path_factory):
     token = tmp_path_factory.mktemp("grpc") / "token"
     token.write_text(TOKEN + "\n")
     with cli_server("--grpc-port", "0", "--token-file", str(token), "--max-pixels", str(BOMB_PIXELS),
-                    "--max-body-bytes", str(4 * 2**20), "--max-images", "8", "--name", "detector") as (url, proc):
+                    "--max-body-bytes", str(4 * 2**20), "--max-images", "8", "--name", "detector",
+                    "--max-open-connections", "3", "--header-timeout-s", "1") as (url, proc):
         yield url, grpc_address(proc)
 
 
@@ -174,6 +175,30 @@ def test_metrics_count_grpc_requests_beside_http(server, client):
     _status(lambda: client.infer("detector", [_bytes_input([b"x"])]))
     after = counts()
     assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (1, 1, 2), (before, after)
+
+
+def test_connections_past_the_cap_and_silent_sockets_are_closed(server, client):
+    """--max-open-connections caps the gRPC port's connections (3 here: the module's client and two more);
+    a socket that never completes its HTTP/2 handshake is closed after --header-timeout-s (1 s here)."""
+    import tritonclient.grpc as grpcclient
+
+    host, port = server[1].rsplit(":", 1)
+    assert client.is_server_live()
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each, not the one the module's client holds
+    more = [grpcclient.InferenceServerClient(server[1], channel_args=own) for _ in range(3)]
+    try:
+        assert more[0].is_server_live(client_timeout=10) and more[1].is_server_live(client_timeout=10)
+        assert "UNAVAILABLE" in _status(lambda: more[2].is_server_live(client_timeout=10))
+    finally:
+        for c in more:
+            c.close()
+    time.sleep(0.3)  # the closed connections leave the server's count
+    with socket.create_connection((host, int(port)), timeout=15) as silent:
+        start = time.monotonic()
+        while silent.recv(4096):  # the server's own SETTINGS frame, then nothing until it closes
+            pass
+        assert 0.5 < time.monotonic() - start < 10  # closed by the handshake timeout, not at once
+    assert client.is_server_live()
 
 
 def test_grpc_and_http_share_one_batcher_and_the_service_timeout():
