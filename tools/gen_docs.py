@@ -95,6 +95,13 @@ def serve_limits() -> str:
     return table(["flag", "default", "what it bounds"], rows)
 
 
+def serve_grpc_limits() -> str:
+    """How each `clipscan serve` limit applies to the gRPC endpoint: serve/limits.py's `grpc` texts."""
+    from clipscan.serve.limits import grpc_limits_table
+
+    return table(["flag", "over gRPC"], [[_code(name), what] for name, what in grpc_limits_table()])
+
+
 def _cli_choice_rows(command: str, flag: str) -> tuple[list, object, str]:
     """(choices, default, help) of one flag of one command, as its parser defines them."""
     module = importlib.import_module(_commands()[command][0])
@@ -221,6 +228,7 @@ TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "weights-formats": (weights_formats, "guides/export.md"),
     "backends": (backends, "guides/backends.md"),
     "serve-limits": (serve_limits, "guides/serve.md"),
+    "serve-grpc-limits": (serve_grpc_limits, "guides/serve.md"),
     "decode-modes": (decode_modes, "guides/scan.md"),
     "int8-targets": (int8_targets, "guides/int8.md"),
     "int8-recipes": (int8_recipes, "guides/int8.md"),
