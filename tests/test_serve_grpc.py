@@ -103,7 +103,7 @@ def model_config_sha(config: dict) -> str:
     return config["parameters"]["sha256"]["string_value"]
 
 
-def test_images_and_pixels_equal_a_local_scan_and_a_bad_image_stays_its_own_error(client, local):
+def test_images_and_pixels_equal_a_local_scan_and_a_bad_image_stays_its_own_error(server, client, local):
     import tritonclient.grpc as grpcclient
 
     files = [(p.name, p.read_bytes()) for p in sample_files()] + list(bad_images().items())[:3]
@@ -129,6 +129,18 @@ def test_images_and_pixels_equal_a_local_scan_and_a_bad_image_stays_its_own_erro
     result = client.infer("detector", [pin], outputs=[grpcclient.InferRequestedOutput("p_generated")], headers=AUTH)
     assert [o.name for o in result.get_response().outputs] == ["p_generated"]
     assert result.as_numpy("p_generated") == pytest.approx([r.p_generated for r in expected[:2]], abs=1e-6)
+
+    # typed contents (bytes_contents) instead of raw contents: the same answers
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    typed = service_pb2.ModelInferRequest(model_name="detector")
+    typed.inputs.add(name="image", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
+        [d for _, d in files[:2]])
+    with grpc.insecure_channel(server[1]) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(typed, metadata=list(AUTH.items()))
+    p_typed = np.frombuffer(answer.raw_output_contents[[o.name for o in answer.outputs].index("p_generated")], "<f4")
+    assert p_typed == pytest.approx([r.p_generated for r in expected[:2]], abs=1e-6)
 
 
 def test_the_token_limits_and_mistakes_have_tritons_status_codes(client):
