@@ -8,7 +8,8 @@ Where the binary comes from (x86_64 Linux): the `tritonclient` 2.51.0 wheel on P
 `tritonclient-2.51.0.data/data/bin/perf_analyzer` (later tritonclient wheels do not). It links two libraries
 a Python environment does not have:
 - `libb64.so.0d`: Debian/Ubuntu's `libb64-0d` (used from the system when `ldconfig` knows it; else its .deb
-  is fetched with `apt-get download` and unpacked into the cache, which needs no root);
+  is fetched with `apt-get download` and unpacked into the cache, which needs no root; as root, apt's
+  package lists are updated first when the download finds none);
 - `libcudart.so.12`: PyPI's `nvidia-cuda-runtime-cu12`, installed with `pip install --target` into the cache
   (no GPU is needed: perf_analyzer only loads it).
 Everything lands in DIR (default `$CLIPSCAN_CACHE_DIR/perf_analyzer`, else `~/.cache/clipscan/perf_analyzer`);
@@ -125,8 +126,14 @@ def _b64(cache: Path) -> Path | None:
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     if not list(debs.glob(f"{B64}_*.deb")):
-        _run(["apt-get", "download", B64], f"fetching Debian's {B64} (libb64.so.0d); `apt-get update` may be "
-             "needed first", cwd=debs)
+        what = f"fetching Debian's {B64} (libb64.so.0d)"
+        try:
+            _run(["apt-get", "download", B64], what, cwd=debs)
+        except ProvisionError:
+            if os.geteuid() != 0:  # package lists may be missing (a fresh container): only root can fetch them
+                raise
+            _run(["apt-get", "update", "-qq"], "updating apt's package lists")
+            _run(["apt-get", "download", B64], what, cwd=debs)
     deb = next(iter(debs.glob(f"{B64}_*.deb")))
     _run(["dpkg-deb", "-x", str(deb), str(cache / "b64")], f"unpacking {deb.name}")
     if not (lib / "libb64.so.0d").is_file():
@@ -150,8 +157,9 @@ def provision(cache: str | os.PathLike | None = None) -> PerfAnalyzer:
     if proc.returncode != 0 or "Perf Analyzer Version" not in proc.stdout + proc.stderr:
         ldd = subprocess.run(["ldd", str(binary)], env=pa.env, capture_output=True, text=True, check=False).stdout
         missing = [line.strip() for line in ldd.splitlines() if "not found" in line]
-        raise ProvisionError(f"{binary} --version exited {proc.returncode} ({(proc.stderr or proc.stdout).strip()[:200]}"
-                             f"); libraries not found: {missing or 'none'}; {HOW}")
+        said = (proc.stderr or proc.stdout).strip()[:200]
+        raise ProvisionError(f"{binary} --version exited {proc.returncode} ({said}); libraries not found: "
+                             f"{missing or 'none'}; {HOW}")
     return pa
 
 
