@@ -19,7 +19,7 @@ import time
 
 import grpc
 
-from clipscan.runtime.contract import results_to_tensors
+from clipscan.runtime.contract import on_the_wire, results_to_tensors
 from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.v2_wire import WireError, WireTooLarge
 
@@ -61,28 +61,30 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=self.state.ready)
 
     async def ModelReady(self, request, context):
-        state = self._model(context, request.name, request.version)
+        state, _, _ = self._model(context, request.name, request.version)
         return pb.ModelReadyResponse(ready=state.ready)
 
     async def ServerMetadata(self, request, context):
         return msg.server_metadata(routes_v2.server_metadata_dict())
 
     async def ModelMetadata(self, request, context):
-        return msg.model_metadata(routes_v2.model_metadata_dict(self._model(context, request.name,
-                                                                            request.version)))
+        return msg.model_metadata(routes_v2.model_metadata_dict(*self._model(context, request.name,
+                                                                             request.version)))
 
     async def ModelConfig(self, request, context):
-        return msg.model_config(routes_v2.model_config(self._model(context, request.name, request.version)))
+        state, name, _ = self._model(context, request.name, request.version)
+        return msg.model_config(routes_v2.model_config(state, name))
 
     async def RepositoryIndex(self, request, context):
         state = self.state
         if request.ready and not state.ready:
             return pb.RepositoryIndexResponse()
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
-            name=state.model_name, version=routes_v2.VERSION, state="READY" if state.ready else "UNAVAILABLE")])
+            name=name, version=routes_v2.VERSION, state="READY" if state.ready else "UNAVAILABLE")
+            for name in state.models])
 
     async def ModelInfer(self, request, context):
-        state = self._model(context, request.model_name, request.model_version)
+        state, name, inputs = self._model(context, request.model_name, request.model_version)
         lim = state.limits
         size = request.ByteSize()
         if state.buffered + size > lim.max_buffered_bytes:
@@ -99,14 +101,15 @@ class InferenceService:
                 raise HTTPError(413, f"{e}; one request holds at most {lim.max_images} images") from None
             except WireError as e:
                 raise HTTPError(400, str(e)) from None
-            items = routes_v2.request_items(state, tensors)
+            items = routes_v2.request_items(state, inputs, tensors)
             asked = {"outputs": [{"name": o.name} for o in request.outputs]} if request.outputs else {}
             chosen, _ = routes_v2.requested_outputs(state, asked)
             results = await state.scan(items)
         finally:
             state.buffered -= size
-        out = results_to_tensors(results, chosen)
-        return msg.infer_response(state.model_name, routes_v2.VERSION, request.id,
+        tensors = results_to_tensors(results, chosen)
+        out = {s.name: on_the_wire(tensors[s.name], s) for s in chosen}
+        return msg.infer_response(name, routes_v2.VERSION, request.id,
                                   [(s.name, s.datatype, out[s.name]) for s in chosen])
 
 

@@ -215,11 +215,19 @@ def manifest_values() -> str:
 def demo_contract() -> str:
     """The services' tensors for the bundled demo model (runtime.contract's specs from its manifest)."""
     from clipscan.runtime import contract, load_artifact
+    from clipscan.runtime.model_name import model_name_for
 
     manifest = load_artifact(None).manifest
-    rows = [["input", _code(s.name), s.datatype, _code(s.shape())] for s in contract.input_specs(manifest)]
-    rows += [["output", _code(s.name), s.datatype, _code(s.shape())] for s in contract.output_specs(manifest)]
-    return table(["", "tensor", "datatype", "shape (-1: the batch)"], rows)
+    name = model_name_for(manifest.name)
+    pixels = contract.pixels_model_name(name)
+
+    def row(what, s):
+        return [what, _code(s.name), s.datatype, _code(s.shape()), _code(s.config_dims)]
+
+    rows = [row(f"input of `{name}`", s) for s in contract.input_specs(manifest)]
+    rows += [row(f"input of `{pixels}`", s) for s in contract.pixels_specs(manifest)]
+    rows += [row("output", s) for s in contract.output_specs(manifest)]
+    return table(["", "tensor", "datatype", "shape (-1: the batch)", "config `dims`"], rows)
 
 
 # table name -> (function that renders it, the page that holds it between markers)
