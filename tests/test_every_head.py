@@ -98,7 +98,8 @@ def test_scan_server_without_server_model_on_clipscan_serve(multi_head_model, lo
     photo, render = (SAMPLES / "photo_chelsea.jpg").read_bytes(), (SAMPLES / "render_001.png").read_bytes()
     with cli_server(str(multi_head_model), "--max-batch", "4") as (url, _):
         status, _, body = request(url + "/v2/repository/index", b"{}", {"Content-Type": "application/json"})
-        assert status == 200 and json.loads(body) == [{"name": "three-heads", "version": "1", "state": "READY"}]
+        assert status == 200 and json.loads(body) == [{"name": name, "version": "1", "state": "READY"}
+                                                      for name in ("three-heads", "three-heads_pixels")]
         assert json.loads(request(url + "/v2/repository/index", b'{"ready": true}')[2])[0]["state"] == "READY"
         status, _, body = request(url + "/v2/repository/index", b"[1", {"Content-Type": "application/json"})
         assert status == 400 and "JSON object" in json.loads(body)["error"]

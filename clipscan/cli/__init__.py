@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("clipscan.cli.calibrate",
                   "post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report (needs clipscan[export])"),
     "serve": ("clipscan.cli.serve",
-              "serve a model over HTTP: Open Inference Protocol, /v1/scan, upload page (needs clipscan[serve])"),
+              "serve a model: Open Inference Protocol (HTTP, gRPC), /v1/scan, upload page (needs clipscan[serve])"),
     "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
     "report": ("clipscan.cli.report", "turn a scan's rows into one self-contained HTML page a reviewer can look at"),
     "triton": ("clipscan.cli.triton", "write a Triton Inference Server model repository for an artifact"),
