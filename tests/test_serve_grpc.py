@@ -92,11 +92,12 @@ def test_health_metadata_and_config_are_the_http_answers(server, client):
     assert config == json_format.ParseDict(http_config, model_config_pb2.ModelConfig())
     assert config.max_batch_size == 8 and config.parameters["sha256"].string_value == model_config_sha(http_config)
     index = client.get_model_repository_index(headers=AUTH)
-    assert [(m.name, m.version, m.state) for m in index.models] == [("detector", "1", "READY")]
+    assert [(m.name, m.version, m.state) for m in index.models] == [("detector", "1", "READY"),
+                                                                     ("detector_pixels", "1", "READY")]
     # an unknown model is NOT_FOUND; its real name is said only to a client holding the token
     assert "detector" not in _status(lambda: client.is_model_ready("other"))
     answer = _status(lambda: client.get_model_metadata("other", headers=AUTH))
-    assert answer.startswith("StatusCode.NOT_FOUND") and "this server serves 'detector'" in answer
+    assert answer.startswith("StatusCode.NOT_FOUND") and "this server serves ['detector', 'detector_pixels']" in answer
 
 
 def model_config_sha(config: dict) -> str:
@@ -112,23 +113,27 @@ def test_images_and_pixels_equal_a_local_scan_and_a_bad_image_stays_its_own_erro
     result = client.infer("detector", [_bytes_input([d for _, d in files])], request_id="g1", headers=AUTH,
                           outputs=[grpcclient.InferRequestedOutput(n) for n in names])
     assert result.get_response().id == "g1" and result.get_response().model_name == "detector"
-    errors = [e.decode() for e in result.as_numpy("error")]
-    p, verdicts = result.as_numpy("p_generated"), [v.decode() for v in result.as_numpy("verdict")]
+    def column(name):  # per-image outputs are [N, 1], as Triton reports them
+        return result.as_numpy(name).reshape(-1)
+
+    errors = [e.decode() for e in column("error")]
+    p, verdicts = column("p_generated"), [v.decode() for v in column("verdict")]
     for i, r in enumerate(expected):
         assert errors[i] == (r.error or ""), files[i][0]
         if r.error is None:
             assert p[i] == pytest.approx(r.p_generated, abs=1e-6) and verdicts[i] == r.verdict
-            assert result.as_numpy("quality")[i] == pytest.approx(r.quality, abs=1e-5)
+            assert column("quality")[i] == pytest.approx(r.quality, abs=1e-5)
         else:
             assert np.isnan(p[i]) and verdicts[i] == ""
-    assert sum(bool(e) for e in errors) == 3 and {b.decode() for b in result.as_numpy("backend")} == {"onnxruntime-cpu"}
+    assert sum(bool(e) for e in errors) == 3 and {b.decode() for b in column("backend")} == {"onnxruntime-cpu"}
     # the second input form: preprocessed pixels as a binary FP32 tensor; only the outputs asked for come back
     pixels = np.concatenate([local.prepare(d) for _, d in files[:2]])
     pin = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
     pin.set_data_from_numpy(pixels)
-    result = client.infer("detector", [pin], outputs=[grpcclient.InferRequestedOutput("p_generated")], headers=AUTH)
+    result = client.infer("detector_pixels", [pin], outputs=[grpcclient.InferRequestedOutput("p_generated")],
+                          headers=AUTH)
     assert [o.name for o in result.get_response().outputs] == ["p_generated"]
-    assert result.as_numpy("p_generated") == pytest.approx([r.p_generated for r in expected[:2]], abs=1e-6)
+    assert column("p_generated") == pytest.approx([r.p_generated for r in expected[:2]], abs=1e-6)
 
     # typed contents (bytes_contents) instead of raw contents: the same answers
     import grpc
@@ -161,8 +166,10 @@ def test_the_token_limits_and_mistakes_have_tritons_status_codes(client):
     assert bad.startswith("StatusCode.INVALID_ARGUMENT") and "unknown input 'words'" in bad, bad
     shape = grpcclient.InferInput("pixels", [1, 2], "FP32")
     shape.set_data_from_numpy(np.zeros((1, 2), np.float32))
-    bad = _status(lambda: client.infer("detector", [shape], headers=AUTH))
+    bad = _status(lambda: client.infer("detector_pixels", [shape], headers=AUTH))
     assert bad.startswith("StatusCode.INVALID_ARGUMENT") and "must be FP32 with shape" in bad, bad
+    bad = _status(lambda: client.infer("detector", [shape], headers=AUTH))
+    assert bad.startswith("StatusCode.INVALID_ARGUMENT") and "goes to model 'detector_pixels'" in bad, bad
     out = _status(lambda: client.infer("detector", [_bytes_input([jpeg])], headers=AUTH,
                                        outputs=[grpcclient.InferRequestedOutput("nope")]))
     assert out.startswith("StatusCode.INVALID_ARGUMENT") and "unknown output 'nope'" in out, out
