@@ -136,6 +136,33 @@ def import_effort(path: Path, backbone) -> Imported:
     return Imported([head], preprocess=preprocess, source=path)
 
 
+def import_rine(path: Path, backbone) -> Imported:
+    """RINE (Koutlis & Papadopoulos 2024): an MLP over the CLS token of every block's ln_2 output (see export.rine).
+
+    The released ckpt/model_*_trainable.pth holds the trainable part only (alpha, proj1.*, proj2.*, head.*);
+    the tower is OpenAI CLIP ViT-L/14 (--arch ViT-L-14-quickgelu, --weights its checkpoint). Test-time
+    preprocessing: no resize, centre crop 224 (padding smaller images), CLIP mean/std.
+    """
+    from .rine import rine_head
+
+    head, preprocess = rine_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
+def import_drct(path: Path, backbone) -> Imported:
+    """DRCT (Chen et al. 2024): OpenAI CLIP encode_image -> Linear(D, E) -> Linear(E, 2), two-class softmax.
+
+    One checkpoint (their train.py's state dict) holds the tower under model.model.visual.*: give the same
+    file to --weights (with --arch, e.g. ViT-L-14-quickgelu) and to --head drct:FILE. The two Linears fold
+    into one exact Linear(D, 1). Test-time preprocessing: no resize, centre crop 224 with offsets rounded
+    down (albumentations), zero padding of smaller images, ImageNet mean/std.
+    """
+    from .drct import drct_head
+
+    head, preprocess = drct_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def import_laion_aesthetic(path: Path, backbone) -> Imported:
     """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
 
