@@ -29,11 +29,8 @@ RESIZE_MODES = {
     "none": "the crop reads the image at its own size (no resize)",
 }
 CROP_MODES = ("center", "sliding", "none")
-# how a centre crop's offset (size - crop) / 2 is rounded when it is not whole
-CROP_OFFSETS = {
-    "round": "Python round(), halves to even (torchvision CenterCrop)",
-    "floor": "rounded down (albumentations CenterCrop, as cv2/albumentations test loaders use)",
-}
+# a centre crop's offset (size - crop) / 2 when not whole: round() to even (torchvision) or down (albumentations)
+CROP_OFFSETS = ("round", "floor")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 EXIF_POLICIES = ("apply", "ignore")
 ALPHA_POLICIES = ("drop",)
@@ -184,8 +181,7 @@ class PreprocessSpec:
             crop_mode=crop_mode,
             crop_size=size(need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
             pad_fill=pad_fill,
-            crop_offsets=need(crop, "offsets", "preprocess.crop", str, tuple(CROP_OFFSETS)) if "offsets" in crop
-            else "round",
+            crop_offsets=need(crop, "offsets", "preprocess.crop", str, CROP_OFFSETS) if "offsets" in crop else "round",
             exif_orientation=need(d, "exif_orientation", w, str, EXIF_POLICIES),
             alpha=need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
             convert_when=need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),

@@ -148,3 +148,16 @@ def test_drct_tensor_that_maps_nowhere_is_refused_by_name(tiny_model_files, drct
         rc = main(["export", "--weights", str(drct["pth"]), "--arch", str(tiny_model_files["config"]),
                    "--head", f"drct:{bad}", "-o", str(tmp_path / "x.onnx")])
         assert rc == 2 and message in capsys.readouterr().err, name
+
+
+def test_crop_offsets_round_trip_through_the_manifest():
+    from clipscan.runtime.errors import ManifestError
+    from clipscan.runtime.manifest import PreprocessSpec
+
+    assert "offsets" not in PreprocessSpec().to_dict()["crop"]           # manifests written before read the same
+    floor = PreprocessSpec(resize_mode="none", crop_offsets="floor")
+    assert PreprocessSpec.from_dict(floor.to_dict()) == floor
+    bad = floor.to_dict()
+    bad["crop"]["offsets"] = "ceil"
+    with pytest.raises(ManifestError, match="offsets"):
+        PreprocessSpec.from_dict(bad)
