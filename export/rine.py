@@ -119,7 +119,7 @@ def rine_head(path: Path, backbone) -> tuple[RineHead, dict]:
     found: dict = {}
     alpha = None
     for key, value in state.items():
-        bare = key[len("module."):] if key.startswith("module.") else key
+        bare = key.removeprefix("module.")
         m = KEY.fullmatch(bare)
         if bare == "alpha":
             alpha = value
