@@ -3,6 +3,8 @@ a .safetensors, FP16 on the stock graph from their .pth pickle), scanned with th
 the authors' model (src/models.py) and test transform (src/utils.py) re-expressed here on the tiny tower."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +84,8 @@ def rine(tiny_model_files, photos, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("rine")
     torch.manual_seed(41)
-    model = RineReference(tiny_model_files["model"], tiny_model_files["model"].visual.transformer.width).eval()
+    clip = copy.deepcopy(tiny_model_files["model"])        # its hooks stay off the session's model
+    model = RineReference(clip, clip.visual.transformer.width).eval()
     x = torch.stack([rine_transform()(load_rgb(p)) for p in photos])
     with torch.no_grad():
         nn.init.normal_(model.head[6].weight, 0.0, 3.0)
