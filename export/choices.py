@@ -24,6 +24,10 @@ HEAD_FORMATS: dict[str, str] = {
                 "fine-tuned Hugging Face CLIP tower",
     "effort": "Effort (Yan et al. 2025): Linear(width, 2) on the pooled output of an SVD-fine-tuned Hugging "
               "Face CLIP tower (two-class softmax)",
+    "rine": "RINE (Koutlis & Papadopoulos 2024): the CLS token of every block's ln_2 output, per-block MLP, "
+            "softmax(alpha)-weighted sum, MLP to one logit (its trainable-part .pth)",
+    "drct": "DRCT (Chen et al. 2024): Linear(D, E) then Linear(E, 2) on OpenAI CLIP's encode_image (two-class "
+            "softmax); one checkpoint with the tower under model.model.visual",
     "laion-aesthetic": "LAION improved aesthetic predictor: an MLP on the L2-normalised embedding, a score on "
                        "its own 1-10 scale",
 }

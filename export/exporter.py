@@ -51,6 +51,7 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     return PreprocessSpec(
         resize_mode=mode, resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
         crop_mode=crop, crop_size=size, pad_fill=int(pp.get("fill_color", 0)), exif_orientation="apply",
+        crop_offsets=pp.get("crop_offsets", "round"),
         **(sliding if crop == "sliding" else {}),
     )
 

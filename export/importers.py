@@ -136,6 +136,39 @@ def import_effort(path: Path, backbone) -> Imported:
     return Imported([head], preprocess=preprocess, source=path)
 
 
+def import_rine(path: Path, backbone) -> Imported:
+    """RINE (Koutlis & Papadopoulos 2024): an MLP over the CLS token of every block's ln_2 output, in the same pass.
+
+    The released ckpt/model_*_trainable.pth (or the same tensors as .safetensors) holds the trainable part
+    only: alpha (1, blocks, P), proj1.* (per-block Linear+ReLU from the tower's width to P), proj2.* and
+    head.* (down to Linear(P, 1)); the tower is OpenAI CLIP ViT-L/14 (--arch ViT-L-14-quickgelu, --weights
+    its checkpoint), and alpha must weigh all of its blocks. Test-time preprocessing: no resize, centre
+    crop 224 (padding smaller images), CLIP mean/std. Outputs: logit_generated and p_generated =
+    sigmoid(logit).
+    """
+    from .rine import rine_head
+
+    head, preprocess = rine_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
+def import_drct(path: Path, backbone) -> Imported:
+    """DRCT (Chen et al. 2024): Linear(D, E) then Linear(E, 2) on OpenAI CLIP's encode_image (projected CLS).
+
+    One checkpoint (their train.py's state dict, .pth or .safetensors; a "state_dict" wrapper or "module."
+    prefix allowed) holds the tower under model.model.visual.*, the unused text tower under model.model.*,
+    model.fc.* [E, D] and fc.* [2, E]; any other tensor is refused by name. Give the same file to --weights
+    (with --arch, e.g. ViT-L-14-quickgelu) and to --head drct:FILE. The two Linears fold into one exact
+    Linear(D, 1). Test-time preprocessing: no resize, centre crop 224 with offsets rounded down
+    (albumentations), zero padding of smaller images, ImageNet mean/std. Outputs: p_generated (the softmax's
+    fake class) and logit_generated = l_fake - l_real.
+    """
+    from .drct import drct_head
+
+    head, preprocess = drct_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def import_laion_aesthetic(path: Path, backbone) -> Imported:
     """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
 

@@ -31,7 +31,8 @@ def describe_manifest(artifact) -> str:
     lines.append(f"input        {i.name} {i.layout} {i.dtype} {i.size[0]}x{i.size[1]} {i.color}, {norm}")
     p = m.preprocess
     lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
-                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}; "
+                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
+                 f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
                  f"RGB (alpha {p.alpha})")
     for h in m.heads:
         outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
