@@ -292,6 +292,7 @@ def parse_head_arg(text: str) -> tuple[str, Path]:
 def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
     """Read every head given as a path, "FORMAT:PATH" or an nn.Module; merge their preprocessing needs."""
     merged = Imported([])
+    changes: list = []    # (item, its tower change): every head of one pass must agree
     for item in items:
         if isinstance(item, torch.nn.Module):
             got = Imported([item])
@@ -327,12 +328,13 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
                 raise InvalidArgumentError("a head with deep visual prompts changes the backbone pass, so no other "
                                            "head can share it: export it as its own artifact")
             merged.visual_prompts = got.visual_prompts
-        if got.tower_change is not None:
-            if len(items) > 1:
-                raise InvalidArgumentError(f"--head {item} runs the tower without its positional embedding (as "
-                                           "IQA-PyTorch does), so no other head can share its backbone pass: export "
-                                           "it as its own artifact")
-            merged.tower_change = got.tower_change
+        changes.append((item, got.tower_change))
+    if len({change for _, change in changes}) > 1:
+        odd = next(item for item, change in changes if change is not None)
+        raise InvalidArgumentError(f"--head {odd} runs the tower without its positional embedding (as IQA-PyTorch "
+                                   "does), and other heads need it, so they cannot share one backbone pass: export "
+                                   "them as separate artifacts")
+    merged.tower_change = changes[0][1] if changes else None
     if resize_mode is not None:
         merged.preprocess["resize_mode"] = resize_mode
     _distinct_names(merged.heads)
