@@ -15,11 +15,14 @@ class Imported:
 
 
 def text_encoder(backbone):
-    """The text tower of the backbone's own checkpoint (prompt heads encode their prompts with it)."""
-    from .hf_clip import refuse_text_tower
+    """The text tower of the backbone's own checkpoint (prompt heads encode their prompts with it): open_clip's,
+    or a transformers CLIPModel's (export.hf_text)."""
     from .text import load_text_encoder
+    from .weights_formats import HF
 
-    refuse_text_tower(backbone, "this head")
+    if backbone.extra.get("weights_format") == HF:
+        from .hf_text import load_hf_text_encoder
 
+        return load_hf_text_encoder(backbone)
     return load_text_encoder(backbone.arch, backbone.weights_path,
                              quick_gelu=backbone.activation == "quick_gelu")

@@ -37,7 +37,8 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]):
-        return self.model.encode_text(self.tokens(prompts), normalize=True)
+        tokens = self.tokens(prompts)
+        return self.encode_embeddings(self.model.token_embedding(tokens), tokens)
 
     @torch.no_grad()
     def encode_with_context(self, ctx, words: list[str]):
@@ -61,7 +62,8 @@ class TextEncoder:
         m = self.model
         x = m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask)
         x = m.ln_final(x)
-        x = open_clip.model.text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        pool = getattr(m, "text_pool_type", None) or m.pool_type     # open_clip's CLIP, or its TextTransformer
+        x = open_clip.model.text_global_pool(x, tokens, pool, eos_token_id=getattr(m, "text_eos_id", None))
         x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
         return torch.nn.functional.normalize(x, dim=-1)
 
