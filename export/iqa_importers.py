@@ -23,8 +23,8 @@ def import_clip_iqa(path: Path | None, backbone) -> Imported:
 
     `--head clip-iqa`. The prompts "Good image"/"bad image", "Sharp image"/"blurry image", "sharp
     edges"/"blurry edges", "High resolution image"/"low resolution image", "Noise-free image"/"noisy
-    image" are encoded with the checkpoint's text tower; quality = mean over the pairs of
-    softmax(logit_scale x cosine)[good], in [0, 1]. As pyiqa's CLIP with pos_embedding=False, the
+    image" are encoded with the checkpoint's text tower; reads the projected embedding: quality =
+    mean over the pairs of softmax(logit_scale x cosine(embedding, prompts))[good], in [0, 1]. As pyiqa's CLIP with pos_embedding=False, the
     tower adds no positional embedding. Preprocessing: short side to the input size bicubic, centre
     crop, CLIP mean/std (pyiqa runs the image at its own size).
     """
@@ -44,7 +44,7 @@ def import_clip_iqa_plus(path: Path, backbone) -> Imported:
     without positional embedding) or {"params": {"prompt_learner.ctx", ".token_prefix",
     ".token_suffix"}} (the _512 files, used with it). "X x 16 Good photo.." and "... Bad photo.." are
     encoded with the learned context around the class words, as pyiqa's PromptLearner does; quality
-    = softmax(logit_scale x cosine)[good], in [0, 1]. Preprocessing as clip-iqa's.
+    = softmax(logit_scale x cosine(projected embedding, prompts))[good], in [0, 1]. Preprocessing as clip-iqa's.
     """
     from .iqa import IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, clipiqa_plus_head
 
@@ -69,7 +69,8 @@ def import_liqe(path: Path, backbone) -> Imported:
     pyiqa's liqe_koniq.pt ({"params": {"clip_model.*"}}, the whole CLIP in OpenAI's layout) is both
     the tower and the text side: give it to --weights (--arch ViT-B-32-quickgelu) and to --head
     liqe:FILE. The prompts "a photo with {bad, poor, fair, good, perfect} quality" are encoded with
-    its text tower; quality = sum of level (1-5) x softmax(logit_scale x cosine). One 224 crop after
+    its text tower; quality = sum of level (1-5) x softmax(logit_scale x cosine(projected embedding,
+    prompts)), named liqe on a 1-5 MOS scale. One 224 crop after
     the short side goes to 224 (bicubic); pyiqa averages the logits of 15 of its 224 crops at stride 32.
     """
     return _liqe(path, backbone, mix=False)
