@@ -18,7 +18,8 @@ from .choices import FILELESS_HEAD_FORMATS, HEAD_FORMATS
 from .deps import load_torch_file, require
 from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
-from .imported import Imported, text_encoder as _text_encoder
+from .imported import Imported
+from .imported import text_encoder as _text_encoder
 from .iqa_importers import import_clip_iqa, import_clip_iqa_plus, import_liqe, import_liqe_mix  # noqa: F401
 
 torch = require("torch")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from itertools import product
 
 from clipscan.runtime.errors import CheckpointError
-from clipscan.runtime.manifest import HeadSpec, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from clipscan.runtime.manifest import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HeadSpec
 
 from .deps import require
 
@@ -61,7 +61,8 @@ class PromptPairsHead(torch.nn.Module):
 
     def __init__(self, good, bad, logit_scale: float, *, name: str, description: str):
         super().__init__()
-        good, bad = (torch.nn.functional.normalize(torch.as_tensor(t, dtype=torch.float32), dim=-1) for t in (good, bad))
+        good, bad = (torch.nn.functional.normalize(torch.as_tensor(t, dtype=torch.float32), dim=-1)
+                     for t in (good, bad))
         if good.shape != bad.shape or good.ndim != 2:
             raise CheckpointError(f"need as many 'good' as 'bad' text features, got {tuple(good.shape)} and "
                                   f"{tuple(bad.shape)}")

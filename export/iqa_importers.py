@@ -24,9 +24,10 @@ def import_clip_iqa(path: Path | None, backbone) -> Imported:
     `--head clip-iqa`. The prompts "Good image"/"bad image", "Sharp image"/"blurry image", "sharp
     edges"/"blurry edges", "High resolution image"/"low resolution image", "Noise-free image"/"noisy
     image" are encoded with the checkpoint's text tower; reads the projected embedding: quality =
-    mean over the pairs of softmax(logit_scale x cosine(embedding, prompts))[good], in [0, 1]. As pyiqa's CLIP with pos_embedding=False, the
-    tower adds no positional embedding. Preprocessing: short side to the input size bicubic, centre
-    crop, CLIP mean/std (pyiqa runs the image at its own size).
+    mean over the pairs of softmax(logit_scale x cosine(embedding, prompts))[good], in [0, 1]. As
+    pyiqa's CLIP with pos_embedding=False, the tower adds no positional embedding. Preprocessing:
+    short side to the input size bicubic, centre crop, CLIP mean/std (pyiqa runs the image at its
+    own size).
     """
     from .iqa import IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, clipiqa_head
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from clipscan.cli import main
-from clipscan.export.deps import load_state_dict, load_torch_file
 from clipscan.export.choices import FILELESS_HEAD_FORMATS
+from clipscan.export.deps import load_state_dict, load_torch_file
 from clipscan.export.importers import IMPORTERS
 from clipscan.runtime.errors import ClipscanError
 
