@@ -196,3 +196,7 @@ def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
     with pytest.raises(ClipscanError, match="positional embedding"):
         export_model(str(setup["config"]), setup["weights"], ["clip-iqa", f"liqe:{setup['weights']}"],
                      tmp_path / "x.onnx")
+    other = tmp_path / "liqe_koniq.pt"
+    other.write_bytes(setup["weights"].read_bytes())
+    with pytest.raises(ClipscanError, match="give the same file to both"):
+        export_model(str(setup["config"]), setup["weights"], f"liqe:{other}", tmp_path / "x.onnx")
