@@ -61,10 +61,11 @@ def _liqe(path: Path, backbone, mix: bool) -> Imported:
 
     if not path.is_file():
         raise InputNotFoundError(f"LIQE checkpoint {path} does not exist; pass pyiqa's liqe_*.pt (also as --weights)")
+    encoder = _iqa_encoder(backbone, path)   # first: a file that is not plain tensors is refused as such
     if Path(backbone.weights_path).resolve() != path.resolve():
         raise InvalidArgumentError(f"{path} is LIQE's whole fine-tuned CLIP, but --weights is {backbone.weights_path}: "
                                    f"give the same file to both (--weights {path} --arch ViT-B-32-quickgelu)")
-    return Imported([liqe_head(_iqa_encoder(backbone, path), mix)], preprocess=dict(IQA_PREPROCESS), source=path)
+    return Imported([liqe_head(encoder, mix)], preprocess=dict(IQA_PREPROCESS), source=path)
 
 
 def import_liqe(path: Path, backbone) -> Imported:
