@@ -30,7 +30,18 @@ HEAD_FORMATS: dict[str, str] = {
             "softmax); one checkpoint with the tower under model.model.visual",
     "laion-aesthetic": "LAION improved aesthetic predictor: an MLP on the L2-normalised embedding, a score on "
                        "its own 1-10 scale",
+    "clip-iqa": "CLIP-IQA as IQA-PyTorch defines it: five antonym prompt pairs over the checkpoint's text tower, "
+                "a score in [0, 1] (no file: --head clip-iqa)",
+    "clip-iqa+": "CLIP-IQA+ as IQA-PyTorch defines it: 'Good/Bad photo' with learned prompt context, a score in "
+                 "[0, 1]",
+    "liqe": "LIQE (Zhang et al. 2023) as IQA-PyTorch defines it: a fine-tuned CLIP and five quality prompts, a "
+            "1-5 score",
+    "liqe-mix": "LIQE trained on the mix of datasets: 495 quality x scene x distortion prompts, a 1-5 score",
 }
+
+# head formats that read no file: the published model is prompts over the checkpoint's own CLIP
+# (--head FORMAT, or FORMAT: with nothing after the colon)
+FILELESS_HEAD_FORMATS = ("clip-iqa",)
 
 # --graph: how the transformer blocks are written into the graph
 GRAPH_STYLES: dict[str, str] = {

@@ -22,9 +22,11 @@ from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
-from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
+from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
+                    set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
+from .iqa import NO_POSITIONAL_EMBEDDING
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 
 log = logging.getLogger("clipscan.export")
@@ -143,11 +145,13 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
+    if imported.tower_change == NO_POSITIONAL_EMBEDDING:
+        drop_positional_embedding(visual)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":
                 h.threshold = float(threshold)
-    head_files = [parse_head_arg(i)[1] for i in items if not isinstance(i, torch.nn.Module)]
+    head_files = [p for i in items if not isinstance(i, torch.nn.Module) and (p := parse_head_arg(i)[1]) is not None]
     return Reference(visual, imported.heads, info, head_files)
 
 

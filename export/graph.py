@@ -26,6 +26,12 @@ def set_visual_prompts(visual, prompts) -> None:
     visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
 
 
+def drop_positional_embedding(visual) -> None:
+    """A tower that adds no positional embedding (IQA-PyTorch's CLIP with pos_embedding=False): zeros in its place."""
+    with torch.no_grad():
+        visual.positional_embedding.zero_()
+
+
 class TappedVisual(torch.nn.Module):
     """An open_clip VisionTransformer run once, giving the pooled token before and after the projection.
 
