@@ -67,20 +67,16 @@ def ray_benchmark(model: str | None = None, images: str | None = None, *, files:
     else:
         paths = [str(p) for p in synthetic_images(tmp / "images", files)]
         what = f"{files} synthetic 640x480 JPEGs (q=90)"
-    from clipscan.distributed.cluster import connect, parse_address
+    from clipscan.distributed.cluster import parse_address, session
 
     load_start = load_average()
     rows = [_local(model, paths, tmp / "local.jsonl", batch_size)]
     start = time.perf_counter()
-    ray, started = connect(parse_address(None))
-    ray_start_s = time.perf_counter() - start
-    try:
+    with session(parse_address(None)):
+        ray_start_s = time.perf_counter() - start
         for n in actors:
             log.info("Ray scan with %d actor(s)", n)
             rows.append(_ray(model, paths, tmp / f"ray_{n}.jsonl", n, block_size, batch_size))
-    finally:
-        if started:
-            ray.shutdown()
     same = len({(tmp / "local.jsonl").read_bytes().count(b"\n")} |
                {(tmp / f"ray_{n}.jsonl").read_bytes().count(b"\n") for n in actors}) == 1
     shutil.rmtree(tmp, ignore_errors=True)  # the synthetic images and the outputs: only the numbers are kept

@@ -289,9 +289,11 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
                 act_type = QuantType.QUInt8
             reader = BatchReader(input_name, equal_batches(cset.tensors, batch_size), progress=progress,
                                  label=f"calibrating ({recipe.method})")
-            quiet = logging.getLogger("clipscan").getEffectiveLevel() > logging.WARNING  # clipscan -q
-            sink = open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stderr)
-            with sink as chatter, contextlib.redirect_stdout(chatter):  # ORT prints calibration chatter on stdout
+            # ONNX Runtime prints its calibration chatter ("Collecting tensor data...", "Percentile : (...)")
+            # on stdout: shown on stderr with clipscan -v, dropped otherwise
+            verbose = logging.getLogger("clipscan").getEffectiveLevel() <= logging.INFO
+            sink = contextlib.nullcontext(sys.stderr) if verbose else open(os.devnull, "w")
+            with sink as chatter, contextlib.redirect_stdout(chatter):
                 quantize_static(str(pre), str(qout), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=op_types, nodes_to_quantize=nodes_to_quantize,
                                 nodes_to_exclude=exclude or None, per_channel=True, activation_type=act_type,
