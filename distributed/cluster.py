@@ -110,7 +110,7 @@ def prepare(address: Address, *, verbose: bool = False):
 def session(address: Address, *, verbose: bool = False):
     """Ray for the length of the block (see `connect`). A Ray started here keeps its session folder (logs,
     sockets, spilled objects) in a folder of its own under $TMPDIR, and both are gone after the block."""
-    scratch = tempfile.mkdtemp(prefix="clipscan-ray-") if address.local else None
+    scratch = _scratch_folder() if address.local else None
     try:
         ray, started = connect(address, verbose=verbose, temp_dir=scratch)
         try:
@@ -121,6 +121,22 @@ def session(address: Address, *, verbose: bool = False):
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Ray's sockets live at <temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a Unix socket's
+# path holds at most 107 bytes
+_SOCKET_TAIL = len("/session_2026-12-06_15-48-47_263424_4194304/sockets/plasma_store")
+_UNIX_PATH_MAX = 107
+
+
+def _scratch_folder() -> str:
+    """A new folder for a local Ray's session: under $TMPDIR, or under /tmp when $TMPDIR is too deep for
+    the Unix sockets Ray puts in it."""
+    folder = tempfile.mkdtemp(prefix="clipscan-ray-")
+    if len(folder) + _SOCKET_TAIL > _UNIX_PATH_MAX and os.path.isdir("/tmp"):
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="clipscan-ray-", dir="/tmp")
+    return folder
 
 
 @contextmanager

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from clipscan.runtime import load_artifact
 from clipscan.runtime.discover import WalkStats, iter_files
 from clipscan.runtime.errors import BackendError, InvalidArgumentError
-from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, completed_paths, csv_columns, model_identity
+from clipscan.runtime.results import (OUTPUT_ERRORS, WRITERS, check_output_format, columns_for, completed_paths,
+                                      csv_columns, model_identity)
 from clipscan.runtime.resume import check_same_model, row_settings
 
 from .cluster import default_actors, parse_address, prepare, session
@@ -77,8 +78,7 @@ def check_spec(spec: RayScan) -> None:
     if not spec.gpus_per_actor >= 0 or not spec.cpus_per_actor > 0:
         raise InvalidArgumentError(f"--gpus-per-actor must be >= 0 and CPUs per actor > 0, got "
                                    f"{spec.gpus_per_actor!r} and {spec.cpus_per_actor!r}")
-    if spec.with_embedding and spec.fmt == "csv":
-        raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+    check_output_format(spec.fmt, spec.with_embedding)
     if os.path.isdir(spec.output):
         raise InvalidArgumentError(f"--output {spec.output} is a folder; name the results file to write inside it")
     parent = os.path.dirname(os.path.abspath(spec.output))

@@ -21,6 +21,10 @@ def _setup(tmp: Path) -> dict:
     (tmp / "random.onnx").write_bytes(os.urandom(4096))
     (tmp / "empty").mkdir()
     (tmp / "list.txt").write_text(f"{tmp / 'nowhere.jpg'}\n")
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "my_clip.pt", "w") as z:  # the layout torch.save writes: a zip of archive/...
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
     return {"tmp": str(tmp)}
 
 
@@ -44,6 +48,10 @@ BATTERY = [
     (["scan", "--from-list", "{tmp}/missing-list.txt"], 2, "missing-list.txt", None),
     (["scan", "{tmp}/empty"], 1, "", None),                     # nothing to scan: exit 1, documented
     (["scan", "--from-list", "{tmp}/list.txt"], 1, "", None),   # a listed file that does not exist: its row
+    (["scan", "{samples}", "-o", "{tmp}/e.csv", "--with-embedding"], 2, "CSV output cannot hold embeddings",
+     "{tmp}/e.csv"),
+    (["scan", "-m", "{tmp}/my_clip.pt", "{samples}"], 2, "is a PyTorch checkpoint (a zip archive, as torch.save "
+     "writes), not an exported model: export it first (clipscan export", None),
     (["info", "{tmp}/missing.onnx"], 2, "missing.onnx", None),
     (["info", "{tmp}/text.onnx"], 2, "text.onnx", None),
     (["nosuchcommand"], 2, "nosuchcommand", None),
@@ -84,5 +92,6 @@ def test_a_bad_command_ends_in_one_clear_message(place, argv, code, words, absen
         said = [ln for ln in lines if ": error:" in ln]
         assert len(said) == 1, err           # one sentence (argparse adds its usage line above it)
         assert _fill(words, place) in said[0] or words in said[0], err
-    if absent:
+    if absent:  # nothing where the result would have gone, nor its sidecar record
         assert not Path(_fill(absent, place)).exists()
+        assert not Path(_fill(absent, place) + ".clipscan.json").exists()
