@@ -61,11 +61,14 @@ def _source(path: Path) -> dict:
 
 
 def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, description: str, opset: int,
-                   head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32") -> Manifest:
+                   head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32",
+                   head_names: list = ()) -> Manifest:
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
     for i, path in enumerate(head_files):
-        sources["heads" if i == 0 else f"heads_{i}"] = _source(path)
+        # the key stays heads, heads_1... (what verify matches); "heads" names the heads this file gave
+        names = list(head_names[i]) if i < len(head_names) and head_names[i] else None
+        sources["heads" if i == 0 else f"heads_{i}"] = {**_source(path), **({"heads": names} if names else {})}
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     if graph.takes_uint8:
@@ -123,6 +126,7 @@ class Reference:
     heads: list
     info: BackboneInfo
     head_files: list[Path]
+    head_names: list = field(default_factory=list)   # the names of the heads each head file gave
 
     def graph(self) -> ScanGraph:
         """The float32 PyTorch model (taking normalised pixels) that an export must reproduce."""
@@ -147,7 +151,8 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
             if h.task == "detection":
                 h.threshold = float(threshold)
     head_files = [parse_head_arg(i)[1] for i in items if not isinstance(i, torch.nn.Module)]
-    return Reference(visual, imported.heads, info, head_files)
+    names = {str(path): tuple(h.name for h in got) for path, got in imported.files}  # final names (deduplicated)
+    return Reference(visual, imported.heads, info, head_files, [names.get(str(Path(p)), ()) for p in head_files])
 
 
 def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, *,
@@ -181,7 +186,8 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
                          weights_format=weights_format)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
-                        opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
+                        opset=opset, head_files=ref.head_files, head_names=ref.head_names, mean=mean, std=std,
+                        uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,
                         ensemble_threshold=ensemble_threshold, stage=stage)
 
@@ -246,7 +252,7 @@ def flops_per_image(module, image_size, dtype) -> int | None:
 
 
 def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
-                 opset: int = 18, head_files: list[Path] = (), mean=None, std=None,
+                 opset: int = 18, head_files: list[Path] = (), head_names: list = (), mean=None, std=None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
                  ensemble_threshold: float = 0.5, stage=None) -> ExportReport:
@@ -271,7 +277,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     else:
         graph = ScanGraph(visual, heads, lean=lean, fused_attention=opset >= 23).eval()
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
-                              head_files=list(head_files), mean=mean, std=std, precision=precision)
+                              head_files=list(head_files), mean=mean, std=std, precision=precision,
+                              head_names=list(head_names))
     manifest.backbone["graph"] = "lean" if lean else "stock"
     if primary is not None and ensemble is not None:
         raise InvalidArgumentError("--primary and --ensemble are alternatives: the row's verdict comes from one head "

@@ -30,6 +30,7 @@ class Imported:
     preprocess: dict = field(default_factory=dict)   # overrides of the backbone's preprocess cfg
     source: Path | None = None
     visual_prompts: object = None                    # (layers, n, width) deep visual prompts, if the head needs them
+    files: list = field(default_factory=list)        # (path, [its heads]) for each head file read
 
 
 def _state_dict(path: Path) -> dict:
@@ -308,6 +309,7 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
         else:
             name, fmt, path = parse_named_head_arg(item)
             got = IMPORTERS[fmt](path, backbone)
+            merged.files.append((Path(path), got.heads))
             if name is not None:
                 if len(got.heads) != 1:
                     raise InvalidArgumentError(f"--head {item}: a NAME= names one head, but {path} holds "

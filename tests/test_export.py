@@ -108,6 +108,8 @@ def test_export_cli_and_info(tiny_model_files, tmp_path, capsys, monkeypatch):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "cli-model" in text and "threshold=0.7" in text and "quick_gelu" in text
+    # a heads file's source line names the heads it gave
+    assert f"source       heads detector, quality: {tiny_model_files['heads'].name} sha256=" in text, text
     assert main(["info", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["heads"][0]["threshold"] == 0.7
