@@ -95,3 +95,24 @@ def test_a_bad_command_ends_in_one_clear_message(place, argv, code, words, absen
     if absent:  # nothing where the result would have gone, nor its sidecar record
         assert not Path(_fill(absent, place)).exists()
         assert not Path(_fill(absent, place) + ".clipscan.json").exists()
+
+
+def test_a_refused_export_leaves_nothing_in_tmpdir(tmp_path):
+    """`export` with a weights file that is not there: exit 2, no output, and nothing left in $TMPDIR by the
+    libraries it loaded (torch's compile cache folder, torchinductor_<user>, goes with the command; ONNX
+    Runtime's telemetry record .ses, one small file rewritten on every import, is the one exception)."""
+    import json
+
+    from .conftest import TINY_CONFIG
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    (tmp_path / "cfg.json").write_text(json.dumps(TINY_CONFIG))
+    (tmp_path / "heads.pt").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "export", "--arch", str(tmp_path / "cfg.json"),
+                           "--weights", str(tmp_path / "missing.pt"), "--heads", str(tmp_path / "heads.pt"),
+                           "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path)
+    assert proc.returncode == 2 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in scratch.iterdir()) in ([], [".ses"]), list(scratch.rglob("*"))[:10]
