@@ -88,8 +88,8 @@ def ray_benchmark(model: str | None = None, images: str | None = None, *, files:
 def format_ray_table(report: dict) -> str:
     lines = [(f"Ray scan throughput: {report['images']}; block {report['block_size']} files, batch "
               f"{report['batch_size']}"), f"CPU: {report['cpu']}",
-             f"load average 1/5/15 min at start {load_text(report['load_average_at_start'])}, at end "
-             f"{load_text(report['load_average_at_end'])}",
+             (f"load average 1/5/15 min at start {load_text(report['load_average_at_start'])}, at end "
+              f"{load_text(report['load_average_at_end'])}"),
              f"Ray start (local, loopback, once before the Ray runs): {report['ray_start_s']:.1f} s",
              f"{'engine':<8} {'actors':>6} {'files':>6} {'wall s':>8} {'files/s':>8} {'to 1st block s':>15}"]
     for r in report["rows"]:

@@ -50,8 +50,9 @@ BATTERY = [
     (["scan", "--from-list", "{tmp}/list.txt"], 1, "", None),   # a listed file that does not exist: its row
     (["scan", "{samples}", "-o", "{tmp}/e.csv", "--with-embedding"], 2, "CSV output cannot hold embeddings",
      "{tmp}/e.csv"),
-    (["scan", "-m", "{tmp}/my_clip.pt", "{samples}"], 2, "is a PyTorch checkpoint (a zip archive, as torch.save "
-     "writes), not an exported model: export it first (clipscan export", None),
+    (["scan", "-m", "{tmp}/my_clip.pt", "{samples}"], 2, ("is a PyTorch checkpoint (a zip archive, as torch.save "
+                                                          "writes), not an exported model: export it first "
+                                                          "(clipscan export"), None),
     (["info", "{tmp}/missing.onnx"], 2, "missing.onnx", None),
     (["info", "{tmp}/text.onnx"], 2, "text.onnx", None),
     (["nosuchcommand"], 2, "nosuchcommand", None),
@@ -112,7 +113,7 @@ def test_a_refused_export_leaves_nothing_in_tmpdir(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clipscan", "export", "--arch", str(tmp_path / "cfg.json"),
                            "--weights", str(tmp_path / "missing.pt"), "--heads", str(tmp_path / "heads.pt"),
                            "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path)
+                          env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "out.onnx").exists()
     assert sorted(p.name for p in scratch.iterdir()) in ([], [".ses"]), list(scratch.rglob("*"))[:10]
