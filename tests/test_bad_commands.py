@@ -98,6 +98,7 @@ def test_a_bad_command_ends_in_one_clear_message(place, argv, code, words, absen
         assert not Path(_fill(absent, place) + ".clipscan.json").exists()
 
 
+@pytest.mark.slow  # a subprocess that imports torch and open_clip: seconds
 def test_a_refused_export_leaves_nothing_in_tmpdir(tmp_path):
     """`export` with a weights file that is not there: exit 2, no output, and nothing left in $TMPDIR by the
     libraries it loaded (torch's compile cache folder, torchinductor_<user>, goes with the command; ONNX
