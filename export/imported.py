@@ -12,6 +12,7 @@ class Imported:
     source: Path | None = None
     visual_prompts: object = None                    # (layers, n, width) deep visual prompts, if the head needs them
     tower_change: str | None = None                  # iqa.NO_POSITIONAL_EMBEDDING: the head's tower adds none
+    files: list = field(default_factory=list)        # (path, [its heads]) for each head file read
 
 
 def text_encoder(backbone):

@@ -333,6 +333,8 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
         else:
             name, fmt, path = parse_named_head_arg(item)
             got = IMPORTERS[fmt](path, backbone)
+            if path is not None:
+                merged.files.append((Path(path), got.heads))
             if name is not None:
                 if len(got.heads) != 1:
                     raise InvalidArgumentError(f"--head {item}: a NAME= names one head, but {path} holds "

@@ -132,11 +132,16 @@ class JsonlWriter:
         self.stream.flush()
 
 
+def check_output_format(fmt: str, with_embedding: bool) -> None:
+    """Refuse a format that cannot hold what was asked for: a command calls this before it creates its output."""
+    if with_embedding and fmt == "csv":
+        raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+
+
 class CsvWriter:
     def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
                  columns: tuple[str, ...] = COLUMNS):
-        if with_embedding:
-            raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+        check_output_format("csv", with_embedding)
         self.stream, self.columns = stream, columns
         self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
         if header:  # not when appending to a resumed file

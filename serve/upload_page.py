@@ -9,6 +9,7 @@ import html
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>clipscan: __MODEL__</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 body{font-family:system-ui,sans-serif;margin:2rem;background:#f6f7f9;color:#1d232b}
 h1{font-size:1.4rem;margin:0 0 .3rem} .sub{color:#5b6674;margin-bottom:1rem}
@@ -16,7 +17,8 @@ h1{font-size:1.4rem;margin:0 0 .3rem} .sub{color:#5b6674;margin-bottom:1rem}
 #drop.over{border-color:#2f6fdf;background:#eef4ff}
 #results{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:1rem;margin-top:1.2rem}
 .card{background:#fff;border-radius:10px;padding:.8rem;box-shadow:0 1px 4px rgba(0,0,0,.12)}
-.card img{width:100%;height:150px;object-fit:cover;border-radius:6px;background:#dde2e8}
+.card img,.noimg{width:100%;height:150px;object-fit:cover;border-radius:6px;background:#dde2e8}
+.noimg{display:flex;align-items:center;justify-content:center;color:#5b6674;font-size:.9rem}
 .name{font-size:.85rem;color:#5b6674;word-break:break-all;margin:.4rem 0}
 .verdict{font-weight:700;font-size:1.1rem}
 .verdict.generated{color:#c0392b} .verdict.real{color:#1e8449}
@@ -46,7 +48,8 @@ function scanAll(files) { for (const f of files) scanOne(f); }
 async function scanOne(file) {
   const card = el('div', 'card'); card.dataset.name = file.name;
   const img = el('img'); img.alt = file.name; img.src = URL.createObjectURL(file);
-  img.onerror = () => { img.alt = ''; img.removeAttribute('src'); };
+  // a file the browser cannot show (not an image, truncated): a plain box instead of a broken-image icon
+  img.onerror = () => { URL.revokeObjectURL(img.src); img.replaceWith(el('div', 'noimg', 'no preview')); };
   card.append(img, el('div', 'name', file.name));
   const status = el('div', 'kv', 'scanning...'); card.append(status); results.append(card);
   const headers = {'Content-Type': file.type || 'application/octet-stream'};

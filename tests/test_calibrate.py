@@ -223,8 +223,15 @@ def test_cli_calibrate_with_fidelity_report(outlier_model, tmp_path, capsys):
     captured = capsys.readouterr()
     # stderr is not a terminal here: no progress bar (tests/test_progress.py shows one on a pty)
     assert "calibrating" not in captured.err and "\r" not in captured.err and "wrote" in captured.out
+    # ONNX Runtime's calibration chatter shows only with -v
+    assert "Collecting tensor data" not in captured.err + captured.out and "Percentile :" not in captured.err
     m = load_artifact(out).manifest
     assert m.precision == "int8" and m.calibration["recipe"].startswith("percentile+matmul+smooth")
+    # the INT8 file's creation time is its own; the FP32 export's is recorded, and `info` shows both
+    fp32_created = load_artifact(d["onnx"]).manifest.created_utc
+    assert m.created_utc > fp32_created and m.calibration["source_model_created_utc"] == fp32_created
+    assert main(["info", str(out)]) == 0
+    assert f"(calibrated; its FP32 export: {fp32_created})" in capsys.readouterr().out
     fid = m.calibration["fidelity"]
     # exit 1 exactly when an INT8 gate failed, and the manifest says which
     assert rc == (0 if fid["passed"] else 1), captured.out

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server():
     with cli_server("--max-pixels", str(BOMB_PIXELS), "--max-body-bytes", str(4 * 2**20), "--max-images", "8",
-                    "--name", "detector") as (url, proc):
+                    "--name", "detector", "--access-log") as (url, proc):
         yield url, proc
 
 
@@ -135,23 +136,40 @@ def test_v1_scan_rows_are_clipscan_scan_rows(server, tmp_path):
     assert status == 200 and json.loads(answer) == [{**want[files[0][0]], "path": "cat.jpg"}]
 
 
-@pytest.mark.parametrize("name", ["truncated.jpg", "garbage.jpg", "bomb.png", "text.png"])
+@pytest.mark.parametrize("name", ["truncated.jpg", "garbage.jpg", "bomb.png", "text.png", "empty.jpg"])
 def test_a_bad_raw_upload_is_a_422_with_its_error(server, name):
+    """One rule for every image's own error, an empty upload included: a 422 with the image's row."""
     url, _ = server
-    status, headers, body = request(url + f"/v1/scan?name={name}", bad_images()[name], {"Content-Type": "image/png"})
+    data = {**bad_images(), "empty.jpg": b""}[name]
+    status, headers, body = request(url + f"/v1/scan?name={name}", data, {"Content-Type": "image/png"})
     answer = json.loads(body)
     assert status == 422 and headers["content-type"] == "application/json"
     assert answer["error"].startswith("the image could not be scanned: ") and answer["rows"][0]["path"] == name
-    kind = {"bomb.png": "too_large", "truncated.jpg": "truncated"}.get(name)
+    kind = {"bomb.png": "too_large", "truncated.jpg": "truncated", "empty.jpg": "empty"}.get(name)
     if kind:
         assert answer["rows"][0]["error_kind"] == kind
+
+
+def test_access_log_lines_are_json_lines(server):
+    """--access-log: one line per request on stderr that is a JSON object and nothing else (no prefix)."""
+    url, proc = server
+    assert request(url + "/v2/health/live")[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("/v2/health/live" in x for x in proc.log):
+        time.sleep(0.05)
+    access = [x for x in proc.log if '"method"' in x]
+    assert access, "".join(proc.log)
+    for line in access:
+        entry = json.loads(line)  # the whole line is JSON: no "clipscan: " in front
+        assert {"method", "path", "status"} <= set(entry)
+    assert any(json.loads(x)["path"] == "/v2/health/live" and json.loads(x)["status"] == 200 for x in access)
 
 
 BAD_REQUESTS = [
     # (what, path, body, headers, status, words in the error)
     ("wrong content type", "/v1/scan", b"hello", {"Content-Type": "text/plain"}, 415, "not an image upload"),
-    ("no content type", "/v1/scan", b"hello", {"Content-Type": ""}, 415, "no content type"),
-    ("empty body", "/v1/scan", b"", {"Content-Type": "image/jpeg"}, 400, "empty"),
+    ("no content type", "/v1/scan", b"hello", {"Content-Type": ""}, 415,
+     "a request without a Content-Type is not an image upload"),
     ("multipart without a file", "/v1/scan", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
      {"Content-Type": "multipart/form-data; boundary=b"}, 400, "no file"),
     ("bad JSON", "/v2/models/detector/infer", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),

@@ -203,6 +203,8 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
     from clipscan.triton.launch import free_ports
 
     port, grpc, metrics = free_ports(3)   # three ports free now (port + 1 may not be: another test's client)
+    # the repository written first, as a user checks it before serving: --start reuses it (no --overwrite)
+    assert main(["triton", "--repo", str(tmp_path / "repo")]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "clipscan", "triton", "--repo", str(tmp_path / "repo"), "--start",
                              "--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
                             stderr=subprocess.PIPE, text=True)
@@ -222,6 +224,7 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "tritonserver ready at http://127.0.0.1:" in err
+    assert "reused (already written for this model with these settings, nothing copied)" in err
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from clipscan.runtime.errors import InvalidArgumentError
 
-from . import EXIT_OK
+from . import EXIT_OK, NOTICE
 from .args import add_decode, add_no_spin, choices_help, non_negative, non_negative_int, positive, positive_int
 
 
@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
                      "never judged; exit 0 unless the benchmark could not run.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="exported .onnx artifacts (e.g. the FP32 and FP16 export); with --serve or --ray at most "
-                        "one (default: the demo model)")
+                        "one (default: the bundled demo model, which says nothing about a real model's speed)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--mode", choices=tuple(MODES), default=BenchConfig.mode,
@@ -120,7 +120,13 @@ def run(args) -> int:
     if args.ray:
         return _run_ray(args)
     if not args.models:
-        raise InvalidArgumentError("name at least one MODEL to benchmark (or pass --serve or --ray)")
+        import logging
+
+        from clipscan.runtime.artifact import DEMO_MODEL
+
+        logging.getLogger("clipscan.bench").log(NOTICE, "no MODEL given: benchmarking the bundled demo model (a 4 MB "
+                                                    "tiny ViT; its speed says nothing about yours)")
+        args.models = [str(DEMO_MODEL)]
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),

@@ -47,16 +47,25 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from clipscan.export import export_model
+    from clipscan.runtime.progress import Progress
 
     heads = heads_from(args, required=True)
     check_output(args.output, args.overwrite)
-    report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
-                          description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
-                          mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
-                          precision=args.precision, graph=args.graph, primary=args.primary,
-                          ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
-                          resize_mode=args.resize_mode, weights_format=args.weights_format)
+    # a bar over the export's stages on stderr when it is a terminal (not with -q), from the start: importing
+    # torch and open_clip alone takes seconds
+    with Progress("export", unit="steps", note="importing torch and open_clip", enabled=not args.quiet,
+                  show_errors=False) as bar:
+        from clipscan.export import export_model
+        from clipscan.export.exporter import export_stages
+
+        bar.set_total(1 + len(export_stages(args.precision)))
+        bar.update()
+        report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
+                              description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
+                              mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
+                              precision=args.precision, graph=args.graph, primary=args.primary,
+                              ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
+                              resize_mode=args.resize_mode, weights_format=args.weights_format, progress=bar)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")

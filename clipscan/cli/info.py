@@ -43,7 +43,9 @@ def describe_manifest(artifact) -> str:
         lines.append(f"embedding    {m.embedding['output']} dim={m.embedding.get('dim')} "
                      f"normalized={m.embedding.get('normalized')}")
     for key, src in m.sources.items():
-        lines.append(f"source       {key}: {src.get('file')} sha256={src.get('sha256')}")
+        # a heads file is named by the heads it gave (its key, heads_1..., only tells files apart)
+        what = f"heads {', '.join(map(str, src['heads']))}" if isinstance(src.get("heads"), list) else key
+        lines.append(f"source       {what}: {src.get('file')} sha256={src.get('sha256')}")
     lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
     lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
     draft = m.draft_decoding_record()
@@ -52,7 +54,8 @@ def describe_manifest(artifact) -> str:
                                     f"images (agreement {draft.get('agreement')}, cosine mean "
                                     f"{draft.get('cosine_mean')}): --decode auto uses "
                                     f"{'draft' if draft.get('passed') else 'exact'}"))
-    lines.append(f"created      {m.created_utc}")
+    exported = (m.calibration or {}).get("source_model_created_utc")
+    lines.append(f"created      {m.created_utc}" + (f" (calibrated; its FP32 export: {exported})" if exported else ""))
     return "\n".join(lines)
 
 

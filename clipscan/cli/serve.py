@@ -7,6 +7,7 @@ requests in flight and exit 0.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from . import EXIT_OK
 from .args import BACKENDS, add_decode, add_image_formats, add_no_spin, non_negative_int, positive_int
@@ -118,10 +119,13 @@ def run(args) -> int:
 
     token = read_token(args.token_file) if args.token_file else None
     limits = Limits(**{f.name: getattr(args, f.name) for f in limit_fields()})
-    if args.access_log:
-        logging.getLogger("clipscan.serve.access").setLevel(logging.INFO)
-    else:
-        logging.getLogger("clipscan.serve.access").setLevel(logging.WARNING)
+    access = logging.getLogger("clipscan.serve.access")
+    access.setLevel(logging.INFO if args.access_log else logging.WARNING)
+    if args.access_log:  # bare JSON lines on stderr, without the "clipscan: " prefix of the other log lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
     check_port(args.host, args.port, args.grpc_port)  # before the model is loaded and warmed up for nothing
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, threads=args.threads,
                       batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode,

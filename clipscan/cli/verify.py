@@ -56,18 +56,26 @@ def run(args) -> int:
     reference = load_reference(args.arch, args.weights, heads, quick_gelu=args.quick_gelu, threshold=args.threshold,
                                resize_mode=args.resize_mode)
     report_dir = args.report or f"{Path(args.model).stem}-verify"
+    draft = None
+    if args.draft_check or args.record_draft:
+        from clipscan.calibration.draft_check import check_draft, record_draft
+
+        # first, so that --record-draft's rewrite of the manifest happens before verify hashes the file:
+        # the sha256 in the report is then the file's as it is left
+        draft = check_draft(args.model, args.images, batch_size=args.batch_size, min_images=args.draft_min_images)
+        if args.record_draft:
+            record_draft(args.model, draft)
     report = verify(args.model, reference, args.images, report_dir, margin=args.margin, batch_size=args.batch_size,
                     launder=not args.no_launder, mean=args.mean, std=args.std, progress=not args.quiet)
     print(report.summary())
-    if args.draft_check or args.record_draft:
-        from clipscan.calibration.draft_check import check_draft, record_draft, summary
+    if draft is not None:
+        from clipscan.calibration.draft_check import summary
 
-        draft = check_draft(args.model, args.images, batch_size=args.batch_size, min_images=args.draft_min_images)
         Path(report_dir).mkdir(parents=True, exist_ok=True)
         (Path(report_dir) / "draft_check.json").write_text(json.dumps(draft, indent=1))
         print(summary(draft))
         if args.record_draft:
-            record_draft(args.model, draft)
             print(f"recorded in {args.model}: --decode auto will use {'draft' if draft['passed'] else 'exact'} "
-                  "decoding for this artifact")
+                  "decoding for this artifact (recorded before the comparison, so the report's sha256 is the "
+                  "file's as it is now)")
     return EXIT_OK if report.passed else EXIT_ITEM_FAILED
