@@ -42,7 +42,7 @@ class BenchConfig:
     torch_arch: str | None = None
     torch_weights: str | None = None
     torch_heads: list[str] = field(default_factory=list)
-    torch_resize_mode: str | None = None     # one resize for every head of the PyTorch original (export's --resize-mode)
+    torch_resize_mode: str | None = None     # the PyTorch original's one resize for every head (--resize-mode)
     quick_gelu: bool | None = None
     warmup: int = 2
     min_iters: int = 10

@@ -138,10 +138,11 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
     `search`: accuracy-aware search on `val_images` (see `search.search`).
     `cache`: the calibration tensor cache folder (None: the default one; False: no cache).
     With `val_images`, the PyTorch original (`arch`, `weights`, `heads`, `quick_gelu`, `threshold`,
-    `mean`, `std`, `resize_mode`: each one not given is what export recorded in the manifest) is compared with the result by `verify` (report in `report_dir`,
+    `mean`, `std`, `resize_mode`: each one not given is what export recorded in the manifest) is
+    compared with the result by `verify` (report in `report_dir`,
     default ./<output stem>-verify; `launder`: its laundered copies), and the gates go into the manifest; a
     model that fails a gate is written to `failed_path(output)` instead of `output` (outcome.result.path).
-    `on_written(outcome)` is called once the INT8 file is written, before the fidelity report runs.
+    `on_written(outcome)` is called once the INT8 file has its final name (after the fidelity report).
     """
     from clipscan.export.deps import require
 
