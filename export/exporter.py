@@ -190,11 +190,15 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
     stage("loading the checkpoint and heads")
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
                          weights_format=weights_format)
+    from .recorded import record
+
+    recorded = record(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
+                      mean=mean, std=std, weights_format=weights_format)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
                         opset=opset, head_files=ref.head_files, head_names=ref.head_names, mean=mean, std=std,
                         uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,
-                        ensemble_threshold=ensemble_threshold, stage=stage)
+                        ensemble_threshold=ensemble_threshold, stage=stage, recorded=recorded)
 
 
 def export_stages(precision: str = "fp32") -> tuple[str, ...]:
@@ -260,7 +264,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                  opset: int = 18, head_files: list[Path] = (), head_names: list = (), mean=None, std=None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
-                 ensemble_threshold: float = 0.5, stage=None) -> ExportReport:
+                 ensemble_threshold: float = 0.5, stage=None, recorded: dict | None = None) -> ExportReport:
+    """`recorded`: what export was given (`recorded.record`), kept as the manifest's sources.export."""
     import copy
 
     stage = stage or _stages(None)
@@ -285,6 +290,10 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                               head_files=list(head_files), mean=mean, std=std, precision=precision,
                               head_names=list(head_names))
     manifest.backbone["graph"] = "lean" if lean else "stock"
+    if recorded is not None:
+        from .recorded import RECORD_KEY
+
+        manifest.sources[RECORD_KEY] = recorded
     if primary is not None and ensemble is not None:
         raise InvalidArgumentError("--primary and --ensemble are alternatives: the row's verdict comes from one head "
                                    "or from a rule over all of them")

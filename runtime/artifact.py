@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import ModelError
+from .failed_gates import warn_if_failed
 from .manifest import METADATA_KEY, Manifest
 from .onnx_meta import OnnxHeader, external_data_locations, read_onnx_header
 
@@ -83,7 +84,9 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
             "preprocessing, heads and thresholds."
         )
     check_external_data(path)
-    return Artifact(path, Manifest.from_json(text, origin=str(path)), header)
+    artifact = Artifact(path, Manifest.from_json(text, origin=str(path)), header)
+    warn_if_failed(path, artifact.manifest)   # a model whose fidelity gates failed is never loaded silently
+    return artifact
 
 
 def _location_problem(folder: Path, location: str) -> str | None:

@@ -243,8 +243,13 @@ def sidecar_path(output: str | os.PathLike) -> str:
 
 
 def model_identity(artifact) -> dict:
+    from .failed_gates import fidelity_label
+
     m = artifact.manifest
-    return {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
+    identity = {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
+    if fidelity_label(m):   # an INT8 model whose fidelity gates failed says so wherever its identity goes
+        identity["fidelity"] = fidelity_label(m)
+    return identity
 
 
 def write_sidecar(output: str | os.PathLike, identity: dict, fmt: str, settings: dict | None = None) -> None:

@@ -141,6 +141,8 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
     params = {"artifact": artifact.path.name, "name": identity["name"], "sha256": identity["sha256"],
               "precision": identity["precision"], "file": identity["file"], "clipscan": __version__,
               "decode": opts.decode, "allow_numpy2": "true" if opts.allow_numpy2 else "false"}
+    if "fidelity" in identity:   # an INT8 model whose fidelity gates failed: its config says so too
+        params["fidelity"] = identity["fidelity"]
     site_dirs = opts.site_dirs or shim.environment_site_dirs()
     python = opts.python or shim.python_version()
     writer = FolderWriter(root, opts.overwrite, identity["sha256"])

@@ -42,12 +42,11 @@ def describe_manifest(artifact) -> str:
     if m.embedding:
         lines.append(f"embedding    {m.embedding['output']} dim={m.embedding.get('dim')} "
                      f"normalized={m.embedding.get('normalized')}")
-    for key, src in m.sources.items():
-        # a heads file is named by the heads it gave (its key, heads_1..., only tells files apart)
-        what = f"heads {', '.join(map(str, src['heads']))}" if isinstance(src.get("heads"), list) else key
-        lines.append(f"source       {what}: {src.get('file')} sha256={src.get('sha256')}")
+    from .info_calibration import calibration_lines, source_lines
+
+    lines.extend(source_lines(m))
     lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
-    lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
+    lines.extend(calibration_lines(m))
     draft = m.draft_decoding_record()
     lines.append("draft JPEG   " + ("no check recorded: scans decode exactly unless --decode draft" if not draft else
                                     f"{'passed' if draft.get('passed') else 'not passed'} on {draft.get('n_affected')} "
