@@ -13,6 +13,7 @@ import logging
 log = logging.getLogger("clipscan")
 
 FAILED_SUFFIX = ".failed-gates"   # calibrate keeps a failed INT8 model as <stem>.failed-gates.onnx
+_warned: set[str] = set()         # the files warned about in this process (a command may load one several times)
 
 
 def failed_gates(manifest) -> list[str] | None:
@@ -35,10 +36,12 @@ def fidelity_label(manifest) -> str | None:
 
 
 def warn_if_failed(path, manifest) -> None:
-    """The warning for a model whose fidelity gates failed (one line; `clipscan info MODEL` has the table)."""
+    """The warning for a model whose fidelity gates failed (one line, once per file and process; `clipscan info
+    MODEL` has the table)."""
     label = fidelity_label(manifest)
-    if label is None:
+    if label is None or str(path) in _warned:
         return
+    _warned.add(str(path))
     log.warning("%s FAILED its %s fidelity gates at calibration (%s): its answers may differ from the model it "
                 "was made from by more than clipscan's bars allow. Use the model it was calibrated from, or "
                 "calibrate again (`clipscan info %s` shows every gate)", path, manifest.precision.upper(),
