@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipscan.runtime import Scanner
+from clipscan.runtime.backends import registry
 
 from .memory import memory_probe
 
@@ -21,7 +22,7 @@ log = logging.getLogger("clipscan.bench")
 
 @dataclass
 class Candidate:
-    runtime: str                      # "pytorch" | "onnxruntime"
+    runtime: str                      # "pytorch", or the runtime of the artifact's backend (onnxruntime, openvino...)
     backend: str                      # the backend that ran (ONNX Runtime: the Scanner's)
     artifact: str                     # artifact file name, or "pytorch-fp32"
     precision: str
@@ -46,10 +47,11 @@ def scanner_candidates(stack: ExitStack, models: list[str], backends: list[str],
     `make_run(candidate)` returns the call to time (it reads `candidate.scanner` when called); the
     Scanner is created inside the memory probe and closed with `stack`. Failures go to `errors`.
     """
+    runtimes = {name: entry.runtime for name, entry in registry().items()}
     out = []
     for model in models:
         for backend in backends:
-            cand = Candidate("onnxruntime", backend, Path(model).name, manifests[model].precision,
+            cand = Candidate(runtimes[backend], backend, Path(model).name, manifests[model].precision,
                              requested=backend, model=model)
 
             def create(cand=cand):

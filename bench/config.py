@@ -42,6 +42,7 @@ class BenchConfig:
     torch_arch: str | None = None
     torch_weights: str | None = None
     torch_heads: list[str] = field(default_factory=list)
+    torch_resize_mode: str | None = None     # the PyTorch original's one resize for every head (--resize-mode)
     quick_gelu: bool | None = None
     warmup: int = 2
     min_iters: int = 10
@@ -84,5 +85,6 @@ def check_config(cfg: BenchConfig) -> None:
             raise InputNotFoundError(f"model file {m} does not exist; pass the .onnx file written by `clipscan export`")
     if cfg.images and not Path(cfg.images).exists():
         raise InputNotFoundError(f"image folder {cfg.images} does not exist; pass an existing folder (or no --images)")
-    if cfg.wants_torch and not (cfg.torch_arch and cfg.torch_weights and cfg.torch_heads):
-        raise InvalidArgumentError("the PyTorch reference needs --torch-arch, --torch-weights and --torch-heads")
+    if cfg.wants_torch and not (cfg.torch_weights and cfg.torch_heads):   # arch: a Hugging Face folder has its own
+        raise InvalidArgumentError("the PyTorch reference needs --torch-weights and --torch-heads (and --torch-arch "
+                                   "unless the weights are a Hugging Face CLIP folder)")

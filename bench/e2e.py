@@ -35,7 +35,7 @@ def e2e_rows(ctx: BenchContext, bs: int, transform) -> list[dict]:
         for c, m in time_interleaved(cands, cfg, cfg.e2e_passes):
             row = result_row("e2e", c, bs, m, images=len(files),
                              decode="exact (plain PIL)" if c.runtime == "pytorch" else cfg.decode)
-            if c.runtime == "onnxruntime":
+            if c.runtime != "pytorch":
                 row["error_rows"] = len(c.errors)
             rows.append(row)
         return rows

@@ -14,7 +14,9 @@ def _series(report: dict, mode: str) -> dict[str, list[tuple[int, float]]]:
     series: dict = {}
     for r in report["results"]:
         if r["mode"] == mode and r["images_per_s"]:
-            key = f"{r['runtime']} {r['backend']} {r['precision']} ({r['artifact']})"
+            # the backend's name already says its runtime (onnxruntime-cpu, openvino-cpu); PyTorch's (eager-cpu) does not
+            who = r["backend"] if r["backend"].startswith(r["runtime"]) else f"{r['runtime']} {r['backend']}"
+            key = f"{who} {r['precision']} ({r['artifact']})"
             series.setdefault(key, []).append((r["batch_size"], r["images_per_s"]))
     return {k: sorted(v) for k, v in sorted(series.items())}
 

@@ -22,7 +22,7 @@ from clipscan.runtime.errors import InvalidArgumentError
 from clipscan.runtime.results import JsonlWriter
 
 from .images import synthetic_images
-from .results import load_average
+from .results import load_average, load_text
 
 log = logging.getLogger("clipscan.bench")
 
@@ -67,20 +67,16 @@ def ray_benchmark(model: str | None = None, images: str | None = None, *, files:
     else:
         paths = [str(p) for p in synthetic_images(tmp / "images", files)]
         what = f"{files} synthetic 640x480 JPEGs (q=90)"
-    from clipscan.distributed.cluster import connect, parse_address
+    from clipscan.distributed.cluster import parse_address, session
 
     load_start = load_average()
     rows = [_local(model, paths, tmp / "local.jsonl", batch_size)]
     start = time.perf_counter()
-    ray, started = connect(parse_address(None))
-    ray_start_s = time.perf_counter() - start
-    try:
+    with session(parse_address(None)):
+        ray_start_s = time.perf_counter() - start
         for n in actors:
             log.info("Ray scan with %d actor(s)", n)
             rows.append(_ray(model, paths, tmp / f"ray_{n}.jsonl", n, block_size, batch_size))
-    finally:
-        if started:
-            ray.shutdown()
     same = len({(tmp / "local.jsonl").read_bytes().count(b"\n")} |
                {(tmp / f"ray_{n}.jsonl").read_bytes().count(b"\n") for n in actors}) == 1
     shutil.rmtree(tmp, ignore_errors=True)  # the synthetic images and the outputs: only the numbers are kept
@@ -92,7 +88,8 @@ def ray_benchmark(model: str | None = None, images: str | None = None, *, files:
 def format_ray_table(report: dict) -> str:
     lines = [(f"Ray scan throughput: {report['images']}; block {report['block_size']} files, batch "
               f"{report['batch_size']}"), f"CPU: {report['cpu']}",
-             f"load average at start {report['load_average_at_start']}, at end {report['load_average_at_end']}",
+             (f"load average 1/5/15 min at start {load_text(report['load_average_at_start'])}, at end "
+              f"{load_text(report['load_average_at_end'])}"),
              f"Ray start (local, loopback, once before the Ray runs): {report['ray_start_s']:.1f} s",
              f"{'engine':<8} {'actors':>6} {'files':>6} {'wall s':>8} {'files/s':>8} {'to 1st block s':>15}"]
     for r in report["rows"]:

@@ -39,6 +39,11 @@ def load_average() -> list[float] | None:
         return None
 
 
+def load_text(load) -> str:
+    """A load average (1, 5, 15 minutes) as `0.52 / 0.61 / 0.70`; `unknown` where the system gives none."""
+    return "unknown" if not load else " / ".join(f"{v:.2f}" for v in load)
+
+
 def new_report(cfg: BenchConfig, backends: list[str], skipped: list[dict], images_desc: str) -> dict:
     """The report before anything is measured: settings and what each timed region holds."""
     settings = {"batch_sizes": cfg.batch_sizes, "backends": backends, "skipped_backends": skipped,
@@ -82,14 +87,14 @@ def _reference_row(rows: list[dict], r: dict, reference: dict) -> dict | None:
             continue
         if kind == "pytorch" and x["runtime"] == "pytorch":
             return x
-        if (kind == "fp32_artifact" and x["runtime"] == "onnxruntime" and x["artifact"] == reference["artifact"]
+        if (kind == "fp32_artifact" and x["runtime"] != "pytorch" and x["artifact"] == reference["artifact"]
                 and x.get("backend_requested") == "cpu"):
             return x
     return None
 
 
 def _fp32_row(rows: list[dict], r: dict) -> dict | None:
-    return next((x for x in rows if x["runtime"] == "onnxruntime" and x["precision"] == "fp32"
+    return next((x for x in rows if x["runtime"] != "pytorch" and x["precision"] == "fp32"
                  and x["backend"] == r["backend"] and x["mode"] == r["mode"] and x["batch_size"] == r["batch_size"]
                  and x.get("images_per_s")), None)
 
@@ -106,7 +111,7 @@ def add_ratios(report: dict) -> None:
         if ref is not None and ref.get("images_per_s") and r.get("images_per_s"):
             r["ratio_vs_reference"] = r["images_per_s"] / ref["images_per_s"]
             r["ratio_reference"] = f"{ref['runtime']}:{ref['artifact']}:{ref['backend']}"
-        if r["runtime"] == "onnxruntime" and r["precision"] != "fp32" and r.get("images_per_s"):
+        if r["runtime"] != "pytorch" and r["precision"] != "fp32" and r.get("images_per_s"):
             fp32 = _fp32_row(rows, r)
             if fp32 is not None:
                 r["ratio_vs_fp32_artifact"] = r["images_per_s"] / fp32["images_per_s"]

@@ -3,6 +3,7 @@ the camera section, for the terminal."""
 from __future__ import annotations
 
 from .profile import profile_table
+from .results import load_text
 
 
 def _f(v, fmt="{:.1f}") -> str:
@@ -15,8 +16,9 @@ def _cpu(report: dict) -> str:
 
 def _heading(report: dict) -> list[str]:
     m = report["machine"]
-    lines = [f"machine: {_cpu(report)} (load average at start {m.get('load_average_at_start')}, at end "
-             f"{m.get('load_average_1_5_15')}); reference: {(report.get('reference') or {}).get('what')}"]
+    lines = [f"machine: {_cpu(report)} (load average 1/5/15 min at start {load_text(m.get('load_average_at_start'))}, "
+             f"at end {load_text(m.get('load_average_1_5_15'))}); reference: "
+             f"{(report.get('reference') or {}).get('what')}"]
     if report.get("gflops_per_image"):
         lines.append(f"model: {report['gflops_per_image']:.2f} GFLOP per image (counted at export; GFLOP/s = img/s x that, "
                      "int8 rows count integer operations the same way)")
@@ -36,7 +38,8 @@ def _results(report: dict) -> list[str]:
     vs32 = [r for r in report["results"] if r.get("ratio_vs_fp32_artifact")]
     if vs32:
         lines.append("against the FP32 artifact on the same backend (same run): " + ", ".join(
-            f"{r['mode']} {r['artifact']} b{r['batch_size']} {r['ratio_vs_fp32_artifact']:.2f}x" for r in vs32))
+            f"{r['mode']} {r['artifact']} on {r['backend']} b{r['batch_size']} {r['ratio_vs_fp32_artifact']:.2f}x"
+            for r in vs32))
     return lines
 
 

@@ -23,13 +23,14 @@ log = logging.getLogger("clipscan.bench")
 class TorchReference:
     """The PyTorch eager FP32 original (clipscan.export.load_reference); torch is imported here only."""
 
-    def __init__(self, arch: str, weights: str, heads: list[str], *, quick_gelu=None):
+    def __init__(self, arch: str | None, weights: str, heads: list[str], *, quick_gelu=None,
+                 resize_mode: str | None = None):
         import torch
 
         from clipscan.export import load_reference
 
         self.torch = torch
-        self.reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu)
+        self.reference = load_reference(arch, weights, heads, quick_gelu=quick_gelu, resize_mode=resize_mode)
         self.graph = self.reference.graph()
         self.names = self.graph.output_names()
         self.threads = torch.get_num_threads()
@@ -63,7 +64,8 @@ def load_torch_reference(cfg: BenchConfig, errors: list[str]) -> TorchReference 
     if not cfg.wants_torch:
         return None
     try:
-        return TorchReference(cfg.torch_arch, cfg.torch_weights, cfg.torch_heads, quick_gelu=cfg.quick_gelu)
+        return TorchReference(cfg.torch_arch, cfg.torch_weights, cfg.torch_heads, quick_gelu=cfg.quick_gelu,
+                              resize_mode=cfg.torch_resize_mode)
     except (ImportError, MissingExtraError) as e:
         if not cfg.skip_unavailable:
             raise MissingExtraError("clipscan bench --torch-* (the PyTorch reference)", getattr(

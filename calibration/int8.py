@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as _dt
 import logging
 import os
 import sys
@@ -289,9 +290,11 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
                 act_type = QuantType.QUInt8
             reader = BatchReader(input_name, equal_batches(cset.tensors, batch_size), progress=progress,
                                  label=f"calibrating ({recipe.method})")
-            quiet = logging.getLogger("clipscan").getEffectiveLevel() > logging.WARNING  # clipscan -q
-            sink = open(os.devnull, "w") if quiet else contextlib.nullcontext(sys.stderr)
-            with sink as chatter, contextlib.redirect_stdout(chatter):  # ORT prints calibration chatter on stdout
+            # ONNX Runtime prints its calibration chatter ("Collecting tensor data...", "Percentile : (...)")
+            # on stdout: shown on stderr with clipscan -v, dropped otherwise
+            verbose = logging.getLogger("clipscan").getEffectiveLevel() <= logging.INFO
+            sink = contextlib.nullcontext(sys.stderr) if verbose else open(os.devnull, "w")
+            with sink as chatter, contextlib.redirect_stdout(chatter):
                 quantize_static(str(pre), str(qout), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=op_types, nodes_to_quantize=nodes_to_quantize,
                                 nodes_to_exclude=exclude or None, per_channel=True, activation_type=act_type,
@@ -332,7 +335,8 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
         "dedicated_qdq_pairs": target == "tensorrt",
         "calibration_set": {"sha256": cset.images_hash, "n_images": len(cset), "n_failed": len(cset.failed),
                             "batch_size": min(batch_size, len(cset))},
-        "source_model_sha256": artifact.sha256(), "excluded_nodes": facts["nodes_to_exclude"],
+        "source_model_sha256": artifact.sha256(), "source_model_created_utc": artifact.manifest.created_utc,
+        "excluded_nodes": facts["nodes_to_exclude"],
         "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],
         "fused_attention": facts["fused_attention"],
         "attention_heads_in_channels": facts["attention_heads_in_channels"],
@@ -341,8 +345,9 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
     }
     # a draft-decoding record belongs to the model it was measured on: the INT8 model needs its own
     opset = max(artifact.manifest.opset, ATTENTION_OPSET) if facts["fused_attention"] else artifact.manifest.opset
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()  # this file's, not the FP32's
     manifest = dataclasses.replace(artifact.manifest, precision="int8", calibration=calibration, decoding=None,
-                                   opset=opset)
+                                   opset=opset, created_utc=created)
     attach_manifest(quantized, manifest)
     save_model(quantized, out_path)  # atomic: an interrupted run leaves nothing at out_path
     return QuantResult(out_path, manifest, calibration)

@@ -49,7 +49,7 @@ def _as_list(paths) -> list:
 def check_inputs(model, images: list, val_images: list, *, batch_size: int, search: bool, arch, weights,
                  heads: list) -> None:
     """Refuse, before any work, what cannot run: a batch size under 1, a missing model or image folder,
-    a fidelity report without the PyTorch original, a search without validation images."""
+    a search without validation images (the PyTorch original comes from the manifest unless given)."""
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be >= 1, got {batch_size}")
     if not Path(model).is_file():
@@ -58,10 +58,6 @@ def check_inputs(model, images: list, val_images: list, *, batch_size: int, sear
     for folder in images + val_images:
         if not Path(folder).exists():
             raise InputNotFoundError(f"image folder {folder} does not exist; pass an existing folder of images")
-    if val_images and not (weights and heads):   # --arch: checked by the loader (a Hugging Face folder has none)
-        raise InvalidArgumentError("the fidelity report (--val-images) needs the PyTorch original: --weights, "
-                                   "--heads/--head and --arch (unless --weights is a Hugging Face CLIP folder), as "
-                                   "given to export")
     if search and not val_images:
         raise InvalidArgumentError("--search needs --val-images to measure the error on")
 
@@ -104,13 +100,21 @@ def build_recipe(recipe: str | Recipe = DEFAULT_RECIPE, *, method: str | None = 
     return dataclasses.replace(recipe, **changes)
 
 
+def failed_path(output) -> Path:
+    """Where an INT8 model that failed its fidelity gates is kept instead of `output`: <stem>.failed-gates.onnx."""
+    from clipscan.runtime.failed_gates import FAILED_SUFFIX
+
+    output = Path(output)
+    return output.with_name(output.stem + FAILED_SUFFIX + output.suffix)
+
+
 def fidelity_record(report: VerifyReport, report_dir, val_images: list) -> dict:
     """The manifest's `calibration.fidelity`: the verdict, every gate, the validation set and the report."""
     from .calib_data import content_hash, list_images
 
     return {
         "passed": report.passed, "failed_gates": [g.name for g in report.failed_gates()],
-        "gates": [{"name": g.name, "value": g.value, "threshold": g.threshold, "passed": g.passed}
+        "gates": [{"name": g.name, "value": g.value, "op": g.op, "threshold": g.threshold, "passed": g.passed}
                   for g in report.gates],
         "validation_set": {"sha256": content_hash(list_images(val_images)),
                            "n_images": report.metrics.get("n_images")},
@@ -134,9 +138,11 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
     `search`: accuracy-aware search on `val_images` (see `search.search`).
     `cache`: the calibration tensor cache folder (None: the default one; False: no cache).
     With `val_images`, the PyTorch original (`arch`, `weights`, `heads`, `quick_gelu`, `threshold`,
-    `mean`, `std`, as given to export) is compared with the result by `verify` (report in `report_dir`,
-    default ./<output stem>-verify; `launder`: its laundered copies), and the gates go into the manifest.
-    `on_written(outcome)` is called once the INT8 file is written, before the fidelity report runs.
+    `mean`, `std`, `resize_mode`: each one not given is what export recorded in the manifest) is
+    compared with the result by `verify` (report in `report_dir`,
+    default ./<output stem>-verify; `launder`: its laundered copies), and the gates go into the manifest; a
+    model that fails a gate is written to `failed_path(output)` instead of `output` (outcome.result.path).
+    `on_written(outcome)` is called once the INT8 file has its final name (after the fidelity report).
     """
     from clipscan.export.deps import require
 
@@ -159,6 +165,13 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
     manifest, sha = artifact.manifest, artifact.sha256()
     if val_images:
         check_disjoint(images, val_images, allow_overlap=allow_overlap)
+        from clipscan.export.recorded import original_from_manifest
+
+        # the PyTorch original: what export recorded in the manifest, unless an argument names it
+        o = original_from_manifest(model, manifest, arch=arch, weights=weights, heads=heads, resize_mode=resize_mode,
+                                   quick_gelu=quick_gelu, threshold=threshold, mean=mean, std=std)
+        arch, weights, heads, resize_mode = o.arch, o.weights, o.heads, o.resize_mode
+        quick_gelu, threshold, mean, std = o.quick_gelu, o.threshold, o.mean, o.std
     cset = calib_data.load_calibration_set(manifest, sha, images, max_images=max_images, cache=cache,
                                            progress=progress)
     log.info("calibration set: %d image(s) (%s), sha256 %s%s", len(cset), "cached" if cset.from_cache else "read",
@@ -181,7 +194,8 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
             work.replace(output)
     finally:
         work.unlink(missing_ok=True)
-    outcome.result = dataclasses.replace(outcome.result, path=output)
+    if outcome.report is None:
+        outcome.result = dataclasses.replace(outcome.result, path=output)
     if on_written is not None:
         on_written(outcome)
     return outcome
@@ -216,11 +230,14 @@ def _verify_into(outcome: CalibrationOutcome, work: Path, output: Path, val_imag
                                resize_mode=resize_mode)
     report_dir = report_dir or f"{output.stem}-verify"
     report = verify(work, reference, val_images, None, launder=launder, mean=mean, std=std, progress=progress)
-    report.model = str(output)
+    # a model that failed a gate never takes the name asked for: it is kept beside it, marked in its name
+    # and manifest, and every command that loads it warns (runtime.failed_gates)
+    final = output if report.passed else failed_path(output)
+    report.model = str(final)
     write_report(report, report_dir)
     result = outcome.result
     calibration = {**result.calibration, "fidelity": fidelity_record(report, report_dir, val_images)}
     manifest = dataclasses.replace(result.manifest, calibration=calibration)
-    rewrite_manifest(work, manifest, out=output)
-    outcome.result = dataclasses.replace(result, manifest=manifest, calibration=calibration)
+    rewrite_manifest(work, manifest, out=final)
+    outcome.result = dataclasses.replace(result, manifest=manifest, calibration=calibration, path=final)
     outcome.report, outcome.report_dir = report, Path(report_dir)

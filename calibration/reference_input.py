@@ -68,6 +68,21 @@ def _one_torch_thread():
 
 # -- the reference transform ----------------------------------------------------------------
 
+def _floor_center_crop(img, size, fill: int):
+    """albumentations' PadIfNeeded + CenterCrop with torchvision's functions: zero padding centred as
+    torchvision pads, then the crop from (side - crop) // 2."""
+    import torchvision.transforms.functional as TF
+
+    crop_h, crop_w = size
+    w, h = img.size
+    pad = [max(crop_w - w, 0) // 2, max(crop_h - h, 0) // 2, (max(crop_w - w, 0) + 1) // 2,
+           (max(crop_h - h, 0) + 1) // 2]
+    if any(pad):
+        img = TF.pad(img, pad, fill=fill)
+        w, h = img.size
+    return TF.crop(img, (h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w)
+
+
 class ReferenceTransform:
     """The manifest's recipe rebuilt with open_clip / torchvision (not the runtime's code).
 
@@ -101,9 +116,17 @@ class ReferenceTransform:
             self.note = (f"open_clip's transform has no {spec.interpolation!r} interpolation: the reference model "
                          "is fed the runtime's tensor and preprocessing parity is not checked")
             return
+        if spec.crop_offsets != "round" and not (spec.resize_mode == "none" and spec.crop_mode == "center"):
+            self.available = False
+            self.note = (f"the reference transform has no {spec.crop_offsets!r} crop offsets after a resize: the "
+                         "reference model is fed the runtime's tensor and preprocessing parity is not checked")
+            return
         if spec.resize_mode == "none":
             steps = [T.CenterCrop(spec.crop_size)] if spec.crop_mode == "center" else []
-            self.describe = ("torchvision CenterCrop" if steps else "no resize, no crop")
+            if steps and spec.crop_offsets == "floor":
+                steps = [T.Lambda(lambda im: _floor_center_crop(im, spec.crop_size, spec.pad_fill))]
+            self.describe = ("torchvision CenterCrop" + (" (offsets rounded down)" if spec.crop_offsets == "floor"
+                                                         else "") if steps else "no resize, no crop")
             self._tf = T.Compose(steps + [to_rgb, T.ToTensor()])
         else:
             size = h if spec.resize_mode == "shortest" and h == w else (h, w)

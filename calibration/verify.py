@@ -21,6 +21,7 @@ from PIL import Image
 
 from clipscan.export.deps import require
 from clipscan.measure.machine import EXPORT_TOOLS, tool_versions
+from clipscan.measure.thresholds import VAL_MIN_IMAGES, VAL_TWO_FLIPS_IMAGES
 from clipscan.runtime import Scanner
 from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.decode import DEFAULT_MAX_PIXELS, load_image
@@ -300,6 +301,10 @@ def _verify(scanner, reference, paths, report_dir, *, margin, batch_size, varian
     failed: list[dict] = []
     files = list(iter_files(paths, all_files=all_files))
     found = len(files)
+    if variants and 0 < found < VAL_MIN_IMAGES and manifest.decision_heads():
+        log.warning("%d validation image(s): below %d, a single laundered copy whose decision flips (however near "
+                    "the threshold) fails the robustness gates; use %d or more (%d tolerate two flips), or "
+                    "--no-launder", found, VAL_MIN_IMAGES, VAL_MIN_IMAGES, VAL_TWO_FLIPS_IMAGES)
     with Progress("verify", found, unit="img", note=f"{scanner.backend_name} vs PyTorch", enabled=progress) as bar:
         for path in files:
             errors_before = len(failed)

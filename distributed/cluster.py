@@ -7,7 +7,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shutil
 import socket
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from clipscan.runtime.errors import BackendError, InvalidArgumentError, MissingExtraError
@@ -102,21 +106,82 @@ def prepare(address: Address, *, verbose: bool = False):
     return ray
 
 
-def connect(address: Address, *, verbose: bool = False) -> tuple:
-    """ray.init for this scan: here on loopback (no dashboard, no usage stats) or joining `address`.
-    Returns (the ray module, whether this call initialized it: then `ray.shutdown()` is the caller's, and
-    stops a Ray started here). A process that already called ray.init keeps its Ray (and its address)."""
+@contextmanager
+def session(address: Address, *, verbose: bool = False):
+    """Ray for the length of the block (see `connect`). A Ray started here keeps its session folder (logs,
+    sockets, spilled objects) in a folder of its own under $TMPDIR, and both are gone after the block."""
+    scratch = _scratch_folder() if address.local else None
+    try:
+        ray, started = connect(address, verbose=verbose, temp_dir=scratch)
+        try:
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Ray's sockets live at <temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store, and a Unix socket's
+# path holds at most 107 bytes
+_SOCKET_TAIL = len("/session_2026-12-06_15-48-47_263424_4194304/sockets/plasma_store")
+_UNIX_PATH_MAX = 107
+
+
+def _scratch_folder() -> str:
+    """A new folder for a local Ray's session: under $TMPDIR, or under /tmp when $TMPDIR is too deep for
+    the Unix sockets Ray puts in it."""
+    folder = tempfile.mkdtemp(prefix="clipscan-ray-")
+    if len(folder) + _SOCKET_TAIL > _UNIX_PATH_MAX and os.path.isdir("/tmp"):
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="clipscan-ray-", dir="/tmp")
+    return folder
+
+
+@contextmanager
+def _without_ray_log_level_line(verbose: bool):
+    """Ray's C++ core says on stderr that it read RAY_BACKEND_LOG_LEVEL (the variable that keeps it quiet):
+    within the block stderr goes through a file and comes back without that line (everything with -v)."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True)
+                    if b"Set ray log level from environment variable" not in line]
+            if kept:
+                sys.stderr.flush()
+                os.write(2, b"".join(kept))
+
+
+def connect(address: Address, *, verbose: bool = False, temp_dir: str | None = None) -> tuple:
+    """ray.init for this scan: here on loopback (no dashboard, no usage stats; its session folder under
+    `temp_dir` when given) or joining `address`. Returns (the ray module, whether this call initialized
+    it: then `ray.shutdown()` is the caller's, and stops a Ray started here). A process that already called
+    ray.init keeps its Ray (and its address). `session` is the form that also cleans up."""
     ray = prepare(address, verbose=verbose)
     if ray.is_initialized():
         return ray, False
     kwargs = {"include_dashboard": False, "log_to_driver": verbose,
               "logging_level": logging.INFO if verbose else logging.ERROR, "configure_logging": True}
     if address.local:
-        ray.init(**kwargs)
+        with _without_ray_log_level_line(verbose):
+            ray.init(**kwargs, **({"_temp_dir": temp_dir} if temp_dir else {}))
         return ray, True
     kwargs.pop("include_dashboard")
     try:
-        ray.init(address=address.text, **kwargs)
+        with _without_ray_log_level_line(verbose):
+            ray.init(address=address.text, **kwargs)
     except Exception as e:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ... with its own long texts
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise BackendError(f"--ray-address {address.text}: Ray could not join the cluster there ({first}); if the "

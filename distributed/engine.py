@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from clipscan.runtime import load_artifact
 from clipscan.runtime.discover import WalkStats, iter_files
 from clipscan.runtime.errors import BackendError, InvalidArgumentError
-from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, completed_paths, csv_columns, model_identity
+from clipscan.runtime.results import (OUTPUT_ERRORS, WRITERS, check_output_format, columns_for, completed_paths,
+                                      csv_columns, model_identity)
 from clipscan.runtime.resume import check_same_model, row_settings
 
-from .cluster import connect, default_actors, parse_address, prepare
+from .cluster import default_actors, parse_address, prepare, session
 from .defaults import DEFAULTS
 from .ledger import Ledger
 
@@ -77,8 +78,7 @@ def check_spec(spec: RayScan) -> None:
     if not spec.gpus_per_actor >= 0 or not spec.cpus_per_actor > 0:
         raise InvalidArgumentError(f"--gpus-per-actor must be >= 0 and CPUs per actor > 0, got "
                                    f"{spec.gpus_per_actor!r} and {spec.cpus_per_actor!r}")
-    if spec.with_embedding and spec.fmt == "csv":
-        raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+    check_output_format(spec.fmt, spec.with_embedding)
     if os.path.isdir(spec.output):
         raise InvalidArgumentError(f"--output {spec.output} is a folder; name the results file to write inside it")
     parent = os.path.dirname(os.path.abspath(spec.output))
@@ -196,17 +196,13 @@ def scan_on_ray(spec: RayScan) -> RayScanReport:
     ledger = Ledger(spec.output)
     settings = _settings(spec, artifact.manifest)
     appending = _check_output(spec, ledger, identity, settings)
-    ray, started = connect(address, verbose=spec.verbose)  # before the output is written: a failure leaves nothing
-    try:
+    with session(address, verbose=spec.verbose) as ray:  # before the output is written: a failure leaves nothing
         previous, columns = _prepare_output(spec, ledger, identity, settings, columns, appending)
         report.recovered_blocks, report.already_done = ledger.recovered_blocks, len(previous)
         todo = _todo(spec, previous | {os.path.abspath(p) for p in previous}, report.walk)
         if todo:
             _run(ray, spec, str(artifact.path), columns, todo, ledger, report, start)
         ledger.finish()
-    finally:
-        if started:
-            ray.shutdown()
     report.seconds = time.perf_counter() - start
     return report
 

@@ -91,6 +91,11 @@ def _visual_state_dict(weights: Path) -> dict:
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     if visual:
         return visual
+    # a whole CLIP nested in a detector's state dict (DRCT: model.model.visual.*)
+    nested = {k[: -len("visual.conv1.weight")] for k in state if k.endswith(".visual.conv1.weight")}
+    if len(nested) == 1:
+        prefix = nested.pop() + "visual."
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if "conv1.weight" in state or "trunk.patch_embed.proj.weight" in state:
         return dict(state)  # already an image-tower-only state dict
     raise CheckpointError(f"{weights} has no image-tower weights (no 'visual.*' keys); first keys: {list(state)[:6]}")

@@ -24,9 +24,24 @@ HEAD_FORMATS: dict[str, str] = {
                 "fine-tuned Hugging Face CLIP tower",
     "effort": "Effort (Yan et al. 2025): Linear(width, 2) on the pooled output of an SVD-fine-tuned Hugging "
               "Face CLIP tower (two-class softmax)",
+    "rine": "RINE (Koutlis & Papadopoulos 2024): the CLS token of every block's ln_2 output, per-block MLP, "
+            "softmax(alpha)-weighted sum, MLP to one logit (its trainable-part .pth)",
+    "drct": "DRCT (Chen et al. 2024): Linear(D, E) then Linear(E, 2) on OpenAI CLIP's encode_image (two-class "
+            "softmax); one checkpoint with the tower under model.model.visual",
     "laion-aesthetic": "LAION improved aesthetic predictor: an MLP on the L2-normalised embedding, a score on "
                        "its own 1-10 scale",
+    "clip-iqa": "CLIP-IQA as IQA-PyTorch defines it: five antonym prompt pairs over the checkpoint's text tower, "
+                "a score in [0, 1] (no file: --head clip-iqa)",
+    "clip-iqa+": "CLIP-IQA+ as IQA-PyTorch defines it: 'Good/Bad photo' with learned prompt context, a score in "
+                 "[0, 1]",
+    "liqe": "LIQE (Zhang et al. 2023) as IQA-PyTorch defines it: a fine-tuned CLIP and five quality prompts, a "
+            "1-5 score",
+    "liqe-mix": "LIQE trained on the mix of datasets: 495 quality x scene x distortion prompts, a 1-5 score",
 }
+
+# head formats that read no file: the published model is prompts over the checkpoint's own CLIP
+# (--head FORMAT, or FORMAT: with nothing after the colon)
+FILELESS_HEAD_FORMATS = ("clip-iqa",)
 
 # --graph: how the transformer blocks are written into the graph
 GRAPH_STYLES: dict[str, str] = {

@@ -84,15 +84,22 @@ def load_torch_file(path, what: str):
         raise not_a_checkpoint(path, what, e) from None
 
 
+WRAPPED_CLIP = "clip_model."
+
+
 def load_state_dict(path, what: str) -> dict:
     """A model's state dict from a checkpoint file (see load_torch_file), unwrapped as open_clip does: a
-    {"state_dict": ...} wrapper is opened and a "module." prefix (DataParallel) dropped."""
+    {"state_dict": ...} or {"params": ...} wrapper is opened, and a "module." prefix (DataParallel) and a
+    "clip_model." prefix on every key (pyiqa's LIQE) are dropped."""
     data = load_torch_file(path, what)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
+    for key in ("state_dict", "params"):   # training scripts' wrappers ("params": BasicSR's and pyiqa's)
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
     if not isinstance(data, dict) or not data:
         raise CheckpointError(f"{path} holds no state dict (found {type(data).__name__}); pass the {what} "
                               "saved with torch.save(model.state_dict(), ...) or as .safetensors")
     if next(iter(data)).startswith("module."):
         data = {k[len("module."):] if k.startswith("module.") else k: v for k, v in data.items()}
+    if all(k.startswith(WRAPPED_CLIP) for k in data):   # pyiqa's LIQE keeps its CLIP as `clip_model`
+        data = {k[len(WRAPPED_CLIP):]: v for k, v in data.items()}
     return data

@@ -22,9 +22,11 @@ from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
-from .graph import INPUT_NAME, OUT_EMBEDDING, ScanGraph, fold_normalization, set_visual_prompts
+from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
+                    set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
+from .iqa import NO_POSITIONAL_EMBEDDING
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 
 log = logging.getLogger("clipscan.export")
@@ -51,6 +53,7 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     return PreprocessSpec(
         resize_mode=mode, resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
         crop_mode=crop, crop_size=size, pad_fill=int(pp.get("fill_color", 0)), exif_orientation="apply",
+        crop_offsets=pp.get("crop_offsets", "round"),
         **(sliding if crop == "sliding" else {}),
     )
 
@@ -61,11 +64,14 @@ def _source(path: Path) -> dict:
 
 
 def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, description: str, opset: int,
-                   head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32") -> Manifest:
+                   head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32",
+                   head_names: list = ()) -> Manifest:
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
     for i, path in enumerate(head_files):
-        sources["heads" if i == 0 else f"heads_{i}"] = _source(path)
+        # the key stays heads, heads_1... (what verify matches); "heads" names the heads this file gave
+        names = list(head_names[i]) if i < len(head_names) and head_names[i] else None
+        sources["heads" if i == 0 else f"heads_{i}"] = {**_source(path), **({"heads": names} if names else {})}
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     if graph.takes_uint8:
@@ -123,6 +129,7 @@ class Reference:
     heads: list
     info: BackboneInfo
     head_files: list[Path]
+    head_names: list = field(default_factory=list)   # the names of the heads each head file gave
 
     def graph(self) -> ScanGraph:
         """The float32 PyTorch model (taking normalised pixels) that an export must reproduce."""
@@ -142,12 +149,15 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
+    if imported.tower_change == NO_POSITIONAL_EMBEDDING:
+        drop_positional_embedding(visual)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":
                 h.threshold = float(threshold)
-    head_files = [parse_head_arg(i)[1] for i in items if not isinstance(i, torch.nn.Module)]
-    return Reference(visual, imported.heads, info, head_files)
+    head_files = [p for i in items if not isinstance(i, torch.nn.Module) and (p := parse_head_arg(i)[1]) is not None]
+    names = {str(path): tuple(h.name for h in got) for path, got in imported.files}  # final names (deduplicated)
+    return Reference(visual, imported.heads, info, head_files, [names.get(str(Path(p)), ()) for p in head_files])
 
 
 def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, *,
@@ -156,7 +166,7 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
                  ensemble_threshold: float = 0.5, resize_mode: str | None = None,
-                 weights_format: str = "auto") -> ExportReport:
+                 weights_format: str = "auto", progress=None) -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
@@ -174,13 +184,42 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
  `weights_format` (see
     `clipscan.export.weights_formats`): "hf" reads a Hugging Face transformers CLIP checkpoint, whose own
     config gives the architecture (`arch` then only for a single weights file); "auto" detects it.
+    `progress`: a `clipscan.runtime.progress.Progress` that gets one step per stage of `export_stages`.
     """
+    stage = _stages(progress)
+    stage("loading the checkpoint and heads")
     ref = load_reference(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
                          weights_format=weights_format)
+    from .recorded import record
+
+    recorded = record(arch, weights, heads, quick_gelu=quick_gelu, threshold=threshold, resize_mode=resize_mode,
+                      mean=mean, std=std, weights_format=weights_format)
     return export_graph(ref.visual, ref.heads, ref.info, out, name=name or Path(out).stem, description=description,
-                        opset=opset, head_files=ref.head_files, mean=mean, std=std, uint8_input=uint8_input,
+                        opset=opset, head_files=ref.head_files, head_names=ref.head_names, mean=mean, std=std,
+                        uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,
-                        ensemble_threshold=ensemble_threshold)
+                        ensemble_threshold=ensemble_threshold, stage=stage, recorded=recorded)
+
+
+def export_stages(precision: str = "fp32") -> tuple[str, ...]:
+    """What export_model reports to its progress bar, in order (export_graph: all but the first)."""
+    return ("loading the checkpoint and heads", "building the graph and counting its FLOPs", "tracing to ONNX",
+            *(("converting to FP16",) if precision == "fp16" else ()), "checking the ONNX file against PyTorch")
+
+
+def _stages(progress):
+    """A `stage(note)` call: the previous stage is done (one step of `progress`), `note` runs now."""
+    started = []
+
+    def stage(note: str | None) -> None:
+        if progress is None:
+            return
+        if started:
+            progress.update()
+        started.append(note)
+        if note is not None:
+            progress.set_note(note)
+    return stage
 
 
 def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bool, str]:
@@ -222,12 +261,15 @@ def flops_per_image(module, image_size, dtype) -> int | None:
 
 
 def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, name: str, description: str = "",
-                 opset: int = 18, head_files: list[Path] = (), mean=None, std=None,
+                 opset: int = 18, head_files: list[Path] = (), head_names: list = (), mean=None, std=None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
-                 ensemble_threshold: float = 0.5) -> ExportReport:
+                 ensemble_threshold: float = 0.5, stage=None, recorded: dict | None = None) -> ExportReport:
+    """`recorded`: what export was given (`recorded.record`), kept as the manifest's sources.export."""
     import copy
 
+    stage = stage or _stages(None)
+    stage("building the graph and counting its FLOPs")
     if precision not in EXPORT_PRECISIONS:
         hint = " (INT8 artifacts come from clipscan.calibration, not from export)" if precision == "int8" else ""
         raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
@@ -245,8 +287,13 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     else:
         graph = ScanGraph(visual, heads, lean=lean, fused_attention=opset >= 23).eval()
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
-                              head_files=list(head_files), mean=mean, std=std, precision=precision)
+                              head_files=list(head_files), mean=mean, std=std, precision=precision,
+                              head_names=list(head_names))
     manifest.backbone["graph"] = "lean" if lean else "stock"
+    if recorded is not None:
+        from .recorded import RECORD_KEY
+
+        manifest.sources[RECORD_KEY] = recorded
     if primary is not None and ensemble is not None:
         raise InvalidArgumentError("--primary and --ensemble are alternatives: the row's verdict comes from one head "
                                    "or from a rule over all of them")
@@ -268,20 +315,24 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         manifest.backbone["gflops_per_image"] = round(flops / 1e9, 4)
     example = torch.zeros(2, 3, *info.image_size, dtype=torch.uint8 if uint8_input else torch.float32)
     log.info("exporting %s (%s) to ONNX opset %d", name, info.id, opset)
+    stage("tracing to ONNX")
     model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
     if precision == "fp16":
+        stage("converting to FP16")
         converted = convert_to_fp16(model)
         model = converted.model
         manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    stage("checking the ONNX file against PyTorch")
     with replacing(path) as work:  # checked under a hidden name; renamed to `out` only when it passed
         save_checked(model, work)
         if precision == "fp16":
             checks = check_fp16(work, graph, reference, info.image_size, mean, std)
         else:
             checks = check_against_torch(work, graph, reference, info.image_size, mean, std)
+    stage(None)
     if precision == "fp16":
         half = checks.get("torch_half_cpu", {})
         log.info("wrote %s (FP16): embedding cosine vs PyTorch FP32: ONNX Runtime CPU mean %.7f worst %.7f; "

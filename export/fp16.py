@@ -100,7 +100,8 @@ def _name_scopes(node) -> list[str] | None:
 
 
 def tail_node_indices(graph) -> set[int]:
-    """Indices of the nodes after the image tower's final LayerNorm (ln_post), which stay float32.
+    """Indices of the nodes after the image tower's final LayerNorm (ln_post), and of every head, which stay
+    float32.
 
     The final LayerNorm is the last one inside the tower's name scope (the dynamo exporter
     records module scopes in node metadata), so a head with a LayerNorm of its own does not
@@ -109,13 +110,15 @@ def tail_node_indices(graph) -> set[int]:
     lns = [i for i, n in enumerate(graph.node) if n.op_type == "LayerNormalization"]
     scoped = [i for i in lns if (_name_scopes(graph.node[i]) or ["", ""])[1:2] == ["tower"]]
     last = (scoped or lns or [None])[-1]
+    # a head that reads a feature from inside the tower (RINE's ln_2 tap) is not reached from ln_post: the
+    # nodes in a head's own scope are tail nodes too
+    tail = {i for i, n in enumerate(graph.node) if "".join((_name_scopes(n) or [])[1:2]).startswith("heads.")}
     if last is None:
-        return set()
+        return tail
     reached = set(graph.node[last].output)
-    tail = set()
     for i in range(last + 1, len(graph.node)):
         node = graph.node[i]
-        if any(name in reached for name in node.input):
+        if i in tail or any(name in reached for name in node.input):
             tail.add(i)
             reached.update(node.output)
     return tail

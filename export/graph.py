@@ -10,6 +10,7 @@ F = torch.nn.functional
 
 INPUT_NAME = "pixels"
 OUT_EMBEDDING = "embedding"
+LN2_FEATURE = "block_ln2_cls"     # heads.FEATURES: the class token of every block's ln_2 output
 
 
 PROMPTS_ATTR = "clipscan_visual_prompts"
@@ -23,6 +24,12 @@ def set_visual_prompts(visual, prompts) -> None:
         raise CheckpointError(f"visual prompts of shape {tuple(prompts.shape)} do not fit a tower of {layers} layers "
                               f"and width {width} (expected ({layers}, n_prompts, {width}))")
     visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
+
+
+def drop_positional_embedding(visual) -> None:
+    """A tower that adds no positional embedding (IQA-PyTorch's CLIP with pos_embedding=False): zeros in its place."""
+    with torch.no_grad():
+        visual.positional_embedding.zero_()
 
 
 class TappedVisual(torch.nn.Module):
@@ -71,18 +78,37 @@ class TappedVisual(torch.nn.Module):
             x = self._block(block, x)
         return torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)
 
-    def forward_with_taps(self, x, layers: set[int]):
+    def _block_ln2(self, block, x):
+        """(block output, the class token of its ln_2 output): open_clip's block forward written out, so
+        the MLP's input can be read in the same pass (or the lean block, which hands it over)."""
+        if self.lean:
+            from .lean_blocks import lean_block
+
+            return lean_block(block, x, self.fused_attention, ln2_cls=True)
+        first = getattr(self.visual.transformer, "batch_first", True)
+        y = x if first else x.transpose(0, 1)
+        y = y + block.ls_1(block.attention(block.ln_1(y)))
+        normed = block.ln_2(y)
+        y = y + block.ls_2(block.mlp(normed))
+        return (y, normed[:, 0]) if first else (y.transpose(0, 1), normed[0])
+
+    def forward_with_taps(self, x, layers: set[int], ln2_cls: list | None = None):
         """(pooled, projected, {layer: the residual entering that block}, the final CLS residual before
-        ln_post): the same pass as forward, with the inputs of the `layers` blocks kept for head taps."""
+        ln_post): the same pass as forward, with the inputs of the `layers` blocks kept for head taps.
+        A list given as `ln2_cls` receives the class token of every block's ln_2 output, in block order."""
         v = self.visual
         if getattr(v, PROMPTS_ATTR, None) is not None:
-            raise InvalidArgumentError("attention-head taps and deep visual prompts cannot share a tower")
+            raise InvalidArgumentError("feature taps inside the tower and deep visual prompts cannot share a tower")
         x = v._embeds(x)
         seen = {}
         for i, block in enumerate(v.transformer.resblocks):
             if i in layers:
                 seen[i] = x
-            x = self._block(block, x)
+            if ln2_cls is None:
+                x = self._block(block, x)
+            else:
+                x, cls = self._block_ln2(block, x)
+                ln2_cls.append(cls)
         pooled, _ = v._pool(x)
         projected = pooled @ v.proj if v.proj is not None else pooled
         return pooled, projected, seen, x[:, 0]
@@ -153,6 +179,14 @@ class ScanGraph(torch.nn.Module):
             why = tap_unsupported_reason(visual, taps)
             if why:
                 raise InvalidArgumentError(f"the attention-head probe cannot read this tower: {why}")
+        for h in heads:
+            if h.feature == LN2_FEATURE:
+                from .head_tap import ln2_unsupported_reason
+
+                why = ln2_unsupported_reason(visual, getattr(h, "blocks", None))
+                if why:
+                    raise InvalidArgumentError(f"head {h.name!r} reads every block's ln_2 output, which this tower "
+                                               f"cannot give: {why}")
 
     @property
     def visual(self):
@@ -176,10 +210,11 @@ class ScanGraph(torch.nn.Module):
         x = pixels.to(torch.float32) if self.takes_uint8 else pixels
         taps = self._taps()
         contributions = {}
-        if taps:
+        ln2 = [] if any(h.feature == LN2_FEATURE for h in self.heads) else None
+        if taps or ln2 is not None:
             from .head_tap import head_contributions, through_ln_post
 
-            pooled, projected, seen, residual = self.tower.forward_with_taps(x, set(taps))
+            pooled, projected, seen, residual = self.tower.forward_with_taps(x, set(taps), ln2)
             blocks = self.visual.transformer.resblocks
             for layer, heads in taps.items():
                 terms = through_ln_post(self.visual, head_contributions(blocks[layer], seen[layer], heads), residual)
@@ -190,6 +225,8 @@ class ScanGraph(torch.nn.Module):
         needed = {h.feature for h in self.heads}
         if "pre_proj_normalized" in needed:
             features["pre_proj_normalized"] = F.normalize(pooled, dim=-1)
+        if ln2 is not None:
+            features[LN2_FEATURE] = torch.stack(ln2, dim=1)          # (B, blocks, width)
         outs = []
         for h in self.heads:
             if h.feature == "attn_heads":

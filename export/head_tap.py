@@ -74,3 +74,22 @@ def through_ln_post(visual, terms, residual_cls):
     centred = terms - terms.mean(dim=-1, keepdim=True)
     scaled = centred * ln.weight.float() / sigma.unsqueeze(1)
     return scaled @ visual.proj.float() if visual.proj is not None else scaled
+
+
+def ln2_unsupported_reason(visual, blocks: int | None) -> str | None:
+    """None when the class token of every block's ln_2 output can be read from this tower (`blocks`: how
+    many blocks the head was trained on), else why not."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if resblocks is None:
+        return "the tower has no transformer blocks"
+    if getattr(visual, "attn_pool", None) is not None:
+        return "the tower pools with attention"
+    if blocks is not None and blocks != len(resblocks):
+        return (f"the head weighs {blocks} blocks and the tower has {len(resblocks)}: check --arch and --weights "
+                "(the head must be trained on this tower)")
+    for i, block in enumerate(resblocks):
+        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+            return f"block {i} is a {type(block).__name__}, not open_clip's standard ResidualAttentionBlock"
+    return None

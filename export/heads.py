@@ -40,6 +40,7 @@ FEATURES = {
     "proj": "projected CLS token (encode_image), not normalised",
     "pre_proj_normalized": "CLS token after ln_post, before the projection, L2-normalised",
     "attn_heads": "direct contributions of selected attention heads to the projected CLS token (export.head_tap)",
+    "block_ln2_cls": "CLS token of every transformer block's ln_2 output (the MLP input), (blocks, width) per image",
 }
 
 

@@ -403,10 +403,3 @@ def load_tower(arch: str | None, weights: str | Path, *, quick_gelu: bool | None
                                    "pass --weights-format hf")
     return load_backbone(arch, weights, quick_gelu=quick_gelu)
 
-
-def refuse_text_tower(backbone: BackboneInfo, what: str) -> None:
-    """Heads that encode prompts read an open_clip text tower; a transformers one is not mapped."""
-    if backbone.extra.get("weights_format") == HF:
-        raise InvalidArgumentError(f"{what} encodes prompts with the checkpoint's text tower, and clipscan maps only "
-                                   "the image tower of a Hugging Face CLIP checkpoint: export it from the open_clip "
-                                   "form of the checkpoint, or give the head as a torch module through the Python API")

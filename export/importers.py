@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
 
-from .choices import HEAD_FORMATS
+from .choices import FILELESS_HEAD_FORMATS, HEAD_FORMATS
 from .deps import load_torch_file, require
 from .gaintseva import heads_probe, mask_probe
 from .heads import AttributionHead, DetectorHead, PromptQualityHead, QualityHead, load_heads
+from .imported import Imported
+from .imported import text_encoder as _text_encoder
+from .iqa_importers import import_clip_iqa, import_clip_iqa_plus, import_liqe, import_liqe_mix  # noqa: F401
 
 torch = require("torch")
 log = logging.getLogger("clipscan.export")
-
-
-@dataclass
-class Imported:
-    heads: list
-    preprocess: dict = field(default_factory=dict)   # overrides of the backbone's preprocess cfg
-    source: Path | None = None
-    visual_prompts: object = None                    # (layers, n, width) deep visual prompts, if the head needs them
 
 
 def _state_dict(path: Path) -> dict:
@@ -136,6 +130,39 @@ def import_effort(path: Path, backbone) -> Imported:
     return Imported([head], preprocess=preprocess, source=path)
 
 
+def import_rine(path: Path, backbone) -> Imported:
+    """RINE (Koutlis & Papadopoulos 2024): an MLP over the CLS token of every block's ln_2 output, in the same pass.
+
+    The released ckpt/model_*_trainable.pth (or the same tensors as .safetensors) holds the trainable part
+    only: alpha (1, blocks, P), proj1.* (per-block Linear+ReLU from the tower's width to P), proj2.* and
+    head.* (down to Linear(P, 1)); the tower is OpenAI CLIP ViT-L/14 (--arch ViT-L-14-quickgelu, --weights
+    its checkpoint), and alpha must weigh all of its blocks. Test-time preprocessing: no resize, centre
+    crop 224 (padding smaller images), CLIP mean/std. Outputs: logit_generated and p_generated =
+    sigmoid(logit).
+    """
+    from .rine import rine_head
+
+    head, preprocess = rine_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
+def import_drct(path: Path, backbone) -> Imported:
+    """DRCT (Chen et al. 2024): Linear(D, E) then Linear(E, 2) on OpenAI CLIP's encode_image (projected CLS).
+
+    One checkpoint (their train.py's state dict, .pth or .safetensors; a "state_dict" wrapper or "module."
+    prefix allowed) holds the tower under model.model.visual.*, the unused text tower under model.model.*,
+    model.fc.* [E, D] and fc.* [2, E]; any other tensor is refused by name. Give the same file to --weights
+    (with --arch, e.g. ViT-L-14-quickgelu) and to --head drct:FILE. The two Linears fold into one exact
+    Linear(D, 1). Test-time preprocessing: no resize, centre crop 224 with offsets rounded down
+    (albumentations), zero padding of smaller images, ImageNet mean/std. Outputs: p_generated (the softmax's
+    fake class) and logit_generated = l_fake - l_real.
+    """
+    from .drct import drct_head
+
+    head, preprocess = drct_head(path, backbone)
+    return Imported([head], preprocess=preprocess, source=path)
+
+
 def import_laion_aesthetic(path: Path, backbone) -> Imported:
     """LAION improved aesthetic predictor: MLP 768-1024-128-64-16-1 on the L2-normalised embedding, a 1-10 score.
 
@@ -151,16 +178,6 @@ def import_laion_aesthetic(path: Path, backbone) -> Imported:
         raise InputNotFoundError(f"aesthetic predictor file {path} does not exist; pass the predictor's .pth or .safetensors file")
     head, preprocess = laion_aesthetic_head(load_weights_file(path), path, backbone)
     return Imported([head], preprocess=preprocess, source=path)
-
-
-def _text_encoder(backbone):
-    from .hf_clip import refuse_text_tower
-    from .text import load_text_encoder
-
-    refuse_text_tower(backbone, "this head")
-
-    return load_text_encoder(backbone.arch, backbone.weights_path,
-                             quick_gelu=backbone.activation == "quick_gelu")
 
 
 def import_captions(path: Path, backbone) -> Imported:
@@ -265,9 +282,14 @@ def import_agiqa_fu(path: Path, backbone) -> Imported:
                     source=path, visual_prompts=sd[prompts[0]].float())
 
 
-# format -> its importer: import_<format, "-" as "_"> for every format of choices.HEAD_FORMATS (a format
-# without its function fails here, at import)
-IMPORTERS = {name: globals()["import_" + name.replace("-", "_")] for name in HEAD_FORMATS}
+def importer_name(fmt: str) -> str:
+    """The importer function of a head format: import_<format, "-" as "_", "+" as "_plus">."""
+    return "import_" + fmt.replace("-", "_").replace("+", "_plus")
+
+
+# format -> its importer, for every format of choices.HEAD_FORMATS (a format without its function fails
+# here, at import)
+IMPORTERS = {name: globals()[importer_name(name)] for name in HEAD_FORMATS}
 
 
 HEAD_NAME = re.compile(r"[A-Za-z][\w-]*")
@@ -285,6 +307,8 @@ def parse_named_head_arg(text: str) -> tuple[str | None, str, Path]:
         raise InvalidArgumentError(f"head name {name!r} is not a name: use letters, digits, _ and - (starting with a "
                                    "letter), as in --head fake_a=univfd:PATH")
     fmt, sep, rest = text.partition(":")
+    if fmt in FILELESS_HEAD_FORMATS and not rest and not Path(text).exists():
+        return name, fmt, None
     if sep and fmt in IMPORTERS:
         return name, fmt, Path(rest)
     if sep and re.fullmatch(r"[A-Za-z][\w-]*", fmt) and not Path(text).exists():
@@ -302,12 +326,15 @@ def parse_head_arg(text: str) -> tuple[str, Path]:
 def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
     """Read every head given as a path, "FORMAT:PATH" or an nn.Module; merge their preprocessing needs."""
     merged = Imported([])
+    changes: list = []    # (item, its tower change): every head of one pass must agree
     for item in items:
         if isinstance(item, torch.nn.Module):
             got = Imported([item])
         else:
             name, fmt, path = parse_named_head_arg(item)
             got = IMPORTERS[fmt](path, backbone)
+            if path is not None:
+                merged.files.append((Path(path), got.heads))
             if name is not None:
                 if len(got.heads) != 1:
                     raise InvalidArgumentError(f"--head {item}: a NAME= names one head, but {path} holds "
@@ -337,6 +364,13 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
                 raise InvalidArgumentError("a head with deep visual prompts changes the backbone pass, so no other "
                                            "head can share it: export it as its own artifact")
             merged.visual_prompts = got.visual_prompts
+        changes.append((item, got.tower_change))
+    if len({change for _, change in changes}) > 1:
+        odd = next(item for item, change in changes if change is not None)
+        raise InvalidArgumentError(f"--head {odd} runs the tower without its positional embedding (as IQA-PyTorch "
+                                   "does), and other heads need it, so they cannot share one backbone pass: export "
+                                   "them as separate artifacts")
+    merged.tower_change = changes[0][1] if changes else None
     if resize_mode is not None:
         merged.preprocess["resize_mode"] = resize_mode
     _distinct_names(merged.heads)

@@ -47,11 +47,12 @@ def lean_unsupported_reason(transformer) -> str | None:
     return None
 
 
-def lean_block(block, x, fused_attention: bool = False):
+def lean_block(block, x, fused_attention: bool = False, *, ln2_cls: bool = False):
     """One ResidualAttentionBlock on x (batch, tokens, width), in the lean layout. Same function.
 
     `fused_attention` computes attention with `scaled_dot_product_attention` (one ONNX Attention
-    node at opset >= 23) instead of explicit products (best below opset 23)."""
+    node at opset >= 23) instead of explicit products (best below opset 23). With `ln2_cls`, returns
+    (output, the class token of the block's ln_2 output (batch, width)): the MLP's input, read by RINE."""
     n_tokens, width = x.shape[1], x.shape[2]
     attn = block.attn
     heads = attn.num_heads
@@ -67,7 +68,10 @@ def lean_block(block, x, fused_attention: bool = False):
         ctx = scores.softmax(dim=-1) @ v                         # (B, H, N, D)
     ctx = ctx.transpose(1, 2).reshape(-1, width)                 # (B*N, C)
     h = h + block.ls_1(F.linear(ctx, attn.out_proj.weight, attn.out_proj.bias))
-    h = h + block.ls_2(_mlp(block.mlp, block.ln_2(h)))
+    normed = block.ln_2(h)
+    h = h + block.ls_2(_mlp(block.mlp, normed))
+    if ln2_cls:
+        return h.reshape(-1, n_tokens, width), normed.reshape(-1, n_tokens, width)[:, 0]
     return h.reshape(-1, n_tokens, width)
 
 

@@ -37,7 +37,8 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]):
-        return self.model.encode_text(self.tokens(prompts), normalize=True)
+        tokens = self.tokens(prompts)
+        return self.encode_embeddings(self.model.token_embedding(tokens), tokens)
 
     @torch.no_grad()
     def encode_with_context(self, ctx, words: list[str]):
@@ -46,19 +47,25 @@ class TextEncoder:
         Each prompt is "X X ... X <word>." tokenised; the embeddings of the X
         placeholders are replaced by `ctx`, as prompt learners do.
         """
-        m = self.model
         n_ctx = int(ctx.shape[0])
         if ctx.shape[1] != self.width:
             raise CheckpointError(f"learned context has width {ctx.shape[1]}, the text tower {self.width}")
         tokens = self.tokens([" ".join(["X"] * n_ctx) + " " + w + "." for w in words])
-        emb = m.token_embedding(tokens)
+        emb = self.model.token_embedding(tokens)
         emb = torch.cat([emb[:, :1], ctx.to(emb.dtype).expand(len(words), -1, -1), emb[:, 1 + n_ctx:]], dim=1)
+        return self.encode_embeddings(emb, tokens)
+
+    @torch.no_grad()
+    def encode_embeddings(self, emb, tokens):
+        """L2-normalised features of prompts given as token embeddings (N, context, width); `tokens` place the
+        end-of-text token that is pooled."""
+        m = self.model
         x = m.transformer(emb + m.positional_embedding, attn_mask=m.attn_mask)
         x = m.ln_final(x)
-        x = open_clip.model.text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        pool = getattr(m, "text_pool_type", None) or m.pool_type     # open_clip's CLIP, or its TextTransformer
+        x = open_clip.model.text_global_pool(x, tokens, pool, eos_token_id=getattr(m, "text_eos_id", None))
         x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
         return torch.nn.functional.normalize(x, dim=-1)
-
 
 def load_text_encoder(arch: str, weights: str | Path, *, quick_gelu: bool | None = None) -> TextEncoder:
     """Build the full CLIP of `arch` and load a full checkpoint (it must hold the text tower)."""

@@ -37,6 +37,11 @@ DEFAULT_MARGIN = 0.5           # logit units around the threshold's logit: no fl
 ROBUST_SLACK = 0.005           # laundered copies may agree 0.5 percentage points less than clean ones
 ROBUST_CONFIDENCE_Z = 1.96     # ... judged by the 95% upper confidence bound of their agreement (clipscan's)
 THRESHOLD_TOLERANCE = 1e-6     # manifest threshold vs the reference's
+# validation images a fidelity report with laundered copies should have: below 36, a single laundered copy whose
+# decision flips (even 0.006 logit from the threshold, which the margin gate allows) fails robust_agreement
+# (= fidelity_gates.images_to_tolerate(1, 1 - ROBUST_SLACK); 111 images tolerate two flips)
+VAL_MIN_IMAGES = 36
+VAL_TWO_FLIPS_IMAGES = 111
 
 # -- clipscan export: checks of the written file before it is kept ----------------------------------
 EXPORT_FP32_MIN_COSINE = 0.99999         # ONNX Runtime vs PyTorch, every image (= BARS["fp32"].cosine_mean)

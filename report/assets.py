@@ -92,18 +92,32 @@ JS = r"""
   const data = JSON.parse($("#rows-data").textContent);
   const PAGE = 100;
   const state = { q: "", verdict: "", key: 1, asc: false, page: 0, view: data };
-  const fmt = (v, i) => v === null ? "" : (i === 1 || i === 4) ? Number(v).toFixed(4) : String(v);
+  // columns 0-5 are the row's own; each later one is a head's answer: [p_generated, verdict, generator] or a score
+  const HEAD0 = 6;
+  const key = (v) => Array.isArray(v) ? v[0] : v;
+  const width = $$("#rows-table th").length;
+  const numeric = Array.from({length: width}, (_, i) =>
+    i === 1 || i === 4 || (i >= HEAD0 && data.some((r) => typeof key(r[i]) === "number")));
+  const isNum = (i) => numeric[i];
+  const fmt = (v, i) => {
+    if (v === null || v === undefined) return "";
+    if (Array.isArray(v)) return [v[1], v[0] === null ? null : Number(v[0]).toFixed(3), v[2]].filter((x) => x !== null && x !== undefined).join(" ");
+    return (i === 1 || i === 4 || (i >= HEAD0 && typeof v === "number")) ? Number(v).toFixed(4) : String(v);
+  };
   function refilter() {
     const q = state.q.toLowerCase(), verdict = state.verdict;
     const view = data.filter((r) => (!verdict || r[2] === verdict) &&
       (!q || String(r[0]).toLowerCase().includes(q) || String(r[3] || "").toLowerCase().includes(q) ||
-       String(r[5] || "").toLowerCase().includes(q)));
+       String(r[5] || "").toLowerCase().includes(q) ||
+       r.slice(HEAD0).some((v, j) => fmt(v, HEAD0 + j).toLowerCase().includes(q))));
     const k = state.key, s = state.asc ? 1 : -1;
-    const numeric = k === 1 || k === 4;
+    const byNumber = isNum(k);
     view.sort((a, b) => {
-      const x = a[k], y = b[k];
-      if (x === null || y === null) return x === y ? 0 : (x === null ? 1 : -1);  // empty cells last
-      return s * (numeric ? x - y : String(x).localeCompare(String(y)));
+      const x = key(a[k]), y = key(b[k]);
+      if (x === null || x === undefined || y === null || y === undefined) {
+        return (x ?? null) === (y ?? null) ? 0 : (x === null || x === undefined ? 1 : -1);  // empty cells last
+      }
+      return s * (byNumber ? x - y : String(x).localeCompare(String(y)));
     });
     state.view = view; state.page = 0; render();
   }
@@ -116,7 +130,7 @@ JS = r"""
       r.forEach((v, i) => {
         const td = document.createElement("td");
         td.textContent = fmt(v, i);
-        td.className = i === 0 ? "path" : (i === 1 || i === 4) ? "num" : "";
+        td.className = i === 0 ? "path" : isNum(i) ? "num" : "";
         tr.appendChild(td);
       });
       frag.appendChild(tr);
@@ -134,7 +148,7 @@ JS = r"""
   $$("#rows-table th").forEach((th, i) => {
     th.classList.add("sort");
     th.addEventListener("click", () => {
-      state.asc = state.key === i ? !state.asc : i !== 1 && i !== 4;
+      state.asc = state.key === i ? !state.asc : !isNum(i);
       state.key = i; refilter();
     });
   });

@@ -1,7 +1,8 @@
 """Read a results file (the JSONL or CSV rows of `clipscan scan`, the service, Triton or Ray) for a report.
 
-Rows keep the scan's keys (path, p_generated, verdict, generator, quality, error_kind, error, backend);
-other keys are ignored and missing ones are empty. A line that is not a row (not JSON, not an object,
+Rows keep the scan's keys (path, p_generated, verdict, generator, quality, error_kind, error, backend) and
+every head's own answer (JSONL `heads`, CSV `<head>_<field>` columns); other keys are ignored, missing
+ones are empty, and a head's field that is not what the scan writes is left empty. A line that is not a row (not JSON, not an object,
 no path, a score that is not a number) is skipped and counted with its line number and reason, never fatal;
 a file without a single row is an error that says what the file looks like. The model that wrote the rows
 is read from the sidecar `<rows>.clipscan.json` when there is one.
@@ -15,11 +16,16 @@ import os
 from dataclasses import dataclass, field
 
 from clipscan.runtime.errors import InputNotFoundError, RowsError
-from clipscan.runtime.results import OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
+from clipscan.runtime.manifest_checks import limit
+from clipscan.runtime.results import HEAD_FIELDS, OUTPUT_ERRORS, SIDECAR_SUFFIX, error_kind, read_sidecar, sidecar_path
 
 FIELDS = ("path", "p_generated", "logit", "verdict", "generator", "quality", "error_kind", "error", "backend")
 NUMBERS = ("p_generated", "logit", "quality")
 MAX_LISTED_PROBLEMS = 20
+HEAD_TEXT = ("verdict", "generator")
+# every field a head's answer has (results.HEAD_FIELDS), longest first: a CSV column `<head>_<field>`
+# is split at the longest field it ends with (`x_p_generated` is head x, not head x_p)
+ANSWER_FIELDS = tuple(sorted({f for fs in HEAD_FIELDS.values() for f in fs}, key=len, reverse=True))
 
 
 @dataclass
@@ -33,6 +39,8 @@ class Row:
     error_kind: str | None = None
     error: str | None = None
     backend: str | None = None
+    # every head's own answer: {name: {"p_generated", "logit", "verdict", "threshold", "generator"} or {"score"}}
+    heads: dict[str, dict] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +96,40 @@ def _text(value):
     return str(value)
 
 
+def _answer(value) -> dict:
+    """One head's answer as the report reads it: known fields of the right type, the rest left out."""
+    out = {}
+    for f, v in (value.items() if isinstance(value, dict) else ()):
+        if f in HEAD_TEXT and isinstance(v, (str, int, float)) and not isinstance(v, bool) and v != "":
+            out[f] = str(v)
+        elif f in ANSWER_FIELDS and f not in HEAD_TEXT:
+            try:
+                number = _number(v, f)
+            except NotARow:
+                continue
+            if number is not None:
+                out[f] = number
+    return out
+
+
+def _heads(record: dict) -> dict[str, dict]:
+    """The heads' answers of a JSONL row (`heads`) or a CSV record (`<head>_<field>` columns); at most as
+    many heads as a manifest may have."""
+    if isinstance(record.get("heads"), dict):
+        pairs = [(name, a) for name, a in record["heads"].items() if isinstance(name, str) and name]
+    else:
+        grouped: dict[str, dict] = {}
+        for key, v in record.items():
+            if not isinstance(key, str) or key in FIELDS:
+                continue
+            f = next((f for f in ANSWER_FIELDS if key.endswith("_" + f) and len(key) > len(f) + 1), None)
+            if f is not None:
+                grouped.setdefault(key[:-len(f) - 1], {})[f] = v
+        pairs = list(grouped.items())
+    answers = {name: _answer(a) for name, a in pairs[:limit("heads")]}
+    return {name: a for name, a in answers.items() if a}  # a failed row's empty CSV cells answer nothing
+
+
 def _to_row(record) -> Row:
     if not isinstance(record, dict):
         raise NotARow(f"a JSON {type(record).__name__}, not an object")
@@ -97,6 +139,7 @@ def _to_row(record) -> Row:
     row = Row(path=path, **{k: _number(record.get(k), k) for k in NUMBERS},
               **{k: _text(record.get(k)) for k in ("verdict", "generator", "error", "backend")})
     row.error_kind = _text(record.get("error_kind")) or error_kind(row.error)
+    row.heads = _heads(record)
     return row
 
 

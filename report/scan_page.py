@@ -98,6 +98,27 @@ def _histogram_section(s: Summary) -> str:
             f'{"".join(histogram_svg(h) for h in s.histograms)}</div></section>')
 
 
+def _heads_section(s: Summary) -> str:
+    """Every head's own answers: its verdict and generator counts and the histogram of its p_generated or score
+    (the rows' `heads`; the counts above are the rows' own decision)."""
+    if not s.heads:
+        return ""
+    blocks = []
+    for h in s.heads:
+        key = esc(h.name)
+        parts = [_count_table(f"{h.name}: verdict", h.by_verdict, max(sum(h.by_verdict.values()), 1),
+                              f"by-verdict-{key}"),
+                 _count_table(f"{h.name}: generator", h.by_generator, max(sum(h.by_verdict.values()), 1),
+                              f"by-generator-{key}")]
+        if h.histogram is not None:
+            parts.append(histogram_svg(h.histogram))
+        blocks.append(f'<div class="head-answers" data-head="{key}"><h3>{key}</h3><div class="flex">'
+                      f'{"".join(parts)}</div></div>')
+    return (f'<section id="heads"><h2>Every head</h2><p class="note">each head\'s own answer over the {s.ok:,} '
+            f'scanned rows (a row\'s verdict and generator above come from its deciding head)</p>'
+            f'{"".join(blocks)}</section>')
+
+
 def _card(r, thumb: Thumb) -> str:
     image = (f'<img class="thumb" src="{thumb.uri}" alt="{esc(os.path.basename(r.path))}">' if thumb.uri else
              f'<div class="nothumb">{esc(thumb.problem)}</div>')
@@ -151,6 +172,7 @@ def _rows_section(s: Summary) -> str:
            f'(the page keeps under its size budget); counts and histograms cover all</p>')
     head = "".join(f'<th{" class=num" if c in ("p_generated", "quality") else ""}>{c}</th>'
                    for c in ("path", "p_generated", "verdict", "generator", "quality", "error kind"))
+    head += "".join(f'<th class="head" data-head="{esc(h.name)}">{esc(h.name)}</th>' for h in s.heads)
     return (f'<section id="rows"><h2>All rows</h2>{cut}<div class="controls"><input type="search" id="rows-filter" '
             f'placeholder="filter by name, generator or error kind"><label>verdict <select id="rows-verdict">'
             f'<option value="">all</option>{options}</select></label></div><table id="rows-table"><thead><tr>{head}'
@@ -165,7 +187,7 @@ def render(data: RowsFile, s: Summary, thumbs: list[Thumb], *, top_n: int, title
     verdicts = ", ".join(f"{n:,} {v}" for v, n in s.by_verdict.items())
     return page(title, f'<header><h1>{esc(title)}</h1><p class="sub">{esc(data.path)}: {s.rows:,} rows '
                 f'({esc(verdicts)}); written {when} by clipscan {__version__}</p></header>'
-                f'{_model_section(data, s)}{_counts_section(data, s)}{_histogram_section(s)}'
+                f'{_model_section(data, s)}{_counts_section(data, s)}{_histogram_section(s)}{_heads_section(s)}'
                 f'{_top_section(s, thumbs, top_n)}{_failures_section(s)}{_rows_section(s)}'
                 f'<script type="application/json" id="rows-data">{script_json(s.table)}</script>',
                 css=CSS, script=JS)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import ModelError
+from .failed_gates import warn_if_failed
 from .manifest import METADATA_KEY, Manifest
 from .onnx_meta import OnnxHeader, external_data_locations, read_onnx_header
 
@@ -35,6 +36,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def checkpoint_kind(path: Path) -> str | None:
+    """What training checkpoint `path` is, from its first bytes ("a PyTorch checkpoint"...), or None: what a
+    user who passes their weights where a model goes needs to hear (an ONNX file starts otherwise)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a PyTorch checkpoint (a zip archive, as torch.save writes)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle file (an older PyTorch checkpoint)"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors checkpoint"
+    return None
+
+
 def load_artifact(path: str | Path | None = None) -> Artifact:
     """Open `path` (default: the demo model shipped with clipscan) and parse its manifest."""
     if path is None:
@@ -49,6 +67,10 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
         onnx_files = sorted(p.name for p in path.glob("*.onnx"))
         hint = f"; it holds {onnx_files}" if onnx_files else ""
         raise ModelError(f"model path {path} is a directory{hint}: pass the .onnx file itself")
+    checkpoint = checkpoint_kind(path)
+    if checkpoint:
+        raise ModelError(f"{path} is {checkpoint}, not an exported model: export it first (clipscan export --arch "
+                         f"ARCH --weights {path.name} --heads HEADS -o model.onnx), then pass the .onnx file")
     try:
         header = read_onnx_header(path)
     except (ModelError, ValueError, OSError) as e:  # ValueError: also UnicodeDecodeError
@@ -62,7 +84,9 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
             "preprocessing, heads and thresholds."
         )
     check_external_data(path)
-    return Artifact(path, Manifest.from_json(text, origin=str(path)), header)
+    artifact = Artifact(path, Manifest.from_json(text, origin=str(path)), header)
+    warn_if_failed(path, artifact.manifest)   # a model whose fidelity gates failed is never loaded silently
+    return artifact
 
 
 def _location_problem(folder: Path, location: str) -> str | None:

@@ -1,24 +1,31 @@
 """The tensor contract of clipscan's services: what `clipscan serve`, the Triton repository that
 `clipscan triton` writes, and the client (`clipscan scan --server`, `RemoteScanner`) all speak.
 
-Inputs (one of them per request):
-- `image`  BYTES `[N]`: each element one encoded image file as uploaded (JPEG, PNG, WebP, ...);
-- `pixels` the artifact's own input dtype and shape `[N, 3, H, W]`, for clients that preprocess.
+Both servers present it as one Triton model configuration (`max_batch_size` > 0, no `reshape`): each tensor's
+`dims` are per image, a per-image value has dims [1] (a batching model's tensors need at least one), and the
+metadata shape is the batch dimension first, -1, then the dims, as Triton reports it (`model_metadata`).
 
-Outputs, one element per image (a model without the head has no such output):
-- `p_generated` FP32 `[N]`, `logit` FP32 `[N]`, `verdict` BYTES `[N]`   (the decision head)
-- `generator` BYTES `[N]`                                                (attribution heads)
-- `quality` FP32 `[N]`                                                   (a quality head)
-- `embedding` FP32 `[N, D]`                                              (models that export one)
-- `error` BYTES `[N]`: b"" when the image scanned, else the same text `clipscan scan` writes
-  (`kind: message`); `backend` BYTES `[N]`: the backend that really ran;
+Model `<name>` takes one input:
+- `image`  BYTES `[-1, 1]`: each element one encoded image file as uploaded (JPEG, PNG, WebP, ...).
+`clipscan serve` also serves model `<name>_pixels` (`pixels_model_name`), whose one input is
+- `pixels` the artifact's own input dtype and shape `[-1, 3, H, W]`, for clients that preprocess;
+its outputs are `<name>`'s. (Two models, not two optional inputs: a generic client such as perf_analyzer
+sends every input that is not optional, and exactly one form must be sent.)
+
+Outputs, one row per image (a model without the head has no such output), each `[-1, 1]` unless said:
+- `p_generated` FP32, `logit` FP32, `verdict` BYTES                 (the decision head)
+- `generator` BYTES                                                  (a model with an attribution head)
+- `quality` FP32                                                     (a quality head)
+- `embedding` FP32 `[-1, D]`                                         (models that export one)
+- `error` BYTES: b"" when the image scanned, else the same text `clipscan scan` writes
+  (`kind: message`); `backend` BYTES: the backend that really ran;
 - every head's own answer, `<head>.<field>` (ScanResult.heads; fields per task in results.HEAD_FIELDS):
   `<head>.p_generated` / `<head>.logit` FP32, `<head>.verdict` / `<head>.generator` BYTES, `<head>.score` FP32.
 An image that failed has NaN in its numeric outputs and b"" in `verdict` and `generator`.
 
 `results_to_tensors` and `tensors_to_results` are inverse: a ScanResult goes through the contract and
 comes back with the same row (floats are FP32 on the wire: equal to what `clipscan scan` writes within
-float32 rounding).
+float32 rounding). `results_to_tensors` gives [N] for per-image values; `on_the_wire` adds the axis of 1.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .model_name import MODEL_NAME_MAX
 from .results import HEAD_FIELDS, ScanResult
 
 INPUT_IMAGE = "image"
@@ -45,14 +53,33 @@ class TensorSpec:
     datatype: str            # Open Inference Protocol datatype: FP32, BYTES, UINT8, ...
     dims: tuple[int, ...]    # per image, without the batch axis: () for one value per image
 
+    @property
+    def config_dims(self) -> list[int]:
+        """The model configuration's `dims`: a per-image value is [1] (a batching model's tensors need one)."""
+        return list(self.dims) or [1]
+
     def shape(self, batch: int = -1) -> list[int]:
-        return [batch, *self.dims]
+        """The tensor's shape on the wire, the batch first: what Triton's model metadata reports."""
+        return [batch, *self.config_dims]
+
+
+PIXELS_SUFFIX = "_pixels"
+
+
+def pixels_model_name(name: str) -> str:
+    """The name of the model that takes `pixels` next to model `name` (`clipscan serve` serves both)."""
+    return name[:MODEL_NAME_MAX - len(PIXELS_SUFFIX)] + PIXELS_SUFFIX
 
 
 def input_specs(manifest) -> list[TensorSpec]:
+    """The inputs of model `<name>`: encoded image files."""
+    return [TensorSpec(INPUT_IMAGE, "BYTES", ())]
+
+
+def pixels_specs(manifest) -> list[TensorSpec]:
+    """The inputs of model `<name>_pixels`: the artifact's input tensor, preprocessed by the client."""
     h, w = manifest.input.size
-    return [TensorSpec(INPUT_IMAGE, "BYTES", ()),
-            TensorSpec(INPUT_PIXELS, DATATYPES[manifest.input.dtype], (3, h, w))]
+    return [TensorSpec(INPUT_PIXELS, DATATYPES[manifest.input.dtype], (3, h, w))]
 
 
 def output_specs(manifest) -> list[TensorSpec]:
@@ -61,7 +88,7 @@ def output_specs(manifest) -> list[TensorSpec]:
     if decision is not None:
         specs += [TensorSpec("p_generated", "FP32", ()), TensorSpec("logit", "FP32", ()),
                   TensorSpec("verdict", "BYTES", ())]
-        if decision.task == "attribution":
+        if any(h.task == "attribution" for h in manifest.heads):  # the row's generator: postprocess.row_generator
             specs.append(TensorSpec("generator", "BYTES", ()))
     if manifest.head("quality") is not None:
         specs.append(TensorSpec("quality", "FP32", ()))
@@ -72,6 +99,33 @@ def output_specs(manifest) -> list[TensorSpec]:
         specs += [TensorSpec(f"{h.name}.{f}", "BYTES" if f in ("verdict", "generator") else "FP32", ())
                   for f in HEAD_FIELDS.get(h.task, ())]
     return specs
+
+
+def config_tensor(spec: TensorSpec, *, output: bool = False) -> dict:
+    """A model configuration's input or output entry in the JSON form Triton's `/config` answers (every field
+    of model_config.proto's ModelInput / ModelOutput that Triton prints, at its value for a clipscan model)."""
+    entry = {"name": spec.name, "data_type": "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"}
+    if output:
+        return {**entry, "dims": spec.config_dims, "label_filename": "", "is_shape_tensor": False,
+                "is_non_linear_format_io": False}
+    return {**entry, "format": "FORMAT_NONE", "dims": spec.config_dims, "is_shape_tensor": False,
+            "allow_ragged_batch": False, "optional": False, "is_non_linear_format_io": False}
+
+
+def model_metadata(name: str, platform: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                   version: str = "1") -> dict:
+    """The model metadata (`GET /v2/models/{name}`) Triton reports for a batching model with these tensors:
+    name, versions, platform, and each tensor's name, datatype and shape with -1 for the batch first."""
+    def tensor(s: TensorSpec) -> dict:
+        return {"name": s.name, "datatype": s.datatype, "shape": s.shape(-1)}
+
+    return {"name": name, "versions": [version], "platform": platform, "inputs": [tensor(s) for s in inputs],
+            "outputs": [tensor(s) for s in outputs]}
+
+
+def on_the_wire(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """An output of `results_to_tensors` in its wire shape: [N] -> [N, 1] for a per-image value."""
+    return arr.reshape(len(arr), *spec.config_dims)
 
 
 def _field(r: ScanResult, name: str):

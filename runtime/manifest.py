@@ -29,6 +29,8 @@ RESIZE_MODES = {
     "none": "the crop reads the image at its own size (no resize)",
 }
 CROP_MODES = ("center", "sliding", "none")
+# a centre crop's offset (size - crop) / 2 when not whole: round() to even (torchvision) or down (albumentations)
+CROP_OFFSETS = ("round", "floor")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 EXIF_POLICIES = ("apply", "ignore")
 ALPHA_POLICIES = ("drop",)
@@ -117,7 +119,8 @@ class PreprocessSpec:
        that are resized or padded);
     4. resize (mode, size, interpolation);
     5. crop: "center" crops `crop_size` from the middle, padding with `pad_fill` where
-       the image is smaller (torchvision's CenterCrop); "sliding" takes every
+       the image is smaller (torchvision's CenterCrop; `crop_offsets` "floor" rounds a
+       half-pixel offset down, as albumentations does); "sliding" takes every
        `crop_size` window at `stride` (plus one flush with the far edge, padding
        small images as "center" does; at most `max_per_axis` evenly spaced windows
        per axis) and the runtime averages the crops' outputs;
@@ -130,6 +133,7 @@ class PreprocessSpec:
     crop_mode: str = "center"
     crop_size: tuple[int, int] = (224, 224)
     pad_fill: int = 0
+    crop_offsets: str = "round"       # CROP_OFFSETS; written to the manifest only when not "round"
     exif_orientation: str = "apply"
     alpha: str = "drop"
     frame: str = "first"
@@ -142,6 +146,8 @@ class PreprocessSpec:
         crop: dict[str, Any] = {"mode": self.crop_mode, "size": list(self.crop_size), "pad_fill": self.pad_fill}
         if self.crop_mode == "sliding":
             crop.update(stride=self.stride, max_per_axis=self.max_per_axis, aggregate="mean")
+        if self.crop_offsets != "round":
+            crop["offsets"] = self.crop_offsets
         return {
             "exif_orientation": self.exif_orientation,
             "frame": self.frame,
@@ -175,6 +181,7 @@ class PreprocessSpec:
             crop_mode=crop_mode,
             crop_size=size(need(crop, "size", "preprocess.crop", (list, int)), "preprocess.crop.size"),
             pad_fill=pad_fill,
+            crop_offsets=need(crop, "offsets", "preprocess.crop", str, CROP_OFFSETS) if "offsets" in crop else "round",
             exif_orientation=need(d, "exif_orientation", w, str, EXIF_POLICIES),
             alpha=need(convert, "alpha", "preprocess.convert", str, ALPHA_POLICIES),
             convert_when=need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),

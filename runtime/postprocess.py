@@ -45,7 +45,7 @@ def verdict(spec, p: float, threshold: float, class_probs=None) -> tuple[str, st
     """(verdict, generator): the positive label when p >= threshold, else the first; an attribution head
     that says generated also names the most probable generator."""
     labels = spec.labels
-    positive = labels[1] if spec.task == "detection" else "generated"
+    positive = positive_label(spec)
     if p < threshold:
         return labels[0], None
     if spec.task == "attribution" and class_probs is not None:
@@ -72,24 +72,44 @@ def head_answers(manifest, outputs: dict, rows: slice, threshold: float | None =
     return out
 
 
+def positive_label(spec) -> str:
+    """The label a decision head's verdict takes when it says generated."""
+    return spec.labels[1] if spec.task == "detection" else "generated"
+
+
+def row_generator(manifest, answers: dict[str, dict], generated: bool) -> str | None:
+    """The row's `generator`, the one rule for every row (local, `clipscan serve`, Triton, Ray): when the row
+    says generated, the generator named by the first head that names one, the deciding head first (the
+    primary; under an ensemble rule none is first) and then every attribution head in manifest order; None
+    when the row does not say generated or no head names a generator. A head names a generator only when
+    it says generated itself, so a row never names one that every head calls real."""
+    if not generated:
+        return None
+    primary = None if manifest.ensemble else manifest.decision_head()
+    order = ([primary] if primary is not None else []) + [h for h in manifest.heads if h.task == "attribution"]
+    return next((answers[h.name]["generator"] for h in order if answers.get(h.name, {}).get("generator")), None)
+
+
 def decide(manifest, answers: dict[str, dict], threshold: float | None = None) -> dict | None:
     """The row's decision {"p_generated", "logit", "verdict", "generator"} from the heads' answers: the
     primary head's, or the manifest's ensemble rule over every decision head:
     mean_logit: p = sigmoid(mean logit), generated when p >= the ensemble threshold;
     any / all: generated when any / all heads say so (each at its threshold); p and logit are the
-    heads' max / min. None for a model without a decision head."""
+    heads' max / min. The generator follows `row_generator`. None for a model without a decision head."""
     heads = manifest.decision_heads()
     if not heads:
         return None
     rule = manifest.ensemble
     if rule is None:
-        a = answers[manifest.decision_head().name]
+        primary = manifest.decision_head()
+        a = answers[primary.name]
+        generated = a["verdict"] == positive_label(primary)
         return {"p_generated": a["p_generated"], "logit": a["logit"], "verdict": a["verdict"],
-                "generator": a.get("generator")}
+                "generator": row_generator(manifest, answers, generated)}
     mine = [answers[h.name] for h in heads]
-    positive = [a["verdict"] == (h.labels[1] if h.task == "detection" else "generated") for h, a in zip(heads, mine)]
+    positive = [a["verdict"] == positive_label(h) for h, a in zip(heads, mine)]
     first = heads[0]
-    labels = (first.labels[0], first.labels[1] if first.task == "detection" else "generated")
+    labels = (first.labels[0], positive_label(first))
     logits = [a["logit"] for a in mine]
     if rule == "mean_logit":
         logit = float(np.mean(logits))
@@ -100,9 +120,8 @@ def decide(manifest, answers: dict[str, dict], threshold: float | None = None) -
         pick = max if rule == "any" else min
         logit, p = pick(logits), pick(a["p_generated"] for a in mine)
         generated = any(positive) if rule == "any" else all(positive)
-    generator = next((a.get("generator") for h, a in zip(heads, mine) if h.task == "attribution"
-                      and a.get("generator")), None) if generated else None
-    return {"p_generated": p, "logit": logit, "verdict": labels[1] if generated else labels[0], "generator": generator}
+    return {"p_generated": p, "logit": logit, "verdict": labels[1] if generated else labels[0],
+            "generator": row_generator(manifest, answers, generated)}
 
 
 def image_result(manifest, outputs: dict, rows: slice, *, name: str, threshold: float | None,

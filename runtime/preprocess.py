@@ -46,20 +46,20 @@ def resized_size(width: int, height: int, spec: PreprocessSpec) -> tuple[int, in
     return round(width / ratio), round(height / ratio)
 
 
-def crop_box(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int, int, int]:
+def crop_box(width: int, height: int, crop_h: int, crop_w: int, offsets: str = "round") -> tuple[int, int, int, int]:
     """Box of torchvision's centre crop; negative offsets mean zero padding.
 
     Where the image is smaller than the crop it is padded by (crop - size) // 2 on
-    the left/top first, exactly as torchvision's center_crop pads before cropping.
+    the left/top first, exactly as torchvision's center_crop pads before cropping
+    (and albumentations' PadIfNeeded). A larger side is cropped from round((size -
+    crop) / 2) (torchvision), or from (size - crop) // 2 with `offsets` "floor"
+    (albumentations' CenterCrop).
     """
-    if crop_w > width:
-        left = -((crop_w - width) // 2)
-    else:
-        left = int(round((width - crop_w) / 2.0))
-    if crop_h > height:
-        top = -((crop_h - height) // 2)
-    else:
-        top = int(round((height - crop_h) / 2.0))
+    def start(size: int, crop: int) -> int:
+        return (size - crop) // 2 if offsets == "floor" else int(round((size - crop) / 2.0))
+
+    left = -((crop_w - width) // 2) if crop_w > width else start(width, crop_w)
+    top = -((crop_h - height) // 2) if crop_h > height else start(height, crop_h)
     return left, top, left + crop_w, top + crop_h
 
 
@@ -133,11 +133,12 @@ def _fill_value(img: Image.Image, fill: int):
 _RESIZE_PIXELS_MAX = 1 << 26
 
 
-def _resize_crop(img: Image.Image, new_w: int, new_h: int, crop_h: int, crop_w: int, resample, fill: int):
+def _resize_crop(img: Image.Image, new_w: int, new_h: int, crop_h: int, crop_w: int, resample, fill: int,
+                 offsets: str = "round"):
     """resize to (new_w, new_h) then the centre crop, computing only the kept pixels: PIL's resize of a
     source box centres each output pixel's filter where the full resize does, reading source pixels outside
     the box for the filter's support as the full resize does."""
-    left, top, right, bottom = crop_box(new_w, new_h, crop_h, crop_w)
+    left, top, right, bottom = crop_box(new_w, new_h, crop_h, crop_w, offsets)
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, new_w), min(bottom, new_h)
     sx, sy = img.width / new_w, img.height / new_h
     part = img.resize((x1 - x0, y1 - y0), resample, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
@@ -172,7 +173,7 @@ class Preprocessor:
         new_w, new_h = resized_size(img.width, img.height, spec)
         crop_h, crop_w = spec.crop_size
         if spec.crop_mode == "center" and new_w * new_h > _RESIZE_PIXELS_MAX:
-            img = _resize_crop(img, new_w, new_h, crop_h, crop_w, self._resample, spec.pad_fill)
+            img = _resize_crop(img, new_w, new_h, crop_h, crop_w, self._resample, spec.pad_fill, spec.crop_offsets)
         elif new_w * new_h > _RESIZE_PIXELS_MAX:   # sliding or no crop: every resized pixel would be used
             raise ImageReadError("too_large", f"this {img.width}x{img.height} image resized as the model's recipe "
                                  f"says ({spec.resize_mode} to {list(spec.resize_size)}) would be {new_w}x{new_h} "
@@ -180,7 +181,7 @@ class Preprocessor:
         elif (new_w, new_h) != img.size:
             img = img.resize((new_w, new_h), self._resample)
         if spec.crop_mode == "center" and img.size != (crop_w, crop_h):
-            img = _pad_crop(img, crop_box(img.width, img.height, crop_h, crop_w), spec.pad_fill)
+            img = _pad_crop(img, crop_box(img.width, img.height, crop_h, crop_w, spec.crop_offsets), spec.pad_fill)
         elif spec.crop_mode == "sliding" and (img.width < crop_w or img.height < crop_h):
             # pad only the short axes, centred as CenterCrop pads; windows are cut later
             left = -((crop_w - img.width) // 2) if img.width < crop_w else 0

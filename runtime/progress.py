@@ -33,11 +33,17 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _columns(stream) -> int:
+def _reported_columns(stream) -> int:
+    """The width the stream's terminal reports: 0 when it reports none (`script`, some `docker exec -t`)."""
     try:
         return os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, ValueError, OSError):
-        return shutil.get_terminal_size((100, 24)).columns
+        return 0
+
+
+def _columns(stream) -> int:
+    """The width to draw in: the terminal's, else $COLUMNS, else 100 (a terminal that says 0 gets a bar too)."""
+    return _reported_columns(stream) or shutil.get_terminal_size((100, 24)).columns
 
 
 class LineBar:
@@ -112,10 +118,10 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int | None = None, *, unit: str = "files", note: str = "",
-                 enabled: bool = True, stream=None):
+                 enabled: bool = True, stream=None, show_errors: bool = True):
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = bool(enabled) and is_terminal(self.stream)
-        self.label, self.unit, self.note = label, unit, note
+        self.label, self.unit, self.note, self.show_errors = label, unit, note, show_errors
         self.n, self.errors, self.total = 0, 0, total
         self._pending_total: int | None = None
         self._last = 0.0
@@ -125,8 +131,13 @@ class Progress:
             return
         tqdm = _tqdm_class()
         if tqdm is not None:
-            self._tqdm = tqdm(total=total, desc=label, unit=f" {unit}", file=self.stream, dynamic_ncols=True,
-                              mininterval=REDRAW_SECONDS, smoothing=0.1, leave=True)
+            # tqdm follows the terminal's size; one that reports 0x0 would get empty lines (no width, and its
+            # line hidden below a 0-row screen): a fixed size then
+            fallback = shutil.get_terminal_size((100, 24))
+            sized = ({"dynamic_ncols": True} if _reported_columns(self.stream) else
+                     {"ncols": fallback.columns, "nrows": fallback.lines or 24})
+            self._tqdm = tqdm(total=total, desc=label, unit=f" {unit}", file=self.stream, mininterval=REDRAW_SECONDS,
+                              smoothing=0.1, leave=True, **sized)
         else:
             self._bar = LineBar(label, total, unit, self.stream)
         self._postfix()
@@ -143,6 +154,9 @@ class Progress:
         self.note = note
         self._postfix()
         if self.enabled:
+            self._apply_total()
+            if self._tqdm is not None:  # the count so far, with the note of what runs now
+                self._tqdm.update(self.n - self._tqdm.n)
             self.refresh()
 
     def update(self, k: int = 1, *, errors: int = 0) -> None:
@@ -216,7 +230,7 @@ class Progress:
             self._bar.total = self.total
 
     def _postfix(self) -> None:
-        text = ", ".join(t for t in (f"errors {self.errors}", self.note) if t)
+        text = ", ".join(t for t in (f"errors {self.errors}" if self.show_errors else "", self.note) if t)
         if self._tqdm is not None:
             self._tqdm.set_postfix_str(text, refresh=False)
         elif self._bar is not None:

@@ -167,17 +167,28 @@ class RemoteScanner:
                               "HTTP port (8000 by default)")
         return info
 
-    def _models(self) -> list[str]:
+    def _models(self) -> tuple[list[str], str]:
+        """(the names of the server's ready models, how they were asked for): Triton's and `clipscan serve`'s
+        POST /v2/repository/index, else a GET /v2/models listing (KServe-style servers: a list of names or
+        of {"name"} objects, bare or under "models"); ([], what each answered) when neither lists any."""
         status, _, body = self.request("POST", "/v2/repository/index", b"{}", {"Content-Type": "application/json"})
-        if status != 200:
-            return []
-        try:
-            return [m["name"] for m in json.loads(body) if isinstance(m, dict) and m.get("state", "READY") == "READY"]
-        except (ValueError, TypeError, KeyError):
-            return []
+        if status == 200:
+            try:
+                return [m["name"] for m in json.loads(body) if isinstance(m, dict) and isinstance(m.get("name"), str)
+                        and m.get("state", "READY") == "READY"], "POST /v2/repository/index"
+            except (ValueError, TypeError, KeyError):
+                pass
+        tried = f"POST /v2/repository/index answered HTTP {status}" + (" without a list" if status == 200 else "")
+        status, listing = self._get_json("/v2/models", "model listing")
+        if status == 200 and isinstance(listing, dict):
+            listing = listing.get("models")
+        if status == 200 and isinstance(listing, list):
+            names = [m.get("name") if isinstance(m, dict) else m for m in listing]
+            return [n for n in names if isinstance(n, str) and n], "GET /v2/models lists none"
+        return [], f"{tried} and GET /v2/models HTTP {status}"
 
     def _only_model(self) -> str:
-        names = self._models()
+        names, how = self._models()
         ours = []
         for name in names:
             status, meta = self._get_json(f"/v2/models/{quote(name, safe='')}", "model metadata")
@@ -185,8 +196,13 @@ class RemoteScanner:
                 ours.append(name)
         if len(ours) == 1:
             return ours[0]
-        have = f"; it serves {ours or names}" if names else ""
-        raise ServerError(f"which model of {self.url}? pass --server-model NAME{have}")
+        if ours:
+            why = f"it serves {len(ours)} clipscan models, {ours}"
+        elif names:
+            why = f"none of the models it lists ({names}) is a clipscan model"
+        else:
+            why = f"it lists no model ({how})"
+        raise ServerError(f"which model of {self.url}? {why}; pass --server-model NAME")
 
     @staticmethod
     def _speaks_contract(meta: dict) -> bool:
@@ -197,7 +213,7 @@ class RemoteScanner:
     def _model_metadata(self) -> dict:
         status, meta = self._get_json(f"/v2/models/{quote(self.model, safe='')}", "model metadata")
         if status == 404 or status == 400:
-            names = self._models()
+            names = self._models()[0]
             have = f"; it serves {names}" if names else ""
             raise ServerError(f"the server at {self.url} has no model {self.model!r} ({meta}){have}; "
                               "pass --server-model NAME")

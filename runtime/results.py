@@ -64,7 +64,7 @@ class ScanResult:
     quality: float | None = None
     error: str | None = None
     logit: float | None = None
-    generator: str | None = None          # attribution models only: the most probable generator
+    generator: str | None = None          # models with an attribution head: postprocess.row_generator
     backend: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
     # every head's own answer: {name: {"p_generated", "logit", "verdict", "threshold"[, "generator"]} or {"score"}}
@@ -132,11 +132,16 @@ class JsonlWriter:
         self.stream.flush()
 
 
+def check_output_format(fmt: str, with_embedding: bool) -> None:
+    """Refuse a format that cannot hold what was asked for: a command calls this before it creates its output."""
+    if with_embedding and fmt == "csv":
+        raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+
+
 class CsvWriter:
     def __init__(self, stream: IO[str], *, with_embedding: bool = False, header: bool = True,
                  columns: tuple[str, ...] = COLUMNS):
-        if with_embedding:
-            raise InvalidArgumentError("CSV output cannot hold embeddings; use --format jsonl with --with-embedding")
+        check_output_format("csv", with_embedding)
         self.stream, self.columns = stream, columns
         self._writer = csv.DictWriter(stream, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
         if header:  # not when appending to a resumed file
@@ -238,8 +243,13 @@ def sidecar_path(output: str | os.PathLike) -> str:
 
 
 def model_identity(artifact) -> dict:
+    from .failed_gates import fidelity_label
+
     m = artifact.manifest
-    return {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
+    identity = {"name": m.name, "sha256": artifact.sha256(), "precision": m.precision, "file": artifact.path.name}
+    if fidelity_label(m):   # an INT8 model whose fidelity gates failed says so wherever its identity goes
+        identity["fidelity"] = fidelity_label(m)
+    return identity
 
 
 def write_sidecar(output: str | os.PathLike, identity: dict, fmt: str, settings: dict | None = None) -> None:

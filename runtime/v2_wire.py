@@ -176,6 +176,16 @@ def decode_message(body: bytes, header_length: int | None, key: str, max_element
     return header, tensors
 
 
+def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    """A tensor's raw bytes as the protocol sends them: the binary tensor extension's data over HTTP, and
+    `raw_input_contents` / `raw_output_contents` over gRPC (BYTES: length-prefixed elements; numbers
+    little-endian, row-major)."""
+    if datatype == "BYTES":
+        return encode_bytes_elements(arr.reshape(-1))
+    flat = np.ascontiguousarray(arr.reshape(-1))
+    return flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
 def entry_for(name: str, arr: np.ndarray, datatype: str | None = None) -> dict:
     if datatype is None:
         datatype = "BYTES" if arr.dtype == object else DATATYPES[arr.dtype.name]
@@ -190,15 +200,11 @@ def encode_message(header: dict, key: str, tensors: list[tuple[dict, np.ndarray]
     for entry, arr in tensors:
         entry = dict(entry)
         is_binary = binary is True or (binary and entry["name"] in binary)
-        if entry["datatype"] == "BYTES":
-            raw = encode_bytes_elements(arr.reshape(-1)) if is_binary else None
-            if not is_binary:
-                entry["data"] = [bytes(e).decode("utf-8", "surrogateescape") for e in arr.reshape(-1)]
-        else:
-            flat = np.ascontiguousarray(arr.reshape(-1))
-            raw = flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes() if is_binary else None
-            if not is_binary:
-                entry["data"] = [None if isinstance(v, float) and math.isnan(v) else v for v in flat.tolist()]
+        raw = tensor_bytes(arr, entry["datatype"]) if is_binary else None
+        if not is_binary and entry["datatype"] == "BYTES":
+            entry["data"] = [bytes(e).decode("utf-8", "surrogateescape") for e in arr.reshape(-1)]
+        elif not is_binary:
+            entry["data"] = [None if isinstance(v, float) and math.isnan(v) else v for v in arr.reshape(-1).tolist()]
         if raw is not None:
             entry["parameters"] = {**entry.get("parameters", {}), "binary_data_size": len(raw)}
             parts.append(raw)

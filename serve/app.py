@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from clipscan.runtime.contract import input_specs, output_specs
+from clipscan.runtime.contract import input_specs, output_specs, pixels_model_name, pixels_specs
 from clipscan.runtime.model_name import check_model_name, model_name_for
 
 from . import routes_rest, routes_v2
@@ -36,10 +36,18 @@ class ServiceState:
         self.allow_hosts = tuple(h.lower() for h in allow_hosts)  # Host names accepted besides IPs and localhost
         self.model_name = check_model_name(name) if name is not None else model_name_for(scanner.manifest.name)
         self.sha256 = scanner.artifact.sha256()
-        self.inputs, self.outputs = input_specs(scanner.manifest), output_specs(scanner.manifest)
+        self.outputs = output_specs(scanner.manifest)
+        # the models this service serves -> their inputs: `<name>` takes encoded images, `<name>_pixels` the
+        # artifact's preprocessed input tensor; both answer the same outputs (runtime.contract)
+        self.models = {self.model_name: input_specs(scanner.manifest),
+                       pixels_model_name(self.model_name): pixels_specs(scanner.manifest)}
         self.metrics = Metrics(self.model_name, self.sha256, scanner.backend_name)
         self.batcher = Batcher(scanner, limits, self.metrics)
         self.ready = False
+        # requests being answered and the request-message bytes they hold, over HTTP and gRPC together: one
+        # --max-in-flight and one --max-buffered-bytes for both protocols
+        self.active = 0
+        self.buffered = 0
 
     def warm_up(self) -> None:
         """Inference through the whole path (decode, batch, backend) before the service says it is ready: one
@@ -117,6 +125,7 @@ def create_app(state: ServiceState) -> Starlette:
         Route("/v1/scan", routes_rest.scan, methods=["POST"]),
         Route("/v2", routes_v2.server_metadata), Route("/v2/health/live", routes_v2.live),
         Route("/v2/health/ready", routes_v2.ready),
+        Route("/v2/repository/index", routes_v2.repository_index, methods=["POST"]),
     ]
     for base in (m, mv):
         routes += [Route(base, routes_v2.model_metadata), Route(base + "/ready", routes_v2.model_ready),

@@ -101,6 +101,10 @@ class Batcher:
                 f.cancel()
             raise RequestTimeout(f"no answer within the service's timeout of {self.limits.timeout_s:g} s "
                                  "(the server is overloaded); retry later or send fewer images") from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC call cancelled, or past its deadline)
+            for f in state["decoding"] + state["futures"]:
+                f.cancel()
+            raise
         finally:
             self._release(state["held"])
 

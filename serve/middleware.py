@@ -25,7 +25,8 @@ def _endpoint(path: str) -> str:
     if path.startswith("/v2/models/"):
         tail = path.rstrip("/").rsplit("/", 1)[-1]
         return f"/v2/models/*/{tail}" if tail in ("infer", "ready", "config") else "/v2/models/*"
-    return path if path in ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready") else "other"
+    known = ("/", "/v1/scan", "/v2", "/metrics", "/v2/health/live", "/v2/health/ready", "/v2/repository/index")
+    return path if path in known else "other"
 
 
 def _header(headers: dict, name: bytes) -> str | None:
@@ -35,18 +36,17 @@ def _header(headers: dict, name: bytes) -> str | None:
 
 class ServiceMiddleware:
     def __init__(self, app, state):
-        self.app, self.state = app, state
-        self.active = 0
-        self.buffered = 0  # bytes of request bodies held by the requests being answered
+        self.app, self.state = app, state  # state.active, state.buffered: shared with the gRPC endpoint
 
     def _hold(self, n: int, body: dict) -> None:
         """Count `n` more body bytes of one request against the budget, or refuse them (503)."""
         budget = self.state.limits.max_buffered_bytes
-        if self.buffered + n > budget:
-            raise BodyError(503, f"the server holds {self.buffered} bytes of request bodies and this one would pass "
+        held = self.state.buffered
+        if held + n > budget:
+            raise BodyError(503, f"the server holds {held} bytes of request bodies and this one would pass "
                                  f"its budget of {budget}; retry shortly", {"Retry-After": "1", "Connection": "close"},
                             kind="bodies_over_budget")
-        self.buffered += n
+        self.state.buffered += n
         body["held"] += n
 
     async def __call__(self, scope, receive, send):
@@ -90,7 +90,7 @@ class ServiceMiddleware:
 
         metrics = state.metrics
         metrics.in_flight.inc()
-        self.active += 1
+        self.state.active += 1
         try:
             response = None
             host = _header(headers, b"host")
@@ -104,7 +104,7 @@ class ServiceMiddleware:
                                                "are refused (a page of another site; allow its host with "
                                                "--allow-host)")
                 metrics.errors.labels("forbidden").inc()
-            elif self.active > state.limits.max_in_flight and not is_health(path):
+            elif self.state.active > state.limits.max_in_flight and not is_health(path):
                 response = error_response(503, f"too many requests at once (the limit is "
                                                f"{state.limits.max_in_flight}); retry shortly", {"Retry-After": "1"})
                 metrics.errors.labels("too_many_requests").inc()
@@ -139,8 +139,8 @@ class ServiceMiddleware:
                     if not status.get("started"):
                         await error_response(e.status, e.message, e.headers)(scope, receive, send_wrapper)
         finally:
-            self.buffered -= body["held"]
-            self.active -= 1
+            self.state.buffered -= body["held"]
+            self.state.active -= 1
             metrics.in_flight.dec()
             seconds = time.perf_counter() - start
             metrics.latency.labels(_endpoint(path), str(status["code"])).observe(seconds)

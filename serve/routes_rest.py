@@ -1,6 +1,11 @@
 """The plain REST endpoint for people and scripts: `POST /v1/scan` with a raw image body or a
 multipart/form-data upload of one or more files; the answer is a JSON list of rows exactly like
-`clipscan scan`'s JSONL rows (path = the uploaded file name)."""
+`clipscan scan`'s JSONL rows (path = the uploaded file name).
+
+Status codes: a request that is not an upload (wrong content type 415, a malformed or file-less multipart
+body 400, too many images or bytes 413) has no rows. Otherwise every image gets its row, and an image that
+cannot be scanned (empty, truncated, not an image, too many pixels) is an error in its own row: 200 when at
+least one image was scanned, 422 with all the rows when none was."""
 from __future__ import annotations
 
 from starlette.datastructures import UploadFile
@@ -53,17 +58,16 @@ async def scan(request: Request):
         body = await request.body()
         items = [(_name(request), body)]
     else:
-        shown = repr(ctype) if ctype else "no content type"
-        raise HTTPError(415, f"{shown} is not an image upload; send the image as the body with an image/* "
+        shown = f"Content-Type {ctype!r} is" if ctype else "a request without a Content-Type is"
+        raise HTTPError(415, f"{shown} not an image upload; send the image as the body with an image/* "
                              "Content-Type (curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg') or as "
                              "multipart/form-data (curl -F file=@photo.jpg)")
-    empty = [n for n, data in items if not data]
-    if len(items) == 1 and empty:
-        raise HTTPError(400, "the upload is empty (0 bytes)")
     if len(items) > lim.max_images:
         raise HTTPError(413, f"{len(items)} images in one request; the limit is {lim.max_images}")
     results = await state.scan(items)
     rows = _rows(results, state.scanner.manifest, request.query_params.get("embedding") in ("1", "true", "yes"))
+    # One rule for every image's own error (empty, truncated, not an image, too large): it is that image's
+    # row. 200 when at least one image was scanned; 422, with the rows, when none could be.
     if all(r.error for r in results):
         raise HTTPError(422, f"{'the image' if len(results) == 1 else 'no image'} could not be scanned: "
                              f"{results[0].error}", rows=rows)

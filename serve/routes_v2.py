@@ -3,6 +3,7 @@ health, Triton's model-configuration extension, and inference with JSON tensors 
 extension. The tensors are `clipscan.runtime.contract`'s."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from clipscan.runtime.contract import DATATYPES, INPUT_IMAGE, INPUT_PIXELS, results_to_tensors
+from clipscan.runtime.contract import (DATATYPES, INPUT_IMAGE, INPUT_PIXELS, config_tensor, model_metadata as
+                                       contract_metadata, on_the_wire, results_to_tensors)
 from clipscan.runtime.results import model_identity
 from clipscan.runtime.v2_wire import (HEADER_LENGTH, WireError, WireTooLarge, decode_message, encode_message,
                                       entry_for)
@@ -27,23 +29,35 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "health", "metadata"]
 VERSION = "1"
 
 
-def _model(request: Request):
-    state = request.app.state.service
-    name = request.path_params["model"]
-    version = request.path_params.get("version")
-    if name != state.model_name:
-        # the real name only to clients that may use it: health paths answer without the token
-        known = state.token is None or authorized(request.headers.get("authorization", "").encode("latin-1"),
-                                                  state.token)
-        raise HTTPError(404, f"unknown model {name!r}" + (f"; this server serves {state.model_name!r}" if known
+def check_model(state, name: str, version: str | None, may_know: bool):
+    """(the service, the model's name, its inputs) when `name` (and `version`, if given) is a model served,
+    else HTTPError 404; the served names are said only to a client that `may_know` them (health requests are
+    answered without the token)."""
+    if name not in state.models:
+        raise HTTPError(404, f"unknown model {name!r}" + (f"; this server serves {list(state.models)}" if may_know
                                                           else ""))
     if version not in (None, "", VERSION):
         raise HTTPError(404, f"unknown version {version!r} of model {name!r}; it has version {VERSION}")
-    return state
+    return state, name, state.models[name]
+
+
+def _served(request: Request):
+    """check_model for the model the path names."""
+    state = request.app.state.service
+    known = state.token is None or authorized(request.headers.get("authorization", "").encode("latin-1"), state.token)
+    return check_model(state, request.path_params["model"], request.path_params.get("version"), known)
+
+
+def _model(request: Request):
+    return _served(request)[0]
+
+
+def server_metadata_dict() -> dict:
+    return {"name": "clipscan", "version": __version__, "extensions": EXTENSIONS}
 
 
 async def server_metadata(request: Request):
-    return JSONResponse({"name": "clipscan", "version": __version__, "extensions": EXTENSIONS})
+    return JSONResponse(server_metadata_dict())
 
 
 async def live(request: Request):
@@ -56,37 +70,54 @@ async def ready(request: Request):
 
 
 async def model_ready(request: Request):
-    state = _model(request)
-    return JSONResponse({"name": state.model_name, "ready": state.ready}, status_code=200 if state.ready else 503)
+    state, name, _ = _served(request)
+    return JSONResponse({"name": name, "ready": state.ready}, status_code=200 if state.ready else 503)
 
 
-def _tensor(spec) -> dict:
-    return {"name": spec.name, "datatype": spec.datatype, "shape": spec.shape(-1)}
+PLATFORM = "clipscan_onnx"
+# what this service's metadata has beyond Triton's (name, versions, platform, inputs, outputs)
+METADATA_EXTRAS = ("backend", "sha256")
+
+
+def model_metadata_dict(state, name: str, inputs) -> dict:
+    """The metadata of model `name` (the HTTP answer; the gRPC answer is built from it)."""
+    meta = contract_metadata(name, PLATFORM, inputs, state.outputs, VERSION)
+    return {**meta, "backend": state.scanner.backend_name, "sha256": state.sha256}
+
+
+async def repository_index(request: Request):
+    """Triton's `POST /v2/repository/index` (the model repository extension's listing; loading and unloading
+    are not offered): the models served (`<name>` and `<name>_pixels`), so that a client finds its model
+    without being told the name. A JSON body {"ready": true} lists only ready models, as Triton does; an
+    empty body is accepted."""
+    state = request.app.state.service
+    body = await request.body()
+    try:
+        asked = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError):
+        raise HTTPError(400, "the body of /v2/repository/index must be a JSON object such as {} or "
+                             '{"ready": true}') from None
+    if not isinstance(asked, dict):
+        raise HTTPError(400, f"the body of /v2/repository/index must be a JSON object, got {type(asked).__name__}")
+    if asked.get("ready") is True and not state.ready:
+        return JSONResponse([])
+    return JSONResponse([{"name": name, "version": VERSION, "state": "READY" if state.ready else "UNAVAILABLE"}
+                         for name in state.models])
 
 
 async def model_metadata(request: Request):
-    state = _model(request)
-    return JSONResponse({"name": state.model_name, "versions": [VERSION], "platform": "clipscan_onnx",
-                         "backend": state.scanner.backend_name, "sha256": state.sha256,
-                         "inputs": [_tensor(s) for s in state.inputs], "outputs": [_tensor(s) for s in state.outputs]})
+    return JSONResponse(model_metadata_dict(*_served(request)))
 
 
-def _config_type(datatype: str) -> str:
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
-
-
-def _config_tensor(spec) -> dict:
-    entry = {"name": spec.name, "data_type": _config_type(spec.datatype), "dims": list(spec.dims) or [1]}
-    if not spec.dims:
-        entry["reshape"] = {"shape": []}
-    return entry
-
-
-def model_config(state) -> dict:
+def model_config(state, name: str | None = None) -> dict:
+    """Triton's model configuration of model `name` (default: the one that takes images): the tensors'
+    entries as Triton's `/config` prints them (runtime.contract.config_tensor)."""
+    name = state.model_name if name is None else name
     lim = state.limits
-    return {"name": state.model_name, "platform": "clipscan_onnx", "backend": state.scanner.backend_name,
+    return {"name": name, "platform": PLATFORM, "backend": state.scanner.backend_name,
             "max_batch_size": lim.max_images,
-            "input": [_config_tensor(s) for s in state.inputs], "output": [_config_tensor(s) for s in state.outputs],
+            "input": [config_tensor(s) for s in state.models[name]],
+            "output": [config_tensor(s, output=True) for s in state.outputs],
             "dynamic_batching": {"max_queue_delay_microseconds": int(lim.max_delay_ms * 1000),
                                  "preferred_batch_size": [lim.max_batch],
                                  "default_queue_policy": {"max_queue_size": lim.max_queue,
@@ -100,7 +131,8 @@ def model_config(state) -> dict:
 
 
 async def config(request: Request):
-    return JSONResponse(model_config(_model(request)))
+    state, name, _ = _served(request)
+    return JSONResponse(model_config(state, name))
 
 
 def _header_length(request: Request) -> int | None:
@@ -113,23 +145,27 @@ def _header_length(request: Request) -> int | None:
         raise HTTPError(400, f"{HEADER_LENGTH} {value!r} is not an integer") from None
 
 
-def _items(state, tensors: dict) -> list[tuple[str, object]]:
-    unknown = sorted(set(tensors) - {INPUT_IMAGE, INPUT_PIXELS})
+def request_items(state, inputs, tensors: dict) -> list[tuple[str, object]]:
+    """(name, encoded bytes or one preprocessed row) per image of a request to the model with `inputs`."""
+    spec = inputs[0]
+    unknown = sorted(set(tensors) - {spec.name})
     if unknown:
-        raise HTTPError(400, f"unknown input {unknown[0]!r}; inputs are {INPUT_IMAGE!r} (BYTES [N]) or "
-                             f"{INPUT_PIXELS!r}")
-    if len(tensors) != 1:
-        raise HTTPError(400, f"send exactly one input: {INPUT_IMAGE!r} (BYTES [N], encoded image files) or "
-                             f"{INPUT_PIXELS!r} (preprocessed)")
+        other = {INPUT_IMAGE: INPUT_PIXELS, INPUT_PIXELS: INPUT_IMAGE}[spec.name]
+        where = next((n for n, specs in state.models.items() if specs[0].name == other), None)
+        hint = f"; input {other!r} goes to model {where!r}" if unknown[0] == other and where else ""
+        raise HTTPError(400, f"unknown input {unknown[0]!r}; this model's input is {spec.name!r} ({spec.datatype} "
+                             f"{spec.shape(-1)}){hint}")
+    if spec.name not in tensors:
+        raise HTTPError(400, f"the request has no input {spec.name!r} ({spec.datatype} {spec.shape(-1)})")
     lim = state.limits
-    if INPUT_IMAGE in tensors:
-        arr = tensors[INPUT_IMAGE]
-        if arr.dtype != object or arr.ndim != 1:
-            raise HTTPError(400, f"input {INPUT_IMAGE!r} must be BYTES with shape [N], got shape {list(arr.shape)}")
-        items = [(f"{INPUT_IMAGE}[{i}]", bytes(e)) for i, e in enumerate(arr)]
+    arr = tensors[spec.name]
+    if spec.name == INPUT_IMAGE:
+        # [N, 1] as the metadata says; [N] (what earlier releases declared) is taken too
+        if arr.dtype != object or not (arr.ndim == 1 or arr.ndim == 2 and arr.shape[1] == 1):
+            raise HTTPError(400, f"input {INPUT_IMAGE!r} must be BYTES with shape {spec.shape(-1)}, got shape "
+                                 f"{list(arr.shape)}")
+        items = [(f"{INPUT_IMAGE}[{i}]", bytes(e)) for i, e in enumerate(arr.reshape(-1))]
     else:
-        arr = tensors[INPUT_PIXELS]
-        spec = state.inputs[1]
         want = np.dtype(state.scanner.manifest.input.dtype)
         if arr.dtype != want or arr.ndim != 4 or tuple(arr.shape[1:]) != spec.dims:
             got = "BYTES" if arr.dtype == object else DATATYPES.get(arr.dtype.name, arr.dtype.name)
@@ -145,7 +181,7 @@ def _items(state, tensors: dict) -> list[tuple[str, object]]:
     return items
 
 
-def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
+def requested_outputs(state, header: dict) -> tuple[list, set[str] | bool]:
     specs = {s.name: s for s in state.outputs}
     asked = header.get("outputs")
     params = header.get("parameters")
@@ -174,14 +210,15 @@ def _requested(state, header: dict) -> tuple[list, set[str] | bool]:
     return chosen, binary
 
 
-def _max_elements(state) -> int:
+def max_elements(state) -> int:
     """The most elements one input tensor of an acceptable request holds: max_images images of the largest
-    per-image input (pixels: C*H*W values)."""
-    return state.limits.max_images * max(math.prod(s.dims) for s in state.inputs)
+    per-image input of the served models (pixels: C*H*W values; a tensor sent to the wrong model is then
+    refused with a sentence that names the right one)."""
+    return state.limits.max_images * max(math.prod(s.dims) for specs in state.models.values() for s in specs)
 
 
 async def infer(request: Request):
-    state = _model(request)
+    state, name, inputs = _served(request)
     lim = state.limits
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in V2_CONTENT_TYPES:
@@ -195,16 +232,17 @@ async def infer(request: Request):
                              f"{lim.max_json_bytes}; send tensors through the binary tensor extension")
     try:
         # off the event loop: other clients (health probes too) are answered while a body is decoded
-        header, tensors = await run_in_threadpool(decode_message, body, header_length, "inputs", _max_elements(state))
+        header, tensors = await run_in_threadpool(decode_message, body, header_length, "inputs", max_elements(state))
     except WireTooLarge as e:
         raise HTTPError(413, f"{e}; one request holds at most {lim.max_images} images") from None
     except WireError as e:
         raise HTTPError(400, str(e)) from None
-    items = _items(state, tensors)
-    chosen, binary = _requested(state, header)
+    items = request_items(state, inputs, tensors)
+    chosen, binary = requested_outputs(state, header)
     results = await state.scan(items)
-    out = results_to_tensors(results, chosen)
-    reply = {"model_name": state.model_name, "model_version": VERSION}
+    tensors = results_to_tensors(results, chosen)
+    out = {s.name: on_the_wire(tensors[s.name], s) for s in chosen}
+    reply = {"model_name": name, "model_version": VERSION}
     if "id" in header:
         reply["id"] = header["id"]
     body, length = encode_message(reply, "outputs", [(entry_for(s.name, out[s.name], s.datatype), out[s.name])

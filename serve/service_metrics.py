@@ -1,6 +1,6 @@
 """The service's Prometheus metrics (one registry per app): latency and queue-time histograms (histograms,
 not summaries, so percentiles aggregate across replicas), batch sizes, inference time, images scanned,
-errors by kind, in-flight requests, and the model and backend as info gauges."""
+errors by kind, every head's verdicts and generators, in-flight requests, and the model and backend as info gauges."""
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,6 +24,11 @@ class Metrics:
                               registry=r)
         self.errors = Counter("clipscan_errors", "errors by kind (an image's error kind, or an HTTP error)",
                               ("kind",), registry=r)
+        # labelled by head: every head's own answer (ScanResult.heads), not only the row's deciding head
+        self.verdicts = Counter("clipscan_verdicts", "images scanned, by head and that head's verdict",
+                                ("head", "verdict"), registry=r)
+        self.generators = Counter("clipscan_generators", "images a head attributes to a generator, by head and "
+                                  "generator", ("head", "generator"), registry=r)
         self.in_flight = Gauge("clipscan_in_flight_requests", "requests being answered", registry=r)
         self.queued = Gauge("clipscan_queued_images", "images admitted and not yet answered", registry=r)
         Gauge("clipscan_model_info", "the model served", ("name", "sha256"), registry=r).labels(model_name,
@@ -41,6 +46,11 @@ class Metrics:
         for r in results:
             if r.error is None:
                 self.images.labels("ok").inc()
+                for head, answer in (r.heads or {}).items():
+                    if answer.get("verdict"):
+                        self.verdicts.labels(head, answer["verdict"]).inc()
+                    if answer.get("generator"):
+                        self.generators.labels(head, answer["generator"]).inc()
             else:
                 self.images.labels("error").inc()
                 self.errors.labels(r.error_kind).inc()

@@ -94,6 +94,30 @@ def exported(tiny_model_files, tmp_path_factory):
     return report
 
 
+@pytest.fixture(scope="session")
+def multi_head_model(tmp_path_factory) -> Path:
+    """The demo graph under a three-decision-head manifest, as a univfd + cozzolino + captions export reads:
+    `univfd` (detection, threshold 0.5) decides the row; `cozzolino` reads the same logit at 0.1, so it calls
+    generated photos the row calls real; `captions` (attribution: the embedding's 128 values as its class
+    probabilities, labels real, sdxl, midjourney, g3 ...) at 0.85 names a generator only for the most likely
+    generated images; the quality head stays. Written in a few milliseconds: no export."""
+    from dataclasses import replace
+
+    from clipscan.evaluation.onnx_write import write_with_manifest
+    from clipscan.runtime import load_artifact
+    from clipscan.runtime.manifest import HeadSpec
+
+    manifest = load_artifact(None).manifest
+    det = manifest.head("detection")
+    labels = ("real", "sdxl", "midjourney", *(f"g{i}" for i in range(3, manifest.embedding["dim"])))
+    heads = (replace(det, name="univfd"), replace(det, name="cozzolino", threshold=0.1),
+             HeadSpec("captions", "attribution", {**det.outputs, "class_probs": manifest.embedding["output"]},
+                      labels, 0.85), manifest.head("quality"))
+    out = tmp_path_factory.mktemp("multi_head") / "three-heads.onnx"
+    return write_with_manifest(load_artifact(None).path, out,
+                               replace(manifest, name="three-heads", heads=heads).to_json())
+
+
 @pytest.fixture
 def image_dir(tmp_path) -> Path:
     """A folder of real photos in several formats and sizes."""

@@ -20,6 +20,7 @@ from PIL import Image
 from .conftest import REPO, SAMPLES
 
 READY = re.compile(r"ready: .* at http://([\d.]+):(\d+)")
+GRPC_READY = re.compile(r"ready: .*, gRPC at ([\d.]+:\d+)")
 
 
 def sample_files() -> list:
@@ -72,28 +73,38 @@ def cli_server(*args: str, timeout: float = 60.0):
 
 
 @contextlib.contextmanager
-def thread_server(state):
-    """The app of `state` (warmed up here) under uvicorn in a thread; yields the base URL."""
-    import uvicorn
-
+def thread_server(state, grpc: bool = False):
+    """The app of `state` (warmed up here) under uvicorn in a thread; yields the base URL, or with `grpc` (the
+    gRPC endpoint on the same event loop, as `clipscan serve --grpc-port` runs it) (base URL, gRPC address)."""
     from clipscan.serve import create_app
     from clipscan.serve.connections import uvicorn_config
+    from clipscan.serve.server import ServiceServer
 
     state.warm_up()
     config = uvicorn_config(create_app(state), state.limits)
-    server = uvicorn.Server(config)
+    ports = []
+    server = ServiceServer(config, lambda h, p, gp: ports.append(gp), state, 0 if grpc else None, 5.0)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not (server.started and server.servers) and time.monotonic() < deadline:
+    while not ports and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
+    assert server.started and ports, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield (f"http://127.0.0.1:{port}", f"127.0.0.1:{ports[0]}") if grpc else f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def grpc_address(proc) -> str:
+    """The gRPC address (host:port) a `cli_server(..., "--grpc-port", "0")` said it listens on."""
+    for line in proc.log:
+        m = GRPC_READY.search(line)
+        if m:
+            return m.group(1)
+    raise AssertionError("the server did not say where gRPC listens:\n" + "".join(proc.log))
 
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None,

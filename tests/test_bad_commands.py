@@ -21,6 +21,10 @@ def _setup(tmp: Path) -> dict:
     (tmp / "random.onnx").write_bytes(os.urandom(4096))
     (tmp / "empty").mkdir()
     (tmp / "list.txt").write_text(f"{tmp / 'nowhere.jpg'}\n")
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "my_clip.pt", "w") as z:  # the layout torch.save writes: a zip of archive/...
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
     return {"tmp": str(tmp)}
 
 
@@ -44,6 +48,11 @@ BATTERY = [
     (["scan", "--from-list", "{tmp}/missing-list.txt"], 2, "missing-list.txt", None),
     (["scan", "{tmp}/empty"], 1, "", None),                     # nothing to scan: exit 1, documented
     (["scan", "--from-list", "{tmp}/list.txt"], 1, "", None),   # a listed file that does not exist: its row
+    (["scan", "{samples}", "-o", "{tmp}/e.csv", "--with-embedding"], 2, "CSV output cannot hold embeddings",
+     "{tmp}/e.csv"),
+    (["scan", "-m", "{tmp}/my_clip.pt", "{samples}"], 2, ("is a PyTorch checkpoint (a zip archive, as torch.save "
+                                                          "writes), not an exported model: export it first "
+                                                          "(clipscan export"), None),
     (["info", "{tmp}/missing.onnx"], 2, "missing.onnx", None),
     (["info", "{tmp}/text.onnx"], 2, "text.onnx", None),
     (["nosuchcommand"], 2, "nosuchcommand", None),
@@ -84,5 +93,28 @@ def test_a_bad_command_ends_in_one_clear_message(place, argv, code, words, absen
         said = [ln for ln in lines if ": error:" in ln]
         assert len(said) == 1, err           # one sentence (argparse adds its usage line above it)
         assert _fill(words, place) in said[0] or words in said[0], err
-    if absent:
+    if absent:  # nothing where the result would have gone, nor its sidecar record
         assert not Path(_fill(absent, place)).exists()
+        assert not Path(_fill(absent, place) + ".clipscan.json").exists()
+
+
+@pytest.mark.slow  # a subprocess that imports torch and open_clip: seconds
+def test_a_refused_export_leaves_nothing_in_tmpdir(tmp_path):
+    """`export` with a weights file that is not there: exit 2, no output, and nothing left in $TMPDIR by the
+    libraries it loaded (torch's compile cache folder, torchinductor_<user>, goes with the command; ONNX
+    Runtime's telemetry record .ses, one small file rewritten on every import, is the one exception)."""
+    import json
+
+    from .conftest import TINY_CONFIG
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    (tmp_path / "cfg.json").write_text(json.dumps(TINY_CONFIG))
+    (tmp_path / "heads.pt").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "clipscan", "export", "--arch", str(tmp_path / "cfg.json"),
+                           "--weights", str(tmp_path / "missing.pt"), "--heads", str(tmp_path / "heads.pt"),
+                           "-o", str(tmp_path / "out.onnx")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "missing.pt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in scratch.iterdir()) in ([], [".ses"]), list(scratch.rglob("*"))[:10]

@@ -310,3 +310,35 @@ def test_an_asked_for_reference_that_cannot_run_is_an_error(tmp_path, bench_imag
     proc = subprocess.run(cmd + ["--skip-unavailable"], capture_output=True, text=True, env=block_torch_env(tmp_path),
                           timeout=120)
     assert proc.returncode == 0 and "PyTorch reference skipped" in proc.stdout, proc.stderr
+
+
+def test_cli_bench_defaults_to_the_demo_and_labels_each_runtime(tmp_path, bench_images, capsys, caplog):
+    """`clipscan bench` with no MODEL runs the demo model (as its help says); an OpenVINO row is labelled
+    openvino, not onnxruntime, in the table and the plot; the load average is three numbers; a ratio to
+    the FP32 artifact names its backend."""
+    from clipscan.bench.plot import _series
+    from clipscan.bench.table import format_table as table
+    from clipscan.cli import main
+
+    caplog.set_level("INFO", logger="clipscan.bench")
+    out = tmp_path / "b.json"
+    code = main(["bench", "--batch-sizes", "1", "--mode", "model", "--images", str(bench_images), "--min-iters", "2",
+                 "--min-seconds", "0", "--warmup", "1", "--settle", "0", "--block", "0", "--no-cold-start",
+                 "--backends", "cpu,openvino", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "no MODEL given: benchmarking the bundled demo model" in caplog.text
+    rows = {line.split()[2]: line.split() for line in captured.out.splitlines() if line.startswith("model ")}
+    assert rows["onnxruntime-cpu"][1] == "onnxruntime" and rows["openvino-cpu"][1] == "openvino"
+    assert rows["openvino-cpu"][3] == "demo.onnx"
+    heading = captured.out.splitlines()[0]
+    assert "[" not in heading and "load average 1/5/15 min at start " in heading
+    load = heading.split("at start ")[1].split(",")[0]
+    assert [float(x) for x in load.split(" / ")] and len(load.split(" / ")) == 3
+    rep = json.loads(out.read_text())
+    assert sorted(_series(rep, "model")) == ["onnxruntime-cpu fp32 (demo.onnx)", "openvino-cpu fp32 (demo.onnx)"]
+    # an FP16 artifact next to it on both backends: two ratios, told apart by their backend
+    rep["results"] += [{**r, "artifact": "demo-fp16.onnx", "precision": "fp16"} for r in rep["results"]]
+    add_ratios(rep)
+    line = next(x for x in table(rep).splitlines() if x.startswith("against the FP32 artifact"))
+    assert "model demo-fp16.onnx on onnxruntime-cpu b1 1.00x" in line and "on openvino-cpu b1 1.00x" in line

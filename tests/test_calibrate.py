@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -212,19 +213,30 @@ def test_layer_errors_and_search(outlier_model, tmp_path):
 
 
 def test_cli_calibrate_with_fidelity_report(outlier_model, tmp_path, capsys):
+    """The PyTorch original comes from the manifest (no --arch/--weights/--heads); a model that fails a gate is
+    kept as int8.failed-gates.onnx, never at -o."""
     from clipscan.cli import main
     from clipscan.runtime import load_artifact
 
     d = outlier_model
     out = tmp_path / "int8.onnx"
     rc = main(["calibrate", str(d["onnx"]), "--images", str(d["calib"]), "-o", str(out),
-               "--val-images", str(d["val"]), "--arch", str(d["config"]), "--weights", str(d["weights"]),
-               "--heads", str(d["heads"]), "--report", str(tmp_path / "rep"), "--no-launder"])
+               "--val-images", str(d["val"]), "--report", str(tmp_path / "rep"), "--no-launder"])
     captured = capsys.readouterr()
     # stderr is not a terminal here: no progress bar (tests/test_progress.py shows one on a pty)
     assert "calibrating" not in captured.err and "\r" not in captured.err and "wrote" in captured.out
-    m = load_artifact(out).manifest
+    # ONNX Runtime's calibration chatter shows only with -v
+    assert "Collecting tensor data" not in captured.err + captured.out and "Percentile :" not in captured.err
+    failed = tmp_path / "int8.failed-gates.onnx"
+    assert out.exists() != failed.exists() and out.exists() == (rc == 0)
+    kept = out if rc == 0 else failed
+    m = load_artifact(kept).manifest
     assert m.precision == "int8" and m.calibration["recipe"].startswith("percentile+matmul+smooth")
+    # the INT8 file's creation time is its own; the FP32 export's is recorded, and `info` shows both
+    fp32_created = load_artifact(d["onnx"]).manifest.created_utc
+    assert m.created_utc > fp32_created and m.calibration["source_model_created_utc"] == fp32_created
+    assert main(["info", str(kept)]) == 0
+    assert f"(calibrated; its FP32 export: {fp32_created})" in capsys.readouterr().out
     fid = m.calibration["fidelity"]
     # exit 1 exactly when an INT8 gate failed, and the manifest says which
     assert rc == (0 if fid["passed"] else 1), captured.out
@@ -248,6 +260,58 @@ def test_cli_refuses_overlapping_validation_images(outlier_model, tmp_path, caps
                "--heads", str(d["heads"])])
     assert rc == 2 and "also calibration images" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_export_verify_int8_in_one_command_and_a_failed_int8_model_is_unmistakable(outlier_model, tmp_path, capsys,
+                                                                                     caplog, monkeypatch):
+    """`export --verify --int8`: the verified FP32 takes -o, the INT8 model that fails its gates (stock recipe on
+    outliers) is kept as <stem>-int8.failed-gates.onnx, a table says which passed what; then every command that
+    loads the failed model warns and says so in what it writes (scan's sidecar, Triton's config, info's table)."""
+    import shutil
+
+    from clipscan.cli import main
+    from clipscan.runtime import load_artifact
+    from clipscan.triton import RepositoryOptions, write_repository
+
+    d = outlier_model
+    val = tmp_path / "val"
+    val.mkdir()
+    for f in sorted(p for p in d["val"].rglob("*") if p.is_file())[:12]:
+        shutil.copy(f, val / f.name)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["export", "--arch", str(d["config"]), "--weights", str(d["weights"]), "--heads", str(d["heads"]),
+               "-o", "det.onnx", "--verify", str(val), "--int8", str(d["calib"]), "--int8-recipe", "stock",
+               "--no-launder"])
+    out = capsys.readouterr().out
+    failed = tmp_path / "det-int8.failed-gates.onnx"
+    assert rc == 1 and (tmp_path / "det.onnx").exists() and failed.exists()
+    assert not (tmp_path / "det-int8.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no half-written file"
+    table = out[out.index("artifact "):]
+    assert "det.onnx" in table and "PASS; report det-verify/" in table and "FAIL (" in table
+    assert "(NOT det-int8.onnx), marked failed" in table and (tmp_path / "det-int8-verify" / "report.json").exists()
+    fid = load_artifact(failed).manifest.calibration["fidelity"]
+    assert fid["passed"] is False and fid["failed_gates"]
+
+    caplog.set_level(logging.WARNING, logger="clipscan")
+    caplog.clear()
+    assert main(["scan", str(val), "-m", str(failed), "-o", "rows.jsonl"]) == 0
+    assert "FAILED its INT8 fidelity gates" in caplog.text
+    sidecar = json.loads((tmp_path / "rows.jsonl.clipscan.json").read_text())
+    assert sidecar["model"]["fidelity"].startswith("FAILED: " + fid["failed_gates"][0])
+    caplog.clear()
+    assert main(["scan", str(val), "-m", str(failed), "-o", "again.jsonl"]) == 0
+    assert "FAILED its" not in caplog.text, "one warning per file and process"
+    renamed = shutil.copy(failed, tmp_path / "renamed.onnx")  # whatever its name, the file says it failed
+    repo = write_repository(str(renamed), tmp_path / "repo", RepositoryOptions())
+    config = (tmp_path / "repo" / repo.entry / "config.pbtxt").read_text()
+    assert "FAILED its INT8" in caplog.text and '"fidelity"' in config and "FAILED: " in config
+    capsys.readouterr()
+    assert main(["info", str(failed)]) == 0
+    info = capsys.readouterr().out
+    assert "*** FAILED: " in info and info.count(" FAIL\n") == len(fid["failed_gates"])
+    assert "exported     from arch=" in info and "cosine_mean" in info
 
 
 def test_search_rescales_when_layernorm_fed_layers_are_worst(outlier_model, tmp_path):

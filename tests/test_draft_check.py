@@ -86,6 +86,11 @@ def test_cli_verify_records_the_draft_check(artifact_copy, tiny_model_files, dra
     saved = json.loads((tmp_path / "rep" / "draft_check.json").read_text())
     assert saved == load_artifact(artifact_copy).manifest.draft_decoding_record()
     assert saved["passed"] is True
+    # the manifest was rewritten before the comparison: the report's sha256 is the file's as it is left
+    from clipscan.runtime.artifact import file_sha256
+
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["model"]["sha256"] == file_sha256(artifact_copy)
 
 
 def test_quantized_model_does_not_inherit_the_record(artifact_copy, draft_images, tmp_path):

@@ -1,7 +1,9 @@
 """Export a small open_clip model and check the ONNX graph against the PyTorch model."""
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -84,15 +86,30 @@ def test_dynamic_batch_gives_same_answers(exported, image_dir):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_export_cli_and_info(tiny_model_files, tmp_path, capsys):
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_export_cli_and_info(tiny_model_files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli.onnx"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # stderr on a terminal: export shows its stages as a bar
     code = main(["export", "--arch", str(tiny_model_files["config"]), "--weights", str(tiny_model_files["weights"]),
                  "--heads", str(tiny_model_files["heads"]), "-o", str(out), "--name", "cli-model", "--threshold", "0.7"])
+    monkeypatch.undo()
     assert code == 0 and out.is_file()
     assert "embedding cosine" in capsys.readouterr().out
+    bar = terminal.getvalue()
+    for stage in ("importing torch and open_clip", "loading the checkpoint and heads", "tracing to ONNX",
+                  "checking the ONNX file against PyTorch"):
+        assert stage in bar, bar
+    assert "5/5" in bar and "errors" not in bar
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "cli-model" in text and "threshold=0.7" in text and "quick_gelu" in text
+    # a heads file's source line names the heads it gave
+    assert f"source       heads detector, quality: {tiny_model_files['heads'].name} sha256=" in text, text
     assert main(["info", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["heads"][0]["threshold"] == 0.7

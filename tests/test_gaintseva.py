@@ -278,16 +278,23 @@ def test_the_bar_four_detectors_on_one_pass_fp32_and_int8(tmp_path):
     fp32 = tmp_path / "four.onnx"
     assert main(["export", *orig, "-o", str(fp32)]) == 0
     calib, val = write_image_sets(tmp_path, n_calib=16, n_val=40)
-    assert main(["verify", str(fp32), *orig, "--images", str(val), "--report", str(tmp_path / "v32"),
+    # verify, calibrate and bench read the PyTorch original (the four heads, --resize-mode) from the manifest
+    assert main(["verify", str(fp32), "--images", str(val), "--report", str(tmp_path / "v32"),
                  "--no-launder"]) == 0
     names = ("univfd", "cozzolino", "gaintseva_heads", "gaintseva_mask")
     gates = {gt["name"]: gt["passed"] for gt in json.loads((tmp_path / "v32" / "report.json").read_text())["gates"]}
     assert all(gates[f"agreement:{n}"] for n in names), gates
     i8 = tmp_path / "four-int8.onnx"
-    assert main(["calibrate", str(fp32), "--images", str(calib), "--val-images", str(val), "-o", str(i8), *orig,
+    assert main(["calibrate", str(fp32), "--images", str(calib), "--val-images", str(val), "-o", str(i8),
                  "--no-launder", "--report", str(tmp_path / "v8"), "--search"]) == 0
     fid = Scanner(i8).manifest.calibration["fidelity"]
     assert fid["passed"] and all(f"agreement:{n}" in {gt["name"] for gt in fid["gates"]} for n in names)
+    assert main(["bench", str(fp32), str(i8), "--torch", "--mode", "model", "--batch-sizes", "2", "--backends", "cpu",
+                 "--no-cold-start", "--min-iters", "1", "--min-seconds", "0", "--warmup", "0", "--settle", "0",
+                 "--block", "0", "--json", str(tmp_path / "bench.json")]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    assert bench["reference"]["kind"] == "pytorch" and bench["errors"] == []
+    assert bench["fidelity"][fp32.name]["agreement"] == 1.0, bench["fidelity"]
     rows = tmp_path / "rows.jsonl"
     main(["scan", str(val), "-m", str(i8), "-o", str(rows)])
     for line in rows.read_text().splitlines():

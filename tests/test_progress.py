@@ -51,11 +51,11 @@ def _env(tmp_path, block_tqdm: bool = False) -> dict:
     return env
 
 
-def scan_under_pty(args, tmp_path, *, block_tqdm=False, timeout=240) -> tuple[list[tuple[float, str]], str, int]:
-    """Run `clipscan scan ARGS` with stderr on a pty (120 columns) and stdout to a file:
+def scan_under_pty(args, tmp_path, *, block_tqdm=False, timeout=240, size=(30, 120)) -> tuple[list[tuple[float, str]], str, int]:
+    """Run `clipscan scan ARGS` with stderr on a pty (`size`: rows, columns) and stdout to a file:
     ([(seconds since start, chunk read from the terminal)], stdout text, exit code)."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     rows = tmp_path / "stdout.jsonl"
     start = time.monotonic()
     with open(rows, "w") as out:
@@ -168,6 +168,27 @@ def test_no_bar_when_stderr_is_not_a_terminal_or_with_quiet(tmp_path):
     chunks, stdout, code = scan_under_pty([str(folder), "-q"], tmp_path)
     assert code == 0 and "".join(c for _, c in chunks).strip() == "", "-q: nothing on the terminal"
     assert len(stdout.splitlines()) == 40
+
+
+@pytest.mark.parametrize("block_tqdm", [False, True], ids=["tqdm", "base-install"])
+def test_a_terminal_of_0_columns_gets_a_usable_bar(tmp_path, block_tqdm):
+    """`script` and some `docker exec -t` give a terminal that reports 0x0: the bar is still drawn (at
+    $COLUMNS or 100 columns), with its counts, never as blank lines."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in range(30):
+        Image.new("RGB", (20, 20), (i, 3 * i, 5 * i)).save(folder / f"{i}.png")
+    env_columns = os.environ.pop("COLUMNS", None)
+    try:
+        chunks, stdout, code = scan_under_pty([str(folder)], tmp_path, block_tqdm=block_tqdm, size=(0, 0))
+    finally:
+        if env_columns is not None:
+            os.environ["COLUMNS"] = env_columns
+    assert code == 0 and len(stdout.splitlines()) == 30
+    shown = frames(chunks)
+    assert counts(shown, 30) and counts(shown, 30)[-1][1] == 30, shown
+    bars = [f for _, f in shown if "30/30" in f]
+    assert all(40 <= len(f) <= 100 for f in bars), bars
 
 
 class FakeTerminal:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server():
     with cli_server("--max-pixels", str(BOMB_PIXELS), "--max-body-bytes", str(4 * 2**20), "--max-images", "8",
-                    "--name", "detector") as (url, proc):
+                    "--name", "detector", "--access-log") as (url, proc):
         yield url, proc
 
 
@@ -44,12 +45,20 @@ def test_metadata_health_and_config(server):
         assert request(url + path)[0] == 200
     model = json.loads(request(url + "/v2/models/detector")[2])
     assert model["name"] == "detector" and model["backend"] == "onnxruntime-cpu"
-    assert [i["name"] for i in model["inputs"]] == ["image", "pixels"]
+    assert model["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
     assert {"p_generated", "verdict", "quality", "error"} <= {o["name"] for o in model["outputs"]}
+    # the preprocessed form is a model of its own, with the same outputs
+    pixels = json.loads(request(url + "/v2/models/detector_pixels")[2])
+    assert pixels["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert pixels["outputs"] == model["outputs"] and request(url + "/v2/models/detector_pixels/ready")[0] == 200
     config = json.loads(request(url + "/v2/models/detector/config")[2])
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
     assert config["parameters"]["sha256"] == {"string_value": model["sha256"]}
-    assert config["input"][0] == {"name": "image", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}
+    # the entry as Triton's /config prints it (test_triton_contract compares it with a real tritonserver's)
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_STRING", "format": "FORMAT_NONE", "dims": [1],
+                                "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False,
+                                "is_non_linear_format_io": False}]
+    assert json.loads(request(url + "/v2/models/detector_pixels/config")[2])["input"][0]["dims"] == [3, 224, 224]
     status, _, body = request(url + "/v2/models/other")
     assert status == 404 and "unknown model 'other'" in json.loads(body)["error"]
 
@@ -61,36 +70,45 @@ def _text(element) -> str:
 
 def test_tritonclient_binary_and_json_equal_a_local_scan(server, local):
     import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
 
     url, _ = server
     files = [(p.name, p.read_bytes()) for p in sample_files()] + list(bad_images().items())
     expected = list(local.scan_many(files))
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
     assert client.is_server_ready() and client.is_model_ready("detector")
-    inp = httpclient.InferInput("image", [len(files)], "BYTES")
-    inp.set_data_from_numpy(np.array([d for _, d in files], dtype=object), binary_data=True)
+    inp = httpclient.InferInput("image", [len(files), 1], "BYTES")  # [-1, 1], as the metadata says
+    inp.set_data_from_numpy(np.array([d for _, d in files], dtype=object).reshape(-1, 1), binary_data=True)
     names = [s.name for s in output_specs(local.manifest)]
     for binary in (True, False):
         outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
         result = client.infer("detector", [inp], outputs=outputs, request_id="r1")
         assert result.get_response()["id"] == "r1"
-        errors = [_text(e) for e in result.as_numpy("error")]
-        p = result.as_numpy("p_generated")
-        verdicts = [_text(v) for v in result.as_numpy("verdict")]
+        assert result.as_numpy("p_generated").shape == (len(files), 1)
+        errors = [_text(e) for e in result.as_numpy("error").ravel()]
+        p = result.as_numpy("p_generated").ravel()
+        verdicts = [_text(v) for v in result.as_numpy("verdict").ravel()]
         for i, r in enumerate(expected):
             assert errors[i] == (r.error or ""), files[i][0]
             if r.error is None:
                 assert p[i] == pytest.approx(r.p_generated, abs=1e-6) and verdicts[i] == r.verdict
-                assert result.as_numpy("quality")[i] == pytest.approx(r.quality, abs=1e-5)
+                assert result.as_numpy("quality")[i, 0] == pytest.approx(r.quality, abs=1e-5)
             else:
                 assert np.isnan(p[i]) and verdicts[i] == ""
-        assert {_text(b) for b in result.as_numpy("backend")} == {"onnxruntime-cpu"}
-    # the second input form: preprocessed pixels as JSON tensors
+        assert {_text(b) for b in result.as_numpy("backend").ravel()} == {"onnxruntime-cpu"}
+    # the second input form, a model of its own: preprocessed pixels as JSON tensors
     pixels = local.prepare(files[0][1])
     pin = httpclient.InferInput("pixels", list(pixels.shape), "FP32")
     pin.set_data_from_numpy(pixels, binary_data=False)
-    result = client.infer("detector", [pin], outputs=[httpclient.InferRequestedOutput("p_generated", binary_data=False)])
-    assert result.as_numpy("p_generated")[0] == pytest.approx(expected[0].p_generated, abs=1e-6)
+    result = client.infer("detector_pixels", [pin],
+                          outputs=[httpclient.InferRequestedOutput("p_generated", binary_data=False)])
+    assert result.as_numpy("p_generated")[0, 0] == pytest.approx(expected[0].p_generated, abs=1e-6)
+    with pytest.raises(InferenceServerException, match="input 'pixels' goes to model 'detector_pixels'"):
+        client.infer("detector", [pin])
+    # `image` as [N], the shape earlier releases declared, is still taken (the answer has the declared shapes)
+    old = httpclient.InferInput("image", [2], "BYTES")
+    old.set_data_from_numpy(np.array([files[0][1], files[1][1]], dtype=object))
+    assert client.infer("detector", [old]).as_numpy("p_generated").shape == (2, 1)
     client.close()
 
 
@@ -118,23 +136,40 @@ def test_v1_scan_rows_are_clipscan_scan_rows(server, tmp_path):
     assert status == 200 and json.loads(answer) == [{**want[files[0][0]], "path": "cat.jpg"}]
 
 
-@pytest.mark.parametrize("name", ["truncated.jpg", "garbage.jpg", "bomb.png", "text.png"])
+@pytest.mark.parametrize("name", ["truncated.jpg", "garbage.jpg", "bomb.png", "text.png", "empty.jpg"])
 def test_a_bad_raw_upload_is_a_422_with_its_error(server, name):
+    """One rule for every image's own error, an empty upload included: a 422 with the image's row."""
     url, _ = server
-    status, headers, body = request(url + f"/v1/scan?name={name}", bad_images()[name], {"Content-Type": "image/png"})
+    data = {**bad_images(), "empty.jpg": b""}[name]
+    status, headers, body = request(url + f"/v1/scan?name={name}", data, {"Content-Type": "image/png"})
     answer = json.loads(body)
     assert status == 422 and headers["content-type"] == "application/json"
     assert answer["error"].startswith("the image could not be scanned: ") and answer["rows"][0]["path"] == name
-    kind = {"bomb.png": "too_large", "truncated.jpg": "truncated"}.get(name)
+    kind = {"bomb.png": "too_large", "truncated.jpg": "truncated", "empty.jpg": "empty"}.get(name)
     if kind:
         assert answer["rows"][0]["error_kind"] == kind
+
+
+def test_access_log_lines_are_json_lines(server):
+    """--access-log: one line per request on stderr that is a JSON object and nothing else (no prefix)."""
+    url, proc = server
+    assert request(url + "/v2/health/live")[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("/v2/health/live" in x for x in proc.log):
+        time.sleep(0.05)
+    access = [x for x in proc.log if '"method"' in x]
+    assert access, "".join(proc.log)
+    for line in access:
+        entry = json.loads(line)  # the whole line is JSON: no "clipscan: " in front
+        assert {"method", "path", "status"} <= set(entry)
+    assert any(json.loads(x)["path"] == "/v2/health/live" and json.loads(x)["status"] == 200 for x in access)
 
 
 BAD_REQUESTS = [
     # (what, path, body, headers, status, words in the error)
     ("wrong content type", "/v1/scan", b"hello", {"Content-Type": "text/plain"}, 415, "not an image upload"),
-    ("no content type", "/v1/scan", b"hello", {"Content-Type": ""}, 415, "no content type"),
-    ("empty body", "/v1/scan", b"", {"Content-Type": "image/jpeg"}, 400, "empty"),
+    ("no content type", "/v1/scan", b"hello", {"Content-Type": ""}, 415,
+     "a request without a Content-Type is not an image upload"),
     ("multipart without a file", "/v1/scan", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
      {"Content-Type": "multipart/form-data; boundary=b"}, 400, "no file"),
     ("bad JSON", "/v2/models/detector/infer", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
@@ -145,7 +180,12 @@ BAD_REQUESTS = [
      400, "not an integer"),
     ("unknown input", "/v2/models/detector/infer",
      b'{"inputs":[{"name":"img","datatype":"BYTES","shape":[1],"data":["a"]}]}', {}, 400, "unknown input 'img'"),
-    ("wrong pixels", "/v2/models/detector/infer",
+    ("image of a wrong shape", "/v2/models/detector/infer",
+     b'{"inputs":[{"name":"image","datatype":"BYTES","shape":[1,2],"data":["a","b"]}]}', {}, 400, "shape [-1, 1]"),
+    ("no image", "/v2/models/detector_pixels/infer",
+     b'{"inputs":[{"name":"image","datatype":"BYTES","shape":[1,1],"data":["a"]}]}', {}, 400,
+     "goes to model 'detector'"),
+    ("wrong pixels", "/v2/models/detector_pixels/infer",
      b'{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,2],"data":[1,2]}]}', {}, 400, "must be FP32 with shape"),
     ("too many images", "/v2/models/detector/infer",
      json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [9], "data": ["a"] * 9}]}).encode(), {},

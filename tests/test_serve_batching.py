@@ -108,6 +108,10 @@ def test_bearer_token_auth(scanner):
         assert status == 401 and headers["www-authenticate"] == "Bearer" and "bearer token" in json.loads(body)["error"]
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer wrong"})[0] == 401
         assert request(url + "/metrics")[0] == 401
+        # the repository index names the model: only to a client holding the token
+        assert request(url + "/v2/repository/index", b"{}", {"Content-Type": "application/json"})[0] == 401
+        status, _, body = request(url + "/v2/repository/index", b"{}", {"Authorization": "Bearer s3cret"})
+        assert status == 200 and json.loads(body)[0]["name"] == state.model_name
         assert request(url + "/v1/scan", image, {**JPEG, "Authorization": "Bearer s3cret"})[0] == 200
         # the upload page is public (it asks for the token) and names no model; the API stays closed
         status, _, page = request(url + "/")

@@ -22,15 +22,19 @@ pytestmark = pytest.mark.slow
 def test_upload_page_shows_verdicts_and_errors(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(sample_files()[0].read_bytes()[:600])
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"this is not an image\n")
     photos = sample_files()
     with Scanner() as scanner, thread_server(ServiceState(scanner, Limits())) as url:
         expected = {p.name: json.loads(request(url + f"/v1/scan?name={p.name}", p.read_bytes(),
                                                {"Content-Type": "image/jpeg"})[2])[0] for p in photos}
         with browser_page() as page:
+            asked = []
+            page.on("request", lambda r: asked.append(r.url))
             page.goto(url + "/")
             assert "clipscan-demo" in page.content()
-            page.set_input_files("#files", [str(p) for p in photos] + [str(broken)])
-            page.wait_for_function(f"document.querySelectorAll('.card[data-verdict]').length == {len(photos) + 1}",
+            page.set_input_files("#files", [str(p) for p in photos] + [str(broken), str(text)])
+            page.wait_for_function(f"document.querySelectorAll('.card[data-verdict]').length == {len(photos) + 2}",
                                    timeout=30000)
             page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=10000)
             for p in photos:
@@ -44,6 +48,11 @@ def test_upload_page_shows_verdicts_and_errors(tmp_path):
             bad = page.locator('.card[data-name="broken.jpg"]')
             want = scanner.scan_bytes(broken.read_bytes()).error
             assert bad.get_attribute("data-verdict") == "error" and f"error: {want}" in bad.inner_text()
+            # no broken-image icon for a file the browser cannot show, and no request for a missing favicon
+            not_image = page.locator('.card[data-name="notes.png"]')
+            assert not_image.get_attribute("data-verdict") == "error"
+            assert not_image.locator("img").count() == 0 and not_image.locator(".noimg").inner_text() == "no preview"
+            assert not [u for u in asked if "favicon" in u], asked
             shot = tmp_path / "upload-page.png"
             page.screenshot(path=str(shot), full_page=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"))

@@ -2,6 +2,7 @@
 and the ensemble's python steps checked against a local scan (the graph step cannot run on this CPU-only Triton)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from google.protobuf.json_format import MessageToDict
 
 from clipscan.cli import main
 from clipscan.runtime import BackendError, Scanner
-from clipscan.runtime.artifact import load_artifact
+from clipscan.runtime.artifact import DEMO_MODEL, load_artifact
 from clipscan.runtime.contract import output_specs
 from clipscan.triton import Plan, RepositoryOptions, write_repository
 from clipscan.triton.ensemble_steps import Finisher, Preparer
@@ -198,7 +199,7 @@ def test_numpy_2_is_refused_unless_allowed(monkeypatch):
 def test_cli_writes_the_repository_and_refuses_mistakes(tmp_path, capsys):
     assert main(["triton", "--repo", str(tmp_path), "--name", "det", "--max-batch", "4"]) == 0
     assert parse_config((tmp_path / "det" / "config.pbtxt").read_text()).max_batch_size == 4
-    cases = [(["--repo", str(tmp_path), "--name", "det"], "already exists; pass --overwrite"),
+    cases = [(["--repo", str(tmp_path), "--name", "det"], "already exists for this model with other settings"),
              (["--repo", str(tmp_path), "--layout", "ensemble", "--graph", "onnx"], "use --kind gpu"),
              (["--repo", str(tmp_path), "--name", "a/b"], "is not a model name clipscan can serve"),
              (["--repo", str(tmp_path), "--kind", "gpu", "--graph", "plan", "--name", "p"], "needs at least one --plan"),
@@ -212,6 +213,33 @@ def test_cli_writes_the_repository_and_refuses_mistakes(tmp_path, capsys):
     assert main(["triton", "--repo", str(tmp_path), "--name", "det", "--max-batch", "2", "--overwrite"]) == 0
     assert parse_config((tmp_path / "det" / "config.pbtxt").read_text()).max_batch_size == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_the_same_model_and_options_again_reuse_the_repository(tmp_path, caplog):
+    """`clipscan triton` then the same command again (as `--start` on it does): reused, nothing copied, no
+    --overwrite needed; another model in that folder still needs --overwrite."""
+    import shutil
+
+    from clipscan.export.onnx_writer import rewrite_manifest
+
+    caplog.set_level("INFO", logger="clipscan")
+    args = ["triton", "--repo", str(tmp_path / "repo"), "--name", "det"]
+    assert main(args) == 0
+    onnx = tmp_path / "repo" / "det" / "1" / DEMO_MODEL.name
+    before = (onnx.stat().st_ino, onnx.stat().st_mtime_ns)
+    caplog.clear()
+    assert main(args) == 0
+    assert "reused (already written for this model with these settings, nothing copied)" in caplog.text
+    assert (onnx.stat().st_ino, onnx.stat().st_mtime_ns) == before  # the same file: not copied again
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]
+    other = tmp_path / "other.onnx"
+    shutil.copy(DEMO_MODEL, other)
+    rewrite_manifest(other, dataclasses.replace(load_artifact(other).manifest, name="other"))
+    caplog.clear()
+    assert main(["triton", str(other), *args[1:]]) == 2
+    assert (onnx.stat().st_ino, onnx.stat().st_mtime_ns) == before
+    assert main(["triton", str(other), *args[1:], "--overwrite"]) == 0
+    assert not onnx.exists() and (tmp_path / "repo" / "det" / "1" / "other.onnx").is_file()
 
 
 BAD_NAMES = ["abc\n", "a/b", "..", "a b", "", "-x", "x" * 129, "caf\u00e9", "a\x00b", "..\\x"]

@@ -1,7 +1,9 @@
 """A real tritonserver (bundled in nvidia-pytriton, python backend, CPU) on the repository `clipscan triton` writes:
-real images and broken files through tritonclient and through `clipscan scan --server`, against a local scan."""
+real images and broken files through tritonclient and through `clipscan scan --server`, against a local scan; and
+next to it `clipscan serve` of the same model, which one generic client and Triton's perf_analyzer drive alike."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -19,7 +21,9 @@ from clipscan.runtime.artifact import load_artifact
 from clipscan.triton.launch import start_tritonserver
 
 from .conftest import SAMPLES
-from .triton_helpers import free_closed_port, need_tritonserver
+from .oip_client import generic_infer
+from .serve_servers import cli_server, metric
+from .triton_helpers import free_closed_port, need_tritonserver, perf_analyzer_tool
 
 MODEL = "clipscan-demo"
 
@@ -199,6 +203,8 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
     from clipscan.triton.launch import free_ports
 
     port, grpc, metrics = free_ports(3)   # three ports free now (port + 1 may not be: another test's client)
+    # the repository written first, as a user checks it before serving: --start reuses it (no --overwrite)
+    assert main(["triton", "--repo", str(tmp_path / "repo")]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "clipscan", "triton", "--repo", str(tmp_path / "repo"), "--start",
                              "--http-port", str(port), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
                             stderr=subprocess.PIPE, text=True)
@@ -218,6 +224,7 @@ def test_triton_start_serves_until_stopped(tmp_path, files):
         proc.send_signal(signal.SIGTERM)
         err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "tritonserver ready at http://127.0.0.1:" in err
+    assert "reused (already written for this model with these settings, nothing copied)" in err
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)
 
@@ -261,3 +268,83 @@ def test_triton_start_on_a_port_in_use_says_which_before_writing_anything(tmp_pa
     assert main(["triton", "--repo", str(tmp_path / "repo"), "--start", "--http-port", "9000", "--grpc-port",
                  "9000"]) == 2
     assert "three different ports" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def served():
+    """`clipscan serve` of the demo model, its batch limit the Triton repository's (--max-batch 8)."""
+    with cli_server("--max-images", "8") as (url, _):
+        yield url
+
+
+# what the two servers may say differently in a model's metadata: the platform (`python` on Triton, whose
+# python backend runs the model; `clipscan_onnx` on clipscan serve) and what clipscan serve adds to Triton's
+# fields (routes_v2.METADATA_EXTRAS: the backend that runs, the artifact's sha256)
+PLATFORM_FIELDS = ("platform",)
+
+
+def test_one_generic_client_reads_one_contract_and_gets_the_same_answers_from_both(triton, served, files):
+    from clipscan.serve.routes_v2 import METADATA_EXTRAS
+
+    names = ["photo_chelsea_q70.jpg", "render_001.png", "render_002_tall.webp", "photo_chelsea_gray.jpg",
+             "truncated.jpg", "text.jpg"]
+    images = [(files / n).read_bytes() for n in names]
+    t_meta, t_config, t_out = generic_infer(triton.url, MODEL, images)
+    s_meta, s_config, s_out = generic_infer(served, MODEL, images)
+    assert set(t_meta) == {"name", "versions", "platform", "inputs", "outputs"}  # Triton's own fields, no more
+    assert set(s_meta) - set(t_meta) == set(METADATA_EXTRAS)
+    assert t_meta["platform"] == "python" and s_meta["platform"] == "clipscan_onnx"
+    drop = (*PLATFORM_FIELDS, *METADATA_EXTRAS)
+    assert {k: v for k, v in s_meta.items() if k not in drop} == {k: v for k, v in t_meta.items() if k not in drop}
+    assert t_meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
+    # the configuration's tensor entries field by field as the real tritonserver prints them (reshape, optional...)
+    for key in ("name", "max_batch_size", "input", "output"):
+        assert s_config[key] == t_config[key], key
+    identity = ("name", "sha256", "precision", "file")
+    assert {k: s_config["parameters"][k] for k in identity} == {k: t_config["parameters"][k] for k in identity}
+    assert set(s_out) == set(t_out)
+    for name, want in t_out.items():
+        got = s_out[name]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        if want.dtype == object:
+            assert got.tolist() == want.tolist(), name
+        else:
+            assert np.allclose(got, want, atol=1e-5, equal_nan=True), name
+    assert [e != b"" for e in t_out["error"].ravel()] == [False] * 4 + [True] * 2
+
+
+def _counter(url: str, name: str, labels: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return metric(r.read().decode(), name, labels)
+
+
+@pytest.mark.slow
+def test_perf_analyzer_unmodified_drives_both_servers(triton, served, files, tmp_path):
+    """Triton's perf_analyzer (from the tritonclient 2.51.0 wheel, provisioned by tools/perf_analyzer.py) reads
+    each server's metadata and config and sends a real JPEG as BYTES over HTTP at concurrency 2; each server
+    counts the requests, and clipscan serve counts every image scanned, none failed."""
+    from clipscan.runtime.v2_wire import decode_bytes_elements
+
+    tool = perf_analyzer_tool()
+    pa = tool.provision()  # fetched into ~/.cache/clipscan/perf_analyzer once; a failure fails the test
+    jpeg = (files / "photo_chelsea_q70.jpg").read_bytes()
+    data = tool.image_input_data([jpeg])
+    # the bytes perf_analyzer sends are Triton's serialized BYTES elements: one, the JPEG
+    assert decode_bytes_elements(base64.b64decode(data["data"][0]["image"]["b64"]), "image") == [jpeg]
+    (tmp_path / "image.json").write_text(json.dumps(data))
+    # not a speed measurement: three windows of 8 requests, any stability accepted
+    short = ["--concurrency-range", "2", "--measurement-mode", "count_windows", "--measurement-request-count", "8",
+             "--stability-percentage", "1000", "--max-trials", "3"]
+    counters = {triton.url: (f"http://127.0.0.1:{triton.metrics_port}/metrics", "nv_inference_request_success",
+                             f'model="{MODEL}"'),
+                served: (f"{served}/metrics", "clipscan_images_total", 'outcome="ok"')}
+    for url, counter in counters.items():
+        before = _counter(*counter)
+        failed = _counter(f"{served}/metrics", "clipscan_images_total", 'outcome="error"')
+        proc = pa.run(["-m", MODEL, "-u", url.removeprefix("http://"), "-i", "http", "--input-data",
+                       str(tmp_path / "image.json"), *short, "-f", str(tmp_path / "pa.csv")])
+        assert proc.returncode == 0, f"{url}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
+        header, row = (tmp_path / "pa.csv").read_text().splitlines()[:2]
+        assert header.startswith("Concurrency,Inferences/Second") and float(row.split(",")[1]) > 0, row
+        assert _counter(*counter) - before >= 3 * 8, url
+        assert _counter(f"{served}/metrics", "clipscan_images_total", 'outcome="error"') == failed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,6 +15,7 @@ from clipscan.calibration import fidelity_gates as F
 from clipscan.calibration.verify import verify
 from clipscan.cli import main
 from clipscan.export import load_reference
+from clipscan.measure.thresholds import VAL_MIN_IMAGES, VAL_TWO_FLIPS_IMAGES
 from clipscan.report.html_kit import BASE_CSS
 from clipscan.runtime import Scanner
 from clipscan.runtime.manifest import METADATA_KEY
@@ -74,11 +76,15 @@ class _Html(HTMLParser):
             self.images.append(dict(attrs)["src"])
 
 
-def test_fp32_export_passes_and_reports(exported, tiny_model_files, verify_dir, tmp_path, capsys):
+def test_fp32_export_passes_and_reports(exported, tiny_model_files, verify_dir, tmp_path, capsys, caplog):
+    """No --arch/--weights/--heads: the PyTorch original is what export recorded in the manifest."""
+    caplog.set_level(logging.INFO, logger="clipscan")
     report_dir = tmp_path / "report"
-    assert main(cli_args(exported.path, tiny_model_files, verify_dir, report_dir)) == 0
+    assert main(["verify", str(exported.path), "--images", str(verify_dir), "--report", str(report_dir)]) == 0
     out = capsys.readouterr().out
     assert "PASS: every gate passed" in out and "cosine_mean" in out
+    said = caplog.text
+    assert f"--weights {tiny_model_files['weights']}" in said and f"--arch {tiny_model_files['config']}" in said
 
     data = json.loads((report_dir / "report.json").read_text())
     assert data["passed"] is True and data["failed_gates"] == []
@@ -195,6 +201,35 @@ def test_cli_exit_2_when_it_cannot_run(exported, tiny_model_files, image_dir, tm
     assert "Traceback" not in err
 
 
+def test_a_moved_or_changed_source_is_one_sentence_naming_the_recorded_file(exported, tiny_model_files, image_dir,
+                                                                             tmp_path, capsys):
+    """The recorded checkpoint moved: its path, its sha256 and the flag to pass; changed: the new sha256 too.
+    A flag overrides the record; an artifact that records nothing asks for the flags."""
+    weights = tiny_model_files["weights"]
+    sha = exported.manifest.sources["backbone_weights"]["sha256"]
+
+    def record(**changes):
+        return lambda m: {**m, "sources": {**m["sources"], "export": {**m["sources"]["export"], **changes}}}
+
+    moved = edited(exported.path, tmp_path / "moved.onnx", manifest=record(weights=str(tmp_path / "gone.pt")))
+    assert main(["verify", str(moved), "--images", str(image_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'gone.pt'} (sha256 {sha}), which no longer exists: pass --weights PATH" in err
+    changed = edited(exported.path, tmp_path / "changed.onnx", manifest=record(weights=str(tiny_model_files["heads"])))
+    assert main(["verify", str(changed), "--images", str(image_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "which has changed since (sha256 now " in err and "pass --weights PATH" in err
+    from clipscan.export.recorded import original_from_manifest
+    from clipscan.runtime import load_artifact
+
+    given = original_from_manifest(moved, load_artifact(moved).manifest, weights=str(weights))
+    assert given.weights == str(weights) and given.heads == [str(tiny_model_files["heads"])]
+    bare = edited(exported.path, tmp_path / "bare.onnx",
+                  manifest=lambda m: {**m, "sources": {k: v for k, v in m["sources"].items() if k != "export"}})
+    assert main(["verify", str(bare), "--images", str(image_dir)]) == 2
+    assert "does not record what it was exported from" in capsys.readouterr().err
+
+
 # -- metrics on synthetic numbers --------------------------------------------------------------------
 
 def test_spearman_average_ranks():
@@ -277,6 +312,12 @@ def test_laundered_gates_suit_the_sample_size_and_the_margin():
     assert F.wilson_upper(1.0, 10) == 1.0 and 0.99 < F.wilson_upper(119 / 120, 120) < 1.0
     assert F.robust_margin_gate("jpeg75", "det", 0, 0.5).passed
     assert F.robust_margin_gate("jpeg75", "det", 1, 0.5).passed is False
+    # on 25 images one flip 0.006 logit from the threshold fails, and the note says from how many images it passes
+    few = F.robustness_gate("jpeg75", "det", 1.0, 24 / 25, n=25, flipped=[("c.jpg", 0.006)])
+    assert not few.passed and "1 flip(s) pass this gate from 36 validation images on" in few.note
+    assert F.robustness_gate("jpeg75", "det", 1.0, 35 / 36, n=36).passed
+    assert F.images_to_tolerate(1, 1 - F.ROBUST_SLACK) == VAL_MIN_IMAGES
+    assert F.images_to_tolerate(2, 1 - F.ROBUST_SLACK) == VAL_TWO_FLIPS_IMAGES
 
 
 def test_two_heads_of_one_format_keep_their_own_names(tiny_model_files, verify_dir, tmp_path):

@@ -48,3 +48,26 @@ def free_closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def perf_analyzer_tool():
+    """tools/perf_analyzer.py as a module, its provision() failing the calling test loudly: the step that failed
+    (pip download, pip install --target, apt-get download) and how to do it by hand; never a skip."""
+    import importlib.util as iu
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "perf_analyzer.py"
+    spec = iu.spec_from_file_location("clipscan_tools_perf_analyzer", path)
+    module = iu.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    provision = module.provision
+
+    def provision_or_fail(cache=None):
+        try:
+            return provision(cache)
+        except module.ProvisionError as e:
+            pytest.fail(f"perf_analyzer could not be provisioned: {e}")
+
+    module.provision = provision_or_fail
+    return module

@@ -95,6 +95,13 @@ def serve_limits() -> str:
     return table(["flag", "default", "what it bounds"], rows)
 
 
+def serve_grpc_limits() -> str:
+    """How each `clipscan serve` limit applies to the gRPC endpoint: serve/limits.py's `grpc` texts."""
+    from clipscan.serve.limits import grpc_limits_table
+
+    return table(["flag", "over gRPC"], [[_code(name), what] for name, what in grpc_limits_table()])
+
+
 def _cli_choice_rows(command: str, flag: str) -> tuple[list, object, str]:
     """(choices, default, help) of one flag of one command, as its parser defines them."""
     module = importlib.import_module(_commands()[command][0])
@@ -208,11 +215,19 @@ def manifest_values() -> str:
 def demo_contract() -> str:
     """The services' tensors for the bundled demo model (runtime.contract's specs from its manifest)."""
     from clipscan.runtime import contract, load_artifact
+    from clipscan.runtime.model_name import model_name_for
 
     manifest = load_artifact(None).manifest
-    rows = [["input", _code(s.name), s.datatype, _code(s.shape())] for s in contract.input_specs(manifest)]
-    rows += [["output", _code(s.name), s.datatype, _code(s.shape())] for s in contract.output_specs(manifest)]
-    return table(["", "tensor", "datatype", "shape (-1: the batch)"], rows)
+    name = model_name_for(manifest.name)
+    pixels = contract.pixels_model_name(name)
+
+    def row(what, s):
+        return [what, _code(s.name), s.datatype, _code(s.shape()), _code(s.config_dims)]
+
+    rows = [row(f"input of `{name}`", s) for s in contract.input_specs(manifest)]
+    rows += [row(f"input of `{pixels}`", s) for s in contract.pixels_specs(manifest)]
+    rows += [row("output", s) for s in contract.output_specs(manifest)]
+    return table(["", "tensor", "datatype", "shape (-1: the batch)", "config `dims`"], rows)
 
 
 def triton_knobs() -> str:
@@ -228,6 +243,7 @@ TABLES: dict[str, tuple[Callable[[], str], str]] = {
     "weights-formats": (weights_formats, "guides/export.md"),
     "backends": (backends, "guides/backends.md"),
     "serve-limits": (serve_limits, "guides/serve.md"),
+    "serve-grpc-limits": (serve_grpc_limits, "guides/serve.md"),
     "decode-modes": (decode_modes, "guides/scan.md"),
     "int8-targets": (int8_targets, "guides/int8.md"),
     "int8-recipes": (int8_recipes, "guides/int8.md"),

@@ -1,7 +1,9 @@
 """The config.pbtxt of each model `clipscan triton` writes, as dicts (pbtxt.to_pbtxt writes them).
 
-Field names and enums are those of Triton's model_config.proto. Per-image tensors have dims [1]
-(Triton's batching models need at least one dim): on the wire `image` is [N, 1], `p_generated` [N, 1].
+Field names and enums are those of Triton's model_config.proto. The models clients call carry the tensor
+contract as runtime.contract states it (TensorSpec.config_dims: a per-image value has dims [1], no reshape, so
+on the wire `image` is [N, 1] and `p_generated` [N, 1], as `clipscan serve` declares them too); only a graph
+model whose ONNX outputs are [N] gets `reshape: { shape: [] }`.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def trt_accelerator(name: str, inputs: list[tuple[TensorSpec, list[int]]], preci
 
 def tensor(spec: TensorSpec, *, graph_dims: list[int] | None = None) -> dict:
     """A config input/output entry; a per-image scalar gets dims [1] (reshaped to [] for a graph that has [N])."""
-    dims = list(spec.dims) if graph_dims is None else list(graph_dims)
-    entry = {"name": spec.name, "data_type": Enum(TRITON_TYPES[spec.datatype]), "dims": dims or [1]}
+    dims = spec.config_dims if graph_dims is None else list(graph_dims) or [1]
+    entry = {"name": spec.name, "data_type": Enum(TRITON_TYPES[spec.datatype]), "dims": dims}
     if graph_dims is not None and not graph_dims:
         entry["reshape"] = {"shape": []}
     return entry

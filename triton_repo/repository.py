@@ -26,8 +26,8 @@ from clipscan.version import __version__
 
 from . import configs, shim
 from .ensemble_steps import check_one_row_per_image
+from .folder_writer import FolderWriter
 from .knobs import resolve_knobs
-from .pbtxt import to_pbtxt
 from .plans import Plan, plans_by_generation
 
 # --kind, --layout and --graph -> what each means (the CLI's choices and help read these)
@@ -76,6 +76,7 @@ class Repository:
     entry: str                           # the model clients call
     identity: dict
     config_files: list[Path]
+    reused: bool = False                 # the repository already held exactly this: nothing was written
 
 
 def _check(opts: RepositoryOptions) -> None:
@@ -107,38 +108,6 @@ def _warmup_file(folder: Path) -> None:
     Image.new("RGB", (64, 48), (120, 160, 200)).save(buf, "JPEG", quality=90)
     (folder / "warmup").mkdir(parents=True, exist_ok=True)
     (folder / "warmup" / configs.WARMUP_IMAGE).write_bytes(encode_bytes_elements([buf.getvalue()]))
-
-
-class _Writer:
-    """Model folders written under temporary names, renamed into place only when all are complete."""
-
-    def __init__(self, root: Path, overwrite: bool):
-        self.root, self.overwrite, self.pending = root, overwrite, []
-
-    def folder(self, name: str) -> Path:
-        final = self.root / name
-        if final.exists() and not self.overwrite:
-            raise InvalidArgumentError(f"{final} already exists; pass --overwrite to replace it, or choose another "
-                                       "--name or --repo")
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "1").mkdir(parents=True)
-        self.pending.append((tmp, final))
-        return tmp
-
-    def config(self, folder: Path, config: dict) -> None:
-        (folder / "config.pbtxt").write_text(to_pbtxt(config), encoding="utf-8")
-
-    def commit(self) -> list[Path]:
-        for tmp, final in self.pending:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        return [final / "config.pbtxt" for _, final in self.pending]
-
-    def abort(self) -> None:
-        for tmp, _ in self.pending:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def graph_tensors(artifact_path: Path) -> tuple[list[tuple[TensorSpec, list[int]]], list[tuple[TensorSpec, list[int]]]]:
@@ -175,9 +144,11 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
     params = {"artifact": artifact.path.name, "name": identity["name"], "sha256": identity["sha256"],
               "precision": identity["precision"], "file": identity["file"], "clipscan": __version__,
               "decode": opts.decode, "allow_numpy2": "true" if opts.allow_numpy2 else "false"}
+    if "fidelity" in identity:   # an INT8 model whose fidelity gates failed: its config says so too
+        params["fidelity"] = identity["fidelity"]
     site_dirs = opts.site_dirs or shim.environment_site_dirs()
     python = opts.python or shim.python_version()
-    writer = _Writer(root, opts.overwrite)
+    writer = FolderWriter(root, opts.overwrite, identity["sha256"])
     try:
         if opts.layout == "python":
             models = [_python_layout(writer, artifact, name, opts, params, site_dirs, python)]
@@ -187,17 +158,17 @@ def write_repository(model: str | os.PathLike | None, repo: str | os.PathLike,
     except BaseException:
         writer.abort()
         raise
-    return Repository(root, models, name, identity, files)
+    return Repository(root, models, name, identity, files, reused=writer.reused)
 
 
-def _python_files(folder: Path, artifact, cls: str, site_dirs, python) -> None:
-    shutil.copy2(artifact.path, folder / "1" / artifact.path.name)
+def _python_files(writer, folder: Path, artifact, cls: str, site_dirs, python) -> None:
+    writer.copy(artifact.path, folder / "1" / artifact.path.name, writer.sha256)
     (folder / "1" / "model.py").write_text(shim.model_py(cls, site_dirs, python), encoding="utf-8")
 
 
 def _python_layout(writer, artifact, name, opts, params, site_dirs, python) -> str:
     folder = writer.folder(name)
-    _python_files(folder, artifact, "ScanModel", site_dirs, python)
+    _python_files(writer, folder, artifact, "ScanModel", site_dirs, python)
     _warmup_file(folder)
     backend = opts.backend or ("cpu" if opts.kind == "cpu" else "auto")
     p = {**params, "backend": backend, "batch_size": opts.max_batch, "workers": opts.workers,
@@ -223,7 +194,7 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
               "count": opts.instances}
 
     folder = writer.folder(pre)
-    _python_files(folder, artifact, "PreprocessModel", site_dirs, python)
+    _python_files(writer, folder, artifact, "PreprocessModel", site_dirs, python)
     _warmup_file(folder)
     writer.config(folder, configs.python_model(pre, [pixels, error], params=params, **common))
 
@@ -231,14 +202,14 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
     platform = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan", "python": "python"}[opts.graph]
     cc, graph_backend = None, None
     if opts.graph == "onnx":
-        shutil.copy2(artifact.path, folder / "1" / "model.onnx")
+        writer.copy(artifact.path, folder / "1" / "model.onnx", writer.sha256)
     elif opts.graph == "plan":
         cc = {c: p.file_name for c, p in plans_by_generation(opts.plans).items()}
         for p in opts.plans:
             p.check_for(artifact, opts.max_batch)
-            shutil.copy2(p.path, folder / "1" / p.file_name)
+            writer.copy(p.path, folder / "1" / p.file_name)
     if opts.graph == "python":
-        _python_files(folder, artifact, "GraphModel", site_dirs, python)
+        _python_files(writer, folder, artifact, "GraphModel", site_dirs, python)
         graph_backend = opts.backend or ("cpu" if opts.kind == "cpu" else "auto")
         writer.config(folder, configs.python_model(
             graph, [s for s, _ in g_outputs], inputs=[s for s, _ in g_inputs], warmup=False,
@@ -253,7 +224,7 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
                                                   if opts.graph == "plan" else None))
 
     folder = writer.folder(post)
-    _python_files(folder, artifact, "PostprocessModel", site_dirs, python)
+    _python_files(writer, folder, artifact, "PostprocessModel", site_dirs, python)
     graph_dims = {s.name: d for s, d in g_outputs}
     post_inputs = [TensorSpec(s.name, s.datatype, tuple(d) or (1,)) for s, d in g_outputs] + [error]
     writer.config(folder, configs.python_model(

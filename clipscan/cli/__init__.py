@@ -17,11 +17,14 @@ input prints no traceback and no "internal error" line (its row says why it fail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 
 from clipscan import __version__
@@ -45,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("clipscan.cli.calibrate",
                   "post-training INT8 (QDQ) of an FP32 artifact, with its fidelity report (needs clipscan[export])"),
     "serve": ("clipscan.cli.serve",
-              "serve a model over HTTP: Open Inference Protocol, /v1/scan, upload page (needs clipscan[serve])"),
+              "serve a model: Open Inference Protocol (HTTP, gRPC), /v1/scan, upload page (needs clipscan[serve])"),
     "backends": ("clipscan.cli.backends", "list inference backends and whether each can run here"),
     "report": ("clipscan.cli.report", "turn a scan's rows into one self-contained HTML page a reviewer can look at"),
     "triton": ("clipscan.cli.triton", "write a Triton Inference Server model repository for an artifact"),
@@ -66,9 +69,10 @@ def _verbosity(defaults: bool) -> argparse.ArgumentParser:
     """-v/-q, accepted before or after the command."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("-v", "--verbose", action="count", default=0 if defaults else argparse.SUPPRESS,
-                   help="also say what was decided and why (backends skipped, decoding...); -vv for debug")
+                   help="also say what was decided and why (backends skipped, decoding...) and show what ONNX "
+                        "Runtime and Ray print while they work (calibration, cluster start); -vv for debug")
     p.add_argument("-q", "--quiet", action="store_true", default=False if defaults else argparse.SUPPRESS,
-                   help="only errors on stderr (no summary line, no calibration chatter)")
+                   help="only errors on stderr (no summary line)")
     return p
 
 
@@ -152,6 +156,30 @@ def _bug(command: str) -> int:
     return EXIT_BUG
 
 
+# Libraries that leave folders in $TMPDIR unless told otherwise: torch's compile cache (torchinductor_<user>,
+# written while torch.export traces a model) goes into a folder of this run, removed at exit. Ray's session
+# folder is handled where Ray starts (clipscan.distributed.cluster.session).
+SCRATCH_ENV = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
+
+
+@contextlib.contextmanager
+def library_scratch():
+    """For the block, each SCRATCH_ENV variable the user has not set points into a temporary folder; after it,
+    the variables are unset again and the folder is gone."""
+    unset = [k for k in SCRATCH_ENV if k not in os.environ]
+    if not unset:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="clipscan-")
+    os.environ.update({k: os.path.join(folder, SCRATCH_ENV[k]) for k in unset})
+    try:
+        yield
+    finally:
+        for k in unset:
+            os.environ.pop(k, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = chosen_command(argv)
@@ -159,4 +187,5 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command, module).parse_args(argv)
     level = logging.ERROR if args.quiet else {0: NOTICE, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="clipscan: %(message)s", stream=sys.stderr)
-    return run_command(args.command, module.run, args)
+    with library_scratch():
+        return run_command(args.command, module.run, args)

@@ -20,6 +20,8 @@ NO_SPIN_HELP = ("let ONNX Runtime's CPU worker threads sleep between calls inste
                 "slower for small images (see the README)")
 
 AS_GIVEN_TO_EXPORT = ", as given to export"
+# verify, calibrate and bench: the artifact's manifest records what export was given (export/recorded.py)
+AS_RECORDED = " (default: what export was given, recorded in the artifact's manifest)"
 # --backend values: auto, then every backend of clipscan.runtime.backends.registry()
 BACKENDS = tuple(backend_choices())
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from clipscan.runtime.errors import InvalidArgumentError
 
-from . import EXIT_OK
+from . import EXIT_OK, NOTICE
 from .args import add_decode, add_no_spin, choices_help, non_negative, non_negative_int, positive, positive_int
 
 
@@ -21,13 +21,13 @@ def add_arguments(p) -> None:
 
     p.description = ("Time every artifact on every available backend (model-only: inference on "
                      "preprocessed batches in memory; e2e: read, decode, preprocess, infer, "
-                     "postprocess through the Scanner), next to PyTorch eager FP32 when "
-                     "--torch-arch/--torch-weights/--torch-heads are given, with each artifact's "
+                     "postprocess through the Scanner), next to PyTorch eager FP32 with --torch "
+                     "(the original recorded in the manifest), with each artifact's "
                      "fidelity; prints a table and writes JSON and a PNG plot. Speed is reported, "
                      "never judged; exit 0 unless the benchmark could not run.")
     p.add_argument("models", nargs="*", metavar="MODEL",
                    help="exported .onnx artifacts (e.g. the FP32 and FP16 export); with --serve or --ray at most "
-                        "one (default: the demo model)")
+                        "one (default: the bundled demo model, which says nothing about a real model's speed)")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--mode", choices=tuple(MODES), default=BenchConfig.mode,
@@ -35,10 +35,19 @@ def add_arguments(p) -> None:
     p.add_argument("--images", metavar="DIR", help="benchmark images (default: 16 synthetic 640x480 JPEGs)")
     p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write throughput against batch size as a PNG")
-    p.add_argument("--torch-arch", help="open_clip architecture of the PyTorch original (needs clipscan[export])")
-    p.add_argument("--torch-weights", help="the checkpoint the artifacts were exported from")
+    from clipscan.runtime.manifest import RESIZE_MODES
+
+    p.add_argument("--torch", action="store_true",
+                   help="also time the PyTorch original (needs clipscan[export]): the files export was given, "
+                        "recorded in the first MODEL's manifest; the --torch-* options override parts of it")
+    p.add_argument("--torch-arch", help="open_clip architecture of the PyTorch original (implies --torch)")
+    p.add_argument("--torch-weights", help="the checkpoint the artifacts were exported from (implies --torch)")
     p.add_argument("--torch-heads", action="append", default=[], metavar="H",
-                   help="heads file or FORMAT:PATH, as given to export (repeatable)")
+                   help="heads file or [NAME=]FORMAT:PATH, as given to export (repeatable; implies --torch; "
+                        "given, they replace every recorded head)")
+    p.add_argument("--torch-resize-mode", choices=tuple(RESIZE_MODES),
+                   help="the PyTorch original's one resize for every head (default: the first MODEL's): "
+                        + choices_help(RESIZE_MODES))
     add_no_spin(p)
     add_decode(p, DECODES, BenchConfig.decode)  # the decoding of the e2e ONNX Runtime runs
     p.add_argument("--camera", type=non_negative_int, default=0, metavar="N",
@@ -145,13 +154,24 @@ def run(args) -> int:
     if args.ray:
         return _run_ray(args)
     if not args.models:
-        raise InvalidArgumentError("name at least one MODEL to benchmark (or pass --serve or --ray)")
+        import logging
+
+        from clipscan.runtime.artifact import DEMO_MODEL
+
+        logging.getLogger("clipscan.bench").log(NOTICE, "no MODEL given: benchmarking the bundled demo model (a 4 MB "
+                                                    "tiny ViT; its speed says nothing about yours)")
+        args.models = [str(DEMO_MODEL)]
     from clipscan.bench import BenchConfig, format_table, parse_list, run_benchmark, write_json, write_plot
 
+    original = _torch_original(args)
     cfg = BenchConfig(models=list(args.models), batch_sizes=parse_list(args.batch_sizes, int),
                       backends=parse_list(args.backends) if args.backends else None, mode=args.mode,
-                      images=args.images, torch_arch=args.torch_arch, torch_weights=args.torch_weights,
-                      torch_heads=list(args.torch_heads), warmup=args.warmup, min_iters=args.min_iters,
+                      images=args.images, torch_arch=original.arch if original else None,
+                      torch_weights=original.weights if original else None,
+                      torch_heads=list(original.heads) if original else [],
+                      torch_resize_mode=original.resize_mode if original else None,
+                      quick_gelu=original.quick_gelu if original else None,
+                      warmup=args.warmup, min_iters=args.min_iters,
                       min_seconds=args.min_seconds, max_seconds=args.max_seconds, e2e_passes=args.e2e_passes,
                       cold_start=not args.no_cold_start, camera=args.camera, camera_dir=args.camera_dir,
                       decode=args.decode, workers=args.workers, spin=not args.no_spin, settle_seconds=args.settle,
@@ -166,6 +186,20 @@ def run(args) -> int:
         if written:
             print(f"wrote {written}")
     return EXIT_OK
+
+
+def _torch_original(args):
+    """The PyTorch original asked for (--torch or any --torch-*): what the first MODEL's manifest records,
+    with the --torch-* options given instead; None when none was asked for."""
+    if not (args.torch or args.torch_arch or args.torch_weights or args.torch_heads or args.torch_resize_mode):
+        return None
+    from clipscan.export.recorded import original_from_manifest
+    from clipscan.runtime import load_artifact
+
+    model = args.models[0]
+    return original_from_manifest(model, load_artifact(model).manifest, arch=args.torch_arch,
+                                  weights=args.torch_weights, heads=args.torch_heads,
+                                  resize_mode=args.torch_resize_mode, prefix="--torch-")
 
 
 def _run_ray(args) -> int:

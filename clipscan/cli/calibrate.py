@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import EXIT_ITEM_FAILED, EXIT_OK
 from .args import (
-    AS_GIVEN_TO_EXPORT,
+    AS_RECORDED,
     add_original_args,
     add_output,
     check_output,
@@ -30,8 +30,10 @@ def add_arguments(p) -> None:
 
     p.description = ("Calibrate an FP32 artifact on a folder of images (preprocessed as its manifest "
                      "says) and write an INT8 QDQ artifact whose manifest records the calibration. "
-                     "With --arch/--weights/--heads and --val-images, the fidelity report of "
-                     "`clipscan verify` runs on the result and its gates go into the manifest. "
+                     "With --val-images, the fidelity report of `clipscan verify` runs on the result against "
+                     "the PyTorch original recorded in the manifest (or named by --arch/--weights/--heads) and "
+                     "its gates go into the manifest; a model that fails a gate is not written at -o but kept "
+                     "as <stem>.failed-gates.onnx, and every command that loads it warns. "
                      "Exit 0: written (and every gate passed); 1: an INT8 gate failed; 2: could not run.")
     p.add_argument("model", metavar="MODEL", help="the FP32 .onnx artifact written by `clipscan export`")
     p.add_argument("--images", required=True, action="append", metavar="DIR",
@@ -69,17 +71,17 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("fidelity report (as `clipscan verify`)")
     g.add_argument("--val-images", action="append", default=[], metavar="DIR",
                    help="validation images, disjoint from the calibration images; repeatable")
-    add_original_args(g, required=False, as_given=AS_GIVEN_TO_EXPORT)
-    g.add_argument("--threshold", type=probability, help="the decision threshold export was given, if any")
-    g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean export was given, if any")
-    g.add_argument("--std", type=float, nargs=3, help="the normalisation std export was given, if any")
+    add_original_args(g, required=False, as_given=AS_RECORDED)
+    g.add_argument("--threshold", type=probability, help="the reference's decision threshold" + AS_RECORDED)
+    g.add_argument("--mean", type=float, nargs=3, help="the normalisation mean" + AS_RECORDED)
+    g.add_argument("--std", type=float, nargs=3, help="the normalisation std" + AS_RECORDED)
     g.add_argument("--report", metavar="DIR", help="where report.json/html go (default: ./<output stem>-verify)")
     g.add_argument("--no-launder", action="store_true", help="skip the laundered copies in the report")
     g.add_argument("--allow-overlap", action="store_true",
                    help="only warn (instead of refusing) when calibration and validation images overlap")
 
 
-def print_written(outcome, output: str, target: str) -> None:
+def print_written(outcome, target: str) -> None:
     """The search rounds (if any) and the INT8 file written, as soon as it is written."""
     calibration = outcome.result.calibration
     if calibration.get("search_speed_measured_on"):
@@ -106,6 +108,7 @@ def print_written(outcome, output: str, target: str) -> None:
 
     fused = (f", attention fused in {calibration['fused_attention']} layer(s): opset 23, onnxruntime >= "
              f"{ATTENTION_ONNXRUNTIME_TEXT}" if calibration.get("fused_attention") else "")
+    output = outcome.result.path
     print(f"wrote {output} (INT8 {calibration['recipe']}, target {target}{fused}, "
           f"{calibration['calibration_set']['n_images']} calibration image(s), "
           f"{Path(output).stat().st_size / 1e6:.1f} MB)")
@@ -125,10 +128,25 @@ def run(args) -> int:
         heads=heads_from(args), quick_gelu=args.quick_gelu, threshold=args.threshold, mean=args.mean, std=args.std,
         report_dir=args.report, launder=not args.no_launder, allow_overlap=args.allow_overlap,
         resize_mode=args.resize_mode,
-        progress=not (args.no_progress or args.quiet), on_written=lambda outcome: print_written(outcome, args.output, args.target))
+        progress=not (args.no_progress or args.quiet), on_written=lambda outcome: print_written(outcome, args.target))
     if outcome.report is None:
         log.warning("no --val-images: the INT8 model was not checked against its PyTorch original "
                     "(run `clipscan verify` on it, or pass --val-images with --arch/--weights/--heads)")
         return EXIT_OK
     print(outcome.report.summary())
-    return EXIT_OK if outcome.report.passed else EXIT_ITEM_FAILED
+    if outcome.report.passed:
+        return EXIT_OK
+    print(failed_sentence(outcome, args.output))
+    return EXIT_ITEM_FAILED
+
+
+def failed_sentence(outcome, output) -> str:
+    """What a user must not miss when the INT8 model failed a gate: where it went, and what to use instead."""
+    from pathlib import Path
+
+    from clipscan.runtime.failed_gates import fidelity_label
+
+    kept = "an earlier file there is left as it was" if Path(output).exists() else "nothing was written there"
+    return (f"INT8 model {fidelity_label(outcome.result.manifest)}; it is NOT at -o {output} ({kept}) but kept as "
+            f"{outcome.result.path} for inspection, marked failed in its manifest (every command that loads it "
+            f"warns). Report: {outcome.report_dir}. Try another --recipe, --search, or more validation images.")

@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
 
     p.description = ("Load an open_clip or Hugging Face CLIP image tower from a local checkpoint and heads, and "
                      "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
-                     "with its manifest inside. Nothing is downloaded.")
+                     "with its manifest inside; with --verify (and --int8), verify it and calibrate an INT8 "
+                     "model in the same command. Nothing is downloaded.")
     from clipscan.export.weights_formats import WEIGHTS_FORMAT_CHOICES, WEIGHTS_FORMAT_HELP
 
     add_original_args(p, required=True)
@@ -43,20 +44,37 @@ def add_arguments(p) -> None:
                    help="how the transformer blocks are written: " + choices_help(GRAPH_STYLES, "auto"))
     p.add_argument("--precision", choices=tuple(EXPORT_PRECISIONS), default="fp32",
                    help=choices_help(EXPORT_PRECISIONS, "fp32") + " (fp16 is refused unless it passes the FP16 "
-                        "fidelity gates; INT8 comes from clipscan calibrate)")
+                        "fidelity gates; INT8 comes from clipscan calibrate, or --int8 below)")
+    from .export_pipeline import add_pipeline_arguments
+
+    add_pipeline_arguments(p)
 
 
 def run(args) -> int:
-    from clipscan.export import export_model
+    from clipscan.runtime.progress import Progress
+
+    from .export_pipeline import check_pipeline, run_pipeline, wants_pipeline
 
     heads = heads_from(args, required=True)
     check_output(args.output, args.overwrite)
-    report = export_model(args.arch, args.weights, heads, args.output, name=args.name,
-                          description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
-                          mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
-                          precision=args.precision, graph=args.graph, primary=args.primary,
-                          ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
-                          resize_mode=args.resize_mode, weights_format=args.weights_format)
+    kwargs = dict(description=args.description, quick_gelu=args.quick_gelu, opset=args.opset,
+                  mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
+                  precision=args.precision, graph=args.graph, primary=args.primary,
+                  ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
+                  resize_mode=args.resize_mode, weights_format=args.weights_format)
+    if wants_pipeline(args):
+        check_pipeline(args)
+        return run_pipeline(args, heads, kwargs)
+    # a bar over the export's stages on stderr when it is a terminal (not with -q), from the start: importing
+    # torch and open_clip alone takes seconds
+    with Progress("export", unit="steps", note="importing torch and open_clip", enabled=not args.quiet,
+                  show_errors=False) as bar:
+        from clipscan.export import export_model
+        from clipscan.export.exporter import export_stages
+
+        bar.set_total(1 + len(export_stages(args.precision)))
+        bar.update()
+        report = export_model(args.arch, args.weights, heads, args.output, name=args.name, progress=bar, **kwargs)
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {args.precision}); "
           f"ONNX Runtime vs PyTorch: embedding cosine >= {report.checks['embedding_cosine_min']:.7f}, "
           f"max |diff| {max(report.checks['max_abs_diff'].values()):.2e}")

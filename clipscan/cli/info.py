@@ -31,7 +31,8 @@ def describe_manifest(artifact) -> str:
     lines.append(f"input        {i.name} {i.layout} {i.dtype} {i.size[0]}x{i.size[1]} {i.color}, {norm}")
     p = m.preprocess
     lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
-                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}; "
+                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
+                 f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
                  f"RGB (alpha {p.alpha})")
     for h in m.heads:
         outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
@@ -41,17 +42,19 @@ def describe_manifest(artifact) -> str:
     if m.embedding:
         lines.append(f"embedding    {m.embedding['output']} dim={m.embedding.get('dim')} "
                      f"normalized={m.embedding.get('normalized')}")
-    for key, src in m.sources.items():
-        lines.append(f"source       {key}: {src.get('file')} sha256={src.get('sha256')}")
+    from .info_calibration import calibration_lines, source_lines
+
+    lines.extend(source_lines(m))
     lines.append("tools        " + ", ".join(f"{k} {v}" for k, v in m.tools.items()))
-    lines.append(f"calibration  {m.calibration or 'none (not quantized)'}")
+    lines.extend(calibration_lines(m))
     draft = m.draft_decoding_record()
     lines.append("draft JPEG   " + ("no check recorded: scans decode exactly unless --decode draft" if not draft else
                                     f"{'passed' if draft.get('passed') else 'not passed'} on {draft.get('n_affected')} "
                                     f"images (agreement {draft.get('agreement')}, cosine mean "
                                     f"{draft.get('cosine_mean')}): --decode auto uses "
                                     f"{'draft' if draft.get('passed') else 'exact'}"))
-    lines.append(f"created      {m.created_utc}")
+    exported = (m.calibration or {}).get("source_model_created_utc")
+    lines.append(f"created      {m.created_utc}" + (f" (calibrated; its FP32 export: {exported})" if exported else ""))
     return "\n".join(lines)
 
 

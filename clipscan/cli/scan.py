@@ -5,12 +5,13 @@ Options say how (backend, batch size, decoding, threads) and where rows go (stdo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 
-from clipscan.runtime.errors import InvalidArgumentError
+from clipscan.runtime.errors import ClipscanError, InvalidArgumentError
 
 from . import EXIT_ITEM_FAILED, EXIT_OK, NOTICE
 from .args import (BACKENDS, add_decode, add_image_formats, add_no_spin, backend_help, non_negative_int, positive_int,
@@ -199,10 +200,12 @@ def run(args) -> int:
     from clipscan.runtime import Scanner
     from clipscan.runtime.decode import DEFAULT_MAX_PIXELS
     from clipscan.runtime.progress import Progress, count_in_background
-    from clipscan.runtime.results import OUTPUT_ERRORS, WRITERS, columns_for, csv_columns, model_identity
+    from clipscan.runtime.results import (OUTPUT_ERRORS, WRITERS, check_output_format, columns_for, csv_columns,
+                                          model_identity, sidecar_path)
     from clipscan.runtime.resume import check_same_model, row_settings
 
     args.format = output_format(args)
+    check_output_format(args.format, args.with_embedding)  # before anything is created at --output
     paths = _inputs(args)
     if (code := run_if_ray(args, paths)) is not None:
         return code
@@ -261,6 +264,12 @@ def run(args) -> int:
             if result.error:
                 failed += 1
                 log.debug("%s: %s", result.path, result.error)
+    except ClipscanError:
+        if args.output and mode == "w" and total == 0:  # refused before any row: leave no empty file behind
+            for leftover in (args.output, sidecar_path(args.output)):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        raise
     finally:
         bar.close()
         if out is not sys.stdout:

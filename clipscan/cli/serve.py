@@ -7,6 +7,7 @@ requests in flight and exit 0.
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from . import EXIT_OK
 from .args import BACKENDS, add_decode, add_image_formats, add_no_spin, non_negative_int, positive_int
@@ -40,10 +41,15 @@ def add_arguments(p) -> None:
 
     p.description = ("Serve a model over HTTP: the Open Inference Protocol (KServe v2, as Triton speaks it) at "
                      "/v2, a plain REST endpoint POST /v1/scan, Prometheus metrics at /metrics and an upload page "
-                     "at /. Images of concurrent requests are merged into inference batches.")
+                     "at /; with --grpc-port, the same protocol over gRPC too. Images of concurrent requests are "
+                     "merged into inference batches.")
     p.add_argument("model", nargs="?", help="exported .onnx artifact (default: the bundled demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=non_negative_int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--grpc-port", type=non_negative_int, metavar="PORT",
+                   help="also serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService, as "
+                        "Triton does; tritonclient.grpc drives it) on this port of --host, with the same model, "
+                        "batcher, limits, token and metrics (0 picks a free one; default: no gRPC)")
     p.add_argument("--name", help="model name in the /v2 URLs (default: the artifact's manifest name)")
     p.add_argument("--token-file", help="require 'Authorization: Bearer <token>' (token read from this file) on "
                                         "every endpoint but health and the upload page")
@@ -64,33 +70,48 @@ def add_arguments(p) -> None:
     p.add_argument("--access-log", action="store_true", help="one JSON line per request on stderr")
 
 
-def check_extra() -> None:
-    """clipscan[serve] installed, or MissingExtraError saying how to install it."""
-    from clipscan.runtime.errors import MissingExtraError
-    from clipscan.serve import SERVE_MODULES
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
-    for module in SERVE_MODULES:
-        if importlib.util.find_spec(module) is None:
-            raise MissingExtraError("clipscan serve", {"multipart": "python-multipart",
+
+def check_extra(grpc: bool = False) -> None:
+    """clipscan[serve] installed (with `grpc`: its gRPC part too), or MissingExtraError saying how to install it."""
+    from clipscan.runtime.errors import MissingExtraError
+    from clipscan.serve import GRPC_MODULES, SERVE_MODULES
+
+    for module in SERVE_MODULES + (GRPC_MODULES if grpc else ()):
+        if not _installed(module):
+            raise MissingExtraError("clipscan serve", {"multipart": "python-multipart", "grpc": "grpcio",
+                                                       "google.protobuf": "protobuf",
                                                        "prometheus_client": "prometheus-client"}.get(module, module),
                                     "serve")
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse a --port that something on --host already holds, before the model is loaded and warmed up."""
+def check_port(host: str, port: int, grpc_port: int | None = None) -> None:
+    """Refuse a --port or --grpc-port that something on --host already holds (or the same port for both),
+    before the model is loaded and warmed up."""
     from clipscan.runtime.errors import InvalidArgumentError
 
     from .ports import busy_ports
 
-    if port and busy_ports(host, [port]):
-        raise InvalidArgumentError(f"--port {port} on {host} is already in use (another server?); stop it, or "
-                                   "pass a free --port (0 picks one)")
+    if port and grpc_port == port:
+        raise InvalidArgumentError(f"--grpc-port {grpc_port} is --port too; HTTP and gRPC need a port each (0 picks "
+                                   "a free one)")
+    flags = {p: f for f, p in (("--grpc-port", grpc_port), ("--port", port)) if p}
+    busy = busy_ports(host, list(flags))
+    if busy:
+        flag = flags[busy[0]]
+        raise InvalidArgumentError(f"{flag} {busy[0]} on {host} is already in use (another server?); stop it, or "
+                                   f"pass a free {flag} (0 picks one)")
 
 
 def run(args) -> int:
     import logging
 
-    check_extra()
+    check_extra(grpc=args.grpc_port is not None)
     from clipscan.runtime.scanner import Scanner
     from clipscan.serve import Limits, ServiceState, serve
     from clipscan.serve.auth import read_token
@@ -98,18 +119,21 @@ def run(args) -> int:
 
     token = read_token(args.token_file) if args.token_file else None
     limits = Limits(**{f.name: getattr(args, f.name) for f in limit_fields()})
-    if args.access_log:
-        logging.getLogger("clipscan.serve.access").setLevel(logging.INFO)
-    else:
-        logging.getLogger("clipscan.serve.access").setLevel(logging.WARNING)
-    check_port(args.host, args.port)  # before the model is loaded and warmed up for nothing
+    access = logging.getLogger("clipscan.serve.access")
+    access.setLevel(logging.INFO if args.access_log else logging.WARNING)
+    if args.access_log:  # bare JSON lines on stderr, without the "clipscan: " prefix of the other log lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
+    check_port(args.host, args.port, args.grpc_port)  # before the model is loaded and warmed up for nothing
     scanner = Scanner(args.model, backend=args.backend, fallback=not args.no_fallback, threads=args.threads,
                       batch_size=args.max_batch, max_pixels=args.max_pixels, decode=args.decode,
                       spin=not args.no_spin, image_formats=args.image_formats)
     try:
         state = ServiceState(scanner, limits, name=args.name, token=token, allow_hosts=args.allow_host)
         state.warm_up()
-        serve(state, host=args.host, port=args.port)
+        serve(state, host=args.host, port=args.port, grpc_port=args.grpc_port)
     finally:
         scanner.close()
     return EXIT_OK

@@ -48,7 +48,9 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-numpy2", action="store_true",
                    help="let the models load under numpy 2 (only for a Triton whose python backend is built with "
                         "pybind11 >= 2.12; the stub in Triton 2.51 is not)")
-    p.add_argument("--overwrite", action="store_true", help="replace models of the same name in --repo")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace models of the same name in --repo (not needed to run --start on a repository "
+                        "written for the same model with the same options: it is reused as it is)")
     p.add_argument("--start", action="store_true",
                    help="then run nvidia-pytriton's bundled tritonserver on --repo until Ctrl-C")
     p.add_argument("--host", default="127.0.0.1", help="--start: the address to listen on (default 127.0.0.1)")
@@ -106,10 +108,12 @@ def run(args) -> int:
                              overwrite=args.overwrite)
     repo = write_repository(args.model, args.repo, opts)
     for path in repo.config_files:
-        log.info("wrote %s", path)
-    log.log(NOTICE, "wrote Triton model%s %s in %s for %s (sha256 %s...); clients call model %r; %s",
-            "s" if len(repo.models) > 1 else "", ", ".join(repo.models), repo.root, repo.identity["name"],
-            repo.identity["sha256"][:12], repo.entry, describe_knobs(opts))
+        log.info("%s %s", "kept" if repo.reused else "wrote", path)
+    log.log(NOTICE, "%s Triton model%s %s in %s for %s (sha256 %s...); clients call model %r",
+            "reused (already written for this model with these settings, nothing copied):" if repo.reused else
+            "wrote", "s" if len(repo.models) > 1 else "", ", ".join(repo.models), repo.root, repo.identity["name"],
+            repo.identity["sha256"][:12], repo.entry)
+    log.log(NOTICE, "performance knobs: %s", describe_knobs(opts))
     if numpy_major() >= 2 and not args.allow_numpy2 and not args.site_dir:
         log.warning("this environment has numpy 2, which Triton 2.51's python backend stub cannot exchange arrays "
                     "with: the models will refuse to load; %s", NUMPY2_HINT)

@@ -24,7 +24,7 @@ def registry() -> dict[str, BackendEntry]:
 
     entries = [
         BackendEntry("tensorrt", "TensorRT runtime, engine cache", f"{gpu_libs.TENSORRT_PIP} (and a CUDA GPU)",
-                     tensorrt_native.unavailable_reason, tensorrt_native.create),
+                     tensorrt_native.unavailable_reason, tensorrt_native.create, runtime="tensorrt"),
         BackendEntry("ort-tensorrt", "ONNX Runtime, TensorrtExecutionProvider",
                      f"pip install 'clipscan[gpu]' and {gpu_libs.TENSORRT_10_PIP} (and a CUDA GPU)",
                      lambda: ort_gpu.provider_unavailable_reason(ort_gpu.TRT_EP), ort_gpu.create_tensorrt_ep),
@@ -34,7 +34,8 @@ def registry() -> dict[str, BackendEntry]:
                      "pip install clipscan (onnxruntime is a base dependency)",
                      ort_cpu.unavailable_reason, ort_cpu.create),
         BackendEntry("openvino", "OpenVINO CPU plugin, float parts in f32 (never chosen by auto)",
-                     "pip install 'clipscan[openvino]'", openvino_cpu.unavailable_reason, openvino_cpu.create),
+                     "pip install 'clipscan[openvino]'", openvino_cpu.unavailable_reason, openvino_cpu.create,
+                     runtime="openvino"),
     ]
     return {e.name: e for e in entries}
 

@@ -64,3 +64,4 @@ class BackendEntry:
     install_hint: str
     unavailable_reason: Callable[[], str | None]   # None when it can be tried
     create: Callable[..., Backend]                   # (model_path, options, manifest) -> Backend
+    runtime: str = "onnxruntime"                     # the inference runtime it runs on (bench's `runtime` column)

@@ -1,0 +1,202 @@
+"""IQA-PyTorch's CLIP quality scorers (CLIP-IQA, CLIP-IQA+, LIQE): seeded CLIPs in OpenAI's layout, the head files
+in pyiqa's layouts, exported through the CLI, scanned with the runtime on real photos and compared with pyiqa's
+inference re-expressed here (pyiqa itself imports OpenAI's `clip` package and downloads its weights, neither of
+which this environment has: its clipiqa_arch.py, liqe_arch.py and clip_model.py are followed line by line)."""
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from scipy.stats import spearmanr
+
+from clipscan.cli import main
+from clipscan.runtime import Scanner
+
+from .conftest import TINY_CONFIG, photo_images, seeded_clip
+
+CONFIG = dict(TINY_CONFIG, text_cfg={"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2,
+                                     "layers": 1})
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+PAIRS = ["Good image", "bad image", "Sharp image", "blurry image", "sharp edges", "blurry edges",
+         "High resolution image", "low resolution image", "Noise-free image", "noisy image"]
+QUALITIES = ["bad", "poor", "fair", "good", "perfect"]
+SCENES = ["animal", "cityscape", "human", "indoor", "landscape", "night", "plant", "still_life", "others"]
+DISTS = ["jpeg2000 compression", "jpeg compression", "noise", "blur", "color", "contrast", "overexposure",
+         "underexposure", "spatial", "quantization", "other"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("iqa")
+    clip = seeded_clip(d, CONFIG, seed=51)
+    with torch.no_grad():
+        clip["model"].logit_scale.fill_(np.log(30.0))   # a trained CLIP's range, so softmaxes are not flat
+    torch.save(clip["model"].state_dict(), str(clip["weights"]))
+    photos = d / "photos"
+    photos.mkdir()
+    for name, img in photo_images():
+        img.save(photos / f"{name}.jpg", quality=92)
+        img.crop((3, 17, img.width - 23, img.height // 2 + 5)).save(photos / f"{name}_wide.png")
+    return {**clip, "photos": sorted(photos.iterdir()), "dir": d}
+
+
+def tokenize(texts):
+    """clip.tokenize, at the tiny tower's context length."""
+    return open_clip.tokenizer.SimpleTokenizer(context_length=CONFIG["text_cfg"]["context_length"])(texts)
+
+
+def pyiqa_input(paths) -> torch.Tensor:
+    """What clipscan feeds the tower, as pyiqa's input: the short side to 224 bicubic, centre crop, in [0, 1]."""
+    tf = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                    lambda im: im.convert("RGB"), T.ToTensor()])
+    return torch.stack([tf(Image.open(p)) for p in paths])
+
+
+def pyiqa_encode_image(model, x, pos_embedding: bool):
+    """pyiqa's clip_model.VisionTransformer.forward (OpenAI layout), positional embedding only when asked."""
+    v = model.visual
+    x = v.conv1(x)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = torch.cat([v.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
+    if pos_embedding:
+        pe = torch.nn.functional.interpolate(v.positional_embedding[None, None], size=(x.size(1), x.size(2)),
+                                             mode="bicubic")[0, 0]
+        x = x + pe
+    x = v.ln_pre(x)
+    x = v.transformer(x)
+    return v.ln_post(x[:, 0, :]) @ v.proj
+
+
+def pyiqa_logits(model, x, text_features, pos_embedding):
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    img = pyiqa_encode_image(model, x, pos_embedding)
+    img = img / img.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    return model.logit_scale.exp() * img @ text_features.t()
+
+
+def pyiqa_clipiqa(model, x, text_features, pos_embedding=False) -> np.ndarray:
+    """CLIPIQA.forward: softmax within each (good, bad) pair, mean of the good probabilities."""
+    with torch.no_grad():
+        logits = pyiqa_logits(model, x, text_features, pos_embedding)
+        return logits.reshape(logits.shape[0], -1, 2).softmax(dim=-1)[..., 0].mean(dim=1).numpy()
+
+
+def pyiqa_prompt_learner_features(model, ctx, prefix, suffix, tokens):
+    """PromptLearner.forward: [SOS, ctx[:8], class (3 tokens), ctx[8:], rest] through the text transformer."""
+    prompts = torch.cat([prefix, ctx[:, :8], suffix[:, :3], ctx[:, 8:], suffix[:, 3:]], dim=1)
+    x = prompts + model.positional_embedding
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+def pyiqa_liqe(model, x, mix: bool, step=32, num_patch=15) -> np.ndarray:
+    """LIQE.forward (eval): unfold 224 crops at `step`, pick num_patch evenly, mean logits, softmax, 1-5 levels."""
+    if mix:
+        texts = [f"a photo of a {c} with {d} artifacts, which is of {q} quality"
+                 for q, c, d in product(QUALITIES, SCENES, DISTS)]
+    else:
+        texts = [f"a photo with {c} quality" for c in QUALITIES]
+    with torch.no_grad():
+        text = model.encode_text(tokenize(texts))
+        bs = x.size(0)
+        x = x.unfold(2, 224, step).unfold(3, 224, step).permute(0, 2, 3, 1, 4, 5).reshape(bs, -1, 3, 224, 224)
+        n = min(x.size(1), num_patch)
+        sel = torch.tensor([max(1, x.size(1) // n) * i for i in range(n)])
+        x = x[:, sel].reshape(bs * n, 3, 224, 224)
+        logits = pyiqa_logits(model, x, text, True).view(bs, n, -1).mean(1).softmax(dim=1)
+        levels = logits.view(-1, 5, 9, 11).sum(3).sum(2) if mix else logits.view(-1, 5)
+        return (levels * torch.arange(1, 6)).sum(1).numpy()
+
+
+def export_and_scan(setup, tmp_path, heads: list[str], weights=None) -> dict[str, np.ndarray]:
+    """Export `heads` into one artifact through the CLI and scan the photos: {head name: scores}."""
+    out = tmp_path / "iqa.onnx"
+    assert main(["export", "--arch", str(setup["config"]), "--weights", str(weights or setup["weights"]),
+                 *(a for h in heads for a in ("--head", h)), "-o", str(out)]) == 0
+    with Scanner(out) as scanner:
+        results = list(scanner.scan(setup["photos"]))
+        setup["manifest"] = scanner.manifest
+    assert all(r.ok for r in results)
+    return {h.name: np.array([r.heads[h.name]["score"] for r in results]) for h in setup["manifest"].heads}
+
+
+def assert_matches(got, ref):
+    assert ref.std() > 1e-3, "the seeded model must tell the photos apart for the comparison to mean something"
+    assert spearmanr(got, ref).statistic >= 0.9999, (got, ref)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+
+
+def clipiqa_plus_file(model, path, layout: str):
+    """A CLIP-IQA+ prompt file in one of pyiqa's layouts, and the (ctx, prefix, suffix, tokens) it means."""
+    tokens = tokenize([" ".join(["X"] * 16) + " " + w for w in ("Good photo..", "Bad photo..")])
+    with torch.no_grad():
+        init = model.token_embedding(tokens)
+    torch.manual_seed(52)
+    ctx = init[:, 1:17] + 0.05 * torch.randn(2, 16, 32)    # learned: moved away from its "X" initialisation
+    prefix, suffix = init[:, :1], init[:, 17:]
+    # the RN50 release is the bare ctx tensor; the _512 ones BasicSR's {"params": state dict of the learner}
+    torch.save(ctx if layout == "ctx" else {"params": {"prompt_learner.ctx": ctx, "prompt_learner.token_prefix":
+                                                       prefix, "prompt_learner.token_suffix": suffix}}, str(path))
+    with torch.no_grad():
+        return pyiqa_prompt_learner_features(model, ctx, prefix, suffix, tokens)
+
+
+@pytest.mark.slow
+def test_clip_iqa_and_clip_iqa_plus_match_pyiqa(setup, tmp_path):
+    """clip-iqa (no file) and clip-iqa+ (pyiqa's bare-ctx file) share one pass: neither adds a positional
+    embedding, as pyiqa's CLIP with pos_embedding=False."""
+    model = setup["model"]
+    plus_text = clipiqa_plus_file(model, tmp_path / "CLIP-IQA+_learned_prompts.pth", "ctx")
+    got = export_and_scan(setup, tmp_path, ["clip-iqa", f"clip-iqa+:{tmp_path / 'CLIP-IQA+_learned_prompts.pth'}"])
+    heads = {h.name: h for h in setup["manifest"].heads}
+    assert list(heads) == ["clip_iqa", "clip_iqa_plus"]
+    assert heads["clip_iqa"].scale == {"kind": "probability", "min": 0.0, "max": 1.0}
+    x = pyiqa_input(setup["photos"])
+    with torch.no_grad():
+        text = model.encode_text(tokenize(PAIRS))
+    assert_matches(got["clip_iqa"], pyiqa_clipiqa(model, x, text))
+    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text))
+
+
+@pytest.mark.slow
+def test_liqe_and_clip_iqa_plus_512_match_pyiqa(setup, tmp_path):
+    """liqe and liqe-mix read pyiqa's checkpoint layout (also the backbone); clip-iqa+ in the layout of its _512
+    files (pos_embedding=True) shares that pass."""
+    torch.manual_seed(53)
+    tuned = open_clip.model.CLIP(**{k: v for k, v in CONFIG.items() if k != "quick_gelu"}, quick_gelu=True).eval()
+    with torch.no_grad():
+        tuned.logit_scale.fill_(np.log(50.0))
+    path = tmp_path / "liqe_koniq.pt"
+    torch.save({"params": {f"clip_model.{k}": v for k, v in tuned.state_dict().items()}}, str(path))
+    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"
+    plus_text = clipiqa_plus_file(tuned, plus, "params")
+    got = export_and_scan(setup, tmp_path, [f"liqe:{path}", f"liqe-mix:{path}", f"clip-iqa+:{plus}"], weights=path)
+    heads = {h.name: h for h in setup["manifest"].heads}
+    assert list(heads) == ["liqe", "liqe_mix", "clip_iqa_plus"]
+    assert heads["liqe"].scale == heads["liqe_mix"].scale == {"kind": "mos", "min": 1.0, "max": 5.0}
+    x = pyiqa_input(setup["photos"])
+    assert_matches(got["liqe"], pyiqa_liqe(tuned, x, mix=False))
+    assert_matches(got["liqe_mix"], pyiqa_liqe(tuned, x, mix=True))
+    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(tuned, x, plus_text, pos_embedding=True))
+
+
+def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
+    from clipscan.export import export_model
+    from clipscan.runtime.errors import ClipscanError
+
+    with pytest.raises(ClipscanError, match="reads no file"):
+        export_model(str(setup["config"]), setup["weights"], "clip-iqa:x.pth", tmp_path / "x.onnx")
+    with pytest.raises(ClipscanError, match="positional embedding"):
+        export_model(str(setup["config"]), setup["weights"], ["clip-iqa", f"liqe:{setup['weights']}"],
+                     tmp_path / "x.onnx")
+    other = tmp_path / "liqe_koniq.pt"
+    other.write_bytes(setup["weights"].read_bytes())
+    with pytest.raises(ClipscanError, match="give the same file to both"):
+        export_model(str(setup["config"]), setup["weights"], f"liqe:{other}", tmp_path / "x.onnx")
