@@ -10,7 +10,8 @@ after the served sweep, and one pass right before and after each level, as the m
 plus the ratios; and checks every answer: each good request answered once with
 the offline row (p_generated within 1e-5, same verdict), each bad one a 4xx JSON error (over Triton: the
 image's `error` element), no 5xx; the server's resident memory after warm-up and after each level, and for
-Triton where each request's time went (queue, compute) by the server's own statistics. Everything is timed with decoding inside.
+Triton where each request's time went (queue, compute) by the server's own statistics. Everything is
+timed with decoding inside.
 """
 from __future__ import annotations
 
@@ -265,7 +266,8 @@ def format_serve_table(report: dict) -> str:
                      f"{'images/exec':>11}")
         for lv in triton:
             t = lv["triton_stats"]
-            lines.append(f"{lv['concurrency']:>4} {t['queue_ms_per_request']:7.1f} {t['compute_input_ms_per_request']:7.2f} "
+            lines.append(f"{lv['concurrency']:>4} {t['queue_ms_per_request']:7.1f} "
+                         f"{t['compute_input_ms_per_request']:7.2f} "
                          f"{t['compute_infer_ms_per_request']:7.1f} {t['compute_output_ms_per_request']:7.2f} "
                          f"{t['compute_ms_per_execution']:12.1f} {t['images_per_execution']:11.1f}")
     lines.append(f"server exit codes after SIGTERM: {report.get('server_exit_codes')}")

@@ -8,9 +8,10 @@ answer recorded.
     python -m clipscan.bench.serve_load < job.json > answers.json
 
 The job: {"url", "concurrency", "requests", "max_seconds", "good": [paths], "bad": {kind: path},
-"bad_every": k, "max_body_bytes", "protocol": "upload" | "v2", "model", "image_shape"}; every k-th request is a malformed upload (truncated, garbage, a pixel
-bomb, a wrong content type, an oversized body, an empty body; over v2 the ones with a body of their own:
-truncated, garbage, bomb, empty), the others cycle through the good images.
+"bad_every": k, "max_body_bytes", "protocol": "upload" | "v2", "model", "image_shape"}; every k-th
+request is a malformed upload (truncated, garbage, a pixel bomb, a wrong content type, an oversized
+body, an empty body; over v2 the ones with a body of their own: truncated, garbage, bomb, empty), the
+others cycle through the good images.
 """
 from __future__ import annotations
 
