@@ -35,7 +35,7 @@ class BackboneInfo:
     weights_file: str = ""
     weights_sha256: str = ""
     weights_bytes: int = 0
-    width: int = 0                        # the tower's token width (the pre-projection feature size)
+    width: int = 0                        # the tower's token width (a ResNet's: what its attention pool reads)
     arch: str = ""                        # what was asked for: a model name or a config path
     weights_path: str = ""                # the local checkpoint (heads built from prompts read its text tower)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +147,14 @@ def _check_shapes(visual, state: dict, weights: Path, bid: str) -> None:
                                   f"{list(state[key].shape)} in the weights but {list(tensor.shape)} in {bid}; {hint}")
 
 
+def _token_width(cfg: dict) -> int:
+    """The width of the tokens the tower pools: a ViT's width; a ModifiedResNet's last stage, 32 x its width."""
+    from .tower_kind import MODIFIED_RESNET, config_tower_kind
+
+    width = int(cfg["vision_cfg"].get("width", 768))
+    return width * 32 if config_tower_kind(cfg) == MODIFIED_RESNET else width
+
+
 def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = None):
     """Build the image tower of `arch` and load `weights` into it. Returns (module, BackboneInfo)."""
     bid, cfg = read_arch_config(arch)
@@ -170,6 +178,6 @@ def load_backbone(arch: str, weights: str | Path, *, quick_gelu: bool | None = N
         embed_dim=int(cfg["embed_dim"]), image_size=tuple(int(s) for s in image_size),
         preprocess=_preprocess_cfg(cfg, image_size),
         weights_file=weights.name, weights_sha256=file_sha256(weights), weights_bytes=weights.stat().st_size,
-        width=int(cfg["vision_cfg"].get("width", 768)), arch=str(arch), weights_path=str(weights),
+        width=_token_width(cfg), arch=str(arch), weights_path=str(weights),
     )
     return visual, info

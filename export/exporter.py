@@ -28,6 +28,7 @@ from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .iqa import NO_POSITIONAL_EMBEDDING
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
+from .tower_kind import require_vit, tower_kind, vit_only_reason
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
@@ -78,7 +79,8 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
         input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), dtype="uint8", mean=None, std=None)
     else:
         input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), mean=mean, std=std)
-    backbone = {"id": info.id, "activation": info.activation, "embed_dim": info.embed_dim, "width": info.width,
+    backbone = {"id": info.id, "tower": tower_kind(graph.visual), "activation": info.activation,
+                "embed_dim": info.embed_dim, "width": info.width,
                 "features": sorted({h.feature for h in graph.heads} | {"embedding"}),
                 "config": info.config, **info.extra}
     if graph.takes_uint8:
@@ -237,7 +239,7 @@ def resolve_graph_style(visual, style: str, precision: str = "fp32") -> tuple[bo
         return False, "asked for open_clip's own block forward"
     if style == "auto" and precision != "fp32":
         return False, f"auto picks open_clip's own block forward for {precision}"
-    why = lean_unsupported_reason(visual.transformer)
+    why = vit_only_reason(visual, "the lean graph") or lean_unsupported_reason(visual.transformer)
     if why is None:
         return True, "every block is open_clip's standard ResidualAttentionBlock"
     if style == "lean":
@@ -275,6 +277,9 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
                                    f"{list(EXPORT_PRECISIONS)}{hint}")
 
+    if precision == "fp16":
+        require_vit(visual, "FP16 export (its float32 islands are a ViT's LayerNorms and projection)",
+                    "export --precision fp32")
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     reference = ScanGraph(visual, heads).eval()   # open_clip's own forward: what the checks compare with
@@ -309,7 +314,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     # that open_clip's own blocks call on the CPU
     from .lean_blocks import lean_unsupported_reason
 
-    counted = reference if lean_unsupported_reason(visual.transformer) else ScanGraph(visual, heads, lean=True)
+    counted = reference if (vit_only_reason(visual, "lean") or lean_unsupported_reason(visual.transformer)) else \
+        ScanGraph(visual, heads, lean=True)
     flops = flops_per_image(counted.eval(), info.image_size, torch.float32)
     if flops:
         manifest.backbone["gflops_per_image"] = round(flops / 1e9, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 
 from .deps import require
+from .tower_kind import MODIFIED_RESNET, require_vit, tower_kind, vit_only_reason
 
 torch = require("torch")
 F = torch.nn.functional
@@ -18,6 +19,7 @@ PROMPTS_ATTR = "clipscan_visual_prompts"
 
 def set_visual_prompts(visual, prompts) -> None:
     """Give a tower deep visual prompts: (layers, n_prompts, width), constant tokens inserted at every layer."""
+    require_vit(visual, "deep visual prompts", "a head with visual prompts needs its ViT")
     layers = len(visual.transformer.resblocks)
     width = visual.transformer.width
     if prompts.ndim != 3 or prompts.shape[0] != layers or prompts.shape[2] != width:
@@ -27,9 +29,15 @@ def set_visual_prompts(visual, prompts) -> None:
 
 
 def drop_positional_embedding(visual) -> None:
-    """A tower that adds no positional embedding (IQA-PyTorch's CLIP with pos_embedding=False): zeros in its place."""
+    """A tower that adds no positional embedding (IQA-PyTorch's CLIP with pos_embedding=False): zeros in its place.
+
+    A ViT adds it to its patch tokens; a ModifiedResNet only in its attention pool (pyiqa's
+    AttentionPool2d skips the addition there), so that one is zeroed."""
     with torch.no_grad():
-        visual.positional_embedding.zero_()
+        if tower_kind(visual) == MODIFIED_RESNET:
+            visual.attnpool.positional_embedding.zero_()
+        else:
+            visual.positional_embedding.zero_()
 
 
 class TappedVisual(torch.nn.Module):
@@ -41,11 +49,17 @@ class TappedVisual(torch.nn.Module):
 
     With `lean`, the blocks run `lean_blocks.lean_block` (same function, an ONNX graph with far
     less glue); without it, open_clip's own block forward (what the export check compares against).
+
+    A ModifiedResNet (export.tower_kind) runs its own forward: its attention pool gives the
+    projected embedding, and there is no token before the projection (`pooled` is None).
     """
 
     def __init__(self, visual, *, lean: bool = False, fused_attention: bool = False):
         super().__init__()
-        for needed in ("_embeds", "transformer", "_pool"):
+        self.resnet = tower_kind(visual) == MODIFIED_RESNET
+        if self.resnet and lean:
+            raise InvalidArgumentError(f"{vit_only_reason(visual, 'the lean graph')}; export with --graph stock")
+        for needed in () if self.resnet else ("_embeds", "transformer", "_pool"):
             if not hasattr(visual, needed):
                 raise InvalidArgumentError(f"{type(visual).__name__} is not an open_clip VisionTransformer this "
                                            f"clipscan knows (no {needed}); timm or ConvNeXt towers are not supported "
@@ -97,6 +111,7 @@ class TappedVisual(torch.nn.Module):
         ln_post): the same pass as forward, with the inputs of the `layers` blocks kept for head taps.
         A list given as `ln2_cls` receives the class token of every block's ln_2 output, in block order."""
         v = self.visual
+        require_vit(v, "reading features inside the tower", "use heads that read the embedding")
         if getattr(v, PROMPTS_ATTR, None) is not None:
             raise InvalidArgumentError("feature taps inside the tower and deep visual prompts cannot share a tower")
         x = v._embeds(x)
@@ -115,6 +130,8 @@ class TappedVisual(torch.nn.Module):
 
     def forward(self, x):
         v = self.visual
+        if self.resnet:
+            return None, v(x)
         x = v._embeds(x)
         prompts = getattr(v, PROMPTS_ATTR, None)
         if prompts is not None:
@@ -138,7 +155,10 @@ def fold_normalization(visual, mean, std) -> None:
     """
     conv = visual.conv1
     if conv.padding not in ((0, 0), 0, "valid"):
-        raise InvalidArgumentError(f"cannot fold normalisation into a padded patch embedding (padding={conv.padding})")
+        what = "the ResNet stem's first convolution" if tower_kind(visual) == MODIFIED_RESNET else "the patch embedding"
+        raise InvalidArgumentError(f"cannot fold the normalisation into {what}: it pads its input "
+                                   f"(padding={conv.padding}), so the borders would change; export without "
+                                   "--uint8-input (the graph then takes normalised float32 pixels)")
     mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     w = conv.weight.detach().double()
@@ -180,6 +200,9 @@ class ScanGraph(torch.nn.Module):
             if why:
                 raise InvalidArgumentError(f"the attention-head probe cannot read this tower: {why}")
         for h in heads:
+            if h.feature == "pre_proj_normalized":
+                require_vit(visual, f"head {h.name!r}, which reads the token before the projection,",
+                            "an attention pool projects as it pools: use a head that reads the embedding")
             if h.feature == LN2_FEATURE:
                 from .head_tap import ln2_unsupported_reason
 

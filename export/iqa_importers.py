@@ -25,9 +25,9 @@ def import_clip_iqa(path: Path | None, backbone) -> Imported:
     edges"/"blurry edges", "High resolution image"/"low resolution image", "Noise-free image"/"noisy
     image" are encoded with the checkpoint's text tower; reads the projected embedding: quality =
     mean over the pairs of softmax(logit_scale x cosine(embedding, prompts))[good], in [0, 1]. As
-    pyiqa's CLIP with pos_embedding=False, the tower adds no positional embedding. Preprocessing:
-    short side to the input size bicubic, centre crop, CLIP mean/std (pyiqa runs the image at its
-    own size).
+    pyiqa's CLIP with pos_embedding=False, the tower adds no positional embedding (a ViT's, or the
+    attention pool's of pyiqa's default RN50: --arch RN50-quickgelu). Preprocessing: short side to
+    the input size bicubic, centre crop, CLIP mean/std (pyiqa runs the image at its own size).
     """
     from .iqa import IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, clipiqa_head
 
@@ -39,13 +39,14 @@ def import_clip_iqa(path: Path | None, backbone) -> Imported:
 
 
 def import_clip_iqa_plus(path: Path, backbone) -> Imported:
-    """CLIP-IQA+ as IQA-PyTorch (pyiqa `clipiqa+`, `clipiqa+_vitL14_512`) defines it: learned prompt context.
+    """CLIP-IQA+ as IQA-PyTorch (pyiqa `clipiqa+`, `clipiqa+_rn50_512`, `clipiqa+_vitL14_512`) defines it.
 
     The file is pyiqa's: the bare context tensor [2, 16, text width] (CLIP-IQA+_learned_prompts, used
-    without positional embedding) or {"params": {"prompt_learner.ctx", ".token_prefix",
-    ".token_suffix"}} (the _512 files, used with it). "X x 16 Good photo.." and "... Bad photo.." are
-    encoded with the learned context around the class words, as pyiqa's PromptLearner does; quality
-    = softmax(logit_scale x cosine(projected embedding, prompts))[good], in [0, 1]. Preprocessing as clip-iqa's.
+    on RN50 without positional embedding) or {"params": {"prompt_learner.ctx", ".token_prefix",
+    ".token_suffix"}} (the _512 files, RN50 or ViT-L/14, used with it). "X x 16 Good photo.." and
+    "... Bad photo.." are encoded with the learned context around the class words, as pyiqa's
+    PromptLearner does; quality = softmax(logit_scale x cosine(projected embedding, prompts))[good],
+    in [0, 1]. Preprocessing as clip-iqa's.
     """
     from .iqa import IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, clipiqa_plus_head
 

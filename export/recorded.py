@@ -41,7 +41,7 @@ def record(arch, weights, heads, *, quick_gelu=None, threshold=None, resize_mode
             specs = None
             break
         name, fmt, path = parse_named_head_arg(item)
-        specs.append({"name": name, "format": fmt, "path": _absolute(path)})
+        specs.append({"name": name, "format": fmt, "path": None if path is None else _absolute(path)})
     arch_file = arch is not None and Path(arch).is_file()
     rec = {"arch": _absolute(arch) if arch_file else arch,
            "weights": _absolute(weights), "weights_format": weights_format, "heads": specs,
@@ -70,7 +70,10 @@ class Original:
 
 
 def _head_spec(h: dict) -> str:
-    spec = h["path"] if h.get("format") in (None, "clipscan") else f"{h['format']}:{h['path']}"
+    if h.get("path") is None:                    # a head that reads no file (export.choices.FILELESS_HEAD_FORMATS)
+        spec = h["format"]
+    else:
+        spec = h["path"] if h.get("format") in (None, "clipscan") else f"{h['format']}:{h['path']}"
     return f"{h['name']}={spec}" if h.get("name") else spec
 
 
@@ -93,7 +96,8 @@ def _recorded_heads(model, manifest, rec: dict, prefix: str) -> list[str]:
     if not heads:
         raise InvalidArgumentError(f"{model} records no head files (exported with heads given as Python modules): "
                                    f"pass {prefix}heads/{prefix}head as given to export")
-    for i, h in enumerate(heads):
+    files = [h for h in heads if h.get("path") is not None]   # sources.heads, heads_1...: the files only
+    for i, h in enumerate(files):
         src = manifest.sources.get("heads" if i == 0 else f"heads_{i}") or {}
         if prefix != "--" or (h.get("format") == "clipscan" and not h.get("name")):
             flag = f"{prefix}heads PATH"

@@ -50,9 +50,9 @@ def tokenize(texts):
     return open_clip.tokenizer.SimpleTokenizer(context_length=CONFIG["text_cfg"]["context_length"])(texts)
 
 
-def pyiqa_input(paths) -> torch.Tensor:
-    """What clipscan feeds the tower, as pyiqa's input: the short side to 224 bicubic, centre crop, in [0, 1]."""
-    tf = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+def pyiqa_input(paths, size=224) -> torch.Tensor:
+    """What clipscan feeds the tower, as pyiqa's input: the short side to `size` bicubic, centre crop, in [0, 1]."""
+    tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
                     lambda im: im.convert("RGB"), T.ToTensor()])
     return torch.stack([tf(Image.open(p)) for p in paths])
 
@@ -72,9 +72,44 @@ def pyiqa_encode_image(model, x, pos_embedding: bool):
     return v.ln_post(x[:, 0, :]) @ v.proj
 
 
+def pyiqa_bottleneck(b, x):
+    """clip_model.Bottleneck.forward: 1x1, 3x3, anti-aliasing avgpool, 1x1; avgpool + 1x1 on the shortcut."""
+    out = torch.relu(b.bn1(b.conv1(x)))
+    out = b.avgpool(torch.relu(b.bn2(b.conv2(out))))
+    out = b.bn3(b.conv3(out))
+    return torch.relu(out + (x if b.downsample is None else b.downsample(x)))
+
+
+def pyiqa_encode_resnet(model, x, pos_embedding: bool):
+    """clip_model.ModifiedResNet.forward: 3-conv stem, avgpool, four stages, then AttentionPool2d, whose
+    positional embedding is added (bicubic-resized to the token count) only with pos_embedding=True."""
+    v = model.visual
+    for conv, bn in ((v.conv1, v.bn1), (v.conv2, v.bn2), (v.conv3, v.bn3)):
+        x = torch.relu(bn(conv(x)))
+    x = v.avgpool(x)
+    for stage in (v.layer1, v.layer2, v.layer3, v.layer4):
+        for block in stage:
+            x = pyiqa_bottleneck(block, x)
+    p = v.attnpool
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(2, 0, 1)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    if pos_embedding:
+        pe = torch.nn.functional.interpolate(p.positional_embedding[None, None], size=(x.size(0), x.size(2)),
+                                             mode="bicubic")[0, 0]
+        x = x + pe[:, None, :]
+    x, _ = torch.nn.functional.multi_head_attention_forward(
+        query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=p.num_heads,
+        q_proj_weight=p.q_proj.weight, k_proj_weight=p.k_proj.weight, v_proj_weight=p.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([p.q_proj.bias, p.k_proj.bias, p.v_proj.bias]), bias_k=None,
+        bias_v=None, add_zero_attn=False, dropout_p=0, out_proj_weight=p.c_proj.weight, out_proj_bias=p.c_proj.bias,
+        use_separate_proj_weight=True, training=False, need_weights=False)
+    return x[0]
+
+
 def pyiqa_logits(model, x, text_features, pos_embedding):
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    img = pyiqa_encode_image(model, x, pos_embedding)
+    resnet = isinstance(model.visual, open_clip.modified_resnet.ModifiedResNet)
+    img = (pyiqa_encode_resnet if resnet else pyiqa_encode_image)(model, x, pos_embedding)
     img = img / img.norm(dim=-1, keepdim=True)
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)
     return model.logit_scale.exp() * img @ text_features.t()
@@ -115,10 +150,10 @@ def pyiqa_liqe(model, x, mix: bool, step=32, num_patch=15) -> np.ndarray:
         return (levels * torch.arange(1, 6)).sum(1).numpy()
 
 
-def export_and_scan(setup, tmp_path, heads: list[str], weights=None) -> dict[str, np.ndarray]:
+def export_and_scan(setup, tmp_path, heads: list[str], weights=None, config=None) -> dict[str, np.ndarray]:
     """Export `heads` into one artifact through the CLI and scan the photos: {head name: scores}."""
-    out = tmp_path / "iqa.onnx"
-    assert main(["export", "--arch", str(setup["config"]), "--weights", str(weights or setup["weights"]),
+    out = setup["out"] = tmp_path / "iqa.onnx"
+    assert main(["export", "--arch", str(config or setup["config"]), "--weights", str(weights or setup["weights"]),
                  *(a for h in heads for a in ("--head", h)), "-o", str(out)]) == 0
     with Scanner(out) as scanner:
         results = list(scanner.scan(setup["photos"]))
@@ -200,3 +235,70 @@ def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
     other.write_bytes(setup["weights"].read_bytes())
     with pytest.raises(ClipscanError, match="give the same file to both"):
         export_model(str(setup["config"]), setup["weights"], f"liqe:{other}", tmp_path / "x.onnx")
+
+
+# OpenAI's ModifiedResNet at a tiny width (pyiqa's default clipiqa backbone is RN50): 1 bottleneck per stage,
+# stem width 8, tokens of 256 into a 4-head attention pool (pyiqa's and open_clip's heads: 32 x width / 64)
+RN_CONFIG = dict(CONFIG, vision_cfg={"image_size": 96, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None})
+
+
+@pytest.fixture(scope="module")
+def rn_clip(setup):
+    """A seeded tiny RN CLIP in OpenAI's state-dict layout; its BatchNorms hold the statistics of the photos
+    (as trained ones would of their data: random ones leave every photo with nearly the same embedding)."""
+    d = setup["dir"] / "rn"
+    d.mkdir()
+    clip = seeded_clip(d, RN_CONFIG, seed=54)
+    model, gen = clip["model"], torch.Generator().manual_seed(55)
+    x = pyiqa_input(setup["photos"], 96)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(30.0))                   # a trained CLIP's range, not saturated
+        for m in model.visual.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):              # bn3 not left at open_clip's zeros
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+                m.momentum = None                                # running statistics = this one batch's
+        model.visual.train()(((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)))
+    model.eval()                                                 # from here on as pyiqa runs it
+    torch.save(model.state_dict(), str(clip["weights"]))
+    return clip
+
+
+@pytest.mark.slow
+def test_clip_iqa_on_a_resnet_tower_matches_pyiqa(setup, rn_clip, tmp_path):
+    """clip-iqa and clip-iqa+ on an open_clip ModifiedResNet (pyiqa's default RN50 backbone, here tiny): the
+    attention pool's positional embedding is dropped as pyiqa's pos_embedding=False does; at the tower's 96 px."""
+    model = rn_clip["model"]
+    plus_text = clipiqa_plus_file(model, tmp_path / "CLIP-IQA+_learned_prompts.pth", "ctx")
+    got = export_and_scan(setup, tmp_path, ["clip-iqa", f"clip-iqa+:{tmp_path / 'CLIP-IQA+_learned_prompts.pth'}"],
+                          weights=rn_clip["weights"], config=rn_clip["config"])
+    backbone = setup["manifest"].backbone
+    assert (backbone["tower"], backbone["graph"], backbone["width"]) == ("modified_resnet", "stock", 256)
+    assert backbone["gflops_per_image"] > 0
+    x = pyiqa_input(setup["photos"], 96)
+    with torch.no_grad():
+        text = model.encode_text(tokenize(PAIRS))
+    assert_matches(got["clip_iqa"], pyiqa_clipiqa(model, x, text))
+    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text))
+    # the dropped embedding matters: with it (pos_embedding=True, the _512 files) the scores differ
+    assert np.abs(got["clip_iqa"] - pyiqa_clipiqa(model, x, text, pos_embedding=True)).max() > 1e-3
+    # verify runs the recorded original (the same dropped embedding) against the file
+    assert main(["verify", str(setup["out"]), "--images", str(setup["photos"][0].parent),
+                 "--report", str(tmp_path / "report")]) == 0
+
+
+def test_resnet_tower_refuses_what_is_vit_only(setup, rn_clip, tmp_path):
+    from clipscan.export import export_model
+    from clipscan.runtime.errors import ClipscanError
+
+    args = (str(rn_clip["config"]), rn_clip["weights"], "clip-iqa", tmp_path / "x.onnx")
+    for kwargs, said in (({"graph": "lean"}, "lean graph is written for ViT towers only"),
+                         ({"precision": "fp16"}, "FP16 export .* ViT towers only"),
+                         ({"uint8_input": True}, "ResNet stem's first convolution: it pads")):
+        with pytest.raises(ClipscanError, match=said):
+            export_model(*args, **kwargs)
+    cozzolino = tmp_path / "clf.pth"
+    torch.save({"weight": torch.zeros(1, 256), "bias": torch.zeros(1)}, str(cozzolino))
+    with pytest.raises(ClipscanError, match="token before the projection"):
+        export_model(str(rn_clip["config"]), rn_clip["weights"], f"cozzolino:{cozzolino}", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
