@@ -62,7 +62,8 @@ OPTIONS = ["--weights", "--heads", *(f"--head {fmt}" for fmt in sorted(IMPORTERS
 
 @pytest.mark.parametrize("force_env", [False, True], ids=["plain", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"])
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
-def test_export_and_verify_run_no_payload(tiny_model_files, crafted, tmp_path, capsys, monkeypatch, force_env, kind):
+def test_export_and_verify_run_no_payload(tiny_model_files, exported, crafted, tmp_path, capsys, monkeypatch, force_env,
+                                         kind):
     files, marker = crafted
     if force_env:
         monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -77,10 +78,9 @@ def test_export_and_verify_run_no_payload(tiny_model_files, crafted, tmp_path, c
         # captions is a JSON file, and a format that reads no file refuses to be given one: neither unpickles
         if kind == "zip" and option not in ("--head captions", *(f"--head {f}" for f in FILELESS_HEAD_FORMATS)):
             assert "asks to build os.makedirs" in err and "weights_only=True" in err, (option, err)
-    # verify reads the same files the same way, before it opens the artifact
+    # verify reads the same files the same way (given as flags, they replace what the artifact's manifest records)
     for option in ("--weights", "--heads"):
-        argv = ["verify", str(tmp_path / "any.onnx"), "--images", str(tmp_path), *_argv(tiny_model_files, option,
-                                                                                         files[kind])]
+        argv = ["verify", str(exported.path), "--images", str(tmp_path), *_argv(tiny_model_files, option, files[kind])]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert str(files[kind]) in err and len(err.splitlines()) == 1 and not marker.exists(), err
