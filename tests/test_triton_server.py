@@ -4,6 +4,7 @@ next to it `clipscan serve` of the same model, which one generic client and Trit
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import subprocess
 import sys
@@ -271,10 +272,17 @@ def test_triton_start_on_a_port_in_use_says_which_before_writing_anything(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def served():
-    """`clipscan serve` of the demo model, its batch limit the Triton repository's (--max-batch 8)."""
-    with cli_server("--max-images", "8") as (url, _):
-        yield url
+def served_ports():
+    """`clipscan serve` of the demo model, its batch limit the Triton repository's (--max-batch 8), over HTTP and
+    gRPC: (its URL, its gRPC port)."""
+    grpc_port = free_closed_port()
+    with cli_server("--max-images", "8", "--grpc-port", str(grpc_port)) as (url, _):
+        yield url, grpc_port
+
+
+@pytest.fixture(scope="module")
+def served(served_ports):
+    return served_ports[0]
 
 
 # what the two servers may say differently in a model's metadata: the platform (`python` on Triton, whose
@@ -319,12 +327,13 @@ def _counter(url: str, name: str, labels: str) -> float:
 
 
 @pytest.mark.slow
-def test_perf_analyzer_unmodified_drives_both_servers(triton, served, files, tmp_path):
+def test_perf_analyzer_unmodified_drives_both_servers(triton, served_ports, files, tmp_path):
     """Triton's perf_analyzer (from the tritonclient 2.51.0 wheel, provisioned by tools/perf_analyzer.py) reads
-    each server's metadata and config and sends a real JPEG as BYTES over HTTP at concurrency 2; each server
-    counts the requests, and clipscan serve counts every image scanned, none failed."""
+    each server's metadata and config and sends a real JPEG as BYTES over HTTP and gRPC at concurrency 2; each
+    server counts the requests, and clipscan serve counts every image scanned, none failed."""
     from clipscan.runtime.v2_wire import decode_bytes_elements
 
+    served = served_ports[0]
     tool = perf_analyzer_tool()
     pa = tool.provision()  # fetched into ~/.cache/clipscan/perf_analyzer once; a failure fails the test
     jpeg = (files / "photo_chelsea_q70.jpg").read_bytes()
@@ -338,13 +347,15 @@ def test_perf_analyzer_unmodified_drives_both_servers(triton, served, files, tmp
     counters = {triton.url: (f"http://127.0.0.1:{triton.metrics_port}/metrics", "nv_inference_request_success",
                              f'model="{MODEL}"'),
                 served: (f"{served}/metrics", "clipscan_images_total", 'outcome="ok"')}
-    for url, counter in counters.items():
+    grpc_ports = {triton.url: triton.grpc_port, served: served_ports[1]}
+    for (url, counter), protocol in itertools.product(counters.items(), ("http", "grpc")):
         before = _counter(*counter)
         failed = _counter(f"{served}/metrics", "clipscan_images_total", 'outcome="error"')
-        proc = pa.run(["-m", MODEL, "-u", url.removeprefix("http://"), "-i", "http", "--input-data",
+        address = url.removeprefix("http://") if protocol == "http" else f"127.0.0.1:{grpc_ports[url]}"
+        proc = pa.run(["-m", MODEL, "-u", address, "-i", protocol, "--input-data",
                        str(tmp_path / "image.json"), *short, "-f", str(tmp_path / "pa.csv")])
-        assert proc.returncode == 0, f"{url}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
+        assert proc.returncode == 0, f"{url} {protocol}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}"
         header, row = (tmp_path / "pa.csv").read_text().splitlines()[:2]
         assert header.startswith("Concurrency,Inferences/Second") and float(row.split(",")[1]) > 0, row
-        assert _counter(*counter) - before >= 3 * 8, url
+        assert _counter(*counter) - before >= 3 * 8, (url, protocol)
         assert _counter(f"{served}/metrics", "clipscan_images_total", 'outcome="error"') == failed
