@@ -194,12 +194,15 @@ def local_rows(folder, tmp_path_factory):
     return out
 
 
-def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder, local_rows, tmp_path):
-    out = tmp_path / "ray.jsonl"
+def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder, multi_head_model, tmp_path):
+    """On a three-head artifact (conftest.multi_head_model): every head's answer in every row, as locally."""
+    out, local = tmp_path / "ray.jsonl", tmp_path / "local.jsonl"
+    model = ["-m", str(multi_head_model)]
+    assert scan([str(folder), *model, "-o", str(local), "-q"]).returncode == 1  # some files are broken on purpose
     # a $TMPDIR of its own, short enough for the Unix sockets Ray makes in it (pytest's tmp_path is too deep)
     scratch = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
     t = time.monotonic()
-    proc, watch, err = run_watched([str(folder), "--engine", "ray", "--actors", "2", "--block-size", "16",
+    proc, watch, err = run_watched([str(folder), *model, "--engine", "ray", "--actors", "2", "--block-size", "16",
                                     "-o", str(out)], env={**ENV, "TMPDIR": str(scratch)})
     seconds = time.monotonic() - t
     left = watch.reap()
@@ -209,8 +212,9 @@ def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder,
     # rewritten on every import) is the only thing a run leaves in $TMPDIR
     assert sorted(p.name for p in scratch.iterdir()) in ([], [".ses"]), list(scratch.rglob("*"))[:10]
     shutil.rmtree(scratch)
-    assert_same_rows(out, local_rows["jsonl"], csv=False)
+    assert_same_rows(out, local, csv=False)
     rows = [json.loads(r) for r in rows_of(out)]
+    assert all(set(r["heads"]) == {"univfd", "cozzolino", "captions", "quality"} for r in rows if not r["error"])
     kinds = {r["error_kind"] for r in rows if r["error"]}
     assert {"empty", "corrupt", "unreadable"} <= kinds, f"error rows with their kind: {kinds}"
     assert any(not r["path"].isascii() for r in rows), "odd file names went through Ray and back"
@@ -218,7 +222,7 @@ def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder,
     assert not left, f"Ray processes outlived a finished scan: {left}"
     assert not (tmp_path / ".ray.jsonl.clipscan-ray").exists(), "the state folder goes when the scan is done"
     sidecar = json.loads((tmp_path / "ray.jsonl.clipscan.json").read_text())
-    assert sidecar["model"] == json.loads(Path(str(local_rows["jsonl"]) + ".clipscan.json").read_text())["model"]
+    assert sidecar["model"] == json.loads(Path(str(local) + ".clipscan.json").read_text())["model"]
     print(f"{len(rows)} files on Ray (2 actors) in {seconds:.1f} s, Ray's start included")
 
 
