@@ -15,7 +15,8 @@ pyiqa's own CLIP adds the image tower's positional embedding only when asked (`p
 the `_512` CLIP-IQA+ variants and LIQE); without it (plain CLIP-IQA and the RN50 CLIP-IQA+) no
 positional embedding is added at all. clipscan reproduces both at the tower's own input size, where
 pyiqa's interpolation of the embedding is the identity; pyiqa runs an image at its own size, clipscan
-at that fixed size (docs/guides/export.md, "Quality scorers from IQA-PyTorch").
+at that fixed size, and LIQE on its 15 test-time crops of a fixed 1024x768 input, cut in the graph
+(export.view_crops; docs/guides/export.md, "Quality scorers from IQA-PyTorch").
 """
 from __future__ import annotations
 
