@@ -26,7 +26,7 @@ from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedd
                     set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
-from .iqa import NO_POSITIONAL_EMBEDDING
+from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 from .tower_kind import require_vit, tower_kind, vit_only_reason
 
@@ -55,7 +55,7 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
         resize_mode=mode, resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
         crop_mode=crop, crop_size=size, pad_fill=int(pp.get("fill_color", 0)), exif_orientation="apply",
         crop_offsets=pp.get("crop_offsets", "round"),
-        **(sliding if crop == "sliding" else {}),
+        graph_crops=pp.get("graph_crops"), **(sliding if crop == "sliding" else {}),
     )
 
 
@@ -149,6 +149,8 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
     imported = import_heads(items, info, resize_mode)
     if imported.preprocess:
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
+    if imported.tower_change == VIEW_CROPS:   # the graph takes the crops' input, not one tower-sized view
+        info = replace(info, image_size=tuple(info.preprocess["size"]))
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:

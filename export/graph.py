@@ -172,6 +172,19 @@ def fold_normalization(visual, mean, std) -> None:
     visual.conv1 = folded
 
 
+def _view_crops(heads):
+    """The test-time crops (export.view_crops) every head of the graph reads, or None: all or none of them."""
+    crops = {getattr(h, "crops", None) for h in heads}
+    if len(crops) > 1:
+        raise InvalidArgumentError("a head scored on test-time crops (LIQE) changes the backbone pass for the whole "
+                                   "artifact, so no head that needs one view can share it: export them as separate "
+                                   "artifacts")
+    crops = crops.pop()
+    if crops is not None and any(h.feature != "embedding" for h in heads):
+        raise InvalidArgumentError("heads on test-time crops read the mean of the crops' embeddings only")
+    return crops
+
+
 class ScanGraph(torch.nn.Module):
     """pixels (N,3,H,W) -> every head's outputs, then the L2-normalised embedding.
 
@@ -192,6 +205,7 @@ class ScanGraph(torch.nn.Module):
         self.tower = TappedVisual(visual, lean=lean, fused_attention=fused_attention)
         self.heads = torch.nn.ModuleList(heads)
         self.takes_uint8 = takes_uint8
+        self.crops = _view_crops(heads)
         taps = [(layer, hd) for layer, hds in self._taps().items() for hd in hds]
         if taps:
             from .head_tap import tap_unsupported_reason
@@ -242,6 +256,11 @@ class ScanGraph(torch.nn.Module):
             for layer, heads in taps.items():
                 terms = through_ln_post(self.visual, head_contributions(blocks[layer], seen[layer], heads), residual)
                 contributions.update({(layer, hd): terms[:, i] for i, hd in enumerate(heads)})
+        elif self.crops is not None:   # batch x crops through the tower; heads get the crops' mean embedding
+            pooled, projected = self.tower(self.crops.cut(x))
+            mean = self.crops.mean(F.normalize(projected, dim=-1))
+            outs = [o for h in self.heads for o in h(mean)]
+            return (*outs, F.normalize(mean, dim=-1))
         else:
             pooled, projected = self.tower(x)
         features = {"proj": projected, "embedding": F.normalize(projected, dim=-1)}

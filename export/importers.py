@@ -367,9 +367,11 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
         changes.append((item, got.tower_change))
     if len({change for _, change in changes}) > 1:
         odd = next(item for item, change in changes if change is not None)
-        raise InvalidArgumentError(f"--head {odd} runs the tower without its positional embedding (as IQA-PyTorch "
-                                   "does), and other heads need it, so they cannot share one backbone pass: export "
-                                   "them as separate artifacts")
+        from .iqa import TOWER_CHANGES
+
+        raise InvalidArgumentError(f"--head {odd} {TOWER_CHANGES[dict(changes)[odd]]}, and other heads need "
+                                   "another pass, so they cannot share one backbone pass: export them as separate "
+                                   "artifacts")
     merged.tower_change = changes[0][1] if changes else None
     if resize_mode is not None:
         merged.preprocess["resize_mode"] = resize_mode

@@ -15,7 +15,8 @@ pyiqa's own CLIP adds the image tower's positional embedding only when asked (`p
 the `_512` CLIP-IQA+ variants and LIQE); without it (plain CLIP-IQA and the RN50 CLIP-IQA+) no
 positional embedding is added at all. clipscan reproduces both at the tower's own input size, where
 pyiqa's interpolation of the embedding is the identity; pyiqa runs an image at its own size, clipscan
-at that fixed size (docs/guides/export.md, "Quality scorers from IQA-PyTorch").
+at that fixed size, and LIQE on its 15 test-time crops of a fixed 1024x768 input, cut in the graph
+(export.view_crops; docs/guides/export.md, "Quality scorers from IQA-PyTorch").
 """
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ LIQE_DISTORTIONS = ("jpeg2000 compression", "jpeg compression", "noise", "blur",
 IQA_PREPROCESS = {"resize_mode": "shortest", "interpolation": "bicubic",
                   "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
 NO_POSITIONAL_EMBEDDING = "no_positional_embedding"      # Imported.tower_change: pyiqa's pos_embedding=False
+VIEW_CROPS = "view_crops"                                # Imported.tower_change: LIQE's crops, cut in the graph
+TOWER_CHANGES = {   # Imported.tower_change -> what it does to the one backbone pass that every head shares
+    NO_POSITIONAL_EMBEDDING: "runs the tower without its positional embedding (as IQA-PyTorch does)",
+    VIEW_CROPS: "runs the tower on LIQE's test-time crops of a larger input (cut in the graph, logits averaged) "
+                "instead of on one view",
+}
 
 
 def liqe_prompts(mix: bool) -> tuple[list[str], list[int]]:
@@ -86,7 +93,7 @@ class PromptLevelsHead(torch.nn.Module):
     """LIQE: softmax(scale * cos(image, prompts)) over every prompt; score = sum of level x probability."""
     task = "quality"
 
-    def __init__(self, text, levels: list[int], logit_scale: float, *, name: str, description: str):
+    def __init__(self, text, levels: list[int], logit_scale: float, *, name: str, description: str, crops=None):
         super().__init__()
         text = torch.nn.functional.normalize(torch.as_tensor(text, dtype=torch.float32), dim=-1)
         if text.ndim != 2 or text.shape[0] != len(levels):
@@ -99,6 +106,7 @@ class PromptLevelsHead(torch.nn.Module):
         self.name = name
         self.output_names = ["quality"]
         self.description = description
+        self.crops = crops      # export.view_crops.ViewCrops: the graph feeds the mean over its crops
 
     def forward(self, emb):
         return (torch.softmax(emb @ self.text.T, dim=-1) @ self.levels,)
@@ -175,12 +183,15 @@ def clipiqa_plus_head(encoder, data, source) -> tuple[PromptPairsHead, bool]:
     return head, pos
 
 
-def liqe_head(encoder, mix: bool) -> PromptLevelsHead:
+def liqe_head(encoder, mix: bool, crops) -> PromptLevelsHead:
     prompts, levels = liqe_prompts(mix)
+    (h, w), n = crops.input_size, len(crops.origins())
     text = encoder.encode(prompts)
     what = (f"{len(prompts)} prompts (quality x scene x distortion)" if mix else
             f"{len(prompts)} prompts 'a photo with {{q}} quality'")
     return PromptLevelsHead(text, levels, encoder.logit_scale, name="liqe_mix" if mix else "liqe",
                             description=f"LIQE (pyiqa liqe{'_mix' if mix else ''}): softmax(logit_scale x cosine) "
-                                        f"over {what}; score = sum of quality level (1-5) x probability; one "
-                                        "224 crop (pyiqa averages the logits of 15 crops at stride 32)")
+                                        f"over {what}; score = sum of quality level (1-5) x probability; the logits "
+                                        f"averaged over {n} {crops.tile} crops of a {w}x{h} input (pyiqa's "
+                                        f"evenly spaced crops at stride {crops.stride}), cut in the graph",
+                            crops=crops)

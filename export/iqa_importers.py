@@ -58,7 +58,8 @@ def import_clip_iqa_plus(path: Path, backbone) -> Imported:
 
 
 def _liqe(path: Path, backbone, mix: bool) -> Imported:
-    from .iqa import IQA_PREPROCESS, liqe_head
+    from .iqa import IQA_PREPROCESS, VIEW_CROPS, liqe_head
+    from .view_crops import LIQE_CROPS
 
     if not path.is_file():
         raise InputNotFoundError(f"LIQE checkpoint {path} does not exist; pass pyiqa's liqe_*.pt (also as --weights)")
@@ -66,7 +67,14 @@ def _liqe(path: Path, backbone, mix: bool) -> Imported:
     if Path(backbone.weights_path).resolve() != path.resolve():
         raise InvalidArgumentError(f"{path} is LIQE's whole fine-tuned CLIP, but --weights is {backbone.weights_path}: "
                                    f"give the same file to both (--weights {path} --arch ViT-B-32-quickgelu)")
-    return Imported([liqe_head(encoder, mix)], preprocess=dict(IQA_PREPROCESS), source=path)
+    crops = LIQE_CROPS
+    if tuple(backbone.image_size) != (crops.tile, crops.tile):
+        raise InvalidArgumentError(f"LIQE scores {crops.tile}x{crops.tile} crops, but this tower takes "
+                                   f"{list(backbone.image_size)}: export it on pyiqa's ViT-B/32 (--arch "
+                                   "ViT-B-32-quickgelu)")
+    # the runtime hands the graph the whole crops input: short side covering it, centre crop, crops cut in the graph
+    pre = {**IQA_PREPROCESS, "size": list(crops.input_size), "graph_crops": crops.manifest()}
+    return Imported([liqe_head(encoder, mix, crops)], preprocess=pre, source=path, tower_change=VIEW_CROPS)
 
 
 def import_liqe(path: Path, backbone) -> Imported:
@@ -76,8 +84,10 @@ def import_liqe(path: Path, backbone) -> Imported:
     the tower and the text side: give it to --weights (--arch ViT-B-32-quickgelu) and to --head
     liqe:FILE. The prompts "a photo with {bad, poor, fair, good, perfect} quality" are encoded with
     its text tower; quality = sum of level (1-5) x softmax(logit_scale x cosine(projected embedding,
-    prompts)), named liqe on a 1-5 MOS scale. One 224 crop after
-    the short side goes to 224 (bicubic); pyiqa averages the logits of 15 of its 224 crops at stride 32.
+    prompts)), named liqe on a 1-5 MOS scale. The input is 1024x768 (wide x high; the image
+    scaled bicubic to cover it, centre crop); the graph cuts pyiqa's 15 evenly spaced 224 crops at
+    stride 32 from it and averages their logits, as pyiqa does on an image of that size. Other heads
+    cannot share its pass (export them as separate artifacts).
     """
     return _liqe(path, backbone, mix=False)
 

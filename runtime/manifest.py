@@ -1,10 +1,9 @@
 """The manifest: versioned JSON stored in the ONNX file's `metadata_props`.
 
-The artifact is the only thing that travels between export, calibration and the
-runtime, so the manifest records everything needed to run the model exactly as it
-was trained: input spec, preprocessing recipe, heads and their meaning, precision,
-tool versions and hashes of the sources. It is parsed with `json.loads` and
-validated here; nothing is ever evaluated.
+The artifact is the only thing that travels between export, calibration and the runtime, so the
+manifest records everything needed to run the model exactly as it was trained: input spec, preprocessing
+recipe, heads and their meaning, precision, tool versions and hashes of the sources. It is parsed with
+`json.loads` and validated here; nothing is ever evaluated.
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ManifestError
+from .graph_crops import parse_graph_crops
 from .manifest_checks import (MANIFEST_LIMITS, bounded, count, finite, json_depth_ok, limit, names, need,
                               objects, optional, size, text)
 
@@ -123,7 +123,7 @@ class PreprocessSpec:
        half-pixel offset down, as albumentations does); "sliding" takes every
        `crop_size` window at `stride` (plus one flush with the far edge, padding
        small images as "center" does; at most `max_per_axis` evenly spaced windows
-       per axis) and the runtime averages the crops' outputs;
+       per axis) and the runtime averages the crops' outputs (`graph_crops`: runtime.graph_crops);
     6. scale to [0, 1] and normalise with the input spec's mean/std (unless folded
        into the graph), in float32 as torchvision computes them.
     """
@@ -141,6 +141,7 @@ class PreprocessSpec:
     convert_when: str = "decode"
     stride: int = 64                  # sliding crops only
     max_per_axis: int = 8             # sliding crops only
+    graph_crops: dict | None = None   # crops the graph cuts from its input (runtime.graph_crops); written when set
 
     def to_dict(self) -> dict:
         crop: dict[str, Any] = {"mode": self.crop_mode, "size": list(self.crop_size), "pad_fill": self.pad_fill}
@@ -155,6 +156,7 @@ class PreprocessSpec:
             "resize": {"mode": self.resize_mode, "size": list(self.resize_size), "interpolation": self.interpolation},
             "crop": crop,
             "convert": {"color": "RGB", "alpha": self.alpha, "when": self.convert_when},
+            **({"graph_crops": self.graph_crops} if self.graph_crops is not None else {}),
         }
 
     @classmethod
@@ -187,7 +189,7 @@ class PreprocessSpec:
             convert_when=need(convert, "when", "preprocess.convert", str, CONVERT_WHEN),
             frame=need(d, "frame", w, str, ("first",)),
             bit_depth=need(d, "bit_depth", w, str, BIT_DEPTH_POLICIES),
-            **sliding,
+            graph_crops=d.get("graph_crops"), **sliding,
         )
 
 
@@ -195,12 +197,11 @@ class PreprocessSpec:
 class HeadSpec:
     """One head of the graph. `outputs` maps a role to a graph output name.
 
-    detection: roles "logit" (raw score) and "probability" (sigmoid of it); the
-    verdict is labels[1] when probability >= threshold, else labels[0].
+    detection: roles "logit" (raw score) and "probability" (sigmoid of it); the verdict is labels[1] when
+    probability >= threshold, else labels[0].
     quality: role "score", a value on `scale` (e.g. a MOS from 1 to 5).
-    attribution: "class_probs" (N, K) over `labels`, labels[0] being the real class;
-    "probability" = 1 - p(real) = sigmoid("logit"); the verdict is "generated" when
-    probability >= threshold, and the generator is the most probable other label.
+    attribution: "class_probs" (N, K) over `labels`, labels[0] the real class; "probability" = 1 - p(real) =
+    sigmoid("logit"); verdict "generated" when probability >= threshold, generator the most probable other label.
     """
     name: str
     task: str
@@ -266,6 +267,8 @@ def _fits(input_spec: InputSpec, pre: PreprocessSpec) -> None:
     if pre.crop_mode != "none" and pre.crop_size != input_spec.size:
         raise ManifestError(f"manifest field 'preprocess.crop.size' is {list(pre.crop_size)} but 'input.size' is "
                             f"{list(input_spec.size)}; the crop is what the model takes, so they must be equal")
+    if pre.graph_crops is not None:   # checked against the input it is cut from
+        parse_graph_crops(pre.graph_crops, input_spec.size)
     windows = pre.max_per_axis ** 2 if pre.crop_mode == "sliding" else 1
     pixels = input_spec.size[0] * input_spec.size[1] * windows
     if pixels > limit("pixels_per_image"):
@@ -321,8 +324,7 @@ class Manifest:
     sources: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     decoding: dict[str, Any] | None = None    # evidence about decoding shortcuts, e.g. {"draft": {...passed...}}
-    # what a row's verdict is: {"primary": head name} or {"ensemble": rule, "threshold": t}; None: the
-    # first decision head
+    # a row's verdict: {"primary": head name} or {"ensemble": rule, "threshold": t}; None: first decision head
     decision: dict[str, Any] | None = None
     created_utc: str = ""
     schema_version: int = SCHEMA_VERSION

@@ -24,10 +24,11 @@ class Limit:
 # image stays within a few hundred MB.
 MANIFEST_LIMITS: dict[str, Limit] = {
     "image_side": Limit(4096, "pixels per side of input.size, preprocess.resize.size, preprocess.crop.size "
-                              "and preprocess.crop.stride"),
+                              "preprocess.crop.stride and preprocess.graph_crops.size and stride"),
     "windows_per_axis": Limit(16, "preprocess.crop.max_per_axis (sliding crops per axis)"),
     "pixels_per_image": Limit(1 << 24, "model input pixels one image becomes: input height x width, times "
                                        "max_per_axis squared for sliding crops"),
+    "graph_crops": Limit(256, "entries of preprocess.graph_crops.origins (crops the graph cuts from one input)"),
     "embedding_dim": Limit(65536, "embedding.dim"),
     "heads": Limit(64, "entries of heads"),
     "labels": Limit(1024, "entries of one head's labels"),

@@ -200,26 +200,69 @@ def test_clip_iqa_and_clip_iqa_plus_match_pyiqa(setup, tmp_path):
     assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text))
 
 
-@pytest.mark.slow
-def test_liqe_and_clip_iqa_plus_512_match_pyiqa(setup, tmp_path):
-    """liqe and liqe-mix read pyiqa's checkpoint layout (also the backbone); clip-iqa+ in the layout of its _512
-    files (pos_embedding=True) shares that pass."""
+def pyiqa_input_koniq(paths) -> torch.Tensor:
+    """What clipscan feeds a LIQE artifact: the image scaled (bicubic, one ratio) to cover 1024x768, centre crop."""
+    out = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        ratio = min(im.height / 768, im.width / 1024)
+        im = im.resize((round(im.width / ratio), round(im.height / ratio)), Image.Resampling.BICUBIC)
+        out.append(T.ToTensor()(T.CenterCrop((768, 1024))(im)))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def liqe_file(setup):
+    """A seeded ViT CLIP saved as pyiqa's liqe_koniq.pt ({"params": {"clip_model.*"}}), and that model."""
     torch.manual_seed(53)
     tuned = open_clip.model.CLIP(**{k: v for k, v in CONFIG.items() if k != "quick_gelu"}, quick_gelu=True).eval()
     with torch.no_grad():
         tuned.logit_scale.fill_(np.log(50.0))
-    path = tmp_path / "liqe_koniq.pt"
+    path = setup["dir"] / "liqe_koniq.pt"
     torch.save({"params": {f"clip_model.{k}": v for k, v in tuned.state_dict().items()}}, str(path))
-    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"
-    plus_text = clipiqa_plus_file(tuned, plus, "params")
-    got = export_and_scan(setup, tmp_path, [f"liqe:{path}", f"liqe-mix:{path}", f"clip-iqa+:{plus}"], weights=path)
-    heads = {h.name: h for h in setup["manifest"].heads}
-    assert list(heads) == ["liqe", "liqe_mix", "clip_iqa_plus"]
-    assert heads["liqe"].scale == heads["liqe_mix"].scale == {"kind": "mos", "min": 1.0, "max": 5.0}
-    x = pyiqa_input(setup["photos"])
+    return path, tuned
+
+
+@pytest.mark.slow
+def test_liqe_test_time_crops_match_pyiqa(setup, liqe_file, tmp_path, capsys):
+    """liqe and liqe-mix read pyiqa's checkpoint layout (also the backbone) and share one pass over pyiqa's 15
+    crops of a 1024x768 input, cut in the graph; a photo of exactly that size is scored as pyiqa scores the file."""
+    path, tuned = liqe_file
+    exact = setup["dir"] / "koniq_frame.png"     # KonIQ's own frame: the runtime's resize and crop are identities
+    Image.open(setup["photos"][0]).convert("RGB").resize((1024, 768), Image.Resampling.BILINEAR).save(exact)
+    photos = setup["photos"]
+    setup["photos"] = photos + [exact]
+    try:
+        got = export_and_scan(setup, tmp_path, [f"liqe:{path}", f"liqe-mix:{path}"], weights=path)
+    finally:
+        setup["photos"] = photos
+    m = setup["manifest"]
+    assert [h.name for h in m.heads] == ["liqe", "liqe_mix"]
+    assert m.heads[0].scale == m.heads[1].scale == {"kind": "mos", "min": 1.0, "max": 5.0}
+    assert m.input.size == m.preprocess.crop_size == (768, 1024) and m.preprocess.resize_mode == "shortest"
+    crops = m.preprocess.graph_crops
+    assert crops["size"] == [224, 224] and len(crops["origins"]) == 15
+    assert crops["origins"][:3] == [[0, 0], [32, 160], [64, 320]]   # windows 0, 31, 62 of the 18 x 26 grid
+    x = pyiqa_input_koniq(photos + [exact])
     assert_matches(got["liqe"], pyiqa_liqe(tuned, x, mix=False))
     assert_matches(got["liqe_mix"], pyiqa_liqe(tuned, x, mix=True))
-    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(tuned, x, plus_text, pos_embedding=True))
+    raw = T.ToTensor()(Image.open(exact))[None]   # pyiqa's imread2tensor of the file itself
+    np.testing.assert_allclose(got["liqe"][-1], pyiqa_liqe(tuned, raw, mix=False)[0], rtol=1e-4)
+    # the crops matter: one centre crop of the same input scores differently
+    assert np.abs(got["liqe"][:-1] - pyiqa_liqe(tuned, T.CenterCrop(224)(x[:-1]), mix=False)).max() > 1e-3
+    assert main(["info", str(setup["out"])]) == 0
+    assert "15 crops of 224x224 (stride 32) cut in the graph" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_clip_iqa_plus_512_matches_pyiqa(setup, liqe_file, tmp_path):
+    """clip-iqa+ in the layout of its _512 files (pos_embedding=True) on a ViT tower, one view."""
+    path, tuned = liqe_file
+    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"
+    plus_text = clipiqa_plus_file(tuned, plus, "params")
+    got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=path)
+    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(tuned, pyiqa_input(setup["photos"]), plus_text,
+                                                       pos_embedding=True))
 
 
 def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
@@ -230,6 +273,11 @@ def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
         export_model(str(setup["config"]), setup["weights"], "clip-iqa:x.pth", tmp_path / "x.onnx")
     with pytest.raises(ClipscanError, match="positional embedding"):
         export_model(str(setup["config"]), setup["weights"], ["clip-iqa", f"liqe:{setup['weights']}"],
+                     tmp_path / "x.onnx")
+    with pytest.raises(ClipscanError, match="test-time crops .* export them as separate artifacts"):
+        plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"     # a head of the single-view pass (with positional embedding)
+        clipiqa_plus_file(setup["model"], plus, "params")
+        export_model(str(setup["config"]), setup["weights"], [f"liqe:{setup['weights']}", f"clip-iqa+:{plus}"],
                      tmp_path / "x.onnx")
     other = tmp_path / "liqe_koniq.pt"
     other.write_bytes(setup["weights"].read_bytes())

@@ -195,6 +195,7 @@ def ray_defaults() -> str:
 def manifest_values() -> str:
     """The values the manifest's enumerated fields may take (runtime/manifest.py's tuples)."""
     from clipscan.runtime import manifest as m
+    from clipscan.runtime.graph_crops import GRAPH_CROP_AGGREGATES
 
     rows = [
         ["`schema_version`", m.SUPPORTED_SCHEMA_VERSIONS],
@@ -204,6 +205,7 @@ def manifest_values() -> str:
         ["`preprocess.resize.mode`", m.RESIZE_MODES],
         ["`preprocess.resize.interpolation`", m.INTERPOLATIONS],
         ["`preprocess.crop.mode`", m.CROP_MODES],
+        ["`preprocess.graph_crops.aggregate`", GRAPH_CROP_AGGREGATES],
         ["`preprocess.convert.alpha`", m.ALPHA_POLICIES],
         ["`preprocess.convert.when`", m.CONVERT_WHEN],
         ["`heads[].task`", m.HEAD_TASKS],

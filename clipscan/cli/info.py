@@ -34,6 +34,10 @@ def describe_manifest(artifact) -> str:
                  f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
                  f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
                  f"RGB (alpha {p.alpha})")
+    if p.graph_crops is not None:
+        from clipscan.runtime.graph_crops import graph_crops_line
+
+        lines.append(f"crops        {graph_crops_line(p.graph_crops)}")
     for h in m.heads:
         outs = ", ".join(f"{role}={name}" for role, name in h.outputs.items())
         extra = (f"labels={list(h.labels)} threshold={h.threshold}" if h.task in DECISION_TASKS
