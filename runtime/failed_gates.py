@@ -13,7 +13,13 @@ import logging
 log = logging.getLogger("clipscan")
 
 FAILED_SUFFIX = ".failed-gates"   # calibrate keeps a failed INT8 model as <stem>.failed-gates.onnx
-_warned: set[str] = set()         # the files warned about in this process (a command may load one several times)
+_warned: set[str] = set()         # the files warned about by this command (it may load one several times)
+
+
+def new_command() -> None:
+    """Forget which files were warned about: each command of the CLI (several may run in one process) warns
+    once per file."""
+    _warned.clear()
 
 
 def failed_gates(manifest) -> list[str] | None:
@@ -36,7 +42,7 @@ def fidelity_label(manifest) -> str | None:
 
 
 def warn_if_failed(path, manifest) -> None:
-    """The warning for a model whose fidelity gates failed (one line, once per file and process; `clipscan info
+    """The warning for a model whose fidelity gates failed (one line, once per file and command; `clipscan info
     MODEL` has the table)."""
     label = fidelity_label(manifest)
     if label is None or str(path) in _warned:

@@ -187,5 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command, module).parse_args(argv)
     level = logging.ERROR if args.quiet else {0: NOTICE, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="clipscan: %(message)s", stream=sys.stderr)
+    from clipscan.runtime.failed_gates import new_command
+
+    new_command()  # a model that failed its gates is warned about once per command
     with library_scratch():
         return run_command(args.command, module.run, args)
