@@ -186,7 +186,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_rows(folder, tmp_path_factory):
     out = {}
-    for ext in ("jsonl", "csv"):
+    for ext in ("jsonl",):  # the Ray tests compare JSONL rows (CSV: the --ray-address test)
         path = tmp_path_factory.mktemp("local") / f"local.{ext}"
         proc = scan([str(folder), "-o", str(path), "-q"])
         assert proc.returncode == 1, proc.stderr  # some files are broken on purpose
@@ -224,36 +224,6 @@ def test_rows_are_those_of_a_local_scan_and_ray_listens_on_loopback_only(folder,
     sidecar = json.loads((tmp_path / "ray.jsonl.clipscan.json").read_text())
     assert sidecar["model"] == json.loads(Path(str(local) + ".clipscan.json").read_text())["model"]
     print(f"{len(rows)} files on Ray (2 actors) in {seconds:.1f} s, Ray's start included")
-
-
-def test_sigkill_of_the_driver_midway_then_resume_gives_every_file_once(folder, local_rows, tmp_path):
-    out = tmp_path / "ray.csv"
-    state = tmp_path / ".ray.csv.clipscan-ray" / "state.json"
-    args = [str(folder), "--engine", "ray", "--actors", "2", "--block-size", "8", "-o", str(out)]
-    total = len(rows_of(local_rows["csv"])) - 1
-
-    def midway() -> bool:
-        try:
-            return json.loads(state.read_text())["last"] >= 4
-        except (OSError, ValueError):
-            return False
-
-    proc, watch, err = run_watched(args, until=midway)
-    assert proc.returncode == -signal.SIGKILL, f"the scan ended before it could be killed: {err}"
-    outlived = watch.reap()
-    assert_loopback_only(watch)
-    before = len(rows_of(out)) - 1
-    assert 0 < before < total, (before, total)
-
-    again = scan([*args, "--resume"])
-    assert again.returncode == 1, again.stderr
-    assert "Traceback" not in again.stderr
-    resumed = int(re.search(r"resuming: (\d+) input", again.stderr).group(1))
-    scanned = int(re.search(r"scanned (\d+) input\(s\) on Ray", again.stderr).group(1))
-    assert resumed >= before and resumed + scanned == total, "no finished file scanned again, none lost"
-    assert_same_rows(out, local_rows["csv"], csv=True)
-    print(f"killed after {before} of {total} rows; --resume found {resumed}, scanned {scanned}; "
-          f"Ray processes ended by the test after the kill: {outlived}")
 
 
 def test_resume_with_another_model_is_refused_as_a_local_scan_refuses_it(folder, tmp_path):
@@ -337,7 +307,8 @@ def test_a_killed_actor_is_replaced_and_its_block_scanned_once(folder, local_row
 @pytest.mark.slow
 def test_the_bar_2000_files_straight_and_killed_then_resumed(tmp_path):
     """Issue 16's bar: 2,000 valid, odd and broken files on local Ray, once straight through and once with a
-    SIGKILL of the driver midway then --resume: both outputs hold exactly one row per file, as a local scan."""
+    SIGKILL of the driver midway then --resume: both outputs hold exactly one row per file, as a local scan
+    (the resume finds every row the killed run wrote and scans only the rest; Ray listened on loopback only)."""
     root = mixed_folder(tmp_path / "bar", fill=2000)
     files = [p for p in root.rglob("*") if not p.name.startswith(".") and p.suffix != ".txt"]
     local = tmp_path / "local.jsonl"
@@ -369,7 +340,9 @@ def test_the_bar_2000_files_straight_and_killed_then_resumed(tmp_path):
     proc, watch, err = run_watched(args, until=midway)
     assert proc.returncode == -signal.SIGKILL, f"the scan ended before it could be killed: {err}"
     watch.reap()
+    assert_loopback_only(watch)
     before = len(rows_of(killed))
+    assert 0 < before < total, (before, total)
     again = scan([*args, "--resume"])
     assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
     resumed = int(re.search(r"resuming: (\d+) input", again.stderr).group(1))
