@@ -124,6 +124,17 @@ def _guarded(state, name: str, method):
         code = grpc.StatusCode.OK
         metrics.in_flight.inc()
         state.active += 1
+        done = []
+
+        def finish(code) -> None:
+            """Count the call once, before its status goes out (an abort sends it at once: a client that then
+            reads /metrics sees its call counted)."""
+            if not done:
+                done.append(code)
+                state.active -= 1
+                metrics.in_flight.dec()
+                metrics.latency.labels(endpoint, code.name).observe(time.perf_counter() - start)
+
         try:
             if state.active > state.limits.max_in_flight and not health:
                 raise HTTPError(503, f"too many requests at once (the limit is {state.limits.max_in_flight}); "
@@ -137,6 +148,7 @@ def _guarded(state, name: str, method):
             metrics.errors.labels(e.kind).inc()
             if e.status >= 500 and e.status not in (503, 504):
                 log.error("%s: %s", endpoint, e.message)
+            finish(code)
             await context.abort(code, e.message)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
             code = grpc.StatusCode.CANCELLED
@@ -147,11 +159,10 @@ def _guarded(state, name: str, method):
             log.exception("unexpected error answering %s", endpoint)
             code = grpc.StatusCode.INTERNAL
             metrics.errors.labels("server_error").inc()
+            finish(code)
             await context.abort(code, f"internal error: {type(e).__name__}: {e}")
         finally:
-            state.active -= 1
-            metrics.in_flight.dec()
-            metrics.latency.labels(endpoint, code.name).observe(time.perf_counter() - start)
+            finish(code)
 
     return handler
 
