@@ -14,7 +14,7 @@ from clipscan.runtime.artifact import file_sha256
 from clipscan.runtime.atomic import replacing
 from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 from clipscan.runtime.fidelity_metrics import cosine_rows
-from clipscan.runtime.manifest import RESIZE_MODES, InputSpec, Manifest, PreprocessSpec
+from clipscan.runtime.manifest import NATIVE, OWN_SIZE_MAX_PIXELS, RESIZE_MODES, InputSpec, Manifest, PreprocessSpec
 
 from .backbone import BackboneInfo
 from .choices import EXPORT_PRECISIONS, GRAPH_STYLES
@@ -22,8 +22,8 @@ from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
-from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
-                    set_visual_prompts)
+from .graph import (INPUT_NAME, OUT_EMBEDDING, OWN_SIZE_ATTR, ScanGraph, drop_positional_embedding,
+                    fold_normalization, set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
@@ -46,6 +46,9 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     pp = info.preprocess
     size = tuple(info.image_size)
     mode = pp.get("resize_mode", "shortest")
+    if mode == NATIVE:   # no resize, no crop: the graph takes the image as it is (input.own_size)
+        return PreprocessSpec(resize_mode="none", resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
+                              crop_mode="none", crop_size=size, exif_orientation="apply")
     if mode not in RESIZE_MODES:
         raise CheckpointError(f"the architecture's preprocess_cfg has resize_mode {mode!r}; clipscan supports "
                               f"{', '.join(RESIZE_MODES)}")
@@ -66,7 +69,7 @@ def _source(path: Path) -> dict:
 
 def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, description: str, opset: int,
                    head_files: list[Path] = (), mean=None, std=None, precision: str = "fp32",
-                   head_names: list = ()) -> Manifest:
+                   head_names: list = (), own_size=None) -> Manifest:
     sources = {"backbone_weights": {"file": info.weights_file, "sha256": info.weights_sha256,
                                     "bytes": info.weights_bytes}}
     for i, path in enumerate(head_files):
@@ -76,9 +79,10 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     if graph.takes_uint8:
-        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), dtype="uint8", mean=None, std=None)
+        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), dtype="uint8", mean=None, std=None,
+                               own_size=own_size)
     else:
-        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), mean=mean, std=std)
+        input_spec = InputSpec(name=INPUT_NAME, size=tuple(info.image_size), mean=mean, std=std, own_size=own_size)
     backbone = {"id": info.id, "tower": tower_kind(graph.visual), "activation": info.activation,
                 "embed_dim": info.embed_dim, "width": info.width,
                 "features": sorted({h.feature for h in graph.heads} | {"embedding"}),
@@ -95,8 +99,9 @@ def build_manifest(info: BackboneInfo, graph: ScanGraph, *, name: str, descripti
 
 
 def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, image_size, mean, std,
-                        seed: int = 0) -> dict:
-    """Run the written file in ONNX Runtime and the unfolded PyTorch model on the same pixels (batch 1 and 3)."""
+                        seed: int = 0, own_size=None) -> dict:
+    """Run the written file in ONNX Runtime and the unfolded PyTorch model on the same pixels (batch 1 and 3;
+    with `own_size`, also one image at two other sizes: the smallest side, and one that is no multiple of it)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -106,8 +111,12 @@ def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, imag
     max_abs: dict[str, float] = {}
     mean = torch.tensor(mean).view(1, 3, 1, 1)
     std = torch.tensor(std).view(1, 3, 1, 1)
-    for batch in (1, 3):
-        pixels = torch.randint(0, 256, (batch, 3, *image_size), generator=gen, dtype=torch.uint8)
+    shapes = [(1, *image_size), (3, *image_size)]
+    if own_size is not None:
+        low = own_size.min_side
+        shapes += [(1, low, low), (1, image_size[0] + low // 2 + 1, 2 * image_size[1] - low // 3 - 1)]
+    for batch, *hw in shapes:
+        pixels = torch.randint(0, 256, (batch, 3, *hw), generator=gen, dtype=torch.uint8)
         normalised = (pixels.float() / 255 - mean) / std
         with torch.no_grad():
             ref = [t.numpy() for t in reference(normalised)]
@@ -121,7 +130,8 @@ def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, imag
         worst = min(worst, float(cosine_rows(ref[emb_i], got[emb_i]).min()))
     if worst < FP32_MIN_COSINE:
         raise ExportCheckError(f"embedding cosine {worst:.7f} < {FP32_MIN_COSINE} between ONNX Runtime and PyTorch")
-    return {"embedding_cosine_min": worst, "max_abs_diff": max_abs, "batches": [1, 3]}
+    return {"embedding_cosine_min": worst, "max_abs_diff": max_abs, "batches": [1, 3],
+            **({"sizes": [list(s[1:]) for s in shapes]} if own_size is not None else {})}
 
 
 @dataclass
@@ -153,8 +163,12 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
         info = replace(info, image_size=tuple(info.preprocess["size"]))
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
+    if resize_mode == NATIVE:
+        from .native_size import refuse_unless_positionless
+
+        refuse_unless_positionless(imported.tower_change, imported.heads)
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:
-        drop_positional_embedding(visual)
+        drop_positional_embedding(visual, own_size=resize_mode == NATIVE)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":
@@ -170,7 +184,8 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
                  ensemble_threshold: float = 0.5, resize_mode: str | None = None,
-                 weights_format: str = "auto", progress=None) -> ExportReport:
+                 weights_format: str = "auto", max_input_pixels: int = OWN_SIZE_MAX_PIXELS,
+                 progress=None) -> ExportReport:
     """Export an open_clip image tower plus heads to one ONNX file with its manifest.
 
     `heads`: a clipscan heads file, "FORMAT:PATH" (univfd, cozzolino, ...), a head module,
@@ -188,6 +203,9 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
  `weights_format` (see
     `clipscan.export.weights_formats`): "hf" reads a Hugging Face transformers CLIP checkpoint, whose own
     config gives the architecture (`arch` then only for a single weights file); "auto" detects it.
+    `resize_mode` "native" (runtime.manifest.NATIVE; clip-iqa and clip-iqa+ without positional embedding
+    only, see `clipscan.export.native_size`) writes a graph taking each image at its own height and width,
+    images of more than `max_input_pixels` pixels refused at scan time.
     `progress`: a `clipscan.runtime.progress.Progress` that gets one step per stage of `export_stages`.
     """
     stage = _stages(progress)
@@ -202,7 +220,8 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
                         opset=opset, head_files=ref.head_files, head_names=ref.head_names, mean=mean, std=std,
                         uint8_input=uint8_input,
                         precision=precision, graph=graph, primary=primary, ensemble=ensemble,
-                        ensemble_threshold=ensemble_threshold, stage=stage, recorded=recorded)
+                        ensemble_threshold=ensemble_threshold, stage=stage, recorded=recorded,
+                        max_input_pixels=max_input_pixels)
 
 
 def export_stages(precision: str = "fp32") -> tuple[str, ...]:
@@ -268,8 +287,11 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                  opset: int = 18, head_files: list[Path] = (), head_names: list = (), mean=None, std=None,
                  uint8_input: bool = False, precision: str = "fp32", graph: str = "auto",
                  primary: str | None = None, ensemble: str | None = None,
-                 ensemble_threshold: float = 0.5, stage=None, recorded: dict | None = None) -> ExportReport:
-    """`recorded`: what export was given (`recorded.record`), kept as the manifest's sources.export."""
+                 ensemble_threshold: float = 0.5, stage=None, recorded: dict | None = None,
+                 max_input_pixels: int = OWN_SIZE_MAX_PIXELS) -> ExportReport:
+    """`recorded`: what export was given (`recorded.record`), kept as the manifest's sources.export. A tower
+    marked by `drop_positional_embedding(own_size=True)` is written with dynamic height and width, its
+    input.own_size bounded by `max_input_pixels` (export.native_size)."""
     import copy
 
     stage = stage or _stages(None)
@@ -282,6 +304,17 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     if precision == "fp16":
         require_vit(visual, "FP16 export (its float32 islands are a ViT's LayerNorms and projection)",
                     "export --precision fp32")
+    own = None
+    if getattr(visual, OWN_SIZE_ATTR, False):
+        from .native_size import WHAT, own_size
+
+        if precision != "fp32":
+            raise InvalidArgumentError(f"{WHAT} is checked and written in FP32 only; drop --precision {precision}")
+        if graph == "lean":
+            raise InvalidArgumentError(f"{WHAT} is written with open_clip's own block forward (the lean graph fixes "
+                                       "the token count); use --graph auto or stock")
+        graph = "stock"
+        own = own_size(visual, max_input_pixels)
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     reference = ScanGraph(visual, heads).eval()   # open_clip's own forward: what the checks compare with
@@ -295,7 +328,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         graph = ScanGraph(visual, heads, lean=lean, fused_attention=opset >= 23).eval()
     manifest = build_manifest(info, graph, name=name, description=description, opset=opset,
                               head_files=list(head_files), mean=mean, std=std, precision=precision,
-                              head_names=list(head_names))
+                              head_names=list(head_names), own_size=own)
     manifest.backbone["graph"] = "lean" if lean else "stock"
     if recorded is not None:
         from .recorded import RECORD_KEY
@@ -324,7 +357,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     example = torch.zeros(2, 3, *info.image_size, dtype=torch.uint8 if uint8_input else torch.float32)
     log.info("exporting %s (%s) to ONNX opset %d", name, info.id, opset)
     stage("tracing to ONNX")
-    model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
+    model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset,
+                    own_size=(own.min_side, own.max_pixels // own.min_side) if own else None)
     if precision == "fp16":
         stage("converting to FP16")
         converted = convert_to_fp16(model)
@@ -339,7 +373,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         if precision == "fp16":
             checks = check_fp16(work, graph, reference, info.image_size, mean, std)
         else:
-            checks = check_against_torch(work, graph, reference, info.image_size, mean, std)
+            checks = check_against_torch(work, graph, reference, info.image_size, mean, std, own_size=own)
     stage(None)
     if precision == "fp16":
         half = checks.get("torch_half_cpu", {})

@@ -28,11 +28,18 @@ def set_visual_prompts(visual, prompts) -> None:
     visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
 
 
-def drop_positional_embedding(visual) -> None:
+OWN_SIZE_ATTR = "clipscan_own_size"   # set on a tower: no positional embedding at all, any input height and width
+
+
+def drop_positional_embedding(visual, *, own_size: bool = False) -> None:
     """A tower that adds no positional embedding (IQA-PyTorch's CLIP with pos_embedding=False): zeros in its place.
 
     A ViT adds it to its patch tokens; a ModifiedResNet only in its attention pool (pyiqa's
-    AttentionPool2d skips the addition there), so that one is zeroed."""
+    AttentionPool2d skips the addition there), so that one is zeroed. With `own_size` the addition is
+    left out of the forward instead (TappedVisual), so the tower takes any height and width: the token
+    count then follows the image, and a zero embedding of the tower's own length would not fit it."""
+    if own_size:
+        setattr(visual, OWN_SIZE_ATTR, True)
     with torch.no_grad():
         if tower_kind(visual) == MODIFIED_RESNET:
             visual.attnpool.positional_embedding.zero_()
@@ -130,9 +137,10 @@ class TappedVisual(torch.nn.Module):
 
     def forward(self, x):
         v = self.visual
+        own_size = getattr(v, OWN_SIZE_ATTR, False)
         if self.resnet:
-            return None, v(x)
-        x = v._embeds(x)
+            return None, (resnet_without_position(v, x) if own_size else v(x))
+        x = embeds_without_position(v, x) if own_size else v._embeds(x)
         prompts = getattr(v, PROMPTS_ATTR, None)
         if prompts is not None:
             tokens = self._prompted(x, prompts)
@@ -145,6 +153,32 @@ class TappedVisual(torch.nn.Module):
         pooled, _ = v._pool(tokens)
         projected = pooled @ v.proj if v.proj is not None else pooled
         return pooled, projected
+
+
+def embeds_without_position(v, x):
+    """open_clip's VisionTransformer._embeds without the positional embedding (pyiqa's pos_embedding=False):
+    patch convolution (it floors: a partial patch at the right or bottom edge is dropped), class token, ln_pre;
+    any input height and width of at least one patch."""
+    x = v.conv1(x)
+    x = x.flatten(2).transpose(1, 2)
+    cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, x.shape[-1])
+    return v.ln_pre(v.patch_dropout(torch.cat([cls, x], dim=1)))
+
+
+def resnet_without_position(v, x):
+    """open_clip's ModifiedResNet forward with its attention pool adding no positional embedding (pyiqa's
+    AttentionPool2d with pos_embedding=False): the mean token and one token per cell of any grid."""
+    x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
+    p = v.attnpool
+    x = x.flatten(2).permute(2, 0, 1)                       # (HW, N, C)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    out, _ = F.multi_head_attention_forward(
+        query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=p.num_heads,
+        q_proj_weight=p.q_proj.weight, k_proj_weight=p.k_proj.weight, v_proj_weight=p.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([p.q_proj.bias, p.k_proj.bias, p.v_proj.bias]), bias_k=None,
+        bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=p.c_proj.weight,
+        out_proj_bias=p.c_proj.bias, use_separate_proj_weight=True, training=False, need_weights=False)
+    return out[0]
 
 
 def fold_normalization(visual, mean, std) -> None:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from clipscan.runtime.errors import CheckpointError, InputNotFoundError, InvalidArgumentError
+from clipscan.runtime.manifest import NATIVE
 
 from .choices import FILELESS_HEAD_FORMATS, HEAD_FORMATS
 from .deps import load_torch_file, require
@@ -343,7 +344,7 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
                 got.heads[0].name = name
         for key, value in got.preprocess.items():
             if key == "resize_mode" and resize_mode is not None:
-                if value != resize_mode:
+                if value != resize_mode and resize_mode != NATIVE:   # native: export.native_size decides
                     log.warning("head(s) %s were used by their authors with resize mode %r; --resize-mode %r runs "
                                 "them on %r (verify measures the artifact against PyTorch with the same choice)",
                                 [h.name for h in got.heads], value, resize_mode, resize_mode)

@@ -18,8 +18,9 @@ log = logging.getLogger("clipscan.export")
 MIN_OPSET = 17
 
 
-def to_onnx(module, example, input_name: str, output_names: list[str], opset: int):
-    """Export with the dynamo exporter; the batch axis is dynamic. Returns an onnx.ModelProto."""
+def to_onnx(module, example, input_name: str, output_names: list[str], opset: int, own_size=None):
+    """Export with the dynamo exporter; the batch axis is dynamic, and with `own_size` (min side, max side)
+    height and width too (input.own_size). Returns an onnx.ModelProto."""
     torch = require("torch")
     if opset < MIN_OPSET:
         raise InvalidArgumentError(f"opset {opset} is too old: clipscan needs >= {MIN_OPSET} so LayerNorm stays one "
@@ -30,6 +31,10 @@ def to_onnx(module, example, input_name: str, output_names: list[str], opset: in
                                    f"knows (up to {newest}); use {MIN_OPSET}..{newest} (18, the default, runs "
                                    "everywhere)")
     batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = {0: batch}
+    if own_size is not None:
+        dynamic.update({2: torch.export.Dim("height", min=own_size[0], max=own_size[1]),
+                        3: torch.export.Dim("width", min=own_size[0], max=own_size[1])})
     for noisy in ("onnx_ir", "onnxscript"):  # their optimisers log every pass at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -37,7 +42,7 @@ def to_onnx(module, example, input_name: str, output_names: list[str], opset: in
         program = torch.onnx.export(
             module, (example,), None, input_names=[input_name], output_names=output_names,
             opset_version=opset, dynamo=True, external_data=False,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dynamic,),
             optimize=True, verbose=False,
         )
     model = program.model_proto

@@ -51,30 +51,70 @@ PRECISIONS = {
     "int8": "INT8 QDQ (quantize/dequantize pairs), written by clipscan calibrate",
 }
 
+# `--resize-mode` of export, verify, calibrate and evaluate: the manifest's resize modes plus NATIVE, which is no
+# resize step at all but a graph taking every image at its own size (written as resize "none", crop "none" and
+# `input.own_size`; export.native_size says which towers and heads can)
+NATIVE = "native"
+RESIZE_CHOICES = {
+    **RESIZE_MODES,
+    NATIVE: "no resize and no crop: the graph takes each image at its own size (dynamic height and width, "
+            "bounded by input.own_size); for heads whose tower adds no positional embedding (clip-iqa, clip-iqa+ "
+            "without it), as IQA-PyTorch runs them",
+}
+# input.own_size.max_pixels written by export unless --max-input-pixels says otherwise: 2048 x 2048
+OWN_SIZE_MAX_PIXELS = 1 << 22
+
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
+class OwnSize:
+    """`input.own_size`: the graph takes each image at its own height and width (no resize, no crop), within
+    these bounds; an image outside them gets a per-item error (runtime.preprocess)."""
+    min_side: int      # the tower's smallest input side (one patch; a ResNet stem's stride)
+    max_pixels: int    # height x width of the largest image the graph is fed
+
+    def to_dict(self) -> dict:
+        return {"min_side": self.min_side, "max_pixels": self.max_pixels}
+
+    @classmethod
+    def from_dict(cls, d) -> "OwnSize":
+        w = "input.own_size"
+        min_side = bounded(need(d, "min_side", w, int), f"{w}.min_side", "image_side")
+        max_pixels = bounded(need(d, "max_pixels", w, int), f"{w}.max_pixels", "pixels_per_image", min_side * min_side)
+        return cls(min_side, max_pixels)
+
+    def describe(self) -> str:
+        return f"each image at its own size (sides >= {self.min_side}, at most {self.max_pixels} pixels)"
+
+
+@dataclass(frozen=True)
 class InputSpec:
     name: str
-    size: tuple[int, int]               # (height, width)
+    size: tuple[int, int]               # (height, width); with own_size, only the size export traced and checked
     layout: str = "NCHW"
     dtype: str = "float32"
     color: str = "RGB"
     # None when normalisation is folded into the graph, which then takes 0..255 pixel values
     mean: tuple[float, float, float] | None = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] | None = OPENAI_CLIP_STD
+    own_size: OwnSize | None = None     # set: the graph's height and width are dynamic (each image's own)
 
     @property
     def folded(self) -> bool:
         return self.mean is None
 
+    def spatial(self) -> tuple[int, int]:
+        """(height, width) of the graph input as a shape: -1 for each when images keep their own size."""
+        return (-1, -1) if self.own_size else tuple(self.size)
+
     def to_dict(self) -> dict:
         norm: Any = "folded" if self.folded else {"mean": list(self.mean), "std": list(self.std)}
         return {"name": self.name, "layout": self.layout, "dtype": self.dtype, "color": self.color,
-                "size": list(self.size), "normalize": norm}
+                "size": list(self.size), "normalize": norm,
+                **({"own_size": self.own_size.to_dict()} if self.own_size else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
@@ -85,10 +125,11 @@ class InputSpec:
         color = need(d, "color", w, str, ("RGB",))
         side = size(need(d, "size", w, (list, int)), "input.size")
         norm = need(d, "normalize", w, (dict, str))
+        own = OwnSize.from_dict(d["own_size"]) if d.get("own_size") is not None else None
         if dtype == "uint8" and norm != "folded":
             raise ManifestError("manifest field 'input.normalize' must be 'folded' when input.dtype is uint8")
         if norm == "folded":
-            return cls(name, side, layout, dtype, color, None, None)
+            return cls(name, side, layout, dtype, color, None, None, own)
         if not isinstance(norm, dict):
             raise ManifestError(f"manifest field 'input.normalize' is {norm!r}; expected 'folded' or {{mean, std}}")
         stats = []
@@ -100,7 +141,7 @@ class InputSpec:
             if key == "std" and min(v) <= 0:
                 raise ManifestError(f"manifest field 'input.normalize.std' should be 3 numbers > 0, found {v!r}")
             stats.append(tuple(v))
-        return cls(name, side, layout, dtype, color, stats[0], stats[1])
+        return cls(name, side, layout, dtype, color, stats[0], stats[1], own)
 
 
 @dataclass(frozen=True)
@@ -260,6 +301,13 @@ class HeadSpec:
 
 def _fits(input_spec: InputSpec, pre: PreprocessSpec) -> None:
     """The crop is the model input, and what one image becomes stays within the pixels_per_image limit."""
+    if input_spec.own_size is not None:
+        if pre.resize_mode != "none" or pre.crop_mode != "none" or pre.graph_crops is not None:
+            raise ManifestError(f"manifest field 'input.own_size' says the graph takes each image at its own size, "
+                                f"but the preprocessing resizes ({pre.resize_mode!r}) or crops ({pre.crop_mode!r}"
+                                f"{', graph_crops' if pre.graph_crops is not None else ''}); an own-size input needs "
+                                "resize 'none' and crop 'none': re-export with --resize-mode native")
+        return
     if pre.crop_mode == "none" and (pre.resize_mode != "squash" or pre.resize_size != input_spec.size):
         raise ManifestError(f"manifest field 'preprocess.crop.mode' is 'none' with resize {pre.resize_mode!r} to "
                             f"{list(pre.resize_size)}; without a crop only a 'squash' resize to 'input.size' "

@@ -166,6 +166,8 @@ class Preprocessor:
     def geometry(self, img: Image.Image) -> Image.Image:
         """Bit depth, resize and crop (or pad, for sliding crops) in the decoded mode, then RGB."""
         spec = self.spec
+        if self.input.own_size is not None:
+            self.check_own_size(img.width, img.height)
         if spec.bit_depth == "rescale":
             img = to_8bit(img)
         if spec.convert_when == "decode" and img.mode != "RGB":
@@ -189,11 +191,24 @@ class Preprocessor:
             img = _pad_crop(img, (left, top, left + max(crop_w, img.width), top + max(crop_h, img.height)), spec.pad_fill)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        if spec.crop_mode != "sliding" and img.size != (self.input.size[1], self.input.size[0]):
+        if self.input.own_size is None and spec.crop_mode != "sliding" and img.size != (self.input.size[1],
+                                                                                          self.input.size[0]):
             raise ManifestError(f"preprocessing produced {img.width}x{img.height}, the model takes "
                                 f"{self.input.size[1]}x{self.input.size[0]}: the manifest's resize/crop do not fit its "
                                 "input; export the artifact again")
         return img
+
+    def check_own_size(self, width: int, height: int) -> None:
+        """An image the graph takes at its own size (input.own_size) within the bounds the artifact records."""
+        own = self.input.own_size
+        if min(width, height) < own.min_side:
+            raise ImageReadError("too_small", f"this {width}x{height} image has a side under {own.min_side} pixels, the "
+                                 f"smallest this model takes (it scores each image at its own size, without resizing: "
+                                 f"input.own_size.min_side)")
+        if width * height > own.max_pixels:
+            raise ImageReadError("too_large", f"this {width}x{height} image has {width * height} pixels, over the "
+                                 f"{own.max_pixels} this model is fed whole (it scores each image at its own size: "
+                                 f"input.own_size.max_pixels; re-export with a larger --max-input-pixels to score it)")
 
     def _tensor(self, rgb_hwc: np.ndarray) -> np.ndarray:
         """HWC uint8 -> CHW in the input dtype: ToTensor then Normalize, in float32 as torchvision does."""
@@ -215,6 +230,8 @@ class Preprocessor:
     def batch(self, img: Image.Image) -> np.ndarray:
         """All crops of one image, (K, 3, H, W); K = 1 unless the recipe uses sliding crops."""
         x = self._tensor(np.asarray(self.geometry(img), dtype=np.uint8))
+        if self.input.own_size is not None:
+            return x[None]
         crop_h, crop_w = self.input.size
         crops = [x[:, top:top + crop_h, left:left + crop_w] for left, top in self.windows(x.shape[2], x.shape[1])]
         return np.ascontiguousarray(np.stack(crops))

@@ -275,24 +275,33 @@ class Scanner:
         return ScanResult(path=name, error=str(error), backend=self.backend.name)
 
     def _run_batch(self, pending: list[tuple[str, object]]) -> Iterator[ScanResult]:
-        arrays = [p for _, p in pending if isinstance(p, np.ndarray)]
-        outputs: dict[str, np.ndarray] | None = None
-        failure = None
-        if arrays:
+        """One predict per input shape among `pending` (one for a fixed-size model; an artifact taking images at
+        their own size runs images of one size together and every other size apart), results in input order."""
+        groups: dict[tuple, list[int]] = {}
+        for k, (_, p) in enumerate(pending):
+            if isinstance(p, np.ndarray):
+                groups.setdefault(p.shape[1:], []).append(k)
+        answer: dict[int, tuple] = {}    # index in pending -> (outputs, rows) or (None, error)
+        for members in groups.values():
+            arrays = [pending[k][1] for k in members]
             try:
                 outputs = self._observed("inference", self.predict, np.concatenate(arrays))
-            except Exception as e:  # a backend failure fails this batch, not the scan
+            except Exception as e:  # a backend failure fails these images, not the scan
                 failure = ImageReadError("inference_failed", f"{type(e).__name__}: {e}")
                 log.error("inference failed for a batch of %d: %s", len(arrays), e)
-        i = 0
-        for name, prepared in pending:
+                answer.update({k: (None, failure) for k in members})
+                continue
+            i = 0
+            for k, a in zip(members, arrays):
+                answer[k] = (outputs, slice(i, i + len(a)))
+                i += len(a)
+        for k, (name, prepared) in enumerate(pending):
             if not isinstance(prepared, np.ndarray):
                 yield self._error(name, prepared)
-            elif failure is not None:
-                yield self._error(name, failure)
+            elif answer[k][0] is None:
+                yield self._error(name, answer[k][1])
             else:
-                yield self._result(name, outputs, slice(i, i + len(prepared)))
-                i += len(prepared)
+                yield self._result(name, *answer[k])
 
     def _result(self, name: str, outputs: dict[str, np.ndarray], rows: slice) -> ScanResult:
         """One image's result from its rows of the batch (see `postprocess.image_result`)."""

@@ -57,7 +57,7 @@ def head_formats_help() -> str:
 
 def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     """--arch/--weights/--heads/--head/--quick-gelu/--gelu: the files of the PyTorch original."""
-    from clipscan.runtime.manifest import RESIZE_MODES
+    from clipscan.runtime.manifest import RESIZE_CHOICES
 
     p.add_argument("--arch", help="open_clip model name (e.g. ViT-B-32) or a model-config .json; required unless "
                                   "--weights is a Hugging Face CLIP folder, whose config.json says it" + as_given)
@@ -66,9 +66,9 @@ def add_original_args(p, *, required: bool, as_given: str = "") -> None:
     p.add_argument("--heads", help="clipscan heads file (see clipscan.export.heads)" + as_given)
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]FORMAT:PATH",
                    help=head_formats_help() + as_given)
-    p.add_argument("--resize-mode", choices=tuple(RESIZE_MODES),
+    p.add_argument("--resize-mode", choices=tuple(RESIZE_CHOICES),
                    help="one resize for every head (published heads set their authors' own; heads that differ "
-                        "cannot share a pass unless this chooses one): " + choices_help(RESIZE_MODES) + as_given)
+                        "cannot share a pass unless this chooses one): " + choices_help(RESIZE_CHOICES) + as_given)
     act = p.add_mutually_exclusive_group()
     act.add_argument("--quick-gelu", dest="quick_gelu", action="store_true", default=None,
                      help="the checkpoint uses QuickGELU (OpenAI weights); default: from the config")

@@ -12,7 +12,7 @@ from .args import add_original_args, add_output, check_output, choices_help, hea
 
 def add_arguments(p) -> None:
     from clipscan.export.choices import EXPORT_PRECISIONS, GRAPH_STYLES
-    from clipscan.runtime.manifest import ENSEMBLE_RULES
+    from clipscan.runtime.manifest import ENSEMBLE_RULES, NATIVE, OWN_SIZE_MAX_PIXELS
 
     p.description = ("Load an open_clip or Hugging Face CLIP image tower from a local checkpoint and heads, and "
                      "write one ONNX graph (one backbone pass, all heads, dynamic batch, FP32 or FP16) "
@@ -26,6 +26,10 @@ def add_arguments(p) -> None:
     p.add_argument("--uint8-input", action="store_true",
                    help="fold mean/std into the patch embedding: the graph takes uint8 RGB (4x less input data)")
     add_output(p, "the .onnx file to write")
+    p.add_argument("--max-input-pixels", type=int, metavar="N", default=OWN_SIZE_MAX_PIXELS,
+                   help=f"with --resize-mode {NATIVE}: the most pixels (height x width) of an image the graph is "
+                        f"fed whole; a larger image gets a per-item 'too_large' error (memory grows with the pixels) "
+                        f"(default {OWN_SIZE_MAX_PIXELS})")
     p.add_argument("--name", help="model name for the manifest (default: output file stem)")
     p.add_argument("--description", default="", help="free text for the manifest")
     p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: from the config)")
@@ -61,7 +65,8 @@ def run(args) -> int:
                   mean=args.mean, std=args.std, threshold=args.threshold, uint8_input=args.uint8_input,
                   precision=args.precision, graph=args.graph, primary=args.primary,
                   ensemble=args.ensemble, ensemble_threshold=args.ensemble_threshold,
-                  resize_mode=args.resize_mode, weights_format=args.weights_format)
+                  resize_mode=args.resize_mode, weights_format=args.weights_format,
+                  max_input_pixels=args.max_input_pixels)
     if wants_pipeline(args):
         check_pipeline(args)
         return run_pipeline(args, heads, kwargs)
