@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipscan.runtime import load_artifact
-from clipscan.runtime.errors import BackendError
+from clipscan.runtime.errors import BackendError, InvalidArgumentError
 from clipscan.runtime.progress import Progress
 
 from .camera import camera_benchmark
@@ -41,7 +41,15 @@ def _start(cfg: BenchConfig) -> BenchContext:
     try:
         paths, images_desc = benchmark_images(cfg, tmp)
         report = new_report(cfg, backends, skipped, images_desc)
-        ctx = BenchContext(cfg, backends, {m: load_artifact(m).manifest for m in cfg.models}, paths, report, tmp)
+        manifests = {m: load_artifact(m).manifest for m in cfg.models}
+        own = [Path(m).name for m, man in manifests.items() if man.input.own_size is not None]
+        if own:
+            # the sections time and compare one stacked (N, 3, H, W) batch of every image
+            raise InvalidArgumentError(f"{', '.join(own)} take(s) each image at its own size, and clipscan bench "
+                                       "times batches of images preprocessed to one height and width; time such an "
+                                       "artifact with `clipscan scan` on your images, or bench one exported with a "
+                                       "fixed --resize-mode")
+        ctx = BenchContext(cfg, backends, manifests, paths, report, tmp)
         ctx.torch_ref = load_torch_reference(cfg, report["errors"])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -163,6 +163,14 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
 
     artifact = load_artifact(model)
     manifest, sha = artifact.manifest, artifact.sha256()
+    own = manifest.input.own_size
+    if own is not None:
+        # the calibration set is one stacked tensor of one height and width (calib_data), and the quantized
+        # graph's ranges would come from images of whatever sizes happened to be in it
+        raise InvalidArgumentError(f"{artifact.path.name} takes each image at its own size ({own.describe()}), and "
+                                   "clipscan calibrate builds its calibration set as one tensor of one height and "
+                                   "width, so it makes no INT8 model of it; scan the FP32 artifact, or calibrate one "
+                                   "exported with a fixed --resize-mode (e.g. shortest)")
     if val_images:
         check_disjoint(images, val_images, allow_overlap=allow_overlap)
         from clipscan.export.recorded import original_from_manifest

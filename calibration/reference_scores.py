@@ -79,8 +79,10 @@ def reference_scores(model_path, reference, paths: list[str], *, batch_size: int
         for i, path in enumerate(paths):
             try:
                 img = load_image(path, max_pixels=max_pixels, exif_orientation=manifest.preprocess.exif_orientation)
-                pending.append((i, transform(img)[0] if transform.available else transform.from_runtime(
-                    _runtime_input(manifest, img))))
+                a = transform(img)[0] if transform.available else transform.from_runtime(_runtime_input(manifest, img))
+                if pending and pending[-1][1].shape[1:] != a.shape[1:]:
+                    flush()     # an artifact at each image's own size: one batch per stretch of one size
+                pending.append((i, a))
             except ImageReadError as e:
                 out.errors[i] = str(e)
             except Exception as e:  # the reference transform could not make this image

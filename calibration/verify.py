@@ -144,6 +144,17 @@ class _Runner:
         if not stream.pending:
             return
         pending, stream.pending, stream.rows = stream.pending, [], 0
+        # an artifact taking each image at its own size (input.own_size): one run per stretch of one size, in order
+        runs: list[list] = []
+        for p in pending:
+            if runs and runs[-1][0][1].shape[1:] == p[1].shape[1:]:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        for run in runs:
+            self._flush(stream, run, check_invariants)
+
+    def _flush(self, stream: Stream, pending: list, check_invariants: bool) -> None:
         counts = [len(p[1]) for p in pending]
         x_rt = np.concatenate([p[1] for p in pending])
         x_ref = np.concatenate([p[2] for p in pending])

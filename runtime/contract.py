@@ -8,7 +8,9 @@ metadata shape is the batch dimension first, -1, then the dims, as Triton report
 Model `<name>` takes one input:
 - `image`  BYTES `[-1, 1]`: each element one encoded image file as uploaded (JPEG, PNG, WebP, ...).
 `clipscan serve` also serves model `<name>_pixels` (`pixels_model_name`), whose one input is
-- `pixels` the artifact's own input dtype and shape `[-1, 3, H, W]`, for clients that preprocess;
+- `pixels` the artifact's own input dtype and shape `[-1, 3, H, W]`, for clients that preprocess (`[-1, 3, -1,
+  -1]` for an artifact that takes each image at its own size, input.own_size: one request's images then share
+  one height and width, and each image must lie within the recorded bounds);
 its outputs are `<name>`'s. (Two models, not two optional inputs: a generic client such as perf_analyzer
 sends every input that is not optional, and exactly one form must be sent.)
 
@@ -29,6 +31,7 @@ float32 rounding). `results_to_tensors` gives [N] for per-image values; `on_the_
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,12 +54,22 @@ NUMPY_DTYPES = {v: k for k, v in DATATYPES.items()}
 class TensorSpec:
     name: str
     datatype: str            # Open Inference Protocol datatype: FP32, BYTES, UINT8, ...
-    dims: tuple[int, ...]    # per image, without the batch axis: () for one value per image
+    dims: tuple[int, ...]    # per image, without the batch axis: () for one value per image; -1: any length
+    most: int | None = None  # with a -1 in dims: the most elements one image may have
 
     @property
     def config_dims(self) -> list[int]:
         """The model configuration's `dims`: a per-image value is [1] (a batching model's tensors need one)."""
         return list(self.dims) or [1]
+
+    @property
+    def elements(self) -> int:
+        """The most elements of one image of this tensor."""
+        return self.most if -1 in self.dims and self.most is not None else math.prod(self.dims)
+
+    def fits(self, shape) -> bool:
+        """Whether a per-image shape (without the batch axis) is one this tensor takes (-1 takes any length)."""
+        return len(shape) == len(self.dims) and all(d in (-1, n) for d, n in zip(self.dims, shape))
 
     def shape(self, batch: int = -1) -> list[int]:
         """The tensor's shape on the wire, the batch first: what Triton's model metadata reports."""
@@ -78,8 +91,10 @@ def input_specs(manifest) -> list[TensorSpec]:
 
 def pixels_specs(manifest) -> list[TensorSpec]:
     """The inputs of model `<name>_pixels`: the artifact's input tensor, preprocessed by the client."""
-    h, w = manifest.input.size
-    return [TensorSpec(INPUT_PIXELS, DATATYPES[manifest.input.dtype], (3, h, w))]
+    h, w = manifest.input.spatial()
+    own = manifest.input.own_size
+    return [TensorSpec(INPUT_PIXELS, DATATYPES[manifest.input.dtype], (3, h, w),
+                       3 * own.max_pixels if own is not None else None)]
 
 
 def output_specs(manifest) -> list[TensorSpec]:

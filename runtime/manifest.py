@@ -87,7 +87,7 @@ class OwnSize:
         return cls(min_side, max_pixels)
 
     def describe(self) -> str:
-        return f"each image at its own size (sides >= {self.min_side}, at most {self.max_pixels} pixels)"
+        return f"sides >= {self.min_side}, at most {self.max_pixels} pixels"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,9 @@ class ServiceState:
         image, then the largest batch the batcher can form, so the backend's memory (ONNX Runtime's arena
         grows to the largest batch it has run) is at its working size before the first request."""
         # a decoded image: the warm-up does not depend on which encoded formats --image-formats allows
-        pixels = self.scanner.prepare(Image.fromarray(np.full((64, 64, 3), 128, np.uint8)))
+        own = self.scanner.manifest.input.own_size   # an artifact at each image's own size: one it takes
+        side = 64 if own is None else max(64, own.min_side)
+        pixels = self.scanner.prepare(Image.fromarray(np.full((side, side, 3), 128, np.uint8)))
         largest = max(1, -(-self.limits.max_batch // max(1, len(pixels))))  # images that fill max_batch rows
         for n in (1, largest):
             for result in self.scanner.scan_prepared([(f"warm-up-{i}", pixels) for i in range(n)]):

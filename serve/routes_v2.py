@@ -4,7 +4,6 @@ extension. The tensors are `clipscan.runtime.contract`'s."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -13,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from clipscan.runtime.contract import (DATATYPES, INPUT_IMAGE, INPUT_PIXELS, config_tensor, model_metadata as
                                        contract_metadata, on_the_wire, results_to_tensors)
+from clipscan.runtime.errors import ImageReadError
 from clipscan.runtime.results import model_identity
 from clipscan.runtime.v2_wire import (HEADER_LENGTH, WireError, WireTooLarge, decode_message, encode_message,
                                       entry_for)
@@ -167,10 +167,16 @@ def request_items(state, inputs, tensors: dict) -> list[tuple[str, object]]:
         items = [(f"{INPUT_IMAGE}[{i}]", bytes(e)) for i, e in enumerate(arr.reshape(-1))]
     else:
         want = np.dtype(state.scanner.manifest.input.dtype)
-        if arr.dtype != want or arr.ndim != 4 or tuple(arr.shape[1:]) != spec.dims:
+        if arr.dtype != want or arr.ndim != 4 or not spec.fits(arr.shape[1:]):
             got = "BYTES" if arr.dtype == object else DATATYPES.get(arr.dtype.name, arr.dtype.name)
             raise HTTPError(400, f"input {INPUT_PIXELS!r} must be {spec.datatype} with shape "
                                  f"{spec.shape(-1)}, got {got} {list(arr.shape)}")
+        own = state.scanner.manifest.input.own_size
+        if own is not None:     # each image at its own size: one request's images share it, within the bounds
+            try:
+                state.scanner.preprocessor.check_own_size(arr.shape[3], arr.shape[2])
+            except ImageReadError as e:
+                raise HTTPError(400, f"input {INPUT_PIXELS!r} of shape {list(arr.shape)}: {e}") from None
         if not np.isfinite(arr).all():
             raise HTTPError(400, f"input {INPUT_PIXELS!r} holds NaN or infinite values; send finite pixels")
         items = [(f"{INPUT_PIXELS}[{i}]", arr[i:i + 1]) for i in range(len(arr))]
@@ -214,7 +220,7 @@ def max_elements(state) -> int:
     """The most elements one input tensor of an acceptable request holds: max_images images of the largest
     per-image input of the served models (pixels: C*H*W values; a tensor sent to the wrong model is then
     refused with a sentence that names the right one)."""
-    return state.limits.max_images * max(math.prod(s.dims) for specs in state.models.values() for s in specs)
+    return state.limits.max_images * max(s.elements for specs in state.models.values() for s in specs)
 
 
 async def infer(request: Request):

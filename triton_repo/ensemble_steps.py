@@ -24,6 +24,12 @@ from clipscan.runtime.scanner import resolve_decode
 
 
 def check_one_row_per_image(manifest) -> None:
+    own = manifest.input.own_size
+    if own is not None:
+        raise InvalidArgumentError(f"model {manifest.name!r} takes each image at its own size ({own.describe()}), "
+                                   "and an ensemble passes one batch tensor of one height and width from its "
+                                   "preprocess step to the graph; use --layout python (the whole scan inside "
+                                   "Triton's python backend, which runs each size apart)")
     if manifest.preprocess.crop_mode == "sliding":
         raise InvalidArgumentError(f"model {manifest.name!r} cuts several sliding crops per image, which an "
                                    "ensemble cannot pass as one row per image; use --kind cpu or gpu with "

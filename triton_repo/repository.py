@@ -101,11 +101,13 @@ def _check(opts: RepositoryOptions) -> None:
             raise InvalidArgumentError(f"--{what.replace('_', '-')} must be >= 1, got {getattr(opts, what)}")
 
 
-def _warmup_file(folder: Path) -> None:
+def _warmup_file(folder: Path, manifest=None) -> None:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (120, 160, 200)).save(buf, "JPEG", quality=90)
+    own = manifest.input.own_size if manifest is not None else None   # an own-size model: an image it takes
+    low = own.min_side if own is not None else 0
+    Image.new("RGB", (max(64, low), max(48, low)), (120, 160, 200)).save(buf, "JPEG", quality=90)
     (folder / "warmup").mkdir(parents=True, exist_ok=True)
     (folder / "warmup" / configs.WARMUP_IMAGE).write_bytes(encode_bytes_elements([buf.getvalue()]))
 
@@ -169,7 +171,7 @@ def _python_files(writer, folder: Path, artifact, cls: str, site_dirs, python) -
 def _python_layout(writer, artifact, name, opts, params, site_dirs, python) -> str:
     folder = writer.folder(name)
     _python_files(writer, folder, artifact, "ScanModel", site_dirs, python)
-    _warmup_file(folder)
+    _warmup_file(folder, artifact.manifest)
     backend = opts.backend or ("cpu" if opts.kind == "cpu" else "auto")
     p = {**params, "backend": backend, "batch_size": opts.max_batch, "workers": opts.workers,
          "threads": opts.threads}
@@ -195,7 +197,7 @@ def _ensemble_layout(writer, artifact, name, opts, params, site_dirs, python) ->
 
     folder = writer.folder(pre)
     _python_files(writer, folder, artifact, "PreprocessModel", site_dirs, python)
-    _warmup_file(folder)
+    _warmup_file(folder, artifact.manifest)
     writer.config(folder, configs.python_model(pre, [pixels, error], params=params, **common))
 
     folder = writer.folder(graph)

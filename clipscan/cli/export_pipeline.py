@@ -55,6 +55,13 @@ def check_pipeline(args) -> None:
     if args.int8 and not args.verify:
         raise InvalidArgumentError("--int8 needs --verify DIR: the INT8 model is checked on those validation images "
                                    "(disjoint from the --int8 calibration images)")
+    from clipscan.runtime.manifest import NATIVE
+
+    if args.int8 and args.resize_mode == NATIVE:
+        raise InvalidArgumentError(f"--int8 was asked for with --resize-mode {NATIVE}, but clipscan calibrate makes no "
+                                   "INT8 model of an artifact taking each image at its own size (its calibration "
+                                   "set is one tensor of one height and width); drop --int8, or export with a fixed "
+                                   "--resize-mode")
     if args.int8 and args.precision != "fp32":
         raise InvalidArgumentError(f"--int8 calibrates an FP32 export; drop --precision {args.precision}")
     for folder in args.verify + args.int8:

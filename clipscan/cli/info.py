@@ -28,12 +28,17 @@ def describe_manifest(artifact) -> str:
         lines.append(f"description  {m.description}")
     i = m.input
     norm = "folded into the graph" if i.folded else f"mean={list(i.mean)} std={list(i.std)}"
-    lines.append(f"input        {i.name} {i.layout} {i.dtype} {i.size[0]}x{i.size[1]} {i.color}, {norm}")
+    hw = f"each image at its own size ({i.own_size.describe()})" if i.own_size else f"{i.size[0]}x{i.size[1]}"
+    lines.append(f"input        {i.name} {i.layout} {i.dtype} {hw} {i.color}, {norm}")
     p = m.preprocess
-    lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
-                 f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
-                 f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
-                 f"RGB (alpha {p.alpha})")
+    if i.own_size:
+        lines.append(f"preprocess   exif={p.exif_orientation}; no resize, no crop (the image at its own size); "
+                     f"RGB (alpha {p.alpha})")
+    else:
+        lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
+                     f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
+                     f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
+                     f"RGB (alpha {p.alpha})")
     if p.graph_crops is not None:
         from clipscan.runtime.graph_crops import graph_crops_line
 

@@ -30,3 +30,18 @@ def refuse_cpu_target_int8(manifest, backend: str) -> None:
                        "and fused attention, which TensorRT refuses); make a TensorRT one from the FP32 artifact: "
                        "clipscan calibrate FP32_MODEL --images DIR -o OUTPUT --target tensorrt, or scan this one "
                        "with --backend cpu")
+
+
+def refuse_own_size(manifest, backend: str) -> None:
+    """Raise for an artifact that takes each image at its own size (input.own_size): clipscan's TensorRT
+    backends build one optimisation profile over the batch axis at the manifest's fixed height and width.
+    Running it would need a profile whose height and width range over [min_side, max side] (min/opt/max
+    shapes per axis; an engine optimised for one `opt` size, and buffers sized for the largest image),
+    which they do not build."""
+    own = getattr(getattr(manifest, "input", None), "own_size", None)
+    if own is None:
+        return
+    raise BackendError(f"backend {backend!r} builds a TensorRT engine for one fixed height and width, and this "
+                       f"artifact takes each image at its own size ({own.describe()}), which needs an optimisation "
+                       "profile over height and width that clipscan's TensorRT backends do not build; scan it with "
+                       "--backend cuda or cpu (or re-export it with a fixed --resize-mode)")

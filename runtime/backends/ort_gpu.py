@@ -171,9 +171,10 @@ def create_cuda(model_path: Path, options: BackendOptions, manifest=None) -> Ort
 def create_tensorrt_ep(model_path: Path, options: BackendOptions, manifest=None) -> OrtGpuBackend:
     if manifest is None:
         raise BackendError("the ONNX Runtime TensorRT backend needs the model's manifest (input name and size)")
-    from .int8_target import refuse_cpu_target_int8
+    from .int8_target import refuse_cpu_target_int8, refuse_own_size
 
     refuse_cpu_target_int8(manifest, "ort-tensorrt")
+    refuse_own_size(manifest, "ort-tensorrt")
     gpu_libs.tensorrt_module()   # a pip-installed TensorRT 10 puts its libraries in reach when imported
     chw = (3, *manifest.input.size)
     opts = tensorrt_ep_options(manifest.input.name, chw, manifest.precision, options)

@@ -68,10 +68,11 @@ def cpu_compute_nodes(events: list[dict], provider: str) -> list[str]:
 
 
 def warmup_feeds(session) -> dict:
-    """Zeros for every graph input at batch 1 (dynamic dimensions set to 1)."""
+    """Zeros for every graph input at batch 1 (a dynamic batch set to 1; a dynamic height or width, an artifact
+    taking images at their own size, to 224, which every tower takes)."""
     feeds = {}
     for i in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        shape = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else 224) for k, d in enumerate(i.shape)]
         feeds[i.name] = np.zeros(shape, dtype=ORT_NUMPY.get(i.type, np.float32))
     return feeds
 

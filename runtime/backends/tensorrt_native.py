@@ -256,9 +256,10 @@ def tensorrt_cuda(trt) -> str:
 def create(model_path: Path, options: BackendOptions, manifest=None) -> TensorrtBackend:
     if manifest is None:
         raise BackendError("the TensorRT backend needs the model's manifest (input name, size, precision)")
-    from .int8_target import refuse_cpu_target_int8
+    from .int8_target import refuse_cpu_target_int8, refuse_own_size
 
     refuse_cpu_target_int8(manifest, "tensorrt")
+    refuse_own_size(manifest, "tensorrt")
     try:
         return TensorrtBackend(model_path, options, manifest)
     except BackendError:
