@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ManifestError
-from .graph_crops import parse_graph_crops
+from .own_size import NATIVE, NATIVE_HELP, OWN_SIZE_MAX_PIXELS, OwnSize, fits  # noqa: F401
 from .manifest_checks import (MANIFEST_LIMITS, bounded, count, finite, json_depth_ok, limit, names, need,
                               objects, optional, size, text)
 
@@ -51,43 +51,12 @@ PRECISIONS = {
     "int8": "INT8 QDQ (quantize/dequantize pairs), written by clipscan calibrate",
 }
 
-# `--resize-mode` of export, verify, calibrate and evaluate: the manifest's resize modes plus NATIVE, which is no
-# resize step at all but a graph taking every image at its own size (written as resize "none", crop "none" and
-# `input.own_size`; export.native_size says which towers and heads can)
-NATIVE = "native"
-RESIZE_CHOICES = {
-    **RESIZE_MODES,
-    NATIVE: "no resize and no crop: the graph takes each image at its own size (dynamic height and width, "
-            "bounded by input.own_size); for heads whose tower adds no positional embedding (clip-iqa, clip-iqa+ "
-            "without it), as IQA-PyTorch runs them",
-}
-# input.own_size.max_pixels written by export unless --max-input-pixels says otherwise: 2048 x 2048
-OWN_SIZE_MAX_PIXELS = 1 << 22
+# `--resize-mode` of export, verify, calibrate and evaluate: the manifest's resize modes and NATIVE (runtime.own_size)
+RESIZE_CHOICES = {**RESIZE_MODES, NATIVE: NATIVE_HELP}
 
 # Constants open_clip uses; recorded in manifests, never assumed by the runtime.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class OwnSize:
-    """`input.own_size`: the graph takes each image at its own height and width (no resize, no crop), within
-    these bounds; an image outside them gets a per-item error (runtime.preprocess)."""
-    min_side: int      # the tower's smallest input side (one patch; a ResNet stem's stride)
-    max_pixels: int    # height x width of the largest image the graph is fed
-
-    def to_dict(self) -> dict:
-        return {"min_side": self.min_side, "max_pixels": self.max_pixels}
-
-    @classmethod
-    def from_dict(cls, d) -> "OwnSize":
-        w = "input.own_size"
-        min_side = bounded(need(d, "min_side", w, int), f"{w}.min_side", "image_side")
-        max_pixels = bounded(need(d, "max_pixels", w, int), f"{w}.max_pixels", "pixels_per_image", min_side * min_side)
-        return cls(min_side, max_pixels)
-
-    def describe(self) -> str:
-        return f"sides >= {self.min_side}, at most {self.max_pixels} pixels"
 
 
 @dataclass(frozen=True)
@@ -299,32 +268,6 @@ class HeadSpec:
         return cls(head.name, task, head.outputs, (), None, dict(scale), head.description, details)
 
 
-def _fits(input_spec: InputSpec, pre: PreprocessSpec) -> None:
-    """The crop is the model input, and what one image becomes stays within the pixels_per_image limit."""
-    if input_spec.own_size is not None:
-        if pre.resize_mode != "none" or pre.crop_mode != "none" or pre.graph_crops is not None:
-            raise ManifestError(f"manifest field 'input.own_size' says the graph takes each image at its own size, "
-                                f"but the preprocessing resizes ({pre.resize_mode!r}) or crops ({pre.crop_mode!r}"
-                                f"{', graph_crops' if pre.graph_crops is not None else ''}); an own-size input needs "
-                                "resize 'none' and crop 'none': re-export with --resize-mode native")
-        return
-    if pre.crop_mode == "none" and (pre.resize_mode != "squash" or pre.resize_size != input_spec.size):
-        raise ManifestError(f"manifest field 'preprocess.crop.mode' is 'none' with resize {pre.resize_mode!r} to "
-                            f"{list(pre.resize_size)}; without a crop only a 'squash' resize to 'input.size' "
-                            f"{list(input_spec.size)} gives every image the size the model takes")
-    if pre.crop_mode != "none" and pre.crop_size != input_spec.size:
-        raise ManifestError(f"manifest field 'preprocess.crop.size' is {list(pre.crop_size)} but 'input.size' is "
-                            f"{list(input_spec.size)}; the crop is what the model takes, so they must be equal")
-    if pre.graph_crops is not None:   # checked against the input it is cut from
-        parse_graph_crops(pre.graph_crops, input_spec.size)
-    windows = pre.max_per_axis ** 2 if pre.crop_mode == "sliding" else 1
-    pixels = input_spec.size[0] * input_spec.size[1] * windows
-    if pixels > limit("pixels_per_image"):
-        raise ManifestError(f"manifest fields 'input.size' {list(input_spec.size)} x {windows} crop(s) per image make "
-                            f"{pixels} model pixels per image, over clipscan's limit of {limit('pixels_per_image')} "
-                            f"({MANIFEST_LIMITS['pixels_per_image'].applies_to}); re-export the model within it")
-
-
 def _embedding(d) -> dict | None:
     """The manifest's `embedding` ({output, dim, normalized}), or None when the model exports none."""
     if d is None:
@@ -474,7 +417,7 @@ class Manifest:
                                     "--head fake_b=univfd:B")
             input_spec = InputSpec.from_dict(need(d, "input", "manifest", dict))
             preprocess = PreprocessSpec.from_dict(need(d, "preprocess", "manifest", dict))
-            _fits(input_spec, preprocess)
+            fits(input_spec, preprocess)
             return cls(
                 name=need(d, "name", "manifest", str),
                 description=text(optional(d, "description", "manifest", str, ""), "description"),

@@ -18,7 +18,7 @@ from clipscan.cli import COMMANDS, build_parser
 from clipscan.cli.scan_ray import ENGINES
 from clipscan.export.choices import EXPORT_PRECISIONS, GRAPH_STYLES, HEAD_FORMATS
 from clipscan.runtime.backends import AUTO_CHAIN, backend_choices, registry
-from clipscan.runtime.manifest import ENSEMBLE_RULES, PRECISIONS, RESIZE_MODES
+from clipscan.runtime.manifest import ENSEMBLE_RULES, PRECISIONS, RESIZE_CHOICES
 from clipscan.runtime.results import WRITERS
 from clipscan.runtime.scanner import DECODE_MODES
 from clipscan.triton.repository import GRAPHS, KINDS, LAYOUTS
@@ -45,7 +45,7 @@ CHOICES = [
     *[(c, "--decode", DECODE_MODES, True) for c in ("scan", "serve", "triton")],
     ("bench", "--decode", BENCH_DECODES, True),
     ("bench", "--mode", BENCH_MODES, True),
-    *[(c, "--resize-mode", RESIZE_MODES, True) for c in ("export", "verify", "calibrate")],
+    *[(c, "--resize-mode", RESIZE_CHOICES, True) for c in ("export", "verify", "calibrate")],
     ("export", "--ensemble", ENSEMBLE_RULES, True),
     ("export", "--graph", GRAPH_STYLES, True),
     ("export", "--precision", EXPORT_PRECISIONS, True),
@@ -99,7 +99,7 @@ def test_every_head_format_has_its_importer():
 
 def test_every_registry_entry_is_one_line():
     """The docs render each registry as a table: one non-empty line per entry."""
-    for registry_ in (backend_choices(), DECODE_MODES, BENCH_MODES, RESIZE_MODES, ENSEMBLE_RULES, PRECISIONS,
+    for registry_ in (backend_choices(), DECODE_MODES, BENCH_MODES, RESIZE_CHOICES, ENSEMBLE_RULES, PRECISIONS,
                       GRAPH_STYLES, HEAD_FORMATS, TARGETS, METHODS, RECIPE_HELP, KINDS, LAYOUTS, GRAPHS, ENGINES):
         for name, text in registry_.items():
             assert text.strip() and "\n" not in text, name
