@@ -221,6 +221,14 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
             with pytest.raises(Exception, match="too_small"):
                 client.infer("native-iqa_pixels", [tiny])
             client.close()
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pass
+    else:   # OpenVINO compiles the dynamic height and width too
+        with Scanner(native_vit, backend="openvino", fallback=False) as ov:
+            assert [r.quality for r in ov.scan(files)] == pytest.approx([r.quality for r in expected], abs=1e-5,
+                                                                          nan_ok=True)
     with pytest.raises(BackendError, match="one fixed height and width.*--backend cuda or cpu"):
         refuse_own_size(manifest, "tensorrt")
     with pytest.raises(ClipscanError, match="takes each image at its own size .* makes no INT8 model of it"):

@@ -1,4 +1,5 @@
-"""Which INT8 artifact TensorRT can take: the one calibrated for it.
+"""Which artifacts clipscan's TensorRT backends take: INT8 only when calibrated for TensorRT, and none that takes
+each image at its own size (`refuse_own_size`).
 
 `clipscan calibrate` writes INT8 for one target, recorded in the manifest (calibration.target).
 The cpu target is asymmetric QDQ (non-zero zero points) and, by default, fuses attention into
