@@ -79,6 +79,8 @@ def reference_scores(model_path, reference, paths: list[str], *, batch_size: int
         for i, path in enumerate(paths):
             try:
                 img = load_image(path, max_pixels=max_pixels, exif_orientation=manifest.preprocess.exif_orientation)
+                if manifest.input.own_size is not None:   # the artifact's bounds, the same error as a scan's
+                    _preprocessor(manifest).check_own_size(img.width, img.height)
                 a = transform(img)[0] if transform.available else transform.from_runtime(_runtime_input(manifest, img))
                 if pending and pending[-1][1].shape[1:] != a.shape[1:]:
                     flush()     # an artifact at each image's own size: one batch per stretch of one size
@@ -94,7 +96,11 @@ def reference_scores(model_path, reference, paths: list[str], *, batch_size: int
     return out
 
 
-def _runtime_input(manifest, img) -> np.ndarray:
+def _preprocessor(manifest):
     from clipscan.runtime.preprocess import Preprocessor
 
-    return Preprocessor(manifest.preprocess, manifest.input).batch(img)
+    return Preprocessor(manifest.preprocess, manifest.input)
+
+
+def _runtime_input(manifest, img) -> np.ndarray:
+    return _preprocessor(manifest).batch(img)

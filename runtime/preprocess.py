@@ -202,9 +202,9 @@ class Preprocessor:
         """An image the graph takes at its own size (input.own_size) within the bounds the artifact records."""
         own = self.input.own_size
         if min(width, height) < own.min_side:
-            raise ImageReadError("too_small", f"this {width}x{height} image has a side under {own.min_side} pixels, the "
-                                 f"smallest this model takes (it scores each image at its own size, without resizing: "
-                                 f"input.own_size.min_side)")
+            raise ImageReadError("too_small", f"this {width}x{height} image has a side under {own.min_side} pixels, "
+                                 "the smallest this model takes (it scores each image at its own size, without "
+                                 "resizing: input.own_size.min_side)")
         if width * height > own.max_pixels:
             raise ImageReadError("too_large", f"this {width}x{height} image has {width * height} pixels, over the "
                                  f"{own.max_pixels} this model is fed whole (it scores each image at its own size: "

@@ -179,8 +179,9 @@ def native_vit(setup, tmp_path_factory):
 
 
 def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_photos, tmp_path):
-    """serve answers OIP `image` requests and reports -1 for the pixels model's height and width; TensorRT,
-    calibrate, bench and a Triton ensemble refuse it, naming what to do instead."""
+    """serve answers OIP `image` requests and reports -1 for the pixels model's height and width; evaluate's
+    reference and OpenVINO run it; TensorRT, calibrate, bench and a Triton ensemble refuse it, naming what to do
+    instead."""
     import tritonclient.http as httpclient
 
     from clipscan.calibration.pipeline import calibrate_artifact
@@ -221,6 +222,15 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
             with pytest.raises(Exception, match="too_small"):
                 client.infer("native-iqa_pixels", [tiny])
             client.close()
+    # evaluate's PyTorch side: the original at each image's own size, the artifact's bounds as per-item errors
+    from clipscan.calibration.reference_scores import reference_scores
+    from clipscan.export import load_reference
+
+    original = load_reference(str(setup["config"]), setup["weights"], ["clip-iqa"], resize_mode="native")
+    scores = reference_scores(native_vit, original, [str(p) for p in files], batch_size=3)
+    assert scores.errors[2].startswith("too_small") and scores.heads[2] is None
+    assert [h["clip_iqa"]["score"] for i, h in enumerate(scores.heads) if i != 2] == pytest.approx(
+        [r.quality for i, r in enumerate(expected) if i != 2], rel=1e-5)
     try:
         import openvino  # noqa: F401
     except ImportError:

@@ -35,8 +35,9 @@ def describe_manifest(artifact) -> str:
         lines.append(f"preprocess   exif={p.exif_orientation}; no resize, no crop (the image at its own size); "
                      f"RGB (alpha {p.alpha})")
     else:
-        lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} {p.resize_size[0]}x{p.resize_size[1]} "
-                     f"{p.interpolation}; crop {p.crop_mode} {p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
+        lines.append(f"preprocess   exif={p.exif_orientation}; resize {p.resize_mode} "
+                     f"{p.resize_size[0]}x{p.resize_size[1]} {p.interpolation}; crop {p.crop_mode} "
+                     f"{p.crop_size[0]}x{p.crop_size[1]} pad={p.pad_fill}"
                      f"{'' if p.crop_offsets == 'round' else ' offsets=' + p.crop_offsets}; "
                      f"RGB (alpha {p.alpha})")
     if p.graph_crops is not None:
