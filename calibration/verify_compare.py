@@ -62,9 +62,9 @@ def recipe_gate(manifest, reference, mean=None, std=None) -> Gate:
     diffs = [f"{k}: manifest {got.get(k)!r}, reference {want.get(k)!r}" for k in sorted(set(want) | set(got))
              if got.get(k) != want.get(k)]
     inp = manifest.input
-    from clipscan.export.graph import OWN_SIZE_ATTR
+    from clipscan.export.native_size import is_own_size
 
-    native = bool(getattr(reference.visual, OWN_SIZE_ATTR, False))
+    native = is_own_size(reference.visual, reference.heads)
     if native != (inp.own_size is not None):
         diffs.append(f"input size: the artifact takes {'each image at its own size' if inp.own_size else 'one size'}, "
                      f"the reference {'each image at its own size' if native else 'one size'} (check --resize-mode: "

@@ -22,8 +22,8 @@ from .deps import require
 from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
-from .graph import (INPUT_NAME, OUT_EMBEDDING, OWN_SIZE_ATTR, ScanGraph, drop_positional_embedding,
-                    fold_normalization, set_visual_prompts)
+from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
+                    set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
@@ -48,7 +48,8 @@ def preprocess_spec(info: BackboneInfo) -> PreprocessSpec:
     mode = pp.get("resize_mode", "shortest")
     if mode == NATIVE:   # no resize, no crop: the graph takes the image as it is (input.own_size)
         return PreprocessSpec(resize_mode="none", resize_size=size, interpolation=pp.get("interpolation", "bicubic"),
-                              crop_mode="none", crop_size=size, exif_orientation="apply")
+                              crop_mode="none", crop_size=size, exif_orientation="apply",
+                              graph_crops=pp.get("graph_crops"))
     if mode not in RESIZE_MODES:
         raise CheckpointError(f"the architecture's preprocess_cfg has resize_mode {mode!r}; clipscan supports "
                               f"{', '.join(RESIZE_MODES)}")
@@ -164,9 +165,9 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
     if resize_mode == NATIVE:
-        from .native_size import refuse_unless_positionless
+        from .native_size import native_heads
 
-        refuse_unless_positionless(imported.tower_change, imported.heads)
+        info = native_heads(imported.tower_change, imported.heads, info)
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:
         drop_positional_embedding(visual, own_size=resize_mode == NATIVE)
     if threshold is not None:
@@ -305,16 +306,20 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         require_vit(visual, "FP16 export (its float32 islands are a ViT's LayerNorms and projection)",
                     "export --precision fp32")
     own = None
-    if getattr(visual, OWN_SIZE_ATTR, False):
+    from .native_size import is_own_size
+
+    if is_own_size(visual, heads):
         from .native_size import WHAT, own_size
 
         if precision != "fp32":
             raise InvalidArgumentError(f"{WHAT} is checked and written in FP32 only; drop --precision {precision}")
-        if graph == "lean":
-            raise InvalidArgumentError(f"{WHAT} is written with open_clip's own block forward (the lean graph fixes "
-                                       "the token count); use --graph auto or stock")
-        graph = "stock"
-        own = own_size(visual, max_input_pixels)
+        crops = getattr(heads[0], "crops", None)
+        if crops is None:   # the tower itself at any size (LIQE's crops keep it at its own 224)
+            if graph == "lean":
+                raise InvalidArgumentError(f"{WHAT} is written with open_clip's own block forward for this head (the "
+                                           "lean graph fixes the token count); use --graph auto or stock")
+            graph = "stock"
+        own = own_size(visual, max_input_pixels, crops)
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     reference = ScanGraph(visual, heads).eval()   # open_clip's own forward: what the checks compare with

@@ -292,7 +292,7 @@ class ScanGraph(torch.nn.Module):
                 contributions.update({(layer, hd): terms[:, i] for i, hd in enumerate(heads)})
         elif self.crops is not None:   # batch x crops through the tower; heads get the crops' mean embedding
             pooled, projected = self.tower(self.crops.cut(x))
-            mean = self.crops.mean(F.normalize(projected, dim=-1))
+            mean = self.crops.mean(F.normalize(projected, dim=-1), x.shape[0])
             outs = [o for h in self.heads for o in h(mean)]
             return (*outs, F.normalize(mean, dim=-1))
         else:

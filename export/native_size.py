@@ -24,18 +24,42 @@ torch = require("torch")
 WHAT = f"--resize-mode {NATIVE} (each image at its own size)"
 
 
-def refuse_unless_positionless(tower_change: str | None, heads) -> None:
-    """Only heads whose tower adds no positional embedding (clip-iqa, clip-iqa+ with pyiqa's bare context)
-    run at any size; anything else was trained and is scored at one size."""
-    from .iqa import NO_POSITIONAL_EMBEDDING
+def native_heads(tower_change: str | None, heads, info):
+    """`info` for an own-size export of `heads`, or the refusal. Heads whose tower adds no positional embedding
+    (clip-iqa, clip-iqa+ with pyiqa's bare context) run the tower at any size; LIQE keeps its 224 crops and
+    picks them from each image's own grid of windows in the graph (view_crops.OwnSizeCrops), as pyiqa does;
+    anything else was trained and is scored at one size."""
+    from dataclasses import replace
 
-    if tower_change != NO_POSITIONAL_EMBEDDING:
-        names = ", ".join(getattr(h, "name", type(h).__name__) for h in heads)
-        why = ("LIQE scores fixed test-time crops of one input size" if tower_change == "view_crops" else
-               "their tower adds a positional embedding of a fixed length, or they were trained on crops of one size")
-        raise InvalidArgumentError(f"{WHAT} was asked for head(s) {names}, but {why}; it exists for heads whose tower "
-                                   "adds no positional embedding (--head clip-iqa, --head clip-iqa+ with pyiqa's "
-                                   "bare-context file): export these with another --resize-mode (e.g. shortest)")
+    from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
+    from .view_crops import OwnSizeCrops
+
+    if tower_change == NO_POSITIONAL_EMBEDDING:
+        return info
+    if tower_change == VIEW_CROPS:
+        for h in heads:
+            fixed = h.crops
+            h.crops = OwnSizeCrops(fixed.tile, fixed.stride, fixed.count)
+            h.description = h.description.split("; the logits averaged")[0] + (
+                f"; the logits averaged over up to {fixed.count} {fixed.tile} crops evenly spaced over each image's "
+                f"own grid of windows at stride {fixed.stride} (pyiqa's selection, images of at least "
+                f"{fixed.tile}x{fixed.tile}), cut in the graph")
+        return replace(info, preprocess={**info.preprocess, "graph_crops": heads[0].crops.manifest()})
+    names = ", ".join(getattr(h, "name", type(h).__name__) for h in heads)
+    raise InvalidArgumentError(f"{WHAT} was asked for head(s) {names}, but their tower adds a positional embedding "
+                               "of a fixed length, or they were trained on crops of one size; it exists for --head "
+                               "clip-iqa, --head clip-iqa+ with pyiqa's bare-context file (no positional embedding) "
+                               "and LIQE (224 crops picked from each image's own size): export these with another "
+                               "--resize-mode (e.g. shortest)")
+
+
+def is_own_size(visual, heads) -> bool:
+    """Whether this tower and these heads make a graph taking each image at its own size (native_heads)."""
+    from .graph import OWN_SIZE_ATTR
+    from .view_crops import OwnSizeCrops
+
+    return bool(getattr(visual, OWN_SIZE_ATTR, False)) or any(isinstance(getattr(h, "crops", None), OwnSizeCrops)
+                                                              for h in heads)
 
 
 def min_side(visual) -> int:
@@ -56,9 +80,9 @@ def min_side(visual) -> int:
                                f"input cannot be stated; {WHAT} is not possible for it")
 
 
-def own_size(visual, max_pixels: int) -> OwnSize:
-    """input.own_size for this tower and `--max-input-pixels`."""
-    low = min_side(visual)
+def own_size(visual, max_pixels: int, crops=None) -> OwnSize:
+    """input.own_size for this tower (or, when the graph cuts `crops`, their tile) and `--max-input-pixels`."""
+    low = crops.tile if crops is not None else min_side(visual)
     top = limit("pixels_per_image")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or not low * low <= max_pixels <= top:
         raise InvalidArgumentError(f"--max-input-pixels is {max_pixels!r}; with {WHAT} it must be an integer from "

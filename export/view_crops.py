@@ -52,9 +52,42 @@ class ViewCrops:
         views = torch.stack([x[:, :, top:top + t, left:left + t] for top, left in self.origins()], dim=1)
         return views.reshape(-1, x.shape[1], t, t)
 
-    def mean(self, emb):
+    def mean(self, emb, batch):
         """(B x crops, D) L2-normalised embeddings -> (B, D) their mean per image."""
-        return emb.reshape(-1, len(self.origins()), emb.shape[-1]).mean(dim=1)
+        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class OwnSizeCrops:
+    """pyiqa's crop grid on each image's own height and width (`export --resize-mode native`): the windows,
+    their number and spacing follow the input's shape, computed in the graph (dynamic height and width)."""
+    tile: int = 224
+    stride: int = 32
+    count: int = 15
+
+    def manifest(self) -> dict:
+        """preprocess.graph_crops for an own-size input: a count instead of fixed origins."""
+        return {"size": [self.tile, self.tile], "stride": self.stride, "count": self.count,
+                "aggregate": CROPS_AGGREGATE}
+
+    def cut(self, x):
+        """(B, 3, H, W) -> (B x n, 3, tile, tile): of the rows x cols windows at `stride` (row-major), the n =
+        min(count, rows x cols) at 0, s, 2s, ... with s = max(1, (rows x cols) // n), as pyiqa's LIQE picks them."""
+        t, h, w = self.tile, x.shape[2], x.shape[3]
+        rows, cols = (h - t) // self.stride + 1, (w - t) // self.stride + 1
+        n = torch.sym_min(rows * cols, self.count)
+        picked = torch.arange(n, device=x.device) * torch.sym_max((rows * cols) // n, 1)
+        per_row = torch.full((1,), cols, dtype=picked.dtype, device=x.device)   # a tensor: ONNX takes its division
+        row = torch.div(picked, per_row, rounding_mode="floor")
+        span = torch.arange(t, device=x.device)
+        top = (row * self.stride)[:, None] + span                               # (n, t)
+        left = ((picked - row * per_row) * self.stride)[:, None] + span         # (n, t)
+        views = x[:, :, top[:, :, None], left[:, None, :]]                      # (B, 3, n, t, t)
+        return views.permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], t, t)
+
+    def mean(self, emb, batch):
+        """(B x n, D) L2-normalised embeddings -> (B, D) their mean per image."""
+        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
 
 
 # LIQE's input: KonIQ-10k's frame (1024 wide, 768 high; LIQE's koniq model is trained and tested on it):

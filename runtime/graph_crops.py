@@ -18,13 +18,25 @@ GRAPH_CROP_AGGREGATES = {
 }
 
 
-def parse_graph_crops(d, input_size: tuple[int, int]) -> dict:
-    """{size, stride, origins, aggregate}, every window inside an input of `input_size` (height, width)."""
+def parse_graph_crops(d, input_size: tuple[int, int], own_size=None) -> dict:
+    """{size, stride, origins, aggregate}, every window inside an input of `input_size` (height, width); for an
+    input at each image's own size (`own_size`, input.own_size) {size, stride, count, aggregate}: the graph
+    picks `count` windows evenly spaced over each image's own grid of windows (pyiqa's LIQE selection)."""
     w = "preprocess.graph_crops"
     if not isinstance(d, dict):
         raise ManifestError(f"manifest field '{w}' should be an object, found {type(d).__name__}")
     tile = size(need(d, "size", w, (list, int)), f"{w}.size")
     stride = bounded(need(d, "stride", w, int), f"{w}.stride", "image_side")
+    if own_size is not None:
+        if "origins" in d:
+            raise ManifestError(f"manifest field '{w}.origins' lists fixed windows, but the input is each image at "
+                                f"its own size (input.own_size); give '{w}.count' (windows the graph picks per image)")
+        if own_size.min_side < max(tile):
+            raise ManifestError(f"manifest field 'input.own_size.min_side' is {own_size.min_side}, under the "
+                                f"{tile[0]}x{tile[1]} windows the graph cuts ('{w}.size'); it must be >= {max(tile)}")
+        count_ = bounded(need(d, "count", w, int), f"{w}.count", "graph_crops")
+        aggregate = need(d, "aggregate", w, str, tuple(GRAPH_CROP_AGGREGATES))
+        return {"size": list(tile), "stride": stride, "count": count_, "aggregate": aggregate}
     origins = count(need(d, "origins", w, list), f"{w}.origins", "graph_crops")
     if not origins:
         raise ManifestError(f"manifest field '{w}.origins' lists no crop; give at least one [top, left]")
@@ -40,5 +52,8 @@ def parse_graph_crops(d, input_size: tuple[int, int]) -> dict:
 def graph_crops_line(crops: dict) -> str:
     """One line for `clipscan info`."""
     h, w = crops["size"]
+    if "count" in crops:
+        return (f"up to {crops['count']} crops of {h}x{w}, evenly spaced over each image's own grid of windows at "
+                f"stride {crops['stride']}, cut in the graph, one backbone pass over all of them; {crops['aggregate']}")
     return (f"{len(crops['origins'])} crops of {h}x{w} (stride {crops['stride']}) cut in the graph, one backbone "
             f"pass over all of them; {crops['aggregate']}")

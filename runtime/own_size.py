@@ -44,19 +44,21 @@ class OwnSize:
         return f"sides >= {self.min_side}, at most {self.max_pixels} pixels"
 
 
-def own_size_recipe(pre) -> None:
-    """An own-size input is fed the decoded image itself: no resize, no crop, no crops cut in the graph."""
-    if pre.resize_mode != "none" or pre.crop_mode != "none" or pre.graph_crops is not None:
+def own_size_recipe(input_spec, pre) -> None:
+    """An own-size input is fed the decoded image itself: no resize, no crop (crops the graph picks from each
+    image's own size, graph_crops with a count, are the graph's business)."""
+    if pre.resize_mode != "none" or pre.crop_mode != "none":
         raise ManifestError(f"manifest field 'input.own_size' says the graph takes each image at its own size, "
-                            f"but the preprocessing resizes ({pre.resize_mode!r}) or crops ({pre.crop_mode!r}"
-                            f"{', graph_crops' if pre.graph_crops is not None else ''}); an own-size input needs "
-                            "resize 'none' and crop 'none': re-export with --resize-mode native")
+                            f"but the preprocessing resizes ({pre.resize_mode!r}) or crops ({pre.crop_mode!r}); an "
+                            "own-size input needs resize 'none' and crop 'none': re-export with --resize-mode native")
+    if pre.graph_crops is not None:
+        parse_graph_crops(pre.graph_crops, input_spec.size, input_spec.own_size)
 
 
 def fits(input_spec, pre) -> None:
     """The crop is the model input, and what one image becomes stays within the pixels_per_image limit."""
     if input_spec.own_size is not None:
-        return own_size_recipe(pre)
+        return own_size_recipe(input_spec, pre)
     if pre.crop_mode == "none" and (pre.resize_mode != "squash" or pre.resize_size != input_spec.size):
         raise ManifestError(f"manifest field 'preprocess.crop.mode' is 'none' with resize {pre.resize_mode!r} to "
                             f"{list(pre.resize_size)}; without a crop only a 'squash' resize to 'input.size' "

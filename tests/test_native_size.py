@@ -19,8 +19,8 @@ from clipscan.runtime import Scanner
 from clipscan.runtime.errors import BackendError, ClipscanError, ManifestError
 from clipscan.runtime.manifest import Manifest
 
-from .test_iqa_heads import (PAIRS, assert_matches, clipiqa_plus_file, pyiqa_clipiqa, rn_clip,  # noqa: F401
-                             setup, tokenize)
+from .test_iqa_heads import (PAIRS, assert_matches, clipiqa_plus_file, liqe_file, pyiqa_clipiqa,  # noqa: F401
+                             pyiqa_liqe, rn_clip, setup, tokenize)
 
 MAX_PIXELS = 300_000     # --max-input-pixels of these exports: the 600x520 image below is over it
 
@@ -126,15 +126,47 @@ def test_clip_iqa_at_own_size_on_a_resnet_matches_pyiqa(setup, rn_clip, odd_phot
     assert_matches(got["clip_iqa_plus"], pyiqa_own_size(model, good, plus_text))
 
 
+@pytest.mark.slow
+def test_liqe_at_own_size_matches_pyiqa(setup, liqe_file, odd_photos, tmp_path, capsys):
+    """LIQE keeps its tower at 224 (with its positional embedding) and picks pyiqa's crops from each image's own
+    grid of windows in the graph: min(15, windows) at 0, s, 2s, ... (s = max(1, windows // n)), logits averaged.
+    An image with a side under 224 (which pyiqa asserts against) is a too_small error."""
+    path, tuned = liqe_file
+    out = tmp_path / "liqe_native.onnx"
+    assert main(["export", "--arch", str(setup["config"]), "--weights", str(path), "--head", f"liqe:{path}",
+                 "--head", f"liqe-mix:{path}", "--resize-mode", "native", "-o", str(out), "-q"]) == 0
+    base = Image.open(setup["photos"][0]).convert("RGB")
+    extra = []      # 1 window; 3 x 1; 1 x 15 (all); 21 x 15 (every 21st of 315, past the first row)
+    for w, h in ((224, 224), (230, 300), (700, 250), (700, 900)):
+        extra.append(tmp_path / f"liqe_{w}x{h}.png")
+        base.resize((w, h), Image.Resampling.BICUBIC).save(extra[-1])
+    big = [p for p in odd_photos[0] if min(Image.open(p).size) >= 224] + extra
+    small = [p for p in odd_photos[0] if min(Image.open(p).size) < 224]
+    assert len(big) >= 9 and small
+    with Scanner(out, batch_size=3) as scanner:
+        results = list(scanner.scan(big + small))
+        manifest = scanner.manifest
+    assert all(r.ok for r in results[:len(big)]) and all(r.error.startswith("too_small") for r in results[len(big):])
+    assert manifest.input.own_size.min_side == 224
+    assert manifest.preprocess.graph_crops == {"size": [224, 224], "stride": 32, "count": 15,
+                                               "aggregate": "mean_normalized_embedding"}
+    files = [T.ToTensor()(Image.open(p).convert("RGB"))[None] for p in big]   # pyiqa's imread2tensor
+    for head, mix in (("liqe", False), ("liqe_mix", True)):
+        got = np.array([r.heads[head]["score"] for r in results[:len(big)]])
+        assert_matches(got, np.concatenate([pyiqa_liqe(tuned, x, mix=mix) for x in files]))
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "up to 15 crops of 224x224, evenly spaced over each image's own grid" in capsys.readouterr().out
+
+
 def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path):
     from clipscan.export import export_model
 
     plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"       # the _512 layout: pyiqa adds the positional embedding
     clipiqa_plus_file(setup["model"], plus, "params")
-    for heads, why in ((f"clip-iqa+:{plus}", "adds a positional embedding"),
-                       (f"liqe:{setup['weights']}", "LIQE scores fixed test-time crops")):
-        with pytest.raises(ClipscanError, match=f"--resize-mode native .* {why}.*export these with another"):
-            export_model(str(setup["config"]), setup["weights"], heads, tmp_path / "x.onnx", resize_mode="native")
+    with pytest.raises(ClipscanError, match="--resize-mode native .* adds a positional embedding.*export these with"):
+        export_model(str(setup["config"]), setup["weights"], f"clip-iqa+:{plus}", tmp_path / "x.onnx",
+                     resize_mode="native")
     for kwargs, what in (({"precision": "fp16"}, "FP32 only"), ({"graph": "lean"}, "lean graph fixes the token"),
                          ({"max_input_pixels": 100}, "--max-input-pixels is 100")):
         with pytest.raises(ClipscanError, match=what):
@@ -168,6 +200,21 @@ def test_manifest_own_size_is_checked():
     bad = json.loads(json.dumps(base))
     bad["preprocess"]["resize"]["mode"] = "shortest"
     with pytest.raises(ManifestError, match="needs resize 'none' and crop 'none'"):
+        Manifest.from_dict(bad)
+    # crops the graph picks from each image's own size (LIQE): a count, no fixed origins, tiles within min_side
+    crops = {"size": [224, 224], "stride": 32, "count": 15, "aggregate": "mean_normalized_embedding"}
+    ok = json.loads(json.dumps(base))
+    ok["input"]["own_size"]["min_side"] = 224
+    ok["preprocess"]["graph_crops"] = crops
+    assert Manifest.from_dict(ok).preprocess.graph_crops["count"] == 15
+    for change, message in (({"origins": [[0, 0]]}, "lists fixed windows"), ({"count": 0}, "count' should be >= 1")):
+        bad = json.loads(json.dumps(ok))
+        bad["preprocess"]["graph_crops"].update(change)
+        with pytest.raises(ManifestError, match=message):
+            Manifest.from_dict(bad)
+    bad = json.loads(json.dumps(ok))
+    bad["input"]["own_size"]["min_side"] = 32
+    with pytest.raises(ManifestError, match="under the 224x224 windows"):
         Manifest.from_dict(bad)
 
 
