@@ -16,7 +16,8 @@ the `_512` CLIP-IQA+ variants and LIQE); without it (plain CLIP-IQA and the RN50
 positional embedding is added at all. clipscan reproduces both at the tower's own input size, where
 pyiqa's interpolation of the embedding is the identity; pyiqa runs an image at its own size, clipscan
 at that fixed size, and LIQE on its 15 test-time crops of a fixed 1024x768 input, cut in the graph
-(export.view_crops; docs/guides/export.md, "Quality scorers from IQA-PyTorch").
+(export.view_crops; docs/guides/export.md, "Quality scorers from IQA-PyTorch"), unless export is
+given --resize-mode native: then at each image's own size as pyiqa does (export.native_size).
 """
 from __future__ import annotations
 

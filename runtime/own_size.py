@@ -18,8 +18,8 @@ from .manifest_checks import MANIFEST_LIMITS, bounded, limit, need
 
 NATIVE = "native"   # the --resize-mode value that writes an own-size artifact
 NATIVE_HELP = ("no resize and no crop: the graph takes each image at its own size (dynamic height and width, "
-               "bounded by input.own_size); for heads whose tower adds no positional embedding (clip-iqa, "
-               "clip-iqa+ without it), as IQA-PyTorch runs them")
+               "bounded by input.own_size), as IQA-PyTorch runs clip-iqa, clip-iqa+ without positional embedding "
+               "and liqe (its crops picked from each image's own size)")
 # input.own_size.max_pixels written by export unless --max-input-pixels says otherwise: 2048 x 2048
 OWN_SIZE_MAX_PIXELS = 1 << 22
 
