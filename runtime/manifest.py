@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ManifestError
+from .manifest_checks import (MANIFEST_LIMITS, bounded, count, finite, json_depth_ok, limit, names,  # noqa: F401
+                              need, objects, optional, size, text)
 from .own_size import NATIVE, NATIVE_HELP, OWN_SIZE_MAX_PIXELS, OwnSize, fits  # noqa: F401
-from .manifest_checks import (MANIFEST_LIMITS, bounded, count, finite, json_depth_ok, limit, names, need,
-                              objects, optional, size, text)
 
 METADATA_KEY = "clipscan.manifest"
 FORMAT = "clipscan.manifest"
