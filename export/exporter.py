@@ -28,7 +28,7 @@ from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
-from .tower_kind import require_vit, tower_kind, vit_only_reason
+from .tower_kind import tower_kind, vit_only_reason
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
@@ -279,9 +279,6 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
                                    f"{list(EXPORT_PRECISIONS)}{hint}")
 
-    if precision == "fp16":
-        require_vit(visual, "FP16 export (its float32 islands are a ViT's LayerNorms and projection)",
-                    "export --precision fp32")
     mean = tuple(mean or info.preprocess["mean"])
     std = tuple(std or info.preprocess["std"])
     reference = ScanGraph(visual, heads).eval()   # open_clip's own forward: what the checks compare with
@@ -327,7 +324,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     model = to_onnx(graph, example, INPUT_NAME, graph.output_names(), opset)
     if precision == "fp16":
         stage("converting to FP16")
-        converted = convert_to_fp16(model)
+        converted = convert_to_fp16(model, tower=tower_kind(visual))
         model = converted.model
         manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)
