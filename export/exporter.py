@@ -23,10 +23,10 @@ from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
 from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
-                    set_visual_prompts)
+                    resample_positional_embedding, set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
-from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
+from .iqa import NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING, VIEW_CROPS
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
 from .tower_kind import tower_kind, vit_only_reason
 
@@ -149,12 +149,14 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
     imported = import_heads(items, info, resize_mode)
     if imported.preprocess:
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
-    if imported.tower_change == VIEW_CROPS:   # the graph takes the crops' input, not one tower-sized view
+    if imported.tower_change in (VIEW_CROPS, RESAMPLED_POSITIONAL_EMBEDDING):   # an input of the heads' size
         info = replace(info, image_size=tuple(info.preprocess["size"]))
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:
         drop_positional_embedding(visual)
+    if imported.tower_change == RESAMPLED_POSITIONAL_EMBEDDING:
+        resample_positional_embedding(visual, info.image_size)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":

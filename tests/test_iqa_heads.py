@@ -200,14 +200,16 @@ def test_clip_iqa_and_clip_iqa_plus_match_pyiqa(setup, tmp_path):
     assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text))
 
 
-def pyiqa_input_koniq(paths) -> torch.Tensor:
-    """What clipscan feeds a LIQE artifact: the image scaled (bicubic, one ratio) to cover 1024x768, centre crop."""
+def pyiqa_input_koniq(paths, size=(768, 1024)) -> torch.Tensor:
+    """What clipscan feeds a LIQE artifact (a _512 CLIP-IQA+ one: size (384, 512)): the image scaled (bicubic, one
+    ratio) to cover 1024x768, centre crop."""
+    h, w = size
     out = []
     for p in paths:
         im = Image.open(p).convert("RGB")
-        ratio = min(im.height / 768, im.width / 1024)
+        ratio = min(im.height / h, im.width / w)
         im = im.resize((round(im.width / ratio), round(im.height / ratio)), Image.Resampling.BICUBIC)
-        out.append(T.ToTensor()(T.CenterCrop((768, 1024))(im)))
+        out.append(T.ToTensor()(T.CenterCrop((h, w))(im)))
     return torch.stack(out)
 
 
@@ -254,15 +256,43 @@ def test_liqe_test_time_crops_match_pyiqa(setup, liqe_file, tmp_path, capsys):
     assert "15 crops of 224x224 (stride 32) cut in the graph" in capsys.readouterr().out
 
 
+def koniq_512_frame(setup) -> list:
+    """The photos plus one of exactly 512x384 (KonIQ-10k's 512x384 frame: the runtime's resize and crop are then
+    identities, so pyiqa can be run on the file itself)."""
+    exact = setup["dir"] / "koniq_512_frame.png"
+    if not exact.exists():
+        Image.open(setup["photos"][1]).convert("RGB").resize((512, 384), Image.Resampling.BILINEAR).save(exact)
+    return setup["photos"] + [exact]
+
+
+def check_clip_iqa_plus_512(setup, tmp_path, model, weights, config=None):
+    """A _512 CLIP-IQA+ file through the CLI: a 384x512 input, scored as pyiqa scores that input with its
+    positional embedding resized to the input's tokens; a 512x384 photo as pyiqa scores the file itself."""
+    plus = tmp_path / "CLIPIQA+_512.pth"
+    plus_text = clipiqa_plus_file(model, plus, "params")
+    photos = setup["photos"]
+    setup["photos"] = koniq_512_frame(setup)
+    try:
+        got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=weights, config=config)["clip_iqa_plus"]
+    finally:
+        setup["photos"] = photos
+    m = setup["manifest"]
+    assert m.input.size == m.preprocess.crop_size == (384, 512) and m.preprocess.resize_mode == "shortest"
+    x = pyiqa_input_koniq(koniq_512_frame(setup), (384, 512))
+    assert_matches(got, pyiqa_clipiqa(model, x, plus_text, pos_embedding=True))
+    raw = T.ToTensor()(Image.open(koniq_512_frame(setup)[-1]))[None]   # pyiqa's imread2tensor of the file itself
+    np.testing.assert_allclose(got[-1], pyiqa_clipiqa(model, raw, plus_text, pos_embedding=True)[0], rtol=1e-4)
+    # the resized embedding matters: without it the scores differ
+    assert np.abs(got - pyiqa_clipiqa(model, x, plus_text)).max() > 1e-3
+    return got
+
+
 @pytest.mark.slow
 def test_clip_iqa_plus_512_matches_pyiqa(setup, liqe_file, tmp_path):
-    """clip-iqa+ in the layout of its _512 files (pos_embedding=True) on a ViT tower, one view."""
+    """clip-iqa+ in the layout of its _512 files (pos_embedding=True) on a ViT tower: its 50 positional embeddings
+    resized to the 193 tokens of a 384x512 input (12 x 16 patches and the class token)."""
     path, tuned = liqe_file
-    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"
-    plus_text = clipiqa_plus_file(tuned, plus, "params")
-    got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=path)
-    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(tuned, pyiqa_input(setup["photos"]), plus_text,
-                                                       pos_embedding=True))
+    check_clip_iqa_plus_512(setup, tmp_path, tuned, path)
 
 
 def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
@@ -274,11 +304,14 @@ def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
     with pytest.raises(ClipscanError, match="positional embedding"):
         export_model(str(setup["config"]), setup["weights"], ["clip-iqa", f"liqe:{setup['weights']}"],
                      tmp_path / "x.onnx")
-    with pytest.raises(ClipscanError, match="test-time crops .* export them as separate artifacts"):
-        plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"     # a head of the single-view pass (with positional embedding)
-        clipiqa_plus_file(setup["model"], plus, "params")
+    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"     # a head of one 384x512 view (with positional embedding)
+    clipiqa_plus_file(setup["model"], plus, "params")
+    with pytest.raises(ClipscanError, match=r"size: \[768, 1024\] vs \[384, 512\]\), so they cannot share one "
+                                            r"backbone pass: export them as separate artifacts$"):
         export_model(str(setup["config"]), setup["weights"], [f"liqe:{setup['weights']}", f"clip-iqa+:{plus}"],
                      tmp_path / "x.onnx")
+    with pytest.raises(ClipscanError, match="runs the tower on a 512x384 input, its positional embedding resampled"):
+        export_model(str(setup["config"]), setup["weights"], [f"clip-iqa+:{plus}", "clip-iqa"], tmp_path / "x.onnx")
     other = tmp_path / "liqe_koniq.pt"
     other.write_bytes(setup["weights"].read_bytes())
     with pytest.raises(ClipscanError, match="give the same file to both"):
@@ -337,18 +370,13 @@ def test_clip_iqa_on_a_resnet_tower_matches_pyiqa(setup, rn_clip, tmp_path):
 
 @pytest.mark.slow
 def test_clip_iqa_plus_512_on_a_resnet_tower_matches_pyiqa(setup, rn_clip, tmp_path):
-    """clipiqa+_rn50_512 alone: the _512 layout on a ModifiedResNet keeps the attention pool's positional embedding
-    (pyiqa's pos_embedding=True), which at the tower's own input size pyiqa's interpolation leaves unchanged."""
-    model = rn_clip["model"]
-    plus = tmp_path / "CLIPIQA+_RN50_512.pth"
-    plus_text = clipiqa_plus_file(model, plus, "params")
-    got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=rn_clip["weights"],
-                          config=rn_clip["config"])
-    assert "positional embedding" not in setup["manifest"].heads[0].description
-    x = pyiqa_input(setup["photos"], 96)
-    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text, pos_embedding=True))
-    # the kept embedding matters: without it (the bare-context file's pass) the scores differ
-    assert np.abs(got["clip_iqa_plus"] - pyiqa_clipiqa(model, x, plus_text)).max() > 1e-3
+    """clipiqa+_rn50_512 alone: the _512 layout on a ModifiedResNet, its attention pool's 10 positional embeddings
+    (3 x 3 grid of the 96 px tower, mean token) resized along the token row to the 193 of a 384x512 input."""
+    check_clip_iqa_plus_512(setup, tmp_path, rn_clip["model"], rn_clip["weights"], rn_clip["config"])
+    assert "512x384 input" in setup["manifest"].heads[0].description
+    # verify rebuilds the original from the record (the embedding resized again) and finds the file equal to it
+    assert main(["verify", str(setup["out"]), "--images", str(setup["photos"][0].parent), "--no-launder",
+                 "--report", str(tmp_path / "report")]) == 0
 
 
 @pytest.fixture(scope="module")
