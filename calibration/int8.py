@@ -8,8 +8,9 @@ manifest, with precision "int8" and the calibration facts. Targets:
   as TensorRT 10/11 need).
 
 A `Recipe` picks the calibration method (minmax, percentile, entropy; or dynamic = weights only),
-which ops get quantized ("all" or "matmul": MatMul/Gemm with a constant weight and the patch Conv),
-whether the tail after the tower's final LayerNorm (projection, normalisation, heads) stays float,
+which ops get quantized ("all" or "matmul": MatMul/Gemm with a constant weight and every Conv: a
+ViT's patch embedding, a ResNet's stem and stages), whether the tail (projection, normalisation, heads:
+after a ViT's final LayerNorm, from a ResNet's attention-pool Softmax on) stays float,
 SmoothQuant-style rescaling of LayerNorm -> MatMul pairs (`smooth_alpha`), and extra excluded nodes.
 """
 from __future__ import annotations
@@ -51,9 +52,10 @@ def _onnx():
 # -- graph helpers ------------------------------------------------------------------------------
 
 def tail_nodes(model) -> list[str]:
-    """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards), and of every
-    node the embedding output does not depend on (heads, and taps such as export.head_tap's attention-head
-    contributions, which branch off inside the tower)."""
+    """Names of the nodes at and after the tower's last LayerNormalization (ln_post onwards; on a ModifiedResNet,
+    which has none, its attention pool's Softmax onwards: the weighted values and the c_proj projection, as the
+    FP16 export keeps them), and of every node the embedding output does not depend on (heads, and taps such
+    as export.head_tap's attention-head contributions, which branch off inside the tower)."""
     names = _after_last_ln(model)
     seen = set(names)
     return names + [n for n in _head_only_nodes(model) if n not in seen]
@@ -70,12 +72,15 @@ def _head_only_nodes(model) -> list[str]:
 
 
 def _after_last_ln(model) -> list[str]:
-    """The tower's last LayerNorm (on the embedding's path, not a tap's) and everything after it."""
+    """The tower's last LayerNorm (on the embedding's path, not a tap's) and everything after it; in a tower
+    without LayerNorm (ModifiedResNet), its last Softmax on that path (the attention pool's) and what follows."""
     from .search_targets import ancestors
 
     graph = model.graph
     on_path = ancestors(model, ["embedding"]) if any(o.name == "embedding" for o in graph.output) else None
     lns = [n for n in graph.node if n.op_type == "LayerNormalization" and (on_path is None or n.name in on_path)]
+    if not lns:
+        lns = [n for n in graph.node if n.op_type == "Softmax" and on_path is not None and n.name in on_path]
     if not lns:
         return []
     cons = consumers(graph)

@@ -23,12 +23,12 @@ from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
 from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
-                    set_visual_prompts)
+                    resample_positional_embedding, set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
-from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
+from .iqa import NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING, VIEW_CROPS
 from .onnx_writer import attach_manifest, save_checked, to_onnx, validate_manifest
-from .tower_kind import require_vit, tower_kind, vit_only_reason
+from .tower_kind import tower_kind, vit_only_reason
 
 log = logging.getLogger("clipscan.export")
 torch = require("torch")
@@ -160,7 +160,7 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
     imported = import_heads(items, info, resize_mode)
     if imported.preprocess:
         info = replace(info, preprocess={**info.preprocess, **imported.preprocess})
-    if imported.tower_change == VIEW_CROPS:   # the graph takes the crops' input, not one tower-sized view
+    if imported.tower_change in (VIEW_CROPS, RESAMPLED_POSITIONAL_EMBEDDING):   # an input of the heads' size
         info = replace(info, image_size=tuple(info.preprocess["size"]))
     if imported.visual_prompts is not None:
         set_visual_prompts(visual, imported.visual_prompts)
@@ -170,6 +170,8 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
         info = native_heads(imported.tower_change, imported.heads, info)
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:
         drop_positional_embedding(visual, own_size=resize_mode == NATIVE)
+    if imported.tower_change == RESAMPLED_POSITIONAL_EMBEDDING:
+        resample_positional_embedding(visual, info.image_size)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":
@@ -302,9 +304,6 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
         raise InvalidArgumentError(f"precision {precision!r} is not one export writes; choose one of "
                                    f"{list(EXPORT_PRECISIONS)}{hint}")
 
-    if precision == "fp16":
-        require_vit(visual, "FP16 export (its float32 islands are a ViT's LayerNorms and projection)",
-                    "export --precision fp32")
     own = None
     from .native_size import is_own_size
 
@@ -366,7 +365,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                     own_size=(own.min_side, own.max_pixels // own.min_side) if own else None)
     if precision == "fp16":
         stage("converting to FP16")
-        converted = convert_to_fp16(model)
+        converted = convert_to_fp16(model, tower=tower_kind(visual))
         model = converted.model
         manifest.backbone["fp16"] = converted.manifest_facts()
     attach_manifest(model, manifest)

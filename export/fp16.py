@@ -5,10 +5,14 @@
 - weights and compute in float16: Conv, MatMul, Gemm, the elementwise ops and the
   activations of the image tower, and the data-movement ops between them;
 - kept in float32: LayerNormalization and Softmax (and any op not known to be safe in
-  float16: reductions, Pow, Sqrt, Exp, ...), plus the whole tail after the tower's final
-  LayerNorm (ln_post): CLS selection, projection, L2 normalisation and every head. The
-  tail is a few thousand weights and decides the verdict at a threshold, so it is not
-  worth its float16 rounding;
+  float16: reductions, Pow, Sqrt, Exp, ...), plus the whole tail of the tower (`TAILS`): for a
+  ViT, everything after its final LayerNorm (ln_post): CLS selection, projection, L2
+  normalisation and every head; for OpenAI's ModifiedResNet (RN50, ...), everything from its
+  attention pool's Softmax on: the attention-weighted sum of the values, the output projection
+  (c_proj, which gives the embedding), the pooled token, normalisation and every head. The tail
+  is a small part of the compute and decides the verdict at a threshold, so it is not worth its
+  float16 rounding. A ResNet's BatchNorms are already folded into its convolutions by the ONNX
+  export (eval mode), so the stages are Conv, Relu, AveragePool and Add, all in float16;
 - graph inputs and outputs keep their types (float32 or uint8 in, float32 out), as
   onnxconverter-common's `keep_io_types` does: Casts are inserted at the boundaries.
 
@@ -32,6 +36,7 @@ import numpy as np
 from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 
 from .deps import require
+from .tower_kind import MODIFIED_RESNET, VIT
 
 log = logging.getLogger("clipscan.export")
 onnx = require("onnx")
@@ -42,7 +47,7 @@ FP16_MAX = float(np.finfo(np.float16).max)
 
 # Ops that compute in float16 in the converted tower.
 FP16_OPS = frozenset({
-    "Conv", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Max", "Min", "Where",
+    "Conv", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Max", "Min", "Where", "AveragePool",
     "Sigmoid", "Relu", "Tanh", "Erf", "Gelu", "LeakyRelu", "HardSigmoid", "HardSwish",
 })
 # Ops that move data without arithmetic: they take the type of their data inputs.
@@ -56,6 +61,12 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 KEEP_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceMean", "ReduceSum", "ReduceSumSquare",
                  "ReduceMax", "LpNormalization", "Pow", "Sqrt", "Exp", "Log", "Clip")
 SUFFIX16 = "__fp16"
+# tower kind (export.tower_kind) -> where its float32 tail starts, as the manifest says it
+TAILS = {
+    VIT: "everything after the tower's final LayerNorm: CLS selection, projection, L2 normalisation, heads",
+    MODIFIED_RESNET: "everything from the attention pool's Softmax on: the attention-weighted values, the output "
+                     "projection (c_proj), the pooled token, L2 normalisation, heads",
+}
 
 
 @dataclass
@@ -63,20 +74,21 @@ class Fp16Conversion:
     """The converted model and what was kept in float32."""
     model: object
     kept_fp32_ops: dict[str, int]            # op type -> nodes of the tower kept in float32
-    tail_ops: dict[str, int]                 # op type -> nodes of the tail (after ln_post) kept in float32
+    tail_ops: dict[str, int]                 # op type -> nodes of the tail (TAILS) kept in float32
     casts_inserted: int
     fp16_weights: int                        # numbers stored in float16
     fp32_weights: int                        # numbers stored in float32
     weights_flushed_to_zero: int             # nonzero float32 weights that are 0 in float16
     weights_subnormal: int                   # weights that are subnormal in float16 (fewer significant bits)
+    tower: str = VIT                         # whose tail (TAILS) stayed float32
 
     def manifest_facts(self) -> dict:
         """What `backbone["fp16"]` of the manifest records."""
         return {
-            "compute": "float16 (Conv, MatMul, Gemm, elementwise ops and activations of the image tower)",
+            "compute": "float16 (Conv, MatMul, Gemm, pooling, elementwise ops and activations of the image "
+                       "tower)",
             "kept_fp32_ops": sorted(self.kept_fp32_ops),
-            "kept_fp32_tail": "everything after the tower's final LayerNorm: CLS selection, projection, "
-                              "L2 normalisation, heads",
+            "kept_fp32_tail": TAILS[self.tower],
             "kept_fp32_tail_ops": sorted(self.tail_ops),
             "io_types": "kept (inputs as exported, outputs float32)",
             "casts_inserted": self.casts_inserted,
@@ -99,22 +111,32 @@ def _name_scopes(node) -> list[str] | None:
     return None
 
 
-def tail_node_indices(graph) -> set[int]:
-    """Indices of the nodes after the image tower's final LayerNorm (ln_post), and of every head, which stay
-    float32.
+def tail_node_indices(graph, tower: str = VIT) -> set[int]:
+    """Indices of the nodes of the tower's tail (`TAILS`), and of every head, which stay float32.
 
-    The final LayerNorm is the last one inside the tower's name scope (the dynamo exporter
-    records module scopes in node metadata), so a head with a LayerNorm of its own does not
-    move the boundary; without that metadata, the last LayerNorm of the graph.
+    A ViT's tail starts after its final LayerNorm (ln_post): the last one inside the tower's
+    name scope (the dynamo exporter records module scopes in node metadata), so a head with a
+    LayerNorm of its own does not move the boundary; without that metadata, the last LayerNorm of
+    the graph. A ModifiedResNet's starts at its attention pool's Softmax, the only one in the tower;
+    without the metadata, the first Softmax of the graph (a head's Softmax reads the embedding, so
+    it comes after the pool's in the graph's order).
     """
-    lns = [i for i, n in enumerate(graph.node) if n.op_type == "LayerNormalization"]
-    scoped = [i for i in lns if (_name_scopes(graph.node[i]) or ["", ""])[1:2] == ["tower"]]
-    last = (scoped or lns or [None])[-1]
+    if tower not in TAILS:
+        raise InvalidArgumentError(f"no FP16 tail is defined for a tower of kind {tower!r}; known: {sorted(TAILS)}")
+    op = "LayerNormalization" if tower == VIT else "Softmax"
+    found = [i for i, n in enumerate(graph.node) if n.op_type == op]
+    scoped = [i for i in found if (_name_scopes(graph.node[i]) or ["", ""])[1:2] == ["tower"]]
+    if tower == VIT:
+        last = (scoped or found or [None])[-1]
+    else:
+        last = (scoped[-1:] or found[:1] or [None])[0]
     # a head that reads a feature from inside the tower (RINE's ln_2 tap) is not reached from ln_post: the
     # nodes in a head's own scope are tail nodes too
     tail = {i for i, n in enumerate(graph.node) if "".join((_name_scopes(n) or [])[1:2]).startswith("heads.")}
     if last is None:
         return tail
+    if tower != VIT:        # the Softmax itself is in the tail (a ViT's final LayerNorm is kept float32 anyway)
+        tail.add(last)
     reached = set(graph.node[last].output)
     for i in range(last + 1, len(graph.node)):
         node = graph.node[i]
@@ -147,8 +169,9 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
-def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OPS) -> Fp16Conversion:
-    """The FP16 variant of an FP32 ONNX model (see the module docstring); the input is not modified."""
+def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OPS, tower: str = VIT) -> Fp16Conversion:
+    """The FP16 variant of an FP32 ONNX model (see the module docstring); the input is not modified.
+    `tower`: the image tower's kind (export.tower_kind), which says where its float32 tail starts."""
     from onnx import helper, numpy_helper
 
     model = copy.deepcopy(model)
@@ -170,7 +193,7 @@ def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OP
     for node in g.node:
         if not node.name:
             node.name = _unique(f"node_{node.op_type}", taken)
-    tail = tail_node_indices(g) if keep_tail_fp32 else set()
+    tail = tail_node_indices(g, tower) if keep_tail_fp32 else set()
     keep_ops = frozenset(keep_ops)
 
     dtype = {name: elem[name] for name in elem if is_float(name)}  # dtype in the converted graph
@@ -286,4 +309,4 @@ def convert_to_fp16(model, *, keep_tail_fp32: bool = True, keep_ops=KEEP_FP32_OP
     n32 = sum(int(np.prod(t.dims)) for t in g.initializer if t.data_type == FLOAT)
     return Fp16Conversion(model=model, kept_fp32_ops=dict(kept), tail_ops=dict(tail_ops), casts_inserted=len(casts),
                           fp16_weights=n16, fp32_weights=n32, weights_flushed_to_zero=flushed,
-                          weights_subnormal=subnormal)
+                          weights_subnormal=subnormal, tower=tower)

@@ -109,19 +109,53 @@ class _Fp32LayerNorm(torch.nn.Module):
         return y.to(self.out_dtype)
 
 
+class _Fp32TailAttentionPool(torch.nn.Module):
+    """open_clip's AttentionPool2d as the FP16 graph of a ModifiedResNet runs it: tokens, their mean (computed in
+    float32, as the graph's ReduceMean), positional embedding and the query/key/value projections in float16;
+    from the Softmax on (the graph's float32 tail) the attention, the weighted values and c_proj in float32."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.num_heads = pool.num_heads
+        self.c_proj = copy.deepcopy(pool.c_proj).float()
+        self.pool = pool.half()
+
+    def forward(self, x):
+        p, heads = self.pool, self.num_heads
+        tokens = x.flatten(2).permute(2, 0, 1)                                     # (HW, N, C)
+        tokens = torch.cat([tokens.float().mean(dim=0, keepdim=True).to(x.dtype), tokens], dim=0)
+        tokens = tokens + p.positional_embedding[:, None, :].to(x.dtype)
+        length, n, width = tokens.shape
+        split = lambda t: t.reshape(length, n * heads, width // heads).transpose(0, 1)  # noqa: E731
+        q, k, v = (split(proj(tokens)) for proj in (p.q_proj, p.k_proj, p.v_proj))
+        scores = (q * (width // heads) ** -0.5) @ k.transpose(1, 2)
+        attended = torch.softmax(scores.float(), dim=-1) @ v.float()               # (N*heads, HW+1, C/heads)
+        out = self.c_proj(attended.transpose(0, 1).reshape(length, n, width))
+        return out[0]
+
+
 def emulate_half(graph, *, like_artifact: bool = True):
     """A copy of a ScanGraph that runs its image tower in float16 with PyTorch's CPU kernels.
 
-    `like_artifact`: the FP16 graph's float32 islands stay float32 here too (LayerNorms
-    computed in float32, the tail from ln_post on: projection, normalisation, heads). Softmax
-    runs in PyTorch's float16 kernel, so attention is stricter than in the graph. Without it,
-    `.half()` of everything, heads included (the strictest estimate).
+    `like_artifact`: the FP16 graph's float32 islands stay float32 here too. For a ViT, its
+    LayerNorms are computed in float32 and the tail from ln_post on (projection, normalisation,
+    heads) stays float32; Softmax runs in PyTorch's float16 kernel, so attention is stricter than
+    in the graph. For a ModifiedResNet (BatchNorms in float16 here, folded into the convolutions
+    in the graph), the attention pool runs as `_Fp32TailAttentionPool`: float32 from its Softmax
+    on, as the graph. Without `like_artifact`, `.half()` of everything, heads included (the
+    strictest estimate).
     Takes the same input as `graph` (float32 normalised pixels, or uint8); returns float32.
     """
+    from .tower_kind import MODIFIED_RESNET, tower_kind
+
     g = copy.deepcopy(graph).eval()
     visual = g.tower.visual
     if not like_artifact:
         g.half()
+    elif tower_kind(visual) == MODIFIED_RESNET:
+        pool = _Fp32TailAttentionPool(visual.attnpool)
+        visual.half()
+        visual.attnpool = pool.eval()
     else:
         norms = [(parent, child_name, child) for parent in visual.modules()
                  for child_name, child in parent.named_children() if isinstance(child, torch.nn.LayerNorm)]

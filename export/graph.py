@@ -47,6 +47,31 @@ def drop_positional_embedding(visual, *, own_size: bool = False) -> None:
             visual.positional_embedding.zero_()
 
 
+def resample_positional_embedding(visual, image_size) -> None:
+    """The tower on an input of `image_size` (height, width) as IQA-PyTorch's CLIP with pos_embedding=True runs it,
+    in place: its positional embedding, a (tokens, width) matrix, resized to the token count of that input by
+    F.interpolate(mode="bicubic") of the matrix as one 2-D image to (tokens', width), i.e. along the flattened
+    token row (the class or mean token included), not over the 2-D grid; the width axis is unchanged. A ViT
+    adds it to its patch tokens, a ModifiedResNet in its attention pool. The identity at the tower's own size.
+    """
+    h, w = (int(s) for s in image_size)
+    if tower_kind(visual) == MODIFIED_RESNET:
+        owner, stride = visual.attnpool, 32       # the stem and the three strided stages halve the side five times
+        if h % stride or w % stride:
+            raise InvalidArgumentError(f"a ResNet tower's input must be a multiple of {stride} pixels a side, "
+                                       f"not {h}x{w}")
+    else:
+        owner, stride = visual, visual.conv1.stride[0]   # the patch embedding: kernel = stride, no padding
+    tokens = (h // stride) * (w // stride) + 1
+    pe = owner.positional_embedding
+    if pe.shape[0] == tokens:
+        return
+    with torch.no_grad():
+        resized = F.interpolate(pe.detach().float()[None, None], size=(tokens, pe.shape[1]), mode="bicubic",
+                                align_corners=False)[0, 0]
+    owner.positional_embedding = torch.nn.Parameter(resized.to(pe.dtype), requires_grad=False)
+
+
 class TappedVisual(torch.nn.Module):
     """An open_clip VisionTransformer run once, giving the pooled token before and after the projection.
 

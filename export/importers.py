@@ -352,8 +352,8 @@ def import_heads(items, backbone, resize_mode: str | None = None) -> Imported:
             if key in merged.preprocess and merged.preprocess[key] != value:
                 raise InvalidArgumentError(
                     f"the heads need different preprocessing ({key}: {merged.preprocess[key]!r} vs {value!r}), so "
-                    "they cannot share one backbone pass: export them as separate artifacts, or choose one "
-                    "recipe for all with --resize-mode")
+                    "they cannot share one backbone pass: export them as separate artifacts"
+                    + (", or choose one recipe for all with --resize-mode" if key == "resize_mode" else ""))
             merged.preprocess[key] = value
         merged.heads.extend(got.heads)
         merged.source = merged.source or got.source

@@ -2,7 +2,7 @@
 
 - CLIP-IQA (Wang et al. 2023; pyiqa's `clipiqa`): five antonym prompt pairs ("Good image" / "bad
   image", ...), quality = mean over the pairs of softmax(logit_scale * cos(image, [good, bad]))[good].
-- CLIP-IQA+ (pyiqa's `clipiqa+`, `clipiqa+_vitL14_512`): one pair, "Good photo.." / "Bad photo.."
+- CLIP-IQA+ (pyiqa's `clipiqa+`, `clipiqa+_rn50_512`, `clipiqa+_vitL14_512`): one pair, "Good photo.." / "Bad photo.."
   with 16 learned context vectors (CoOp) around the class words.
 - LIQE (Zhang et al. 2023; pyiqa's `liqe`, `liqe_mix`): a fine-tuned CLIP ViT-B/32 and the prompts
   "a photo with {q} quality" (mix: "a photo of a {scene} with {distortion} artifacts, which is of {q}
@@ -12,12 +12,15 @@ The text side never depends on the image: every prompt is encoded here, once, wi
 own text tower, and the graph holds only the resulting constant matrix.
 
 pyiqa's own CLIP adds the image tower's positional embedding only when asked (`pos_embedding=True`,
-the `_512` CLIP-IQA+ variants and LIQE); without it (plain CLIP-IQA and the RN50 CLIP-IQA+) no
-positional embedding is added at all. clipscan reproduces both at the tower's own input size, where
-pyiqa's interpolation of the embedding is the identity; pyiqa runs an image at its own size, clipscan
-at that fixed size, and LIQE on its 15 test-time crops of a fixed 1024x768 input, cut in the graph
-(export.view_crops; docs/guides/export.md, "Quality scorers from IQA-PyTorch"), unless export is
-given --resize-mode native: then at each image's own size as pyiqa does (export.native_size).
+the `_512` CLIP-IQA+ variants and LIQE), resized bicubically to the input's token count; without it
+(plain CLIP-IQA and the RN50 CLIP-IQA+) no positional embedding is added at all. pyiqa runs an image
+at its own size; clipscan's graph has one fixed input unless export is given --resize-mode native:
+the tower's own size for CLIP-IQA and the bare-context CLIP-IQA+ (no embedding to resize), 512x384
+for the `_512` files (KonIQ-10k's frame they were trained and validated on; the embedding resized as
+pyiqa resizes it, once, at export: export.graph.resample_positional_embedding), and for LIQE its 15
+test-time crops of a fixed 1024x768 input, cut in the graph (export.view_crops; docs/guides/export.md,
+"Quality scorers from IQA-PyTorch"). With --resize-mode native, CLIP-IQA, the bare-context CLIP-IQA+
+and LIQE run at each image's own size as pyiqa does (export.native_size).
 """
 from __future__ import annotations
 
@@ -44,8 +47,14 @@ IQA_PREPROCESS = {"resize_mode": "shortest", "interpolation": "bicubic",
                   "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
 NO_POSITIONAL_EMBEDDING = "no_positional_embedding"      # Imported.tower_change: pyiqa's pos_embedding=False
 VIEW_CROPS = "view_crops"                                # Imported.tower_change: LIQE's crops, cut in the graph
+RESAMPLED_POSITIONAL_EMBEDDING = "resampled_positional_embedding"   # the _512 CLIP-IQA+ files' input, see below
+# the input of the _512 CLIP-IQA+ files (height, width): KonIQ-10k's 512x384 release, which pyiqa's training option
+# for them reads (random 384 crops) and validates on whole
+CLIPIQA_PLUS_512_INPUT = (384, 512)
 TOWER_CHANGES = {   # Imported.tower_change -> what it does to the one backbone pass that every head shares
     NO_POSITIONAL_EMBEDDING: "runs the tower without its positional embedding (as IQA-PyTorch does)",
+    RESAMPLED_POSITIONAL_EMBEDDING: "runs the tower on a 512x384 input, its positional embedding resampled to that "
+                                    "input's token count (as IQA-PyTorch does)",
     VIEW_CROPS: "runs the tower on LIQE's test-time crops of a larger input (cut in the graph, logits averaged) "
                 "instead of on one view",
 }
@@ -179,8 +188,9 @@ def clipiqa_plus_head(encoder, data, source) -> tuple[PromptPairsHead, bool]:
     head = PromptPairsHead(text[:1], text[1:], encoder.logit_scale, name="clip_iqa_plus",
                            description=f"CLIP-IQA+ (pyiqa clipiqa+): softmax(logit_scale x cosine) of 'Good photo' "
                                        f"vs 'Bad photo' with {ctx.shape[1]} learned context vectors; score in [0, 1]"
-                                       + ("" if pos else "; the tower adds no positional embedding "
-                                          "(pyiqa's pos_embedding=False)"))
+                                       + ("; on a 512x384 input, the tower's positional embedding resized to "
+                                          "its token count (pyiqa's pos_embedding=True)" if pos else
+                                          "; the tower adds no positional embedding (pyiqa's pos_embedding=False)"))
     return head, pos
 
 

@@ -46,15 +46,20 @@ def import_clip_iqa_plus(path: Path, backbone) -> Imported:
     ".token_suffix"}} (the _512 files, RN50 or ViT-L/14, used with it). "X x 16 Good photo.." and
     "... Bad photo.." are encoded with the learned context around the class words, as pyiqa's
     PromptLearner does; quality = softmax(logit_scale x cosine(projected embedding, prompts))[good],
-    in [0, 1]. Preprocessing as clip-iqa's.
+    in [0, 1]. Preprocessing as clip-iqa's, at the tower's size for the bare context; a _512 file runs a
+    512x384 input (wide x high: KonIQ-10k's frame, which pyiqa trains and validates them on) with the tower's
+    positional embedding resized bicubically to that input's token count, as pyiqa does.
     """
-    from .iqa import IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, clipiqa_plus_head
+    from .iqa import (CLIPIQA_PLUS_512_INPUT, IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING,
+                      clipiqa_plus_head)
 
     if not path.is_file():
         raise InputNotFoundError(f"CLIP-IQA+ prompt file {path} does not exist; pass pyiqa's learned-prompt .pth")
     head, pos = clipiqa_plus_head(_iqa_encoder(backbone), load_torch_file(path, "CLIP-IQA+ prompt file"), path)
-    return Imported([head], preprocess=dict(IQA_PREPROCESS), source=path,
-                    tower_change=None if pos else NO_POSITIONAL_EMBEDDING)
+    if not pos:
+        return Imported([head], preprocess=dict(IQA_PREPROCESS), source=path, tower_change=NO_POSITIONAL_EMBEDDING)
+    return Imported([head], preprocess={**IQA_PREPROCESS, "size": list(CLIPIQA_PLUS_512_INPUT)}, source=path,
+                    tower_change=RESAMPLED_POSITIONAL_EMBEDDING)
 
 
 def _liqe(path: Path, backbone, mix: bool) -> Imported:

@@ -5,8 +5,9 @@ ModifiedResNet (RN50, RN101, RN50x4...: a three-convolution stem, bottleneck sta
 attention pool with its own positional embedding) when `layers` is a list of four. Both give the
 projected image embedding that the prompt and linear heads read. What reads inside the tower
 (the lean block graph, deep visual prompts, attention-head and ln_2 taps, the CLS token before the
-projection, the FP16 float32 islands, folding the normalisation into an unpadded patch
-embedding) exists for the ViT only, and says so here instead of failing on a missing attribute.
+projection, folding the normalisation into an unpadded patch embedding) exists for the ViT only,
+and says so here instead of failing on a missing attribute. FP16 export takes both kinds: each has
+its own float32 tail (export.fp16.TAILS).
 """
 from __future__ import annotations
 

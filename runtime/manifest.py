@@ -47,7 +47,7 @@ ENSEMBLE_RULES = {
 # the artifact's arithmetic -> what it means
 PRECISIONS = {
     "fp32": "float32 weights and compute",
-    "fp16": "float16 weights and compute; LayerNorm/Softmax, the heads and the outputs in float32",
+    "fp16": "float16 weights and compute; LayerNorm/Softmax, the tower's projection, heads and outputs in float32",
     "int8": "INT8 QDQ (quantize/dequantize pairs), written by clipscan calibrate",
 }
 

@@ -200,14 +200,16 @@ def test_clip_iqa_and_clip_iqa_plus_match_pyiqa(setup, tmp_path):
     assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(model, x, plus_text))
 
 
-def pyiqa_input_koniq(paths) -> torch.Tensor:
-    """What clipscan feeds a LIQE artifact: the image scaled (bicubic, one ratio) to cover 1024x768, centre crop."""
+def pyiqa_input_koniq(paths, size=(768, 1024)) -> torch.Tensor:
+    """What clipscan feeds a LIQE artifact (a _512 CLIP-IQA+ one: size (384, 512)): the image scaled (bicubic, one
+    ratio) to cover 1024x768, centre crop."""
+    h, w = size
     out = []
     for p in paths:
         im = Image.open(p).convert("RGB")
-        ratio = min(im.height / 768, im.width / 1024)
+        ratio = min(im.height / h, im.width / w)
         im = im.resize((round(im.width / ratio), round(im.height / ratio)), Image.Resampling.BICUBIC)
-        out.append(T.ToTensor()(T.CenterCrop((768, 1024))(im)))
+        out.append(T.ToTensor()(T.CenterCrop((h, w))(im)))
     return torch.stack(out)
 
 
@@ -254,15 +256,43 @@ def test_liqe_test_time_crops_match_pyiqa(setup, liqe_file, tmp_path, capsys):
     assert "15 crops of 224x224 (stride 32) cut in the graph" in capsys.readouterr().out
 
 
+def koniq_512_frame(setup) -> list:
+    """The photos plus one of exactly 512x384 (KonIQ-10k's 512x384 frame: the runtime's resize and crop are then
+    identities, so pyiqa can be run on the file itself)."""
+    exact = setup["dir"] / "koniq_512_frame.png"
+    if not exact.exists():
+        Image.open(setup["photos"][1]).convert("RGB").resize((512, 384), Image.Resampling.BILINEAR).save(exact)
+    return setup["photos"] + [exact]
+
+
+def check_clip_iqa_plus_512(setup, tmp_path, model, weights, config=None):
+    """A _512 CLIP-IQA+ file through the CLI: a 384x512 input, scored as pyiqa scores that input with its
+    positional embedding resized to the input's tokens; a 512x384 photo as pyiqa scores the file itself."""
+    plus = tmp_path / "CLIPIQA+_512.pth"
+    plus_text = clipiqa_plus_file(model, plus, "params")
+    photos = setup["photos"]
+    setup["photos"] = koniq_512_frame(setup)
+    try:
+        got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=weights, config=config)["clip_iqa_plus"]
+    finally:
+        setup["photos"] = photos
+    m = setup["manifest"]
+    assert m.input.size == m.preprocess.crop_size == (384, 512) and m.preprocess.resize_mode == "shortest"
+    x = pyiqa_input_koniq(koniq_512_frame(setup), (384, 512))
+    assert_matches(got, pyiqa_clipiqa(model, x, plus_text, pos_embedding=True))
+    raw = T.ToTensor()(Image.open(koniq_512_frame(setup)[-1]))[None]   # pyiqa's imread2tensor of the file itself
+    np.testing.assert_allclose(got[-1], pyiqa_clipiqa(model, raw, plus_text, pos_embedding=True)[0], rtol=1e-4)
+    # the resized embedding matters: without it the scores differ
+    assert np.abs(got - pyiqa_clipiqa(model, x, plus_text)).max() > 1e-3
+    return got
+
+
 @pytest.mark.slow
 def test_clip_iqa_plus_512_matches_pyiqa(setup, liqe_file, tmp_path):
-    """clip-iqa+ in the layout of its _512 files (pos_embedding=True) on a ViT tower, one view."""
+    """clip-iqa+ in the layout of its _512 files (pos_embedding=True) on a ViT tower: its 50 positional embeddings
+    resized to the 193 tokens of a 384x512 input (12 x 16 patches and the class token)."""
     path, tuned = liqe_file
-    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"
-    plus_text = clipiqa_plus_file(tuned, plus, "params")
-    got = export_and_scan(setup, tmp_path, [f"clip-iqa+:{plus}"], weights=path)
-    assert_matches(got["clip_iqa_plus"], pyiqa_clipiqa(tuned, pyiqa_input(setup["photos"]), plus_text,
-                                                       pos_embedding=True))
+    check_clip_iqa_plus_512(setup, tmp_path, tuned, path)
 
 
 def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
@@ -274,11 +304,14 @@ def test_iqa_heads_refuse_a_file_and_a_mixed_pass(setup, tmp_path):
     with pytest.raises(ClipscanError, match="positional embedding"):
         export_model(str(setup["config"]), setup["weights"], ["clip-iqa", f"liqe:{setup['weights']}"],
                      tmp_path / "x.onnx")
-    with pytest.raises(ClipscanError, match="test-time crops .* export them as separate artifacts"):
-        plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"     # a head of the single-view pass (with positional embedding)
-        clipiqa_plus_file(setup["model"], plus, "params")
+    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"     # a head of one 384x512 view (with positional embedding)
+    clipiqa_plus_file(setup["model"], plus, "params")
+    with pytest.raises(ClipscanError, match=r"size: \[768, 1024\] vs \[384, 512\]\), so they cannot share one "
+                                            r"backbone pass: export them as separate artifacts$"):
         export_model(str(setup["config"]), setup["weights"], [f"liqe:{setup['weights']}", f"clip-iqa+:{plus}"],
                      tmp_path / "x.onnx")
+    with pytest.raises(ClipscanError, match="runs the tower on a 512x384 input, its positional embedding resampled"):
+        export_model(str(setup["config"]), setup["weights"], [f"clip-iqa+:{plus}", "clip-iqa"], tmp_path / "x.onnx")
     other = tmp_path / "liqe_koniq.pt"
     other.write_bytes(setup["weights"].read_bytes())
     with pytest.raises(ClipscanError, match="give the same file to both"):
@@ -335,14 +368,139 @@ def test_clip_iqa_on_a_resnet_tower_matches_pyiqa(setup, rn_clip, tmp_path):
                  "--report", str(tmp_path / "report")]) == 0
 
 
+@pytest.mark.slow
+def test_clip_iqa_plus_512_on_a_resnet_tower_matches_pyiqa(setup, rn_clip, tmp_path):
+    """clipiqa+_rn50_512 alone: the _512 layout on a ModifiedResNet, its attention pool's 10 positional embeddings
+    (3 x 3 grid of the 96 px tower, mean token) resized along the token row to the 193 of a 384x512 input."""
+    check_clip_iqa_plus_512(setup, tmp_path, rn_clip["model"], rn_clip["weights"], rn_clip["config"])
+    assert "512x384 input" in setup["manifest"].heads[0].description
+    # verify rebuilds the original from the record (the embedding resized again) and finds the file equal to it
+    assert main(["verify", str(setup["out"]), "--images", str(setup["photos"][0].parent), "--no-launder",
+                 "--report", str(tmp_path / "report")]) == 0
+
+
+@pytest.fixture(scope="module")
+def rn_images(setup):
+    """Calibration (12) and validation (16) folders of photos, renders and distorted copies, disjoint by source."""
+    from .outlier_vit import write_image_sets
+
+    return write_image_sets(setup["dir"] / "rn_images", n_calib=12, n_val=16)
+
+
+@pytest.fixture(scope="module")
+def rn_photos(setup):
+    """The 10 distinct photos of demo_data, each whole and as a wide crop: 20 real images."""
+    from clipscan.export import demo_data
+
+    d = setup["dir"] / "rn_photos"
+    d.mkdir()
+    for name in demo_data.TRAIN_PHOTOS + demo_data.SAMPLE_PHOTOS:
+        img = demo_data.photo(name).convert("RGB")
+        img.save(d / f"{name}.jpg", quality=92)
+        img.crop((3, 17, img.width - 23, img.height // 2 + 5)).save(d / f"{name}_wide.png")
+    return d
+
+
+@pytest.mark.slow
+def test_resnet_tower_fp16_verified_on_photos(setup, rn_clip, rn_photos, tmp_path):
+    """FP16 on a ModifiedResNet: the stages (BatchNorms folded into the convolutions by the export) in float16, the
+    attention pool float32 from its Softmax on (weighted values, c_proj) and the heads float32. clip-iqa and
+    clip-iqa+ in one artifact pass the export's FP16 gate and, on 20 photos against the recorded original,
+    verify's embedding gates and clip-iqa+'s SRCC gate. This 19-convolution seeded tower's float16 weights move
+    its embedding by about 3e-3 relative (it grows stage by stage), which moves the 0-1 scores by up to 4e-4
+    (clip-iqa) and 2.2e-3 (clip-iqa+): a clip-iqa pair of these photos scored 2.5e-4 apart swaps, and one swap in
+    20 misses the 0.9999 SRCC bar (0.9985). The only gate allowed to fail is that one."""
+    import json
+
+    import onnx
+
+    from clipscan.export.fp16 import tail_node_indices
+
+    ctx = tmp_path / "CLIP-IQA+_learned_prompts.pth"
+    clipiqa_plus_file(rn_clip["model"], ctx, "ctx")
+    out = tmp_path / "rn16.onnx"
+    assert main(["export", "--arch", str(rn_clip["config"]), "--weights", str(rn_clip["weights"]), "--head",
+                 "clip-iqa", "--head", f"clip-iqa+:{ctx}", "--precision", "fp16", "-o", str(out)]) == 0
+    model = onnx.load(str(out))
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types.update({v.name: v.type.tensor_type.elem_type for v in inferred.value_info})
+    FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    ops = [n.op_type for n in g.node]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 19
+    assert {types[n.input[1]] for n in g.node if n.op_type == "Conv"} == {HALF}
+    assert {types[n.output[0]] for n in g.node if n.op_type in ("AveragePool", "Relu")} == {HALF}
+    (softmax,) = [n for n in g.node if n.op_type == "Softmax"]
+    (c_proj,) = [n for n in g.node if n.op_type == "Gemm"]
+    assert types[softmax.input[0]] == FLOAT and types[c_proj.input[1]] == FLOAT
+    assert "c_proj" in c_proj.input[1]
+    # the tail starts at the pool's Softmax, found with or without the exporter's scope metadata
+    tail = tail_node_indices(g, "modified_resnet")
+    assert list(g.node).index(softmax) == min(tail)
+    for node in g.node:
+        del node.metadata_props[:]
+    assert tail_node_indices(g, "modified_resnet") == tail
+    with Scanner(out) as scanner:
+        m = scanner.manifest
+    assert m.precision == "fp16" and m.backbone["tower"] == "modified_resnet"
+    assert m.backbone["fp16"]["kept_fp32_tail"].startswith("everything from the attention pool's Softmax on")
+    rc = main(["verify", str(out), "--images", str(rn_photos), "--report", str(tmp_path / "report"), "--no-launder"])
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    gates = {g["name"]: g for g in report["gates"]}
+    for name in ("cosine_mean", "cosine_worst", "srcc:clip_iqa_plus", "batch_invariance"):
+        assert gates[name]["passed"] is True, gates[name]
+    assert gates["cosine_worst"]["value"] > 0.99999
+    assert rc == (0 if report["passed"] else 1) and set(report["failed_gates"]) <= {"srcc:clip_iqa"}
+    assert gates["srcc:clip_iqa"]["value"] >= 0.998
+    for head in ("clip_iqa", "clip_iqa_plus"):
+        diff = [abs(r["heads"][head]["quality"] - r["heads"][head]["ref_quality"]) for r in report["rows"]]
+        assert len(diff) == 20 and max(diff) < 5e-3, (head, max(diff))
+
+
+@pytest.mark.slow
+def test_resnet_tower_int8_calibration(setup, rn_clip, rn_images, tmp_path):
+    """`clipscan calibrate` on a ModifiedResNet FP32 artifact: every convolution and the pool's query/key/value
+    products are quantized, the tail from the pool's Softmax (c_proj) and the heads stay float as on a ViT, and
+    verify's INT8 gates are recorded; exit 0 exactly when they all pass."""
+    import onnx
+
+    from clipscan.runtime import load_artifact
+
+    out = tmp_path / "rn32.onnx"
+    assert main(["export", "--arch", str(rn_clip["config"]), "--weights", str(rn_clip["weights"]), "--head",
+                 "clip-iqa", "-o", str(out)]) == 0
+    rc = main(["calibrate", str(out), "--images", str(rn_images[0]), "--val-images", str(rn_images[1]), "-o",
+               str(tmp_path / "int8.onnx"), "--report", str(tmp_path / "report")])
+    kept = tmp_path / ("int8.onnx" if rc == 0 else "int8.failed-gates.onnx")
+    c = load_artifact(kept).manifest.calibration
+    fp32 = onnx.load(str(out)).graph
+    (softmax,) = [n.name for n in fp32.node if n.op_type == "Softmax"]
+    (c_proj,) = [n.name for n in fp32.node if n.op_type == "Gemm"]
+    assert c["quantized_ops"] == "matmul" and {softmax, c_proj} <= set(c["excluded_nodes"])
+    q = onnx.load(str(kept)).graph
+    dequantized = {o for n in q.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weight_read = {n.op_type: [] for n in q.node}
+    for n in q.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1:
+            weight_read[n.op_type].append(n.input[1] in dequantized)
+    # 19 convolutions and the pool's q, k, v take int8 weights; c_proj, the attention products and the head do not
+    assert weight_read["Conv"] == [True] * 19 and sorted(weight_read["MatMul"]).count(True) == 3
+    assert weight_read["Gemm"] == [False]
+    fid = c["fidelity"]
+    assert rc == (0 if fid["passed"] else 1)
+    gates = {g["name"]: g for g in fid["gates"]}
+    assert gates["cosine_mean"]["passed"], gates["cosine_mean"]
+
+
 def test_resnet_tower_refuses_what_is_vit_only(setup, rn_clip, tmp_path):
     from clipscan.export import export_model
     from clipscan.runtime.errors import ClipscanError
 
     args = (str(rn_clip["config"]), rn_clip["weights"], "clip-iqa", tmp_path / "x.onnx")
     for kwargs, said in (({"graph": "lean"}, "lean graph is written for ViT towers only"),
-                         ({"precision": "fp16"}, "FP16 export .* ViT towers only"),
-                         ({"uint8_input": True}, "ResNet stem's first convolution: it pads")):
+                         ({"uint8_input": True}, "ResNet stem's first convolution: it pads"),
+                         ({"uint8_input": True, "precision": "fp16"}, "ResNet stem's first convolution: it pads")):
         with pytest.raises(ClipscanError, match=said):
             export_model(*args, **kwargs)
     cozzolino = tmp_path / "clf.pth"
