@@ -310,8 +310,6 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     if is_own_size(visual, heads):
         from .native_size import WHAT, own_size
 
-        if precision != "fp32":
-            raise InvalidArgumentError(f"{WHAT} is checked and written in FP32 only; drop --precision {precision}")
         crops = getattr(heads[0], "crops", None)
         if crops is None:   # the tower itself at any size (LIQE's crops keep it at its own 224)
             if graph == "lean":
@@ -375,7 +373,7 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
     with replacing(path) as work:  # checked under a hidden name; renamed to `out` only when it passed
         save_checked(model, work)
         if precision == "fp16":
-            checks = check_fp16(work, graph, reference, info.image_size, mean, std)
+            checks = check_fp16(work, graph, reference, info.image_size, mean, std, own_size=own)
         else:
             checks = check_against_torch(work, graph, reference, info.image_size, mean, std, own_size=own)
     stage(None)

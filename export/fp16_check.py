@@ -114,8 +114,9 @@ class _Fp32TailAttentionPool(torch.nn.Module):
     float32, as the graph's ReduceMean), positional embedding and the query/key/value projections in float16;
     from the Softmax on (the graph's float32 tail) the attention, the weighted values and c_proj in float32."""
 
-    def __init__(self, pool):
+    def __init__(self, pool, positional: bool = True):
         super().__init__()
+        self.positional = positional     # False: an own-size tower (export.graph.resnet_without_position)
         self.num_heads = pool.num_heads
         self.c_proj = copy.deepcopy(pool.c_proj).float()
         self.pool = pool.half()
@@ -124,7 +125,8 @@ class _Fp32TailAttentionPool(torch.nn.Module):
         p, heads = self.pool, self.num_heads
         tokens = x.flatten(2).permute(2, 0, 1)                                     # (HW, N, C)
         tokens = torch.cat([tokens.float().mean(dim=0, keepdim=True).to(x.dtype), tokens], dim=0)
-        tokens = tokens + p.positional_embedding[:, None, :].to(x.dtype)
+        if self.positional:
+            tokens = tokens + p.positional_embedding[:, None, :].to(x.dtype)
         length, n, width = tokens.shape
         split = lambda t: t.reshape(length, n * heads, width // heads).transpose(0, 1)  # noqa: E731
         q, k, v = (split(proj(tokens)) for proj in (p.q_proj, p.k_proj, p.v_proj))
@@ -146,6 +148,7 @@ def emulate_half(graph, *, like_artifact: bool = True):
     strictest estimate).
     Takes the same input as `graph` (float32 normalised pixels, or uint8); returns float32.
     """
+    from .graph import OWN_SIZE_ATTR
     from .tower_kind import MODIFIED_RESNET, tower_kind
 
     g = copy.deepcopy(graph).eval()
@@ -153,7 +156,10 @@ def emulate_half(graph, *, like_artifact: bool = True):
     if not like_artifact:
         g.half()
     elif tower_kind(visual) == MODIFIED_RESNET:
-        pool = _Fp32TailAttentionPool(visual.attnpool)
+        own_size = getattr(visual, OWN_SIZE_ATTR, False)
+        pool = _Fp32TailAttentionPool(visual.attnpool, positional=not own_size)
+        if own_size:    # the tower's own forward, its pool (above) adding no positional embedding: any grid
+            setattr(visual, OWN_SIZE_ATTR, False)
         visual.half()
         visual.attnpool = pool.eval()
     else:
@@ -201,6 +207,15 @@ def gate_pixels(image_size, seed: int = 0, n_random: int = 16, n_smooth: int = 8
     return batches
 
 
+def own_size_gate_pixels(own_size, image_size, seed: int = 0) -> list:
+    """For an artifact taking each image at its own size (input.own_size): 4 images (random and smooth) at the
+    smallest side, and 4 at a size no multiple of it and of other aspect than the traced one (the sizes of the
+    FP32 export check), besides gate_pixels at the traced size."""
+    low = own_size.min_side
+    sizes = [(low, low), (image_size[0] + low // 2 + 1, 2 * image_size[1] - low // 3 - 1)]
+    return [gate_pixels(size, seed + 1 + i, n_random=2, n_smooth=2)[-1] for i, size in enumerate(sizes)]
+
+
 def fidelity(ref: dict, got: dict) -> dict:
     """Embedding cosine and per-output max |diff| of `got` against `ref` (dicts name -> array)."""
     cos = cosine_rows(ref[OUT_EMBEDDING], got[OUT_EMBEDDING])
@@ -223,10 +238,11 @@ def gate_failures(stats: dict) -> list[str]:
 
 
 def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 0, *,
-               half_images: int | None = 8) -> dict:
-    """The FP16 gate at export, against the PyTorch FP32 model on the same pixels (`gate_pixels`):
+               half_images: int | None = 8, own_size=None) -> dict:
+    """The FP16 gate at export, against the PyTorch FP32 model on the same pixels (`gate_pixels`; with
+    `own_size`, input.own_size of a graph taking each image at its own size, also `own_size_gate_pixels`):
 
-    - the written file in ONNX Runtime CPU, on all 28 images;
+    - the written file in ONNX Runtime CPU, on all 28 images (36 with `own_size`);
     - the PyTorch tower run in float16 (`emulate_half`) on the first `half_images` of them
       (None: all; 0: skip). PyTorch's float16 matmul on a CPU is much slower than its float32
       one, hence the subset.
@@ -242,14 +258,19 @@ def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     refs, orts, halves = [], [], []
     done_half = 0
-    for pixels in gate_pixels(image_size, seed):
+    batches = gate_pixels(image_size, seed)
+    if own_size is not None:
+        batches += own_size_gate_pixels(own_size, image_size, seed)
+    for index, pixels in enumerate(batches):
         normalised = (pixels.float() / 255 - mean_t) / std_t
         feed = pixels if graph.takes_uint8 else normalised
         with torch.no_grad():
             ref = dict(zip(names, (t.numpy() for t in reference(normalised))))
             take = len(pixels) if half_images is None else min(len(pixels), half_images - done_half)
+            if own_size is not None and tuple(pixels.shape[-2:]) != tuple(image_size) and half_images:
+                take = min(len(pixels), 2)   # float16 PyTorch at each other size too (2 images each)
             if half is not None and take > 0:
-                halves.append((take, dict(zip(names, (t.numpy() for t in half(feed[:take]))))))
+                halves.append((index, take, dict(zip(names, (t.numpy() for t in half(feed[:take]))))))
                 done_half += take
         got = dict(zip(names, session.run(names, {INPUT_NAME: feed.numpy()})))
         for name in names:
@@ -261,6 +282,7 @@ def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 
     cat = lambda rows: {n: np.concatenate([r[n] for r in rows]) for n in names}  # noqa: E731
     ort_stats = fidelity(cat(refs), cat(orts))
     checks = {"precision": "fp16", "images": ort_stats["images"], "batches": [len(r[OUT_EMBEDDING]) for r in refs],
+              **({"sizes": [list(p.shape[-2:]) for p in batches]} if own_size is not None else {}),
               "onnxruntime_cpu": ort_stats,
               # the keys the FP32 check has
               "embedding_cosine_min": ort_stats["embedding_cosine_min"], "max_abs_diff": ort_stats["max_abs_diff"]}
@@ -272,8 +294,8 @@ def check_fp16(path: Path, graph, reference, image_size, mean, std, seed: int = 
     if gate_failures(ort_stats):
         problems.append("ONNX Runtime CPU: " + ", ".join(gate_failures(ort_stats)))
     if half is not None:
-        ref_sub = cat([{n: r[n][:take] for n in names} for (take, _), r in zip(halves, refs)])
-        half_stats = fidelity(ref_sub, cat([h for _, h in halves]))
+        ref_sub = cat([{n: refs[i][n][:take] for n in names} for i, take, _ in halves])
+        half_stats = fidelity(ref_sub, cat([h for _, _, h in halves]))
         checks["torch_half_cpu"] = half_stats
         if gate_failures(half_stats):
             problems.append("PyTorch float16 (CPU kernels): " + ", ".join(gate_failures(half_stats)))

@@ -299,3 +299,30 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
     write_repository(native_vit, tmp_path / "repo2", RepositoryOptions(kind="cpu"))   # python layout: the Scanner
     assert main(["bench", str(native_vit), "--images", str(good[0].parent), "--backends", "cpu",
                  "--json", str(tmp_path / "bench.json")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tower", ["vit", "rn"])
+def test_fp16_at_own_size_passes_verify(setup, rn_clip, odd_photos, tower, tmp_path):
+    """FP16 of the own-size graph (float32 islands as for a fixed size): export's FP16 gate runs at the traced
+    size, the smallest side and an odd size; the file scans every size within its bounds and passes verify's
+    FP16 gates against the recorded PyTorch original, run at each photo's own size."""
+    clip = setup if tower == "vit" else rn_clip
+    out = tmp_path / f"native_{tower}_fp16.onnx"
+    assert main(["export", "--arch", str(clip["config"]), "--weights", str(clip["weights"]), "--head", "clip-iqa",
+                 "--resize-mode", "native", "--max-input-pixels", str(MAX_PIXELS), "--precision", "fp16",
+                 "-o", str(out), "-q"]) == 0
+    good, bad = odd_photos
+    got, manifest = scan_native(out, good, bad)
+    check_artifact(out, manifest, 32 if tower == "vit" else 31)
+    assert manifest.precision == "fp16" and manifest.backbone["fp16"]["kept_fp32_tail_ops"]
+    assert {t.data_type for t in onnx.load(str(out)).graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    photos = tmp_path / "verify"
+    photos.mkdir()
+    for p in good:
+        (photos / p.name).write_bytes(p.read_bytes())
+    report = tmp_path / "report"
+    assert main(["verify", str(out), "--images", str(photos), "--report", str(report), "--no-launder", "-q"]) == 0
+    data = json.loads((report / "report.json").read_text())
+    assert data["passed"] and data["metrics"]["n_images"] == len(good)
+    assert {g["name"] for g in data["gates"]} and all(g["passed"] for g in data["gates"])
