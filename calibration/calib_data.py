@@ -6,6 +6,13 @@ The tensors are cached in the cache folder ($CLIPSCAN_CACHE_DIR or ~/.cache/clip
 made of the model's sha256, the image set's hash (paths, sizes, mtimes) and the settings.
 Batches handed to ONNX Runtime all have the same size: its histogram calibrators (Percentile,
 Entropy, Distribution) fail on a ragged last batch.
+
+An artifact taking each image at its own size (input.own_size) gets one (3, H, W) array per image, each
+at the image's own height and width (within input.own_size; others are listed as failed), and ONNX
+Runtime is fed one sample per image (`calibration_batches`). Its MinMax calibrator reduces every
+tensor to its range per sample, so samples of different shapes merge; its histogram calibrators
+(percentile, entropy) stack the samples' tensors into one array and need one shape
+(`HISTOGRAM_METHODS`, refused for such a set by calibration.pipeline).
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from clipscan.runtime.progress import Progress
 log = logging.getLogger("clipscan.calibrate")
 
 CACHE_FORMAT = 1
+# calibration methods whose ONNX Runtime calibrator stacks every sample's tensors into one array: one shape only
+HISTOGRAM_METHODS = ("percentile", "entropy")
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -63,7 +72,7 @@ def content_hash(files: list[str]) -> str:
 
 @dataclass
 class CalibrationSet:
-    tensors: np.ndarray          # (N, 3, H, W) in the model's input dtype
+    tensors: np.ndarray | list   # (N, 3, H, W) in the model's input dtype; own-size: a list of (3, H_i, W_i)
     files: list[str]             # files that made the rows (one row per file; sliding crops: first crop)
     failed: list[dict]
     images_hash: str             # content hash of the files used
@@ -72,6 +81,35 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.tensors)
+
+    @property
+    def own_size(self) -> bool:
+        """Each image at its own height and width (a list of arrays), not one stacked tensor."""
+        return isinstance(self.tensors, list)
+
+    def sizes(self) -> list[list[int]]:
+        """The distinct (height, width) of the rows, in order of first appearance."""
+        seen = dict.fromkeys(tuple(t.shape[-2:]) for t in self.tensors)
+        return [list(s) for s in seen]
+
+
+def _pack(tensors) -> dict:
+    """npz fields of a calibration set: the stacked tensor, or (own-size) the rows' values and shapes."""
+    if isinstance(tensors, list):
+        return {"flat": np.concatenate([t.ravel() for t in tensors]),
+                "shapes": np.array([t.shape for t in tensors], dtype=np.int64).reshape(-1, 3)}
+    return {"tensors": tensors}
+
+
+def _unpack(z) -> np.ndarray | list:
+    if "tensors" in z.files:
+        return z["tensors"]
+    flat, rows, start = z["flat"], [], 0
+    for shape in z["shapes"]:
+        size = int(np.prod(shape))
+        rows.append(flat[start:start + size].reshape(tuple(int(d) for d in shape)))
+        start += size
+    return rows
 
 
 def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: int | None = None,
@@ -94,7 +132,7 @@ def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: in
                 with np.load(path, allow_pickle=False) as z:
                     meta = json.loads(str(z["meta"]))
                     log.info("calibration tensors from cache %s", path)
-                    return CalibrationSet(z["tensors"], meta["files"], meta["failed"], meta["images_hash"],
+                    return CalibrationSet(_unpack(z), meta["files"], meta["failed"], meta["images_hash"],
                                           path, True)
             except Exception as e:  # a broken cache entry is rebuilt, never fatal
                 log.warning("ignoring unreadable calibration cache %s (%s)", path, e)
@@ -112,13 +150,13 @@ def load_calibration_set(manifest, model_sha256: str, folders, *, max_images: in
                 bar.update(errors=1)
     if not rows:
         raise CalibrationError(f"none of the {len(files)} file(s) under {folders} could be read: {failed[:3]}")
-    tensors = np.stack(rows)
+    tensors = rows if manifest.input.own_size is not None else np.stack(rows)
     cset = CalibrationSet(tensors, used, failed, content_hash(used), path, False)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         meta = json.dumps({"files": used, "failed": failed, "images_hash": cset.images_hash})
-        np.savez(tmp, tensors=tensors, meta=np.array(meta))
+        np.savez(tmp, **_pack(tensors), meta=np.array(meta))
         os.replace(tmp, path)
     return cset
 
@@ -135,6 +173,14 @@ def equal_batches(tensors: np.ndarray, batch_size: int) -> list[np.ndarray]:
         idx = [(start + i) % n for i in range(batch_size)]
         out.append(np.ascontiguousarray(tensors[idx]))
     return out
+
+
+def calibration_batches(tensors, batch_size: int) -> list[np.ndarray]:
+    """What ONNX Runtime is fed: `equal_batches`, or for an own-size set (a list) one (1, 3, H, W) sample per
+    image at its own size."""
+    if isinstance(tensors, list):
+        return [np.ascontiguousarray(t[None]) for t in tensors]
+    return equal_batches(tensors, batch_size)
 
 
 from onnxruntime.quantization import CalibrationDataReader  # noqa: E402

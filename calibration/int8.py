@@ -36,7 +36,7 @@ from clipscan.runtime.errors import CalibrationError, InvalidArgumentError
 from clipscan.runtime.manifest import METADATA_KEY, Manifest
 
 from .attention_fusion import ATTENTION_OPSET, check_fusion_target, fuse_attention, fusion_applies, heads_in_channels
-from .calib_data import BatchReader, CalibrationSet, equal_batches
+from .calib_data import HISTOGRAM_METHODS, BatchReader, CalibrationSet, calibration_batches
 from .graph_index import consumers, initializers
 from .qdq_rewrites import shape_reads_source
 from .recipes import METHODS, RECIPES, TARGETS, Recipe
@@ -176,7 +176,7 @@ def smooth_quant(model, tensors: np.ndarray, input_name: str, alpha: float = 0.5
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     amax = {n: None for n in names}
-    for batch in equal_batches(tensors, batch_size):
+    for batch in calibration_batches(tensors, batch_size):
         outs = sess.run(names, {input_name: batch})
         for n, o in zip(names, outs):
             m = np.abs(o.reshape(-1, o.shape[-1])).max(0)
@@ -248,6 +248,10 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
     if recipe.method == "dynamic" and target == "tensorrt":
         raise CalibrationError("dynamic quantization has no Q/DQ activations: TensorRT needs a static (calibrated) "
                                "method")
+    if cset.own_size and recipe.method in HISTOGRAM_METHODS:
+        raise CalibrationError(f"the {recipe.method} calibrator of ONNX Runtime stacks the activations of every "
+                               "calibration sample into one array, and the images of this set each have their own "
+                               f"size ({len(cset.sizes())} sizes); calibrate it with --method minmax")
     model = copy.deepcopy(src_model)
     facts: dict = {"recipe": asdict(recipe), "label": recipe.label()}
     if recipe.smooth_alpha is not None:
@@ -293,7 +297,7 @@ def quantize_model(src_model, cset: CalibrationSet, recipe: Recipe, target: str 
                 act_type = QuantType.QInt8
             else:
                 act_type = QuantType.QUInt8
-            reader = BatchReader(input_name, equal_batches(cset.tensors, batch_size), progress=progress,
+            reader = BatchReader(input_name, calibration_batches(cset.tensors, batch_size), progress=progress,
                                  label=f"calibrating ({recipe.method})")
             # ONNX Runtime prints its calibration chatter ("Collecting tensor data...", "Percentile : (...)")
             # on stdout: shown on stderr with clipscan -v, dropped otherwise
@@ -339,7 +343,9 @@ def quantize_artifact(model_path, out_path, cset: CalibrationSet, recipe: Recipe
         "weights": "int8 symmetric per-channel", "format": "QDQ" if recipe.method != "dynamic" else "dynamic",
         "dedicated_qdq_pairs": target == "tensorrt",
         "calibration_set": {"sha256": cset.images_hash, "n_images": len(cset), "n_failed": len(cset.failed),
-                            "batch_size": min(batch_size, len(cset))},
+                            "batch_size": 1 if cset.own_size else min(batch_size, len(cset)),
+                            **({"own_size": {"samples": "one per image, at its own size",
+                                             "sizes": len(cset.sizes())}} if cset.own_size else {})},
         "source_model_sha256": artifact.sha256(), "source_model_created_utc": artifact.manifest.created_utc,
         "excluded_nodes": facts["nodes_to_exclude"],
         "quantized_ops": recipe.ops, "smoothquant": facts.get("smoothquant"), "quant_nodes": facts["quant_nodes"],

@@ -122,6 +122,27 @@ def fidelity_record(report: VerifyReport, report_dir, val_images: list) -> dict:
     }
 
 
+def own_size_recipe(name: str, own, recipe: Recipe, method: str | None, search: bool) -> Recipe:
+    """The recipe for an artifact taking each image at its own size (input.own_size): its calibration set is one
+    sample per image at that image's size (calib_data), which ONNX Runtime's MinMax calibrator takes and its
+    histogram ones (percentile, entropy) do not. A histogram method that came with the recipe becomes minmax
+    (logged); one asked for with --method, and --search (its rounds batch the validation set), are refused."""
+    from .calib_data import HISTOGRAM_METHODS
+
+    what = f"{name} takes each image at its own size ({own.describe()}), so its calibration images are fed one at a time"
+    if search:
+        raise InvalidArgumentError(f"{what}, and --search compares batches of validation images of one size; "
+                                   "calibrate it without --search (pick the recipe with --recipe / --method)")
+    if recipe.method not in HISTOGRAM_METHODS:
+        return recipe
+    if method is not None:
+        raise InvalidArgumentError(f"{what} at their own sizes, and ONNX Runtime's {method} calibrator needs every "
+                                   "sample in one shape; use --method minmax (or dynamic)")
+    log.warning("%s at their own sizes: calibrating with minmax instead of the recipe's %s (ONNX Runtime's %s "
+                "calibrator needs every sample in one shape)", what, recipe.method, recipe.method)
+    return dataclasses.replace(recipe, method="minmax", name="")
+
+
 def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, recipe: str | Recipe = DEFAULT_RECIPE,
                        method: str | None = None, percentile: float | None = None,
                        smooth_alpha: float | None = None, exclude=(), fuse_attention: bool | None = None,
@@ -163,14 +184,8 @@ def calibrate_artifact(model, images, output, *, target: str = DEFAULT_TARGET, r
 
     artifact = load_artifact(model)
     manifest, sha = artifact.manifest, artifact.sha256()
-    own = manifest.input.own_size
-    if own is not None:
-        # the calibration set is one stacked tensor of one height and width (calib_data), and the quantized
-        # graph's ranges would come from images of whatever sizes happened to be in it
-        raise InvalidArgumentError(f"{artifact.path.name} takes each image at its own size ({own.describe()}), and "
-                                   "clipscan calibrate builds its calibration set as one tensor of one height and "
-                                   "width, so it makes no INT8 model of it; scan the FP32 artifact, or calibrate one "
-                                   "exported with a fixed --resize-mode (e.g. shortest)")
+    if manifest.input.own_size is not None:
+        recipe = own_size_recipe(artifact.path.name, manifest.input.own_size, recipe, method, search)
     if val_images:
         check_disjoint(images, val_images, allow_overlap=allow_overlap)
         from clipscan.export.recorded import original_from_manifest

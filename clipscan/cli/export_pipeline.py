@@ -57,11 +57,11 @@ def check_pipeline(args) -> None:
                                    "(disjoint from the --int8 calibration images)")
     from clipscan.runtime.manifest import NATIVE
 
-    if args.int8 and args.resize_mode == NATIVE:
-        raise InvalidArgumentError(f"--int8 was asked for with --resize-mode {NATIVE}, but clipscan calibrate makes no "
-                                   "INT8 model of an artifact taking each image at its own size (its calibration "
-                                   "set is one tensor of one height and width); drop --int8, or export with a fixed "
-                                   "--resize-mode")
+    if args.int8 and args.int8_search and args.resize_mode == NATIVE:
+        raise InvalidArgumentError(f"--int8-search was asked for with --resize-mode {NATIVE}: the search compares "
+                                   "batches of validation images of one size, and this artifact takes each image at "
+                                   "its own size; drop --int8-search (its INT8 model is calibrated with minmax, one "
+                                   "image at a time)")
     if args.int8 and args.precision != "fp32":
         raise InvalidArgumentError(f"--int8 calibrates an FP32 export; drop --precision {args.precision}")
     for folder in args.verify + args.int8:
