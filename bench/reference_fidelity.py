@@ -33,7 +33,20 @@ def prepared_inputs(scanner: Scanner, paths: list[Path]) -> tuple[np.ndarray, li
     if not rows:
         raise InvalidArgumentError(f"none of the {len(paths)} benchmark image(s) could be decoded (first: "
                                    f"{bad[0]['error'] if bad else '-'}); pass --images with JPEG/PNG/WebP files")
+    sizes = sorted({tuple(r.shape[-2:]) for r in rows})
+    if len(sizes) > 1:   # only an artifact taking each image at its own size (input.own_size) gets here
+        shown = ", ".join(f"{w}x{h}" for h, w in sizes[:6]) + (", ..." if len(sizes) > 6 else "")
+        raise InvalidArgumentError(f"{scanner.artifact.path.name} takes each image at its own size, and the "
+                                   f"benchmark images have {len(sizes)} sizes ({shown}); clipscan bench times "
+                                   "batches of one size: pass --images with images of one size (one camera's photos; "
+                                   "the default synthetic images are 640x480), or time mixed sizes with clipscan scan")
     return np.concatenate(rows), names, bad
+
+
+def own_size_inputs(ctx: BenchContext) -> dict:
+    """{artifact name: [height, width]} of the images each artifact taking them at their own size was fed."""
+    return {Path(m).name: list(ctx.inputs[m].shape[-2:]) for m in ctx.cfg.models
+            if ctx.manifests[m].input.own_size is not None and m in ctx.inputs}
 
 
 def predict_all(run, x: np.ndarray, chunk: int = CHUNK) -> dict:
@@ -55,6 +68,8 @@ def prepare_reference(ctx: BenchContext) -> None:
         prepare_artifact_inputs(ctx, ctx.x_source)
         report["settings"]["decoded_images"] = len(ctx.names)
         report["settings"]["undecodable_images"] = bad
+        if own_size_inputs(ctx):
+            report["settings"]["own_size_inputs"] = own_size_inputs(ctx)
         if ctx.torch_ref is not None:
             x = ctx.torch_ref.input_from_runtime(sc.manifest, ctx.x_all)
             ctx.ref_outputs = predict_all(ctx.torch_ref.run, x)

@@ -121,7 +121,9 @@ def add_gflops(report: dict, manifests: dict) -> None:
     """Achieved GFLOP/s of every row: images/s x the model's FLOPs per image as counted at export
     (`gflops_per_image` in the manifest; the PyTorch rows use the same model's count). Shows how
     close a run is to the machine's arithmetic peak, which bounds every speed-up."""
-    by_name = {Path(m).name: man.backbone.get("gflops_per_image") for m, man in manifests.items()}
+    # an artifact taking each image at its own size (input.own_size) was counted at the traced size only
+    by_name = {Path(m).name: None if man.input.own_size is not None else man.backbone.get("gflops_per_image")
+               for m, man in manifests.items()}
     shared = next((g for g in by_name.values() if g), None)
     report["gflops_per_image"] = shared
     for r in report["results"]:

@@ -42,19 +42,32 @@ def _start(cfg: BenchConfig) -> BenchContext:
         paths, images_desc = benchmark_images(cfg, tmp)
         report = new_report(cfg, backends, skipped, images_desc)
         manifests = {m: load_artifact(m).manifest for m in cfg.models}
-        own = [Path(m).name for m, man in manifests.items() if man.input.own_size is not None]
-        if own:
-            # the sections time and compare one stacked (N, 3, H, W) batch of every image
-            raise InvalidArgumentError(f"{', '.join(own)} take(s) each image at its own size, and clipscan bench "
-                                       "times batches of images preprocessed to one height and width; time such an "
-                                       "artifact with `clipscan scan` on your images, or bench one exported with a "
-                                       "fixed --resize-mode")
+        check_own_size(cfg, manifests)
         ctx = BenchContext(cfg, backends, manifests, paths, report, tmp)
         ctx.torch_ref = load_torch_reference(cfg, report["errors"])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ctx
+
+
+def check_own_size(cfg: BenchConfig, manifests: dict) -> None:
+    """An artifact taking each image at its own size (input.own_size) is timed on the benchmark images at their
+    own size, which must be one size for all of them (reference_fidelity.prepared_inputs says so otherwise). The
+    parts that feed it one fixed size are refused: the PyTorch reference (it runs the tower at one input size)
+    and the camera section (12 MP images, above such an artifact's input.own_size.max_pixels by default)."""
+    own = [Path(m).name for m, man in manifests.items() if man.input.own_size is not None]
+    if not own:
+        return
+    what = f"{', '.join(own)} take(s) each image at its own size"
+    if cfg.wants_torch:
+        raise InvalidArgumentError(f"{what}, and bench's PyTorch reference runs the tower at one fixed input size; "
+                                   "leave out --torch/--torch-* (the first FP32 artifact is then the reference), and "
+                                   "compare the artifact with its PyTorch original by `clipscan verify`, which runs "
+                                   "it at each image's own size")
+    if cfg.camera:
+        raise InvalidArgumentError(f"{what}, and the camera section feeds {cfg.camera_size[0]}x{cfg.camera_size[1]} "
+                                   "images through one fixed-size recipe; leave out --camera for it")
 
 
 def _e2e(ctx: BenchContext) -> None:

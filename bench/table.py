@@ -19,6 +19,10 @@ def _heading(report: dict) -> list[str]:
     lines = [f"machine: {_cpu(report)} (load average 1/5/15 min at start {load_text(m.get('load_average_at_start'))}, "
              f"at end {load_text(m.get('load_average_1_5_15'))}); reference: "
              f"{(report.get('reference') or {}).get('what')}"]
+    for name, (h, w) in (report["settings"].get("own_size_inputs") or {}).items():
+        lines.append(f"{name} takes each image at its own size: timed and compared on the "
+                     f"{report['settings'].get('decoded_images')} benchmark images at their size, {w}x{h} "
+                     "(no GFLOP/s: its FLOPs were counted at the traced size)")
     if report.get("gflops_per_image"):
         lines.append(f"model: {report['gflops_per_image']:.2f} GFLOP per image (counted at export; GFLOP/s = img/s x that, "
                      "int8 rows count integer operations the same way)")

@@ -175,11 +175,18 @@ def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path):
     with pytest.raises(ClipscanError, match="--resize-mode native .* adds a positional embedding.*export these with"):
         export_model(str(setup["config"]), setup["weights"], f"clip-iqa+:{plus}", tmp_path / "x.onnx",
                      resize_mode="native")
-    for kwargs, what in (({"precision": "fp16"}, "FP32 only"), ({"graph": "lean"}, "lean graph fixes the token"),
+    for kwargs, what in (({"graph": "lean"}, "lean graph fixes the token"),
                          ({"max_input_pixels": 100}, "--max-input-pixels is 100")):
         with pytest.raises(ClipscanError, match=what):
             export_model(str(setup["config"]), setup["weights"], "clip-iqa", tmp_path / "x.onnx", resize_mode="native",
                          **kwargs)
+    assert not (tmp_path / "x.onnx").exists()
+    # export --int8 calibrates an own-size export too, but not with the search (checked before the export)
+    (tmp_path / "v").mkdir()
+    (tmp_path / "c").mkdir()
+    assert main(["export", "--arch", str(setup["config"]), "--weights", str(setup["weights"]), "--head", "clip-iqa",
+                 "--resize-mode", "native", "--verify", str(tmp_path / "v"), "--int8", str(tmp_path / "c"),
+                 "--int8-search", "-o", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -228,11 +235,9 @@ def test_manifest_own_size_is_checked():
 
 def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_photos, tmp_path):
     """serve answers OIP `image` requests and reports -1 for the pixels model's height and width; evaluate's
-    reference and OpenVINO run it; TensorRT, calibrate, bench and a Triton ensemble refuse it, naming what to do
-    instead."""
+    reference and OpenVINO run it; TensorRT and a Triton ensemble refuse it, naming what to do instead."""
     import tritonclient.http as httpclient
 
-    from clipscan.calibration.pipeline import calibrate_artifact
     from clipscan.runtime.backends.int8_target import refuse_own_size
     from clipscan.serve import Limits, ServiceState
     from clipscan.triton import RepositoryOptions, write_repository
@@ -292,13 +297,9 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
                                                                           nan_ok=True)
     with pytest.raises(BackendError, match="one fixed height and width.*--backend cuda or cpu"):
         refuse_own_size(manifest, "tensorrt")
-    with pytest.raises(ClipscanError, match="takes each image at its own size .* makes no INT8 model of it"):
-        calibrate_artifact(native_vit, [str(good[0].parent)], tmp_path / "int8.onnx", progress=False)
     with pytest.raises(ClipscanError, match="an ensemble passes one batch tensor.*--layout python"):
         write_repository(native_vit, tmp_path / "repo", RepositoryOptions(kind="cpu", layout="ensemble"))
     write_repository(native_vit, tmp_path / "repo2", RepositoryOptions(kind="cpu"))   # python layout: the Scanner
-    assert main(["bench", str(native_vit), "--images", str(good[0].parent), "--backends", "cpu",
-                 "--json", str(tmp_path / "bench.json")]) == 2
 
 
 @pytest.mark.slow
@@ -352,7 +353,8 @@ def test_int8_at_own_size_calibrates_one_image_at_a_time(setup, native_vit, odd_
     printed = capsys.readouterr().out
     data = json.loads((report / "report.json").read_text())
     written = int8 if data["passed"] else int8.with_name("native-int8.failed-gates.onnx")
-    assert rc == (0 if data["passed"] else 1) and written.is_file() and f"wrote {written}" in printed
+    assert rc == (0 if data["passed"] else 1) and written.is_file() and int8.is_file() == data["passed"]
+    assert f"wrote {written}" in printed
     m = load_artifact(written).manifest
     facts = m.calibration
     assert m.precision == "int8" and m.input.own_size == load_artifact(out).manifest.input.own_size
@@ -396,4 +398,33 @@ def test_int8_at_own_size_calibrates_one_image_at_a_time(setup, native_vit, odd_
     for extra, what in ((["--method", "percentile"], "use --method minmax"), (["--search"], "without --search")):
         assert main(["calibrate", str(out), "--images", str(calib), "--val-images", str(val),
                      "-o", str(tmp_path / "x.onnx"), "--no-cache", *extra]) == 2
+        assert what in capsys.readouterr().err
+
+
+def test_bench_times_an_own_size_artifact_at_its_images_size(native_vit, odd_photos, tmp_path, capsys):
+    """bench feeds an own-size artifact the benchmark images at their own size, which must be one size for all of
+    them (the default synthetic set is 640x480), and says which; mixed sizes, a PyTorch reference or the camera
+    section are refused, naming what to do instead."""
+    out, _ = native_vit
+    good, _ = odd_photos
+    same = tmp_path / "same"
+    same.mkdir()
+    for i, p in enumerate(good[:3]):
+        Image.open(p).convert("RGB").resize((150, 113), Image.Resampling.BICUBIC).save(same / f"s{i}.png")
+    fast = ["--batch-sizes", "1,2", "--min-iters", "2", "--min-seconds", "0", "--warmup", "1", "--settle", "0",
+            "--block", "0", "--no-cold-start", "--backends", "cpu", "--e2e-passes", "1"]
+    report = tmp_path / "bench.json"
+    assert main(["bench", str(out), "--images", str(same), *fast, "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "native-iqa.onnx takes each image at its own size: timed and compared on the 3 benchmark images at their " \
+           "size, 150x113" in printed
+    data = json.loads(report.read_text())
+    assert data["settings"]["own_size_inputs"] == {"native-iqa.onnx": [113, 150]}
+    assert {(r["mode"], r["batch_size"]) for r in data["results"]} == {("model", 1), ("model", 2), ("e2e", 1),
+                                                                       ("e2e", 2)}
+    assert all(r["images_per_s"] > 0 and r["gflops_per_s"] is None for r in data["results"])
+    assert data["fidelity"]["native-iqa.onnx"]["cosine_worst"] > 0.99999
+    for extra, what in (([ "--images", str(good[0].parent)], "the benchmark images have 8 sizes"),
+                        (["--torch"], "leave out --torch"), (["--camera", "1"], "leave out --camera")):
+        assert main(["bench", str(out), *fast, *extra]) == 2
         assert what in capsys.readouterr().err
