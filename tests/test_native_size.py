@@ -167,7 +167,7 @@ def test_liqe_at_own_size_matches_pyiqa(setup, liqe_file, odd_photos, tmp_path, 
     assert "up to 15 crops of 224x224, evenly spaced over each image's own grid" in capsys.readouterr().out
 
 
-def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path):
+def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path, capsys):
     from clipscan.export import export_model
 
     plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"       # the _512 layout: pyiqa adds the positional embedding
@@ -187,6 +187,7 @@ def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path):
     assert main(["export", "--arch", str(setup["config"]), "--weights", str(setup["weights"]), "--head", "clip-iqa",
                  "--resize-mode", "native", "--verify", str(tmp_path / "v"), "--int8", str(tmp_path / "c"),
                  "--int8-search", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "--int8-search was asked for with --resize-mode native" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
 
 
