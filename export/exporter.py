@@ -23,7 +23,7 @@ from .errors import ExportCheckError
 from .fp16 import convert_to_fp16
 from .fp16_check import check_fp16
 from .graph import (INPUT_NAME, OUT_EMBEDDING, ScanGraph, drop_positional_embedding, fold_normalization,
-                    resample_positional_embedding, set_visual_prompts)
+                    follow_image_size, resample_positional_embedding, set_visual_prompts)
 from .hf_clip import load_tower
 from .importers import import_heads, parse_head_arg
 from .iqa import NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING, VIEW_CROPS
@@ -171,7 +171,10 @@ def load_reference(arch: str | None, weights: str | Path, heads, *, quick_gelu: 
     if imported.tower_change == NO_POSITIONAL_EMBEDDING:
         drop_positional_embedding(visual, own_size=resize_mode == NATIVE)
     if imported.tower_change == RESAMPLED_POSITIONAL_EMBEDDING:
-        resample_positional_embedding(visual, info.image_size)
+        if resize_mode == NATIVE:   # resampled in the graph, from the tower's own embedding, to each input's tokens
+            follow_image_size(visual)
+        else:
+            resample_positional_embedding(visual, info.image_size)
     if threshold is not None:
         for h in imported.heads:
             if h.task == "detection":
@@ -206,8 +209,8 @@ def export_model(arch: str | None, weights: str | Path, heads, out: str | Path, 
  `weights_format` (see
     `clipscan.export.weights_formats`): "hf" reads a Hugging Face transformers CLIP checkpoint, whose own
     config gives the architecture (`arch` then only for a single weights file); "auto" detects it.
-    `resize_mode` "native" (runtime.manifest.NATIVE; clip-iqa and clip-iqa+ without positional embedding
-    only, see `clipscan.export.native_size`) writes a graph taking each image at its own height and width,
+    `resize_mode` "native" (runtime.manifest.NATIVE; clip-iqa, clip-iqa+ and LIQE only, see
+    `clipscan.export.native_size`) writes a graph taking each image at its own height and width,
     images of more than `max_input_pixels` pixels refused at scan time.
     `progress`: a `clipscan.runtime.progress.Progress` that gets one step per stage of `export_stages`.
     """
@@ -293,8 +296,8 @@ def export_graph(visual, heads: list, info: BackboneInfo, out: str | Path, *, na
                  ensemble_threshold: float = 0.5, stage=None, recorded: dict | None = None,
                  max_input_pixels: int = OWN_SIZE_MAX_PIXELS) -> ExportReport:
     """`recorded`: what export was given (`recorded.record`), kept as the manifest's sources.export. A tower
-    marked by `drop_positional_embedding(own_size=True)` is written with dynamic height and width, its
-    input.own_size bounded by `max_input_pixels` (export.native_size)."""
+    marked by `drop_positional_embedding(own_size=True)` or `follow_image_size` is written with dynamic height
+    and width, its input.own_size bounded by `max_input_pixels` (export.native_size)."""
     import copy
 
     stage = stage or _stages(None)

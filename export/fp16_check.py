@@ -35,7 +35,7 @@ from clipscan.runtime.fidelity_metrics import cosine_rows
 from .deps import require
 from .errors import ExportCheckError
 from .fp16 import FP16_MAX, SHAPE_OPS
-from .graph import INPUT_NAME, OUT_EMBEDDING
+from .graph import INPUT_NAME, OUT_EMBEDDING, OWN_SIZE_RESAMPLED, embedding_for_tokens
 
 log = logging.getLogger("clipscan.export")
 onnx = require("onnx")
@@ -114,9 +114,12 @@ class _Fp32TailAttentionPool(torch.nn.Module):
     float32, as the graph's ReduceMean), positional embedding and the query/key/value projections in float16;
     from the Softmax on (the graph's float32 tail) the attention, the weighted values and c_proj in float32."""
 
-    def __init__(self, pool, positional: bool = True):
+    def __init__(self, pool, own_size=False):
         super().__init__()
-        self.positional = positional     # False: an own-size tower (export.graph.resnet_without_position)
+        # False: the tower's fixed grid; else export.graph's OWN_SIZE_BARE (no positional embedding) or
+        # OWN_SIZE_RESAMPLED (the embedding resampled to the token count, in float32 as the graph's Resize)
+        self.own_size = own_size
+        self.embedding = pool.positional_embedding.detach().float().clone()
         self.num_heads = pool.num_heads
         self.c_proj = copy.deepcopy(pool.c_proj).float()
         self.pool = pool.half()
@@ -125,8 +128,10 @@ class _Fp32TailAttentionPool(torch.nn.Module):
         p, heads = self.pool, self.num_heads
         tokens = x.flatten(2).permute(2, 0, 1)                                     # (HW, N, C)
         tokens = torch.cat([tokens.float().mean(dim=0, keepdim=True).to(x.dtype), tokens], dim=0)
-        if self.positional:
+        if not self.own_size:
             tokens = tokens + p.positional_embedding[:, None, :].to(x.dtype)
+        elif self.own_size == OWN_SIZE_RESAMPLED:
+            tokens = tokens + embedding_for_tokens(self.embedding, tokens.shape[0]).to(x.dtype)[:, None, :]
         length, n, width = tokens.shape
         split = lambda t: t.reshape(length, n * heads, width // heads).transpose(0, 1)  # noqa: E731
         q, k, v = (split(proj(tokens)) for proj in (p.q_proj, p.k_proj, p.v_proj))
@@ -157,8 +162,8 @@ def emulate_half(graph, *, like_artifact: bool = True):
         g.half()
     elif tower_kind(visual) == MODIFIED_RESNET:
         own_size = getattr(visual, OWN_SIZE_ATTR, False)
-        pool = _Fp32TailAttentionPool(visual.attnpool, positional=not own_size)
-        if own_size:    # the tower's own forward, its pool (above) adding no positional embedding: any grid
+        pool = _Fp32TailAttentionPool(visual.attnpool, own_size)
+        if own_size:    # the tower's own forward, its pool (above) taking any grid
             setattr(visual, OWN_SIZE_ATTR, False)
         visual.half()
         visual.attnpool = pool.eval()

@@ -28,7 +28,9 @@ def set_visual_prompts(visual, prompts) -> None:
     visual.register_buffer(PROMPTS_ATTR, prompts.detach().float().clone())
 
 
-OWN_SIZE_ATTR = "clipscan_own_size"   # set on a tower: no positional embedding at all, any input height and width
+OWN_SIZE_ATTR = "clipscan_own_size"   # set on a tower: any input height and width, its positional embedding as below
+OWN_SIZE_BARE = "no_positional_embedding"          # none at all (pyiqa's pos_embedding=False)
+OWN_SIZE_RESAMPLED = "resampled_positional_embedding"   # resampled to each input's token count (pos_embedding=True)
 
 
 def drop_positional_embedding(visual, *, own_size: bool = False) -> None:
@@ -39,7 +41,7 @@ def drop_positional_embedding(visual, *, own_size: bool = False) -> None:
     left out of the forward instead (TappedVisual), so the tower takes any height and width: the token
     count then follows the image, and a zero embedding of the tower's own length would not fit it."""
     if own_size:
-        setattr(visual, OWN_SIZE_ATTR, True)
+        setattr(visual, OWN_SIZE_ATTR, OWN_SIZE_BARE)
     with torch.no_grad():
         if tower_kind(visual) == MODIFIED_RESNET:
             visual.attnpool.positional_embedding.zero_()
@@ -67,9 +69,23 @@ def resample_positional_embedding(visual, image_size) -> None:
     if pe.shape[0] == tokens:
         return
     with torch.no_grad():
-        resized = F.interpolate(pe.detach().float()[None, None], size=(tokens, pe.shape[1]), mode="bicubic",
-                                align_corners=False)[0, 0]
+        resized = embedding_for_tokens(pe.detach().float(), tokens)
     owner.positional_embedding = torch.nn.Parameter(resized.to(pe.dtype), requires_grad=False)
+
+
+def embedding_for_tokens(pe, tokens):
+    """pyiqa's resampling of a (tokens, width) positional embedding to `tokens` rows: F.interpolate of the matrix as
+    one 2-D image, bicubic (coefficient -0.75), align_corners=False (half-pixel centres), width unchanged (an
+    identity on that axis). `tokens` may be a traced size: the ONNX graph then holds one Resize (mode cubic,
+    cubic_coeff_a -0.75, half_pixel) whose sizes come from the input's shape."""
+    return F.interpolate(pe[None, None], size=(tokens, pe.shape[1]), mode="bicubic", align_corners=False)[0, 0]
+
+
+def follow_image_size(visual) -> None:
+    """A tower that adds its positional embedding resampled to each input's token count (IQA-PyTorch's CLIP with
+    pos_embedding=True at the image's own size), in place: marked for TappedVisual, which then resamples the
+    tower's own embedding (untouched here) in the forward, from the token count the input gives."""
+    setattr(visual, OWN_SIZE_ATTR, OWN_SIZE_RESAMPLED)
 
 
 class TappedVisual(torch.nn.Module):
@@ -163,9 +179,10 @@ class TappedVisual(torch.nn.Module):
     def forward(self, x):
         v = self.visual
         own_size = getattr(v, OWN_SIZE_ATTR, False)
+        resampled = own_size == OWN_SIZE_RESAMPLED
         if self.resnet:
-            return None, (resnet_without_position(v, x) if own_size else v(x))
-        x = embeds_without_position(v, x) if own_size else v._embeds(x)
+            return None, (resnet_at_own_size(v, x, resampled) if own_size else v(x))
+        x = embeds_at_own_size(v, x, resampled) if own_size else v._embeds(x)
         prompts = getattr(v, PROMPTS_ATTR, None)
         if prompts is not None:
             tokens = self._prompted(x, prompts)
@@ -180,23 +197,30 @@ class TappedVisual(torch.nn.Module):
         return pooled, projected
 
 
-def embeds_without_position(v, x):
-    """open_clip's VisionTransformer._embeds without the positional embedding (pyiqa's pos_embedding=False):
-    patch convolution (it floors: a partial patch at the right or bottom edge is dropped), class token, ln_pre;
-    any input height and width of at least one patch."""
+def embeds_at_own_size(v, x, resampled: bool = False):
+    """open_clip's VisionTransformer._embeds at any input height and width of at least one patch: patch
+    convolution (it floors: a partial patch at the right or bottom edge is dropped), class token, then, with
+    `resampled`, the positional embedding resampled to this input's token count (pyiqa's pos_embedding=True;
+    without it none is added: pos_embedding=False), ln_pre."""
     x = v.conv1(x)
     x = x.flatten(2).transpose(1, 2)
     cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, x.shape[-1])
-    return v.ln_pre(v.patch_dropout(torch.cat([cls, x], dim=1)))
+    x = torch.cat([cls, x], dim=1)
+    if resampled:
+        x = x + embedding_for_tokens(v.positional_embedding, x.shape[1]).to(x.dtype)
+    return v.ln_pre(v.patch_dropout(x))
 
 
-def resnet_without_position(v, x):
-    """open_clip's ModifiedResNet forward with its attention pool adding no positional embedding (pyiqa's
-    AttentionPool2d with pos_embedding=False): the mean token and one token per cell of any grid."""
+def resnet_at_own_size(v, x, resampled: bool = False):
+    """open_clip's ModifiedResNet forward at any input height and width: the mean token and one token per cell of
+    the feature grid into the attention pool, which adds its positional embedding resampled to that token count
+    with `resampled` (pyiqa's AttentionPool2d with pos_embedding=True) and none without (pos_embedding=False)."""
     x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
     p = v.attnpool
     x = x.flatten(2).permute(2, 0, 1)                       # (HW, N, C)
     x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    if resampled:
+        x = x + embedding_for_tokens(p.positional_embedding, x.shape[0]).to(x.dtype)[:, None, :]
     out, _ = F.multi_head_attention_forward(
         query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=p.num_heads,
         q_proj_weight=p.q_proj.weight, k_proj_weight=p.k_proj.weight, v_proj_weight=p.v_proj.weight,

@@ -19,8 +19,9 @@ the tower's own size for CLIP-IQA and the bare-context CLIP-IQA+ (no embedding t
 for the `_512` files (KonIQ-10k's frame they were trained and validated on; the embedding resized as
 pyiqa resizes it, once, at export: export.graph.resample_positional_embedding), and for LIQE its 15
 test-time crops of a fixed 1024x768 input, cut in the graph (export.view_crops; docs/guides/export.md,
-"Quality scorers from IQA-PyTorch"). With --resize-mode native, CLIP-IQA, the bare-context CLIP-IQA+
-and LIQE run at each image's own size as pyiqa does (export.native_size).
+"Quality scorers from IQA-PyTorch"). With --resize-mode native, CLIP-IQA, CLIP-IQA+ (the `_512` files
+with their embedding resampled in the graph to each image's token count) and LIQE run at each image's
+own size as pyiqa does (export.native_size).
 """
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ RESAMPLED_POSITIONAL_EMBEDDING = "resampled_positional_embedding"   # the _512 C
 CLIPIQA_PLUS_512_INPUT = (384, 512)
 TOWER_CHANGES = {   # Imported.tower_change -> what it does to the one backbone pass that every head shares
     NO_POSITIONAL_EMBEDDING: "runs the tower without its positional embedding (as IQA-PyTorch does)",
-    RESAMPLED_POSITIONAL_EMBEDDING: "runs the tower on a 512x384 input, its positional embedding resampled to that "
-                                    "input's token count (as IQA-PyTorch does)",
+    RESAMPLED_POSITIONAL_EMBEDDING: "runs the tower with its positional embedding resampled to the input's token "
+                                    "count (as IQA-PyTorch does: on a 512x384 input, or on each image's own size with "
+                                    "--resize-mode native)",
     VIEW_CROPS: "runs the tower on LIQE's test-time crops of a larger input (cut in the graph, logits averaged) "
                 "instead of on one view",
 }

@@ -48,7 +48,8 @@ def import_clip_iqa_plus(path: Path, backbone) -> Imported:
     PromptLearner does; quality = softmax(logit_scale x cosine(projected embedding, prompts))[good],
     in [0, 1]. Preprocessing as clip-iqa's, at the tower's size for the bare context; a _512 file runs a
     512x384 input (wide x high: KonIQ-10k's frame, which pyiqa trains and validates them on) with the tower's
-    positional embedding resized bicubically to that input's token count, as pyiqa does.
+    positional embedding resized bicubically to that input's token count, as pyiqa does; with --resize-mode
+    native, each image at its own size, the embedding resized in the graph to its token count.
     """
     from .iqa import (CLIPIQA_PLUS_512_INPUT, IQA_PREPROCESS, NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING,
                       clipiqa_plus_head)

@@ -1,14 +1,18 @@
 """`--resize-mode native`: a graph that takes each image at its own height and width, as IQA-PyTorch runs CLIP-IQA.
 
-pyiqa scores CLIP-IQA and CLIP-IQA+ (its bare-context RN50 file) on the whole image at its own pixel
-size: it only normalises, and its CLIP adds no positional embedding (`pos_embedding=False`), so the
-ViT's patch convolution (which floors: a partial patch at the right or bottom edge is dropped) and the
-ModifiedResNet's attention pool take any grid. The export then leaves the positional embedding out of
-the forward (export.graph.embeds_without_position, resnet_without_position), writes the graph with
-dynamic batch, height and width, and records `input.own_size` (the smallest side the tower takes, the
-most pixels an image may have) with resize "none" and crop "none". Everything else needs a fixed size
-(a positional embedding of fixed length, LIQE's crops, a linear head trained on crops of one size) and
-is refused here, naming what to do instead.
+pyiqa scores CLIP-IQA and CLIP-IQA+ on the whole image at its own pixel size: it only normalises.
+Its CLIP adds no positional embedding for CLIP-IQA and the bare-context CLIP-IQA+ file
+(`pos_embedding=False`), so the ViT's patch convolution (which floors: a partial patch at the right or
+bottom edge is dropped) and the ModifiedResNet's attention pool take any grid; the export then leaves
+the embedding out of the forward. For the `_512` CLIP-IQA+ files (`pos_embedding=True`) it adds the
+tower's embedding resampled to that image's token count (bicubic along the flattened token row); the
+graph does the same, from the token count the input's height and width give (export.graph
+embeds_at_own_size, resnet_at_own_size). Either way the graph is written with dynamic batch, height
+and width and records `input.own_size` (the smallest side the tower takes, the most pixels an image
+may have) with resize "none" and crop "none". LIQE keeps its 224 crops and picks them from each
+image's own grid in the graph. Everything else needs a fixed size (linear heads trained on one size)
+and is refused here, naming what to do instead. The passes differ (no embedding, a resampled one,
+crops), so heads of different kinds never share one (export.importers refuses the mix).
 """
 from __future__ import annotations
 
@@ -26,15 +30,22 @@ WHAT = f"--resize-mode {NATIVE} (each image at its own size)"
 
 def native_heads(tower_change: str | None, heads, info):
     """`info` for an own-size export of `heads`, or the refusal. Heads whose tower adds no positional embedding
-    (clip-iqa, clip-iqa+ with pyiqa's bare context) run the tower at any size; LIQE keeps its 224 crops and
-    picks them from each image's own grid of windows in the graph (view_crops.OwnSizeCrops), as pyiqa does;
-    anything else was trained and is scored at one size."""
+    (clip-iqa, clip-iqa+ with pyiqa's bare context) run the tower at any size, and so do the `_512` clip-iqa+
+    files, their tower's embedding resampled in the graph to each input's token count; LIQE keeps its 224
+    crops and picks them from each image's own grid of windows in the graph (view_crops.OwnSizeCrops), as
+    pyiqa does; anything else was trained and is scored at one size."""
     from dataclasses import replace
 
-    from .iqa import NO_POSITIONAL_EMBEDDING, VIEW_CROPS
+    from .iqa import NO_POSITIONAL_EMBEDDING, RESAMPLED_POSITIONAL_EMBEDDING, VIEW_CROPS
     from .view_crops import OwnSizeCrops
 
     if tower_change == NO_POSITIONAL_EMBEDDING:
+        return info
+    if tower_change == RESAMPLED_POSITIONAL_EMBEDDING:
+        for h in heads:
+            h.description = h.description.split("; on a 512x384 input")[0] + (
+                "; at each image's own size, the tower's positional embedding resized (bicubic, along the token "
+                "row) to that image's token count in the graph (pyiqa's pos_embedding=True)")
         return info
     if tower_change == VIEW_CROPS:
         for h in heads:
@@ -46,9 +57,9 @@ def native_heads(tower_change: str | None, heads, info):
                 f"{fixed.tile}x{fixed.tile}), cut in the graph")
         return replace(info, preprocess={**info.preprocess, "graph_crops": heads[0].crops.manifest()})
     names = ", ".join(getattr(h, "name", type(h).__name__) for h in heads)
-    raise InvalidArgumentError(f"{WHAT} was asked for head(s) {names}, but their tower adds a positional embedding "
-                               "of a fixed length, or they were trained on crops of one size; it exists for --head "
-                               "clip-iqa, --head clip-iqa+ with pyiqa's bare-context file (no positional embedding) "
+    raise InvalidArgumentError(f"{WHAT} was asked for head(s) {names}, but they were trained and are scored at one "
+                               "input size; it exists for --head clip-iqa, --head clip-iqa+ (pyiqa's bare-context "
+                               "file without positional embedding, the _512 files with it resampled to each image) "
                                "and LIQE (224 crops picked from each image's own size): export these with another "
                                "--resize-mode (e.g. shortest)")
 

@@ -1,8 +1,9 @@
 """The model input's size: how the preprocessing fits it (`fits`), and `input.own_size`, an artifact whose
 graph takes each image at its own height and width.
 
-Written by `clipscan export --resize-mode native` (export.native_size: CLIP-IQA and CLIP-IQA+ whose
-tower adds no positional embedding, as IQA-PyTorch runs them). The preprocessing is then "no resize,
+Written by `clipscan export --resize-mode native` (export.native_size: CLIP-IQA, CLIP-IQA+ and LIQE as
+IQA-PyTorch runs them; the `_512` CLIP-IQA+ files with the tower's positional embedding resampled in
+the graph to each image's token count). The preprocessing is then "no resize,
 no crop, normalise" (resize "none", crop "none"); the manifest's `input.size` is only the size export
 traced and checked the graph at. An image with a side under `min_side` (the tower's smallest input:
 one patch, or what a ResNet stem needs to keep one cell) or more than `max_pixels` pixels gets a
@@ -18,8 +19,9 @@ from .manifest_checks import MANIFEST_LIMITS, bounded, limit, need
 
 NATIVE = "native"   # the --resize-mode value that writes an own-size artifact
 NATIVE_HELP = ("no resize and no crop: the graph takes each image at its own size (dynamic height and width, "
-               "bounded by input.own_size), as IQA-PyTorch runs clip-iqa, clip-iqa+ without positional embedding "
-               "and liqe (its crops picked from each image's own size)")
+               "bounded by input.own_size), as IQA-PyTorch runs clip-iqa, clip-iqa+ (the _512 files with the "
+               "positional embedding resampled to each image's tokens) and liqe (its crops picked from each image's "
+               "own size)")
 # input.own_size.max_pixels written by export unless --max-input-pixels says otherwise: 2048 x 2048
 OWN_SIZE_MAX_PIXELS = 1 << 22
 

@@ -1,8 +1,9 @@
-"""CLIP-IQA and CLIP-IQA+ at each image's own size (`export --resize-mode native`), as IQA-PyTorch runs them: the
-whole image, only normalised, through a CLIP that adds no positional embedding. Exported through the CLI on the
-seeded tiny ViT and the tiny ModifiedResNet of test_iqa_heads, scanned with the runtime on photos of many sizes
-(some no multiple of the patch size), and compared with pyiqa's forward re-expressed there, fed one image at a
-time at its own size. Images outside the recorded bounds get their own error while the others are answered."""
+"""CLIP-IQA, CLIP-IQA+ and LIQE at each image's own size (`export --resize-mode native`), as IQA-PyTorch runs them:
+the whole image, only normalised, through a CLIP that adds no positional embedding (or, for the _512 CLIP-IQA+
+files, one resampled to that image's token count). Exported through the CLI on the seeded tiny ViT and the tiny
+ModifiedResNet of test_iqa_heads, scanned with the runtime on photos of many sizes (some no multiple of the patch
+size), and compared with pyiqa's forward re-expressed there, fed one image at a time at its own size. Images
+outside the recorded bounds get their own error while the others are answered."""
 from __future__ import annotations
 
 import json
@@ -62,10 +63,11 @@ def scan_native(out, good, bad):
     return {h.name: np.array([by_path[str(p)].heads[h.name]["score"] for p in good]) for h in manifest.heads}, manifest
 
 
-def pyiqa_own_size(model, paths, text) -> np.ndarray:
-    """pyiqa's CLIPIQA on each file as its imread2tensor reads it: the whole image in [0, 1], batch 1."""
-    return np.concatenate([pyiqa_clipiqa(model, T.ToTensor()(Image.open(p).convert("RGB"))[None], text)
-                           for p in paths])
+def pyiqa_own_size(model, paths, text, pos_embedding=False) -> np.ndarray:
+    """pyiqa's CLIPIQA on each file as its imread2tensor reads it: the whole image in [0, 1], batch 1 (with
+    `pos_embedding`, the tower's embedding resampled to that image's token count, as for the _512 files)."""
+    return np.concatenate([pyiqa_clipiqa(model, T.ToTensor()(Image.open(p).convert("RGB"))[None], text,
+                                         pos_embedding=pos_embedding) for p in paths])
 
 
 def check_artifact(out, manifest, min_side):
@@ -167,13 +169,96 @@ def test_liqe_at_own_size_matches_pyiqa(setup, liqe_file, odd_photos, tmp_path, 
     assert "up to 15 crops of 224x224, evenly spaced over each image's own grid" in capsys.readouterr().out
 
 
+def check_clip_iqa_plus_512_at_own_size(model, config, weights, odd_photos, tmp_path, min_side):
+    """A _512 CLIP-IQA+ file exported with --resize-mode native through the CLI and scanned at each image's own
+    size: pyiqa's forward with pos_embedding=True on each file (the tower's embedding resampled to its tokens)."""
+    plus = tmp_path / "CLIPIQA+_512.pth"
+    text = clipiqa_plus_file(model, plus, "params")
+    out = tmp_path / "native_512.onnx"
+    export_native(out, config, weights, [f"clip-iqa+:{plus}"])
+    good, bad = odd_photos
+    got, manifest = scan_native(out, good, bad)
+    check_artifact(out, manifest, min_side)
+    ref = pyiqa_own_size(model, good, text, pos_embedding=True)
+    assert_matches(got["clip_iqa_plus"], ref)
+    assert "at each image's own size, the tower's positional embedding resized" in manifest.heads[0].description
+    resize = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Resize"]
+    assert len(resize) == 1      # the embedding's, sized from the input's shape: cubic, -0.75, half-pixel centres
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resize[0].attribute}
+    assert attrs["mode"] == b"cubic" and attrs["cubic_coeff_a"] == -0.75
+    assert attrs.get("coordinate_transformation_mode", b"half_pixel") in (b"half_pixel", b"pytorch_half_pixel")
+    return out, text, ref
+
+
+@pytest.mark.slow
+def test_clip_iqa_plus_512_at_own_size_on_a_vit_matches_pyiqa(setup, odd_photos, tmp_path):
+    """clipiqa+_vitL14_512's layout on the tiny ViT (32 px patches, 50 positional embeddings): resampled in the graph
+    to 2 tokens (32x40) ... 261 (640x427's 20 x 13 patches and the class token)."""
+    from .test_iqa_heads import pyiqa_input_koniq
+
+    model, good = setup["model"], odd_photos[0]
+    _, text, ref = check_clip_iqa_plus_512_at_own_size(model, setup["config"], setup["weights"], odd_photos, tmp_path,
+                                                       32)
+    # the resampled embedding matters (pyiqa's pos_embedding=False differs), and so does each image's own size
+    # (the fixed 512x384 frame differs)
+    assert np.abs(ref - pyiqa_own_size(model, good, text)).max() > 1e-3
+    frame = pyiqa_clipiqa(model, pyiqa_input_koniq(good, (384, 512)), text, pos_embedding=True)
+    assert np.abs(ref - frame).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_clip_iqa_plus_512_at_own_size_on_a_resnet_matches_pyiqa(setup, rn_clip, odd_photos, tmp_path):
+    """clipiqa+_rn50_512's layout on the tiny ModifiedResNet: its attention pool's 10 embeddings resampled to the
+    feature grid of each image (and the mean token); verify rebuilds the original at each size and agrees."""
+    out, _, _ = check_clip_iqa_plus_512_at_own_size(rn_clip["model"], rn_clip["config"], rn_clip["weights"],
+                                                    odd_photos, tmp_path, 31)
+    photos = tmp_path / "verify"
+    photos.mkdir()
+    for p in odd_photos[0][4:]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    assert main(["verify", str(out), "--images", str(photos), "--report", str(tmp_path / "report"), "--no-launder",
+                 "-q"]) == 0
+
+
+def test_resampled_embedding_in_onnx_runtime_equals_torch(setup):
+    """The graph's resampling of a positional embedding to the token count of its input (one ONNX Resize, sizes
+    from the input's shape) against torch's F.interpolate as pyiqa calls it, at grids from 1 x 1 to 64 x 48 and at
+    the tower's own 7 x 7 (the identity): the difference is float32 rounding of the source coordinate."""
+    import onnxruntime as ort
+
+    from clipscan.export.graph import embedding_for_tokens
+    from clipscan.export.onnx_writer import to_onnx
+
+    pe = setup["model"].visual.positional_embedding.detach().clone()     # (50, 64), open_clip's init scale
+
+    class Resampled(torch.nn.Module):
+        def forward(self, x):   # tokens of a 32-px patch grid and the class token
+            return embedding_for_tokens(pe, (x.shape[2] // 32) * (x.shape[3] // 32) + 1) + 0 * x.mean()
+
+    model = to_onnx(Resampled(), torch.zeros(1, 3, 64, 96), "pixels", ["pe"], 18, own_size=(32, 4096))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for h, w in ((1, 1), (1, 2), (3, 5), (7, 7), (12, 16), (27, 36), (33, 17), (64, 48)):
+        x = torch.zeros(1, 3, 32 * h, 32 * w)
+        ref = torch.nn.functional.interpolate(pe[None, None], size=(h * w + 1, pe.shape[1]), mode="bicubic")[0, 0]
+        got = session.run(None, {"pixels": x.numpy()})[0]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-5 * float(pe.abs().max()))
+        if (h, w) == (7, 7):
+            np.testing.assert_array_equal(got, pe.numpy())
+
+
 def test_own_size_is_refused_where_a_fixed_size_is_needed(setup, tmp_path, capsys):
     from clipscan.export import export_model
+    from clipscan.export.heads import DetectorHead, QualityHead, save_heads
 
-    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"       # the _512 layout: pyiqa adds the positional embedding
+    linear, dim = tmp_path / "heads.pt", setup["model"].visual.output_dim    # heads trained on one input size
+    save_heads(linear, DetectorHead(dim), QualityHead([dim, 8, 1]))
+    with pytest.raises(ClipscanError, match="--resize-mode native .* scored at one input size;.*export these with"):
+        export_model(str(setup["config"]), setup["weights"], str(linear), tmp_path / "x.onnx", resize_mode="native")
+    plus = tmp_path / "CLIPIQA+_ViTL14_512.pth"       # the _512 layout: a pass with the resampled embedding
     clipiqa_plus_file(setup["model"], plus, "params")
-    with pytest.raises(ClipscanError, match="--resize-mode native .* adds a positional embedding.*export these with"):
-        export_model(str(setup["config"]), setup["weights"], f"clip-iqa+:{plus}", tmp_path / "x.onnx",
+    with pytest.raises(ClipscanError, match="resampled to the input's token count .* cannot share one backbone pass"):
+        export_model(str(setup["config"]), setup["weights"], [f"clip-iqa+:{plus}", "clip-iqa"], tmp_path / "x.onnx",
                      resize_mode="native")
     for kwargs, what in (({"graph": "lean"}, "lean graph fixes the token"),
                          ({"max_input_pixels": 100}, "--max-input-pixels is 100")):
@@ -304,19 +389,26 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tower", ["vit", "rn"])
+@pytest.mark.parametrize("tower", ["vit", "rn", "rn-512"])
 def test_fp16_at_own_size_passes_verify(setup, rn_clip, odd_photos, tower, tmp_path):
     """FP16 of the own-size graph (float32 islands as for a fixed size): export's FP16 gate runs at the traced
     size, the smallest side and an odd size; the file scans every size within its bounds and passes verify's
-    FP16 gates against the recorded PyTorch original, run at each photo's own size."""
+    FP16 gates against the recorded PyTorch original, run at each photo's own size. rn-512: a _512 CLIP-IQA+
+    file, the attention pool's positional embedding resampled to each image (in float32, as the gate's
+    PyTorch float16 run does too)."""
     clip = setup if tower == "vit" else rn_clip
+    head = "clip-iqa"
+    if tower == "rn-512":
+        head = f"clip-iqa+:{tmp_path / 'CLIPIQA+_512.pth'}"
+        clipiqa_plus_file(clip["model"], tmp_path / "CLIPIQA+_512.pth", "params")
     out = tmp_path / f"native_{tower}_fp16.onnx"
-    assert main(["export", "--arch", str(clip["config"]), "--weights", str(clip["weights"]), "--head", "clip-iqa",
+    assert main(["export", "--arch", str(clip["config"]), "--weights", str(clip["weights"]), "--head", head,
                  "--resize-mode", "native", "--max-input-pixels", str(MAX_PIXELS), "--precision", "fp16",
                  "-o", str(out), "-q"]) == 0
     good, bad = odd_photos
     got, manifest = scan_native(out, good, bad)
     check_artifact(out, manifest, 32 if tower == "vit" else 31)
+    assert (tower == "rn-512") == any(n.op_type == "Resize" for n in onnx.load(str(out)).graph.node)
     assert manifest.precision == "fp16" and manifest.backbone["fp16"]["kept_fp32_tail_ops"]
     assert {t.data_type for t in onnx.load(str(out)).graph.initializer} >= {onnx.TensorProto.FLOAT16}
     photos = tmp_path / "verify"
