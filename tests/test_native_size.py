@@ -397,14 +397,19 @@ def test_fp16_at_own_size_passes_verify(setup, rn_clip, odd_photos, tower, tmp_p
     file, the attention pool's positional embedding resampled to each image (in float32, as the gate's
     PyTorch float16 run does too)."""
     clip = setup if tower == "vit" else rn_clip
+    from clipscan.export import export_model
+
     head = "clip-iqa"
     if tower == "rn-512":
         head = f"clip-iqa+:{tmp_path / 'CLIPIQA+_512.pth'}"
         clipiqa_plus_file(clip["model"], tmp_path / "CLIPIQA+_512.pth", "params")
     out = tmp_path / f"native_{tower}_fp16.onnx"
-    assert main(["export", "--arch", str(clip["config"]), "--weights", str(clip["weights"]), "--head", head,
-                 "--resize-mode", "native", "--max-input-pixels", str(MAX_PIXELS), "--precision", "fp16",
-                 "-o", str(out), "-q"]) == 0
+    checks = export_model(str(clip["config"]), clip["weights"], head, out, resize_mode="native",
+                          precision="fp16", max_input_pixels=MAX_PIXELS).checks
+    low = 32 if tower == "vit" else 31
+    traced = checks["sizes"][0]
+    assert checks["sizes"][-2:] == [[low, low], [traced[0] + low // 2 + 1, 2 * traced[1] - low // 3 - 1]]
+    assert checks["images"] == 36 and checks["torch_half_cpu"]["images"] == 12      # 8 + 2 at each other size
     good, bad = odd_photos
     got, manifest = scan_native(out, good, bad)
     check_artifact(out, manifest, 32 if tower == "vit" else 31)
@@ -423,7 +428,8 @@ def test_fp16_at_own_size_passes_verify(setup, rn_clip, odd_photos, tower, tmp_p
 
 
 @pytest.mark.slow
-def test_int8_at_own_size_calibrates_one_image_at_a_time(setup, native_vit, odd_photos, tmp_path, capsys):
+def test_int8_at_own_size_calibrates_one_image_at_a_time(setup, native_vit, odd_photos, tmp_path, capsys,
+                                                          caplog):
     """clipscan calibrate on an own-size artifact: one calibration sample per image at its own size (images
     outside input.own_size are listed as failed), minmax in place of the smooth recipe's percentile (ONNX
     Runtime's histogram calibrators need one shape), verify's INT8 gates on the photos at their own sizes."""
@@ -441,8 +447,10 @@ def test_int8_at_own_size_calibrates_one_image_at_a_time(setup, native_vit, odd_
         (val / p.name).write_bytes(p.read_bytes())
     for i, size in enumerate(((150, 113), (301, 77), (64, 200), (500, 300))):
         Image.open(good[i]).convert("RGB").resize(size, Image.Resampling.BICUBIC).save(val / f"val_{i}.png")
+    caplog.set_level("WARNING", logger="clipscan.calibrate")
     rc = main(["calibrate", str(out), "--images", str(calib), "--val-images", str(val), "-o", str(int8),
                "--report", str(report), "--no-launder", "--no-cache", "--no-progress"])
+    assert "calibrating with minmax instead of the recipe's percentile" in caplog.text
     printed = capsys.readouterr().out
     data = json.loads((report / "report.json").read_text())
     written = int8 if data["passed"] else int8.with_name("native-int8.failed-gates.onnx")
