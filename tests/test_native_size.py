@@ -389,7 +389,7 @@ def test_services_take_or_refuse_an_own_size_artifact(setup, native_vit, odd_pho
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tower", ["vit", "rn", "rn-512"])
+@pytest.mark.parametrize("tower", ["vit", "rn-512"])   # rn-512 is the RN tower, with the resampled embedding
 def test_fp16_at_own_size_passes_verify(setup, rn_clip, odd_photos, tower, tmp_path):
     """FP16 of the own-size graph (float32 islands as for a fixed size): export's FP16 gate runs at the traced
     size, the smallest side and an odd size; the file scans every size within its bounds and passes verify's
