@@ -114,8 +114,9 @@ def check_against_torch(path: Path, graph: ScanGraph, reference: ScanGraph, imag
     std = torch.tensor(std).view(1, 3, 1, 1)
     shapes = [(1, *image_size), (3, *image_size)]
     if own_size is not None:
-        low = own_size.min_side
-        shapes += [(1, low, low), (1, image_size[0] + low // 2 + 1, 2 * image_size[1] - low // 3 - 1)]
+        from .native_size import check_sizes
+
+        shapes += [(1, *hw) for hw in check_sizes(own_size, image_size)]
     for batch, *hw in shapes:
         pixels = torch.randint(0, 256, (batch, 3, *hw), generator=gen, dtype=torch.uint8)
         normalised = (pixels.float() / 255 - mean) / std

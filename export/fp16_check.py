@@ -216,9 +216,10 @@ def own_size_gate_pixels(own_size, image_size, seed: int = 0) -> list:
     """For an artifact taking each image at its own size (input.own_size): 4 images (random and smooth) at the
     smallest side, and 4 at a size no multiple of it and of other aspect than the traced one (the sizes of the
     FP32 export check), besides gate_pixels at the traced size."""
-    low = own_size.min_side
-    sizes = [(low, low), (image_size[0] + low // 2 + 1, 2 * image_size[1] - low // 3 - 1)]
-    return [gate_pixels(size, seed + 1 + i, n_random=2, n_smooth=2)[-1] for i, size in enumerate(sizes)]
+    from .native_size import check_sizes
+
+    return [gate_pixels(size, seed + 1 + i, n_random=2, n_smooth=2)[-1]
+            for i, size in enumerate(check_sizes(own_size, image_size))]
 
 
 def fidelity(ref: dict, got: dict) -> dict:

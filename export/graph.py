@@ -5,6 +5,7 @@ from clipscan.runtime.errors import CheckpointError, InvalidArgumentError
 
 from .deps import require
 from .tower_kind import MODIFIED_RESNET, require_vit, tower_kind, vit_only_reason
+from .view_crops import mean_per_image
 
 torch = require("torch")
 F = torch.nn.functional
@@ -341,7 +342,7 @@ class ScanGraph(torch.nn.Module):
                 contributions.update({(layer, hd): terms[:, i] for i, hd in enumerate(heads)})
         elif self.crops is not None:   # batch x crops through the tower; heads get the crops' mean embedding
             pooled, projected = self.tower(self.crops.cut(x))
-            mean = self.crops.mean(F.normalize(projected, dim=-1), x.shape[0])
+            mean = mean_per_image(F.normalize(projected, dim=-1), x.shape[0])
             outs = [o for h in self.heads for o in h(mean)]
             return (*outs, F.normalize(mean, dim=-1))
         else:

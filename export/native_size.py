@@ -100,3 +100,10 @@ def own_size(visual, max_pixels: int, crops=None) -> OwnSize:
                                    f"{low * low} (one {low}x{low} image, the tower's smallest) to {top} (clipscan's "
                                    "limit on the pixels of one model input)")
     return OwnSize(low, max_pixels)
+
+
+def check_sizes(own: OwnSize, image_size) -> list[tuple[int, int]]:
+    """The sizes, besides the traced `image_size`, at which export checks an own-size graph (the FP32 check and the
+    FP16 gate alike): the smallest side, and one that is no multiple of it, of another aspect than the traced one."""
+    low = own.min_side
+    return [(low, low), (image_size[0] + low // 2 + 1, 2 * image_size[1] - low // 3 - 1)]

@@ -22,6 +22,12 @@ torch = require("torch")
 CROPS_AGGREGATE = "mean_normalized_embedding"   # what the manifest says the graph does with the crops
 
 
+def mean_per_image(emb, batch):
+    """(B x crops, D) L2-normalised embeddings of every image's crops, image by image -> (B, D) their mean per
+    image (ViewCrops and OwnSizeCrops alike)."""
+    return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
+
+
 @dataclass(frozen=True)
 class ViewCrops:
     """pyiqa's crop grid on an input of `input_size` (height, width): `tile` windows at `stride`, `count` kept."""
@@ -52,9 +58,6 @@ class ViewCrops:
         views = torch.stack([x[:, :, top:top + t, left:left + t] for top, left in self.origins()], dim=1)
         return views.reshape(-1, x.shape[1], t, t)
 
-    def mean(self, emb, batch):
-        """(B x crops, D) L2-normalised embeddings -> (B, D) their mean per image."""
-        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,6 @@ class OwnSizeCrops:
         views = x[:, :, top[:, :, None], left[:, None, :]]                      # (B, 3, n, t, t)
         return views.permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], t, t)
 
-    def mean(self, emb, batch):
-        """(B x n, D) L2-normalised embeddings -> (B, D) their mean per image."""
-        return emb.reshape(batch, -1, emb.shape[-1]).mean(dim=1)
 
 
 # LIQE's input: KonIQ-10k's frame (1024 wide, 768 high; LIQE's koniq model is trained and tested on it):
