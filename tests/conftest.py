@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from . import workers
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 
@@ -34,6 +36,17 @@ def pytest_configure(config):
         original(self, path_or_bytes, sess_options, *args, **kwargs)
 
     ort.InferenceSession.__init__ = init
+
+
+def pytest_collection_modifyitems(config, items):
+    workers.slow_files_first(items)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist an `alone` test runs with no other test beside it (tests/workers.py)."""
+    with workers.turn(workers.lock_folder(item.config), exclusive=item.get_closest_marker("alone") is not None):
+        yield
 
 # A small ViT in open_clip's config format; QuickGELU as in OpenAI checkpoints.
 TINY_CONFIG = {

@@ -95,6 +95,7 @@ def test_export_cli_and_info(tiny_model_files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli.onnx"
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)  # stderr on a terminal: export shows its stages as a bar
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for every stage's name, whatever terminal pytest runs in
     code = main(["export", "--arch", str(tiny_model_files["config"]), "--weights", str(tiny_model_files["weights"]),
                  "--heads", str(tiny_model_files["heads"]), "-o", str(out), "--name", "cli-model", "--threshold", "0.7"])
     monkeypatch.undo()

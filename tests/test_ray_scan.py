@@ -339,7 +339,7 @@ def test_the_bar_2000_files_straight_and_killed_then_resumed(tmp_path):
 
     proc, watch, err = run_watched(args, until=midway)
     assert proc.returncode == -signal.SIGKILL, f"the scan ended before it could be killed: {err}"
-    watch.reap()
+    watch.reap(grace=1)  # Ray's agents outlive a killed driver by about a minute: end them here
     assert_loopback_only(watch)
     before = len(rows_of(killed))
     assert 0 < before < total, (before, total)
@@ -368,7 +368,8 @@ def test_bench_ray_reports_files_per_second_for_local_and_each_actor_count(tmp_p
 def ray_head(tmp_path_factory):
     """A Ray cluster head started the way an operator starts one (`ray start --head --block`), on loopback,
     no dashboard, usage stats off, token authentication on (Ray's default), its own HOME and temp folder;
-    stopped at teardown by signalling its process group (this module's), then any process left by pid."""
+    stopped at teardown by killing its process group, then any process left by pid (the processes are this
+    test's own; Ray's orderly stop takes seconds and proves nothing here)."""
     home, temp = tmp_path_factory.mktemp("head_home"), Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short
     env = dict(ENV, HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -387,14 +388,11 @@ def ray_head(tmp_path_factory):
         time.sleep(1.0)
         yield {"address": f"127.0.0.1:{port}", "env": env, "watch": watch}
     finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(head.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
         watch.stop()
-        watch.reap(grace=5)
+        watch.reap(grace=1)
         shutil.rmtree(temp, ignore_errors=True)
 
 

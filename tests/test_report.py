@@ -222,6 +222,7 @@ def synthetic_rows(folder, n: int, top_images: int) -> tuple:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the build and the opening are timed
 def test_fifty_thousand_rows_stay_small_and_open_fast(tmp_path):
     rows, lines = synthetic_rows(tmp_path, 50_000, 60)
     start = time.perf_counter()

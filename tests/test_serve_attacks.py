@@ -28,7 +28,7 @@ from PIL import Image
 
 from .serve_servers import cli_server, metric, multipart, request, sample_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # answers are timed: nothing runs beside it (tests/workers.py)
 
 HEADER_TIMEOUT_S = 3
 BODY_TIMEOUT_S = 3

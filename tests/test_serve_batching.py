@@ -16,7 +16,7 @@ from clipscan.serve import Limits, ServiceState
 
 from .serve_servers import metric, request, sample_files, thread_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # answers are timed: nothing runs beside it (tests/workers.py)
 JPEG = {"Content-Type": "image/jpeg"}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import os
 import platform
@@ -147,8 +148,12 @@ def provision(cache: str | os.PathLike | None = None) -> PerfAnalyzer:
         raise ProvisionError(f"the perf_analyzer of the tritonclient 2.51.0 wheel is an x86_64 Linux binary; this "
                              f"is {sys.platform} {platform.machine()}: use Triton's SDK container instead")
     cache = Path(cache) if cache is not None else default_cache()
-    binary = _binary(cache)
-    lib_dirs = tuple(d for d in (_cudart(cache), _b64(cache)) if d is not None)
+    cache.mkdir(parents=True, exist_ok=True)
+    # one provisioner at a time: two processes filling an empty cache would pip-install into one folder at once
+    with open(cache / ".provision.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        binary = _binary(cache)
+        lib_dirs = tuple(d for d in (_cudart(cache), _b64(cache)) if d is not None)
     pa = PerfAnalyzer(binary, lib_dirs)
     try:
         proc = pa.run(["--version"], timeout=60)
