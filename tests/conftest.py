@@ -22,7 +22,10 @@ def pytest_configure(config):
     Tolerances must hold whatever kernels and reduction orders ONNX Runtime picks; running the
     suite with N=1 (and OMP_NUM_THREADS=1 for torch) is one way to show it. Sessions that
     subprocesses create are not affected.
+
+    Under pytest-xdist the files go to the workers in collection order (tests/workers.py).
     """
+    workers.keep_collection_order(config)
     threads = os.environ.get("CLIPSCAN_TEST_ORT_THREADS")
     if not threads:
         return
@@ -45,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Under pytest-xdist an `alone` test runs with no other test beside it (tests/workers.py)."""
-    with workers.turn(workers.lock_folder(item.config), exclusive=item.get_closest_marker("alone") is not None):
+    with workers.TURNS.around(item, nextitem):
         yield
 
 # A small ViT in open_clip's config format; QuickGELU as in OpenAI checkpoints.
