@@ -3,7 +3,7 @@
 Two rules, both no-ops in a plain `pytest` run:
 
 * A test marked `alone` times something (good clients answered within 2 s under attack, requests gathered
-  into batches within a delay, a progress bar moving), so it runs with no other test beside it: it takes an
+  into batches within a delay, a 50,000-row report opened within 15 s), so it runs with no other test beside it: it takes an
   exclusive lock, every other test a shared one, held over the test's whole run protocol (setup, call,
   teardown: module fixtures included); the `alone` tests of one file keep it from the first to the last.
   The lock is fair: an `alone` test waiting for its turn holds a turnstile that every new shared holder
@@ -29,7 +29,7 @@ def slow_files_first(items: list) -> None:
     """Reorder `items` in place: the files of SLOW_FILES_FIRST first, in that order, then the rest as
     collected. Every worker computes the same order, as pytest-xdist requires."""
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    order = {id(item): (rank.get(Path(str(item.fspath)).name, len(rank)), n) for n, item in enumerate(items)}
+    order = {id(item): (rank.get(item.path.name, len(rank)), n) for n, item in enumerate(items)}
     items.sort(key=lambda item: order[id(item)])
 
 
