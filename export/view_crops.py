@@ -59,7 +59,6 @@ class ViewCrops:
         return views.reshape(-1, x.shape[1], t, t)
 
 
-
 @dataclass(frozen=True)
 class OwnSizeCrops:
     """pyiqa's crop grid on each image's own height and width (`export --resize-mode native`): the windows,
@@ -87,7 +86,6 @@ class OwnSizeCrops:
         left = ((picked - row * per_row) * self.stride)[:, None] + span         # (n, t)
         views = x[:, :, top[:, :, None], left[:, None, :]]                      # (B, 3, n, t, t)
         return views.permute(0, 2, 1, 3, 4).reshape(-1, x.shape[1], t, t)
-
 
 
 # LIQE's input: KonIQ-10k's frame (1024 wide, 768 high; LIQE's koniq model is trained and tested on it):

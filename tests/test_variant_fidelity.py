@@ -14,7 +14,7 @@ import torch
 from clipscan.calibration.verify import verify
 from clipscan.export import export_model, load_reference
 from clipscan.export.heads import CustomHead, DetectorHead, QualityHead, save_heads
-from clipscan.runtime import Scanner
+from clipscan.runtime import load_artifact
 
 from .test_prompt_heads import TEXT_CONFIG
 
@@ -92,7 +92,7 @@ def test_variant_passes_its_precision_gates(setup, group, precision, tmp_path):
     assert report.passed, [f"{g.name}: {g.value} vs {g.threshold} ({g.note})" for g in report.failed_gates()]
     # every head of every variant was held to its own gate, not only the embedding
     gated = {g.name.split(":", 1)[1] for g in report.gates if ":" in g.name}
-    named = {h.name for h in Scanner(out).manifest.heads}
+    named = {h.name for h in load_artifact(out).manifest.heads}
     assert named <= gated, (named, gated)
     assert len(named) >= len(GROUPS[group]), named
     assert (tmp_path / "report" / "report.html").is_file()
