@@ -22,7 +22,8 @@ from pathlib import Path
 # The slowest files on two workers of a 2-core machine (seconds per file, 2026-12-06), slowest first.
 SLOW_FILES_FIRST = ("test_ray_scan.py", "test_triton_bar.py", "test_native_size.py", "test_iqa_heads.py",
                     "test_calibrate.py", "test_gaintseva.py", "test_corpus.py", "test_bench.py",
-                    "test_variant_fidelity.py", "test_fp16.py", "test_triton_server.py", "test_threshold.py")
+                    "test_variant_fidelity.py", "test_fp16.py", "test_triton_server.py", "test_threshold.py",
+                    "test_gpu_check.py")
 
 
 def slow_files_first(items: list) -> None:

@@ -5,23 +5,27 @@
 
 Made for an NVIDIA machine that has PyTorch with CUDA, onnx and the CPU onnxruntime but no package
 index (so neither onnxruntime-gpu nor TensorRT can be installed there: their wheels are hundreds of
-MB). clipscan does not need to be installed: the repository's packages are linked into OUT_DIR/site.
-Stages, each timed and bounded by what is left of the budget (default 8 minutes):
+MB). Stages, each timed and bounded by what is left of the budget (default 8 minutes):
 
+  clipscan      every package of pyproject's package-dir must import from this checkout; where no
+                clipscan is installed, this checkout is installed in editable mode (pip, no index, no
+                dependencies, no build isolation; --no-install refuses that and says the command)
   environment   nvidia-smi, torch/CUDA, onnxruntime and its providers, tensorrt, `clipscan backends`
                 run torch-free (what a user of the runtime would see)
   cuda_devices  real device memory and streams on every GPU (torch): allocation, two streams with
                 events, per-device placement, and clipscan's own GPU probe against torch's count
   precision     FP32, TF32 and FP16 on real CUDA kernels against a float64 CPU reference: matrix
                 products and a transformer block (LayerNorm, Softmax, GELU), TF32 on and off
-  gpu_tests     pytest -m gpu on tests/test_gpu.py and tests/test_gpu_policy.py
-  bench         `clipscan bench` (model-only) on every GPU backend that can run here, and the CPU
+  gpu_tests     pytest -m "gpu or not slow" on tests/test_gpu.py and tests/test_gpu_policy.py
+  bench         `clipscan bench` (model-only) on every GPU backend that can run here and on the CPU
                 backend for reference: the demo model (FP32) and its INT8 calibrated here for TensorRT
-                (an FP16 artifact needs `clipscan export` and the PyTorch model: said, not run)
+                (an FP16 artifact needs `clipscan export` and the PyTorch model: said, not run); with
+                no GPU backend (or --dry-run) the CPU reference still runs, so the commands are proven
 
 Every stage that cannot run says why (no GPU, no torch CUDA, no GPU backend, no pytest, out of time).
-Results go to OUT_DIR/results.json and OUT_DIR/gpu_check.log; with no NVIDIA GPU visible (or
---dry-run) the GPU stages skip with their reasons, which is what tests/test_gpu_check.py runs.
+Results go to OUT_DIR: results.json, gpu_check.log, gpu_tests.txt and .xml, and one bench_BACKEND.json
+per benchmarked backend (at most 8 files: a device machine returns no more). With no NVIDIA GPU visible
+(or --dry-run) the GPU stages skip with their reasons, which is what tests/test_gpu_check.py runs.
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import traceback
 from pathlib import Path
 
@@ -46,12 +52,11 @@ class Skip(Exception):
 
 
 class Check:
-    def __init__(self, out: Path, budget: float, dry_run: bool):
-        self.out, self.deadline, self.dry_run = out, time.monotonic() + budget, dry_run
+    def __init__(self, out: Path, budget: float, dry_run: bool, install: bool = True):
+        self.out, self.deadline, self.dry_run, self.install = out, time.monotonic() + budget, dry_run, install
         self.results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {}}
         self.log_file = open(out / "gpu_check.log", "w", encoding="utf-8")
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(self.site()),
-                                                                             os.environ.get("PYTHONPATH")])))
+        self.env = dict(os.environ)
 
     def log(self, text: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
@@ -62,26 +67,10 @@ class Check:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def site(self) -> Path:
-        """A `clipscan` package made of links to the repository's folders (pyproject's package-dir), so the
-        check runs without installing anything; an installed clipscan is used as it is."""
-        site = self.out / "site"
-        if (site / "clipscan").exists():
-            return site
-        pkg = site / "clipscan"
-        pkg.mkdir(parents=True)
-        for item in (REPO / "clipscan").iterdir():
-            (pkg / item.name).symlink_to(item)
-        mapping = {"runtime": "runtime", "export": "export", "calibration": "calibration", "bench": "bench",
-                   "report": "report", "triton": "triton_repo", "serve": "serve", "distributed": "distributed"}
-        for name, folder in mapping.items():
-            if (REPO / folder).is_dir():
-                (pkg / name).symlink_to(REPO / folder)
-        return site
-
     def run(self, cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
         timeout = max(1.0, min(timeout, self.left() - 5))
-        self.log("$ " + " ".join(cmd))
+        shown = " ".join(cmd)
+        self.log("$ " + (shown if len(shown) < 300 and "\n" not in shown else shown.split("\n")[0][:200] + " ..."))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                               env=kw.pop("env", self.env), **kw)
         self.log_file.write(proc.stdout[-20000:] + proc.stderr[-20000:] + "\n")
@@ -95,6 +84,8 @@ class Check:
             self.log(f"== {name}")
             try:
                 record = {"status": "ok", **(fn() or {})}
+                if record.get("failure"):   # a stage that ran and kept its results, but failed
+                    record["status"], record["reason"] = "failed", record.pop("failure")
             except Skip as e:
                 record = {"status": "skipped", "reason": str(e)}
             except subprocess.TimeoutExpired as e:
@@ -111,6 +102,33 @@ class Check:
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
 
     # -- facts -------------------------------------------------------------------------------------
+    def packages(self) -> dict[str, str | None]:
+        """Where each package of pyproject's package-dir imports from in a fresh interpreter started as
+        every stage starts one (in the repository root), or None where it does not import."""
+        names = list(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"])
+        code = ("import importlib.util, json\n"
+                "where = {}\n"
+                f"for name in {names!r}:\n"
+                "    try:\n"
+                "        spec = importlib.util.find_spec(name)\n"
+                "    except ImportError:\n"
+                "        spec = None\n"
+                "    where[name] = spec.origin if spec else None\n"
+                "print(json.dumps(where))")
+        proc = self.run([sys.executable, "-c", code], 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cannot ask where clipscan imports from: {proc.stderr.strip()[-1000:]}")
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    def not_from_repo(self, where: dict[str, str | None]) -> dict[str, str | None]:
+        return {name: origin for name, origin in where.items()
+                if origin is None or not Path(origin).resolve().is_relative_to(REPO.resolve())}
+
+    def need_clipscan(self) -> None:
+        record = self.results["stages"].get("clipscan", {})
+        if record.get("status") != "ok":
+            raise Skip(f"clipscan does not import from this checkout: {record.get('reason', 'not checked')}")
+
     def visible_gpu(self) -> bool:
         return not self.dry_run and (os.path.isdir("/proc/driver/nvidia") or shutil.which("nvidia-smi") is not None)
 
@@ -131,6 +149,36 @@ class Check:
         return torch
 
     # -- stages ------------------------------------------------------------------------------------
+    def clipscan(self) -> dict:
+        """Every package must import from this checkout, as the editable install of the README's development
+        install gives it; the repository root holds a `clipscan/` folder, so without that install a
+        process started there imports that folder alone and finds none of the subpackages."""
+        wrong = self.not_from_repo(self.packages())
+        if not wrong:
+            return {"how": "already importable from this checkout"}
+        command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation",
+                   "-e", str(REPO)]
+        found = self.run([sys.executable, "-c", "import importlib.metadata as m, json, pathlib; print(json.dumps("
+                          "[[d.version, str(pathlib.Path(d.locate_file('')).resolve())] for d in "
+                          "m.distributions(name='clipscan')]))"], 60)
+        # a clipscan.egg-info in the checkout itself is what an earlier editable build left there, no install
+        elsewhere = [f"{version} at {where}" for version, where in json.loads(found.stdout.splitlines()[-1])
+                     if Path(where) != REPO.resolve()]
+        if elsewhere:
+            raise RuntimeError(f"clipscan {', '.join(elsewhere)} is installed, but these packages do not import from "
+                               f"this checkout: {sorted(wrong)}; install this checkout instead: {' '.join(command)}")
+        if not self.install:
+            raise RuntimeError(f"clipscan is not installed, so these packages do not import: {sorted(wrong)}; "
+                               f"install this checkout: {' '.join(command)} (or run without --no-install)")
+        proc = self.run(command, 300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"installing this checkout failed ({' '.join(command)}): {proc.stderr.strip()[-1500:]}")
+        wrong = self.not_from_repo(self.packages())
+        if wrong:
+            raise RuntimeError(f"after the editable install these packages still do not import from this checkout: "
+                               f"{wrong}")
+        return {"how": f"installed from this checkout: {' '.join(command)}"}
+
     def environment(self) -> dict:
         info: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "dry_run": self.dry_run,
                       "visible_gpu": self.visible_gpu()}
@@ -145,6 +193,10 @@ class Check:
             proc = self.run([sys.executable, "-c", code], 120)
             info[module] = json.loads(proc.stdout) if proc.returncode == 0 else f"not importable: " \
                 f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+        try:
+            self.need_clipscan()
+        except Skip as e:
+            return {**info, "failure": f"`clipscan backends` cannot be asked: {e}"}
         status = self.run([sys.executable, "-c", "import json; from clipscan.runtime.backends import "
                            "backend_status; print(json.dumps({n: r for n, _, r in backend_status()}))"], 120)
         if status.returncode != 0:
@@ -179,11 +231,15 @@ class Check:
             torch.cuda.empty_cache()
             devices.append({"index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
                             "memory_gib": round(props.total_memory / 2**30, 1), "allocated_bytes": allocated,
-                            "freed_to": torch.cuda.memory_allocated(i), "two_streams_ms": round(start.elapsed_time(end), 3),
-                            "results_ok": ok})
+                            "freed_to": torch.cuda.memory_allocated(i),
+                            "two_streams_ms": round(start.elapsed_time(end), 3), "results_ok": ok})
+        try:
+            self.need_clipscan()
+        except Skip as e:
+            return {"devices": devices, "clipscan_probe": str(e), "probe_agrees": None}
         probe = self.run([sys.executable, "-c", "from clipscan.runtime.backends.gpu_libs import nvidia_gpu; "
                           "p = nvidia_gpu(); print(p.devices, p.driver_cuda, p.problem)"], 60)
-        return {"devices": devices, "clipscan_probe": probe.stdout.strip(),
+        return {"devices": devices, "clipscan_probe": probe.stdout.strip() or probe.stderr.strip()[-500:],
                 "probe_agrees": probe.stdout.split()[:1] == [str(len(devices))]}
 
     def precision(self) -> dict:
@@ -222,6 +278,7 @@ class Check:
         return out
 
     def gpu_tests(self) -> dict:
+        self.need_clipscan()
         proc = self.run([sys.executable, "-c", "import pytest"], 60)
         if proc.returncode != 0:
             raise Skip("pytest is not installed here")
@@ -230,40 +287,53 @@ class Check:
                          f"--junitxml={junit}", "tests/test_gpu.py", "tests/test_gpu_policy.py"],
                         min(self.left() - 60, 300))
         (self.out / "gpu_tests.txt").write_text(proc.stdout + proc.stderr)
+        lines = proc.stdout.splitlines()
         summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        out = {"summary": summary, "skips": [line for line in lines if line.startswith("SKIPPED")],
+               "failures": [line for line in lines if line.startswith(("FAILED", "ERROR"))]}
         if proc.returncode not in (0, 5):
-            raise RuntimeError(f"the GPU tests failed: {summary} (see gpu_tests.txt)")
-        return {"summary": summary, "skips": [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]}
+            out["failure"] = f"the GPU tests failed: {summary} (see gpu_tests.txt)"
+        return out
 
     def bench(self) -> dict:
+        self.need_clipscan()
         status = self.results.get("backends") or {}
-        reachable = [b for b in GPU_BACKENDS if b in status and status[b] is None]
+        reachable = [b for b in GPU_BACKENDS if status.get(b, "not listed") is None] \
+            if self.visible_gpu() else []
         reasons = {b: status.get(b, "not listed") for b in GPU_BACKENDS if b not in reachable}
-        if self.dry_run or not self.visible_gpu():
-            raise Skip(f"no GPU to benchmark on ({'dry run' if self.dry_run else 'no NVIDIA GPU here'}); "
-                       f"backends: {reasons}")
+        out: dict = {"not_reachable": reasons}
         if not reachable:
-            raise Skip(f"no GPU backend can run here: {reasons}")
-        models, precisions = [str(DEMO_MODEL)], {"fp32": "the demo model"}
-        int8 = self.out / "demo_int8_tensorrt.onnx"
-        proc = self.run([sys.executable, "-m", "clipscan", "calibrate", str(DEMO_MODEL), "--images",
-                         str(REPO / "samples"), "-o", str(int8), "--target", "tensorrt", "--no-progress",
-                         "--no-cache", "--overwrite"], 120)
-        if proc.returncode == 0:
-            models.append(str(int8))
-            precisions["int8"] = "the demo model calibrated here for TensorRT (on the 4 sample images)"
-        else:
-            precisions["int8"] = f"not run: calibration failed ({proc.stderr.strip()[-300:]})"
-        precisions["fp16"] = "not run: an FP16 artifact is made by `clipscan export` from the PyTorch model"
+            why = ("dry run" if self.dry_run else "no NVIDIA GPU here" if not self.visible_gpu()
+                   else "no GPU backend can run here")
+            out["gpu_not_run"] = f"{why}: only the CPU reference ran; backends: {reasons}"
+        precisions = {"fp32": "the demo model",
+                      "fp16": "not run: an FP16 artifact is made by `clipscan export` from the PyTorch model"}
         runs = {}
-        for backend in [*reachable, "cpu"]:
-            target = self.out / f"bench_{backend}.json"
-            proc = self.run([sys.executable, "-m", "clipscan", "bench", "--backends", backend, "--mode", "model",
-                             "--batch-sizes", "1,8,32", "--max-seconds", "5", "--no-cold-start", "--json",
-                             str(target), *models], min(self.left() - 20, 150))
-            runs[backend] = {"returncode": proc.returncode, "table": proc.stdout[-3000:],
-                             "json": str(target) if target.exists() else None}
-        return {"backends": runs, "precisions": precisions, "not_reachable": reasons}
+        with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:   # models stay out of OUT_DIR (8 files)
+            models, int8 = [str(DEMO_MODEL)], Path(tmp) / "demo_int8_tensorrt.onnx"
+            proc = self.run([sys.executable, "-m", "clipscan", "calibrate", str(DEMO_MODEL), "--images",
+                             str(REPO / "samples"), "-o", str(int8), "--target", "tensorrt", "--no-progress",
+                             "--no-cache", "--overwrite"], 120)
+            if proc.returncode == 0:
+                models.append(str(int8))
+                precisions["int8"] = "the demo model calibrated here for TensorRT (on the 4 sample images)"
+            else:
+                precisions["int8"] = f"not run: calibration failed ({proc.stderr.strip()[-300:]})"
+            for backend in [*reachable, "cpu"]:
+                target = self.out / f"bench_{backend}.json"
+                proc = self.run([sys.executable, "-m", "clipscan", "bench", "--backends", backend, "--mode", "model",
+                                 "--batch-sizes", "1,8,32", "--max-seconds", "5", "--no-cold-start", "--json",
+                                 str(target), *models], min(self.left() - 20, 150))
+                runs[backend] = {"returncode": proc.returncode, "table": proc.stdout[-3000:],
+                                 "error": proc.stderr.strip()[-1500:] if proc.returncode else None,
+                                 "json": target.name if target.exists() else None}
+        out.update(backends=runs, precisions=precisions)
+        failed = [b for b, r in runs.items() if r["returncode"] != 0]
+        if failed:
+            out["failure"] = f"`clipscan bench` failed on {failed}"
+        elif precisions["int8"].startswith("not run"):
+            out["failure"] = f"INT8 {precisions['int8']}"
+        return out
 
 
 def main(argv=None) -> int:
@@ -271,10 +341,13 @@ def main(argv=None) -> int:
     p.add_argument("out", help="folder for results.json, gpu_check.log and the stage outputs")
     p.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 480)")
     p.add_argument("--dry-run", action="store_true", help="run only what needs no GPU; skip the rest with reasons")
+    p.add_argument("--no-install", action="store_true",
+                   help="where clipscan is not installed, stop and say the command instead of installing this checkout")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    check = Check(out, args.budget, args.dry_run)
+    check = Check(out, args.budget, args.dry_run, install=not args.no_install)
+    check.stage("clipscan", check.clipscan)
     check.stage("environment", check.environment)
     check.stage("cuda_devices", check.cuda_devices)
     check.stage("precision", check.precision)
@@ -282,6 +355,8 @@ def main(argv=None) -> int:
     check.stage("bench", check.bench, min_seconds=60)
     check.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     check.results["not_run"] = {k: v["reason"] for k, v in check.results["stages"].items() if v["status"] != "ok"}
+    if "gpu_not_run" in check.results["stages"]["bench"]:
+        check.results["not_run"]["bench on the GPU backends"] = check.results["stages"]["bench"]["gpu_not_run"]
     check.write()
     failed = [k for k, v in check.results["stages"].items() if v["status"] == "failed"]
     check.log(f"done: {len(check.results['stages']) - len(failed)} stage(s) ok or skipped, failed: {failed or 'none'}")
