@@ -162,6 +162,8 @@ class Check:
                           "[[d.version, str(pathlib.Path(d.locate_file('')).resolve())] for d in "
                           "m.distributions(name='clipscan')]))"], 60)
         # a clipscan.egg-info in the checkout itself is what an earlier editable build left there, no install
+        if found.returncode != 0:
+            raise RuntimeError(f"cannot ask which clipscan is installed: {found.stderr.strip()[-1000:]}")
         elsewhere = [f"{version} at {where}" for version, where in json.loads(found.stdout.splitlines()[-1])
                      if Path(where) != REPO.resolve()]
         if elsewhere:
