@@ -52,6 +52,20 @@ def test_the_gpu_check_dry_run_where_clipscan_is_not_installed(tmp_path):
     for name in ("gpu_tests", "bench"):
         assert stages[name]["status"] == "skipped" and "does not import from this checkout" in stages[name]["reason"]
 
+    # another clipscan installed (here: its metadata alone) is not replaced: the check says what to do
+    purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    other = purelib / "clipscan-0.0.9.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Metadata-Version: 2.1\nName: clipscan\nVersion: 0.0.9\n")
+    proc, results = gpu_check(python, tmp_path / "other", "--budget", "120")
+    assert proc.returncode == 1
+    reason = results["stages"]["clipscan"]["reason"]
+    assert f"clipscan 0.0.9 at {purelib.resolve()} is installed" in reason and "install this checkout instead" in reason
+    for child in other.iterdir():
+        child.unlink()
+    other.rmdir()
+
     # by default it installs this checkout (editable, from no index) and runs everything a dry run runs
     out = tmp_path / "gpu_check"
     proc, results = gpu_check(python, out, "--budget", "400")
