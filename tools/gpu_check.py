@@ -347,7 +347,10 @@ def main(argv=None) -> int:
                    help="where clipscan is not installed, stop and say the command instead of installing this checkout")
     args = p.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"cannot make the results folder {out}: {e.strerror}")
     check = Check(out, args.budget, args.dry_run, install=not args.no_install)
     check.stage("clipscan", check.clipscan)
     check.stage("environment", check.environment)
