@@ -56,7 +56,6 @@ class Check:
         self.out, self.deadline, self.dry_run, self.install = out, time.monotonic() + budget, dry_run, install
         self.results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": {}}
         self.log_file = open(out / "gpu_check.log", "w", encoding="utf-8")
-        self.env = dict(os.environ)
 
     def log(self, text: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {text}"
@@ -67,12 +66,11 @@ class Check:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    def run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         timeout = max(1.0, min(timeout, self.left() - 5))
         shown = " ".join(cmd)
         self.log("$ " + (shown if len(shown) < 300 and "\n" not in shown else shown.split("\n")[0][:200] + " ..."))
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env=kw.pop("env", self.env), **kw)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         self.log_file.write(proc.stdout[-20000:] + proc.stderr[-20000:] + "\n")
         return proc
 
